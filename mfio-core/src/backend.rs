@@ -1,0 +1,264 @@
+//! [`IoBackend`]: a pollable handle plus a way to drive the backend, and
+//! [`block_on`], which drives a backend and a future together.
+
+use std::future::Future;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
+
+use crate::error::Result;
+
+/// Readiness to wait for on a [`PollingHandle`]'s file descriptor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Wait until the descriptor is readable (`POLLIN`).
+    Readable,
+    /// Wait until the descriptor is writable (`POLLOUT`).
+    Writable,
+}
+
+/// What a host event loop needs to wait for a backend: a file descriptor, the
+/// readiness that means "drive me", and the backend's [`Notifier`].
+#[derive(Debug, Clone, Copy)]
+pub struct PollingHandle<'a> {
+    /// The descriptor to wait on.
+    pub fd: BorrowedFd<'a>,
+    /// The readiness to wait for.
+    pub interest: Interest,
+    /// Wakes whoever waits on `fd` from any thread.
+    pub notifier: &'a Arc<Notifier>,
+}
+
+/// What one driving step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DriveStatus {
+    /// True if the step submitted or completed anything (a waiter may have
+    /// been woken), so the caller should poll its futures again.
+    pub progress: bool,
+    /// If set, the backend wants to be driven again after this long even if
+    /// its descriptor stays quiet (delayed completions, timers, spinning).
+    pub timeout: Option<Duration>,
+}
+
+impl DriveStatus {
+    /// A step that did nothing and wants nothing.
+    pub const IDLE: Self = Self {
+        progress: false,
+        timeout: None,
+    };
+}
+
+/// A backend that can be polled through one file descriptor and driven in steps.
+///
+/// Contract for implementors:
+/// - [`drive`](Self::drive) submits what was queued, reaps completions and
+///   wakes their waiters, without blocking. One thread drives at a time: a
+///   call made while another thread drives returns at once, and the driving
+///   thread calls [`Notifier::notify`] on its way out if it left queued work.
+/// - Work queued from any thread calls [`Notifier::notify`], which costs a
+///   syscall only if someone sleeps on the handle.
+pub trait IoBackend {
+    /// The handle to wait on between driving steps.
+    fn polling_handle(&self) -> PollingHandle<'_>;
+
+    /// Runs one non-blocking driving step.
+    fn drive(&self) -> DriveStatus;
+}
+
+/// Provided methods on every [`IoBackend`].
+pub trait IoBackendExt: IoBackend {
+    /// Runs `fut` to completion on this thread while driving the backend.
+    /// See [`block_on`].
+    fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        block_on(self, fut)
+    }
+}
+
+impl<T: IoBackend + ?Sized> IoBackendExt for T {}
+
+impl<T: IoBackend + ?Sized> IoBackend for &T {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        (**self).polling_handle()
+    }
+    fn drive(&self) -> DriveStatus {
+        (**self).drive()
+    }
+}
+
+impl<T: IoBackend + ?Sized> IoBackend for Arc<T> {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        (**self).polling_handle()
+    }
+    fn drive(&self) -> DriveStatus {
+        (**self).drive()
+    }
+}
+
+/// An eventfd that wakes whoever sleeps on a backend, costing a syscall only
+/// when someone actually sleeps and has not been notified yet.
+#[derive(Debug)]
+pub struct Notifier {
+    efd: OwnedFd,
+    sleepers: AtomicUsize,
+    notified: AtomicBool,
+}
+
+impl Notifier {
+    /// A new notifier with its own non-blocking, close-on-exec eventfd.
+    ///
+    /// # Errors
+    /// The OS error of `eventfd(2)` (e.g. `EMFILE`).
+    pub fn new() -> Result<Arc<Self>> {
+        let efd = eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        Ok(Arc::new(Self {
+            efd,
+            sleepers: AtomicUsize::new(0),
+            notified: AtomicBool::new(false),
+        }))
+    }
+
+    /// Wakes sleepers on this notifier's descriptor. Free (two atomic loads)
+    /// when nobody sleeps or a notification is already pending.
+    pub fn notify(&self) {
+        if self.sleepers.load(Ordering::SeqCst) > 0 && !self.notified.swap(true, Ordering::SeqCst) {
+            let _ = rustix::io::write(&self.efd, &1u64.to_ne_bytes());
+        }
+    }
+
+    /// Declares the caller a sleeper until the guard drops: from now on
+    /// [`notify`](Self::notify) writes the eventfd. Host event loops that
+    /// keep the descriptor registered hold one guard for as long as they do.
+    pub fn sleeper(&self) -> SleeperGuard<'_> {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        SleeperGuard { notifier: self }
+    }
+
+    /// Consumes a pending notification (drains the eventfd).
+    pub fn clear(&self) {
+        if self.notified.swap(false, Ordering::AcqRel) {
+            let mut buf = [0u8; 8];
+            let _ = rustix::io::read(&self.efd, &mut buf);
+        }
+    }
+}
+
+impl AsFd for Notifier {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.efd.as_fd()
+    }
+}
+
+/// Returned by [`Notifier::sleeper`]; stops counting the caller as a sleeper
+/// and consumes any pending notification when dropped.
+#[derive(Debug)]
+pub struct SleeperGuard<'a> {
+    notifier: &'a Notifier,
+}
+
+impl Drop for SleeperGuard<'_> {
+    fn drop(&mut self) {
+        self.notifier.sleepers.fetch_sub(1, Ordering::SeqCst);
+        self.notifier.clear();
+    }
+}
+
+/// The per-thread wake-up descriptor of `block_on`.
+///
+/// Each thread gets its own so that two threads blocking on one backend never
+/// steal each other's wake-ups; it lives as long as the thread.
+struct ThreadWake {
+    notifier: Arc<Notifier>,
+}
+
+thread_local! {
+    static THREAD_WAKE: std::cell::OnceCell<Option<Arc<Notifier>>> = const { std::cell::OnceCell::new() };
+}
+
+fn thread_notifier() -> Option<Arc<Notifier>> {
+    THREAD_WAKE.with(|cell| cell.get_or_init(|| Notifier::new().ok()).clone())
+}
+
+struct BlockOnWake {
+    woken: AtomicBool,
+    thread: Option<ThreadWake>,
+}
+
+impl Wake for BlockOnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::SeqCst);
+        if let Some(thread) = &self.thread {
+            thread.notifier.notify();
+        }
+    }
+}
+
+/// Runs `fut` to completion on the current thread, driving `backend` between
+/// polls and sleeping in `poll(2)` on its descriptor (and a per-thread wake
+/// descriptor) when neither can make progress.
+///
+/// A wake from the thread itself costs no syscall; a wake from another thread
+/// costs one `write` only while this thread sleeps. If the per-thread eventfd
+/// cannot be created (descriptor limit), it falls back to short timed sleeps.
+pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Output {
+    let handle = backend.polling_handle();
+    let thread = thread_notifier().map(|notifier| ThreadWake { notifier });
+    let wake = Arc::new(BlockOnWake {
+        woken: AtomicBool::new(true),
+        thread,
+    });
+    let waker = Waker::from(wake.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = pin!(fut);
+    loop {
+        if wake.woken.swap(false, Ordering::AcqRel) {
+            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return out;
+            }
+        }
+        let status = backend.drive();
+        if status.progress || wake.woken.load(Ordering::Acquire) {
+            continue;
+        }
+        // About to sleep: announce it, then look once more so nothing queued
+        // between the last step and the announcement is missed.
+        let _backend_sleeper = handle.notifier.sleeper();
+        let _thread_sleeper = wake.thread.as_ref().map(|t| t.notifier.sleeper());
+        let status = backend.drive();
+        if status.progress || wake.woken.load(Ordering::SeqCst) {
+            continue;
+        }
+        sleep_on(handle, wake.thread.as_ref(), status.timeout);
+    }
+}
+
+/// Upper bound for one sleep when there is no per-thread wake descriptor.
+const FALLBACK_SLEEP: Duration = Duration::from_millis(1);
+
+fn sleep_on(handle: PollingHandle<'_>, thread: Option<&ThreadWake>, timeout: Option<Duration>) {
+    let flags = match handle.interest {
+        Interest::Readable => PollFlags::IN,
+        Interest::Writable => PollFlags::OUT,
+    };
+    let timeout = match thread {
+        Some(_) => timeout,
+        None => Some(timeout.map_or(FALLBACK_SLEEP, |t| t.min(FALLBACK_SLEEP))),
+    };
+    let ts = timeout.map(|t| Timespec {
+        tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(t.subsec_nanos()),
+    });
+    let mut fds = [
+        PollFd::from_borrowed_fd(handle.fd, flags),
+        PollFd::from_borrowed_fd(thread.map_or(handle.fd, |t| t.notifier.as_fd()), PollFlags::IN),
+    ];
+    // EINTR or any other poll failure just ends this sleep; the loop re-checks.
+    let _ = poll(&mut fds, ts.as_ref());
+}

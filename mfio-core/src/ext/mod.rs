@@ -1,0 +1,10 @@
+//! The user-facing layers, all thin over the same packets: [`packet`]
+//! (send a packet, await it), [`async`](self::r#async) (positional and
+//! stream reads/writes), [`sync`] (blocking), [`std_io`] (`std::io` cursor)
+//! and [`adapter`] (`futures-io` / `tokio` traits).
+
+pub mod adapter;
+pub mod packet;
+pub mod r#async;
+pub mod std_io;
+pub mod sync;

@@ -1,0 +1,73 @@
+//! Completion I/O over owned-buffer packets.
+//!
+//! A caller hands a buffer to a backend inside a [`Packet`]; the backend owns
+//! it (through [`PacketView`]s, which it may split and complete in any order)
+//! until the operation completes, then the caller gets the buffer back with a
+//! [`PacketOutcome`]. Two traits carry everything:
+//!
+//! - [`PacketIo`]: submit a packet at an address (`u64` file offset,
+//!   [`NoPos`] for streams, [`Flush`]), with bounded queues and explicit
+//!   backpressure;
+//! - [`IoBackend`]: a pollable file descriptor ([`PollingHandle`]) and a
+//!   non-blocking driving step; [`block_on`] drives a backend and a future
+//!   together.
+//!
+//! The same packets serve every layer: [`IoRead`]/[`IoWrite`] (async,
+//! positional or stream), [`SyncIoRead`]/[`SyncIoWrite`] (blocking),
+//! [`IoCursor`] (`std::io::{Read, Write, Seek}`) and [`AsyncIo`]
+//! (`futures-io` and `tokio` traits, behind the features of those names).
+//! [`mem`] is a complete in-memory backend with fault-injection knobs.
+//!
+//! ```
+//! use std::io::{Read, Seek, SeekFrom};
+//! use mfio_core::mem::MemBackend;
+//! use mfio_core::{IoBackendExt, IoCursor, IoRead, IoWrite, SyncIoRead};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let backend = MemBackend::new()?;
+//! let file = backend.file(Vec::new());
+//!
+//! // async, driven by block_on
+//! backend.block_on(async {
+//!     let (res, _buf) = file.write_all_at(0, b"hello world".to_vec()).await.into_parts();
+//!     res
+//! })?;
+//!
+//! // blocking, staged through an owned buffer
+//! let mut word = [0u8; 5];
+//! file.blocking_read_exact_at(6, &mut word)?;
+//! assert_eq!(&word, b"world");
+//!
+//! // std::io
+//! let mut cursor = IoCursor::new(file.clone(), 0);
+//! cursor.seek(SeekFrom::End(-5))?;
+//! let mut tail = String::new();
+//! cursor.read_to_string(&mut tail)?;
+//! assert_eq!(tail, "world");
+//! # Ok(()) }
+//! ```
+//!
+//! # Features
+//! - `futures-io`: `futures_io::{AsyncRead, AsyncWrite, AsyncSeek}` for [`AsyncIo`].
+//! - `tokio`: `tokio::io::{AsyncRead, AsyncWrite, AsyncSeek}` for [`AsyncIo`].
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod backend;
+pub mod buf;
+pub mod error;
+pub mod ext;
+pub mod io;
+pub mod mem;
+pub mod packet;
+
+pub use backend::{block_on, DriveStatus, Interest, IoBackend, IoBackendExt, Notifier, PollingHandle};
+pub use buf::{AlignedBuf, BufResult, IoBuf, IoBufMut, Slice};
+pub use error::{Error, Op, Result};
+pub use ext::adapter::AsyncIo;
+pub use ext::packet::{IoFuture, PacketIoExt, PendingIo};
+pub use ext::r#async::{IoFlush, IoRead, IoReadStream, IoWrite, IoWriteStream, Transfer};
+pub use ext::std_io::IoCursor;
+pub use ext::sync::{SyncIoRead, SyncIoWrite};
+pub use io::{Flush, IoLen, NoPos, PacketIo, Position, QueueFull};
+pub use packet::{CancelHandler, Direction, Packet, PacketBuf, PacketOutcome, PacketView, Read, Write};
