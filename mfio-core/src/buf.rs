@@ -185,11 +185,16 @@ impl AlignedBuf {
     /// `InvalidInput` if `align` is not a power of two or the size overflows;
     /// `OutOfMemory` if the allocation fails.
     pub fn with_capacity(capacity: usize, align: usize) -> Result<Self> {
-        let layout = Layout::from_size_align(capacity.max(1), align)
-            .map_err(|_| Error::new(io::ErrorKind::InvalidInput, "alignment must be a power of two and the size must fit"))?;
+        let layout = Layout::from_size_align(capacity.max(1), align).map_err(|_| {
+            Error::new(
+                io::ErrorKind::InvalidInput,
+                "alignment must be a power of two and the size must fit",
+            )
+        })?;
         // SAFETY: the layout has a non-zero size (at least 1).
         let raw = unsafe { alloc::alloc(layout) };
-        let ptr = NonNull::new(raw).ok_or_else(|| Error::new(io::ErrorKind::OutOfMemory, "aligned allocation failed"))?;
+        let ptr =
+            NonNull::new(raw).ok_or_else(|| Error::new(io::ErrorKind::OutOfMemory, "aligned allocation failed"))?;
         Ok(Self { ptr, len: 0, layout })
     }
 
@@ -219,7 +224,12 @@ impl AlignedBuf {
     pub fn extend_from_slice(&mut self, data: &[u8]) -> usize {
         let n = data.len().min(self.capacity() - self.len);
         // SAFETY: `n` bytes fit after `len`, and `data` cannot overlap memory we own uniquely.
-        unsafe { self.ptr.as_ptr().add(self.len).copy_from_nonoverlapping(data.as_ptr(), n) };
+        unsafe {
+            self.ptr
+                .as_ptr()
+                .add(self.len)
+                .copy_from_nonoverlapping(data.as_ptr(), n)
+        };
         self.len += n;
         n
     }

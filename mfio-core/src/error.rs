@@ -305,7 +305,11 @@ mod tests {
 
     #[test]
     fn first_op_and_offset_win() {
-        let e = Error::aborted().with_offset(3).with_op(Op::Write).with_offset(9).with_op(Op::Read);
+        let e = Error::aborted()
+            .with_offset(3)
+            .with_op(Op::Write)
+            .with_offset(9)
+            .with_op(Op::Read);
         assert_eq!((e.op(), e.offset()), (Some(Op::Write), Some(3)));
         assert!(e.is_aborted());
         assert!(!e.is_cancelled());

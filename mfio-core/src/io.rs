@@ -44,7 +44,9 @@ pub struct QueueFull<Perms: Direction, Param> {
 
 impl<Perms: Direction, Param> fmt::Debug for QueueFull<Perms, Param> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueFull").field("view", &self.view).finish_non_exhaustive()
+        f.debug_struct("QueueFull")
+            .field("view", &self.view)
+            .finish_non_exhaustive()
     }
 }
 
@@ -93,4 +95,28 @@ pub trait IoLen {
     /// # Errors
     /// What the backend reports (e.g. the OS error of `fstat`).
     fn io_len(&self) -> crate::Result<u64>;
+}
+
+impl<T: PacketIo<Perms, Param> + ?Sized, Perms: Direction, Param> PacketIo<Perms, Param> for &T {
+    fn try_send_io(&self, param: Param, view: PacketView<Perms>) -> Result<(), QueueFull<Perms, Param>> {
+        (**self).try_send_io(param, view)
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        (**self).poll_send_ready(cx)
+    }
+}
+
+impl<T: PacketIo<Perms, Param> + ?Sized, Perms: Direction, Param> PacketIo<Perms, Param> for std::sync::Arc<T> {
+    fn try_send_io(&self, param: Param, view: PacketView<Perms>) -> Result<(), QueueFull<Perms, Param>> {
+        (**self).try_send_io(param, view)
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        (**self).poll_send_ready(cx)
+    }
+}
+
+impl<T: IoLen + ?Sized> IoLen for &T {
+    fn io_len(&self) -> crate::Result<u64> {
+        (**self).io_len()
+    }
 }

@@ -68,6 +68,6 @@ pub use ext::adapter::AsyncIo;
 pub use ext::packet::{IoFuture, PacketIoExt, PendingIo};
 pub use ext::r#async::{IoFlush, IoRead, IoReadStream, IoWrite, IoWriteStream, Transfer};
 pub use ext::std_io::IoCursor;
-pub use ext::sync::{SyncIoRead, SyncIoWrite};
+pub use ext::sync::{SyncIoFlush, SyncIoRead, SyncIoWrite};
 pub use io::{Flush, IoLen, NoPos, PacketIo, Position, QueueFull};
 pub use packet::{CancelHandler, Direction, Packet, PacketBuf, PacketOutcome, PacketView, Read, Write};

@@ -611,7 +611,9 @@ mod tests {
         let mut p = read_packet(2);
         let v = p.take_view().expect("view");
         assert!(p.poll_complete(&mut cx).is_pending());
-        std::thread::spawn(move || v.complete_from(b"hi")).join().expect("thread");
+        std::thread::spawn(move || v.complete_from(b"hi"))
+            .join()
+            .expect("thread");
         assert!(flag.0.load(Ordering::SeqCst));
         assert!(p.poll_complete(&mut cx).is_ready());
     }
@@ -658,7 +660,10 @@ mod tests {
         let v = p.take_view().expect("view");
         drop(p);
         let rec = Arc::new(Recorder(Mutex::new(Vec::new())));
-        assert!(v.set_cancel_handler(rec.clone(), 1).expect_err("cancelled").is_cancelled());
+        assert!(v
+            .set_cancel_handler(rec.clone(), 1)
+            .expect_err("cancelled")
+            .is_cancelled());
         drop(v);
         assert!(rec.0.lock().is_empty());
     }
@@ -673,6 +678,9 @@ mod tests {
         b.complete(2);
         let (out, buf) = p.try_take().expect("done");
         assert_eq!((out.transferred(), buf.as_slice()), (5, &b"payload"[..]));
-        assert_eq!(out.exact().expect_err("short").kind(), std::io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            out.exact().expect_err("short").kind(),
+            std::io::ErrorKind::UnexpectedEof
+        );
     }
 }

@@ -204,9 +204,9 @@ impl<T: PacketIo<Write, u64> + IoLen> AsyncIo<T, u64> {
             std::io::SeekFrom::Current(d) => (self.pos, d),
             std::io::SeekFrom::End(d) => (self.io.io_len()?, d),
         };
-        let target = base
-            .checked_add_signed(delta)
-            .ok_or_else(|| Error::new(ErrorKind::InvalidInput, "seek to a negative or overflowing position").with_op(Op::Seek))?;
+        let target = base.checked_add_signed(delta).ok_or_else(|| {
+            Error::new(ErrorKind::InvalidInput, "seek to a negative or overflowing position").with_op(Op::Seek)
+        })?;
         self.discard_reads();
         self.pos = target;
         Poll::Ready(Ok(target))
@@ -315,7 +315,12 @@ mod tokio_impls {
                 io::SeekFrom::Current(d) => this.pos.checked_add_signed(d),
                 io::SeekFrom::End(d) => this.io.io_len()?.checked_add_signed(d),
             };
-            let target = target.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position"))?;
+            let target = target.ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "seek to a negative or overflowing position",
+                )
+            })?;
             this.seek_to = Some(target);
             Ok(())
         }

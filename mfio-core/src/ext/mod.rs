@@ -4,7 +4,7 @@
 //! and [`adapter`] (`futures-io` / `tokio` traits).
 
 pub mod adapter;
-pub mod packet;
 pub mod r#async;
+pub mod packet;
 pub mod std_io;
 pub mod sync;

@@ -95,8 +95,11 @@ impl<T: IoLen> io::Seek for IoCursor<T, u64> {
             SeekFrom::End(d) => (self.io.io_len()?, d),
         };
         let target = base.checked_add_signed(delta).ok_or_else(|| {
-            Error::new(io::ErrorKind::InvalidInput, "seek to a negative or overflowing position")
-                .with_op(crate::Op::Seek)
+            Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek to a negative or overflowing position",
+            )
+            .with_op(crate::Op::Seek)
         })?;
         self.pos = target;
         Ok(target)

@@ -76,17 +76,19 @@ pub trait SyncIoWrite<P: Position>: PacketIo<Write, P> + IoBackend {
     fn blocking_write_all_owned_at<B: IoBuf>(&self, pos: P, buf: B) -> BufResult<(), B> {
         block_on(self, self.write_all_at(pos, buf))
     }
+}
 
+impl<T: PacketIo<Write, P> + IoBackend + ?Sized, P: Position> SyncIoWrite<P> for T {}
+
+/// Blocking flush on a handle that is also its own backend driver.
+pub trait SyncIoFlush: PacketIo<Write, Flush> + IoBackend {
     /// Waits until every earlier write reached the backing store.
     ///
     /// # Errors
     /// As [`IoFlush::flush`].
-    fn blocking_flush(&self) -> Result<()>
-    where
-        Self: PacketIo<Write, Flush>,
-    {
+    fn blocking_flush(&self) -> Result<()> {
         block_on(self, IoFlush::flush(self))
     }
 }
 
-impl<T: PacketIo<Write, P> + IoBackend + ?Sized, P: Position> SyncIoWrite<P> for T {}
+impl<T: PacketIo<Write, Flush> + IoBackend + ?Sized> SyncIoFlush for T {}

@@ -43,9 +43,17 @@ impl FileData {
 
     /// Writes `src` at `pos`, growing (zero-filling any gap) as needed.
     pub(super) fn copy_in(&self, pos: u64, src: &[u8]) -> Result<usize> {
-        let too_large = || Error::new(ErrorKind::FileTooLarge, "write beyond the addressable size of a mem file");
+        let too_large = || {
+            Error::new(
+                ErrorKind::FileTooLarge,
+                "write beyond the addressable size of a mem file",
+            )
+        };
         let start = usize::try_from(pos).map_err(|_| too_large())?;
-        let end = start.checked_add(src.len()).filter(|e| *e <= isize::MAX as usize).ok_or_else(too_large)?;
+        let end = start
+            .checked_add(src.len())
+            .filter(|e| *e <= isize::MAX as usize)
+            .ok_or_else(too_large)?;
         let mut bytes = self.bytes.write();
         if end > bytes.len() {
             let grow = end - bytes.len();
@@ -98,7 +106,12 @@ impl MemFile {
         let len = usize::try_from(len)
             .ok()
             .filter(|l| *l <= isize::MAX as usize)
-            .ok_or_else(|| Error::new(ErrorKind::FileTooLarge, "length beyond the addressable size of a mem file"))?;
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::FileTooLarge,
+                    "length beyond the addressable size of a mem file",
+                )
+            })?;
         let mut bytes = self.data.bytes.write();
         if len > bytes.len() {
             let grow = len - bytes.len();
@@ -113,7 +126,8 @@ impl MemFile {
 
 impl PacketIo<Read, u64> for MemFile {
     fn try_send_io(&self, pos: u64, view: PacketView<Read>) -> Result<(), QueueFull<Read, u64>> {
-        self.shared.submit(pos, view, |v| Request::FileRead(self.data.clone(), pos, v))
+        self.shared
+            .submit(pos, view, |v| Request::FileRead(self.data.clone(), pos, v))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)
@@ -122,7 +136,8 @@ impl PacketIo<Read, u64> for MemFile {
 
 impl PacketIo<Write, u64> for MemFile {
     fn try_send_io(&self, pos: u64, view: PacketView<Write>) -> Result<(), QueueFull<Write, u64>> {
-        self.shared.submit(pos, view, |v| Request::FileWrite(self.data.clone(), pos, v))
+        self.shared
+            .submit(pos, view, |v| Request::FileWrite(self.data.clone(), pos, v))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)
@@ -131,7 +146,8 @@ impl PacketIo<Write, u64> for MemFile {
 
 impl PacketIo<Write, Flush> for MemFile {
     fn try_send_io(&self, param: Flush, view: PacketView<Write>) -> Result<(), QueueFull<Write, Flush>> {
-        self.shared.submit(param, view, |v| Request::FileFlush(self.data.clone(), v))
+        self.shared
+            .submit(param, view, |v| Request::FileFlush(self.data.clone(), v))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)

@@ -590,8 +590,12 @@ impl Shared {
                     Ok(done) => ready.push(done),
                     Err(view) => kept.push(Parked::Write(token, pipe, view)),
                 },
-                Parked::FileFlush(file, view) if file.writes_in_flight() == 0 => ready.push(Done::Write(view, Ok(0), None)),
-                Parked::StreamFlush(pipe, view) if pipe.writes_in_flight() == 0 => ready.push(Done::Write(view, Ok(0), None)),
+                Parked::FileFlush(file, view) if file.writes_in_flight() == 0 => {
+                    ready.push(Done::Write(view, Ok(0), None))
+                }
+                Parked::StreamFlush(pipe, view) if pipe.writes_in_flight() == 0 => {
+                    ready.push(Done::Write(view, Ok(0), None))
+                }
                 other => kept.push(other),
             }
         }

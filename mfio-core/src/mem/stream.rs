@@ -47,7 +47,11 @@ impl Pipe {
             return Ok(Done::Read(view, Ok(0)));
         }
         if st.bytes.is_empty() {
-            return if st.writer_closed { Ok(Done::Read(view, Ok(0))) } else { Err(view) };
+            return if st.writer_closed {
+                Ok(Done::Read(view, Ok(0)))
+            } else {
+                Err(view)
+            };
         }
         let n = st.bytes.len().min(view.len()).min(max);
         let dst = view.as_uninit_mut();
@@ -162,7 +166,8 @@ impl Drop for MemStream {
 
 impl PacketIo<Read, NoPos> for MemStream {
     fn try_send_io(&self, param: NoPos, view: PacketView<Read>) -> Result<(), QueueFull<Read, NoPos>> {
-        self.shared.submit(param, view, |v| Request::StreamRead(self.rx.clone(), v))
+        self.shared
+            .submit(param, view, |v| Request::StreamRead(self.rx.clone(), v))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)
@@ -171,7 +176,8 @@ impl PacketIo<Read, NoPos> for MemStream {
 
 impl PacketIo<Write, NoPos> for MemStream {
     fn try_send_io(&self, param: NoPos, view: PacketView<Write>) -> Result<(), QueueFull<Write, NoPos>> {
-        self.shared.submit(param, view, |v| Request::StreamWrite(self.tx.clone(), v))
+        self.shared
+            .submit(param, view, |v| Request::StreamWrite(self.tx.clone(), v))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)
@@ -180,7 +186,8 @@ impl PacketIo<Write, NoPos> for MemStream {
 
 impl PacketIo<Write, Flush> for MemStream {
     fn try_send_io(&self, param: Flush, view: PacketView<Write>) -> Result<(), QueueFull<Write, Flush>> {
-        self.shared.submit(param, view, |v| Request::StreamFlush(self.tx.clone(), v))
+        self.shared
+            .submit(param, view, |v| Request::StreamFlush(self.tx.clone(), v))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)

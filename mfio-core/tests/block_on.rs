@@ -1,0 +1,187 @@
+//! `block_on` wake-ups: foreign wakes, wakes after the backend is gone,
+//! self-wakes, successive scopes, and submissions from other threads.
+
+mod util;
+
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use mfio_core::mem::MemBackend;
+use mfio_core::{block_on, IoBackendExt, IoRead, Packet, PacketIo, Read, SyncIoRead};
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// Pending until it has been woken `target` times by a foreign thread.
+struct ForeignWakes {
+    polls: usize,
+    target: usize,
+    to_waker_thread: mpsc::Sender<Waker>,
+}
+
+impl Future for ForeignWakes {
+    type Output = usize;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<usize> {
+        self.polls += 1;
+        if self.polls > self.target {
+            return Poll::Ready(self.polls - 1);
+        }
+        self.to_waker_thread
+            .send(cx.waker().clone())
+            .expect("waker thread alive");
+        Poll::Pending
+    }
+}
+
+#[test]
+fn two_thousand_foreign_wakes_none_lost() {
+    let woken = util::within(LIMIT, || {
+        let be = MemBackend::new().expect("backend");
+        let (tx, rx) = mpsc::channel::<Waker>();
+        let waker_thread = std::thread::spawn(move || {
+            let mut n = 0usize;
+            for w in rx {
+                // Vary the timing so wakes land both while the driver is awake and asleep.
+                if n % 3 == 0 {
+                    std::thread::yield_now();
+                }
+                w.wake();
+                n += 1;
+            }
+            n
+        });
+        let polls = be.block_on(ForeignWakes {
+            polls: 0,
+            target: 2000,
+            to_waker_thread: tx,
+        });
+        (polls, waker_thread.join().expect("waker thread"))
+    });
+    assert_eq!(woken, (2000, 2000));
+}
+
+#[test]
+fn wake_after_backend_dropped_does_not_crash() {
+    let stale = util::within(LIMIT, || {
+        let be = MemBackend::new().expect("backend");
+        let waker = be.block_on(poll_fn(|cx| Poll::Ready(cx.waker().clone())));
+        drop(be);
+        waker
+    });
+    let t = std::thread::spawn(move || {
+        stale.wake_by_ref();
+        stale.wake();
+    });
+    t.join().expect("waking a stale waker must not panic");
+}
+
+#[test]
+fn self_wake_then_foreign_wake_completes_once() {
+    let (polls, completions) = util::within(LIMIT, || {
+        let be = MemBackend::new().expect("backend");
+        let polls = Arc::new(AtomicUsize::new(0));
+        let completions = Arc::new(AtomicUsize::new(0));
+        let (p, c) = (polls.clone(), completions.clone());
+        let out = be.block_on(poll_fn(move |cx| {
+            match p.fetch_add(1, Ordering::SeqCst) {
+                0 => {
+                    cx.waker().wake_by_ref(); // self-wake
+                    let foreign = cx.waker().clone();
+                    std::thread::spawn(move || foreign.wake()).join().expect("foreign wake");
+                    Poll::Pending
+                }
+                _ => {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    Poll::Ready("done")
+                }
+            }
+        }));
+        assert_eq!(out, "done");
+        (polls.load(Ordering::SeqCst), completions.load(Ordering::SeqCst))
+    });
+    assert_eq!(completions, 1, "completed more than once");
+    assert_eq!(polls, 2, "both wakes coalesce into one re-poll");
+}
+
+#[test]
+fn packet_completion_raced_by_foreign_wake_is_taken_once() {
+    util::within(LIMIT, || {
+        let be = MemBackend::new().expect("backend");
+        let f = be.file(b"abcd".to_vec());
+        let mut packet: Packet<Read, Vec<u8>> = Packet::new(Vec::with_capacity(4));
+        let view = packet.take_view().expect("view");
+        f.try_send_io(0, view).expect("queued");
+        let mut taken = 0;
+        be.block_on(poll_fn(|cx| {
+            let foreign = cx.waker().clone();
+            std::thread::spawn(move || foreign.wake());
+            match packet.poll_complete(cx) {
+                Poll::Ready(()) => {
+                    while packet.try_take().is_some() {
+                        taken += 1;
+                    }
+                    Poll::Ready(())
+                }
+                Poll::Pending => Poll::Pending,
+            }
+        }));
+        assert_eq!(taken, 1);
+    });
+}
+
+#[test]
+fn successive_block_on_scopes_on_one_backend() {
+    util::within(LIMIT, || {
+        let be = MemBackend::new().expect("backend");
+        let f = be.file(b"first second".to_vec());
+        for (pos, want) in [(0u64, &b"first"[..]), (6, b"second"), (0, b"first")] {
+            let (r, buf) = be.block_on(f.read_at(pos, Vec::with_capacity(want.len()))).into_parts();
+            assert_eq!(r.expect("read"), want.len());
+            assert_eq!(buf, want);
+        }
+        let mut nested = [0u8; 6];
+        f.blocking_read_exact_at(6, &mut nested)
+            .expect("sync read between scopes");
+        assert_eq!(&nested, b"second");
+    });
+}
+
+#[test]
+fn submission_from_another_thread_wakes_the_sleeping_driver() {
+    util::within(LIMIT, || {
+        let be = MemBackend::new().expect("backend");
+        let f = be.file(b"from afar".to_vec());
+        let (tx, rx) = futures::channel::oneshot::channel();
+        let remote = f.clone();
+        let submitter = std::thread::spawn(move || {
+            // Give the driver time to fall asleep in poll(2) first.
+            std::thread::sleep(Duration::from_millis(50));
+            let mut packet: Packet<Read, Vec<u8>> = Packet::new(Vec::with_capacity(9));
+            remote
+                .try_send_io(0, packet.take_view().expect("view"))
+                .expect("queued");
+            // Wait for completion without driving: only the sleeping driver can complete it.
+            let thread = std::thread::current();
+            let waker = Waker::from(Arc::new(Unpark(thread)));
+            let mut cx = Context::from_waker(&waker);
+            while packet.poll_complete(&mut cx).is_pending() {
+                std::thread::park();
+            }
+            let (outcome, buf) = packet.try_take().expect("complete");
+            let _ = tx.send((outcome.transferred(), buf));
+        });
+        let (n, buf) = block_on(&be, rx).expect("submitter sent its result");
+        submitter.join().expect("submitter");
+        assert_eq!((n, buf.as_slice()), (9, &b"from afar"[..]));
+    });
+}
+
+struct Unpark(std::thread::Thread);
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
