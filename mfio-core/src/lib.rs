@@ -14,7 +14,7 @@
 //!
 //! The same packets serve every layer: [`IoRead`]/[`IoWrite`] (async,
 //! positional or stream), [`SyncIoRead`]/[`SyncIoWrite`] (blocking),
-//! [`IoCursor`] (`std::io::{Read, Write, Seek}`) and [`AsyncIo`]
+//! [`IoCursor`] (`std::io::{Read, Write, Seek}`) and `AsyncIo`
 //! (`futures-io` and `tokio` traits, behind the features of those names).
 //! [`mem`] is a complete in-memory backend with fault-injection knobs.
 //!
@@ -48,8 +48,8 @@
 //! ```
 //!
 //! # Features
-//! - `futures-io`: `futures_io::{AsyncRead, AsyncWrite, AsyncSeek}` for [`AsyncIo`].
-//! - `tokio`: `tokio::io::{AsyncRead, AsyncWrite, AsyncSeek}` for [`AsyncIo`].
+//! - `futures-io`: `AsyncIo`, with `futures_io::{AsyncRead, AsyncWrite, AsyncSeek}`.
+//! - `tokio`: `AsyncIo`, with `tokio::io::{AsyncRead, AsyncWrite, AsyncSeek}`.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -64,6 +64,7 @@ pub mod packet;
 pub use backend::{block_on, DriveStatus, Interest, IoBackend, IoBackendExt, Notifier, PollingHandle};
 pub use buf::{AlignedBuf, BufResult, IoBuf, IoBufMut, Slice};
 pub use error::{Error, Op, Result};
+#[cfg(any(feature = "futures-io", feature = "tokio"))]
 pub use ext::adapter::AsyncIo;
 pub use ext::packet::{IoFuture, PacketIoExt, PendingIo};
 pub use ext::r#async::{IoFlush, IoRead, IoReadStream, IoWrite, IoWriteStream, Transfer};

@@ -99,6 +99,10 @@ pub trait CancelHandler: Send + Sync {
 
 const CANCELLED: u8 = 1;
 const HAS_HOOK: u8 = 2;
+/// Set once an error was recorded, so the common path never takes the lock.
+const HAS_ERROR: u8 = 4;
+/// Set once a waiter registered a waker; completion skips the wake otherwise.
+const WAITING: u8 = 8;
 
 struct Hook {
     handler: Arc<dyn CancelHandler>,
@@ -152,11 +156,14 @@ impl Header {
             if slot.as_ref().is_none_or(|(at, _)| start < *at) {
                 *slot = Some((start, err));
             }
+            self.flags.fetch_or(HAS_ERROR, Ordering::AcqRel);
         }
     }
 
     fn finish_view(&self) {
-        if self.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst pairs with `poll_complete`: either this load sees WAITING, or
+        // the waiter's re-check after setting it sees `pending == 0`.
+        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 && self.flags.load(Ordering::SeqCst) & WAITING != 0 {
             self.waker.wake();
         }
     }
@@ -234,7 +241,8 @@ impl<D: Direction, B: PacketBuf<D>> Packet<D, B> {
             return Poll::Ready(());
         }
         header.waker.register(cx.waker());
-        if header.is_complete() {
+        header.flags.fetch_or(WAITING, Ordering::SeqCst);
+        if header.pending.load(Ordering::SeqCst) == 0 {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -249,7 +257,11 @@ impl<D: Direction, B: PacketBuf<D>> Packet<D, B> {
         }
         let header = &self.state.header;
         let transferred = header.short_at.load(Ordering::Acquire);
-        let error = header.error.lock().take();
+        let error = if header.flags.load(Ordering::Acquire) & HAS_ERROR != 0 {
+            header.error.lock().take()
+        } else {
+            None
+        };
         // SAFETY: `pending` is zero, so no view exists and nothing else touches `buf`;
         // we are its only user.
         let mut buf = unsafe { (*self.state.buf.get()).take() }?;
@@ -483,13 +495,29 @@ impl PacketView<Read> {
         self.region_ptr()
     }
 
+    /// Copies as much of `src` as fits to the start of the view; returns the
+    /// count. Does not complete the view.
+    pub fn fill_from(&mut self, src: &[u8]) -> usize {
+        self.fill_from_at(0, src)
+    }
+
+    /// Copies as much of `src` as fits at `at` bytes into the view; returns
+    /// the count (0 if `at` is past the end). Does not complete the view.
+    pub fn fill_from_at(&mut self, at: usize, src: &[u8]) -> usize {
+        let n = src.len().min(self.len.saturating_sub(at));
+        if n == 0 {
+            return 0;
+        }
+        // SAFETY: `at + n <= len`, so the destination lies inside this view's
+        // range, which is writable memory reserved for this view alone (see
+        // `as_uninit_mut`); `src` cannot overlap it for the same reason.
+        unsafe { self.region_ptr().add(at).copy_from_nonoverlapping(src.as_ptr(), n) };
+        n
+    }
+
     /// Copies as much of `src` as fits and completes with that count.
     pub fn complete_from(mut self, src: &[u8]) {
-        let n = src.len().min(self.len);
-        let dst = self.as_uninit_mut();
-        for (d, s) in dst[..n].iter_mut().zip(src) {
-            d.write(*s);
-        }
+        let n = self.fill_from(src);
         self.complete(n);
     }
 }

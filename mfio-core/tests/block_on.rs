@@ -109,7 +109,7 @@ fn self_wake_then_foreign_wake_completes_once() {
 #[test]
 fn packet_completion_raced_by_foreign_wake_is_taken_once() {
     util::within(LIMIT, || {
-        let be = MemBackend::new().expect("backend");
+        let be = MemBackend::builder().inline_completion(false).build().expect("backend");
         let f = be.file(b"abcd".to_vec());
         let mut packet: Packet<Read, Vec<u8>> = Packet::new(Vec::with_capacity(4));
         let view = packet.take_view().expect("view");
@@ -152,7 +152,7 @@ fn successive_block_on_scopes_on_one_backend() {
 #[test]
 fn submission_from_another_thread_wakes_the_sleeping_driver() {
     util::within(LIMIT, || {
-        let be = MemBackend::new().expect("backend");
+        let be = MemBackend::builder().inline_completion(false).build().expect("backend");
         let f = be.file(b"from afar".to_vec());
         let (tx, rx) = futures::channel::oneshot::channel();
         let remote = f.clone();

@@ -44,7 +44,7 @@ fn dropped_read_keeps_buffer_until_backend_lets_go() {
 
 #[test]
 fn dropped_before_driving_is_released_on_next_step() {
-    let be = MemBackend::new().expect("backend");
+    let be = MemBackend::builder().inline_completion(false).build().expect("backend");
     let f = be.file(vec![1; 16]);
     let (buf, freed) = util::TrackedBuf::new(16);
     let mut fut = f.read_at(0, buf);
@@ -128,7 +128,11 @@ fn unsent_packet_view_dropped_is_aborted() {
 
 #[test]
 fn send_after_queue_refusal_hands_the_packet_back() {
-    let be = MemBackend::builder().queue_capacity(1).build().expect("backend");
+    let be = MemBackend::builder()
+        .queue_capacity(1)
+        .inline_completion(false)
+        .build()
+        .expect("backend");
     let f = be.file(vec![0; 8]);
     let mut first: Packet<Read, Vec<u8>> = Packet::new(Vec::with_capacity(8));
     let mut second: Packet<Read, Vec<u8>> = Packet::new(Vec::with_capacity(8));

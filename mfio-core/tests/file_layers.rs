@@ -187,6 +187,9 @@ fn backend(config: &str) -> MemBackend {
     let mut b = MemBackend::builder();
     match config {
         "plain" => {}
+        "queued" => {
+            b.inline_completion(false);
+        }
         "split" => {
             b.split_at(7);
         }
@@ -197,7 +200,7 @@ fn backend(config: &str) -> MemBackend {
             b.delay(Duration::from_micros(200));
         }
         "tiny_queue" => {
-            b.queue_capacity(1).window(1);
+            b.queue_capacity(1).window(1).inline_completion(false);
         }
         "all" => {
             b.split_at(3)
@@ -298,9 +301,9 @@ macro_rules! matrix {
         $(
             mod $layer {
                 use super::*;
-                per_config!(round_trip, $l, [plain, split, reorder, delay, tiny_queue, all]);
-                per_config!(write_grows_and_overwrites, $l, [plain, split, reorder, delay, tiny_queue, all]);
-                per_config!(reads_at_and_past_eof, $l, [plain, split, reorder, delay, tiny_queue, all]);
+                per_config!(round_trip, $l, [plain, queued, split, reorder, delay, tiny_queue, all]);
+                per_config!(write_grows_and_overwrites, $l, [plain, queued, split, reorder, delay, tiny_queue, all]);
+                per_config!(reads_at_and_past_eof, $l, [plain, queued, split, reorder, delay, tiny_queue, all]);
 
                 #[test]
                 fn injected_error_keeps_errno() -> io::Result<()> {

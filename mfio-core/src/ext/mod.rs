@@ -3,6 +3,8 @@
 //! stream reads/writes), [`sync`] (blocking), [`std_io`] (`std::io` cursor)
 //! and [`adapter`] (`futures-io` / `tokio` traits).
 
+#[cfg(any(feature = "futures-io", feature = "tokio"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "futures-io", feature = "tokio"))))]
 pub mod adapter;
 pub mod r#async;
 pub mod packet;

@@ -13,10 +13,13 @@ use crate::error::{Error, Result};
 use crate::io::{Flush, IoLen, PacketIo, QueueFull};
 use crate::packet::{PacketView, Read, Write};
 
-/// The bytes of a mem file and its count of writes not yet completed.
+/// The bytes of a mem file and its counts of operations not yet completed.
 #[derive(Debug)]
 pub(super) struct FileData {
     bytes: RwLock<Vec<u8>>,
+    /// Reads and writes queued or in flight.
+    ops: AtomicUsize,
+    /// Writes queued or in flight.
     writes: AtomicUsize,
 }
 
@@ -24,6 +27,7 @@ impl FileData {
     pub(super) fn new(bytes: Vec<u8>) -> Arc<Self> {
         Arc::new(Self {
             bytes: RwLock::new(bytes),
+            ops: AtomicUsize::new(0),
             writes: AtomicUsize::new(0),
         })
     }
@@ -33,12 +37,7 @@ impl FileData {
         let bytes = self.bytes.read();
         let Ok(start) = usize::try_from(pos) else { return 0 };
         let Some(src) = bytes.get(start..) else { return 0 };
-        let dst = view.as_uninit_mut();
-        let n = src.len().min(dst.len());
-        for (d, s) in dst[..n].iter_mut().zip(src) {
-            d.write(*s);
-        }
-        n
+        view.fill_from(src)
     }
 
     /// Writes `src` at `pos`, growing (zero-filling any gap) as needed.
@@ -66,12 +65,30 @@ impl FileData {
         Ok(src.len())
     }
 
-    pub(super) fn write_started(&self) {
-        self.writes.fetch_add(1, Ordering::AcqRel);
+    /// Counts `n` more operations (reads, or writes if `write`) as pending.
+    pub(super) fn begin(&self, write: bool, n: usize) {
+        self.ops.fetch_add(n, Ordering::AcqRel);
+        if write {
+            self.writes.fetch_add(n, Ordering::AcqRel);
+        }
     }
 
-    pub(super) fn write_done(&self) {
-        self.writes.fetch_sub(1, Ordering::AcqRel);
+    /// Counts one operation as finished.
+    pub(super) fn end(&self, write: bool) {
+        self.ops.fetch_sub(1, Ordering::AcqRel);
+        if write {
+            self.writes.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// True when a read may be served inline without overtaking a write.
+    fn read_may_skip_queue(&self) -> bool {
+        self.writes.load(Ordering::Acquire) == 0
+    }
+
+    /// True when a write may be applied inline without overtaking anything.
+    fn write_may_skip_queue(&self) -> bool {
+        self.ops.load(Ordering::Acquire) == 0
     }
 
     pub(super) fn writes_in_flight(&self) -> usize {
@@ -125,9 +142,18 @@ impl MemFile {
 }
 
 impl PacketIo<Read, u64> for MemFile {
-    fn try_send_io(&self, pos: u64, view: PacketView<Read>) -> Result<(), QueueFull<Read, u64>> {
+    /// Served inline (copied and completed before returning) when the backend
+    /// allows it and no write to this file is queued; otherwise queued.
+    fn try_send_io(&self, pos: u64, mut view: PacketView<Read>) -> Result<(), QueueFull<Read, u64>> {
+        if self.shared.config.inline && self.data.read_may_skip_queue() {
+            let n = self.data.copy_out(pos, &mut view);
+            view.complete(n);
+            return Ok(());
+        }
+        self.data.begin(false, 1);
         self.shared
             .submit(pos, view, |v| Request::FileRead(self.data.clone(), pos, v))
+            .inspect_err(|_| self.data.end(false))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)
@@ -135,9 +161,18 @@ impl PacketIo<Read, u64> for MemFile {
 }
 
 impl PacketIo<Write, u64> for MemFile {
+    /// Applied inline when the backend allows it and nothing else is queued
+    /// on this file; otherwise queued.
     fn try_send_io(&self, pos: u64, view: PacketView<Write>) -> Result<(), QueueFull<Write, u64>> {
+        if self.shared.config.inline && self.data.write_may_skip_queue() {
+            let res = self.data.copy_in(pos, view.as_slice());
+            view.finish(res);
+            return Ok(());
+        }
+        self.data.begin(true, 1);
         self.shared
             .submit(pos, view, |v| Request::FileWrite(self.data.clone(), pos, v))
+            .inspect_err(|_| self.data.end(true))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)

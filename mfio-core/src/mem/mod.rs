@@ -59,6 +59,7 @@ pub struct MemBuilder {
     failures: Vec<(Range<u64>, Error)>,
     delay: Option<Duration>,
     shuffle_seed: Option<u64>,
+    inline: bool,
 }
 
 impl Default for MemBuilder {
@@ -71,6 +72,7 @@ impl Default for MemBuilder {
             failures: Vec::new(),
             delay: None,
             shuffle_seed: None,
+            inline: true,
         }
     }
 }
@@ -124,13 +126,24 @@ impl MemBuilder {
         self
     }
 
+    /// Serves file requests inline (completed inside `try_send_io`, with no
+    /// queueing or wake-up) when nothing queued on the same file could be
+    /// overtaken (default: on). Always off while `split_at`, `fail_range`,
+    /// `delay` or `out_of_order` is set, since those act in the queue.
+    pub fn inline_completion(&mut self, on: bool) -> &mut Self {
+        self.inline = on;
+        self
+    }
+
     /// Creates the backend.
     ///
     /// # Errors
     /// The OS error if its eventfd cannot be created.
     pub fn build(&mut self) -> Result<MemBackend> {
         let notifier = Notifier::new()?;
+        let knobs = self.split_at.is_some() || !self.failures.is_empty() || self.delay.is_some();
         let config = Config {
+            inline: self.inline && !knobs && self.shuffle_seed.is_none(),
             queue_capacity: self.queue_capacity,
             window: self.window,
             pipe_capacity: self.pipe_capacity,
@@ -161,6 +174,7 @@ impl MemBuilder {
 
 #[derive(Debug)]
 struct Config {
+    inline: bool,
     queue_capacity: usize,
     window: usize,
     pipe_capacity: usize,
@@ -245,18 +259,23 @@ enum Request {
 
 /// A view with its result decided, waiting to be finished.
 enum Done {
-    Read(PacketView<Read>, Result<usize>),
+    Read(PacketView<Read>, Result<usize>, Option<Arc<FileData>>),
     Write(PacketView<Write>, Result<usize>, Option<Arc<FileData>>),
 }
 
 impl Done {
     fn finish(self) {
         match self {
-            Done::Read(v, r) => v.finish(r),
+            Done::Read(v, r, file) => {
+                v.finish(r);
+                if let Some(file) = file {
+                    file.end(false);
+                }
+            }
             Done::Write(v, r, file) => {
                 v.finish(r);
                 if let Some(file) = file {
-                    file.write_done();
+                    file.end(true);
                 }
             }
         }
@@ -264,11 +283,16 @@ impl Done {
 
     fn cancel(self) {
         match self {
-            Done::Read(v, _) => v.fail(Error::cancelled()),
+            Done::Read(v, _, file) => {
+                v.fail(Error::cancelled());
+                if let Some(file) = file {
+                    file.end(false);
+                }
+            }
             Done::Write(v, _, file) => {
                 v.fail(Error::cancelled());
                 if let Some(file) = file {
-                    file.write_done();
+                    file.end(true);
                 }
             }
         }
@@ -466,8 +490,8 @@ impl Shared {
 
     fn process(&self, core: &mut Core, req: Request) {
         match req {
-            Request::FileRead(file, pos, view) => self.file_read(core, &file, pos, view),
-            Request::FileWrite(file, pos, view) => self.file_write(core, &file, pos, view),
+            Request::FileRead(file, pos, view) => self.file_read(core, file, pos, view),
+            Request::FileWrite(file, pos, view) => self.file_write(core, file, pos, view),
             Request::FileFlush(file, view) => core.parked.push(Parked::FileFlush(file, view)),
             Request::StreamRead(pipe, view) => {
                 let token = self.token();
@@ -519,32 +543,29 @@ impl Shared {
         }
     }
 
-    fn file_read(&self, core: &mut Core, file: &FileData, pos: u64, view: PacketView<Read>) {
-        if self.config.split_at.is_none() && self.config.failures.is_empty() {
-            // The common path: one view, no knobs.
-            let mut view = view;
-            let n = file.copy_out(pos, &mut view);
-            return self.complete(core, Done::Read(view, Ok(n)));
-        }
+    /// Serves a queued read; the submission counted it once, each piece is
+    /// counted on its own from here on.
+    fn file_read(&self, core: &mut Core, file: Arc<FileData>, pos: u64, view: PacketView<Read>) {
         let mut pieces = Vec::new();
         self.pieces(pos, view, &mut pieces);
+        file.begin(false, pieces.len());
+        file.end(false);
         for (at, mut v, err) in pieces {
-            let done = match err {
-                Some(e) => Done::Read(v, Err(e)),
-                None => {
-                    let n = file.copy_out(at, &mut v);
-                    Done::Read(v, Ok(n))
-                }
+            let res = match err {
+                Some(e) => Err(e),
+                None => Ok(file.copy_out(at, &mut v)),
             };
-            self.complete(core, done);
+            self.complete(core, Done::Read(v, res, Some(file.clone())));
         }
     }
 
-    fn file_write(&self, core: &mut Core, file: &Arc<FileData>, pos: u64, view: PacketView<Write>) {
+    /// Applies a queued write, piece by piece (see `file_read` for the counts).
+    fn file_write(&self, core: &mut Core, file: Arc<FileData>, pos: u64, view: PacketView<Write>) {
         let mut pieces = Vec::new();
         self.pieces(pos, view, &mut pieces);
+        file.begin(true, pieces.len());
+        file.end(true);
         for (at, v, err) in pieces {
-            file.write_started();
             let res = match err {
                 Some(e) => Err(e),
                 None => file.copy_in(at, v.as_slice()),
@@ -560,7 +581,7 @@ impl Shared {
         };
         let token = self.token();
         let registered = match &done {
-            Done::Read(v, _) => v.set_cancel_handler(self.canceller.clone(), token),
+            Done::Read(v, _, _) => v.set_cancel_handler(self.canceller.clone(), token),
             Done::Write(v, _, _) => v.set_cancel_handler(self.canceller.clone(), token),
         };
         match registered {

@@ -44,21 +44,21 @@ impl Pipe {
     pub(super) fn try_read(&self, mut view: PacketView<Read>, max: usize) -> Result<Done, PacketView<Read>> {
         let mut st = self.state.lock();
         if view.is_empty() {
-            return Ok(Done::Read(view, Ok(0)));
+            return Ok(Done::Read(view, Ok(0), None));
         }
         if st.bytes.is_empty() {
             return if st.writer_closed {
-                Ok(Done::Read(view, Ok(0)))
+                Ok(Done::Read(view, Ok(0), None))
             } else {
                 Err(view)
             };
         }
         let n = st.bytes.len().min(view.len()).min(max);
-        let dst = view.as_uninit_mut();
-        for (d, s) in dst[..n].iter_mut().zip(st.bytes.drain(..n)) {
-            d.write(s);
-        }
-        Ok(Done::Read(view, Ok(n)))
+        let (front, back) = st.bytes.as_slices();
+        let head = view.fill_from(&front[..front.len().min(n)]);
+        view.fill_from_at(head, &back[..n - head]);
+        st.bytes.drain(..n);
+        Ok(Done::Read(view, Ok(n), None))
     }
 
     /// Takes as many bytes as fit (at most `max`), fails on a closed pipe, or
