@@ -37,7 +37,9 @@ pub struct CoreArgs {
     pub only: Option<String>,
 }
 
-const CONTENDERS: [&str; 2] = ["mfio mem", "memflow mfio VirtRt"];
+/// `mfio mem` completes inline where it can; `mfio mem (queued)` forces every
+/// read through the queue, a driving step and a wake-up.
+const CONTENDERS: [&str; 3] = ["mfio mem", "mfio mem (queued)", "memflow mfio VirtRt"];
 
 /// Number of progress steps `run` takes.
 pub fn steps(args: &CoreArgs) -> u64 {
@@ -53,7 +55,7 @@ pub fn run(args: &CoreArgs, progress: &ProgressBar) -> Vec<Series> {
             let workload = format!("read {} B, QD {depth}", size);
             let mut series: Vec<Series> = CONTENDERS
                 .iter()
-                .filter(|c| args.only.as_ref().is_none_or(|o| c.contains(o.as_str())))
+                .filter(|c| args.only.as_ref().is_none_or(|o| **c == o.as_str()))
                 .map(|c| Series {
                     workload: workload.clone(),
                     contender: c.to_string(),
@@ -69,10 +71,10 @@ pub fn run(args: &CoreArgs, progress: &ProgressBar) -> Vec<Series> {
             for rep in 0..=args.reps {
                 for s in series.iter_mut() {
                     progress.set_message(format!("core: {workload}, {}", s.contender));
-                    let (elapsed, ops) = if s.contender == CONTENDERS[0] {
-                        mfio_mem(&data, &spec)
-                    } else {
-                        memflow_virt(&data, &spec)
+                    let (elapsed, ops) = match s.contender.as_str() {
+                        c if c == CONTENDERS[0] => mfio_mem(&data, &spec, true),
+                        c if c == CONTENDERS[1] => mfio_mem(&data, &spec, false),
+                        _ => memflow_virt(&data, &spec),
                     };
                     if rep > 0 {
                         s.ns_per_op.push(ns_per_op(elapsed, ops));
@@ -121,8 +123,8 @@ fn check_mfio(n: mfio_core::Result<usize>, want: usize) {
     }
 }
 
-fn mfio_mem(data: &[u8], spec: &Spec) -> (Duration, u64) {
-    let be = match MemBackend::new() {
+fn mfio_mem(data: &[u8], spec: &Spec, inline: bool) -> (Duration, u64) {
+    let be = match MemBackend::builder().inline_completion(inline).build() {
         Ok(be) => be,
         Err(e) => panic!("mem backend: {e}"),
     };

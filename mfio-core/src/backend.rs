@@ -193,7 +193,12 @@ impl Wake for BlockOnWake {
         self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        self.woken.store(true, Ordering::SeqCst);
+        // Many completions in one driving step wake the same task: only the
+        // first pays for the store. SeqCst pairs with the driver's swap, so a
+        // `true` seen here is one the driver has not consumed yet.
+        if !self.woken.load(Ordering::SeqCst) {
+            self.woken.store(true, Ordering::SeqCst);
+        }
         if let Some(thread) = &self.thread {
             thread.notifier.notify();
         }
@@ -218,7 +223,7 @@ pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Out
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
     loop {
-        if wake.woken.swap(false, Ordering::AcqRel) {
+        if wake.woken.swap(false, Ordering::SeqCst) {
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
                 return out;
             }

@@ -63,7 +63,10 @@ enum Cause {
 /// survives; an OS error becomes [`io::Error::from_raw_os_error`] so
 /// `raw_os_error()` keeps working, and anything else is carried inside the
 /// `io::Error` and recovered intact by `Error::from(io_error)`.
-pub struct Error {
+pub struct Error(Box<Inner>);
+
+/// Boxed so that `Result<usize, Error>` stays two words on the hot path.
+struct Inner {
     kind: io::ErrorKind,
     cause: Cause,
     op: Option<Op>,
@@ -108,36 +111,36 @@ impl Error {
     }
 
     fn with_cause(kind: io::ErrorKind, cause: Cause) -> Self {
-        Self {
+        Self(Box::new(Inner {
             kind,
             cause,
             op: None,
             offset: None,
-        }
+        }))
     }
 
     /// Records the operation that failed (keeps an operation already set).
     #[must_use]
     pub fn with_op(mut self, op: Op) -> Self {
-        self.op.get_or_insert(op);
+        self.0.op.get_or_insert(op);
         self
     }
 
     /// Records the offset that failed (keeps an offset already set).
     #[must_use]
     pub fn with_offset(mut self, offset: u64) -> Self {
-        self.offset.get_or_insert(offset);
+        self.0.offset.get_or_insert(offset);
         self
     }
 
     /// The [`io::ErrorKind`] of this error.
     pub fn kind(&self) -> io::ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// The OS errno, if the OS reported this error.
     pub fn raw_os_error(&self) -> Option<i32> {
-        match self.cause {
+        match self.0.cause {
             Cause::Os(errno) => Some(errno),
             _ => None,
         }
@@ -145,32 +148,32 @@ impl Error {
 
     /// The operation that failed, if known.
     pub fn op(&self) -> Option<Op> {
-        self.op
+        self.0.op
     }
 
     /// The offset (file position, or byte offset in a stream) that failed, if known.
     pub fn offset(&self) -> Option<u64> {
-        self.offset
+        self.0.offset
     }
 
     /// True if a backend dropped part of the packet without completing it.
     pub fn is_aborted(&self) -> bool {
-        matches!(self.cause, Cause::Aborted)
+        matches!(self.0.cause, Cause::Aborted)
     }
 
     /// True if the caller cancelled the operation.
     pub fn is_cancelled(&self) -> bool {
-        matches!(self.cause, Cause::Cancelled)
+        matches!(self.0.cause, Cause::Cancelled)
     }
 
     /// True if the packet was refused because the submission queue was full.
     pub fn is_queue_full(&self) -> bool {
-        matches!(self.cause, Cause::QueueFull)
+        matches!(self.0.cause, Cause::QueueFull)
     }
 
     /// A copy of this error. Sources that are not `Clone` are kept as their message.
     pub fn duplicate(&self) -> Self {
-        let cause = match &self.cause {
+        let cause = match &self.0.cause {
             Cause::Os(e) => Cause::Os(*e),
             Cause::Aborted => Cause::Aborted,
             Cause::Cancelled => Cause::Cancelled,
@@ -178,36 +181,36 @@ impl Error {
             Cause::Message(m) => Cause::Message(m.clone()),
             Cause::Source(s) => Cause::Message(s.to_string().into()),
         };
-        Self {
-            kind: self.kind,
+        Self(Box::new(Inner {
+            kind: self.0.kind,
             cause,
-            op: self.op,
-            offset: self.offset,
-        }
+            op: self.0.op,
+            offset: self.0.offset,
+        }))
     }
 }
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Error")
-            .field("kind", &self.kind)
-            .field("cause", &self.cause)
-            .field("op", &self.op)
-            .field("offset", &self.offset)
+            .field("kind", &self.0.kind)
+            .field("cause", &self.0.cause)
+            .field("op", &self.0.op)
+            .field("offset", &self.0.offset)
             .finish()
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(op) = self.op {
+        if let Some(op) = self.0.op {
             write!(f, "{op}")?;
-            if let Some(off) = self.offset {
+            if let Some(off) = self.0.offset {
                 write!(f, " at offset {off}")?;
             }
             f.write_str(": ")?;
         }
-        match &self.cause {
+        match &self.0.cause {
             Cause::Os(errno) => write!(f, "{} (os error {errno})", io::Error::from_raw_os_error(*errno).kind()),
             Cause::Aborted => f.write_str("backend dropped the request without completing it"),
             Cause::Cancelled => f.write_str("operation cancelled"),
@@ -220,7 +223,7 @@ impl fmt::Display for Error {
 
 impl StdError for Error {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match &self.cause {
+        match &self.0.cause {
             Cause::Source(s) => Some(s.as_ref()),
             _ => None,
         }
@@ -247,9 +250,9 @@ impl From<Error> for io::Error {
     /// An OS error becomes a plain OS `io::Error` (kind and errno kept, as
     /// `std` reports it); anything else is carried whole inside the `io::Error`.
     fn from(e: Error) -> Self {
-        match e.cause {
+        match e.0.cause {
             Cause::Os(errno) => io::Error::from_raw_os_error(errno),
-            _ => io::Error::new(e.kind, e),
+            _ => io::Error::new(e.0.kind, e),
         }
     }
 }
@@ -301,6 +304,11 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert_eq!(e.to_string(), "bad frame");
         assert!(e.source().is_some());
+    }
+
+    #[test]
+    fn result_of_error_stays_two_words() {
+        assert_eq!(std::mem::size_of::<Result<usize>>(), 16);
     }
 
     #[test]

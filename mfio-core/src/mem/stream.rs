@@ -115,7 +115,7 @@ impl Pipe {
 impl CancelHandler for Pipe {
     fn cancel(&self, token: u64) {
         if let Some(shared) = self.backend.upgrade() {
-            shared.cancelled.lock().push(token);
+            shared.cancelled.push(token);
             shared.notifier.notify();
         }
     }
