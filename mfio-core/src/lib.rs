@@ -72,3 +72,8 @@ pub use ext::std_io::IoCursor;
 pub use ext::sync::{SyncIoFlush, SyncIoRead, SyncIoWrite};
 pub use io::{Flush, IoLen, NoPos, PacketIo, Position, QueueFull};
 pub use packet::{CancelHandler, Direction, Packet, PacketBuf, PacketOutcome, PacketView, Read, Write};
+
+/// The README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
