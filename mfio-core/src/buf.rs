@@ -170,6 +170,8 @@ unsafe impl IoBuf for &'static [u8] {
 pub struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
+    capacity: usize,
+    /// The allocation's layout; its size is at least 1 even for capacity 0.
     layout: Layout,
 }
 
@@ -195,7 +197,12 @@ impl AlignedBuf {
         let raw = unsafe { alloc::alloc(layout) };
         let ptr =
             NonNull::new(raw).ok_or_else(|| Error::new(io::ErrorKind::OutOfMemory, "aligned allocation failed"))?;
-        Ok(Self { ptr, len: 0, layout })
+        Ok(Self {
+            ptr,
+            len: 0,
+            capacity,
+            layout,
+        })
     }
 
     /// A buffer of `len` zero bytes, starting at a multiple of `align`.
@@ -217,7 +224,7 @@ impl AlignedBuf {
 
     /// Number of bytes the buffer can hold.
     pub fn capacity(&self) -> usize {
-        self.layout.size()
+        self.capacity
     }
 
     /// Appends as many bytes of `data` as fit; returns how many were taken.
@@ -337,22 +344,34 @@ unsafe impl<B: IoBuf> IoBuf for Slice<B> {
     }
 }
 
-// SAFETY: delegates to the inner buffer's capacity, offset by `begin` (clamped to it).
+// SAFETY: delegates to the inner buffer's capacity, offset by `begin` (clamped
+// to it); every byte before `begin` is initialised before the pointer is handed
+// out, so `set_buf_init(begin + n)` never exposes uninitialised memory.
 unsafe impl<B: IoBufMut> IoBufMut for Slice<B> {
     fn as_buf_mut_ptr(&mut self) -> *mut u8 {
         let begin = self.begin.min(self.buf.buf_capacity());
+        let init = self.buf.buf_len();
+        let base = self.buf.as_buf_mut_ptr();
+        if init < begin {
+            // A read that starts past the initialised part: zero the gap so the
+            // inner buffer can later count the bytes read as initialised.
+            // SAFETY: init < begin <= capacity, so the gap is inside the allocation.
+            unsafe { base.add(init).write_bytes(0, begin - init) };
+            // SAFETY: the first `begin` bytes are now initialised.
+            unsafe { self.buf.set_buf_init(begin) };
+        }
         // SAFETY: begin <= capacity, so the result stays inside (or one past) the allocation.
-        unsafe { self.buf.as_buf_mut_ptr().add(begin) }
+        unsafe { base.add(begin) }
     }
     fn buf_capacity(&self) -> usize {
         self.end.min(self.buf.buf_capacity()).saturating_sub(self.begin)
     }
     unsafe fn set_buf_init(&mut self, len: usize) {
-        if len > 0 {
+        let begin = self.begin.min(self.buf.buf_capacity());
+        if len > 0 && self.buf.buf_len() >= begin {
             // SAFETY: the caller wrote `len <= buf_capacity()` bytes from `begin`, and every byte
-            // before `begin` is initialised: a Slice for reading starts inside the initialised part
-            // (the read helpers only ever start at the inner buffer's `buf_len`).
-            unsafe { self.buf.set_buf_init(self.begin.min(self.buf.buf_capacity()) + len) };
+            // before `begin` is initialised (checked above; `as_buf_mut_ptr` zero-fills any gap).
+            unsafe { self.buf.set_buf_init(begin + len) };
         }
     }
 }
@@ -370,6 +389,23 @@ mod tests {
             assert_eq!(buf.extend_from_slice(&[7; 10_000]), 8192);
             assert_eq!(&buf[..3], &[7, 7, 7]);
         }
+    }
+
+    #[test]
+    fn aligned_buf_of_capacity_zero_reports_zero() {
+        let buf = AlignedBuf::with_capacity(0, 4096).expect("alloc");
+        assert_eq!((buf.capacity(), buf.buf_capacity()), (0, 0));
+    }
+
+    #[test]
+    fn slice_past_initialised_part_zero_fills_the_gap() {
+        let mut s = Slice::new(Vec::with_capacity(8), 4, 8);
+        let p = s.as_buf_mut_ptr();
+        // SAFETY: the slice has 4 writable bytes.
+        unsafe { p.copy_from_nonoverlapping(b"wxyz".as_ptr(), 4) };
+        // SAFETY: four bytes were written.
+        unsafe { s.set_buf_init(4) };
+        assert_eq!(s.into_inner(), b"\0\0\0\0wxyz");
     }
 
     #[test]

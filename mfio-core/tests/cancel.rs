@@ -149,3 +149,27 @@ fn send_after_queue_refusal_hands_the_packet_back() {
     assert_eq!(first.try_take().expect("done").0.transferred(), 8);
     assert_eq!(second.try_take().expect("done").0.transferred(), 4);
 }
+
+#[test]
+fn flush_reaches_the_backend_and_waits_for_earlier_writes() {
+    use mfio_core::{IoFlush, PacketIoExt, Write};
+    util::within(LIMIT, || {
+        let be = MemBackend::builder()
+            .delay(Duration::from_millis(30))
+            .build()
+            .expect("backend");
+        let f = be.file(Vec::new());
+        // A write sent but not awaited: it completes 30 ms after the backend takes it.
+        let mut write = Box::pin(PacketIoExt::<Write, u64>::io(&f, 0, b"durable".to_vec()));
+        assert!(util::poll_once(&mut write).is_pending());
+        let mut flush = Box::pin(f.flush());
+        assert!(util::poll_once(&mut flush).is_pending(), "flush waits for the backend");
+        be.block_on(flush).expect("flush");
+        // The flush completed only after the earlier write did.
+        assert!(
+            util::poll_once(&mut write).is_ready(),
+            "flush returned before the write completed"
+        );
+        assert_eq!(f.contents(), b"durable");
+    });
+}

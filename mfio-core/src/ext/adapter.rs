@@ -36,6 +36,8 @@ pub struct AsyncIo<T, P: Position = u64> {
     ready_at: usize,
     write: Option<(P, WriteOp<P>)>,
     flush: Option<PendingIo<Write, Flush, &'static [u8]>>,
+    /// Target of a tokio `start_seek` awaiting `poll_complete`.
+    #[cfg(feature = "tokio")]
     seek_to: Option<u64>,
     spare: Vec<u8>,
 }
@@ -51,6 +53,7 @@ impl<T, P: Position> AsyncIo<T, P> {
             ready_at: 0,
             write: None,
             flush: None,
+            #[cfg(feature = "tokio")]
             seek_to: None,
             spare: Vec::new(),
         }
@@ -171,6 +174,7 @@ impl<T: PacketIo<Read, P> + PacketIo<Write, P>, P: Position> AsyncIo<T, P> {
         Poll::Ready(Ok(&self.ready[..]))
     }
 
+    #[cfg(feature = "futures-io")]
     fn poll_read_into(&mut self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<Result<usize>> {
         if dst.is_empty() {
             return Poll::Ready(Ok(0));

@@ -1,5 +1,5 @@
 //! The user-facing layers, all thin over the same packets: [`packet`]
-//! (send a packet, await it), [`async`](self::r#async) (positional and
+//! (send a packet, await it), `async` (positional and
 //! stream reads/writes), [`sync`] (blocking), [`std_io`] (`std::io` cursor)
 //! and [`adapter`] (`futures-io` / `tokio` traits).
 
