@@ -138,12 +138,26 @@ impl Notifier {
         SleeperGuard { notifier: self }
     }
 
-    /// Consumes a pending notification (drains the eventfd).
+    /// Consumes a pending notification (drains the eventfd) if there is one.
+    ///
+    /// Reads before resetting the flag: a `notify` that lands in between
+    /// finds the flag still set and skips its write, which is fine because
+    /// the caller is awake; resetting first could let our read swallow that
+    /// write and leave the flag set with nothing to read, losing every later
+    /// notification.
     pub fn clear(&self) {
-        if self.notified.swap(false, Ordering::AcqRel) {
-            let mut buf = [0u8; 8];
-            let _ = rustix::io::read(&self.efd, &mut buf);
+        if self.notified.load(Ordering::Acquire) {
+            self.drain();
         }
+    }
+
+    /// Drains the eventfd whether or not [`notify`](Self::notify) wrote it:
+    /// for descriptors other writers signal too (an io_uring ring registers
+    /// it for completions). Called by a driver after it woke up.
+    pub fn drain(&self) {
+        let mut buf = [0u8; 8];
+        let _ = rustix::io::read(&self.efd, &mut buf);
+        self.notified.store(false, Ordering::SeqCst);
     }
 }
 
@@ -241,6 +255,10 @@ pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Out
             continue;
         }
         sleep_on(handle, wake.thread.as_ref(), status.timeout);
+        // Completions may have been signalled by someone other than `notify`
+        // (the kernel, for a ring); left unread they would keep the
+        // descriptor readable and turn every later sleep into a spin.
+        handle.notifier.drain();
     }
 }
 

@@ -25,6 +25,10 @@ pub enum Op {
     Len,
     /// Submitting a packet to a backend.
     Submit,
+    /// Opening a file.
+    Open,
+    /// Reading metadata (size, type, times).
+    Metadata,
 }
 
 impl fmt::Display for Op {
@@ -36,6 +40,8 @@ impl fmt::Display for Op {
             Op::Seek => "seek",
             Op::Len => "len",
             Op::Submit => "submit",
+            Op::Open => "open",
+            Op::Metadata => "metadata",
         })
     }
 }

@@ -60,6 +60,7 @@ pub mod ext;
 pub mod io;
 pub mod mem;
 pub mod packet;
+pub mod queue;
 
 pub use backend::{block_on, DriveStatus, Interest, IoBackend, IoBackendExt, Notifier, PollingHandle};
 pub use buf::{AlignedBuf, BufResult, IoBuf, IoBufMut, Slice};

@@ -24,9 +24,9 @@ mod stream;
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -38,6 +38,7 @@ use crate::backend::{DriveStatus, Interest, IoBackend, Notifier, PollingHandle};
 use crate::error::{Error, Result};
 use crate::io::QueueFull;
 use crate::packet::{CancelHandler, Direction, PacketView, Read, Write};
+use crate::queue::{Mailbox, SubmitQueue};
 
 use file::FileData;
 use stream::Pipe;
@@ -153,18 +154,15 @@ impl MemBuilder {
         };
         let seed = self.shuffle_seed;
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
-            notifier,
+            notifier: notifier.clone(),
             canceller: Arc::new(Canceller { shared: weak.clone() }),
-            inbox: Mutex::new(VecDeque::new()),
-            queued: AtomicUsize::new(0),
+            queue: SubmitQueue::new(config.queue_capacity, notifier.clone()),
             core: Mutex::new(Core {
                 rng: seed,
                 ..Core::default()
             }),
-            slot_waiters: Mailbox::default(),
             cancelled: Mailbox::default(),
             next_token: AtomicU64::new(1),
-            max_queued: AtomicUsize::new(0),
             max_in_flight: AtomicUsize::new(0),
             config,
         });
@@ -326,13 +324,10 @@ struct Core {
 struct Shared {
     notifier: Arc<Notifier>,
     canceller: Arc<Canceller>,
-    inbox: Mutex<VecDeque<Request>>,
-    queued: AtomicUsize,
+    queue: SubmitQueue<Request>,
     core: Mutex<Core>,
-    slot_waiters: Mailbox<Waker>,
     cancelled: Mailbox<u64>,
     next_token: AtomicU64,
-    max_queued: AtomicUsize,
     max_in_flight: AtomicUsize,
     config: Config,
 }
@@ -369,9 +364,9 @@ impl Shared {
     fn stats(&self) -> MemStats {
         let in_flight = self.core.try_lock().map_or(0, |c| c.parked.len());
         MemStats {
-            queued: self.queued.load(Ordering::Acquire),
+            queued: self.queue.len(),
             in_flight,
-            max_queued: self.max_queued.load(Ordering::Acquire),
+            max_queued: self.queue.max_len(),
             max_in_flight: self.max_in_flight.load(Ordering::Acquire),
         }
     }
@@ -387,33 +382,13 @@ impl Shared {
         view: PacketView<D>,
         make: impl FnOnce(PacketView<D>) -> Request,
     ) -> std::result::Result<(), QueueFull<D, P>> {
-        {
-            let mut inbox = self.inbox.lock();
-            if inbox.len() >= self.config.queue_capacity {
-                return Err(QueueFull { param, view });
-            }
-            inbox.push_back(make(view));
-            self.queued.store(inbox.len(), Ordering::SeqCst);
-            if inbox.len() > self.max_queued.load(Ordering::Relaxed) {
-                // Only written under the inbox lock, so a plain store is enough.
-                self.max_queued.store(inbox.len(), Ordering::Relaxed);
-            }
-        }
-        self.notifier.notify();
-        Ok(())
+        self.queue
+            .try_push_with(view, make)
+            .map_err(|view| QueueFull { param, view })
     }
 
     fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.queued.load(Ordering::Acquire) < self.config.queue_capacity {
-            return Poll::Ready(());
-        }
-        self.slot_waiters.push(cx.waker().clone());
-        // Re-check after registering so a slot freed in between is not missed.
-        if self.queued.load(Ordering::SeqCst) < self.config.queue_capacity {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
+        self.queue.poll_ready(cx)
     }
 
     fn drive(&self) -> DriveStatus {
@@ -434,7 +409,7 @@ impl Shared {
         let timeout = next_deadline(&core.parked).map(|at| at.saturating_duration_since(Instant::now()));
         let window_open = core.parked.len() < self.config.window;
         drop(core);
-        if window_open && self.queued.load(Ordering::SeqCst) > 0 {
+        if window_open && !self.queue.is_empty() {
             self.notifier.notify();
         }
         DriveStatus { progress, timeout }
@@ -471,20 +446,8 @@ impl Shared {
 
     fn take_inbox(&self, core: &mut Core) -> bool {
         let room = self.config.window.saturating_sub(core.parked.len());
-        if room == 0 || self.queued.load(Ordering::Acquire) == 0 {
+        if self.queue.take_into(&mut core.batch, room) == 0 {
             return false;
-        }
-        {
-            let mut inbox = self.inbox.lock();
-            if inbox.len() <= room {
-                std::mem::swap(&mut *inbox, &mut core.batch);
-            } else {
-                core.batch.extend(inbox.drain(..room));
-            }
-            self.queued.store(inbox.len(), Ordering::SeqCst);
-        }
-        for waker in self.slot_waiters.take() {
-            waker.wake();
         }
         let mut batch = std::mem::take(&mut core.batch);
         for req in batch.drain(..) {
@@ -654,39 +617,6 @@ impl Shared {
             done.finish();
         }
         core.ready = ready;
-    }
-}
-
-/// A list other threads add to, with a flag so the driving step skips the
-/// lock when it is empty. SeqCst on the flag pairs with the callers' own
-/// re-checks (`poll_ready` re-reads the queue length after pushing).
-struct Mailbox<T> {
-    any: AtomicBool,
-    items: Mutex<Vec<T>>,
-}
-
-impl<T> Default for Mailbox<T> {
-    fn default() -> Self {
-        Self {
-            any: AtomicBool::new(false),
-            items: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl<T> Mailbox<T> {
-    fn push(&self, item: T) {
-        self.items.lock().push(item);
-        self.any.store(true, Ordering::SeqCst);
-    }
-
-    fn take(&self) -> Vec<T> {
-        if !self.any.load(Ordering::SeqCst) {
-            return Vec::new();
-        }
-        let mut items = self.items.lock();
-        self.any.store(false, Ordering::SeqCst);
-        std::mem::take(&mut *items)
     }
 }
 

@@ -1,0 +1,448 @@
+//! Files: [`OpenOptions`], [`File`] (a positional packet handle) and
+//! [`Metadata`].
+
+use std::ffi::CString;
+use std::future::Future;
+use std::io::ErrorKind;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use mfio_core::{
+    DriveStatus, Error, Flush, IoBackend, IoLen, Op as ErrOp, PacketIo, PacketView, PollingHandle, QueueFull, Read,
+    Result, Write,
+};
+
+use crate::op::{completion, Op, OpFuture};
+use crate::runtime::Runtime;
+
+/// How to open a file; the same rules as [`std::fs::OpenOptions`], plus
+/// `O_DIRECT`.
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    append: bool,
+    truncate: bool,
+    create: bool,
+    create_new: bool,
+    direct: bool,
+    mode: u32,
+    custom_flags: i32,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OpenOptions {
+    /// All options off; mode `0o666` (before the umask).
+    pub fn new() -> Self {
+        Self {
+            read: false,
+            write: false,
+            append: false,
+            truncate: false,
+            create: false,
+            create_new: false,
+            direct: false,
+            mode: 0o666,
+            custom_flags: 0,
+        }
+    }
+
+    /// Open for reading.
+    pub fn read(&mut self, on: bool) -> &mut Self {
+        self.read = on;
+        self
+    }
+
+    /// Open for writing.
+    pub fn write(&mut self, on: bool) -> &mut Self {
+        self.write = on;
+        self
+    }
+
+    /// Every write goes to the end of the file (`O_APPEND`).
+    pub fn append(&mut self, on: bool) -> &mut Self {
+        self.append = on;
+        self
+    }
+
+    /// Truncate to length 0 on open (needs write access).
+    pub fn truncate(&mut self, on: bool) -> &mut Self {
+        self.truncate = on;
+        self
+    }
+
+    /// Create the file if it does not exist (needs write or append).
+    pub fn create(&mut self, on: bool) -> &mut Self {
+        self.create = on;
+        self
+    }
+
+    /// Create the file, failing with `AlreadyExists` if it exists.
+    pub fn create_new(&mut self, on: bool) -> &mut Self {
+        self.create_new = on;
+        self
+    }
+
+    /// Bypass the page cache (`O_DIRECT`): buffers, offsets and lengths must
+    /// then be aligned (see [`Metadata::dio_offset_align`]).
+    pub fn direct(&mut self, on: bool) -> &mut Self {
+        self.direct = on;
+        self
+    }
+
+    /// Permission bits for a created file (default `0o666`, before the umask).
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Extra `open(2)` flags, or-ed in.
+    pub fn custom_flags(&mut self, flags: i32) -> &mut Self {
+        self.custom_flags = flags;
+        self
+    }
+
+    /// The `open(2)` flags, validated like `std` does.
+    pub(crate) fn flags(&self) -> Result<i32> {
+        let access = match (self.read, self.write, self.append) {
+            (true, false, false) => libc::O_RDONLY,
+            (false, true, false) => libc::O_WRONLY,
+            (true, true, false) => libc::O_RDWR,
+            (false, _, true) => libc::O_WRONLY | libc::O_APPEND,
+            (true, _, true) => libc::O_RDWR | libc::O_APPEND,
+            (false, false, false) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidInput,
+                    "open needs read, write or append access",
+                ))
+            }
+        };
+        if !self.write && !self.append && (self.truncate || self.create || self.create_new) {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "create or truncate needs write access",
+            ));
+        }
+        if self.append && self.truncate && !self.create_new {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "append and truncate exclude each other",
+            ));
+        }
+        let creation = match (self.create, self.truncate, self.create_new) {
+            (_, _, true) => libc::O_CREAT | libc::O_EXCL,
+            (true, true, false) => libc::O_CREAT | libc::O_TRUNC,
+            (true, false, false) => libc::O_CREAT,
+            (false, true, false) => libc::O_TRUNC,
+            (false, false, false) => 0,
+        };
+        let direct = if self.direct { libc::O_DIRECT } else { 0 };
+        Ok(access | creation | direct | libc::O_CLOEXEC | (self.custom_flags & !libc::O_ACCMODE))
+    }
+}
+
+/// The kind of a file system object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileType {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+    /// Anything else (device, socket, FIFO).
+    Other,
+}
+
+/// What `statx(2)` reports about an open file.
+#[derive(Debug, Clone)]
+pub struct Metadata {
+    len: u64,
+    mode: u32,
+    kind: FileType,
+    modified: Option<SystemTime>,
+    block_size: u32,
+    dio_mem_align: Option<u32>,
+    dio_offset_align: Option<u32>,
+}
+
+impl Metadata {
+    pub(crate) fn from_statx(st: &libc::statx) -> Self {
+        let kind = match u32::from(st.stx_mode) & libc::S_IFMT {
+            libc::S_IFREG => FileType::File,
+            libc::S_IFDIR => FileType::Dir,
+            libc::S_IFLNK => FileType::Symlink,
+            _ => FileType::Other,
+        };
+        let modified = (st.stx_mask & libc::STATX_MTIME != 0)
+            .then(|| {
+                let t = st.stx_mtime;
+                let secs = u64::try_from(t.tv_sec).ok()?;
+                SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, t.tv_nsec))
+            })
+            .flatten();
+        let dio = st.stx_mask & libc::STATX_DIOALIGN != 0 && st.stx_dio_offset_align != 0;
+        Self {
+            len: st.stx_size,
+            mode: u32::from(st.stx_mode) & 0o7777,
+            kind,
+            modified,
+            block_size: st.stx_blksize,
+            dio_mem_align: dio.then_some(st.stx_dio_mem_align),
+            dio_offset_align: dio.then_some(st.stx_dio_offset_align),
+        }
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// True if the size is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The kind of object.
+    pub fn file_type(&self) -> FileType {
+        self.kind
+    }
+
+    /// Permission bits (`0o7777` part of the mode).
+    pub fn permissions(&self) -> u32 {
+        self.mode
+    }
+
+    /// Last modification time, if reported.
+    pub fn modified(&self) -> Option<SystemTime> {
+        self.modified
+    }
+
+    /// Preferred I/O block size.
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    /// Required alignment of buffers for `O_DIRECT` (`statx` DIO fields,
+    /// Linux 6.1+); `None` where the kernel or file system does not say.
+    pub fn dio_mem_align(&self) -> Option<u32> {
+        self.dio_mem_align
+    }
+
+    /// Required alignment of offsets and lengths for `O_DIRECT`; `None` where
+    /// the kernel or file system does not say.
+    pub fn dio_offset_align(&self) -> Option<u32> {
+        self.dio_offset_align
+    }
+}
+
+/// An open file on a [`Runtime`]: `PacketIo` at `u64` offsets (reads and
+/// writes), at [`Flush`] (`fsync`), plus every mfio-core layer on top
+/// (`IoRead`, `SyncIoRead`, `IoCursor`, …). Cloning shares the descriptor,
+/// which is closed when the last clone and the last operation using it are gone.
+#[derive(Debug, Clone)]
+pub struct File {
+    rt: Runtime,
+    fd: Arc<OwnedFd>,
+    append: bool,
+}
+
+impl File {
+    /// The file's metadata, from `statx` on the backend.
+    pub fn metadata(&self) -> OpFuture<Metadata> {
+        let (done, fut) = completion();
+        fut.submit(
+            &self.rt,
+            Op::Stat {
+                fd: self.fd.clone(),
+                done,
+            },
+        )
+    }
+
+    /// Waits until written data (not metadata) reached the device
+    /// (`fdatasync`), after every write submitted before it completed.
+    ///
+    /// # Errors
+    /// The OS error of `fdatasync`.
+    pub async fn sync_data(&self) -> Result<()> {
+        let (outcome, _) = mfio_core::PacketIoExt::io(self, SyncData, &[][..]).await;
+        outcome.exact().map_err(|e| e.with_op(ErrOp::Flush))
+    }
+
+    /// Waits until data and metadata reached the device (`fsync`); the same
+    /// as flushing through [`Flush`].
+    ///
+    /// # Errors
+    /// The OS error of `fsync`.
+    pub async fn sync_all(&self) -> Result<()> {
+        mfio_core::IoFlush::flush(self).await
+    }
+
+    /// The runtime the file belongs to.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+}
+
+impl AsFd for File {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl PacketIo<Read, u64> for File {
+    fn try_send_io(&self, pos: u64, view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, u64>> {
+        let fd = self.fd.clone();
+        self.rt
+            .try_submit(view, |view| Op::Read { fd, pos, view })
+            .map_err(|view| QueueFull { param: pos, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rt.poll_ready(cx)
+    }
+}
+
+impl PacketIo<Write, u64> for File {
+    /// In append mode the position is ignored: every write goes to the end.
+    fn try_send_io(&self, pos: u64, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, u64>> {
+        let fd = self.fd.clone();
+        let at = (!self.append).then_some(pos);
+        self.rt
+            .try_submit(view, |view| Op::Write { fd, pos: at, view })
+            .map_err(|view| QueueFull { param: pos, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rt.poll_ready(cx)
+    }
+}
+
+impl PacketIo<Write, Flush> for File {
+    /// A flush is an `fsync` that runs after every write submitted before it completed.
+    fn try_send_io(&self, param: Flush, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, Flush>> {
+        let fd = self.fd.clone();
+        self.rt
+            .try_submit(view, |view| Op::Sync {
+                fd,
+                data_only: false,
+                view,
+            })
+            .map_err(|view| QueueFull { param, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rt.poll_ready(cx)
+    }
+}
+
+/// The address of an `fdatasync`: a [`Write`] packet (usually empty) sent at
+/// `SyncData` completes once the data of every earlier write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncData;
+
+impl PacketIo<Write, SyncData> for File {
+    fn try_send_io(
+        &self,
+        param: SyncData,
+        view: PacketView<Write>,
+    ) -> std::result::Result<(), QueueFull<Write, SyncData>> {
+        let fd = self.fd.clone();
+        self.rt
+            .try_submit(view, |view| Op::Sync {
+                fd,
+                data_only: true,
+                view,
+            })
+            .map_err(|view| QueueFull { param, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rt.poll_ready(cx)
+    }
+}
+
+impl IoLen for File {
+    /// `fstat(2)` on the calling thread: a metadata lookup, never device I/O.
+    fn io_len(&self) -> Result<u64> {
+        Ok(rustix::fs::fstat(&*self.fd).map(|st| st.st_size as u64)?)
+    }
+}
+
+impl IoBackend for File {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        self.rt.polling_handle()
+    }
+    fn drive(&self) -> DriveStatus {
+        self.rt.drive()
+    }
+}
+
+/// Future of [`Runtime::open`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct OpenFuture {
+    rt: Runtime,
+    append: bool,
+    inner: OpFuture<OwnedFd>,
+}
+
+impl Future for OpenFuture {
+    type Output = Result<File>;
+
+    /// Errors keep the OS errno (like `std::fs`, the path is not attached).
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<File>> {
+        let res = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
+        Poll::Ready(match res {
+            Ok(fd) => Ok(File {
+                rt: self.rt.clone(),
+                fd: Arc::new(fd),
+                append: self.append,
+            }),
+            Err(e) => Err(e.with_op(ErrOp::Open)),
+        })
+    }
+}
+
+pub(crate) fn open(rt: &Runtime, path: &Path, opts: &OpenOptions) -> OpenFuture {
+    let prepared = opts.flags().and_then(|flags| Ok((flags, path_cstring(path)?)));
+    let inner = match prepared {
+        Ok((flags, path)) => {
+            let (done, fut) = completion();
+            fut.submit(
+                rt,
+                Op::Open {
+                    path,
+                    flags,
+                    mode: opts.mode,
+                    done,
+                },
+            )
+        }
+        Err(e) => OpFuture::ready(Err(e)),
+    };
+    OpenFuture {
+        rt: rt.clone(),
+        append: opts.append,
+        inner,
+    }
+}
+
+fn path_cstring(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+impl File {
+    /// The raw descriptor, for diagnostics.
+    pub fn raw_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+}

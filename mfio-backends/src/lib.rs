@@ -1,0 +1,45 @@
+//! The native mfio runtime: io_uring, or epoll readiness with a file thread
+//! pool where io_uring is unavailable, behind one [`Runtime`] handle.
+//!
+//! [`Runtime::new`] picks io_uring when a ring can be set up and probed, else
+//! the poll backend; `MFIO_BACKEND=uring|poll` or
+//! [`RuntimeBuilder::backend`] override it and [`Runtime::kind`] reports it.
+//! A [`File`] is a positional `PacketIo` handle, so every mfio-core layer
+//! (async `IoRead`/`IoWrite`, blocking `SyncIoRead`/`SyncIoWrite`, the
+//! `std::io` cursor) works on it.
+//!
+//! ```
+//! use mfio_backends::{OpenOptions, Runtime};
+//! use mfio_core::{IoBackendExt, IoRead, IoWrite};
+//!
+//! # fn main() -> mfio_core::Result<()> {
+//! let dir = std::env::temp_dir().join(format!("mfio-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let path = dir.join("hello.txt");
+//! let rt = Runtime::new()?;
+//! let text = rt.block_on(async {
+//!     let file = rt.open(&path, OpenOptions::new().read(true).write(true).create(true)).await?;
+//!     file.write_all_at(0, b"hello from the ring".to_vec()).await.0?;
+//!     file.sync_all().await?;
+//!     let (res, buf) = file.read_to_end_at(0, Vec::new()).await.into_parts();
+//!     res.map(|_| buf)
+//! })?;
+//! assert_eq!(text, b"hello from the ring");
+//! std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! ```
+//!
+//! What is here so far: files (open, read, write, `fsync`/`fdatasync`,
+//! `statx`), on both backends. Sockets, directory operations, registered
+//! buffers and fixed files are not implemented yet.
+
+mod fs;
+mod op;
+mod poll;
+mod runtime;
+mod sys;
+mod uring;
+
+pub use fs::{File, FileType, Metadata, OpenFuture, OpenOptions, SyncData};
+pub use op::OpFuture;
+pub use runtime::{BackendKind, Runtime, RuntimeBuilder, BACKEND_ENV};

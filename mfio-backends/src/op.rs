@@ -1,0 +1,282 @@
+//! Operations, declared once. Each backend carries them out its own way:
+//! `uring/` as submission-queue entries, `poll/` as blocking system calls on
+//! its thread pool.
+//!
+//! Byte transfers travel as mfio-core packet views; everything else (open,
+//! stat) completes through a [`Completer`] / [`OpFuture`] pair.
+
+use std::ffi::CString;
+use std::future::Future;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use atomic_waker::AtomicWaker;
+use mfio_core::{CancelHandler, Error, PacketView, Read, Result, Write};
+use parking_lot::Mutex;
+
+use crate::fs::Metadata;
+use crate::runtime::Runtime;
+
+/// One I/O operation, as a backend receives it.
+pub(crate) enum Op {
+    /// `pread` of `view.len()` bytes at `pos`.
+    Read {
+        fd: Arc<OwnedFd>,
+        pos: u64,
+        view: PacketView<Read>,
+    },
+    /// `pwrite` at `pos`; `None` writes at the file position (append mode).
+    Write {
+        fd: Arc<OwnedFd>,
+        pos: Option<u64>,
+        view: PacketView<Write>,
+    },
+    /// `fsync` (or `fdatasync`); completes the (empty) view.
+    Sync {
+        fd: Arc<OwnedFd>,
+        data_only: bool,
+        view: PacketView<Write>,
+    },
+    /// `openat(AT_FDCWD, path, flags, mode)`.
+    Open {
+        path: CString,
+        flags: i32,
+        mode: u32,
+        done: Completer<OwnedFd>,
+    },
+    /// `statx(fd, "", AT_EMPTY_PATH)`.
+    Stat {
+        fd: Arc<OwnedFd>,
+        done: Completer<Metadata>,
+    },
+}
+
+impl Op {
+    /// Fails the operation without running it (backend shutting down, …).
+    pub(crate) fn fail(self, err: Error) {
+        match self {
+            Op::Read { view, .. } => view.fail(err),
+            Op::Write { view, .. } | Op::Sync { view, .. } => view.fail(err),
+            Op::Open { done, .. } => done.complete(Err(err)),
+            Op::Stat { done, .. } => done.complete(Err(err)),
+        }
+    }
+}
+
+enum SlotState<T> {
+    Waiting,
+    Done(Result<T>),
+    Taken,
+    /// The future was dropped; a late result is dropped on arrival (an fd closes).
+    Abandoned,
+}
+
+/// Who to tell, under which token, when the future is dropped early.
+type CancelHook = Option<(Arc<dyn CancelHandler>, u64)>;
+
+struct Slot<T> {
+    state: Mutex<(SlotState<T>, CancelHook)>,
+    waker: AtomicWaker,
+}
+
+/// The backend's end of an operation that yields a `T`.
+pub(crate) struct Completer<T> {
+    slot: Option<Arc<Slot<T>>>,
+}
+
+impl<T> Completer<T> {
+    /// Delivers the result and wakes the waiter; if the waiter is gone the
+    /// result is dropped here (an `OwnedFd` closes).
+    pub(crate) fn complete(mut self, result: Result<T>) {
+        if let Some(slot) = self.slot.take() {
+            deliver(&slot, result);
+        }
+    }
+
+    /// True once the caller dropped the future.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        self.slot
+            .as_ref()
+            .is_some_and(|s| matches!(s.state.lock().0, SlotState::Abandoned))
+    }
+
+    /// Asks to hear about the caller dropping the future.
+    ///
+    /// # Errors
+    /// `Interrupted` (cancelled) if it was dropped already.
+    pub(crate) fn set_cancel_handler(&self, handler: Arc<dyn CancelHandler>, token: u64) -> Result<()> {
+        let Some(slot) = &self.slot else { return Ok(()) };
+        let mut st = slot.state.lock();
+        if matches!(st.0, SlotState::Abandoned) {
+            return Err(Error::cancelled());
+        }
+        st.1 = Some((handler, token));
+        Ok(())
+    }
+}
+
+fn deliver<T>(slot: &Slot<T>, result: Result<T>) {
+    let mut st = slot.state.lock();
+    if matches!(st.0, SlotState::Abandoned) {
+        drop(st);
+        drop(result);
+        return;
+    }
+    st.0 = SlotState::Done(result);
+    st.1 = None;
+    drop(st);
+    slot.waker.wake();
+}
+
+impl<T> Drop for Completer<T> {
+    fn drop(&mut self) {
+        // Dropped without a result (the backend went away): never a silent hang.
+        if let Some(slot) = self.slot.take() {
+            deliver(&slot, Err(Error::aborted()));
+        }
+    }
+}
+
+/// Future of an operation that yields a `T` (an opened file, metadata).
+///
+/// Dropping it before completion asks the backend to cancel; if the
+/// operation completes anyway, its result is released (an fd is closed).
+#[must_use = "futures do nothing unless polled"]
+pub struct OpFuture<T> {
+    slot: Arc<Slot<T>>,
+    /// The operation, until the backend's queue accepts it.
+    unsent: Option<(Runtime, Op)>,
+}
+
+impl<T> std::fmt::Debug for OpFuture<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpFuture").finish_non_exhaustive()
+    }
+}
+
+/// A connected completer/future pair.
+pub(crate) fn completion<T>() -> (Completer<T>, OpFuture<T>) {
+    let slot = Arc::new(Slot {
+        state: Mutex::new((SlotState::Waiting, None)),
+        waker: AtomicWaker::new(),
+    });
+    (
+        Completer {
+            slot: Some(slot.clone()),
+        },
+        OpFuture { slot, unsent: None },
+    )
+}
+
+impl<T> OpFuture<T> {
+    /// A future for `op` (built around this future's completer), sent to
+    /// `rt` when first polled and as soon as its queue has room.
+    pub(crate) fn submit(mut self, rt: &Runtime, op: Op) -> Self {
+        self.unsent = Some((rt.clone(), op));
+        self
+    }
+
+    /// A future that is already complete (for errors found before submitting).
+    pub(crate) fn ready(result: Result<T>) -> Self {
+        let (done, fut) = completion();
+        done.complete(result);
+        fut
+    }
+
+    fn try_take(&self) -> Option<Result<T>> {
+        let mut st = self.slot.state.lock();
+        match std::mem::replace(&mut st.0, SlotState::Taken) {
+            SlotState::Done(r) => Some(r),
+            other => {
+                st.0 = other;
+                None
+            }
+        }
+    }
+}
+
+impl<T> Future for OpFuture<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        while let Some((rt, op)) = self.unsent.take() {
+            if let Err(op) = rt.try_submit(op, |op| op) {
+                let ready = rt.poll_ready(cx);
+                self.unsent = Some((rt, op));
+                if ready.is_pending() {
+                    return Poll::Pending;
+                }
+            }
+        }
+        if let Some(r) = self.try_take() {
+            return Poll::Ready(r);
+        }
+        self.slot.waker.register(cx.waker());
+        match self.try_take() {
+            Some(r) => Poll::Ready(r),
+            None if matches!(self.slot.state.lock().0, SlotState::Taken) => Poll::Ready(Err(Error::new(
+                std::io::ErrorKind::Other,
+                "OpFuture polled after completion",
+            ))),
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Drop for OpFuture<T> {
+    fn drop(&mut self) {
+        // An op never sent fails here, dropping its completer with it.
+        drop(self.unsent.take());
+        let (late, hook) = {
+            let mut st = self.slot.state.lock();
+            match std::mem::replace(&mut st.0, SlotState::Abandoned) {
+                SlotState::Waiting => (None, st.1.take()),
+                SlotState::Done(r) => (Some(r), None),
+                SlotState::Taken | SlotState::Abandoned => (None, None),
+            }
+        };
+        drop(late);
+        if let Some((handler, token)) = hook {
+            handler.cancel(token);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct Count(AtomicU64);
+    impl CancelHandler for Count {
+        fn cancel(&self, token: u64) {
+            self.0.store(token, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn dropped_future_cancels_and_drops_late_result() {
+        let (done, fut) = completion::<Arc<()>>();
+        let counter = Arc::new(Count(AtomicU64::new(0)));
+        done.set_cancel_handler(counter.clone(), 9).expect("waiting");
+        drop(fut);
+        assert_eq!(counter.0.load(Ordering::SeqCst), 9);
+        assert!(done.is_abandoned());
+        let late = Arc::new(());
+        done.complete(Ok(late.clone()));
+        assert_eq!(Arc::strong_count(&late), 1, "the late result was released");
+    }
+
+    #[test]
+    fn completer_dropped_without_result_is_aborted() {
+        let (done, mut fut) = completion::<u32>();
+        drop(done);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut fut).poll(&mut cx) {
+            Poll::Ready(Err(e)) => assert!(e.is_aborted()),
+            other => panic!("expected an aborted error, got {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! [`Runtime`]: the native backend (io_uring, else poll + thread pool),
+//! chosen once at start-up and queryable afterwards.
+
+use std::io::ErrorKind;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use mfio_core::queue::SubmitQueue;
+use mfio_core::{DriveStatus, Error, IoBackend, PollingHandle, Result};
+
+use crate::fs::{self, OpenFuture, OpenOptions};
+use crate::op::Op;
+use crate::{poll, uring};
+
+/// Environment variable that picks the backend: `uring`, `poll` or `auto`.
+pub const BACKEND_ENV: &str = "MFIO_BACKEND";
+
+/// Which backend a [`Runtime`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// Linux io_uring: one ring per runtime.
+    Uring,
+    /// epoll readiness, with file I/O on a bounded thread pool.
+    Poll,
+}
+
+impl BackendKind {
+    /// True for [`BackendKind::Uring`].
+    pub fn is_uring(self) -> bool {
+        self == BackendKind::Uring
+    }
+
+    /// The name used by [`BACKEND_ENV`].
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Uring => "uring",
+            BackendKind::Poll => "poll",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What a backend engine provides to the runtime.
+pub(crate) trait Engine: Send + Sync {
+    fn queue(&self) -> &SubmitQueue<Op>;
+    fn polling_handle(&self) -> PollingHandle<'_>;
+    fn drive(&self) -> DriveStatus;
+    fn kind(&self) -> BackendKind;
+}
+
+/// The native runtime: a handle on one backend instance. Cheap to clone;
+/// `Send + Sync`; driven by [`IoBackend::drive`] (through `block_on` or a host
+/// runtime integration).
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Arc<dyn Engine>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime").field("kind", &self.kind()).finish()
+    }
+}
+
+impl Runtime {
+    /// A runtime with default settings: `Runtime::builder().build()`.
+    ///
+    /// # Errors
+    /// As [`RuntimeBuilder::build`].
+    pub fn new() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// A builder with every option at its default.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder::default()
+    }
+
+    /// The backend in use.
+    pub fn kind(&self) -> BackendKind {
+        self.engine.kind()
+    }
+
+    /// Opens a file; resolves to a [`File`](crate::File) on this runtime.
+    pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> OpenFuture {
+        fs::open(self, path.as_ref(), options)
+    }
+
+    /// Queues `make(value)`, or hands `value` back when the queue is full.
+    pub(crate) fn try_submit<V>(&self, value: V, make: impl FnOnce(V) -> Op) -> std::result::Result<(), V> {
+        self.engine.queue().try_push_with(value, make)
+    }
+
+    pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.engine.queue().poll_ready(cx)
+    }
+}
+
+impl IoBackend for Runtime {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        self.engine.polling_handle()
+    }
+    fn drive(&self) -> DriveStatus {
+        self.engine.drive()
+    }
+}
+
+/// Configures a [`Runtime`]. Setters document their defaults; `build` reads
+/// [`BACKEND_ENV`] once.
+#[derive(Debug, Clone)]
+pub struct RuntimeBuilder {
+    pub(crate) kind: Option<BackendKind>,
+    pub(crate) entries: u32,
+    pub(crate) sqpoll_idle: Option<Duration>,
+    pub(crate) coop_taskrun: bool,
+    pub(crate) single_issuer: bool,
+    pub(crate) defer_taskrun: bool,
+    pub(crate) pool_threads: usize,
+    pub(crate) queue_capacity: usize,
+    pub(crate) window: usize,
+}
+
+impl Default for RuntimeBuilder {
+    fn default() -> Self {
+        Self {
+            kind: None,
+            entries: 256,
+            sqpoll_idle: None,
+            coop_taskrun: true,
+            single_issuer: false,
+            defer_taskrun: false,
+            pool_threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 8)),
+            queue_capacity: 4096,
+            window: 4096,
+        }
+    }
+}
+
+impl RuntimeBuilder {
+    /// Forces a backend (default: [`BACKEND_ENV`], else io_uring if it can be
+    /// set up, else poll). Forcing io_uring where it is unavailable is an error.
+    pub fn backend(&mut self, kind: BackendKind) -> &mut Self {
+        self.kind = Some(kind);
+        self
+    }
+
+    /// io_uring submission-queue entries (default 256; rounded up to a power of two).
+    pub fn entries(&mut self, n: u32) -> &mut Self {
+        self.entries = n.clamp(1, 32768);
+        self
+    }
+
+    /// Kernel-side submission polling with this idle time (default off).
+    pub fn sqpoll(&mut self, idle: Duration) -> &mut Self {
+        self.sqpoll_idle = Some(idle);
+        self
+    }
+
+    /// `IORING_SETUP_COOP_TASKRUN` (default on where the kernel has it, 5.19+).
+    pub fn setup_coop_taskrun(&mut self, on: bool) -> &mut Self {
+        self.coop_taskrun = on;
+        self
+    }
+
+    /// `IORING_SETUP_SINGLE_ISSUER` (default off; 6.0+). Only correct if one
+    /// thread, the one that builds the runtime, ever drives it.
+    pub fn setup_single_issuer(&mut self, on: bool) -> &mut Self {
+        self.single_issuer = on;
+        self
+    }
+
+    /// `IORING_SETUP_DEFER_TASKRUN` (default off; 6.1+; implies single issuer).
+    pub fn setup_defer_taskrun(&mut self, on: bool) -> &mut Self {
+        self.defer_taskrun = on;
+        self
+    }
+
+    /// Threads of the file thread pool (poll backend, and io_uring's fallback
+    /// for operations the kernel lacks); default: cores, between 2 and 8.
+    pub fn pool_threads(&mut self, n: usize) -> &mut Self {
+        self.pool_threads = n.max(1);
+        self
+    }
+
+    /// Operations the submission queue holds before callers wait (default 4096).
+    pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
+        self.queue_capacity = n.max(1);
+        self
+    }
+
+    /// Operations in flight in the kernel or the pool at most (default 4096).
+    pub fn window(&mut self, n: usize) -> &mut Self {
+        self.window = n.max(1);
+        self
+    }
+
+    /// Creates the runtime, picking the backend.
+    ///
+    /// # Errors
+    /// `InvalidInput` for an unknown [`BACKEND_ENV`] value; the setup error of
+    /// a backend that was explicitly asked for; an OS error (descriptor or
+    /// thread limits) if even the poll backend cannot start.
+    pub fn build(&self) -> Result<Runtime> {
+        let wanted = match self.kind {
+            Some(kind) => Some(kind),
+            None => kind_from_env()?,
+        };
+        let engine: Arc<dyn Engine> = match wanted {
+            Some(BackendKind::Poll) => Arc::new(poll::PollEngine::new(self)?),
+            Some(BackendKind::Uring) => Arc::new(uring::UringEngine::new(self)?),
+            None => match uring::UringEngine::new(self) {
+                Ok(engine) => Arc::new(engine),
+                Err(e) => {
+                    tracing::info!(error = %e, "io_uring unavailable, using the poll backend");
+                    Arc::new(poll::PollEngine::new(self)?)
+                }
+            },
+        };
+        tracing::debug!(backend = %engine.kind(), "mfio runtime started");
+        Ok(Runtime { engine })
+    }
+}
+
+fn kind_from_env() -> Result<Option<BackendKind>> {
+    parse_kind(std::env::var(BACKEND_ENV).ok().as_deref())
+}
+
+/// Parses a [`BACKEND_ENV`] value; unset, empty or `auto` means "choose".
+fn parse_kind(value: Option<&str>) -> Result<Option<BackendKind>> {
+    match value.map(str::trim) {
+        None | Some("" | "auto") => Ok(None),
+        Some("uring" | "io_uring") => Ok(Some(BackendKind::Uring)),
+        Some("poll" | "epoll") => Ok(Some(BackendKind::Poll)),
+        Some(other) => Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("{BACKEND_ENV}={other:?}: expected uring, poll or auto"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_env_values() {
+        assert_eq!(parse_kind(None).expect("unset"), None);
+        assert_eq!(parse_kind(Some(" auto ")).expect("auto"), None);
+        assert_eq!(parse_kind(Some("uring")).expect("uring"), Some(BackendKind::Uring));
+        assert_eq!(parse_kind(Some("poll")).expect("poll"), Some(BackendKind::Poll));
+        let err = parse_kind(Some("kqueue")).expect_err("unknown backend");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn forced_backends_report_their_kind() {
+        let poll = Runtime::builder()
+            .backend(BackendKind::Poll)
+            .build()
+            .expect("poll always starts");
+        assert_eq!(poll.kind(), BackendKind::Poll);
+        match Runtime::builder().backend(BackendKind::Uring).build() {
+            Ok(rt) => assert!(rt.kind().is_uring()),
+            Err(e) => eprintln!("skip: io_uring unavailable here ({e})"),
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The io_uring backend: one ring per runtime; everything queued during a
+//! driving step goes to the kernel in one `io_uring_enter`.
+//!
+//! The ring posts completions to the runtime's eventfd (the polling handle).
+//! Each operation in flight is kept, with every buffer and path it points
+//! at, in a slab entry until its completion is reaped; its `user_data` is the
+//! slab key plus a generation, so a late cancellation never hits a reused
+//! slot. Opcodes the kernel lacks (per-opcode probe) run on a thread pool.
+
+mod op;
+
+use std::collections::VecDeque;
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, IoUring};
+use mfio_core::queue::{Mailbox, SubmitQueue};
+use mfio_core::{CancelHandler, DriveStatus, Error, Interest, Notifier, PollingHandle, Result};
+use parking_lot::Mutex;
+use slab::Slab;
+
+use crate::op::Op;
+use crate::poll::{dispatch, Pool};
+use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
+
+use op::{InFlight, Supported};
+
+/// `user_data` of cancellation requests, whose completions are ignored.
+const CANCEL_USER_DATA: u64 = u64::MAX;
+
+/// How long dropping the runtime waits for the kernel to let go of buffers.
+const DROP_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Threads of the fallback pool (only used for opcodes the kernel lacks).
+const FALLBACK_THREADS: usize = 2;
+
+/// Cancellation requests from dropped futures, by `user_data`.
+struct Cancels {
+    tokens: Mailbox<u64>,
+    notifier: Arc<Notifier>,
+}
+
+impl CancelHandler for Cancels {
+    fn cancel(&self, token: u64) {
+        self.tokens.push(token);
+        self.notifier.notify();
+    }
+}
+
+struct Core {
+    ring: IoUring,
+    inflight: Slab<InFlight>,
+    /// Taken from the queue, waiting for room in the submission queue.
+    backlog: VecDeque<Op>,
+    /// Waiting for room in the fallback pool.
+    fallback_backlog: VecDeque<Op>,
+    generation: u32,
+}
+
+pub(crate) struct UringEngine {
+    queue: SubmitQueue<Op>,
+    notifier: Arc<Notifier>,
+    cancels: Arc<Cancels>,
+    core: Mutex<Core>,
+    supported: Supported,
+    fallback: Pool,
+    window: usize,
+}
+
+impl UringEngine {
+    pub(crate) fn new(b: &RuntimeBuilder) -> Result<Self> {
+        let ring = setup(b)?;
+        let notifier = Notifier::new()?;
+        ring.submitter().register_eventfd(notifier.as_fd().as_raw_fd())?;
+        let supported = Supported::probe(&ring);
+        tracing::debug!(?supported, "io_uring opcodes");
+        Ok(Self {
+            queue: SubmitQueue::new(b.queue_capacity, notifier.clone()),
+            cancels: Arc::new(Cancels {
+                tokens: Mailbox::default(),
+                notifier: notifier.clone(),
+            }),
+            fallback: Pool::new(FALLBACK_THREADS, b.window, notifier.clone())?,
+            notifier,
+            core: Mutex::new(Core {
+                ring,
+                inflight: Slab::new(),
+                backlog: VecDeque::new(),
+                fallback_backlog: VecDeque::new(),
+                generation: 0,
+            }),
+            supported,
+            window: b.window,
+        })
+    }
+
+    /// Pushes cancellation requests for live operations.
+    fn push_cancels(&self, core: &mut Core) -> usize {
+        let mut pushed = 0;
+        for token in self.cancels.tokens.take() {
+            if !core.is_live(token) {
+                continue;
+            }
+            let entry = opcode::AsyncCancel::new(token).build().user_data(CANCEL_USER_DATA);
+            // SAFETY: a cancellation refers to no memory of ours.
+            if unsafe { core.ring.submission().push(&entry) }.is_err() {
+                // Full: try again on the next step.
+                self.cancels.tokens.push(token);
+                break;
+            }
+            pushed += 1;
+        }
+        pushed
+    }
+
+    /// Moves backlog operations into the submission queue (or the fallback pool).
+    fn fill(&self, core: &mut Core) -> usize {
+        let mut pushed = 0;
+        while let Some(op) = core.backlog.pop_front() {
+            if !self.supported.handles(&op) {
+                core.fallback_backlog.push_back(op);
+                continue;
+            }
+            if core.ring.submission().is_full() {
+                core.backlog.push_front(op);
+                break;
+            }
+            let op = match op::split_large(op) {
+                (op, Some(rest)) => {
+                    core.backlog.push_front(rest);
+                    op
+                }
+                (op, None) => op,
+            };
+            let key = core.inflight.vacant_key();
+            core.generation = core.generation.wrapping_add(1);
+            let user_data = (u64::from(core.generation) << 32) | key as u64;
+            let Some((entry, inflight)) = op::prepare(op, user_data, core.generation, &self.cancels) else {
+                continue; // completed already (e.g. cancelled before it was sent)
+            };
+            // SAFETY: every buffer, path and statx struct the entry points at is
+            // owned by `inflight`, which stays in the slab until this entry's
+            // completion is reaped (or is leaked if the kernel never lets go).
+            if unsafe { core.ring.submission().push(&entry) }.is_err() {
+                // Checked `is_full` above; keep the operation and retry later.
+                core.backlog.push_front(inflight.into_op());
+                break;
+            }
+            core.inflight.insert(inflight);
+            pushed += 1;
+        }
+        pushed + dispatch(&mut core.fallback_backlog, &self.fallback)
+    }
+
+    /// Completes every operation whose completion is in the queue.
+    fn reap(core: &mut Core) -> usize {
+        let Core { ring, inflight, .. } = core;
+        let mut done = 0;
+        for cqe in ring.completion() {
+            let user_data = cqe.user_data();
+            if user_data == CANCEL_USER_DATA {
+                continue;
+            }
+            let key = (user_data & 0xffff_ffff) as usize;
+            let generation = (user_data >> 32) as u32;
+            if inflight.get(key).is_some_and(|e| e.generation() == generation) {
+                inflight.remove(key).complete(cqe.result());
+                done += 1;
+            }
+        }
+        done
+    }
+}
+
+impl Core {
+    fn is_live(&self, user_data: u64) -> bool {
+        let key = (user_data & 0xffff_ffff) as usize;
+        self.inflight
+            .get(key)
+            .is_some_and(|e| e.generation() == (user_data >> 32) as u32)
+    }
+}
+
+impl Engine for UringEngine {
+    fn queue(&self) -> &SubmitQueue<Op> {
+        &self.queue
+    }
+
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        PollingHandle {
+            fd: self.notifier.as_fd(),
+            interest: Interest::Readable,
+            notifier: &self.notifier,
+        }
+    }
+
+    fn drive(&self) -> DriveStatus {
+        let Some(mut core) = self.core.try_lock() else {
+            return DriveStatus::IDLE;
+        };
+        let room = self
+            .window
+            .saturating_sub(core.inflight.len() + core.backlog.len() + self.fallback.in_flight());
+        let took = self.queue.take_into(&mut core.backlog, room);
+        let cancels = self.push_cancels(&mut core);
+        let pushed = self.fill(&mut core);
+        if pushed + cancels > 0 {
+            // One io_uring_enter for everything queued in this step. EBUSY
+            // (completion queue overflowing) clears once we reap below.
+            if let Err(e) = core.ring.submit() {
+                if e.raw_os_error() != Some(libc::EBUSY) {
+                    tracing::warn!(error = %e, "io_uring_enter failed");
+                }
+            }
+        }
+        let reaped = Self::reap(&mut core);
+        let open = core.inflight.len() < self.window;
+        let leftover = !core.backlog.is_empty();
+        drop(core);
+        if open && (leftover || !self.queue.is_empty()) {
+            self.notifier.notify();
+        }
+        DriveStatus {
+            progress: took + pushed + reaped > 0,
+            timeout: None,
+        }
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Uring
+    }
+}
+
+impl Drop for UringEngine {
+    /// Cancels everything in flight and waits (up to [`DROP_DEADLINE`]) for
+    /// the kernel to complete it; whatever is still in flight after that is
+    /// leaked rather than freed, since the kernel may still write into it.
+    fn drop(&mut self) {
+        let core = self.core.get_mut();
+        for op in core.backlog.drain(..).chain(core.fallback_backlog.drain(..)) {
+            op.fail(Error::aborted());
+        }
+        if core.inflight.is_empty() {
+            return;
+        }
+        let keys: Vec<u64> = core.inflight.iter().map(|(k, e)| e.user_data(k)).collect();
+        let deadline = Instant::now() + DROP_DEADLINE;
+        let mut pending = keys.into_iter().peekable();
+        while !core.inflight.is_empty() && Instant::now() < deadline {
+            while let Some(&token) = pending.peek() {
+                let entry = opcode::AsyncCancel::new(token).build().user_data(CANCEL_USER_DATA);
+                // SAFETY: a cancellation refers to no memory of ours.
+                if unsafe { core.ring.submission().push(&entry) }.is_err() {
+                    break;
+                }
+                pending.next();
+            }
+            let _ = core.ring.submit();
+            if Self::reap(core) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if !core.inflight.is_empty() {
+            tracing::warn!(
+                operations = core.inflight.len(),
+                "io_uring did not complete cancelled operations in time; leaking their buffers"
+            );
+            for entry in core.inflight.drain() {
+                std::mem::forget(entry);
+            }
+        }
+    }
+}
+
+/// Sets up the ring; optional flags the kernel rejects are dropped silently.
+fn setup(b: &RuntimeBuilder) -> Result<IoUring> {
+    let build = |optional: bool| {
+        let mut builder = IoUring::builder();
+        if let Some(idle) = b.sqpoll_idle {
+            builder.setup_sqpoll(u32::try_from(idle.as_millis()).unwrap_or(u32::MAX));
+        }
+        if optional {
+            if b.coop_taskrun {
+                builder.setup_coop_taskrun();
+            }
+            if b.single_issuer || b.defer_taskrun {
+                builder.setup_single_issuer();
+            }
+            if b.defer_taskrun {
+                builder.setup_defer_taskrun();
+            }
+        }
+        builder.build(b.entries.next_power_of_two())
+    };
+    match build(true) {
+        Ok(ring) => Ok(ring),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::debug!("io_uring setup flags rejected; retrying without the optional ones");
+            Ok(build(false)?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

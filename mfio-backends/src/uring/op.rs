@@ -1,0 +1,209 @@
+//! Each [`Op`] as an io_uring submission entry, and its completion.
+
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+
+use io_uring::{opcode, squeue, types, IoUring, Probe};
+use mfio_core::{CancelHandler, Error, Result};
+
+use super::Cancels;
+use crate::fs::Metadata;
+use crate::op::Op;
+use crate::sys::STATX_MASK;
+
+/// Largest single read or write the kernel performs (`MAX_RW_COUNT`);
+/// longer views are split.
+const MAX_RW: usize = 0x7fff_f000;
+
+/// Which operations the running kernel's io_uring supports.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Supported {
+    read: bool,
+    write: bool,
+    fsync: bool,
+    openat: bool,
+    statx: bool,
+}
+
+impl Supported {
+    /// Asks the kernel; a kernel without the probe supports nothing here.
+    pub(super) fn probe(ring: &IoUring) -> Self {
+        let mut probe = Probe::new();
+        if ring.submitter().register_probe(&mut probe).is_err() {
+            return Self::default();
+        }
+        Self {
+            read: probe.is_supported(opcode::Read::CODE),
+            write: probe.is_supported(opcode::Write::CODE),
+            fsync: probe.is_supported(opcode::Fsync::CODE),
+            openat: probe.is_supported(opcode::OpenAt::CODE),
+            statx: probe.is_supported(opcode::Statx::CODE),
+        }
+    }
+
+    pub(super) fn handles(&self, op: &Op) -> bool {
+        match op {
+            Op::Read { .. } => self.read,
+            Op::Write { .. } => self.write,
+            Op::Sync { .. } => self.fsync,
+            Op::Open { .. } => self.openat,
+            Op::Stat { .. } => self.statx,
+        }
+    }
+}
+
+/// An operation in the kernel's hands, with everything its entry points at.
+pub(super) struct InFlight {
+    generation: u32,
+    op: Op,
+    statx: Option<Box<MaybeUninit<libc::statx>>>,
+}
+
+impl InFlight {
+    pub(super) fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    pub(super) fn user_data(&self, key: usize) -> u64 {
+        (u64::from(self.generation) << 32) | key as u64
+    }
+
+    pub(super) fn into_op(self) -> Op {
+        self.op
+    }
+
+    /// Completes the operation with the completion's result.
+    pub(super) fn complete(self, res: i32) {
+        let result = cqe_result(res);
+        match self.op {
+            Op::Read { view, .. } => view.finish(result),
+            Op::Write { view, .. } => view.finish(result),
+            Op::Sync { view, .. } => view.finish(result.map(|_| 0)),
+            Op::Open { done, .. } => done.complete(result.and_then(|fd| {
+                let fd = i32::try_from(fd).map_err(|_| Error::new(std::io::ErrorKind::Other, "bad fd from openat"))?;
+                // SAFETY: a successful openat completion returns a new descriptor
+                // that nothing else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })),
+            Op::Stat { done, .. } => done.complete(result.and_then(|_| match self.statx {
+                // SAFETY: statx completed successfully, so the kernel filled the
+                // buffer (which was zeroed before).
+                Some(buf) => Ok(Metadata::from_statx(unsafe { buf.assume_init_ref() })),
+                None => Err(Error::aborted()),
+            })),
+        }
+    }
+}
+
+fn cqe_result(res: i32) -> Result<usize> {
+    usize::try_from(res).map_err(|_| Error::from_raw_os_error(-res))
+}
+
+/// Splits a read or write longer than the kernel does in one go.
+pub(super) fn split_large(op: Op) -> (Op, Option<Op>) {
+    match op {
+        Op::Read { fd, pos, view } if view.len() > MAX_RW => {
+            let (head, tail) = view.split_at(MAX_RW);
+            let rest = Op::Read {
+                fd: fd.clone(),
+                pos: pos + MAX_RW as u64,
+                view: tail,
+            };
+            (Op::Read { fd, pos, view: head }, Some(rest))
+        }
+        Op::Write { fd, pos, view } if view.len() > MAX_RW => {
+            let (head, tail) = view.split_at(MAX_RW);
+            let rest = Op::Write {
+                fd: fd.clone(),
+                pos: pos.map(|p| p + MAX_RW as u64),
+                view: tail,
+            };
+            (Op::Write { fd, pos, view: head }, Some(rest))
+        }
+        other => (other, None),
+    }
+}
+
+/// The submission entry for `op`, and the in-flight record that keeps what
+/// it points at alive. `None` if the operation was completed here instead
+/// (its caller already gave up on it).
+pub(super) fn prepare(
+    op: Op,
+    user_data: u64,
+    generation: u32,
+    cancels: &Arc<Cancels>,
+) -> Option<(squeue::Entry, InFlight)> {
+    let mut statx = None;
+    // Moving a view or a CString moves only the handle: the memory the entry
+    // points at (packet buffer, path bytes, boxed statx) stays where it is.
+    let (entry, op) = match op {
+        Op::Read { fd, pos, mut view } => {
+            let len = view.len() as u32;
+            let entry = opcode::Read::new(types::Fd(fd.as_raw_fd()), view.as_mut_ptr(), len)
+                .offset(pos)
+                .build();
+            (entry, Op::Read { fd, pos, view })
+        }
+        Op::Write { fd, pos, view } => {
+            let slice = view.as_slice();
+            // u64::MAX is -1: write at (and advance) the file position, i.e. append.
+            let entry = opcode::Write::new(types::Fd(fd.as_raw_fd()), slice.as_ptr(), slice.len() as u32)
+                .offset(pos.unwrap_or(u64::MAX))
+                .build();
+            (entry, Op::Write { fd, pos, view })
+        }
+        Op::Sync { fd, data_only, view } => {
+            let flags = if data_only {
+                types::FsyncFlags::DATASYNC
+            } else {
+                types::FsyncFlags::empty()
+            };
+            // IO_DRAIN: start only after every earlier entry completed, so a
+            // flush covers the writes submitted before it.
+            let entry = opcode::Fsync::new(types::Fd(fd.as_raw_fd()))
+                .flags(flags)
+                .build()
+                .flags(squeue::Flags::IO_DRAIN);
+            (entry, Op::Sync { fd, data_only, view })
+        }
+        Op::Open {
+            path,
+            flags,
+            mode,
+            done,
+        } => {
+            let handler: Arc<dyn CancelHandler> = cancels.clone();
+            if done.set_cancel_handler(handler, user_data).is_err() {
+                done.complete(Err(Error::cancelled()));
+                return None;
+            }
+            let entry = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+                .flags(flags)
+                .mode(mode)
+                .build();
+            (
+                entry,
+                Op::Open {
+                    path,
+                    flags,
+                    mode,
+                    done,
+                },
+            )
+        }
+        Op::Stat { fd, done } => {
+            let buf = statx.insert(Box::new(MaybeUninit::<libc::statx>::zeroed()));
+            let entry = opcode::Statx::new(
+                types::Fd(fd.as_raw_fd()),
+                c"".as_ptr(),
+                buf.as_mut_ptr().cast::<types::statx>(),
+            )
+            .flags(libc::AT_EMPTY_PATH)
+            .mask(STATX_MASK)
+            .build();
+            (entry, Op::Stat { fd, done })
+        }
+    };
+    Some((entry.user_data(user_data), InFlight { generation, op, statx }))
+}

@@ -1,0 +1,313 @@
+//! File behaviour on every backend: one body per behaviour, run on io_uring
+//! and on poll (or only on the backend `MFIO_BACKEND` names). Each test
+//! checks that the process's descriptor count is unchanged afterwards.
+
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use futures::{stream, StreamExt};
+use mfio_backends::{BackendKind, File, FileType, OpenOptions, Runtime, BACKEND_ENV};
+use mfio_core::{IoBackend, IoBackendExt, IoCursor, IoFlush, IoRead, IoWrite, Result, SyncIoRead, SyncIoWrite};
+
+/// The runtimes to test: the one `MFIO_BACKEND` names, else every backend
+/// that starts here (io_uring is skipped with a message where unavailable).
+fn runtimes() -> Vec<Runtime> {
+    if std::env::var_os(BACKEND_ENV).is_some() {
+        return vec![Runtime::new().expect("runtime from MFIO_BACKEND")];
+    }
+    let mut out = vec![Runtime::builder()
+        .backend(BackendKind::Poll)
+        .build()
+        .expect("poll backend")];
+    match Runtime::builder().backend(BackendKind::Uring).build() {
+        Ok(rt) => out.push(rt),
+        Err(e) => eprintln!("skip io_uring: {e}"),
+    }
+    out
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}
+
+/// Runs `body` on every runtime under a hang guard.
+fn on_every_backend(name: &str, body: fn(&Runtime, &Path) -> Result<()>) {
+    for rt in runtimes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().to_path_buf();
+        let kind = rt.kind();
+        let (tx, rx) = mpsc::channel();
+        let worker = std::thread::spawn(move || {
+            let _ = tx.send(body(&rt, &path));
+        });
+        match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(res) => {
+                if let Err(e) = res {
+                    panic!("{name} on {kind}: {e}");
+                }
+            }
+            Err(_) => panic!("{name} on {kind}: no result within 120 s (hang or panic)"),
+        }
+        worker.join().expect("worker");
+    }
+}
+
+fn rw() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.read(true).write(true).create(true);
+    o
+}
+
+fn round_trip_through_every_layer(rt: &Runtime, dir: &Path) -> Result<()> {
+    let data = pattern(1 << 20, 1);
+    let file = rt.block_on(rt.open(dir.join("a"), &rw()))?;
+    rt.block_on(async {
+        file.write_all_at(0, data.clone()).await.0?;
+        file.flush().await?;
+        file.sync_data().await
+    })?;
+    let meta = rt.block_on(file.metadata())?;
+    assert_eq!((meta.len(), meta.file_type()), (data.len() as u64, FileType::File));
+    let (res, back) = rt.block_on(file.read_to_end_at(0, Vec::new())).into_parts();
+    assert_eq!(res?, data.len());
+    assert!(back == data, "async bytes differ");
+    let mut mid = vec![0; 4096];
+    file.blocking_read_exact_at(123_456, &mut mid)?;
+    assert_eq!(mid, &data[123_456..123_456 + 4096]);
+    file.blocking_write_all_at(10, b"sync layer")?;
+    let mut cursor = IoCursor::new(file.clone(), 0);
+    std::io::Seek::seek(&mut cursor, std::io::SeekFrom::End(-3))?;
+    let mut tail = Vec::new();
+    std::io::Read::read_to_end(&mut cursor, &mut tail)?;
+    assert_eq!(tail, &data[data.len() - 3..]);
+    assert_eq!(std::fs::read(dir.join("a"))?[10..20], *b"sync layer");
+    Ok(())
+}
+
+fn reads_at_and_past_eof(rt: &Runtime, dir: &Path) -> Result<()> {
+    std::fs::write(dir.join("short"), b"0123456789")?;
+    let file = rt.block_on(rt.open(dir.join("short"), OpenOptions::new().read(true)))?;
+    let read = |pos, len| rt.block_on(file.read_at(pos, Vec::with_capacity(len))).into_parts();
+    let (n, buf) = read(7, 10);
+    assert_eq!((n?, buf.as_slice()), (3, &b"789"[..]));
+    assert_eq!(read(10, 4).0?, 0);
+    assert_eq!(read(1 << 40, 4).0?, 0);
+    let (res, _) = rt.block_on(file.read_exact_at(5, Vec::with_capacity(6))).into_parts();
+    assert_eq!(res.expect_err("one byte short").kind(), ErrorKind::UnexpectedEof);
+    let err = rt
+        .block_on(file.write_all_at(0, b"x".to_vec()))
+        .0
+        .expect_err("opened read-only");
+    assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    Ok(())
+}
+
+fn open_errors_keep_kind_and_errno(rt: &Runtime, dir: &Path) -> Result<()> {
+    let open = |p: PathBuf, o: &OpenOptions| rt.block_on(rt.open(p, o));
+    let err = open(dir.join("missing"), OpenOptions::new().read(true)).expect_err("missing");
+    assert_eq!(
+        (err.kind(), err.raw_os_error()),
+        (ErrorKind::NotFound, Some(libc::ENOENT))
+    );
+    assert_eq!(err.op(), Some(mfio_core::Op::Open));
+    let err = open(dir.join("no/such/dir"), &rw()).expect_err("missing parent");
+    assert_eq!(err.kind(), ErrorKind::NotFound);
+    std::fs::write(dir.join("exists"), b"")?;
+    let err = open(dir.join("exists"), OpenOptions::new().write(true).create_new(true)).expect_err("exists");
+    assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+    let err = open(dir.to_path_buf(), OpenOptions::new().write(true)).expect_err("a directory");
+    assert_eq!(err.raw_os_error(), Some(libc::EISDIR));
+    let err = open(dir.join("nul\0byte"), OpenOptions::new().read(true)).expect_err("NUL in path");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    let err = open(dir.join("exists"), &OpenOptions::new()).expect_err("no access mode");
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    Ok(())
+}
+
+fn append_mode_appends(rt: &Runtime, dir: &Path) -> Result<()> {
+    std::fs::write(dir.join("log"), b"first\n")?;
+    let file = rt.block_on(rt.open(dir.join("log"), OpenOptions::new().append(true)))?;
+    rt.block_on(async {
+        file.write_all_at(0, b"second\n".to_vec()).await.0?;
+        file.write_all_at(0, b"third\n".to_vec()).await.0
+    })?;
+    assert_eq!(std::fs::read(dir.join("log"))?, b"first\nsecond\nthird\n");
+    Ok(())
+}
+
+fn five_thousand_open_files(rt: &Runtime, dir: &Path) -> Result<()> {
+    rt.block_on(async {}); // this thread's wake descriptor exists from here on
+    let before = open_fds();
+    let files: Vec<File> = rt
+        .block_on(
+            stream::iter(0..5000)
+                .map(|i| rt.open(dir.join(format!("f{i}")), &rw()))
+                .buffered(256) // in order: files[i] is f{i}
+                .collect::<Vec<_>>(),
+        )
+        .into_iter()
+        .collect::<Result<_>>()?;
+    assert_eq!(open_fds(), before + 5000);
+    rt.block_on(
+        stream::iter(files.iter().enumerate())
+            .map(|(i, f)| async move { f.write_all_at(0, format!("file {i}").into_bytes()).await.0 })
+            .buffer_unordered(512)
+            .collect::<Vec<_>>(),
+    )
+    .into_iter()
+    .collect::<Result<Vec<()>>>()?;
+    assert_eq!(std::fs::read(dir.join("f4321"))?, b"file 4321");
+    drop(files);
+    assert_eq!(open_fds(), before, "descriptors leaked");
+    Ok(())
+}
+
+fn ten_thousand_reads_in_flight(rt: &Runtime, dir: &Path) -> Result<()> {
+    let data = pattern(1 << 20, 7);
+    std::fs::write(dir.join("big"), &data)?;
+    let file = rt.block_on(rt.open(dir.join("big"), OpenOptions::new().read(true)))?;
+    let ok = rt.block_on(
+        stream::iter(0..10_000u64)
+            .map(|i| {
+                let (file, data) = (&file, &data);
+                async move {
+                    let pos = (i * 4099) % (data.len() as u64 - 100);
+                    let (r, buf) = file.read_at(pos, Vec::with_capacity(100)).await.into_parts();
+                    Ok::<bool, mfio_core::Error>(r? == 100 && buf == data[pos as usize..pos as usize + 100])
+                }
+            })
+            .buffer_unordered(10_000)
+            .collect::<Vec<_>>(),
+    );
+    let good = ok.into_iter().collect::<Result<Vec<bool>>>()?;
+    assert_eq!(good.iter().filter(|g| **g).count(), 10_000);
+    Ok(())
+}
+
+fn large_files_write_then_read(rt: &Runtime, dir: &Path) -> Result<()> {
+    // Four 64 MiB pseudo-random files, written and read back concurrently.
+    let datas: Vec<Vec<u8>> = (0..4).map(|i| pattern(64 << 20, 100 + i)).collect();
+    rt.block_on(async {
+        let files = futures::future::try_join_all((0..4).map(|i| rt.open(dir.join(format!("big{i}")), &rw()))).await?;
+        futures::future::try_join_all(files.iter().zip(&datas).map(|(f, d)| async move {
+            f.write_all_at(0, d.clone()).await.0?;
+            f.sync_all().await?;
+            let (r, back) = f.read_to_end_at(0, Vec::new()).await.into_parts();
+            r?;
+            assert!(back == *d, "64 MiB file differs after the round trip");
+            Ok::<(), mfio_core::Error>(())
+        }))
+        .await
+    })?;
+    Ok(())
+}
+
+fn dropped_futures_leak_nothing(rt: &Runtime, dir: &Path) -> Result<()> {
+    std::fs::write(dir.join("src"), pattern(1 << 16, 3))?;
+    let file = rt.block_on(rt.open(dir.join("src"), OpenOptions::new().read(true)))?;
+    let before = open_fds();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for round in 0..300 {
+        let mut open = Box::pin(rt.open(dir.join("src"), OpenOptions::new().read(true)));
+        let mut read = Box::pin(file.read_at(round * 7, Vec::with_capacity(4096)));
+        let mut meta = Box::pin(file.metadata());
+        let _ = std::future::Future::poll(open.as_mut(), &mut cx);
+        let _ = std::future::Future::poll(read.as_mut(), &mut cx);
+        let _ = std::future::Future::poll(meta.as_mut(), &mut cx);
+        if round % 2 == 0 {
+            rt.drive(); // some are in the kernel or the pool when dropped
+        }
+        drop((open, read, meta));
+    }
+    // Let late completions arrive: an open that completes after its future
+    // was dropped must have its descriptor closed.
+    for _ in 0..200 {
+        rt.drive();
+        if open_fds() == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(open_fds(), before, "a cancelled open leaked its descriptor");
+    Ok(())
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod on_every_backend {
+            use super::*;
+        $(
+            #[test]
+            fn $name() {
+                // Descriptor counts are per process: one test at a time.
+                let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                let before = open_fds();
+                on_every_backend(stringify!($name), crate::$name);
+                // Runtimes are gone: their ring, eventfds and pool threads too.
+                assert_eq!(open_fds(), before, "descriptors leaked by the suite");
+            }
+        )*
+        }
+    };
+}
+
+backend_tests!(
+    round_trip_through_every_layer,
+    reads_at_and_past_eof,
+    open_errors_keep_kind_and_errno,
+    append_mode_appends,
+    five_thousand_open_files,
+    ten_thousand_reads_in_flight,
+    large_files_write_then_read,
+    dropped_futures_leak_nothing,
+    idle_wait_costs_no_cpu,
+);
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// After I/O, waiting idle in `block_on` sleeps instead of spinning on a
+/// descriptor left readable by earlier completions.
+fn idle_wait_costs_no_cpu(rt: &Runtime, dir: &Path) -> Result<()> {
+    std::fs::write(dir.join("x"), b"some bytes")?;
+    let file = rt.block_on(rt.open(dir.join("x"), OpenOptions::new().read(true)))?;
+    for _ in 0..50 {
+        let _ = rt.block_on(file.read_at(0, Vec::with_capacity(4))).0?;
+    }
+    let (tx, rx) = futures::channel::oneshot::channel::<()>();
+    let waker_thread = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        let _ = tx.send(());
+    });
+    let cpu_before = thread_cpu_time();
+    let _ = rt.block_on(rx);
+    let cpu = thread_cpu_time() - cpu_before;
+    waker_thread.join().expect("waker thread");
+    assert!(
+        cpu < Duration::from_millis(100),
+        "idle block_on used {cpu:?} of CPU in 500 ms"
+    );
+    Ok(())
+}
