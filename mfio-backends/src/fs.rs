@@ -5,8 +5,6 @@ use std::ffi::CString;
 use std::future::Future;
 use std::io::ErrorKind;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,7 +15,7 @@ use mfio_core::{
     Result, Write,
 };
 
-use crate::op::{completion, Op, OpFuture};
+use crate::op::{completion, At, Op, OpFuture};
 use crate::runtime::Runtime;
 
 /// How to open a file; the same rules as [`std::fs::OpenOptions`], plus
@@ -261,13 +259,37 @@ impl File {
     /// The file's metadata, from `statx` on the backend.
     pub fn metadata(&self) -> OpFuture<Metadata> {
         let (done, fut) = completion();
+        let at = At {
+            dir: Some(self.fd.clone()),
+            path: CString::default(),
+        };
         fut.submit(
             &self.rt,
             Op::Stat {
-                fd: self.fd.clone(),
+                at,
+                flags: libc::AT_EMPTY_PATH,
                 done,
             },
         )
+    }
+
+    /// Truncates or extends (with zeros) to `len` bytes (`ftruncate`).
+    pub fn set_len(&self, len: u64) -> OpFuture<()> {
+        let (done, fut) = completion();
+        let fd = self.fd.clone();
+        fut.submit(&self.rt, Op::Truncate { fd, len, done })
+    }
+
+    /// Reserves disk space for `offset..offset + len`, growing the file if
+    /// needed (`fallocate` mode 0).
+    pub fn allocate(&self, offset: u64, len: u64) -> OpFuture<()> {
+        let (done, fut) = completion();
+        let fd = self.fd.clone();
+        fut.submit(&self.rt, Op::Allocate { fd, offset, len, done })
+    }
+
+    pub(crate) fn into_parts(self) -> (Runtime, Arc<OwnedFd>) {
+        (self.rt, self.fd)
     }
 
     /// Waits until written data (not metadata) reached the device
@@ -411,15 +433,14 @@ impl Future for OpenFuture {
     }
 }
 
-pub(crate) fn open(rt: &Runtime, path: &Path, opts: &OpenOptions) -> OpenFuture {
-    let prepared = opts.flags().and_then(|flags| Ok((flags, path_cstring(path)?)));
-    let inner = match prepared {
-        Ok((flags, path)) => {
+pub(crate) fn open(rt: &Runtime, at: Result<At>, opts: &OpenOptions) -> OpenFuture {
+    let inner = match opts.flags().and_then(|flags| Ok((flags, at?))) {
+        Ok((flags, at)) => {
             let (done, fut) = completion();
             fut.submit(
                 rt,
                 Op::Open {
-                    path,
+                    at,
                     flags,
                     mode: opts.mode,
                     done,
@@ -433,11 +454,6 @@ pub(crate) fn open(rt: &Runtime, path: &Path, opts: &OpenOptions) -> OpenFuture 
         append: opts.append,
         inner,
     }
-}
-
-fn path_cstring(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::new(ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
 impl File {

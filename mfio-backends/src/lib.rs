@@ -29,10 +29,12 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What is here so far: files (open, read, write, `fsync`/`fdatasync`,
-//! `statx`), on both backends. Sockets, directory operations, registered
-//! buffers and fixed files are not implemented yet.
+//! What is here so far, on both backends: files (open, read, write,
+//! `fsync`/`fdatasync`, `statx`, `ftruncate`, `fallocate`) and paths
+//! (`mkdir`, `unlink`, `rename`, directory listings, [`Dir`]-relative paths).
+//! Sockets, registered buffers and fixed files are not implemented yet.
 
+mod dir;
 mod fs;
 mod op;
 mod poll;
@@ -40,6 +42,7 @@ mod runtime;
 mod sys;
 mod uring;
 
+pub use dir::{Dir, DirEntry, DirFuture};
 pub use fs::{File, FileType, Metadata, OpenFuture, OpenOptions, SyncData};
 pub use op::OpFuture;
 pub use runtime::{BackendKind, Runtime, RuntimeBuilder, BACKEND_ENV};

@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 use std::future::Future;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -16,8 +16,25 @@ use atomic_waker::AtomicWaker;
 use mfio_core::{CancelHandler, Error, PacketView, Read, Result, Write};
 use parking_lot::Mutex;
 
+use crate::dir::DirEntry;
 use crate::fs::Metadata;
 use crate::runtime::Runtime;
+
+/// A path, relative to a directory descriptor (`None`: the current directory).
+pub(crate) struct At {
+    pub(crate) dir: Option<Arc<OwnedFd>>,
+    pub(crate) path: CString,
+}
+
+impl At {
+    /// The directory descriptor for `*at(2)` calls (`AT_FDCWD` for none).
+    pub(crate) fn dirfd(&self) -> BorrowedFd<'_> {
+        match &self.dir {
+            Some(fd) => fd.as_fd(),
+            None => rustix::fs::CWD,
+        }
+    }
+}
 
 /// One I/O operation, as a backend receives it.
 pub(crate) enum Op {
@@ -39,21 +56,60 @@ pub(crate) enum Op {
         data_only: bool,
         view: PacketView<Write>,
     },
-    /// `openat(AT_FDCWD, path, flags, mode)`.
+    /// `openat(at, flags, mode)`.
     Open {
-        path: CString,
+        at: At,
         flags: i32,
         mode: u32,
         done: Completer<OwnedFd>,
     },
-    /// `statx(fd, "", AT_EMPTY_PATH)`.
+    /// `statx(at, flags)`; an open file is `At { dir: fd, path: "" }` with `AT_EMPTY_PATH`.
     Stat {
-        fd: Arc<OwnedFd>,
+        at: At,
+        flags: i32,
         done: Completer<Metadata>,
     },
+    /// `mkdirat(at, mode)`.
+    Mkdir { at: At, mode: u32, done: Completer<()> },
+    /// `unlinkat(at)`, with `AT_REMOVEDIR` for a directory.
+    Unlink { at: At, dir: bool, done: Completer<()> },
+    /// `renameat(from, to)`.
+    Rename { from: At, to: At, done: Completer<()> },
+    /// `ftruncate(fd, len)`.
+    Truncate {
+        fd: Arc<OwnedFd>,
+        len: u64,
+        done: Completer<()>,
+    },
+    /// `fallocate(fd, 0, offset, len)`.
+    Allocate {
+        fd: Arc<OwnedFd>,
+        offset: u64,
+        len: u64,
+        done: Completer<()>,
+    },
+    /// Lists a directory (no io_uring opcode: always on the thread pool).
+    ReadDir { at: At, done: Completer<Vec<DirEntry>> },
 }
 
 impl Op {
+    /// The operation's name in error reports.
+    pub(crate) fn name(&self) -> mfio_core::Op {
+        use mfio_core::Op as E;
+        match self {
+            Op::Read { .. } => E::Read,
+            Op::Write { .. } => E::Write,
+            Op::Sync { .. } => E::Flush,
+            Op::Open { .. } => E::Open,
+            Op::Stat { .. } => E::Metadata,
+            Op::Mkdir { .. } => E::CreateDir,
+            Op::Unlink { .. } => E::Remove,
+            Op::Rename { .. } => E::Rename,
+            Op::Truncate { .. } | Op::Allocate { .. } => E::SetLen,
+            Op::ReadDir { .. } => E::ReadDir,
+        }
+    }
+
     /// Fails the operation without running it (backend shutting down, …).
     pub(crate) fn fail(self, err: Error) {
         match self {
@@ -61,6 +117,12 @@ impl Op {
             Op::Write { view, .. } | Op::Sync { view, .. } => view.fail(err),
             Op::Open { done, .. } => done.complete(Err(err)),
             Op::Stat { done, .. } => done.complete(Err(err)),
+            Op::ReadDir { done, .. } => done.complete(Err(err)),
+            Op::Mkdir { done, .. }
+            | Op::Unlink { done, .. }
+            | Op::Rename { done, .. }
+            | Op::Truncate { done, .. }
+            | Op::Allocate { done, .. } => done.complete(Err(err)),
         }
     }
 }
@@ -148,6 +210,8 @@ pub struct OpFuture<T> {
     slot: Arc<Slot<T>>,
     /// The operation, until the backend's queue accepts it.
     unsent: Option<(Runtime, Op)>,
+    /// Recorded in errors, to say which operation failed.
+    what: Option<mfio_core::Op>,
 }
 
 impl<T> std::fmt::Debug for OpFuture<T> {
@@ -166,7 +230,11 @@ pub(crate) fn completion<T>() -> (Completer<T>, OpFuture<T>) {
         Completer {
             slot: Some(slot.clone()),
         },
-        OpFuture { slot, unsent: None },
+        OpFuture {
+            slot,
+            unsent: None,
+            what: None,
+        },
     )
 }
 
@@ -174,6 +242,7 @@ impl<T> OpFuture<T> {
     /// A future for `op` (built around this future's completer), sent to
     /// `rt` when first polled and as soon as its queue has room.
     pub(crate) fn submit(mut self, rt: &Runtime, op: Op) -> Self {
+        self.what = Some(op.name());
         self.unsent = Some((rt.clone(), op));
         self
     }
@@ -210,12 +279,17 @@ impl<T> Future for OpFuture<T> {
                 }
             }
         }
+        let what = self.what;
+        let annotate = |r: Result<T>| match what {
+            Some(op) => r.map_err(|e| e.with_op(op)),
+            None => r,
+        };
         if let Some(r) = self.try_take() {
-            return Poll::Ready(r);
+            return Poll::Ready(annotate(r));
         }
         self.slot.waker.register(cx.waker());
         match self.try_take() {
-            Some(r) => Poll::Ready(r),
+            Some(r) => Poll::Ready(annotate(r)),
             None if matches!(self.slot.state.lock().0, SlotState::Taken) => Poll::Ready(Err(Error::new(
                 std::io::ErrorKind::Other,
                 "OpFuture polled after completion",

@@ -2,7 +2,6 @@
 //! chosen once at start-up and queryable afterwards.
 
 use std::io::ErrorKind;
-use std::path::Path;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -10,7 +9,6 @@ use std::time::Duration;
 use mfio_core::queue::SubmitQueue;
 use mfio_core::{DriveStatus, Error, IoBackend, PollingHandle, Result};
 
-use crate::fs::{self, OpenFuture, OpenOptions};
 use crate::op::Op;
 use crate::{poll, uring};
 
@@ -86,11 +84,6 @@ impl Runtime {
     /// The backend in use.
     pub fn kind(&self) -> BackendKind {
         self.engine.kind()
-    }
-
-    /// Opens a file; resolves to a [`File`](crate::File) on this runtime.
-    pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> OpenFuture {
-        fs::open(self, path.as_ref(), options)
     }
 
     /// Queues `make(value)`, or hands `value` back when the queue is full.

@@ -2,14 +2,16 @@
 //! runs, and io_uring's fallback for opcodes the kernel lacks.
 
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 
 use mfio_core::{Error, Result};
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags};
 use rustix::io::Errno;
 
+use crate::dir::DirEntry;
 use crate::fs::Metadata;
-use crate::op::Op;
+use crate::op::{At, Op};
 
 /// The `statx` fields mfio asks for: size, type, times, and the `O_DIRECT`
 /// alignment where the kernel reports it.
@@ -49,35 +51,47 @@ pub(crate) fn run_blocking(op: Op) {
             });
             view.finish(res.map(|()| 0));
         }
-        Op::Open {
-            path,
-            flags,
-            mode,
-            done,
-        } => {
+        Op::Open { at, flags, mode, done } => {
             if done.is_abandoned() {
                 return done.complete(Err(Error::cancelled()));
             }
             let flags = OFlags::from_bits_retain(flags as u32);
+            let mode = Mode::from_raw_mode(mode);
             done.complete(retry(|| {
-                rustix::fs::open(path.as_c_str(), flags, Mode::from_raw_mode(mode))
+                rustix::fs::openat(at.dirfd(), at.path.as_c_str(), flags, mode)
             }));
         }
-        Op::Stat { fd, done } => done.complete(statx(&fd)),
+        Op::Stat { at, flags, done } => done.complete(statx(&at, flags)),
+        Op::Mkdir { at, mode, done } => done.complete(retry(|| {
+            rustix::fs::mkdirat(at.dirfd(), at.path.as_c_str(), Mode::from_raw_mode(mode))
+        })),
+        Op::Unlink { at, dir, done } => {
+            let flags = if dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+            done.complete(retry(|| rustix::fs::unlinkat(at.dirfd(), at.path.as_c_str(), flags)))
+        }
+        Op::Rename { from, to, done } => done.complete(retry(|| {
+            rustix::fs::renameat(from.dirfd(), from.path.as_c_str(), to.dirfd(), to.path.as_c_str())
+        })),
+        Op::Truncate { fd, len, done } => done.complete(retry(|| rustix::fs::ftruncate(&*fd, len))),
+        Op::Allocate { fd, offset, len, done } => done.complete(retry(|| {
+            rustix::fs::fallocate(&*fd, FallocateFlags::empty(), offset, len)
+        })),
+        Op::ReadDir { at, done } => done.complete(read_dir(&at)),
     }
 }
 
-/// `statx(fd, "", AT_EMPTY_PATH, STATX_MASK)`.
-fn statx(fd: &OwnedFd) -> Result<Metadata> {
+/// `statx(at, flags, STATX_MASK)`.
+fn statx(at: &At, flags: i32) -> Result<Metadata> {
     let mut buf = MaybeUninit::<libc::statx>::zeroed();
     loop {
-        // SAFETY: the path is a valid empty C string, `buf` is writable and
-        // large enough for `struct statx`, and `fd` is an open descriptor.
+        // SAFETY: the path is a valid C string, `buf` is writable and large
+        // enough for `struct statx`, and the directory descriptor is open
+        // (or AT_FDCWD).
         let r = unsafe {
             libc::statx(
-                fd.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_EMPTY_PATH,
+                at.dirfd().as_raw_fd(),
+                at.path.as_ptr(),
+                flags,
                 STATX_MASK,
                 buf.as_mut_ptr(),
             )
@@ -93,4 +107,23 @@ fn statx(fd: &OwnedFd) -> Result<Metadata> {
     // SAFETY: statx returned 0, so it filled the structure (and it was zeroed before).
     let st = unsafe { buf.assume_init() };
     Ok(Metadata::from_statx(&st))
+}
+
+/// The entries of a directory, without `.` and `..`.
+fn read_dir(at: &At) -> Result<Vec<DirEntry>> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = retry(|| rustix::fs::openat(at.dirfd(), at.path.as_c_str(), flags, Mode::empty()))?;
+    let mut entries = Vec::new();
+    for entry in rustix::fs::Dir::new(fd)? {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        entries.push(DirEntry::new(
+            std::ffi::OsStr::from_bytes(name).to_os_string(),
+            entry.file_type(),
+        ));
+    }
+    Ok(entries)
 }

@@ -2,75 +2,17 @@
 //! and on poll (or only on the backend `MFIO_BACKEND` names). Each test
 //! checks that the process's descriptor count is unchanged afterwards.
 
+mod util;
+
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
 use std::time::Duration;
 
+use util::{on_every_backend, open_fds, pattern, rw};
+
 use futures::{stream, StreamExt};
-use mfio_backends::{BackendKind, File, FileType, OpenOptions, Runtime, BACKEND_ENV};
+use mfio_backends::{File, FileType, OpenOptions, Runtime};
 use mfio_core::{IoBackend, IoBackendExt, IoCursor, IoFlush, IoRead, IoWrite, Result, SyncIoRead, SyncIoWrite};
-
-/// The runtimes to test: the one `MFIO_BACKEND` names, else every backend
-/// that starts here (io_uring is skipped with a message where unavailable).
-fn runtimes() -> Vec<Runtime> {
-    if std::env::var_os(BACKEND_ENV).is_some() {
-        return vec![Runtime::new().expect("runtime from MFIO_BACKEND")];
-    }
-    let mut out = vec![Runtime::builder()
-        .backend(BackendKind::Poll)
-        .build()
-        .expect("poll backend")];
-    match Runtime::builder().backend(BackendKind::Uring).build() {
-        Ok(rt) => out.push(rt),
-        Err(e) => eprintln!("skip io_uring: {e}"),
-    }
-    out
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
-}
-
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
-}
-
-/// Runs `body` on every runtime under a hang guard.
-fn on_every_backend(name: &str, body: fn(&Runtime, &Path) -> Result<()>) {
-    for rt in runtimes() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().to_path_buf();
-        let kind = rt.kind();
-        let (tx, rx) = mpsc::channel();
-        let worker = std::thread::spawn(move || {
-            let _ = tx.send(body(&rt, &path));
-        });
-        match rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(res) => {
-                if let Err(e) = res {
-                    panic!("{name} on {kind}: {e}");
-                }
-            }
-            Err(_) => panic!("{name} on {kind}: no result within 120 s (hang or panic)"),
-        }
-        worker.join().expect("worker");
-    }
-}
-
-fn rw() -> OpenOptions {
-    let mut o = OpenOptions::new();
-    o.read(true).write(true).create(true);
-    o
-}
 
 fn round_trip_through_every_layer(rt: &Runtime, dir: &Path) -> Result<()> {
     let data = pattern(1 << 20, 1);
@@ -246,8 +188,6 @@ fn dropped_futures_leak_nothing(rt: &Runtime, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         mod on_every_backend {
@@ -256,7 +196,7 @@ macro_rules! backend_tests {
             #[test]
             fn $name() {
                 // Descriptor counts are per process: one test at a time.
-                let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
                 let before = open_fds();
                 on_every_backend(stringify!($name), crate::$name);
                 // Runtimes are gone: their ring, eventfds and pool threads too.

@@ -29,6 +29,16 @@ pub enum Op {
     Open,
     /// Reading metadata (size, type, times).
     Metadata,
+    /// Creating a directory.
+    CreateDir,
+    /// Removing a file or directory.
+    Remove,
+    /// Renaming a file or directory.
+    Rename,
+    /// Listing a directory.
+    ReadDir,
+    /// Changing a file's length or allocating its space.
+    SetLen,
 }
 
 impl fmt::Display for Op {
@@ -42,6 +52,11 @@ impl fmt::Display for Op {
             Op::Submit => "submit",
             Op::Open => "open",
             Op::Metadata => "metadata",
+            Op::CreateDir => "create dir",
+            Op::Remove => "remove",
+            Op::Rename => "rename",
+            Op::ReadDir => "read dir",
+            Op::SetLen => "set len",
         })
     }
 }

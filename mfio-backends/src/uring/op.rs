@@ -9,7 +9,7 @@ use mfio_core::{CancelHandler, Error, Result};
 
 use super::Cancels;
 use crate::fs::Metadata;
-use crate::op::Op;
+use crate::op::{At, Op};
 use crate::sys::STATX_MASK;
 
 /// Largest single read or write the kernel performs (`MAX_RW_COUNT`);
@@ -24,6 +24,11 @@ pub(super) struct Supported {
     fsync: bool,
     openat: bool,
     statx: bool,
+    mkdirat: bool,
+    unlinkat: bool,
+    renameat: bool,
+    ftruncate: bool,
+    fallocate: bool,
 }
 
 impl Supported {
@@ -39,6 +44,11 @@ impl Supported {
             fsync: probe.is_supported(opcode::Fsync::CODE),
             openat: probe.is_supported(opcode::OpenAt::CODE),
             statx: probe.is_supported(opcode::Statx::CODE),
+            mkdirat: probe.is_supported(opcode::MkDirAt::CODE),
+            unlinkat: probe.is_supported(opcode::UnlinkAt::CODE),
+            renameat: probe.is_supported(opcode::RenameAt::CODE),
+            ftruncate: probe.is_supported(opcode::Ftruncate::CODE),
+            fallocate: probe.is_supported(opcode::Fallocate::CODE),
         }
     }
 
@@ -49,6 +59,13 @@ impl Supported {
             Op::Sync { .. } => self.fsync,
             Op::Open { .. } => self.openat,
             Op::Stat { .. } => self.statx,
+            Op::Mkdir { .. } => self.mkdirat,
+            Op::Unlink { .. } => self.unlinkat,
+            Op::Rename { .. } => self.renameat,
+            Op::Truncate { .. } => self.ftruncate,
+            Op::Allocate { .. } => self.fallocate,
+            // No opcode lists a directory.
+            Op::ReadDir { .. } => false,
         }
     }
 }
@@ -92,8 +109,19 @@ impl InFlight {
                 Some(buf) => Ok(Metadata::from_statx(unsafe { buf.assume_init_ref() })),
                 None => Err(Error::aborted()),
             })),
+            Op::Mkdir { done, .. }
+            | Op::Unlink { done, .. }
+            | Op::Rename { done, .. }
+            | Op::Truncate { done, .. }
+            | Op::Allocate { done, .. } => done.complete(result.map(|_| ())),
+            // Never sent to the ring (see `Supported::handles`).
+            Op::ReadDir { done, .. } => done.complete(Err(Error::aborted())),
         }
     }
+}
+
+fn dirfd(at: &At) -> types::Fd {
+    types::Fd(at.dirfd().as_raw_fd())
 }
 
 fn cqe_result(res: i32) -> Result<usize> {
@@ -167,42 +195,53 @@ pub(super) fn prepare(
                 .flags(squeue::Flags::IO_DRAIN);
             (entry, Op::Sync { fd, data_only, view })
         }
-        Op::Open {
-            path,
-            flags,
-            mode,
-            done,
-        } => {
+        Op::Open { at, flags, mode, done } => {
             let handler: Arc<dyn CancelHandler> = cancels.clone();
             if done.set_cancel_handler(handler, user_data).is_err() {
                 done.complete(Err(Error::cancelled()));
                 return None;
             }
-            let entry = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr())
+            let entry = opcode::OpenAt::new(dirfd(&at), at.path.as_ptr())
                 .flags(flags)
                 .mode(mode)
                 .build();
-            (
-                entry,
-                Op::Open {
-                    path,
-                    flags,
-                    mode,
-                    done,
-                },
-            )
+            (entry, Op::Open { at, flags, mode, done })
         }
-        Op::Stat { fd, done } => {
+        Op::Stat { at, flags, done } => {
             let buf = statx.insert(Box::new(MaybeUninit::<libc::statx>::zeroed()));
-            let entry = opcode::Statx::new(
-                types::Fd(fd.as_raw_fd()),
-                c"".as_ptr(),
-                buf.as_mut_ptr().cast::<types::statx>(),
-            )
-            .flags(libc::AT_EMPTY_PATH)
-            .mask(STATX_MASK)
-            .build();
-            (entry, Op::Stat { fd, done })
+            let entry = opcode::Statx::new(dirfd(&at), at.path.as_ptr(), buf.as_mut_ptr().cast::<types::statx>())
+                .flags(flags)
+                .mask(STATX_MASK)
+                .build();
+            (entry, Op::Stat { at, flags, done })
+        }
+        Op::Mkdir { at, mode, done } => {
+            let entry = opcode::MkDirAt::new(dirfd(&at), at.path.as_ptr()).mode(mode).build();
+            (entry, Op::Mkdir { at, mode, done })
+        }
+        Op::Unlink { at, dir, done } => {
+            let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+            let entry = opcode::UnlinkAt::new(dirfd(&at), at.path.as_ptr()).flags(flags).build();
+            (entry, Op::Unlink { at, dir, done })
+        }
+        Op::Rename { from, to, done } => {
+            let entry = opcode::RenameAt::new(dirfd(&from), from.path.as_ptr(), dirfd(&to), to.path.as_ptr()).build();
+            (entry, Op::Rename { from, to, done })
+        }
+        Op::Truncate { fd, len, done } => {
+            let entry = opcode::Ftruncate::new(types::Fd(fd.as_raw_fd()), len).build();
+            (entry, Op::Truncate { fd, len, done })
+        }
+        Op::Allocate { fd, offset, len, done } => {
+            let entry = opcode::Fallocate::new(types::Fd(fd.as_raw_fd()), len)
+                .offset(offset)
+                .build();
+            (entry, Op::Allocate { fd, offset, len, done })
+        }
+        // Routed to the thread pool before it gets here.
+        op @ Op::ReadDir { .. } => {
+            op.fail(Error::aborted());
+            return None;
         }
     };
     Some((entry.user_data(user_data), InFlight { generation, op, statx }))

@@ -1,0 +1,216 @@
+//! Paths and directories, shaped like `std::fs`: the file-system calls of a
+//! [`Runtime`] (relative to the current directory) and of a [`Dir`]
+//! (relative to an open directory), plus [`DirEntry`].
+
+use std::ffi::{CString, OsString};
+use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use mfio_core::{Error, Result};
+
+use crate::fs::{FileType, Metadata, OpenFuture, OpenOptions};
+use crate::op::{completion, At, Op, OpFuture};
+use crate::runtime::Runtime;
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    name: OsString,
+    kind: Option<FileType>,
+}
+
+impl DirEntry {
+    pub(crate) fn new(name: OsString, kind: rustix::fs::FileType) -> Self {
+        let kind = match kind {
+            rustix::fs::FileType::RegularFile => Some(FileType::File),
+            rustix::fs::FileType::Directory => Some(FileType::Dir),
+            rustix::fs::FileType::Symlink => Some(FileType::Symlink),
+            rustix::fs::FileType::Unknown => None,
+            _ => Some(FileType::Other),
+        };
+        Self { name, kind }
+    }
+
+    /// The entry's name (no directory part).
+    pub fn file_name(&self) -> &std::ffi::OsStr {
+        &self.name
+    }
+
+    /// The entry's kind, if the file system reported it in the listing
+    /// (some do not; ask [`Dir::metadata`] then).
+    pub fn file_type(&self) -> Option<FileType> {
+        self.kind
+    }
+}
+
+/// An open directory: every path given to its methods is relative to it
+/// (an absolute path ignores it, as with the `*at(2)` calls).
+#[derive(Debug, Clone)]
+pub struct Dir {
+    rt: Runtime,
+    fd: Arc<OwnedFd>,
+}
+
+/// Where relative paths start: the current directory, or an open one.
+#[derive(Clone, Copy)]
+struct Base<'a> {
+    rt: &'a Runtime,
+    dir: Option<&'a Arc<OwnedFd>>,
+}
+
+fn c_path(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::new(ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+impl Base<'_> {
+    fn at(&self, path: &Path) -> Result<At> {
+        Ok(At {
+            dir: self.dir.cloned(),
+            path: c_path(path)?,
+        })
+    }
+
+    /// Submits `make(at(path), completer)`, or resolves to the path error.
+    fn path_op<T>(&self, path: &Path, make: impl FnOnce(At, crate::op::Completer<T>) -> Op) -> OpFuture<T> {
+        match self.at(path) {
+            Ok(at) => {
+                let (done, fut) = completion();
+                fut.submit(self.rt, make(at, done))
+            }
+            Err(e) => OpFuture::ready(Err(e)),
+        }
+    }
+
+    fn open(&self, path: &Path, options: &OpenOptions) -> OpenFuture {
+        crate::fs::open(self.rt, self.at(path), options)
+    }
+
+    fn open_dir(&self, path: &Path) -> DirFuture {
+        let mut options = OpenOptions::new();
+        options.read(true).custom_flags(libc::O_DIRECTORY);
+        DirFuture {
+            inner: self.open(path, &options),
+        }
+    }
+
+    fn metadata(&self, path: &Path, follow: bool) -> OpFuture<Metadata> {
+        let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
+        self.path_op(path, |at, done| Op::Stat { at, flags, done })
+    }
+
+    fn create_dir(&self, path: &Path) -> OpFuture<()> {
+        self.path_op(path, |at, done| Op::Mkdir { at, mode: 0o777, done })
+    }
+
+    fn remove(&self, path: &Path, dir: bool) -> OpFuture<()> {
+        self.path_op(path, |at, done| Op::Unlink { at, dir, done })
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> OpFuture<()> {
+        match self.at(to) {
+            Ok(to) => self.path_op(from, |from, done| Op::Rename { from, to, done }),
+            Err(e) => OpFuture::ready(Err(e)),
+        }
+    }
+
+    fn read_dir(&self, path: &Path) -> OpFuture<Vec<DirEntry>> {
+        self.path_op(path, |at, done| Op::ReadDir { at, done })
+    }
+}
+
+macro_rules! path_api {
+    ($ty:ty, $base:ident) => {
+        impl $ty {
+            /// Opens a file (see [`OpenOptions`]).
+            pub fn open(&self, path: impl AsRef<Path>, options: &OpenOptions) -> OpenFuture {
+                $base(self).open(path.as_ref(), options)
+            }
+
+            /// Opens a directory, for paths relative to it.
+            pub fn open_dir(&self, path: impl AsRef<Path>) -> DirFuture {
+                $base(self).open_dir(path.as_ref())
+            }
+
+            /// Metadata of a path, following symbolic links.
+            pub fn metadata(&self, path: impl AsRef<Path>) -> OpFuture<Metadata> {
+                $base(self).metadata(path.as_ref(), true)
+            }
+
+            /// Metadata of a path itself (a symbolic link is not followed).
+            pub fn symlink_metadata(&self, path: impl AsRef<Path>) -> OpFuture<Metadata> {
+                $base(self).metadata(path.as_ref(), false)
+            }
+
+            /// Creates a directory (mode `0o777` before the umask).
+            pub fn create_dir(&self, path: impl AsRef<Path>) -> OpFuture<()> {
+                $base(self).create_dir(path.as_ref())
+            }
+
+            /// Removes a file (or symbolic link).
+            pub fn remove_file(&self, path: impl AsRef<Path>) -> OpFuture<()> {
+                $base(self).remove(path.as_ref(), false)
+            }
+
+            /// Removes an empty directory.
+            pub fn remove_dir(&self, path: impl AsRef<Path>) -> OpFuture<()> {
+                $base(self).remove(path.as_ref(), true)
+            }
+
+            /// Renames `from` to `to`, replacing `to` if it exists.
+            pub fn rename(&self, from: impl AsRef<Path>, to: impl AsRef<Path>) -> OpFuture<()> {
+                $base(self).rename(from.as_ref(), to.as_ref())
+            }
+
+            /// Lists a directory (without `.` and `..`), in the order the file
+            /// system gives. Runs on the thread pool: there is no io_uring opcode.
+            pub fn read_dir(&self, path: impl AsRef<Path>) -> OpFuture<Vec<DirEntry>> {
+                $base(self).read_dir(path.as_ref())
+            }
+        }
+    };
+}
+
+fn runtime_base(rt: &Runtime) -> Base<'_> {
+    Base { rt, dir: None }
+}
+
+fn dir_base(dir: &Dir) -> Base<'_> {
+    Base {
+        rt: &dir.rt,
+        dir: Some(&dir.fd),
+    }
+}
+
+path_api!(Runtime, runtime_base);
+path_api!(Dir, dir_base);
+
+impl Dir {
+    /// Lists this directory itself.
+    pub fn entries(&self) -> OpFuture<Vec<DirEntry>> {
+        dir_base(self).read_dir(Path::new("."))
+    }
+}
+
+/// Future of [`Runtime::open_dir`] / [`Dir::open_dir`].
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct DirFuture {
+    inner: OpenFuture,
+}
+
+impl std::future::Future for DirFuture {
+    type Output = Result<Dir>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<Dir>> {
+        std::pin::Pin::new(&mut self.inner).poll(cx).map(|res| {
+            res.map(|file| {
+                let (rt, fd) = file.into_parts();
+                Dir { rt, fd }
+            })
+        })
+    }
+}
