@@ -30,12 +30,15 @@
 //! ```
 //!
 //! What is here so far, on both backends: files (open, read, write,
-//! `fsync`/`fdatasync`, `statx`, `ftruncate`, `fallocate`) and paths
-//! (`mkdir`, `unlink`, `rename`, directory listings, [`Dir`]-relative paths).
-//! Sockets, registered buffers and fixed files are not implemented yet.
+//! `fsync`/`fdatasync`, `statx`, `ftruncate`, `fallocate`), paths (`mkdir`,
+//! `unlink`, `rename`, directory listings, [`Dir`]-relative paths) and stream
+//! sockets ([`TcpListener`]/[`TcpStream`], [`UnixListener`]/[`UnixStream`]:
+//! connect, accept, send, receive, shutdown, addresses, `TCP_NODELAY`).
+//! Not yet: UDP, readv/writev, registered buffers for `O_DIRECT`, fixed files.
 
 mod dir;
 mod fs;
+mod net;
 mod op;
 mod poll;
 mod runtime;
@@ -44,5 +47,6 @@ mod uring;
 
 pub use dir::{Dir, DirEntry, DirFuture};
 pub use fs::{File, FileType, Metadata, OpenFuture, OpenOptions, SyncData};
+pub use net::{TcpAccept, TcpConnect, TcpListener, TcpStream, UnixAccept, UnixConnect, UnixListener, UnixStream};
 pub use op::OpFuture;
 pub use runtime::{BackendKind, Runtime, RuntimeBuilder, BACKEND_ENV};

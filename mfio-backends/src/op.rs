@@ -5,6 +5,7 @@
 //! Byte transfers travel as mfio-core packet views; everything else (open,
 //! stat) completes through a [`Completer`] / [`OpFuture`] pair.
 
+use std::collections::VecDeque;
 use std::ffi::CString;
 use std::future::Future;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,6 +16,7 @@ use std::task::{Context, Poll};
 use atomic_waker::AtomicWaker;
 use mfio_core::{CancelHandler, Error, PacketView, Read, Result, Write};
 use parking_lot::Mutex;
+use rustix::net::SocketAddrAny;
 
 use crate::dir::DirEntry;
 use crate::fs::Metadata;
@@ -32,6 +34,71 @@ impl At {
         match &self.dir {
             Some(fd) => fd.as_fd(),
             None => rustix::fs::CWD,
+        }
+    }
+}
+
+/// An open socket, shared by its handle and every operation on it.
+///
+/// On the poll backend it is registered (edge-triggered) in the backend's
+/// epoll set under `token`, and deregistered when the last user is gone,
+/// before the descriptor closes, so a reused descriptor number can never
+/// inherit a stale registration.
+pub(crate) struct Socket {
+    pub(crate) fd: OwnedFd,
+    /// Bytes of completed reads whose caller dropped them; read again first.
+    pub(crate) pushback: Mutex<VecDeque<u8>>,
+    /// The poll backend's epoll set, if registered there.
+    pub(crate) epoll: Option<Arc<OwnedFd>>,
+    /// Identifies the socket in the epoll set and in cancellation tokens.
+    pub(crate) token: u64,
+    /// Where cancellations of operations on this socket go.
+    pub(crate) canceller: Arc<dyn CancelHandler>,
+}
+
+impl std::fmt::Debug for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::fd::AsRawFd;
+        f.debug_struct("Socket")
+            .field("fd", &self.fd.as_raw_fd())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Socket {
+    /// Serves a read from bytes given back by a dropped read, if any.
+    pub(crate) fn take_pushback(&self, view: &mut PacketView<Read>) -> Option<usize> {
+        let mut pushed = self.pushback.lock();
+        if pushed.is_empty() {
+            return None;
+        }
+        let n = pushed.len().min(view.len());
+        let (front, back) = pushed.as_slices();
+        let head = view.fill_from(&front[..front.len().min(n)]);
+        view.fill_from_at(head, &back[..n - head]);
+        pushed.drain(..n);
+        Some(n)
+    }
+}
+
+impl CancelHandler for Socket {
+    fn cancel(&self, token: u64) {
+        self.canceller.cancel(token);
+    }
+
+    /// A read that completed after its caller gave up: keep its bytes.
+    fn unclaimed(&self, _token: u64, data: &[u8]) {
+        let mut pushed = self.pushback.lock();
+        for b in data.iter().rev() {
+            pushed.push_front(*b);
+        }
+    }
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        if let Some(epoll) = &self.epoll {
+            let _ = rustix::event::epoll::delete(&**epoll, &self.fd);
         }
     }
 }
@@ -90,6 +157,27 @@ pub(crate) enum Op {
     },
     /// Lists a directory (no io_uring opcode: always on the thread pool).
     ReadDir { at: At, done: Completer<Vec<DirEntry>> },
+    /// `connect(addr)` on a new socket.
+    Connect {
+        sock: Arc<Socket>,
+        addr: Box<SocketAddrAny>,
+        done: Completer<()>,
+    },
+    /// `accept4(SOCK_CLOEXEC)`.
+    Accept {
+        sock: Arc<Socket>,
+        done: Completer<OwnedFd>,
+    },
+    /// `send(MSG_NOSIGNAL)`: a closed peer is `EPIPE`, never a signal.
+    Send { sock: Arc<Socket>, view: PacketView<Write> },
+    /// `recv`: what is available, at least 1 byte, or 0 at end of stream.
+    Recv { sock: Arc<Socket>, view: PacketView<Read> },
+    /// `shutdown(how)`.
+    Shutdown {
+        sock: Arc<Socket>,
+        how: rustix::net::Shutdown,
+        done: Completer<()>,
+    },
 }
 
 impl Op {
@@ -107,6 +195,10 @@ impl Op {
             Op::Rename { .. } => E::Rename,
             Op::Truncate { .. } | Op::Allocate { .. } => E::SetLen,
             Op::ReadDir { .. } => E::ReadDir,
+            Op::Connect { .. } | Op::Accept { .. } => E::Open,
+            Op::Send { .. } => E::Write,
+            Op::Recv { .. } => E::Read,
+            Op::Shutdown { .. } => E::Flush,
         }
     }
 
@@ -118,6 +210,10 @@ impl Op {
             Op::Open { done, .. } => done.complete(Err(err)),
             Op::Stat { done, .. } => done.complete(Err(err)),
             Op::ReadDir { done, .. } => done.complete(Err(err)),
+            Op::Accept { done, .. } => done.complete(Err(err)),
+            Op::Send { view, .. } => view.fail(err),
+            Op::Recv { view, .. } => view.fail(err),
+            Op::Connect { done, .. } | Op::Shutdown { done, .. } => done.complete(Err(err)),
             Op::Mkdir { done, .. }
             | Op::Unlink { done, .. }
             | Op::Rename { done, .. }

@@ -2,6 +2,7 @@
 //! chosen once at start-up and queryable afterwards.
 
 use std::io::ErrorKind;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use mfio_core::queue::SubmitQueue;
 use mfio_core::{DriveStatus, Error, IoBackend, PollingHandle, Result};
 
-use crate::op::Op;
+use crate::op::{Op, Socket};
 use crate::{poll, uring};
 
 /// Environment variable that picks the backend: `uring`, `poll` or `auto`.
@@ -51,6 +52,9 @@ pub(crate) trait Engine: Send + Sync {
     fn polling_handle(&self) -> PollingHandle<'_>;
     fn drive(&self) -> DriveStatus;
     fn kind(&self) -> BackendKind;
+    /// Prepares a new socket for this backend (non-blocking and registered
+    /// for readiness on poll; as it is on io_uring).
+    fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>>;
 }
 
 /// The native runtime: a handle on one backend instance. Cheap to clone;
@@ -93,6 +97,10 @@ impl Runtime {
 
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.engine.queue().poll_ready(cx)
+    }
+
+    pub(crate) fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
+        self.engine.register_socket(fd)
     }
 }
 

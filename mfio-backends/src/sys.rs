@@ -8,6 +8,7 @@ use std::os::unix::ffi::OsStrExt;
 use mfio_core::{Error, Result};
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags};
 use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags, SocketFlags};
 
 use crate::dir::DirEntry;
 use crate::fs::Metadata;
@@ -77,6 +78,24 @@ pub(crate) fn run_blocking(op: Op) {
             rustix::fs::fallocate(&*fd, FallocateFlags::empty(), offset, len)
         })),
         Op::ReadDir { at, done } => done.complete(read_dir(&at)),
+        // Sockets reach the pool only on io_uring without the opcode; they
+        // are in blocking mode there.
+        Op::Connect { sock, addr, done } => done.complete(retry(|| rustix::net::connect(&sock.fd, &*addr))),
+        Op::Accept { sock, done } => done.complete(retry(|| rustix::net::accept_with(&sock.fd, SocketFlags::CLOEXEC))),
+        Op::Send { sock, view } => {
+            let res = retry(|| rustix::net::send(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL));
+            view.finish(res);
+        }
+        Op::Recv { sock, mut view } => {
+            if let Some(n) = sock.take_pushback(&mut view) {
+                return view.complete(n);
+            }
+            let res = retry(|| {
+                rustix::net::recv(&sock.fd, view.as_uninit_mut(), RecvFlags::empty()).map(|((read, _), _)| read.len())
+            });
+            view.finish(res);
+        }
+        Op::Shutdown { sock, how, done } => done.complete(retry(|| rustix::net::shutdown(&sock.fd, how))),
     }
 }
 

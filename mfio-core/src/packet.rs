@@ -122,6 +122,8 @@ struct Header {
     waker: AtomicWaker,
     flags: AtomicU8,
     hook: Mutex<Option<Hook>>,
+    /// True for [`Read`] packets, whose completed bytes can be given back.
+    is_read: bool,
 }
 
 struct State<B> {
@@ -161,10 +163,36 @@ impl Header {
     }
 
     fn finish_view(&self) {
-        // SeqCst pairs with `poll_complete`: either this load sees WAITING, or
-        // the waiter's re-check after setting it sees `pending == 0`.
-        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 && self.flags.load(Ordering::SeqCst) & WAITING != 0 {
+        if self.pending.fetch_sub(1, Ordering::SeqCst) != 1 {
+            return;
+        }
+        // SeqCst pairs with `poll_complete` (either this load sees WAITING or
+        // the waiter's re-check sees `pending == 0`) and with `Packet::drop`
+        // (either this load sees CANCELLED or the drop sees `pending == 0`).
+        let flags = self.flags.load(Ordering::SeqCst);
+        if flags & CANCELLED != 0 {
+            // The caller is gone and the operation completed anyway (its
+            // cancellation lost the race): hand the bytes back.
+            self.give_back_unclaimed();
+        } else if flags & WAITING != 0 {
             self.waker.wake();
+        }
+    }
+
+    /// Gives a completed read's bytes to the backend's hook, exactly once
+    /// (whoever takes the hook first, of the last view and the packet's drop).
+    fn give_back_unclaimed(&self) {
+        let Some(hook) = self.hook.lock().take() else { return };
+        if !self.is_read {
+            return;
+        }
+        let transferred = self.short_at.load(Ordering::Acquire).min(self.len);
+        if transferred > 0 {
+            // SAFETY: the packet is complete (no view can write any more) and its
+            // buffer is alive (the caller holds a reference to the shared state);
+            // the first `transferred` bytes were written by the backend.
+            let data = unsafe { std::slice::from_raw_parts(self.ptr, transferred) };
+            hook.handler.unclaimed(hook.token, data);
         }
     }
 
@@ -196,6 +224,7 @@ impl<D: Direction, B: PacketBuf<D>> Packet<D, B> {
                 waker: AtomicWaker::new(),
                 flags: AtomicU8::new(0),
                 hook: Mutex::new(None),
+                is_read: D::IS_READ,
             },
             buf: UnsafeCell::new(Some(buf)),
         });
@@ -290,22 +319,17 @@ impl<D: Direction, B: PacketBuf<D>> Drop for Packet<D, B> {
         if header.flags.load(Ordering::Acquire) & HAS_HOOK == 0 && header.is_complete() {
             return;
         }
-        let hook = {
-            let mut slot = header.hook.lock();
-            header.flags.fetch_or(CANCELLED, Ordering::AcqRel);
-            slot.take()
-        };
-        let Some(hook) = hook else { return };
-        if !header.is_complete() {
-            hook.handler.cancel(hook.token);
-        } else if D::IS_READ {
-            let transferred = header.short_at.load(Ordering::Acquire).min(header.len);
-            if transferred > 0 {
-                // SAFETY: the packet is complete (no view exists) and the buffer is still in
-                // `state`; the first `transferred` bytes were written by the backend.
-                let data = unsafe { std::slice::from_raw_parts(header.ptr, transferred) };
-                hook.handler.unclaimed(hook.token, data);
-            }
+        // SeqCst: see `Header::finish_view`.
+        header.flags.fetch_or(CANCELLED, Ordering::SeqCst);
+        if header.pending.load(Ordering::SeqCst) == 0 {
+            header.give_back_unclaimed();
+            return;
+        }
+        // Still in flight: ask the backend to cancel, keeping the hook so
+        // that if the operation completes anyway its bytes are given back.
+        let cancel = header.hook.lock().as_ref().map(|h| (h.handler.clone(), h.token));
+        if let Some((handler, token)) = cancel {
+            handler.cancel(token);
         }
     }
 }
@@ -666,7 +690,10 @@ mod tests {
         assert!(v.is_cancelled());
         // The buffer is still alive: the backend may write and complete.
         v.complete_from(b"late");
-        assert_eq!(rec.0.lock().as_slice(), &[(42, Vec::new(), true)]);
+        assert_eq!(
+            rec.0.lock().as_slice(),
+            &[(42, Vec::new(), true), (42, b"late".to_vec(), false)]
+        );
     }
 
     #[test]
@@ -680,6 +707,21 @@ mod tests {
         b.complete(0);
         drop(p);
         assert_eq!(rec.0.lock().as_slice(), &[(7, b"hello".to_vec(), false)]);
+    }
+
+    #[test]
+    fn read_completing_after_its_packet_was_dropped_gives_bytes_back() {
+        let rec = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let mut p = read_packet(8);
+        let v = p.take_view().expect("view");
+        v.set_cancel_handler(rec.clone(), 5).expect("register");
+        drop(p); // asks to cancel; the backend's cancellation then loses the race
+        v.complete_from(b"late");
+        assert_eq!(
+            rec.0.lock().as_slice(),
+            &[(5, Vec::new(), true), (5, b"late".to_vec(), false)],
+            "cancel requested, then the late bytes handed back once"
+        );
     }
 
     #[test]

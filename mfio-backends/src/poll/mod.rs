@@ -1,48 +1,254 @@
-//! The poll backend: readiness-based, with file operations on a bounded
-//! thread pool ([`pool`]), never on the thread that drives the backend.
+//! The poll backend: sockets by readiness (an epoll set, edge-triggered)
+//! and file operations on a bounded thread pool ([`pool`]), never on the
+//! thread that drives the backend.
 //!
-//! The polling handle is the backend's eventfd: submissions and finished
-//! pool jobs notify it.
+//! The polling handle is the epoll descriptor; the backend's eventfd is in
+//! the set too, so submissions and finished pool jobs wake a sleeping driver.
 
+mod net;
 mod pool;
 
-use std::collections::VecDeque;
-use std::os::fd::AsFd;
+use std::collections::{HashMap, VecDeque};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use mfio_core::queue::SubmitQueue;
-use mfio_core::{DriveStatus, Interest, Notifier, PollingHandle, Result};
+use mfio_core::queue::{Mailbox, SubmitQueue};
+use mfio_core::{CancelHandler, DriveStatus, Error, Interest, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
+use rustix::event::epoll;
 
 pub(crate) use pool::Pool;
 
-use crate::op::Op;
+use crate::op::{Op, Socket};
 use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
+use net::{attempt, is_socket_op, socket_token, watch, Attempt, Wait};
+
+/// epoll token of the backend's own eventfd.
+const NOTIFIER_TOKEN: u64 = 0;
+/// Events read per driving step.
+const EVENTS: usize = 256;
+
+/// Cancellations of parked socket operations, by token.
+struct Cancels {
+    tokens: Mailbox<u64>,
+    notifier: Arc<Notifier>,
+}
+
+impl CancelHandler for Cancels {
+    fn cancel(&self, token: u64) {
+        self.tokens.push(token);
+        self.notifier.notify();
+    }
+}
+
+struct Parked {
+    op: Op,
+    token: u64,
+    connecting: bool,
+}
+
+#[derive(Default)]
+struct Waiters {
+    readers: VecDeque<Parked>,
+    writers: VecDeque<Parked>,
+}
+
+struct Core {
+    /// File operations taken from the queue, waiting for room in the pool
+    /// (or for a sync barrier).
+    backlog: VecDeque<Op>,
+    /// Parked socket operations, by socket token.
+    waiting: HashMap<u64, Waiters>,
+}
 
 pub(crate) struct PollEngine {
     queue: SubmitQueue<Op>,
     notifier: Arc<Notifier>,
-    /// Taken from the queue, waiting for room in the pool (or for a barrier).
-    backlog: Mutex<VecDeque<Op>>,
+    epoll: Arc<OwnedFd>,
+    cancels: Arc<Cancels>,
+    core: Mutex<Core>,
     pool: Pool,
+    next_token: AtomicU64,
 }
 
 impl PollEngine {
     pub(crate) fn new(b: &RuntimeBuilder) -> Result<Self> {
         let notifier = Notifier::new()?;
+        let epoll = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
+        epoll::add(
+            &*epoll,
+            notifier.as_fd(),
+            epoll::EventData::new_u64(NOTIFIER_TOKEN),
+            epoll::EventFlags::IN,
+        )?;
         Ok(Self {
             queue: SubmitQueue::new(b.queue_capacity, notifier.clone()),
             pool: Pool::new(b.pool_threads, b.window, notifier.clone())?,
+            cancels: Arc::new(Cancels {
+                tokens: Mailbox::default(),
+                notifier: notifier.clone(),
+            }),
             notifier,
-            backlog: Mutex::new(VecDeque::new()),
+            epoll,
+            core: Mutex::new(Core {
+                backlog: VecDeque::new(),
+                waiting: HashMap::new(),
+            }),
+            next_token: AtomicU64::new(NOTIFIER_TOKEN + 1),
         })
+    }
+
+    fn token(&self) -> u64 {
+        self.next_token.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Tries a socket operation; parks it if it would block.
+    fn try_socket(&self, core: &mut Core, op: Op, connecting: bool) -> bool {
+        match attempt(op, connecting) {
+            Attempt::Done => true,
+            Attempt::Blocked { op, wait, connecting } => {
+                let Some(sock) = socket_token(&op) else { return true };
+                let token = self.token();
+                let handler: Arc<dyn CancelHandler> = self.cancels.clone();
+                if let Some(op) = watch(op, &handler, token) {
+                    let w = core.waiting.entry(sock).or_default();
+                    let parked = Parked { op, token, connecting };
+                    match wait {
+                        Wait::Readable => w.readers.push_back(parked),
+                        Wait::Writable => w.writers.push_back(parked),
+                    }
+                }
+                false
+            }
+        }
+    }
+
+    /// Reads readiness events; returns the parked operations now worth retrying.
+    fn ready_ops(&self, core: &mut Core) -> Vec<Parked> {
+        let mut retry = Vec::new();
+        let mut buf = [MaybeUninit::<epoll::Event>::uninit(); EVENTS];
+        let ts = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        let events: Vec<(u64, epoll::EventFlags)> = match epoll::wait(&*self.epoll, &mut buf[..], Some(&ts)) {
+            Ok((events, _)) => events.iter().map(|e| (e.data.u64(), e.flags)).collect(),
+            Err(_) => Vec::new(),
+        };
+        use epoll::EventFlags as F;
+        for (token, flags) in events {
+            if token == NOTIFIER_TOKEN {
+                continue;
+            }
+            let Some(w) = core.waiting.get_mut(&token) else {
+                continue;
+            };
+            if flags.intersects(F::IN | F::HUP | F::ERR | F::RDHUP) {
+                retry.extend(w.readers.drain(..));
+            }
+            if flags.intersects(F::OUT | F::HUP | F::ERR) {
+                retry.extend(w.writers.drain(..));
+            }
+        }
+        retry
+    }
+
+    /// Fails parked operations whose callers dropped them.
+    fn apply_cancels(&self, core: &mut Core) -> bool {
+        let tokens = self.cancels.tokens.take();
+        if tokens.is_empty() {
+            return false;
+        }
+        for w in core.waiting.values_mut() {
+            for list in [&mut w.readers, &mut w.writers] {
+                let mut kept = VecDeque::with_capacity(list.len());
+                for p in list.drain(..) {
+                    if tokens.contains(&p.token) {
+                        p.op.fail(Error::cancelled());
+                    } else {
+                        kept.push_back(p);
+                    }
+                }
+                *list = kept;
+            }
+        }
+        true
+    }
+}
+
+impl Engine for PollEngine {
+    fn queue(&self) -> &SubmitQueue<Op> {
+        &self.queue
+    }
+
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        PollingHandle {
+            fd: self.epoll.as_fd(),
+            interest: Interest::Readable,
+            notifier: &self.notifier,
+        }
+    }
+
+    fn drive(&self) -> DriveStatus {
+        let Some(mut core) = self.core.try_lock() else {
+            return DriveStatus::IDLE;
+        };
+        let core = &mut *core;
+        let retry = self.ready_ops(core);
+        let mut progress = self.apply_cancels(core);
+        for p in retry {
+            progress |= self.try_socket(core, p.op, p.connecting);
+        }
+        let mut new_ops = VecDeque::new();
+        let room = self.pool.room().saturating_sub(core.backlog.len());
+        let took = self.queue.take_into(&mut new_ops, room.max(1));
+        for op in new_ops {
+            if is_socket_op(&op) {
+                progress |= self.try_socket(core, op, false);
+            } else {
+                core.backlog.push_back(op);
+            }
+        }
+        let started = pool_dispatch(&mut core.backlog, &self.pool);
+        core.waiting
+            .retain(|_, w| !w.readers.is_empty() || !w.writers.is_empty());
+        let pool_has_room = self.pool.room() > 0;
+        if pool_has_room && !self.queue.is_empty() {
+            self.notifier.notify();
+        }
+        DriveStatus {
+            progress: progress || took > 0 || started > 0,
+            timeout: None,
+        }
+    }
+
+    fn kind(&self) -> BackendKind {
+        BackendKind::Poll
+    }
+
+    fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        let token = self.token();
+        use epoll::EventFlags as F;
+        epoll::add(
+            &*self.epoll,
+            &fd,
+            epoll::EventData::new_u64(token),
+            F::IN | F::OUT | F::RDHUP | F::ET,
+        )?;
+        Ok(Arc::new(Socket {
+            fd,
+            pushback: Mutex::new(VecDeque::new()),
+            epoll: Some(self.epoll.clone()),
+            token,
+            canceller: self.cancels.clone(),
+        }))
     }
 }
 
 /// Moves work from `backlog` to `pool` in order. A sync is a barrier: it
 /// starts only once everything before it finished, like io_uring's
 /// `IO_DRAIN`, so a flush never overtakes an earlier write.
-pub(crate) fn dispatch(backlog: &mut VecDeque<Op>, pool: &Pool) -> usize {
+pub(crate) fn pool_dispatch(backlog: &mut VecDeque<Op>, pool: &Pool) -> usize {
     let mut started = 0;
     while let Some(op) = backlog.pop_front() {
         if matches!(op, Op::Sync { .. }) && pool.in_flight() > 0 {
@@ -58,40 +264,4 @@ pub(crate) fn dispatch(backlog: &mut VecDeque<Op>, pool: &Pool) -> usize {
         }
     }
     started
-}
-
-impl Engine for PollEngine {
-    fn queue(&self) -> &SubmitQueue<Op> {
-        &self.queue
-    }
-
-    fn polling_handle(&self) -> PollingHandle<'_> {
-        PollingHandle {
-            fd: self.notifier.as_fd(),
-            interest: Interest::Readable,
-            notifier: &self.notifier,
-        }
-    }
-
-    fn drive(&self) -> DriveStatus {
-        let Some(mut backlog) = self.backlog.try_lock() else {
-            return DriveStatus::IDLE;
-        };
-        let room = self.pool.room().saturating_sub(backlog.len());
-        let took = self.queue.take_into(&mut backlog, room);
-        let started = dispatch(&mut backlog, &self.pool);
-        let pool_has_room = self.pool.room() > 0;
-        drop(backlog);
-        if pool_has_room && !self.queue.is_empty() {
-            self.notifier.notify();
-        }
-        DriveStatus {
-            progress: took > 0 || started > 0,
-            timeout: None,
-        }
-    }
-
-    fn kind(&self) -> BackendKind {
-        BackendKind::Poll
-    }
 }

@@ -9,8 +9,8 @@
 
 mod op;
 
-use std::collections::VecDeque;
-use std::os::fd::{AsFd, AsRawFd};
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,8 +20,8 @@ use mfio_core::{CancelHandler, DriveStatus, Error, Interest, Notifier, PollingHa
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::op::Op;
-use crate::poll::{dispatch, Pool};
+use crate::op::{Op, Socket};
+use crate::poll::{pool_dispatch, Pool};
 use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
 
 use op::{InFlight, Supported};
@@ -55,6 +55,10 @@ struct Core {
     backlog: VecDeque<Op>,
     /// Waiting for room in the fallback pool.
     fallback_backlog: VecDeque<Op>,
+    /// Receives wait their turn per socket: one in the ring at a time, so
+    /// each is prepared after the one before it completed and sees any bytes
+    /// that one gave back (see `Socket::pushback`). Keyed by socket address.
+    recv_queues: HashMap<usize, VecDeque<Op>>,
     generation: u32,
 }
 
@@ -88,6 +92,7 @@ impl UringEngine {
                 inflight: Slab::new(),
                 backlog: VecDeque::new(),
                 fallback_backlog: VecDeque::new(),
+                recv_queues: HashMap::new(),
                 generation: 0,
             }),
             supported,
@@ -99,7 +104,7 @@ impl UringEngine {
     fn push_cancels(&self, core: &mut Core) -> usize {
         let mut pushed = 0;
         for token in self.cancels.tokens.take() {
-            if !core.is_live(token) {
+            if !is_live(&core.inflight, token) {
                 continue;
             }
             let entry = opcode::AsyncCancel::new(token).build().user_data(CANCEL_USER_DATA);
@@ -126,6 +131,13 @@ impl UringEngine {
                 core.backlog.push_front(op);
                 break;
             }
+            if let Op::Recv { sock, .. } = &op {
+                if let Some(waiting) = core.recv_queues.get_mut(&(Arc::as_ptr(sock) as usize)) {
+                    // Another receive on this socket is in the ring: queue behind it.
+                    waiting.push_back(op);
+                    continue;
+                }
+            }
             let op = match op::split_large(op) {
                 (op, Some(rest)) => {
                     core.backlog.push_front(rest);
@@ -147,39 +159,57 @@ impl UringEngine {
                 core.backlog.push_front(inflight.into_op());
                 break;
             }
+            if let Some(sock) = inflight.recv_socket() {
+                // Only now, with its entry in the ring, does the socket have a
+                // receive in flight (one served from pushback never got here).
+                core.recv_queues.insert(sock, VecDeque::new());
+            }
             core.inflight.insert(inflight);
             pushed += 1;
         }
-        pushed + dispatch(&mut core.fallback_backlog, &self.fallback)
+        pushed + pool_dispatch(&mut core.fallback_backlog, &self.fallback)
     }
 
     /// Completes every operation whose completion is in the queue.
     fn reap(core: &mut Core) -> usize {
-        let Core { ring, inflight, .. } = core;
+        let Core {
+            ring,
+            inflight,
+            recv_queues,
+            backlog,
+            ..
+        } = core;
         let mut done = 0;
         for cqe in ring.completion() {
             let user_data = cqe.user_data();
             if user_data == CANCEL_USER_DATA {
                 continue;
             }
-            let key = (user_data & 0xffff_ffff) as usize;
-            let generation = (user_data >> 32) as u32;
-            if inflight.get(key).is_some_and(|e| e.generation() == generation) {
-                inflight.remove(key).complete(cqe.result());
-                done += 1;
+            if !is_live(inflight, user_data) {
+                continue;
             }
+            let entry = inflight.remove((user_data & 0xffff_ffff) as usize);
+            if let Some(sock) = entry.recv_socket() {
+                // This socket's turn passes to its next queued receive, in order.
+                if let Some(waiting) = recv_queues.remove(&sock) {
+                    for op in waiting.into_iter().rev() {
+                        backlog.push_front(op);
+                    }
+                }
+            }
+            entry.complete(cqe.result());
+            done += 1;
         }
         done
     }
 }
 
-impl Core {
-    fn is_live(&self, user_data: u64) -> bool {
-        let key = (user_data & 0xffff_ffff) as usize;
-        self.inflight
-            .get(key)
-            .is_some_and(|e| e.generation() == (user_data >> 32) as u32)
-    }
+/// True if `user_data` names an operation still in flight (same slot and generation).
+fn is_live(inflight: &Slab<InFlight>, user_data: u64) -> bool {
+    let key = (user_data & 0xffff_ffff) as usize;
+    inflight
+        .get(key)
+        .is_some_and(|e| e.generation() == (user_data >> 32) as u32)
 }
 
 impl Engine for UringEngine {
@@ -229,6 +259,17 @@ impl Engine for UringEngine {
 
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
+    }
+
+    /// Sockets stay in blocking mode: the ring waits for readiness itself.
+    fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
+        Ok(Arc::new(Socket {
+            fd,
+            pushback: Mutex::new(VecDeque::new()),
+            epoll: None,
+            token: 0,
+            canceller: self.cancels.clone(),
+        }))
     }
 }
 

@@ -9,7 +9,7 @@ use mfio_core::{CancelHandler, Error, Result};
 
 use super::Cancels;
 use crate::fs::Metadata;
-use crate::op::{At, Op};
+use crate::op::{At, Op, Socket};
 use crate::sys::STATX_MASK;
 
 /// Largest single read or write the kernel performs (`MAX_RW_COUNT`);
@@ -29,6 +29,11 @@ pub(super) struct Supported {
     renameat: bool,
     ftruncate: bool,
     fallocate: bool,
+    connect: bool,
+    accept: bool,
+    send: bool,
+    recv: bool,
+    shutdown: bool,
 }
 
 impl Supported {
@@ -49,6 +54,11 @@ impl Supported {
             renameat: probe.is_supported(opcode::RenameAt::CODE),
             ftruncate: probe.is_supported(opcode::Ftruncate::CODE),
             fallocate: probe.is_supported(opcode::Fallocate::CODE),
+            connect: probe.is_supported(opcode::Connect::CODE),
+            accept: probe.is_supported(opcode::Accept::CODE),
+            send: probe.is_supported(opcode::Send::CODE),
+            recv: probe.is_supported(opcode::Recv::CODE),
+            shutdown: probe.is_supported(opcode::Shutdown::CODE),
         }
     }
 
@@ -66,6 +76,11 @@ impl Supported {
             Op::Allocate { .. } => self.fallocate,
             // No opcode lists a directory.
             Op::ReadDir { .. } => false,
+            Op::Connect { .. } => self.connect,
+            Op::Accept { .. } => self.accept,
+            Op::Send { .. } => self.send,
+            Op::Recv { .. } => self.recv,
+            Op::Shutdown { .. } => self.shutdown,
         }
     }
 }
@@ -88,6 +103,14 @@ impl InFlight {
 
     pub(super) fn into_op(self) -> Op {
         self.op
+    }
+
+    /// For a receive: the key of its socket's queue (the socket's address).
+    pub(super) fn recv_socket(&self) -> Option<usize> {
+        match &self.op {
+            Op::Recv { sock, .. } => Some(Arc::as_ptr(sock) as usize),
+            _ => None,
+        }
     }
 
     /// Completes the operation with the completion's result.
@@ -116,8 +139,26 @@ impl InFlight {
             | Op::Allocate { done, .. } => done.complete(result.map(|_| ())),
             // Never sent to the ring (see `Supported::handles`).
             Op::ReadDir { done, .. } => done.complete(Err(Error::aborted())),
+            Op::Connect { done, .. } | Op::Shutdown { done, .. } => done.complete(result.map(|_| ())),
+            Op::Accept { done, .. } => done.complete(result.and_then(|fd| {
+                let fd = i32::try_from(fd).map_err(|_| Error::new(std::io::ErrorKind::Other, "bad fd from accept"))?;
+                // SAFETY: a successful accept completion returns a new descriptor
+                // that nothing else owns.
+                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+            })),
+            Op::Send { view, .. } => view.finish(result),
+            Op::Recv { view, .. } => view.finish(result),
         }
     }
+}
+
+fn sock_fd(sock: &Socket) -> types::Fd {
+    types::Fd(sock.fd.as_raw_fd())
+}
+
+/// A length for an entry; stream transfers are capped (a short transfer is fine).
+fn len_u32(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
 }
 
 fn dirfd(at: &At) -> types::Fd {
@@ -242,6 +283,63 @@ pub(super) fn prepare(
         op @ Op::ReadDir { .. } => {
             op.fail(Error::aborted());
             return None;
+        }
+        Op::Connect { sock, addr, done } => {
+            if done.set_cancel_handler(cancels.clone(), user_data).is_err() {
+                done.complete(Err(Error::cancelled()));
+                return None;
+            }
+            let entry = opcode::Connect::new(sock_fd(&sock), addr.as_ptr().cast(), addr.addr_len()).build();
+            (entry, Op::Connect { sock, addr, done })
+        }
+        Op::Accept { sock, done } => {
+            if done.set_cancel_handler(cancels.clone(), user_data).is_err() {
+                done.complete(Err(Error::cancelled()));
+                return None;
+            }
+            let entry = opcode::Accept::new(sock_fd(&sock), std::ptr::null_mut(), std::ptr::null_mut())
+                .flags(libc::SOCK_CLOEXEC)
+                .build();
+            (entry, Op::Accept { sock, done })
+        }
+        Op::Send { sock, view } => {
+            if view.set_cancel_handler(sock.clone(), user_data).is_err() {
+                view.fail(Error::cancelled());
+                return None;
+            }
+            let slice = view.as_slice();
+            let entry = opcode::Send::new(sock_fd(&sock), slice.as_ptr(), len_u32(slice.len()))
+                .flags(libc::MSG_NOSIGNAL)
+                .build();
+            (entry, Op::Send { sock, view })
+        }
+        Op::Recv { sock, mut view } => {
+            if view.is_cancelled() {
+                view.fail(Error::cancelled());
+                return None;
+            }
+            if let Some(n) = sock.take_pushback(&mut view) {
+                view.complete(n);
+                return None;
+            }
+            // The socket hears about a dropped read (to cancel it) and keeps
+            // the bytes of one that completed after its caller gave up.
+            if view.set_cancel_handler(sock.clone(), user_data).is_err() {
+                view.fail(Error::cancelled());
+                return None;
+            }
+            let len = len_u32(view.len());
+            let entry = opcode::Recv::new(sock_fd(&sock), view.as_mut_ptr(), len).build();
+            (entry, Op::Recv { sock, view })
+        }
+        Op::Shutdown { sock, how, done } => {
+            let how_raw = match how {
+                rustix::net::Shutdown::Read => libc::SHUT_RD,
+                rustix::net::Shutdown::Write => libc::SHUT_WR,
+                rustix::net::Shutdown::Both => libc::SHUT_RDWR,
+            };
+            let entry = opcode::Shutdown::new(sock_fd(&sock), how_raw).build();
+            (entry, Op::Shutdown { sock, how, done })
         }
     };
     Some((entry.user_data(user_data), InFlight { generation, op, statx }))

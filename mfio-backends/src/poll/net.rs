@@ -1,0 +1,186 @@
+//! Socket operations on the poll backend: tried without blocking; an
+//! operation that would block is parked until its socket's readiness edge.
+
+use std::sync::Arc;
+
+use mfio_core::{CancelHandler, Error};
+use rustix::io::Errno;
+use rustix::net::{RecvFlags, SendFlags, SocketFlags};
+
+use crate::op::Op;
+
+/// Which readiness a parked operation waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Wait {
+    Readable,
+    Writable,
+}
+
+/// What trying an operation did.
+pub(super) enum Attempt {
+    /// Completed (successfully or not); nothing left to do.
+    Done,
+    /// Would block: park it until the socket is ready in this direction.
+    /// `connecting` marks a connect already started (`EINPROGRESS`).
+    Blocked { op: Op, wait: Wait, connecting: bool },
+}
+
+/// True for the operations this module handles (the rest go to the pool).
+pub(super) fn is_socket_op(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Connect { .. } | Op::Accept { .. } | Op::Send { .. } | Op::Recv { .. } | Op::Shutdown { .. }
+    )
+}
+
+/// The socket token an operation refers to.
+pub(super) fn socket_token(op: &Op) -> Option<u64> {
+    match op {
+        Op::Connect { sock, .. }
+        | Op::Accept { sock, .. }
+        | Op::Send { sock, .. }
+        | Op::Recv { sock, .. }
+        | Op::Shutdown { sock, .. } => Some(sock.token),
+        _ => None,
+    }
+}
+
+/// Tries `op` once without blocking. A dropped read or accept is failed
+/// here without touching the socket, so no bytes or connections are taken
+/// for a caller that is gone.
+pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
+    match op {
+        Op::Recv { sock, mut view } => {
+            if view.is_cancelled() {
+                view.fail(Error::cancelled());
+                return Attempt::Done;
+            }
+            if let Some(n) = sock.take_pushback(&mut view) {
+                view.complete(n);
+                return Attempt::Done;
+            }
+            // Before reading: a read that completes now and is then dropped
+            // unclaimed gives its bytes back to the socket. (Token 0 cancels
+            // nothing; a parked read gets its own token in `watch`.)
+            if view.set_cancel_handler(sock.clone(), 0).is_err() {
+                view.fail(Error::cancelled());
+                return Attempt::Done;
+            }
+            let recv =
+                || rustix::net::recv(&sock.fd, view.as_uninit_mut(), RecvFlags::empty()).map(|((r, _), _)| r.len());
+            match nonblocking(recv) {
+                Some(Ok(n)) => {
+                    view.complete(n);
+                    Attempt::Done
+                }
+                Some(Err(e)) => {
+                    view.fail(e);
+                    Attempt::Done
+                }
+                None => Attempt::Blocked {
+                    op: Op::Recv { sock, view },
+                    wait: Wait::Readable,
+                    connecting,
+                },
+            }
+        }
+        Op::Send { sock, view } => {
+            if view.is_cancelled() {
+                view.fail(Error::cancelled());
+                return Attempt::Done;
+            }
+            match nonblocking(|| rustix::net::send(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL)) {
+                Some(res) => {
+                    view.finish(res);
+                    Attempt::Done
+                }
+                None => Attempt::Blocked {
+                    op: Op::Send { sock, view },
+                    wait: Wait::Writable,
+                    connecting,
+                },
+            }
+        }
+        Op::Accept { sock, done } => {
+            if done.is_abandoned() {
+                done.complete(Err(Error::cancelled()));
+                return Attempt::Done;
+            }
+            match nonblocking(|| rustix::net::accept_with(&sock.fd, SocketFlags::CLOEXEC)) {
+                Some(res) => {
+                    done.complete(res);
+                    Attempt::Done
+                }
+                None => Attempt::Blocked {
+                    op: Op::Accept { sock, done },
+                    wait: Wait::Readable,
+                    connecting,
+                },
+            }
+        }
+        Op::Connect { sock, addr, done } => {
+            let res = if connecting {
+                // Writable after EINPROGRESS: the outcome is in SO_ERROR.
+                match rustix::net::sockopt::socket_error(&sock.fd) {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(errno)) => Err(Error::from(errno)),
+                    Err(e) => Err(Error::from(e)),
+                }
+            } else {
+                match rustix::net::connect(&sock.fd, &*addr) {
+                    Ok(()) => Ok(()),
+                    Err(Errno::INPROGRESS | Errno::INTR) => {
+                        return Attempt::Blocked {
+                            op: Op::Connect { sock, addr, done },
+                            wait: Wait::Writable,
+                            connecting: true,
+                        }
+                    }
+                    Err(e) => Err(Error::from(e)),
+                }
+            };
+            done.complete(res);
+            Attempt::Done
+        }
+        Op::Shutdown { sock, how, done } => {
+            done.complete(rustix::net::shutdown(&sock.fd, how).map_err(Error::from));
+            Attempt::Done
+        }
+        other => {
+            other.fail(Error::new(std::io::ErrorKind::Other, "not a socket operation"));
+            Attempt::Done
+        }
+    }
+}
+
+/// Runs a non-blocking call: `None` if it would block, retrying `EINTR`.
+fn nonblocking<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> Option<mfio_core::Result<T>> {
+    loop {
+        match f() {
+            Ok(v) => return Some(Ok(v)),
+            Err(Errno::INTR) => continue,
+            Err(Errno::AGAIN) => return None,
+            Err(e) => return Some(Err(Error::from(e))),
+        }
+    }
+}
+
+/// Registers `handler` to hear when the caller drops a parked operation.
+/// Returns the operation, or `None` if it was failed because its caller is
+/// already gone.
+pub(super) fn watch(op: Op, handler: &Arc<dyn CancelHandler>, token: u64) -> Option<Op> {
+    let registered = match &op {
+        Op::Recv { sock, view } => view.set_cancel_handler(sock.clone(), token),
+        Op::Send { sock, view } => view.set_cancel_handler(sock.clone(), token),
+        Op::Accept { done, .. } => done.set_cancel_handler(handler.clone(), token),
+        Op::Connect { done, .. } => done.set_cancel_handler(handler.clone(), token),
+        _ => Ok(()),
+    };
+    match registered {
+        Ok(()) => Some(op),
+        Err(e) => {
+            op.fail(e);
+            None
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! TCP (and Unix-domain) behaviour on every backend, against `std::net`
+//! peers on other threads: connect, accept, send-then-drop, receive to EOF,
+//! echo client with half-close, echo server, sequentially and concurrently;
+//! short reads, resets, closed peers and cancelled reads.
+
+mod util;
+
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::Path;
+use std::time::Duration;
+
+use futures::future::try_join_all;
+use mfio_backends::{Runtime, TcpListener, TcpStream, UnixListener, UnixStream};
+use mfio_core::{IoBackend, IoBackendExt, IoReadStream, IoWriteStream, Result};
+use util::{on_every_backend, open_fds, pattern};
+
+const CONCURRENT: usize = 8;
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+fn std_listener() -> std::io::Result<(StdListener, SocketAddr)> {
+    let l = StdListener::bind(loopback())?;
+    let addr = l.local_addr()?;
+    Ok((l, addr))
+}
+
+/// mfio client sends `data` and drops the stream; a std server must get every byte and EOF.
+async fn send_then_drop(rt: &Runtime, addr: SocketAddr, data: Vec<u8>) -> Result<()> {
+    let s = TcpStream::connect(rt, addr).await?;
+    s.set_nodelay(true)?;
+    assert!(s.nodelay()?);
+    assert_eq!(s.peer_addr()?, addr);
+    s.write_all(data).await.0?;
+    drop(s);
+    Ok(())
+}
+
+fn connect_send_drop(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let (listener, addr) = std_listener()?;
+    let data = pattern(3 << 20, 1);
+    let expect = data.clone();
+    let server = std::thread::spawn(move || -> std::io::Result<Vec<Vec<u8>>> {
+        let mut got = Vec::new();
+        for _ in 0..=CONCURRENT {
+            let (mut s, _) = listener.accept()?;
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf)?;
+            got.push(buf);
+        }
+        Ok(got)
+    });
+    rt.block_on(send_then_drop(rt, addr, data.clone()))?;
+    let small = pattern(100_000, 2);
+    rt.block_on(try_join_all(
+        (0..CONCURRENT).map(|_| send_then_drop(rt, addr, small.clone())),
+    ))?;
+    let got = server.join().expect("server thread")?;
+    assert!(got[0] == expect, "the dropped stream lost bytes");
+    assert!(got[1..].iter().all(|g| *g == small), "a concurrent stream lost bytes");
+    Ok(())
+}
+
+fn accept_and_receive_to_eof(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let listener = TcpListener::bind(rt, loopback())?;
+    let addr = listener.local_addr()?;
+    let data = pattern(2 << 20, 3);
+    let sent = data.clone();
+    let clients = std::thread::spawn(move || -> std::io::Result<()> {
+        for _ in 0..=CONCURRENT {
+            let mut s = StdStream::connect(addr)?;
+            s.write_all(&sent)?;
+        }
+        Ok(())
+    });
+    rt.block_on(async {
+        let (first, peer) = listener.accept().await?;
+        assert_eq!(first.local_addr()?, addr);
+        assert_eq!(peer, first.peer_addr()?);
+        let (res, got) = first.read_to_end(Vec::new()).await.into_parts();
+        res?;
+        assert!(got == data, "received bytes differ");
+        let mut accepted = Vec::new();
+        for _ in 0..CONCURRENT {
+            accepted.push(listener.accept().await?.0);
+        }
+        let all = try_join_all(accepted.iter().map(|s| async move {
+            let (res, got) = s.read_to_end(Vec::new()).await.into_parts();
+            res.map(|_| got)
+        }))
+        .await?;
+        assert!(all.iter().all(|g| *g == data), "a concurrent stream differs");
+        Ok::<(), mfio_core::Error>(())
+    })?;
+    clients.join().expect("client thread")?;
+    Ok(())
+}
+
+async fn echo_client(rt: &Runtime, addr: SocketAddr, data: &[u8]) -> Result<()> {
+    let s = TcpStream::connect(rt, addr).await?;
+    s.write_all(data.to_vec()).await.0?;
+    s.shutdown(Shutdown::Write).await?;
+    let (res, echoed) = s.read_to_end(Vec::new()).await.into_parts();
+    res?;
+    assert!(echoed == data, "echo differs");
+    Ok(())
+}
+
+fn echo_client_half_close(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let (listener, addr) = std_listener()?;
+    let server = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..=CONCURRENT {
+            let (mut s, _) = listener.accept()?;
+            handles.push(std::thread::spawn(move || -> std::io::Result<()> {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf)?;
+                s.write_all(&buf)
+            }));
+        }
+        for h in handles {
+            h.join().expect("echo thread")?;
+        }
+        Ok(())
+    });
+    let data = pattern(1 << 20, 4);
+    rt.block_on(echo_client(rt, addr, &data))?;
+    rt.block_on(try_join_all(
+        (0..CONCURRENT).map(|_| echo_client(rt, addr, &data[..50_000])),
+    ))?;
+    server.join().expect("server thread")?;
+    Ok(())
+}
+
+async fn echo_one(stream: TcpStream) -> Result<()> {
+    loop {
+        let (res, buf) = stream.read(Vec::with_capacity(16 * 1024)).await.into_parts();
+        if res? == 0 {
+            return Ok(());
+        }
+        stream.write_all(buf).await.0?;
+    }
+}
+
+fn echo_server(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let listener = TcpListener::bind(rt, loopback())?;
+    let addr = listener.local_addr()?;
+    let clients = std::thread::spawn(move || -> std::io::Result<()> {
+        let data = pattern(300_000, 5);
+        let mut handles = Vec::new();
+        for _ in 0..CONCURRENT {
+            let data = data.clone();
+            handles.push(std::thread::spawn(move || -> std::io::Result<()> {
+                let mut s = StdStream::connect(addr)?;
+                let mut r = s.try_clone()?;
+                let reader = std::thread::spawn(move || {
+                    let mut back = Vec::new();
+                    r.read_to_end(&mut back).map(|_| back)
+                });
+                s.write_all(&data)?;
+                s.shutdown(Shutdown::Write)?;
+                let back = reader.join().expect("reader")?;
+                assert!(back == data, "echo server changed the bytes");
+                Ok(())
+            }));
+        }
+        for h in handles {
+            h.join().expect("client")?;
+        }
+        Ok(())
+    });
+    rt.block_on(async {
+        let mut conns = Vec::new();
+        for _ in 0..CONCURRENT {
+            conns.push(listener.accept().await?.0);
+        }
+        try_join_all(conns.into_iter().map(echo_one)).await
+    })?;
+    clients.join().expect("clients")?;
+    Ok(())
+}
+
+fn short_read_returns_what_is_there(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let (listener, addr) = std_listener()?;
+    let s = rt.block_on(TcpStream::connect(rt, addr))?;
+    let (mut peer, _) = listener.accept()?;
+    peer.write_all(b"12345")?;
+    let (n, buf) = rt.block_on(s.read(Vec::with_capacity(64))).into_parts();
+    assert_eq!((n?, buf.as_slice()), (5, &b"12345"[..]));
+    Ok(())
+}
+
+fn reset_and_closed_peers_are_errors(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let (listener, addr) = std_listener()?;
+    let s = rt.block_on(TcpStream::connect(rt, addr))?;
+    let (peer, _) = listener.accept()?;
+    // SO_LINGER 0: closing sends a reset instead of a FIN.
+    rustix::net::sockopt::set_socket_linger(&peer, Some(Duration::ZERO))?;
+    drop(peer);
+    let res = rt.block_on(async {
+        // Reads see the reset (or EOF first, then the reset on write).
+        let (r, _) = s.read(Vec::with_capacity(16)).await.into_parts();
+        match r {
+            Err(e) => Err(e),
+            Ok(_) => s.write_all(vec![0u8; 1 << 20]).await.0,
+        }
+    });
+    let err = res.expect_err("the peer reset the connection");
+    assert!(
+        matches!(err.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
+        "{err:?}"
+    );
+    let err = rt
+        .block_on(TcpStream::connect(rt, addr_with_nobody_listening()?))
+        .expect_err("nobody listens");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    Ok(())
+}
+
+fn addr_with_nobody_listening() -> std::io::Result<SocketAddr> {
+    let l = StdListener::bind(loopback())?;
+    let addr = l.local_addr()?;
+    drop(l);
+    Ok(addr)
+}
+
+fn dropped_reads_lose_no_bytes(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let (listener, addr) = std_listener()?;
+    let s = rt.block_on(TcpStream::connect(rt, addr))?;
+    let (mut peer, _) = listener.accept()?;
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    // 1. A read waiting for data is dropped, then data arrives.
+    {
+        let mut read = Box::pin(s.read(Vec::with_capacity(8)));
+        assert!(std::future::Future::poll(read.as_mut(), &mut cx).is_pending());
+        rt.drive();
+    }
+    peer.write_all(b"abc")?;
+    let (n, buf) = rt.block_on(s.read(Vec::with_capacity(8))).into_parts();
+    assert_eq!(
+        (n?, buf.as_slice()),
+        (3, &b"abc"[..]),
+        "bytes lost after a cancelled read"
+    );
+    // 2. A read completes but its future is dropped before anyone looks.
+    peer.write_all(b"xyz")?;
+    std::thread::sleep(Duration::from_millis(20));
+    {
+        let mut read = Box::pin(s.read(Vec::with_capacity(8)));
+        let _ = std::future::Future::poll(read.as_mut(), &mut cx);
+        for _ in 0..50 {
+            rt.drive();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    peer.write_all(b"!")?;
+    peer.shutdown(Shutdown::Write)?;
+    let (res, rest) = rt.block_on(s.read_to_end(Vec::new())).into_parts();
+    res?;
+    assert_eq!(rest, b"xyz!", "bytes of a completed but dropped read were lost");
+    Ok(())
+}
+
+fn cancelled_accepts_and_connects_leak_nothing(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let listener = TcpListener::bind(rt, loopback())?;
+    let addr = listener.local_addr()?;
+    rt.block_on(async {});
+    let before = open_fds();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for _ in 0..50 {
+        let mut accept = Box::pin(listener.accept());
+        let _ = std::future::Future::poll(accept.as_mut(), &mut cx);
+        rt.drive();
+        let client = StdStream::connect(addr)?;
+        rt.drive();
+        drop(accept);
+        drop(client);
+        let mut connect = Box::pin(TcpStream::connect(rt, addr));
+        let _ = std::future::Future::poll(connect.as_mut(), &mut cx);
+        drop(connect);
+    }
+    // Connections the kernel queued are accepted and dropped here.
+    for _ in 0..200 {
+        rt.drive();
+        if open_fds() == before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(open_fds(), before, "a cancelled accept or connect leaked a descriptor");
+    Ok(())
+}
+
+fn unix_stream_echo(rt: &Runtime, tmp: &Path) -> Result<()> {
+    let path = tmp.join("sock");
+    let listener = UnixListener::bind(rt, &path)?;
+    assert_eq!(listener.local_addr()?.as_deref(), Some(path.as_path()));
+    let data = pattern(500_000, 9);
+    rt.block_on(async {
+        let client = UnixStream::connect(rt, &path).await?;
+        let (server, _) = listener.accept().await?;
+        let send = async {
+            client.write_all(data.clone()).await.0?;
+            client.shutdown(Shutdown::Write).await
+        };
+        let (sent, got) = futures::join!(send, server.read_to_end(Vec::new()));
+        sent?;
+        let (res, got) = got.into_parts();
+        res?;
+        assert!(got == data, "unix stream bytes differ");
+        Ok::<(), mfio_core::Error>(())
+    })
+}
+
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod on_every_backend {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = open_fds();
+                    on_every_backend(stringify!($name), crate::$name);
+                    assert_eq!(open_fds(), before, "descriptors leaked by the suite");
+                }
+            )*
+        }
+    };
+}
+
+backend_tests!(
+    connect_send_drop,
+    accept_and_receive_to_eof,
+    echo_client_half_close,
+    echo_server,
+    short_read_returns_what_is_there,
+    reset_and_closed_peers_are_errors,
+    dropped_reads_lose_no_bytes,
+    cancelled_accepts_and_connects_leak_nothing,
+    unix_stream_echo,
+);
