@@ -34,7 +34,7 @@
 //! `unlink`, `rename`, directory listings, [`Dir`]-relative paths) and stream
 //! sockets ([`TcpListener`]/[`TcpStream`], [`UnixListener`]/[`UnixStream`]:
 //! connect, accept, send, receive, shutdown, addresses, `TCP_NODELAY`).
-//! Not yet: UDP, readv/writev, registered buffers for `O_DIRECT`, fixed files.
+//! UDP datagrams ([`UdpSocket`]). Not yet: readv/writev, registered buffers for `O_DIRECT`, fixed files.
 
 mod dir;
 mod fs;
@@ -47,6 +47,8 @@ mod uring;
 
 pub use dir::{Dir, DirEntry, DirFuture};
 pub use fs::{File, FileType, Metadata, OpenFuture, OpenOptions, SyncData};
-pub use net::{TcpAccept, TcpConnect, TcpListener, TcpStream, UnixAccept, UnixConnect, UnixListener, UnixStream};
+pub use net::{
+    TcpAccept, TcpConnect, TcpListener, TcpStream, UdpSocket, UnixAccept, UnixConnect, UnixListener, UnixStream,
+};
 pub use op::OpFuture;
 pub use runtime::{BackendKind, Runtime, RuntimeBuilder, BACKEND_ENV};

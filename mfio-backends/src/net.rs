@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mfio_core::{
-    DriveStatus, Error, Flush, IoBackend, NoPos, PacketIo, PacketView, PollingHandle, QueueFull, Read, Result, Write,
+    BufResult, DriveStatus, Error, Flush, IoBackend, IoBuf, IoBufMut, NoPos, PacketIo, PacketIoExt, PacketView,
+    PendingIo, PollingHandle, QueueFull, Read, Result, Write,
 };
 use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
 
@@ -350,5 +351,166 @@ impl UnixStream {
             new_socket(AddressFamily::UNIX),
             unix_addr(path.as_ref()).map(SocketAddrAny::from),
         )
+    }
+}
+
+/// A UDP socket. A datagram to any address is a packet at that address
+/// (`PacketIo<Write, SocketAddr>`, or [`send_to`](Self::send_to)); once
+/// [`connect`](Self::connect)ed, `PacketIo` at `NoPos` sends to and receives
+/// from the peer. A datagram larger than the read buffer is truncated, as
+/// with `recv(2)`.
+#[derive(Debug, Clone)]
+pub struct UdpSocket {
+    rt: Runtime,
+    sock: Arc<Socket>,
+}
+
+impl UdpSocket {
+    /// Binds to `addr` (port 0 picks one).
+    ///
+    /// # Errors
+    /// The OS error of `socket` or `bind` (`AddrInUse`, …).
+    pub fn bind(rt: &Runtime, addr: SocketAddr) -> Result<Self> {
+        let fd = rustix::net::socket_with(family_of(&addr), SocketType::DGRAM, SocketFlags::CLOEXEC, None)?;
+        rustix::net::bind(&fd, &addr)?;
+        Ok(Self {
+            rt: rt.clone(),
+            sock: rt.register_socket(fd)?,
+        })
+    }
+
+    /// Sets the default peer (datagrams from others are then filtered out).
+    ///
+    /// # Errors
+    /// The OS error of `connect`.
+    pub fn connect(&self, addr: SocketAddr) -> Result<()> {
+        Ok(rustix::net::connect(&self.sock.fd, &addr)?)
+    }
+
+    /// The local address.
+    ///
+    /// # Errors
+    /// The OS error of `getsockname`.
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        local_of(&self.sock)
+    }
+
+    /// The peer set by [`connect`](Self::connect).
+    ///
+    /// # Errors
+    /// `NotConnected` before `connect`.
+    pub fn peer_addr(&self) -> Result<SocketAddr> {
+        peer_of(&self.sock)
+    }
+
+    /// Sends `buf` as one datagram to `addr`; returns the bytes sent.
+    ///
+    /// # Errors
+    /// The OS error of `sendto`, with [`mfio_core::Op::Write`].
+    pub async fn send_to<B: IoBuf>(&self, buf: B, addr: SocketAddr) -> BufResult<usize, B> {
+        let (outcome, buf) = PacketIoExt::<Write, SocketAddr>::io(self, addr, buf).await;
+        BufResult(outcome.result().map_err(|e| e.with_op(mfio_core::Op::Write)), buf)
+    }
+
+    /// Receives one datagram into `buf`; returns its length (truncated to the
+    /// buffer) and the sender's address.
+    ///
+    /// # Errors
+    /// The OS error of `recvfrom`, with [`mfio_core::Op::Read`].
+    pub async fn recv_from<B: IoBufMut>(&self, buf: B) -> BufResult<(usize, SocketAddr), B> {
+        let via = RecvFromIo {
+            socket: self,
+            from: Arc::new(std::sync::OnceLock::new()),
+        };
+        let mut op = PendingIo::new(NoPos, buf);
+        let done = std::future::poll_fn(|cx| op.poll_io(&via, cx)).await;
+        let Some((outcome, buf)) = done else {
+            unreachable!("polled to completion exactly once above")
+        };
+        let res = outcome
+            .result()
+            .map_err(|e| e.with_op(mfio_core::Op::Read))
+            .and_then(|n| {
+                via.from
+                    .get()
+                    .map(|addr| (n, *addr))
+                    .ok_or_else(|| Error::new(ErrorKind::InvalidData, "datagram without an internet source address"))
+            });
+        BufResult(res, buf)
+    }
+}
+
+/// Sends `RecvFrom` operations that record the source in `from`.
+struct RecvFromIo<'a> {
+    socket: &'a UdpSocket,
+    from: Arc<std::sync::OnceLock<SocketAddr>>,
+}
+
+impl PacketIo<Read, NoPos> for RecvFromIo<'_> {
+    fn try_send_io(&self, p: NoPos, view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, NoPos>> {
+        let (sock, from) = (self.socket.sock.clone(), self.from.clone());
+        self.socket
+            .rt
+            .try_submit(view, |view| Op::RecvFrom { sock, view, from })
+            .map_err(|view| QueueFull { param: p, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.socket.rt.poll_ready(cx)
+    }
+}
+
+impl PacketIo<Write, SocketAddr> for UdpSocket {
+    fn try_send_io(
+        &self,
+        addr: SocketAddr,
+        view: PacketView<Write>,
+    ) -> std::result::Result<(), QueueFull<Write, SocketAddr>> {
+        let sock = self.sock.clone();
+        let to = Box::new(SocketAddrAny::from(addr));
+        self.rt
+            .try_submit(view, |view| Op::SendTo { sock, addr: to, view })
+            .map_err(|view| QueueFull { param: addr, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rt.poll_ready(cx)
+    }
+}
+
+impl PacketIo<Read, NoPos> for UdpSocket {
+    fn try_send_io(&self, p: NoPos, view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, NoPos>> {
+        let sock = self.sock.clone();
+        self.rt
+            .try_submit(view, |view| Op::Recv { sock, view })
+            .map_err(|view| QueueFull { param: p, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rt.poll_ready(cx)
+    }
+}
+
+impl PacketIo<Write, NoPos> for UdpSocket {
+    fn try_send_io(&self, p: NoPos, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, NoPos>> {
+        let sock = self.sock.clone();
+        self.rt
+            .try_submit(view, |view| Op::Send { sock, view })
+            .map_err(|view| QueueFull { param: p, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rt.poll_ready(cx)
+    }
+}
+
+impl IoBackend for UdpSocket {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        self.rt.polling_handle()
+    }
+    fn drive(&self) -> DriveStatus {
+        self.rt.drive()
+    }
+}
+
+impl AsFd for UdpSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.fd.as_fd()
     }
 }

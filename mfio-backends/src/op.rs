@@ -178,6 +178,19 @@ pub(crate) enum Op {
         how: rustix::net::Shutdown,
         done: Completer<()>,
     },
+    /// `sendto(addr)`: one datagram.
+    SendTo {
+        sock: Arc<Socket>,
+        addr: Box<SocketAddrAny>,
+        view: PacketView<Write>,
+    },
+    /// `recvfrom`: one datagram; the sender's address is stored in `from`
+    /// before the view completes.
+    RecvFrom {
+        sock: Arc<Socket>,
+        view: PacketView<Read>,
+        from: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
+    },
 }
 
 impl Op {
@@ -196,8 +209,8 @@ impl Op {
             Op::Truncate { .. } | Op::Allocate { .. } => E::SetLen,
             Op::ReadDir { .. } => E::ReadDir,
             Op::Connect { .. } | Op::Accept { .. } => E::Open,
-            Op::Send { .. } => E::Write,
-            Op::Recv { .. } => E::Read,
+            Op::Send { .. } | Op::SendTo { .. } => E::Write,
+            Op::Recv { .. } | Op::RecvFrom { .. } => E::Read,
             Op::Shutdown { .. } => E::Flush,
         }
     }
@@ -211,8 +224,8 @@ impl Op {
             Op::Stat { done, .. } => done.complete(Err(err)),
             Op::ReadDir { done, .. } => done.complete(Err(err)),
             Op::Accept { done, .. } => done.complete(Err(err)),
-            Op::Send { view, .. } => view.fail(err),
-            Op::Recv { view, .. } => view.fail(err),
+            Op::Send { view, .. } | Op::SendTo { view, .. } => view.fail(err),
+            Op::Recv { view, .. } | Op::RecvFrom { view, .. } => view.fail(err),
             Op::Connect { done, .. } | Op::Shutdown { done, .. } => done.complete(Err(err)),
             Op::Mkdir { done, .. }
             | Op::Unlink { done, .. }

@@ -96,6 +96,22 @@ pub(crate) fn run_blocking(op: Op) {
             view.finish(res);
         }
         Op::Shutdown { sock, how, done } => done.complete(retry(|| rustix::net::shutdown(&sock.fd, how))),
+        Op::SendTo { sock, addr, view } => {
+            let res = retry(|| rustix::net::sendto(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL, &*addr));
+            view.finish(res);
+        }
+        Op::RecvFrom { sock, mut view, from } => {
+            let res = retry(|| {
+                rustix::net::recvfrom(&sock.fd, view.as_uninit_mut(), RecvFlags::empty())
+                    .map(|((read, _), _, addr)| (read.len(), addr))
+            });
+            view.finish(res.map(|(n, addr)| {
+                if let Some(a) = addr.and_then(|a| std::net::SocketAddr::try_from(a).ok()) {
+                    let _ = from.set(a);
+                }
+                n
+            }));
+        }
     }
 }
 

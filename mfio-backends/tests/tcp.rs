@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::future::try_join_all;
-use mfio_backends::{Runtime, TcpListener, TcpStream, UnixListener, UnixStream};
+use mfio_backends::{Runtime, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use mfio_core::{IoBackend, IoBackendExt, IoReadStream, IoWriteStream, Result};
 use util::{on_every_backend, open_fds, pattern};
 
@@ -314,6 +314,49 @@ fn unix_stream_echo(rt: &Runtime, tmp: &Path) -> Result<()> {
     })
 }
 
+fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let sock = UdpSocket::bind(rt, loopback())?;
+    let addr = sock.local_addr()?;
+    let peer = std::net::UdpSocket::bind(loopback())?;
+    peer.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let peer_addr = peer.local_addr()?;
+    // send_to: one datagram, exactly these bytes.
+    let (n, _) = rt.block_on(sock.send_to(b"ping".to_vec(), peer_addr)).into_parts();
+    assert_eq!(n?, 4);
+    let mut buf = [0u8; 64];
+    let (len, from) = peer.recv_from(&mut buf)?;
+    assert_eq!((&buf[..len], from), (&b"ping"[..], addr));
+    // recv_from: bytes and the sender's address.
+    peer.send_to(b"pong!", addr)?;
+    let (res, got) = rt.block_on(sock.recv_from(Vec::with_capacity(64))).into_parts();
+    assert_eq!((res?, got.as_slice()), ((5, peer_addr), &b"pong!"[..]));
+    // A datagram larger than the buffer is truncated to it.
+    peer.send_to(&[7u8; 100], addr)?;
+    let (res, got) = rt.block_on(sock.recv_from(Vec::with_capacity(10))).into_parts();
+    assert_eq!((res?.0, got.as_slice()), (10, &[7u8; 10][..]));
+    // A dropped receive does not eat the next datagram.
+    {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut pending = Box::pin(sock.recv_from(Vec::with_capacity(16)));
+        assert!(std::future::Future::poll(pending.as_mut(), &mut cx).is_pending());
+        rt.drive();
+    }
+    rt.drive();
+    peer.send_to(b"after", addr)?;
+    let (res, got) = rt.block_on(sock.recv_from(Vec::with_capacity(16))).into_parts();
+    assert_eq!((res?.0, got.as_slice()), (5, &b"after"[..]));
+    // Connected: the stream layers send to and receive from the peer.
+    sock.connect(peer_addr)?;
+    assert_eq!(sock.peer_addr()?, peer_addr);
+    rt.block_on(sock.write(b"via write".to_vec())).0?;
+    let (len, _) = peer.recv_from(&mut buf)?;
+    assert_eq!(&buf[..len], b"via write");
+    peer.send_to(b"via read", addr)?;
+    let (n, got) = rt.block_on(sock.read(Vec::with_capacity(32))).into_parts();
+    assert_eq!((n?, got.as_slice()), (8, &b"via read"[..]));
+    Ok(())
+}
+
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         mod on_every_backend {
@@ -341,4 +384,5 @@ backend_tests!(
     dropped_reads_lose_no_bytes,
     cancelled_accepts_and_connects_leak_nothing,
     unix_stream_echo,
+    udp_datagrams,
 );

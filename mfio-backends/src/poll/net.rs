@@ -29,7 +29,13 @@ pub(super) enum Attempt {
 pub(super) fn is_socket_op(op: &Op) -> bool {
     matches!(
         op,
-        Op::Connect { .. } | Op::Accept { .. } | Op::Send { .. } | Op::Recv { .. } | Op::Shutdown { .. }
+        Op::Connect { .. }
+            | Op::Accept { .. }
+            | Op::Send { .. }
+            | Op::Recv { .. }
+            | Op::Shutdown { .. }
+            | Op::SendTo { .. }
+            | Op::RecvFrom { .. }
     )
 }
 
@@ -40,7 +46,9 @@ pub(super) fn socket_token(op: &Op) -> Option<u64> {
         | Op::Accept { sock, .. }
         | Op::Send { sock, .. }
         | Op::Recv { sock, .. }
-        | Op::Shutdown { sock, .. } => Some(sock.token),
+        | Op::Shutdown { sock, .. }
+        | Op::SendTo { sock, .. }
+        | Op::RecvFrom { sock, .. } => Some(sock.token),
         _ => None,
     }
 }
@@ -146,6 +154,49 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
             done.complete(rustix::net::shutdown(&sock.fd, how).map_err(Error::from));
             Attempt::Done
         }
+        Op::SendTo { sock, addr, view } => {
+            if view.is_cancelled() {
+                view.fail(Error::cancelled());
+                return Attempt::Done;
+            }
+            match nonblocking(|| rustix::net::sendto(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL, &*addr)) {
+                Some(res) => {
+                    view.finish(res);
+                    Attempt::Done
+                }
+                None => Attempt::Blocked {
+                    op: Op::SendTo { sock, addr, view },
+                    wait: Wait::Writable,
+                    connecting,
+                },
+            }
+        }
+        Op::RecvFrom { sock, mut view, from } => {
+            if view.is_cancelled() {
+                view.fail(Error::cancelled());
+                return Attempt::Done;
+            }
+            let recv = || {
+                rustix::net::recvfrom(&sock.fd, view.as_uninit_mut(), RecvFlags::empty())
+                    .map(|((r, _), _, addr)| (r.len(), addr))
+            };
+            match nonblocking(recv) {
+                Some(res) => {
+                    view.finish(res.map(|(n, addr)| {
+                        if let Some(a) = addr.and_then(|a| std::net::SocketAddr::try_from(a).ok()) {
+                            let _ = from.set(a);
+                        }
+                        n
+                    }));
+                    Attempt::Done
+                }
+                None => Attempt::Blocked {
+                    op: Op::RecvFrom { sock, view, from },
+                    wait: Wait::Readable,
+                    connecting,
+                },
+            }
+        }
         other => {
             other.fail(Error::new(std::io::ErrorKind::Other, "not a socket operation"));
             Attempt::Done
@@ -171,7 +222,8 @@ fn nonblocking<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> Option<mfio_c
 pub(super) fn watch(op: Op, handler: &Arc<dyn CancelHandler>, token: u64) -> Option<Op> {
     let registered = match &op {
         Op::Recv { sock, view } => view.set_cancel_handler(sock.clone(), token),
-        Op::Send { sock, view } => view.set_cancel_handler(sock.clone(), token),
+        Op::Send { sock, view } | Op::SendTo { sock, view, .. } => view.set_cancel_handler(sock.clone(), token),
+        Op::RecvFrom { view, .. } => view.set_cancel_handler(handler.clone(), token),
         Op::Accept { done, .. } => done.set_cancel_handler(handler.clone(), token),
         Op::Connect { done, .. } => done.set_cancel_handler(handler.clone(), token),
         _ => Ok(()),

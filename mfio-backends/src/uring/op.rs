@@ -34,6 +34,8 @@ pub(super) struct Supported {
     send: bool,
     recv: bool,
     shutdown: bool,
+    sendmsg: bool,
+    recvmsg: bool,
 }
 
 impl Supported {
@@ -59,6 +61,8 @@ impl Supported {
             send: probe.is_supported(opcode::Send::CODE),
             recv: probe.is_supported(opcode::Recv::CODE),
             shutdown: probe.is_supported(opcode::Shutdown::CODE),
+            sendmsg: probe.is_supported(opcode::SendMsg::CODE),
+            recvmsg: probe.is_supported(opcode::RecvMsg::CODE),
         }
     }
 
@@ -81,6 +85,8 @@ impl Supported {
             Op::Send { .. } => self.send,
             Op::Recv { .. } => self.recv,
             Op::Shutdown { .. } => self.shutdown,
+            Op::SendTo { .. } => self.sendmsg,
+            Op::RecvFrom { .. } => self.recvmsg,
         }
     }
 }
@@ -90,6 +96,62 @@ pub(super) struct InFlight {
     generation: u32,
     op: Op,
     statx: Option<Box<MaybeUninit<libc::statx>>>,
+    msg: Option<Box<Msg>>,
+}
+
+/// A `msghdr` with its one `iovec` and its address, in one heap block that
+/// stays put while the entry is in flight (the header points into itself).
+pub(super) struct Msg {
+    hdr: libc::msghdr,
+    iov: libc::iovec,
+    name: libc::sockaddr_storage,
+}
+
+impl Msg {
+    fn new(buf: *mut u8, len: usize) -> Box<Self> {
+        // SAFETY: all three are plain C structs for which all-zero is valid.
+        let mut msg: Box<Msg> = Box::new(unsafe { std::mem::zeroed() });
+        msg.iov = libc::iovec {
+            iov_base: buf.cast(),
+            iov_len: len,
+        };
+        msg.hdr.msg_iov = std::ptr::addr_of_mut!(msg.iov);
+        msg.hdr.msg_iovlen = 1;
+        msg.hdr.msg_name = std::ptr::addr_of_mut!(msg.name).cast();
+        msg.hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        msg
+    }
+
+    /// The sender's address after a receive.
+    fn source(&self) -> Option<std::net::SocketAddr> {
+        sockaddr_to_std(&self.name, self.hdr.msg_namelen)
+    }
+}
+
+// SAFETY: the raw pointers inside point at the same heap block or at packet
+// memory owned by the operation; the block moves between threads as a whole.
+unsafe impl Send for Msg {}
+
+/// Reads an internet socket address written by the kernel.
+fn sockaddr_to_std(name: &libc::sockaddr_storage, len: u32) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6};
+    let len = len as usize;
+    match i32::from(name.ss_family) {
+        libc::AF_INET if len >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which
+            // fits in (and is less aligned than) sockaddr_storage.
+            let a = unsafe { &*std::ptr::from_ref(name).cast::<libc::sockaddr_in>() };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddrV4::new(ip, u16::from_be(a.sin_port)).into())
+        }
+        libc::AF_INET6 if len >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: as above, for sockaddr_in6.
+            let a = unsafe { &*std::ptr::from_ref(name).cast::<libc::sockaddr_in6>() };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, a.sin6_scope_id).into())
+        }
+        _ => None,
+    }
 }
 
 impl InFlight {
@@ -146,8 +208,16 @@ impl InFlight {
                 // that nothing else owns.
                 Ok(unsafe { OwnedFd::from_raw_fd(fd) })
             })),
-            Op::Send { view, .. } => view.finish(result),
+            Op::Send { view, .. } | Op::SendTo { view, .. } => view.finish(result),
             Op::Recv { view, .. } => view.finish(result),
+            Op::RecvFrom { view, from, .. } => {
+                if result.is_ok() {
+                    if let Some(addr) = self.msg.as_ref().and_then(|m| m.source()) {
+                        let _ = from.set(addr);
+                    }
+                }
+                view.finish(result);
+            }
         }
     }
 }
@@ -204,6 +274,7 @@ pub(super) fn prepare(
     cancels: &Arc<Cancels>,
 ) -> Option<(squeue::Entry, InFlight)> {
     let mut statx = None;
+    let mut msg: Option<Box<Msg>> = None;
     // Moving a view or a CString moves only the handle: the memory the entry
     // points at (packet buffer, path bytes, boxed statx) stays where it is.
     let (entry, op) = match op {
@@ -341,6 +412,48 @@ pub(super) fn prepare(
             let entry = opcode::Shutdown::new(sock_fd(&sock), how_raw).build();
             (entry, Op::Shutdown { sock, how, done })
         }
+        Op::SendTo { sock, addr, view } => {
+            if view.set_cancel_handler(sock.clone(), user_data).is_err() {
+                view.fail(Error::cancelled());
+                return None;
+            }
+            let slice = view.as_slice();
+            let m = msg.insert(Msg::new(slice.as_ptr().cast_mut(), slice.len()));
+            let len = (addr.addr_len() as usize).min(std::mem::size_of::<libc::sockaddr_storage>());
+            // SAFETY: `len` bytes of the address fit in the storage, and the two
+            // do not overlap (one is in the op, the other in the fresh box).
+            unsafe {
+                std::ptr::copy_nonoverlapping(addr.as_ptr().cast::<u8>(), std::ptr::addr_of_mut!(m.name).cast(), len)
+            };
+            m.hdr.msg_namelen = len as u32;
+            let entry = opcode::SendMsg::new(sock_fd(&sock), std::ptr::addr_of!(m.hdr))
+                .flags(libc::MSG_NOSIGNAL as u32)
+                .build();
+            (entry, Op::SendTo { sock, addr, view })
+        }
+        Op::RecvFrom { sock, mut view, from } => {
+            if view.is_cancelled() {
+                view.fail(Error::cancelled());
+                return None;
+            }
+            let handler: Arc<dyn CancelHandler> = cancels.clone();
+            if view.set_cancel_handler(handler, user_data).is_err() {
+                view.fail(Error::cancelled());
+                return None;
+            }
+            let len = view.len();
+            let m = msg.insert(Msg::new(view.as_mut_ptr(), len));
+            let entry = opcode::RecvMsg::new(sock_fd(&sock), std::ptr::addr_of_mut!(m.hdr)).build();
+            (entry, Op::RecvFrom { sock, view, from })
+        }
     };
-    Some((entry.user_data(user_data), InFlight { generation, op, statx }))
+    Some((
+        entry.user_data(user_data),
+        InFlight {
+            generation,
+            op,
+            statx,
+            msg,
+        },
+    ))
 }
