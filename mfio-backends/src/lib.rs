@@ -36,6 +36,7 @@
 //! connect, accept, send, receive, shutdown, addresses, `TCP_NODELAY`).
 //! UDP datagrams ([`UdpSocket`]). Not yet: readv/writev, registered buffers for `O_DIRECT`, fixed files.
 
+mod buffers;
 mod dir;
 mod fs;
 mod net;
@@ -45,6 +46,7 @@ mod runtime;
 mod sys;
 mod uring;
 
+pub use buffers::{BufferPool, RegisteredBuf};
 pub use dir::{Dir, DirEntry, DirFuture};
 pub use fs::{File, FileType, Metadata, OpenFuture, OpenOptions, SyncData};
 pub use net::{

@@ -111,6 +111,18 @@ pub(crate) enum Op {
         pos: u64,
         view: PacketView<Read>,
     },
+    /// `preadv` into several views, filled in order from `pos`.
+    ReadV {
+        fd: Arc<OwnedFd>,
+        pos: u64,
+        views: Vec<PacketView<Read>>,
+    },
+    /// `pwritev` from several views, in order from `pos` (`None`: append).
+    WriteV {
+        fd: Arc<OwnedFd>,
+        pos: Option<u64>,
+        views: Vec<PacketView<Write>>,
+    },
     /// `pwrite` at `pos`; `None` writes at the file position (append mode).
     Write {
         fd: Arc<OwnedFd>,
@@ -198,8 +210,8 @@ impl Op {
     pub(crate) fn name(&self) -> mfio_core::Op {
         use mfio_core::Op as E;
         match self {
-            Op::Read { .. } => E::Read,
-            Op::Write { .. } => E::Write,
+            Op::Read { .. } | Op::ReadV { .. } => E::Read,
+            Op::Write { .. } | Op::WriteV { .. } => E::Write,
             Op::Sync { .. } => E::Flush,
             Op::Open { .. } => E::Open,
             Op::Stat { .. } => E::Metadata,
@@ -220,6 +232,8 @@ impl Op {
         match self {
             Op::Read { view, .. } => view.fail(err),
             Op::Write { view, .. } | Op::Sync { view, .. } => view.fail(err),
+            Op::ReadV { views, .. } => fail_all(views, &err),
+            Op::WriteV { views, .. } => fail_all(views, &err),
             Op::Open { done, .. } => done.complete(Err(err)),
             Op::Stat { done, .. } => done.complete(Err(err)),
             Op::ReadDir { done, .. } => done.complete(Err(err)),
@@ -233,6 +247,26 @@ impl Op {
             | Op::Truncate { done, .. }
             | Op::Allocate { done, .. } => done.complete(Err(err)),
         }
+    }
+}
+
+fn fail_all<D: mfio_core::Direction>(views: Vec<PacketView<D>>, err: &Error) {
+    for v in views {
+        v.fail(err.duplicate());
+    }
+}
+
+/// Completes vectored views with `result`: `n` bytes fill them in order.
+pub(crate) fn finish_vectored<D: mfio_core::Direction>(views: Vec<PacketView<D>>, result: Result<usize>) {
+    match result {
+        Ok(mut left) => {
+            for v in views {
+                let n = left.min(v.len());
+                left -= n;
+                v.complete(n);
+            }
+        }
+        Err(e) => fail_all(views, &e),
     }
 }
 

@@ -55,6 +55,11 @@ pub(crate) trait Engine: Send + Sync {
     /// Prepares a new socket for this backend (non-blocking and registered
     /// for readiness on poll; as it is on io_uring).
     fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>>;
+    /// Registers buffers for fixed-buffer I/O; false if not done (an
+    /// optimisation only).
+    fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool;
+    /// Undoes `register_buffers`.
+    fn unregister_buffers(&self);
 }
 
 /// The native runtime: a handle on one backend instance. Cheap to clone;
@@ -101,6 +106,26 @@ impl Runtime {
 
     pub(crate) fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
         self.engine.register_socket(fd)
+    }
+
+    pub(crate) fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool {
+        self.engine.register_buffers(regions)
+    }
+
+    pub(crate) fn unregister_buffers(&self) {
+        self.engine.unregister_buffers()
+    }
+
+    /// `count` buffers of `size` bytes starting at multiples of `align`
+    /// (for `O_DIRECT`), registered with io_uring where it accepts them; see
+    /// [`BufferPool`](crate::BufferPool).
+    ///
+    /// # Errors
+    /// `InvalidInput` for an alignment that is not a power of two;
+    /// `OutOfMemory` if the buffers cannot be allocated. A refused
+    /// registration is not an error (the pool reports it).
+    pub fn buffer_pool(&self, count: usize, size: usize, align: usize) -> Result<crate::BufferPool> {
+        crate::BufferPool::new(self, count, size, align)
     }
 }
 

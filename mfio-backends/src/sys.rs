@@ -12,7 +12,7 @@ use rustix::net::{RecvFlags, SendFlags, SocketFlags};
 
 use crate::dir::DirEntry;
 use crate::fs::Metadata;
-use crate::op::{At, Op};
+use crate::op::{finish_vectored, At, Op};
 
 /// The `statx` fields mfio asks for: size, type, times, and the `O_DIRECT`
 /// alignment where the kernel reports it.
@@ -28,12 +28,62 @@ fn retry<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> Result<T> {
     }
 }
 
+/// Runs a libc call returning a count or -1 with errno, retrying `EINTR`.
+fn retry_libc(mut f: impl FnMut() -> isize) -> Result<usize> {
+    loop {
+        let r = f();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(err.into());
+        }
+    }
+}
+
 /// Runs `op` to completion on the calling thread and completes it.
 pub(crate) fn run_blocking(op: Op) {
     match op {
         Op::Read { fd, pos, mut view } => {
             let res = retry(|| rustix::io::pread(&*fd, view.as_uninit_mut(), pos).map(|(read, _)| read.len()));
             view.finish(res);
+        }
+        Op::ReadV { fd, pos, mut views } => {
+            let iov: Vec<libc::iovec> = views
+                .iter_mut()
+                .map(|v| libc::iovec {
+                    iov_base: v.as_mut_ptr().cast(),
+                    iov_len: v.len(),
+                })
+                .collect();
+            let res = retry_libc(|| {
+                // SAFETY: every iovec points at a view's memory, writable for its
+                // length and exclusively ours until the views complete below.
+                unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, pos as i64) }
+            });
+            finish_vectored(views, res);
+        }
+        Op::WriteV { fd, pos, views } => {
+            let iov: Vec<libc::iovec> = views
+                .iter()
+                .map(|v| libc::iovec {
+                    iov_base: v.as_slice().as_ptr().cast_mut().cast(),
+                    iov_len: v.len(),
+                })
+                .collect();
+            let res = retry_libc(|| {
+                let (ptr, cnt) = (iov.as_ptr(), iov.len() as i32);
+                // SAFETY: every iovec points at a view's initialised bytes, which
+                // the kernel only reads; they stay alive until the views complete.
+                unsafe {
+                    match pos {
+                        Some(pos) => libc::pwritev(fd.as_raw_fd(), ptr, cnt, pos as i64),
+                        None => libc::writev(fd.as_raw_fd(), ptr, cnt),
+                    }
+                }
+            });
+            finish_vectored(views, res);
         }
         Op::Write { fd, pos, view } => {
             let res = retry(|| match pos {

@@ -80,6 +80,57 @@ fn open_errors_keep_kind_and_errno(rt: &Runtime, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Clears the immutable flag again, whatever happens in the test.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    /// Makes `path` immutable (`chattr +i`): even root may not write or
+    /// remove it. `None` where that is not possible (tool, rights, file system).
+    fn set(path: &Path) -> Option<Self> {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+fn permission_errors(rt: &Runtime, dir: &Path) -> Result<()> {
+    let path = dir.join("locked");
+    std::fs::write(&path, b"keep")?;
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let _guard = if root {
+        match Immutable::set(&path) {
+            Some(g) => Some(g),
+            None => {
+                eprintln!("skip: cannot make a file immutable here (chattr)");
+                return Ok(());
+            }
+        }
+    } else {
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o000))?;
+        None
+    };
+    let err = rt
+        .block_on(rt.open(&path, OpenOptions::new().write(true)))
+        .expect_err("no write access");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err:?}");
+    assert!(matches!(err.raw_os_error(), Some(libc::EPERM | libc::EACCES)));
+    if root {
+        let err = rt.block_on(rt.remove_file(&path)).expect_err("immutable");
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    }
+    Ok(())
+}
+
 fn append_mode_appends(rt: &Runtime, dir: &Path) -> Result<()> {
     std::fs::write(dir.join("log"), b"first\n")?;
     let file = rt.block_on(rt.open(dir.join("log"), OpenOptions::new().append(true)))?;
@@ -217,7 +268,79 @@ backend_tests!(
     large_files_write_then_read,
     dropped_futures_leak_nothing,
     idle_wait_costs_no_cpu,
+    direct_io_with_registered_buffers,
+    vectored_reads_and_writes,
+    permission_errors,
 );
+
+fn direct_io_with_registered_buffers(rt: &Runtime, dir: &Path) -> Result<()> {
+    const BLOCK: usize = 64 * 1024;
+    let mut opts = rw();
+    opts.direct(true);
+    let file = rt.block_on(rt.open(dir.join("direct"), &opts))?;
+    let (mem_align, off_align) = rt.block_on(file.dio_alignment())?.unwrap_or((4096, 4096));
+    assert!(mem_align.is_power_of_two() && off_align.is_power_of_two());
+    let align = (mem_align.max(off_align) as usize).max(512);
+    let pool = rt.buffer_pool(4, BLOCK, align)?;
+    assert_eq!(
+        pool.is_registered(),
+        rt.kind().is_uring(),
+        "registration where a ring exists"
+    );
+    let blocks: Vec<Vec<u8>> = (0..4).map(|i| pattern(BLOCK, 50 + i)).collect();
+    rt.block_on(async {
+        for (i, data) in blocks.iter().enumerate() {
+            let mut buf = pool.take().expect("a free buffer");
+            assert_eq!(buf.extend_from_slice(data), BLOCK);
+            assert_eq!(buf.as_ptr() as usize % align, 0);
+            let (res, buf) = file.write_all_at((i * BLOCK) as u64, buf).await.into_parts();
+            res?;
+            drop(buf); // back to the pool
+        }
+        for (i, data) in blocks.iter().enumerate().rev() {
+            let buf = pool.take().expect("a free buffer");
+            let (res, buf) = file.read_exact_at((i * BLOCK) as u64, buf).await.into_parts();
+            res?;
+            assert!(buf[..] == data[..], "direct block {i} differs");
+        }
+        Ok::<(), mfio_core::Error>(())
+    })?;
+    // Plain aligned buffers work too (no registration involved).
+    let mut plain = mfio_core::AlignedBuf::with_capacity(BLOCK, align)?;
+    plain.extend_from_slice(&blocks[1]);
+    rt.block_on(file.write_all_at(BLOCK as u64 * 5, plain)).0?;
+    // Misaligned direct I/O is the kernel's EINVAL, not a crash.
+    let mut odd = Vec::with_capacity(100 + 1);
+    odd.extend_from_slice(&[1u8; 101]);
+    let err = rt
+        .block_on(file.write_all_at(1, odd))
+        .0
+        .expect_err("unaligned O_DIRECT write");
+    assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+    drop(pool); // unregisters, then frees
+    Ok(())
+}
+
+fn vectored_reads_and_writes(rt: &Runtime, dir: &Path) -> Result<()> {
+    let file = rt.block_on(rt.open(dir.join("v"), &rw()))?;
+    let parts = vec![b"alpha-".to_vec(), b"beta-".to_vec(), b"gamma".to_vec()];
+    let (n, back) = rt.block_on(file.write_vectored_at(3, parts.clone()));
+    assert_eq!((n?, back), (16, parts));
+    assert_eq!(std::fs::read(dir.join("v"))?, b"\0\0\0alpha-beta-gamma");
+    // Scatter: each buffer filled from its start, in order.
+    let bufs = vec![Vec::with_capacity(4), Vec::with_capacity(7), Vec::with_capacity(100)];
+    let (n, got) = rt.block_on(file.read_vectored_at(2, bufs));
+    assert_eq!(n?, 17);
+    assert_eq!(got, vec![b"\0alp".to_vec(), b"ha-beta".to_vec(), b"-gamma".to_vec()]);
+    // Past the end: nothing read, the buffers come back.
+    let (n, got) = rt.block_on(file.read_vectored_at(1000, (0..2).map(|_| Vec::with_capacity(8)).collect()));
+    assert_eq!((n?, got.len()), (0, 2));
+    let too_many: Vec<Vec<u8>> = (0..1025).map(|_| Vec::with_capacity(1)).collect();
+    let (res, got) = rt.block_on(file.read_vectored_at(0, too_many));
+    assert_eq!(res.expect_err("over IOV_MAX").kind(), ErrorKind::InvalidInput);
+    assert_eq!(got.len(), 1025, "the buffers come back on refusal");
+    Ok(())
+}
 
 /// CPU time this thread has used.
 fn thread_cpu_time() -> Duration {

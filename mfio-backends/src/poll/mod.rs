@@ -225,6 +225,13 @@ impl Engine for PollEngine {
         BackendKind::Poll
     }
 
+    /// Nothing to register without a ring: buffers are used as plain ones.
+    fn register_buffers(&self, _regions: &[(*mut u8, usize)]) -> bool {
+        false
+    }
+
+    fn unregister_buffers(&self) {}
+
     fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
         rustix::io::ioctl_fionbio(&fd, true)?;
         let token = self.token();

@@ -24,7 +24,7 @@ use crate::op::{Op, Socket};
 use crate::poll::{pool_dispatch, Pool};
 use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
 
-use op::{InFlight, Supported};
+use op::{FixedBuffers, InFlight, Supported};
 
 /// `user_data` of cancellation requests, whose completions are ignored.
 const CANCEL_USER_DATA: u64 = u64::MAX;
@@ -59,6 +59,9 @@ struct Core {
     /// each is prepared after the one before it completed and sees any bytes
     /// that one gave back (see `Socket::pushback`). Keyed by socket address.
     recv_queues: HashMap<usize, VecDeque<Op>>,
+    /// Registered buffers as (start address, length); the index is the
+    /// buffer index for READ_FIXED/WRITE_FIXED.
+    fixed: Vec<(usize, usize)>,
     generation: u32,
 }
 
@@ -93,6 +96,7 @@ impl UringEngine {
                 backlog: VecDeque::new(),
                 fallback_backlog: VecDeque::new(),
                 recv_queues: HashMap::new(),
+                fixed: Vec::new(),
                 generation: 0,
             }),
             supported,
@@ -148,7 +152,11 @@ impl UringEngine {
             let key = core.inflight.vacant_key();
             core.generation = core.generation.wrapping_add(1);
             let user_data = (u64::from(core.generation) << 32) | key as u64;
-            let Some((entry, inflight)) = op::prepare(op, user_data, core.generation, &self.cancels) else {
+            let fixed = FixedBuffers {
+                ranges: &core.fixed,
+                supported: self.supported.fixed(),
+            };
+            let Some((entry, inflight)) = op::prepare(op, user_data, core.generation, &self.cancels, fixed) else {
                 continue; // completed already (e.g. cancelled before it was sent)
             };
             // SAFETY: every buffer, path and statx struct the entry points at is
@@ -259,6 +267,45 @@ impl Engine for UringEngine {
 
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
+    }
+
+    fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool {
+        let mut core = self.core.lock();
+        if !core.fixed.is_empty() {
+            tracing::info!("io_uring already has registered buffers; this pool uses plain buffers");
+            return false;
+        }
+        if regions.len() > usize::from(u16::MAX) {
+            tracing::info!("too many buffers to register; this pool uses plain buffers");
+            return false;
+        }
+        let iovecs: Vec<libc::iovec> = regions
+            .iter()
+            .map(|&(ptr, len)| libc::iovec {
+                iov_base: ptr.cast(),
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: the buffers stay allocated and in place until
+        // `unregister_buffers`, which their pool calls before freeing them.
+        match unsafe { core.ring.submitter().register_buffers(&iovecs) } {
+            Ok(()) => {
+                core.fixed = regions.iter().map(|&(p, l)| (p as usize, l)).collect();
+                true
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "io_uring refused to register buffers; using plain buffers");
+                false
+            }
+        }
+    }
+
+    fn unregister_buffers(&self) {
+        let mut core = self.core.lock();
+        if !core.fixed.is_empty() {
+            let _ = core.ring.submitter().unregister_buffers();
+            core.fixed.clear();
+        }
     }
 
     /// Sockets stay in blocking mode: the ring waits for readiness itself.

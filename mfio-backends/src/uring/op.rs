@@ -36,6 +36,10 @@ pub(super) struct Supported {
     shutdown: bool,
     sendmsg: bool,
     recvmsg: bool,
+    read_fixed: bool,
+    write_fixed: bool,
+    readv: bool,
+    writev: bool,
 }
 
 impl Supported {
@@ -63,12 +67,23 @@ impl Supported {
             shutdown: probe.is_supported(opcode::Shutdown::CODE),
             sendmsg: probe.is_supported(opcode::SendMsg::CODE),
             recvmsg: probe.is_supported(opcode::RecvMsg::CODE),
+            read_fixed: probe.is_supported(opcode::ReadFixed::CODE),
+            write_fixed: probe.is_supported(opcode::WriteFixed::CODE),
+            readv: probe.is_supported(opcode::Readv::CODE),
+            writev: probe.is_supported(opcode::Writev::CODE),
         }
+    }
+
+    /// True if both fixed-buffer opcodes are there.
+    pub(super) fn fixed(&self) -> bool {
+        self.read_fixed && self.write_fixed
     }
 
     pub(super) fn handles(&self, op: &Op) -> bool {
         match op {
             Op::Read { .. } => self.read,
+            Op::ReadV { .. } => self.readv,
+            Op::WriteV { .. } => self.writev,
             Op::Write { .. } => self.write,
             Op::Sync { .. } => self.fsync,
             Op::Open { .. } => self.openat,
@@ -97,7 +112,16 @@ pub(super) struct InFlight {
     op: Op,
     statx: Option<Box<MaybeUninit<libc::statx>>>,
     msg: Option<Box<Msg>>,
+    /// Not read again: kept so the kernel's pointers stay valid.
+    _iovecs: Option<IoVecs>,
 }
+
+/// The `iovec` array of a vectored transfer, kept in place while in flight.
+pub(super) struct IoVecs(Box<[libc::iovec]>);
+
+// SAFETY: the pointers inside point at packet memory owned by the same
+// operation; the array moves between threads together with it.
+unsafe impl Send for IoVecs {}
 
 /// A `msghdr` with its one `iovec` and its address, in one heap block that
 /// stays put while the entry is in flight (the header points into itself).
@@ -180,6 +204,8 @@ impl InFlight {
         let result = cqe_result(res);
         match self.op {
             Op::Read { view, .. } => view.finish(result),
+            Op::ReadV { views, .. } => crate::op::finish_vectored(views, result),
+            Op::WriteV { views, .. } => crate::op::finish_vectored(views, result),
             Op::Write { view, .. } => view.finish(result),
             Op::Sync { view, .. } => view.finish(result.map(|_| 0)),
             Op::Open { done, .. } => done.complete(result.and_then(|fd| {
@@ -267,31 +293,102 @@ pub(super) fn split_large(op: Op) -> (Op, Option<Op>) {
 /// The submission entry for `op`, and the in-flight record that keeps what
 /// it points at alive. `None` if the operation was completed here instead
 /// (its caller already gave up on it).
+/// The registered buffers, for finding whether a transfer's memory is one.
+#[derive(Clone, Copy)]
+pub(super) struct FixedBuffers<'a> {
+    pub(super) ranges: &'a [(usize, usize)],
+    pub(super) supported: bool,
+}
+
+impl FixedBuffers<'_> {
+    /// The index of the registered buffer holding all of `ptr..ptr+len`.
+    fn index_of(&self, ptr: *const u8, len: usize) -> Option<u16> {
+        if !self.supported {
+            return None;
+        }
+        let start = ptr as usize;
+        let i = self
+            .ranges
+            .iter()
+            .position(|&(s, l)| start >= s && start.checked_add(len).is_some_and(|end| end <= s + l))?;
+        u16::try_from(i).ok()
+    }
+}
+
 pub(super) fn prepare(
     op: Op,
     user_data: u64,
     generation: u32,
     cancels: &Arc<Cancels>,
+    fixed: FixedBuffers<'_>,
 ) -> Option<(squeue::Entry, InFlight)> {
     let mut statx = None;
     let mut msg: Option<Box<Msg>> = None;
+    let mut iovecs: Option<IoVecs> = None;
     // Moving a view or a CString moves only the handle: the memory the entry
     // points at (packet buffer, path bytes, boxed statx) stays where it is.
     let (entry, op) = match op {
         Op::Read { fd, pos, mut view } => {
             let len = view.len() as u32;
-            let entry = opcode::Read::new(types::Fd(fd.as_raw_fd()), view.as_mut_ptr(), len)
-                .offset(pos)
-                .build();
+            let ptr = view.as_mut_ptr();
+            let entry = match fixed.index_of(ptr, view.len()) {
+                Some(index) => opcode::ReadFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, index)
+                    .offset(pos)
+                    .build(),
+                None => opcode::Read::new(types::Fd(fd.as_raw_fd()), ptr, len)
+                    .offset(pos)
+                    .build(),
+            };
             (entry, Op::Read { fd, pos, view })
         }
         Op::Write { fd, pos, view } => {
             let slice = view.as_slice();
+            let (ptr, len) = (slice.as_ptr(), slice.len() as u32);
             // u64::MAX is -1: write at (and advance) the file position, i.e. append.
-            let entry = opcode::Write::new(types::Fd(fd.as_raw_fd()), slice.as_ptr(), slice.len() as u32)
+            let offset = pos.unwrap_or(u64::MAX);
+            let entry = match fixed.index_of(ptr, slice.len()) {
+                Some(index) => opcode::WriteFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, index)
+                    .offset(offset)
+                    .build(),
+                None => opcode::Write::new(types::Fd(fd.as_raw_fd()), ptr, len)
+                    .offset(offset)
+                    .build(),
+            };
+            (entry, Op::Write { fd, pos, view })
+        }
+        Op::ReadV { fd, pos, mut views } => {
+            let iov = &iovecs
+                .insert(IoVecs(
+                    views
+                        .iter_mut()
+                        .map(|v| libc::iovec {
+                            iov_base: v.as_mut_ptr().cast(),
+                            iov_len: v.len(),
+                        })
+                        .collect(),
+                ))
+                .0;
+            let entry = opcode::Readv::new(types::Fd(fd.as_raw_fd()), iov.as_ptr(), iov.len() as u32)
+                .offset(pos)
+                .build();
+            (entry, Op::ReadV { fd, pos, views })
+        }
+        Op::WriteV { fd, pos, views } => {
+            let iov = &iovecs
+                .insert(IoVecs(
+                    views
+                        .iter()
+                        .map(|v| libc::iovec {
+                            iov_base: v.as_slice().as_ptr().cast_mut().cast(),
+                            iov_len: v.len(),
+                        })
+                        .collect(),
+                ))
+                .0;
+            let entry = opcode::Writev::new(types::Fd(fd.as_raw_fd()), iov.as_ptr(), iov.len() as u32)
                 .offset(pos.unwrap_or(u64::MAX))
                 .build();
-            (entry, Op::Write { fd, pos, view })
+            (entry, Op::WriteV { fd, pos, views })
         }
         Op::Sync { fd, data_only, view } => {
             let flags = if data_only {
@@ -454,6 +551,7 @@ pub(super) fn prepare(
             op,
             statx,
             msg,
+            _iovecs: iovecs,
         },
     ))
 }
