@@ -4,7 +4,6 @@
 
 use std::ffi::{CString, OsString};
 use std::io::ErrorKind;
-use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +11,7 @@ use std::sync::Arc;
 use mfio_core::{Error, Result};
 
 use crate::fs::{FileType, Metadata, OpenFuture, OpenOptions};
-use crate::op::{completion, At, Op, OpFuture};
+use crate::op::{completion, At, FileFd, Op, OpFuture};
 use crate::runtime::Runtime;
 
 /// One entry of a directory listing.
@@ -51,14 +50,14 @@ impl DirEntry {
 #[derive(Debug, Clone)]
 pub struct Dir {
     rt: Runtime,
-    fd: Arc<OwnedFd>,
+    fd: Arc<FileFd>,
 }
 
 /// Where relative paths start: the current directory, or an open one.
 #[derive(Clone, Copy)]
 struct Base<'a> {
     rt: &'a Runtime,
-    dir: Option<&'a Arc<OwnedFd>>,
+    dir: Option<&'a Arc<FileFd>>,
 }
 
 fn c_path(path: &Path) -> Result<CString> {

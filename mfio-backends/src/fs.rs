@@ -15,7 +15,7 @@ use mfio_core::{
     PollingHandle, QueueFull, Read, Result, Write,
 };
 
-use crate::op::{completion, At, Op, OpFuture};
+use crate::op::{completion, At, FileFd, Op, OpFuture};
 use crate::runtime::Runtime;
 
 /// How to open a file; the same rules as [`std::fs::OpenOptions`], plus
@@ -251,7 +251,7 @@ impl Metadata {
 #[derive(Debug, Clone)]
 pub struct File {
     rt: Runtime,
-    fd: Arc<OwnedFd>,
+    fd: Arc<FileFd>,
     append: bool,
 }
 
@@ -332,7 +332,7 @@ impl File {
         fut.submit(&self.rt, Op::Allocate { fd, offset, len, done })
     }
 
-    pub(crate) fn into_parts(self) -> (Runtime, Arc<OwnedFd>) {
+    pub(crate) fn into_parts(self) -> (Runtime, Arc<FileFd>) {
         (self.rt, self.fd)
     }
 
@@ -468,8 +468,8 @@ impl Future for OpenFuture {
         let res = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
         Poll::Ready(match res {
             Ok(fd) => Ok(File {
+                fd: Arc::new(self.rt.file_fd(fd)),
                 rt: self.rt.clone(),
-                fd: Arc::new(fd),
                 append: self.append,
             }),
             Err(e) => Err(e.with_op(ErrOp::Open)),
@@ -567,5 +567,11 @@ impl File {
     /// The raw descriptor, for diagnostics.
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
+    }
+
+    /// True if io_uring addresses this file through its registered-file
+    /// table (a slot was free when it was opened); for diagnostics.
+    pub fn is_registered(&self) -> bool {
+        self.fd.fixed.is_some()
     }
 }

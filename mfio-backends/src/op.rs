@@ -8,13 +8,14 @@
 use std::collections::VecDeque;
 use std::ffi::CString;
 use std::future::Future;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use atomic_waker::AtomicWaker;
-use mfio_core::{CancelHandler, Error, PacketView, Read, Result, Write};
+use mfio_core::queue::Mailbox;
+use mfio_core::{CancelHandler, Error, Notifier, PacketView, Read, Result, Write};
 use parking_lot::Mutex;
 use rustix::net::SocketAddrAny;
 
@@ -22,9 +23,53 @@ use crate::dir::DirEntry;
 use crate::fs::Metadata;
 use crate::runtime::Runtime;
 
+/// An open file's (or directory's) descriptor and, on io_uring, its slot in
+/// the ring's file table. Shared by the handle and every operation on it, so
+/// the slot is released only once no operation can still use it.
+pub(crate) struct FileFd {
+    pub(crate) fd: OwnedFd,
+    pub(crate) fixed: Option<FixedSlot>,
+}
+
+impl std::fmt::Debug for FileFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileFd")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("slot", &self.fixed.as_ref().map(|s| s.index))
+            .finish()
+    }
+}
+
+impl AsFd for FileFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for FileFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// A slot in io_uring's registered-file table, given back when dropped.
+pub(crate) struct FixedSlot {
+    pub(crate) index: u32,
+    /// Where released slots go; the ring is updated at its next driving step.
+    pub(crate) release: Arc<Mailbox<u32>>,
+    pub(crate) notifier: Arc<Notifier>,
+}
+
+impl Drop for FixedSlot {
+    fn drop(&mut self) {
+        self.release.push(self.index);
+        self.notifier.notify();
+    }
+}
+
 /// A path, relative to a directory descriptor (`None`: the current directory).
 pub(crate) struct At {
-    pub(crate) dir: Option<Arc<OwnedFd>>,
+    pub(crate) dir: Option<Arc<FileFd>>,
     pub(crate) path: CString,
 }
 
@@ -107,31 +152,31 @@ impl Drop for Socket {
 pub(crate) enum Op {
     /// `pread` of `view.len()` bytes at `pos`.
     Read {
-        fd: Arc<OwnedFd>,
+        fd: Arc<FileFd>,
         pos: u64,
         view: PacketView<Read>,
     },
     /// `preadv` into several views, filled in order from `pos`.
     ReadV {
-        fd: Arc<OwnedFd>,
+        fd: Arc<FileFd>,
         pos: u64,
         views: Vec<PacketView<Read>>,
     },
     /// `pwritev` from several views, in order from `pos` (`None`: append).
     WriteV {
-        fd: Arc<OwnedFd>,
+        fd: Arc<FileFd>,
         pos: Option<u64>,
         views: Vec<PacketView<Write>>,
     },
     /// `pwrite` at `pos`; `None` writes at the file position (append mode).
     Write {
-        fd: Arc<OwnedFd>,
+        fd: Arc<FileFd>,
         pos: Option<u64>,
         view: PacketView<Write>,
     },
     /// `fsync` (or `fdatasync`); completes the (empty) view.
     Sync {
-        fd: Arc<OwnedFd>,
+        fd: Arc<FileFd>,
         data_only: bool,
         view: PacketView<Write>,
     },
@@ -156,13 +201,13 @@ pub(crate) enum Op {
     Rename { from: At, to: At, done: Completer<()> },
     /// `ftruncate(fd, len)`.
     Truncate {
-        fd: Arc<OwnedFd>,
+        fd: Arc<FileFd>,
         len: u64,
         done: Completer<()>,
     },
     /// `fallocate(fd, 0, offset, len)`.
     Allocate {
-        fd: Arc<OwnedFd>,
+        fd: Arc<FileFd>,
         offset: u64,
         len: u64,
         done: Completer<()>,

@@ -60,6 +60,9 @@ pub(crate) trait Engine: Send + Sync {
     fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool;
     /// Undoes `register_buffers`.
     fn unregister_buffers(&self);
+    /// Wraps a newly opened descriptor, giving it a registered-file slot
+    /// where the backend has one free.
+    fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd;
 }
 
 /// The native runtime: a handle on one backend instance. Cheap to clone;
@@ -106,6 +109,10 @@ impl Runtime {
 
     pub(crate) fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
         self.engine.register_socket(fd)
+    }
+
+    pub(crate) fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd {
+        self.engine.file_fd(fd)
     }
 
     pub(crate) fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool {

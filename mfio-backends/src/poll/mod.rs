@@ -232,6 +232,10 @@ impl Engine for PollEngine {
 
     fn unregister_buffers(&self) {}
 
+    fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd {
+        crate::op::FileFd { fd, fixed: None }
+    }
+
     fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
         rustix::io::ioctl_fionbio(&fd, true)?;
         let token = self.token();

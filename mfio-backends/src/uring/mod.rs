@@ -20,7 +20,7 @@ use mfio_core::{CancelHandler, DriveStatus, Error, Interest, Notifier, PollingHa
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::op::{Op, Socket};
+use crate::op::{FileFd, FixedSlot, Op, Socket};
 use crate::poll::{pool_dispatch, Pool};
 use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
 
@@ -34,6 +34,10 @@ const DROP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Threads of the fallback pool (only used for opcodes the kernel lacks).
 const FALLBACK_THREADS: usize = 2;
+
+/// Slots of the registered-file table; files opened beyond it use plain
+/// descriptors.
+const FIXED_FILES: u32 = 1024;
 
 /// Cancellation requests from dropped futures, by `user_data`.
 struct Cancels {
@@ -73,6 +77,10 @@ pub(crate) struct UringEngine {
     supported: Supported,
     fallback: Pool,
     window: usize,
+    /// Free slots of the registered-file table (empty if the kernel has none).
+    free_slots: Mutex<Vec<u32>>,
+    /// Slots whose files are gone, cleared in the ring at the next step.
+    released_slots: Arc<Mailbox<u32>>,
 }
 
 impl UringEngine {
@@ -82,6 +90,15 @@ impl UringEngine {
         ring.submitter().register_eventfd(notifier.as_fd().as_raw_fd())?;
         let supported = Supported::probe(&ring);
         tracing::debug!(?supported, "io_uring opcodes");
+        // Registered files are an optimisation: without the table (old kernel,
+        // limits) every file simply uses its descriptor.
+        let free_slots = match ring.submitter().register_files_sparse(FIXED_FILES) {
+            Ok(()) => (0..FIXED_FILES).rev().collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "no registered-file table; using plain descriptors");
+                Vec::new()
+            }
+        };
         Ok(Self {
             queue: SubmitQueue::new(b.queue_capacity, notifier.clone()),
             cancels: Arc::new(Cancels {
@@ -101,7 +118,25 @@ impl UringEngine {
             }),
             supported,
             window: b.window,
+            free_slots: Mutex::new(free_slots),
+            released_slots: Arc::new(Mailbox::default()),
         })
+    }
+
+    /// Clears the slots of files that are gone and makes them free again.
+    fn release_slots(&self, core: &mut Core) {
+        let released = self.released_slots.take();
+        if released.is_empty() {
+            return;
+        }
+        let mut free = self.free_slots.lock();
+        for slot in released {
+            // No operation uses the slot any more (each holds the file's
+            // descriptor, which owns the slot); -1 empties it.
+            if core.ring.submitter().register_files_update(slot, &[-1]).is_ok() {
+                free.push(slot);
+            }
+        }
     }
 
     /// Pushes cancellation requests for live operations.
@@ -240,6 +275,7 @@ impl Engine for UringEngine {
         let room = self
             .window
             .saturating_sub(core.inflight.len() + core.backlog.len() + self.fallback.in_flight());
+        self.release_slots(&mut core);
         let took = self.queue.take_into(&mut core.backlog, room);
         let cancels = self.push_cancels(&mut core);
         let pushed = self.fill(&mut core);
@@ -305,6 +341,32 @@ impl Engine for UringEngine {
         if !core.fixed.is_empty() {
             let _ = core.ring.submitter().unregister_buffers();
             core.fixed.clear();
+        }
+    }
+
+    fn file_fd(&self, fd: OwnedFd) -> FileFd {
+        let Some(slot) = self.free_slots.lock().pop() else {
+            return FileFd { fd, fixed: None }; // table full (or absent): plain descriptor
+        };
+        let updated = self
+            .core
+            .lock()
+            .ring
+            .submitter()
+            .register_files_update(slot, &[fd.as_raw_fd()]);
+        match updated {
+            Ok(1) => FileFd {
+                fd,
+                fixed: Some(FixedSlot {
+                    index: slot,
+                    release: self.released_slots.clone(),
+                    notifier: self.notifier.clone(),
+                }),
+            },
+            _ => {
+                self.free_slots.lock().push(slot);
+                FileFd { fd, fixed: None }
+            }
         }
     }
 

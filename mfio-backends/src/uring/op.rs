@@ -16,6 +16,23 @@ use crate::sys::STATX_MASK;
 /// longer views are split.
 const MAX_RW: usize = 0x7fff_f000;
 
+/// Builds an entry against a file's registered slot if it has one, else its
+/// descriptor (the opcode builders take either).
+macro_rules! on_file {
+    ($file:expr, |$target:ident| $build:expr) => {
+        match &$file.fixed {
+            Some(slot) => {
+                let $target = types::Fixed(slot.index);
+                $build
+            }
+            None => {
+                let $target = types::Fd($file.fd.as_raw_fd());
+                $build
+            }
+        }
+    };
+}
+
 /// Which operations the running kernel's io_uring supports.
 #[derive(Debug, Clone, Copy, Default)]
 pub(super) struct Supported {
@@ -332,12 +349,8 @@ pub(super) fn prepare(
             let len = view.len() as u32;
             let ptr = view.as_mut_ptr();
             let entry = match fixed.index_of(ptr, view.len()) {
-                Some(index) => opcode::ReadFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, index)
-                    .offset(pos)
-                    .build(),
-                None => opcode::Read::new(types::Fd(fd.as_raw_fd()), ptr, len)
-                    .offset(pos)
-                    .build(),
+                Some(index) => on_file!(fd, |t| opcode::ReadFixed::new(t, ptr, len, index).offset(pos).build()),
+                None => on_file!(fd, |t| opcode::Read::new(t, ptr, len).offset(pos).build()),
             };
             (entry, Op::Read { fd, pos, view })
         }
@@ -347,12 +360,10 @@ pub(super) fn prepare(
             // u64::MAX is -1: write at (and advance) the file position, i.e. append.
             let offset = pos.unwrap_or(u64::MAX);
             let entry = match fixed.index_of(ptr, slice.len()) {
-                Some(index) => opcode::WriteFixed::new(types::Fd(fd.as_raw_fd()), ptr, len, index)
+                Some(index) => on_file!(fd, |t| opcode::WriteFixed::new(t, ptr, len, index)
                     .offset(offset)
-                    .build(),
-                None => opcode::Write::new(types::Fd(fd.as_raw_fd()), ptr, len)
-                    .offset(offset)
-                    .build(),
+                    .build()),
+                None => on_file!(fd, |t| opcode::Write::new(t, ptr, len).offset(offset).build()),
             };
             (entry, Op::Write { fd, pos, view })
         }
@@ -368,9 +379,9 @@ pub(super) fn prepare(
                         .collect(),
                 ))
                 .0;
-            let entry = opcode::Readv::new(types::Fd(fd.as_raw_fd()), iov.as_ptr(), iov.len() as u32)
+            let entry = on_file!(fd, |t| opcode::Readv::new(t, iov.as_ptr(), iov.len() as u32)
                 .offset(pos)
-                .build();
+                .build());
             (entry, Op::ReadV { fd, pos, views })
         }
         Op::WriteV { fd, pos, views } => {
@@ -385,9 +396,10 @@ pub(super) fn prepare(
                         .collect(),
                 ))
                 .0;
-            let entry = opcode::Writev::new(types::Fd(fd.as_raw_fd()), iov.as_ptr(), iov.len() as u32)
-                .offset(pos.unwrap_or(u64::MAX))
-                .build();
+            let offset = pos.unwrap_or(u64::MAX);
+            let entry = on_file!(fd, |t| opcode::Writev::new(t, iov.as_ptr(), iov.len() as u32)
+                .offset(offset)
+                .build());
             (entry, Op::WriteV { fd, pos, views })
         }
         Op::Sync { fd, data_only, view } => {
@@ -398,10 +410,7 @@ pub(super) fn prepare(
             };
             // IO_DRAIN: start only after every earlier entry completed, so a
             // flush covers the writes submitted before it.
-            let entry = opcode::Fsync::new(types::Fd(fd.as_raw_fd()))
-                .flags(flags)
-                .build()
-                .flags(squeue::Flags::IO_DRAIN);
+            let entry = on_file!(fd, |t| opcode::Fsync::new(t).flags(flags).build()).flags(squeue::Flags::IO_DRAIN);
             (entry, Op::Sync { fd, data_only, view })
         }
         Op::Open { at, flags, mode, done } => {
@@ -438,13 +447,11 @@ pub(super) fn prepare(
             (entry, Op::Rename { from, to, done })
         }
         Op::Truncate { fd, len, done } => {
-            let entry = opcode::Ftruncate::new(types::Fd(fd.as_raw_fd()), len).build();
+            let entry = on_file!(fd, |t| opcode::Ftruncate::new(t, len).build());
             (entry, Op::Truncate { fd, len, done })
         }
         Op::Allocate { fd, offset, len, done } => {
-            let entry = opcode::Fallocate::new(types::Fd(fd.as_raw_fd()), len)
-                .offset(offset)
-                .build();
+            let entry = on_file!(fd, |t| opcode::Fallocate::new(t, len).offset(offset).build());
             (entry, Op::Allocate { fd, offset, len, done })
         }
         // Routed to the thread pool before it gets here.
