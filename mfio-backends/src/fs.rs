@@ -317,6 +317,22 @@ impl File {
         Ok(meta.dio_mem_align().zip(meta.dio_offset_align()))
     }
 
+    /// Closes the file and reports `close(2)`'s error (which `Drop` cannot).
+    /// If clones of this `File` or operations in flight still use the
+    /// descriptor, it is closed when the last of them is gone and this
+    /// returns `Ok(())` at once.
+    ///
+    /// # Errors
+    /// The OS error of `close` (e.g. `EIO` for a write-back failure on NFS).
+    pub async fn close(self) -> Result<()> {
+        let File { rt, fd, .. } = self;
+        let Ok(file) = Arc::try_unwrap(fd) else {
+            return Ok(());
+        };
+        let (done, fut) = completion();
+        fut.submit(&rt, Op::Close { file, done }).await
+    }
+
     /// Truncates or extends (with zeros) to `len` bytes (`ftruncate`).
     pub fn set_len(&self, len: u64) -> OpFuture<()> {
         let (done, fut) = completion();

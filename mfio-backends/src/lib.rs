@@ -29,12 +29,13 @@
 //! # Ok(()) }
 //! ```
 //!
-//! What is here so far, on both backends: files (open, read, write,
-//! `fsync`/`fdatasync`, `statx`, `ftruncate`, `fallocate`), paths (`mkdir`,
-//! `unlink`, `rename`, directory listings, [`Dir`]-relative paths) and stream
-//! sockets ([`TcpListener`]/[`TcpStream`], [`UnixListener`]/[`UnixStream`]:
-//! connect, accept, send, receive, shutdown, addresses, `TCP_NODELAY`).
-//! UDP datagrams ([`UdpSocket`]). Not yet: readv/writev, registered buffers for `O_DIRECT`, fixed files.
+//! What is here, on both backends: files (open, close, read, write,
+//! readv/writev, `fsync`/`fdatasync`, `statx`, `ftruncate`, `fallocate`,
+//! `O_DIRECT` with [`BufferPool`] buffers registered with io_uring), paths
+//! (`mkdir`, `unlink`, `rename`, directory listings, [`Dir`]-relative paths)
+//! and sockets ([`TcpListener`]/[`TcpStream`], [`UnixListener`]/[`UnixStream`],
+//! [`UdpSocket`]). On io_uring, files also get a slot in the registered-file
+//! table while one is free; operations the kernel lacks run on a thread pool.
 
 mod buffers;
 mod dir;

@@ -26,6 +26,20 @@ use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, Soc
 use crate::op::{completion, Op, OpFuture, Socket};
 use crate::runtime::Runtime;
 
+/// A stream from a polling closure.
+fn futures_core_stream<T>(
+    f: impl FnMut(&mut Context<'_>) -> Poll<Option<T>> + Unpin,
+) -> impl futures_core::Stream<Item = T> {
+    struct PollStream<F>(F);
+    impl<T, F: FnMut(&mut Context<'_>) -> Poll<Option<T>> + Unpin> futures_core::Stream for PollStream<F> {
+        type Item = T;
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+            (self.get_mut().0)(cx)
+        }
+    }
+    PollStream(f)
+}
+
 /// Backlog of listening sockets.
 const LISTEN_BACKLOG: i32 = 1024;
 
@@ -104,6 +118,17 @@ macro_rules! stream_socket {
             /// The OS error of `getsockname`.
             pub fn local_addr(&self) -> Result<$addr> {
                 local_of(&self.sock)
+            }
+
+            /// The connections, as a stream (one accept in flight at a time).
+            pub fn incoming(&self) -> impl futures_core::Stream<Item = Result<($stream, $addr)>> + '_ {
+                let mut pending: Option<$accept> = None;
+                futures_core_stream(move |cx| {
+                    let fut = pending.get_or_insert_with(|| self.accept());
+                    let res = std::task::ready!(Pin::new(fut).poll(cx));
+                    pending = None;
+                    Poll::Ready(Some(res))
+                })
             }
 
             /// Waits for the next connection; dropping the future cancels the

@@ -241,6 +241,9 @@ pub(crate) enum Op {
         addr: Box<SocketAddrAny>,
         view: PacketView<Write>,
     },
+    /// `close` of a file's last reference; the descriptor is given up once
+    /// the close ran (Linux releases it even when close reports an error).
+    Close { file: FileFd, done: Completer<()> },
     /// `recvfrom`: one datagram; the sender's address is stored in `from`
     /// before the view completes.
     RecvFrom {
@@ -264,6 +267,7 @@ impl Op {
             Op::Unlink { .. } => E::Remove,
             Op::Rename { .. } => E::Rename,
             Op::Truncate { .. } | Op::Allocate { .. } => E::SetLen,
+            Op::Close { .. } => E::Close,
             Op::ReadDir { .. } => E::ReadDir,
             Op::Connect { .. } | Op::Accept { .. } => E::Open,
             Op::Send { .. } | Op::SendTo { .. } => E::Write,
@@ -285,7 +289,7 @@ impl Op {
             Op::Accept { done, .. } => done.complete(Err(err)),
             Op::Send { view, .. } | Op::SendTo { view, .. } => view.fail(err),
             Op::Recv { view, .. } | Op::RecvFrom { view, .. } => view.fail(err),
-            Op::Connect { done, .. } | Op::Shutdown { done, .. } => done.complete(Err(err)),
+            Op::Connect { done, .. } | Op::Shutdown { done, .. } | Op::Close { done, .. } => done.complete(Err(err)),
             Op::Mkdir { done, .. }
             | Op::Unlink { done, .. }
             | Op::Rename { done, .. }

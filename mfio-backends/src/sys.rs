@@ -2,7 +2,7 @@
 //! runs, and io_uring's fallback for opcodes the kernel lacks.
 
 use std::mem::MaybeUninit;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::os::unix::ffi::OsStrExt;
 
 use mfio_core::{Error, Result};
@@ -12,7 +12,7 @@ use rustix::net::{RecvFlags, SendFlags, SocketFlags};
 
 use crate::dir::DirEntry;
 use crate::fs::Metadata;
-use crate::op::{finish_vectored, At, Op};
+use crate::op::{finish_vectored, At, FileFd, Op};
 
 /// The `statx` fields mfio asks for: size, type, times, and the `O_DIRECT`
 /// alignment where the kernel reports it.
@@ -146,6 +146,19 @@ pub(crate) fn run_blocking(op: Op) {
             view.finish(res);
         }
         Op::Shutdown { sock, how, done } => done.complete(retry(|| rustix::net::shutdown(&sock.fd, how))),
+        Op::Close { file, done } => {
+            let FileFd { fd, fixed } = file;
+            drop(fixed);
+            let raw = fd.into_raw_fd();
+            // SAFETY: we owned `raw` (from the OwnedFd just given up) and
+            // nothing else refers to it; close releases it even on error.
+            let r = unsafe { libc::close(raw) };
+            done.complete(if r == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error().into())
+            });
+        }
         Op::SendTo { sock, addr, view } => {
             let res = retry(|| rustix::net::sendto(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL, &*addr));
             view.finish(res);

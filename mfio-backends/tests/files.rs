@@ -134,6 +134,21 @@ fn permission_errors(rt: &Runtime, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn explicit_close(rt: &Runtime, dir: &Path) -> Result<()> {
+    let file = rt.block_on(rt.open(dir.join("c"), &rw()))?;
+    rt.block_on(file.write_all_at(0, b"closing".to_vec())).0?;
+    let before = open_fds();
+    rt.block_on(file.close())?;
+    assert_eq!(open_fds(), before - 1, "close released the descriptor");
+    // With a clone alive, close succeeds and the clone keeps working.
+    let file = rt.block_on(rt.open(dir.join("c"), OpenOptions::new().read(true)))?;
+    let clone = file.clone();
+    rt.block_on(file.close())?;
+    let (res, data) = rt.block_on(clone.read_to_end_at(0, Vec::new())).into_parts();
+    assert_eq!((res?, data.as_slice()), (7, &b"closing"[..]));
+    Ok(())
+}
+
 fn append_mode_appends(rt: &Runtime, dir: &Path) -> Result<()> {
     std::fs::write(dir.join("log"), b"first\n")?;
     let file = rt.block_on(rt.open(dir.join("log"), OpenOptions::new().append(true)))?;
@@ -287,6 +302,7 @@ backend_tests!(
     vectored_reads_and_writes,
     permission_errors,
     every_operation_dropped_mid_flight,
+    explicit_close,
 );
 
 fn direct_io_with_registered_buffers(rt: &Runtime, dir: &Path) -> Result<()> {
@@ -471,4 +487,75 @@ fn idle_wait_costs_no_cpu(rt: &Runtime, dir: &Path) -> Result<()> {
         "idle block_on used {cpu:?} of CPU in 500 ms"
     );
     Ok(())
+}
+
+/// Every io_uring setup option the builder offers drives real I/O: files
+/// and a socket echo, on a runtime built (and driven) on this thread.
+#[test]
+fn uring_setup_options_all_work() {
+    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    type Configure = fn(&mut mfio_backends::RuntimeBuilder);
+    let configs: [(&str, Configure); 4] = [
+        ("plain", |b| {
+            b.setup_coop_taskrun(false);
+        }),
+        ("coop_taskrun", |b| {
+            b.setup_coop_taskrun(true);
+        }),
+        ("single_issuer+defer_taskrun", |b| {
+            b.setup_single_issuer(true).setup_defer_taskrun(true);
+        }),
+        ("sqpoll", |b| {
+            b.sqpoll(Duration::from_millis(20));
+        }),
+    ];
+    for (name, configure) in configs {
+        let handle = std::thread::spawn(move || -> Result<()> {
+            let mut builder = Runtime::builder();
+            builder.backend(mfio_backends::BackendKind::Uring);
+            configure(&mut builder);
+            let rt = match builder.build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("skip {name}: {e}");
+                    return Ok(());
+                }
+            };
+            let dir = tempfile::tempdir()?;
+            let file = rt.block_on(rt.open(dir.path().join("x"), &rw()))?;
+            rt.block_on(file.write_all_at(0, b"options".to_vec())).0?;
+            let (res, back) = rt.block_on(file.read_to_end_at(0, Vec::new())).into_parts();
+            res?;
+            assert_eq!(back, b"options", "{name}");
+            let listener = mfio_backends::TcpListener::bind(&rt, "127.0.0.1:0".parse().expect("addr"))?;
+            let addr = listener.local_addr()?;
+            let peer = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+                use std::io::{Read, Write};
+                let mut s = std::net::TcpStream::connect(addr)?;
+                s.write_all(b"echo me")?;
+                s.shutdown(std::net::Shutdown::Write)?;
+                let mut back = Vec::new();
+                s.read_to_end(&mut back)?;
+                Ok(back)
+            });
+            rt.block_on(async {
+                let (s, _) = listener.accept().await?;
+                let (res, got) = s.read_to_end(Vec::new()).await.into_parts();
+                res?;
+                s.write_all(got).await.0
+            })?;
+            assert_eq!(peer.join().expect("peer")?, b"echo me", "{name}");
+            Ok(())
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let _ = tx.send(handle.join());
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(res)) => res.unwrap_or_else(|e| panic!("{name}: {e}")),
+            Ok(Err(_)) => panic!("{name}: panicked"),
+            Err(_) => panic!("{name}: hung"),
+        }
+        waiter.join().expect("waiter");
+    }
 }

@@ -314,6 +314,41 @@ fn unix_stream_echo(rt: &Runtime, tmp: &Path) -> Result<()> {
     })
 }
 
+/// `incoming()` yields connections; the blocking and `std::io` layers work
+/// on a socket from a plain thread.
+fn incoming_and_blocking_layers(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    use futures::StreamExt;
+    let listener = TcpListener::bind(rt, loopback())?;
+    let addr = listener.local_addr()?;
+    let clients = std::thread::spawn(move || -> std::io::Result<Vec<Vec<u8>>> {
+        (0..2)
+            .map(|i| {
+                let mut s = StdStream::connect(addr)?;
+                s.write_all(format!("client {i}\n").as_bytes())?;
+                let mut reply = Vec::new();
+                s.read_to_end(&mut reply)?;
+                Ok(reply)
+            })
+            .collect()
+    });
+    let mut incoming = Box::pin(listener.incoming());
+    for i in 0..2 {
+        let (stream, peer) = rt.block_on(incoming.next()).expect("a connection")?;
+        assert_eq!(peer, stream.peer_addr()?);
+        // std::io on the accepted stream, from this (plain) thread.
+        let mut cursor = mfio_core::IoCursor::new(stream.clone(), mfio_core::NoPos);
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(&mut cursor), &mut line)?;
+        assert_eq!(line, format!("client {i}\n"));
+        mfio_core::SyncIoWrite::blocking_write_all_at(&stream, mfio_core::NoPos, b"bye")?;
+        drop(cursor);
+        drop(stream);
+    }
+    let replies = clients.join().expect("clients")?;
+    assert_eq!(replies, vec![b"bye".to_vec(), b"bye".to_vec()]);
+    Ok(())
+}
+
 fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
     let sock = UdpSocket::bind(rt, loopback())?;
     let addr = sock.local_addr()?;
@@ -385,4 +420,5 @@ backend_tests!(
     cancelled_accepts_and_connects_leak_nothing,
     unix_stream_echo,
     udp_datagrams,
+    incoming_and_blocking_layers,
 );

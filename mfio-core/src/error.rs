@@ -39,6 +39,8 @@ pub enum Op {
     ReadDir,
     /// Changing a file's length or allocating its space.
     SetLen,
+    /// Closing a descriptor.
+    Close,
 }
 
 impl fmt::Display for Op {
@@ -57,6 +59,7 @@ impl fmt::Display for Op {
             Op::Rename => "rename",
             Op::ReadDir => "read dir",
             Op::SetLen => "set len",
+            Op::Close => "close",
         })
     }
 }

@@ -279,7 +279,14 @@ impl Engine for UringEngine {
         let took = self.queue.take_into(&mut core.backlog, room);
         let cancels = self.push_cancels(&mut core);
         let pushed = self.fill(&mut core);
-        if pushed + cancels > 0 {
+        // Enter the kernel if there is anything to submit, or completions
+        // waiting as task work (COOP/DEFER_TASKRUN) or in an overflowed queue:
+        // `submit` then asks for them (GETEVENTS).
+        let pending_kernel_work = {
+            let sq = core.ring.submission();
+            sq.taskrun() || sq.cq_overflow()
+        };
+        if pushed + cancels > 0 || pending_kernel_work {
             // One io_uring_enter for everything queued in this step. EBUSY
             // (completion queue overflowing) clears once we reap below.
             if let Err(e) = core.ring.submit() {
@@ -431,6 +438,11 @@ fn setup(b: &RuntimeBuilder) -> Result<IoUring> {
             builder.setup_sqpoll(u32::try_from(idle.as_millis()).unwrap_or(u32::MAX));
         }
         if optional {
+            if b.coop_taskrun || b.defer_taskrun {
+                // Report pending task work in the ring, so a driving step
+                // knows to enter the kernel for it.
+                builder.setup_taskrun_flag();
+            }
             if b.coop_taskrun {
                 builder.setup_coop_taskrun();
             }

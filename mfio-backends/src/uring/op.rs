@@ -57,6 +57,7 @@ pub(super) struct Supported {
     write_fixed: bool,
     readv: bool,
     writev: bool,
+    close: bool,
 }
 
 impl Supported {
@@ -88,6 +89,7 @@ impl Supported {
             write_fixed: probe.is_supported(opcode::WriteFixed::CODE),
             readv: probe.is_supported(opcode::Readv::CODE),
             writev: probe.is_supported(opcode::Writev::CODE),
+            close: probe.is_supported(opcode::Close::CODE),
         }
     }
 
@@ -100,6 +102,7 @@ impl Supported {
         match op {
             Op::Read { .. } => self.read,
             Op::ReadV { .. } => self.readv,
+            Op::Close { .. } => self.close,
             Op::WriteV { .. } => self.writev,
             Op::Write { .. } => self.write,
             Op::Sync { .. } => self.fsync,
@@ -222,6 +225,12 @@ impl InFlight {
         match self.op {
             Op::Read { view, .. } => view.finish(result),
             Op::ReadV { views, .. } => crate::op::finish_vectored(views, result),
+            Op::Close { file, done } => {
+                // The kernel ran close(2): the descriptor is gone either way.
+                std::mem::forget(file.fd);
+                drop(file.fixed);
+                done.complete(result.map(|_| ()));
+            }
             Op::WriteV { views, .. } => crate::op::finish_vectored(views, result),
             Op::Write { view, .. } => view.finish(result),
             Op::Sync { view, .. } => view.finish(result.map(|_| 0)),
@@ -445,6 +454,11 @@ pub(super) fn prepare(
         Op::Rename { from, to, done } => {
             let entry = opcode::RenameAt::new(dirfd(&from), from.path.as_ptr(), dirfd(&to), to.path.as_ptr()).build();
             (entry, Op::Rename { from, to, done })
+        }
+        Op::Close { file, done } => {
+            // By descriptor, not slot: the slot is released separately.
+            let entry = opcode::Close::new(types::Fd(file.fd.as_raw_fd())).build();
+            (entry, Op::Close { file, done })
         }
         Op::Truncate { fd, len, done } => {
             let entry = on_file!(fd, |t| opcode::Ftruncate::new(t, len).build());
