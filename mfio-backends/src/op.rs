@@ -83,6 +83,29 @@ impl At {
     }
 }
 
+/// Cancellation requests from dropped futures, by token, for the driving
+/// step to apply; pushing wakes the backend.
+pub(crate) struct Cancels {
+    pub(crate) tokens: Mailbox<u64>,
+    pub(crate) notifier: Arc<Notifier>,
+}
+
+impl Cancels {
+    pub(crate) fn new(notifier: Arc<Notifier>) -> Arc<Self> {
+        Arc::new(Self {
+            tokens: Mailbox::default(),
+            notifier,
+        })
+    }
+}
+
+impl CancelHandler for Cancels {
+    fn cancel(&self, token: u64) {
+        self.tokens.push(token);
+        self.notifier.notify();
+    }
+}
+
 /// An open socket, shared by its handle and every operation on it.
 ///
 /// On the poll backend it is registered (edge-triggered) in the backend's

@@ -2,13 +2,14 @@
 //! and on poll (or only on the backend `MFIO_BACKEND` names). Each test
 //! checks that the process's descriptor count is unchanged afterwards.
 
+#[macro_use]
 mod util;
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use util::{on_every_backend, open_fds, pattern, rw};
+use util::{open_fds, pattern, rw};
 
 use futures::{stream, StreamExt};
 use mfio_backends::{File, FileType, OpenOptions, Runtime};
@@ -267,25 +268,6 @@ fn dropped_futures_leak_nothing(rt: &Runtime, dir: &Path) -> Result<()> {
     }
     assert_eq!(open_fds(), before, "a cancelled open leaked its descriptor");
     Ok(())
-}
-
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod on_every_backend {
-            use super::*;
-        $(
-            #[test]
-            fn $name() {
-                // Descriptor counts are per process: one test at a time.
-                let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-                let before = open_fds();
-                on_every_backend(stringify!($name), crate::$name);
-                // Runtimes are gone: their ring, eventfds and pool threads too.
-                assert_eq!(open_fds(), before, "descriptors leaked by the suite");
-            }
-        )*
-        }
-    };
 }
 
 backend_tests!(

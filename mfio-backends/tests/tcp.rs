@@ -3,6 +3,7 @@
 //! echo client with half-close, echo server, sequentially and concurrently;
 //! short reads, resets, closed peers and cancelled reads.
 
+#[macro_use]
 mod util;
 
 use std::io::{ErrorKind, Read as _, Write as _};
@@ -13,7 +14,7 @@ use std::time::Duration;
 use futures::future::try_join_all;
 use mfio_backends::{Runtime, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
 use mfio_core::{IoBackend, IoBackendExt, IoReadStream, IoWriteStream, Result};
-use util::{on_every_backend, open_fds, pattern};
+use util::{open_fds, pattern};
 
 const CONCURRENT: usize = 8;
 
@@ -390,23 +391,6 @@ fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
     let (n, got) = rt.block_on(sock.read(Vec::with_capacity(32))).into_parts();
     assert_eq!((n?, got.as_slice()), (8, &b"via read"[..]));
     Ok(())
-}
-
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod on_every_backend {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-                    let before = open_fds();
-                    on_every_backend(stringify!($name), crate::$name);
-                    assert_eq!(open_fds(), before, "descriptors leaked by the suite");
-                }
-            )*
-        }
-    };
 }
 
 backend_tests!(

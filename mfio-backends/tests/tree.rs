@@ -3,6 +3,7 @@
 //! and by directory-relative path, listed, copied and compared against
 //! `std::fs`, sequentially and concurrently; then the path operations.
 
+#[macro_use]
 mod util;
 
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use futures::future::try_join_all;
 use mfio_backends::{Dir, FileType, OpenOptions, Runtime};
 use mfio_core::{IoBackendExt, IoRead, IoWrite, Result};
-use util::{on_every_backend, open_fds, pattern, rw};
+use util::{pattern, rw};
 
 const BIG: usize = 64 << 20;
 
@@ -195,23 +196,6 @@ fn path_operations(rt: &Runtime, tmp: &Path) -> Result<()> {
         dir.remove_dir("rel2").await?;
         Ok(())
     })
-}
-
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod on_every_backend {
-            use super::*;
-            $(
-                #[test]
-                fn $name() {
-                    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-                    let before = open_fds();
-                    on_every_backend(stringify!($name), crate::$name);
-                    assert_eq!(open_fds(), before, "descriptors leaked by the suite");
-                }
-            )*
-        }
-    };
 }
 
 backend_tests!(tree_read_and_copy, path_operations);

@@ -14,14 +14,14 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use mfio_core::queue::{Mailbox, SubmitQueue};
+use mfio_core::queue::SubmitQueue;
 use mfio_core::{CancelHandler, DriveStatus, Error, Interest, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use rustix::event::epoll;
 
 pub(crate) use pool::Pool;
 
-use crate::op::{Op, Socket};
+use crate::op::{Cancels, Op, Socket};
 use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
 use net::{attempt, is_socket_op, socket_token, watch, Attempt, Wait};
 
@@ -29,19 +29,6 @@ use net::{attempt, is_socket_op, socket_token, watch, Attempt, Wait};
 const NOTIFIER_TOKEN: u64 = 0;
 /// Events read per driving step.
 const EVENTS: usize = 256;
-
-/// Cancellations of parked socket operations, by token.
-struct Cancels {
-    tokens: Mailbox<u64>,
-    notifier: Arc<Notifier>,
-}
-
-impl CancelHandler for Cancels {
-    fn cancel(&self, token: u64) {
-        self.tokens.push(token);
-        self.notifier.notify();
-    }
-}
 
 struct Parked {
     op: Op,
@@ -86,10 +73,7 @@ impl PollEngine {
         Ok(Self {
             queue: SubmitQueue::new(b.queue_capacity, notifier.clone()),
             pool: Pool::new(b.pool_threads, b.window, notifier.clone())?,
-            cancels: Arc::new(Cancels {
-                tokens: Mailbox::default(),
-                notifier: notifier.clone(),
-            }),
+            cancels: Cancels::new(notifier.clone()),
             notifier,
             epoll,
             core: Mutex::new(Core {

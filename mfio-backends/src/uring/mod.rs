@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, IoUring};
 use mfio_core::queue::{Mailbox, SubmitQueue};
-use mfio_core::{CancelHandler, DriveStatus, Error, Interest, Notifier, PollingHandle, Result};
+use mfio_core::{DriveStatus, Error, Interest, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::op::{FileFd, FixedSlot, Op, Socket};
+use crate::op::{Cancels, FileFd, FixedSlot, Op, Socket};
 use crate::poll::{pool_dispatch, Pool};
 use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
 
@@ -38,19 +38,6 @@ const FALLBACK_THREADS: usize = 2;
 /// Slots of the registered-file table; files opened beyond it use plain
 /// descriptors.
 const FIXED_FILES: u32 = 1024;
-
-/// Cancellation requests from dropped futures, by `user_data`.
-struct Cancels {
-    tokens: Mailbox<u64>,
-    notifier: Arc<Notifier>,
-}
-
-impl CancelHandler for Cancels {
-    fn cancel(&self, token: u64) {
-        self.tokens.push(token);
-        self.notifier.notify();
-    }
-}
 
 struct Core {
     ring: IoUring,
@@ -101,10 +88,7 @@ impl UringEngine {
         };
         Ok(Self {
             queue: SubmitQueue::new(b.queue_capacity, notifier.clone()),
-            cancels: Arc::new(Cancels {
-                tokens: Mailbox::default(),
-                notifier: notifier.clone(),
-            }),
+            cancels: Cancels::new(notifier.clone()),
             fallback: Pool::new(FALLBACK_THREADS, b.window, notifier.clone())?,
             notifier,
             core: Mutex::new(Core {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use io_uring::{opcode, squeue, types, IoUring, Probe};
 use mfio_core::{CancelHandler, Error, Result};
 
-use super::Cancels;
 use crate::fs::Metadata;
+use crate::op::Cancels;
 use crate::op::{At, Op, Socket};
 use crate::sys::STATX_MASK;
 

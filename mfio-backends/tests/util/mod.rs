@@ -72,3 +72,25 @@ pub fn on_every_backend(name: &str, body: fn(&Runtime, &Path) -> Result<()>) {
         worker.join().expect("worker");
     }
 }
+
+/// Generates one `#[test]` per body, each running the body on every backend
+/// (see [`on_every_backend`]) with the descriptor count checked around it.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod on_every_backend {
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    // Descriptor counts are per process: one suite at a time.
+                    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                    let before = util::open_fds();
+                    util::on_every_backend(stringify!($name), $crate::$name);
+                    // Runtimes are gone: their ring, eventfds and pool threads too.
+                    assert_eq!(util::open_fds(), before, "descriptors leaked by the suite");
+                }
+            )*
+        }
+    };
+}
