@@ -138,6 +138,13 @@ impl Notifier {
         SleeperGuard { notifier: self }
     }
 
+    /// Like [`sleeper`](Self::sleeper), but owning a reference to the
+    /// notifier, for host event loops that stay registered across awaits.
+    pub fn sleeper_owned(self: &Arc<Self>) -> OwnedSleeperGuard {
+        self.sleepers.fetch_add(1, Ordering::SeqCst);
+        OwnedSleeperGuard { notifier: self.clone() }
+    }
+
     /// Consumes a pending notification (drains the eventfd) if there is one.
     ///
     /// Reads before resetting the flag: a `notify` that lands in between
@@ -175,6 +182,19 @@ pub struct SleeperGuard<'a> {
 }
 
 impl Drop for SleeperGuard<'_> {
+    fn drop(&mut self) {
+        self.notifier.sleepers.fetch_sub(1, Ordering::SeqCst);
+        self.notifier.clear();
+    }
+}
+
+/// Returned by [`Notifier::sleeper_owned`]; like [`SleeperGuard`].
+#[derive(Debug)]
+pub struct OwnedSleeperGuard {
+    notifier: Arc<Notifier>,
+}
+
+impl Drop for OwnedSleeperGuard {
     fn drop(&mut self) {
         self.notifier.sleepers.fetch_sub(1, Ordering::SeqCst);
         self.notifier.clear();

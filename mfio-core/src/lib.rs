@@ -62,7 +62,9 @@ pub mod mem;
 pub mod packet;
 pub mod queue;
 
-pub use backend::{block_on, DriveStatus, Interest, IoBackend, IoBackendExt, Notifier, PollingHandle};
+pub use backend::{
+    block_on, DriveStatus, Interest, IoBackend, IoBackendExt, Notifier, OwnedSleeperGuard, PollingHandle, SleeperGuard,
+};
 pub use buf::{AlignedBuf, BufResult, IoBuf, IoBufMut, Slice};
 pub use error::{Error, Op, Result};
 #[cfg(any(feature = "futures-io", feature = "tokio"))]

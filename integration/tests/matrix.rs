@@ -1,0 +1,401 @@
+//! Every behaviour on every native backend (io_uring, poll) under every
+//! driver (plain `block_on`, tokio current-thread, tokio multi-thread with
+//! a background driver task, smol). One body per behaviour; the matrix is
+//! generated. Tests run one at a time: they compare descriptor counts and
+//! CPU time, which are per process.
+
+use std::future::Future;
+use std::io::ErrorKind;
+use std::sync::{mpsc, Mutex};
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use mfio_backends::{BackendKind, OpenOptions, Runtime, TcpListener, TcpStream, BACKEND_ENV};
+use mfio_core::{AsyncIo, IoBackendExt, IoCursor, IoRead, IoReadStream, IoWrite, IoWriteStream, NoPos, Result};
+use mfio_integration::{Null, Smol, Tokio};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+#[derive(Debug, Clone, Copy)]
+enum Driver {
+    Null,
+    TokioCurrent,
+    TokioMulti,
+    Smol,
+}
+
+/// Runs `body` with `rt` driven by `driver`.
+fn drive<T: Send + 'static, F>(driver: Driver, rt: &Runtime, body: impl FnOnce(Runtime) -> F + Send + 'static) -> T
+where
+    F: Future<Output = T> + Send + 'static,
+{
+    let fut = body(rt.clone());
+    match driver {
+        Driver::Null => Null::run(rt, fut),
+        Driver::TokioCurrent => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio")
+            .block_on(Tokio::run(rt, fut)),
+        Driver::TokioMulti => {
+            let host = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio");
+            // The backend is driven by a spawned task; the body runs as
+            // another task, on whichever worker picks it up.
+            let driver = host.spawn(Tokio::driver(rt.clone()));
+            let out = host.block_on(async move { host_spawn(fut).await });
+            driver.abort();
+            out
+        }
+        Driver::Smol => smol::block_on(Smol::run(rt, fut)),
+    }
+}
+
+async fn host_spawn<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
+    tokio::spawn(fut).await.expect("task panicked")
+}
+
+fn runtimes() -> Vec<Runtime> {
+    if std::env::var_os(BACKEND_ENV).is_some() {
+        return vec![Runtime::new().expect("runtime")];
+    }
+    let mut out = vec![Runtime::builder().backend(BackendKind::Poll).build().expect("poll")];
+    match Runtime::builder().backend(BackendKind::Uring).build() {
+        Ok(rt) => out.push(rt),
+        Err(e) => eprintln!("skip io_uring: {e}"),
+    }
+    out
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+/// Runs `f` on a thread and fails if it does not finish in time.
+fn within<T: Send + 'static>(what: String, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(Duration::from_secs(120)) {
+        Ok(v) => {
+            let _ = t.join();
+            v
+        }
+        Err(_) => panic!("{what}: no result within 120 s (hang or panic)"),
+    }
+}
+
+/// Writes through the async layer and reads back through async, futures-io,
+/// tokio and `std::io` (the last from a plain thread).
+fn file_through_every_layer(rt: &Runtime, driver: Driver) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("f");
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 241) as u8).collect();
+    let (p, d) = (path.clone(), data.clone());
+    drive(driver, rt, move |rt| async move {
+        let file = rt
+            .open(&p, OpenOptions::new().read(true).write(true).create(true))
+            .await?;
+        file.write_all_at(0, d.clone()).await.0?;
+        file.sync_all().await?;
+        let (res, back) = file.read_to_end_at(0, Vec::new()).await.into_parts();
+        res?;
+        assert!(back == d, "async layer");
+        let mut a = AsyncIo::new(file.clone(), 0);
+        let mut via_futures = Vec::new();
+        futures::AsyncReadExt::read_to_end(&mut a, &mut via_futures).await?;
+        assert!(via_futures == d, "futures-io layer");
+        let mut t = AsyncIo::new(file.clone(), 0);
+        let mut via_tokio = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut t, &mut via_tokio).await?;
+        assert!(via_tokio == d, "tokio layer");
+        Ok::<(), mfio_core::Error>(())
+    })?;
+    // std::io from a plain thread, while nothing else drives the runtime.
+    let file = rt.block_on(rt.open(&path, OpenOptions::new().read(true)))?;
+    let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut IoCursor::new(file, 0), &mut out)?;
+        Ok(out)
+    });
+    assert!(reader.join().expect("reader")? == data, "std::io layer");
+    Ok(())
+}
+
+fn tcp_echo(rt: &Runtime, driver: Driver) -> Result<()> {
+    drive(driver, rt, |rt| async move {
+        let listener = TcpListener::bind(&rt, "127.0.0.1:0".parse().expect("addr"))?;
+        let addr = listener.local_addr()?;
+        let server = async {
+            let (s, _) = listener.accept().await?;
+            loop {
+                let (res, buf) = s.read(Vec::with_capacity(8192)).await.into_parts();
+                if res? == 0 {
+                    return Ok::<(), mfio_core::Error>(());
+                }
+                s.write_all(buf).await.0?;
+            }
+        };
+        let client = async {
+            let c = TcpStream::connect(&rt, addr).await?;
+            let msg = vec![42u8; 200_000];
+            c.write_all(msg.clone()).await.0?;
+            c.shutdown(std::net::Shutdown::Write).await?;
+            let (res, back) = c.read_to_end(Vec::new()).await.into_parts();
+            res?;
+            assert!(back == msg, "echo differs");
+            Ok(())
+        };
+        let (a, b) = futures::join!(server, client);
+        a.and(b)
+    })
+}
+
+/// Handles move into tasks spawned on the host runtime (threads for `Null`)
+/// and the I/O they issue there completes.
+fn handles_in_spawned_tasks(rt: &Runtime, driver: Driver) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("g");
+    std::fs::write(&path, b"moved into a task")?;
+    let file = rt.block_on(rt.open(&path, OpenOptions::new().read(true)))?;
+    let read = |f: mfio_backends::File| async move {
+        let (res, buf) = f.read_to_end_at(0, Vec::new()).await.into_parts();
+        res.map(|_| buf)
+    };
+    let got = match driver {
+        Driver::Null => {
+            let f = file.clone();
+            std::thread::spawn(move || mfio_core::block_on(&f.clone(), read(f)))
+                .join()
+                .expect("thread")?
+        }
+        Driver::Smol => {
+            let (f, r) = (file.clone(), rt.clone());
+            smol::block_on(Smol::run(&r, async move { smol::spawn(read(f)).await }))?
+        }
+        Driver::TokioCurrent | Driver::TokioMulti => {
+            let (f, r) = (file.clone(), rt.clone());
+            drive(driver, rt, move |_| async move {
+                let _keep = r;
+                tokio::spawn(read(f)).await.expect("task")
+            })?
+        }
+    };
+    assert_eq!(got, b"moved into a task");
+    Ok(())
+}
+
+/// 2000 wakes from another thread; none lost, one completion.
+fn foreign_wakes(rt: &Runtime, driver: Driver) -> Result<()> {
+    let polls = drive(driver, rt, |_rt| async move {
+        let (tx, rx) = mpsc::channel::<Waker>();
+        let waker_thread = std::thread::spawn(move || {
+            for w in rx {
+                w.wake();
+            }
+        });
+        let mut polls = 0usize;
+        std::future::poll_fn(|cx| {
+            polls += 1;
+            if polls > 2000 {
+                return Poll::Ready(());
+            }
+            tx.send(cx.waker().clone()).expect("waker thread");
+            Poll::Pending
+        })
+        .await;
+        drop(tx);
+        waker_thread.join().expect("waker thread");
+        polls
+    });
+    assert_eq!(polls, 2001);
+    Ok(())
+}
+
+fn process_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(r, 0);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Waiting idle costs (almost) no CPU: no busy loop, no polling thread.
+fn idle_costs_no_cpu(rt: &Runtime, driver: Driver) -> Result<()> {
+    let cpu = drive(driver, rt, |rt| async move {
+        // Some I/O first, so the backend's descriptor has been signalled.
+        let dir = tempfile::tempdir().expect("dir");
+        let f = rt
+            .open(dir.path().join("i"), OpenOptions::new().write(true).create(true))
+            .await
+            .expect("open");
+        f.write_all_at(0, vec![1u8; 4096]).await.0.expect("write");
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(600));
+            let _ = tx.send(());
+        });
+        let before = process_cpu_time();
+        let _ = rx.await;
+        let cpu = process_cpu_time() - before;
+        waker.join().expect("waker");
+        cpu
+    });
+    assert!(
+        cpu < Duration::from_millis(150),
+        "idle wait used {cpu:?} of CPU in 600 ms"
+    );
+    Ok(())
+}
+
+/// Dropping the host runtime with I/O in flight neither hangs nor leaks.
+fn host_shutdown_with_io_in_flight(rt: &Runtime, driver: Driver) -> Result<()> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    rt.block_on(async {});
+    let before = open_fds();
+    match driver {
+        Driver::TokioCurrent | Driver::TokioMulti => {
+            let host = match driver {
+                Driver::TokioCurrent => tokio::runtime::Builder::new_current_thread(),
+                _ => tokio::runtime::Builder::new_multi_thread(),
+            }
+            .enable_all()
+            .build()?;
+            let r = rt.clone();
+            host.spawn(Tokio::driver(rt.clone()));
+            host.block_on(async move {
+                let s = TcpStream::connect(&r, addr).await?;
+                // A read that will never complete, in a task left running.
+                tokio::spawn(async move {
+                    let _ = s.read(Vec::with_capacity(16)).await;
+                });
+                tokio::task::yield_now().await;
+                Ok::<(), mfio_core::Error>(())
+            })?;
+            drop(host);
+        }
+        Driver::Smol => {
+            let ex = smol::Executor::new();
+            let r = rt.clone();
+            let task = ex.spawn(Smol::driver(rt.clone()));
+            smol::block_on(ex.run(async {
+                let s = TcpStream::connect(&r, addr).await?;
+                ex.spawn(async move {
+                    let _ = s.read(Vec::with_capacity(16)).await;
+                })
+                .detach();
+                smol::future::yield_now().await;
+                Ok::<(), mfio_core::Error>(())
+            }))?;
+            drop(task);
+            drop(ex);
+        }
+        Driver::Null => {
+            let driver = Null::driver(rt.clone())?;
+            let s = rt.block_on(TcpStream::connect(rt, addr))?;
+            let r = rt.clone();
+            let reader = std::thread::spawn(move || {
+                let mut fut = Box::pin(s.read(Vec::with_capacity(16)));
+                let mut cx = std::task::Context::from_waker(Waker::noop());
+                let _ = fut.as_mut().poll(&mut cx);
+                drop(fut);
+                drop(r);
+            });
+            reader.join().expect("reader");
+            drop(driver);
+        }
+    }
+    drop(listener);
+    for _ in 0..200 {
+        mfio_core::IoBackend::drive(rt);
+        if open_fds() <= before {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(open_fds() <= before, "descriptors left after the host shut down");
+    Ok(())
+}
+
+macro_rules! matrix {
+    ($($body:ident),* $(,)?) => {
+        $(
+            mod $body {
+                use super::*;
+                fn run(driver: Driver) {
+                    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                    for rt in runtimes() {
+                        let what = format!("{} on {} under {driver:?}", stringify!($body), rt.kind());
+                        let res = within(what.clone(), move || crate::$body(&rt, driver));
+                        if let Err(e) = res {
+                            panic!("{what}: {e}");
+                        }
+                    }
+                }
+                #[test] fn null() { run(Driver::Null) }
+                #[test] fn tokio_current_thread() { run(Driver::TokioCurrent) }
+                #[test] fn tokio_multi_thread() { run(Driver::TokioMulti) }
+                #[test] fn smol() { run(Driver::Smol) }
+            }
+        )*
+    };
+}
+
+matrix!(
+    file_through_every_layer,
+    tcp_echo,
+    handles_in_spawned_tasks,
+    foreign_wakes,
+    idle_costs_no_cpu,
+    host_shutdown_with_io_in_flight,
+);
+
+#[test]
+fn wake_after_backend_dropped_is_harmless() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let waker = {
+        let rt = Runtime::new().expect("runtime");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio")
+            .block_on(Tokio::run(
+                &rt,
+                std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())),
+            ))
+    };
+    std::thread::spawn(move || waker.wake())
+        .join()
+        .expect("a stale wake must not panic");
+    let err = std::io::Error::from(ErrorKind::Other);
+    assert_eq!(err.kind(), ErrorKind::Other);
+}
+
+#[test]
+fn stream_adapters_on_sockets() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = Runtime::new().expect("runtime");
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio")
+        .block_on(Tokio::run(&rt, async {
+            let listener = TcpListener::bind(&rt, "127.0.0.1:0".parse().expect("addr"))?;
+            let c = TcpStream::connect(&rt, listener.local_addr()?).await?;
+            let (s, _) = listener.accept().await?;
+            let mut w = AsyncIo::new(c, NoPos);
+            tokio::io::AsyncWriteExt::write_all(&mut w, b"tokio adapter").await?;
+            tokio::io::AsyncWriteExt::flush(&mut w).await?;
+            let mut r = AsyncIo::new(s, NoPos);
+            let mut buf = [0u8; 13];
+            tokio::io::AsyncReadExt::read_exact(&mut r, &mut buf).await?;
+            assert_eq!(&buf, b"tokio adapter");
+            Ok::<(), mfio_core::Error>(())
+        }))
+        .expect("adapters on sockets");
+}
