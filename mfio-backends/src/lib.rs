@@ -36,8 +36,10 @@
 //! and sockets ([`TcpListener`]/[`TcpStream`], [`UnixListener`]/[`UnixStream`],
 //! [`UdpSocket`]). On io_uring, files also get a slot in the registered-file
 //! table while one is free; operations the kernel lacks run on a thread pool.
+//! [`Composite`] puts several backends behind one descriptor.
 
 mod buffers;
+mod composite;
 mod dir;
 mod fs;
 mod net;
@@ -48,6 +50,7 @@ mod sys;
 mod uring;
 
 pub use buffers::{BufferPool, RegisteredBuf};
+pub use composite::Composite;
 pub use dir::{Dir, DirEntry, DirFuture};
 pub use fs::{File, FileType, Metadata, OpenFuture, OpenOptions, SyncData};
 pub use net::{
