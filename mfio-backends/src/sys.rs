@@ -43,10 +43,15 @@ fn retry_libc(mut f: impl FnMut() -> isize) -> Result<usize> {
 }
 
 /// Runs `op` to completion on the calling thread and completes it.
+///
+/// Every arm releases the operation's file, socket or directory handles
+/// before completing it: a caller who sees the completion (and, say, closes
+/// the file) never finds the operation still holding a reference.
 pub(crate) fn run_blocking(op: Op) {
     match op {
         Op::Read { fd, pos, mut view } => {
             let res = retry(|| rustix::io::pread(&*fd, view.as_uninit_mut(), pos).map(|(read, _)| read.len()));
+            drop(fd);
             view.finish(res);
         }
         Op::ReadV { fd, pos, mut views } => {
@@ -62,6 +67,7 @@ pub(crate) fn run_blocking(op: Op) {
                 // length and exclusively ours until the views complete below.
                 unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), iov.len() as i32, pos as i64) }
             });
+            drop(fd);
             finish_vectored(views, res);
         }
         Op::WriteV { fd, pos, views } => {
@@ -83,6 +89,7 @@ pub(crate) fn run_blocking(op: Op) {
                     }
                 }
             });
+            drop(fd);
             finish_vectored(views, res);
         }
         Op::Write { fd, pos, view } => {
@@ -90,6 +97,7 @@ pub(crate) fn run_blocking(op: Op) {
                 Some(pos) => rustix::io::pwrite(&*fd, view.as_slice(), pos),
                 None => rustix::io::write(&*fd, view.as_slice()),
             });
+            drop(fd);
             view.finish(res);
         }
         Op::Sync { fd, data_only, view } => {
@@ -100,52 +108,90 @@ pub(crate) fn run_blocking(op: Op) {
                     rustix::fs::fsync(&*fd)
                 }
             });
+            drop(fd);
             view.finish(res.map(|()| 0));
         }
         Op::Open { at, flags, mode, done } => {
             if done.is_abandoned() {
+                drop(at);
                 return done.complete(Err(Error::cancelled()));
             }
             let flags = OFlags::from_bits_retain(flags as u32);
             let mode = Mode::from_raw_mode(mode);
-            done.complete(retry(|| {
-                rustix::fs::openat(at.dirfd(), at.path.as_c_str(), flags, mode)
-            }));
+            let res = retry(|| rustix::fs::openat(at.dirfd(), at.path.as_c_str(), flags, mode));
+            drop(at);
+            done.complete(res);
         }
-        Op::Stat { at, flags, done } => done.complete(statx(&at, flags)),
-        Op::Mkdir { at, mode, done } => done.complete(retry(|| {
-            rustix::fs::mkdirat(at.dirfd(), at.path.as_c_str(), Mode::from_raw_mode(mode))
-        })),
+        Op::Stat { at, flags, done } => {
+            let res = statx(&at, flags);
+            drop(at);
+            done.complete(res);
+        }
+        Op::Mkdir { at, mode, done } => {
+            let res = retry(|| rustix::fs::mkdirat(at.dirfd(), at.path.as_c_str(), Mode::from_raw_mode(mode)));
+            drop(at);
+            done.complete(res);
+        }
         Op::Unlink { at, dir, done } => {
             let flags = if dir { AtFlags::REMOVEDIR } else { AtFlags::empty() };
-            done.complete(retry(|| rustix::fs::unlinkat(at.dirfd(), at.path.as_c_str(), flags)))
+            let res = retry(|| rustix::fs::unlinkat(at.dirfd(), at.path.as_c_str(), flags));
+            drop(at);
+            done.complete(res);
         }
-        Op::Rename { from, to, done } => done.complete(retry(|| {
-            rustix::fs::renameat(from.dirfd(), from.path.as_c_str(), to.dirfd(), to.path.as_c_str())
-        })),
-        Op::Truncate { fd, len, done } => done.complete(retry(|| rustix::fs::ftruncate(&*fd, len))),
-        Op::Allocate { fd, offset, len, done } => done.complete(retry(|| {
-            rustix::fs::fallocate(&*fd, FallocateFlags::empty(), offset, len)
-        })),
-        Op::ReadDir { at, done } => done.complete(read_dir(&at)),
+        Op::Rename { from, to, done } => {
+            let res =
+                retry(|| rustix::fs::renameat(from.dirfd(), from.path.as_c_str(), to.dirfd(), to.path.as_c_str()));
+            drop((from, to));
+            done.complete(res);
+        }
+        Op::Truncate { fd, len, done } => {
+            let res = retry(|| rustix::fs::ftruncate(&*fd, len));
+            drop(fd);
+            done.complete(res);
+        }
+        Op::Allocate { fd, offset, len, done } => {
+            let res = retry(|| rustix::fs::fallocate(&*fd, FallocateFlags::empty(), offset, len));
+            drop(fd);
+            done.complete(res);
+        }
+        Op::ReadDir { at, done } => {
+            let res = read_dir(&at);
+            drop(at);
+            done.complete(res);
+        }
         // Sockets reach the pool only on io_uring without the opcode; they
         // are in blocking mode there.
-        Op::Connect { sock, addr, done } => done.complete(retry(|| rustix::net::connect(&sock.fd, &*addr))),
-        Op::Accept { sock, done } => done.complete(retry(|| rustix::net::accept_with(&sock.fd, SocketFlags::CLOEXEC))),
+        Op::Connect { sock, addr, done } => {
+            let res = retry(|| rustix::net::connect(&sock.fd, &*addr));
+            drop(sock);
+            done.complete(res);
+        }
+        Op::Accept { sock, done } => {
+            let res = retry(|| rustix::net::accept_with(&sock.fd, SocketFlags::CLOEXEC));
+            drop(sock);
+            done.complete(res);
+        }
         Op::Send { sock, view } => {
             let res = retry(|| rustix::net::send(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL));
+            drop(sock);
             view.finish(res);
         }
         Op::Recv { sock, mut view } => {
-            if let Some(n) = sock.take_pushback(&mut view) {
-                return view.complete(n);
-            }
-            let res = retry(|| {
-                rustix::net::recv(&sock.fd, view.as_uninit_mut(), RecvFlags::empty()).map(|((read, _), _)| read.len())
-            });
+            let res = match sock.take_pushback(&mut view) {
+                Some(n) => Ok(n),
+                None => retry(|| {
+                    rustix::net::recv(&sock.fd, view.as_uninit_mut(), RecvFlags::empty())
+                        .map(|((read, _), _)| read.len())
+                }),
+            };
+            drop(sock);
             view.finish(res);
         }
-        Op::Shutdown { sock, how, done } => done.complete(retry(|| rustix::net::shutdown(&sock.fd, how))),
+        Op::Shutdown { sock, how, done } => {
+            let res = retry(|| rustix::net::shutdown(&sock.fd, how));
+            drop(sock);
+            done.complete(res);
+        }
         Op::Close { file, done } => {
             let FileFd { fd, fixed } = file;
             drop(fixed);
@@ -161,6 +207,7 @@ pub(crate) fn run_blocking(op: Op) {
         }
         Op::SendTo { sock, addr, view } => {
             let res = retry(|| rustix::net::sendto(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL, &*addr));
+            drop(sock);
             view.finish(res);
         }
         Op::RecvFrom { sock, mut view, from } => {
@@ -168,6 +215,7 @@ pub(crate) fn run_blocking(op: Op) {
                 rustix::net::recvfrom(&sock.fd, view.as_uninit_mut(), RecvFlags::empty())
                     .map(|((read, _), _, addr)| (read.len(), addr))
             });
+            drop(sock);
             view.finish(res.map(|(n, addr)| {
                 if let Some(a) = addr.and_then(|a| std::net::SocketAddr::try_from(a).ok()) {
                     let _ = from.set(a);

@@ -136,11 +136,15 @@ fn permission_errors(rt: &Runtime, dir: &Path) -> Result<()> {
 }
 
 fn explicit_close(rt: &Runtime, dir: &Path) -> Result<()> {
-    let file = rt.block_on(rt.open(dir.join("c"), &rw()))?;
-    rt.block_on(file.write_all_at(0, b"closing".to_vec())).0?;
-    let before = open_fds();
-    rt.block_on(file.close())?;
-    assert_eq!(open_fds(), before - 1, "close released the descriptor");
+    // Right after an operation completes, close must find the file unshared:
+    // operations release their reference before completing.
+    for round in 0..100 {
+        let file = rt.block_on(rt.open(dir.join("c"), &rw()))?;
+        rt.block_on(file.write_all_at(0, b"closing".to_vec())).0?;
+        let before = open_fds();
+        rt.block_on(file.close())?;
+        assert_eq!(open_fds(), before - 1, "close released the descriptor (round {round})");
+    }
     // With a clone alive, close succeeds and the clone keeps working.
     let file = rt.block_on(rt.open(dir.join("c"), OpenOptions::new().read(true)))?;
     let clone = file.clone();

@@ -1,5 +1,7 @@
 //! Socket operations on the poll backend: tried without blocking; an
 //! operation that would block is parked until its socket's readiness edge.
+//! A finished operation drops its socket reference before completing, so a
+//! caller who sees the completion never finds the socket still held.
 
 use std::sync::Arc;
 
@@ -60,10 +62,12 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
     match op {
         Op::Recv { sock, mut view } => {
             if view.is_cancelled() {
+                drop(sock);
                 view.fail(Error::cancelled());
                 return Attempt::Done;
             }
             if let Some(n) = sock.take_pushback(&mut view) {
+                drop(sock);
                 view.complete(n);
                 return Attempt::Done;
             }
@@ -71,6 +75,7 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
             // unclaimed gives its bytes back to the socket. (Token 0 cancels
             // nothing; a parked read gets its own token in `watch`.)
             if view.set_cancel_handler(sock.clone(), 0).is_err() {
+                drop(sock);
                 view.fail(Error::cancelled());
                 return Attempt::Done;
             }
@@ -78,10 +83,12 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
                 || rustix::net::recv(&sock.fd, view.as_uninit_mut(), RecvFlags::empty()).map(|((r, _), _)| r.len());
             match nonblocking(recv) {
                 Some(Ok(n)) => {
+                    drop(sock);
                     view.complete(n);
                     Attempt::Done
                 }
                 Some(Err(e)) => {
+                    drop(sock);
                     view.fail(e);
                     Attempt::Done
                 }
@@ -94,11 +101,13 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
         }
         Op::Send { sock, view } => {
             if view.is_cancelled() {
+                drop(sock);
                 view.fail(Error::cancelled());
                 return Attempt::Done;
             }
             match nonblocking(|| rustix::net::send(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL)) {
                 Some(res) => {
+                    drop(sock);
                     view.finish(res);
                     Attempt::Done
                 }
@@ -111,11 +120,13 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
         }
         Op::Accept { sock, done } => {
             if done.is_abandoned() {
+                drop(sock);
                 done.complete(Err(Error::cancelled()));
                 return Attempt::Done;
             }
             match nonblocking(|| rustix::net::accept_with(&sock.fd, SocketFlags::CLOEXEC)) {
                 Some(res) => {
+                    drop(sock);
                     done.complete(res);
                     Attempt::Done
                 }
@@ -147,20 +158,25 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
                     Err(e) => Err(Error::from(e)),
                 }
             };
+            drop(sock);
             done.complete(res);
             Attempt::Done
         }
         Op::Shutdown { sock, how, done } => {
-            done.complete(rustix::net::shutdown(&sock.fd, how).map_err(Error::from));
+            let res = rustix::net::shutdown(&sock.fd, how).map_err(Error::from);
+            drop(sock);
+            done.complete(res);
             Attempt::Done
         }
         Op::SendTo { sock, addr, view } => {
             if view.is_cancelled() {
+                drop(sock);
                 view.fail(Error::cancelled());
                 return Attempt::Done;
             }
             match nonblocking(|| rustix::net::sendto(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL, &*addr)) {
                 Some(res) => {
+                    drop(sock);
                     view.finish(res);
                     Attempt::Done
                 }
@@ -173,6 +189,7 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
         }
         Op::RecvFrom { sock, mut view, from } => {
             if view.is_cancelled() {
+                drop(sock);
                 view.fail(Error::cancelled());
                 return Attempt::Done;
             }
@@ -182,6 +199,7 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
             };
             match nonblocking(recv) {
                 Some(res) => {
+                    drop(sock);
                     view.finish(res.map(|(n, addr)| {
                         if let Some(a) = addr.and_then(|a| std::net::SocketAddr::try_from(a).ok()) {
                             let _ = from.set(a);

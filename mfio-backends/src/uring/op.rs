@@ -219,52 +219,113 @@ impl InFlight {
         }
     }
 
-    /// Completes the operation with the completion's result.
+    /// Completes the operation with the completion's result. The
+    /// operation's file, socket or path handles are released first, so a
+    /// caller who sees the completion never finds them still held.
     pub(super) fn complete(self, res: i32) {
         let result = cqe_result(res);
-        match self.op {
-            Op::Read { view, .. } => view.finish(result),
-            Op::ReadV { views, .. } => crate::op::finish_vectored(views, result),
+        let InFlight { op, statx, msg, .. } = self;
+        match op {
+            Op::Read { view, fd, .. } => {
+                drop(fd);
+                view.finish(result);
+            }
+            Op::ReadV { views, fd, .. } => {
+                drop(fd);
+                crate::op::finish_vectored(views, result);
+            }
+            Op::WriteV { views, fd, .. } => {
+                drop(fd);
+                crate::op::finish_vectored(views, result);
+            }
+            Op::Write { view, fd, .. } => {
+                drop(fd);
+                view.finish(result);
+            }
+            Op::Sync { view, fd, .. } => {
+                drop(fd);
+                view.finish(result.map(|_| 0));
+            }
             Op::Close { file, done } => {
                 // The kernel ran close(2): the descriptor is gone either way.
                 std::mem::forget(file.fd);
                 drop(file.fixed);
                 done.complete(result.map(|_| ()));
             }
-            Op::WriteV { views, .. } => crate::op::finish_vectored(views, result),
-            Op::Write { view, .. } => view.finish(result),
-            Op::Sync { view, .. } => view.finish(result.map(|_| 0)),
-            Op::Open { done, .. } => done.complete(result.and_then(|fd| {
-                let fd = i32::try_from(fd).map_err(|_| Error::new(std::io::ErrorKind::Other, "bad fd from openat"))?;
-                // SAFETY: a successful openat completion returns a new descriptor
-                // that nothing else owns.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            })),
-            Op::Stat { done, .. } => done.complete(result.and_then(|_| match self.statx {
-                // SAFETY: statx completed successfully, so the kernel filled the
-                // buffer (which was zeroed before).
-                Some(buf) => Ok(Metadata::from_statx(unsafe { buf.assume_init_ref() })),
-                None => Err(Error::aborted()),
-            })),
-            Op::Mkdir { done, .. }
-            | Op::Unlink { done, .. }
-            | Op::Rename { done, .. }
-            | Op::Truncate { done, .. }
-            | Op::Allocate { done, .. } => done.complete(result.map(|_| ())),
+            Op::Open { done, at, .. } => {
+                drop(at);
+                done.complete(result.and_then(|fd| {
+                    let fd =
+                        i32::try_from(fd).map_err(|_| Error::new(std::io::ErrorKind::Other, "bad fd from openat"))?;
+                    // SAFETY: a successful openat completion returns a new descriptor
+                    // that nothing else owns.
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                }));
+            }
+            Op::Stat { done, at, .. } => {
+                drop(at);
+                done.complete(result.and_then(|_| match statx {
+                    // SAFETY: statx completed successfully, so the kernel filled the
+                    // buffer (which was zeroed before).
+                    Some(buf) => Ok(Metadata::from_statx(unsafe { buf.assume_init_ref() })),
+                    None => Err(Error::aborted()),
+                }));
+            }
+            Op::Mkdir { done, at, .. } => {
+                drop(at);
+                done.complete(result.map(|_| ()));
+            }
+            Op::Unlink { done, at, .. } => {
+                drop(at);
+                done.complete(result.map(|_| ()));
+            }
+            Op::Rename { done, from, to } => {
+                drop((from, to));
+                done.complete(result.map(|_| ()));
+            }
+            Op::Truncate { done, fd, .. } | Op::Allocate { done, fd, .. } => {
+                drop(fd);
+                done.complete(result.map(|_| ()));
+            }
             // Never sent to the ring (see `Supported::handles`).
-            Op::ReadDir { done, .. } => done.complete(Err(Error::aborted())),
-            Op::Connect { done, .. } | Op::Shutdown { done, .. } => done.complete(result.map(|_| ())),
-            Op::Accept { done, .. } => done.complete(result.and_then(|fd| {
-                let fd = i32::try_from(fd).map_err(|_| Error::new(std::io::ErrorKind::Other, "bad fd from accept"))?;
-                // SAFETY: a successful accept completion returns a new descriptor
-                // that nothing else owns.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            })),
-            Op::Send { view, .. } | Op::SendTo { view, .. } => view.finish(result),
-            Op::Recv { view, .. } => view.finish(result),
-            Op::RecvFrom { view, from, .. } => {
+            Op::ReadDir { done, at } => {
+                drop(at);
+                done.complete(Err(Error::aborted()));
+            }
+            Op::Connect { done, sock, addr } => {
+                drop((sock, addr));
+                done.complete(result.map(|_| ()));
+            }
+            Op::Shutdown { done, sock, .. } => {
+                drop(sock);
+                done.complete(result.map(|_| ()));
+            }
+            Op::Accept { done, sock } => {
+                drop(sock);
+                done.complete(result.and_then(|fd| {
+                    let fd =
+                        i32::try_from(fd).map_err(|_| Error::new(std::io::ErrorKind::Other, "bad fd from accept"))?;
+                    // SAFETY: a successful accept completion returns a new descriptor
+                    // that nothing else owns.
+                    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+                }));
+            }
+            Op::Send { view, sock } => {
+                drop(sock);
+                view.finish(result);
+            }
+            Op::SendTo { view, sock, addr } => {
+                drop((sock, addr));
+                view.finish(result);
+            }
+            Op::Recv { view, sock } => {
+                drop(sock);
+                view.finish(result);
+            }
+            Op::RecvFrom { view, from, sock } => {
+                drop(sock);
                 if result.is_ok() {
-                    if let Some(addr) = self.msg.as_ref().and_then(|m| m.source()) {
+                    if let Some(addr) = msg.as_ref().and_then(|m| m.source()) {
                         let _ = from.set(addr);
                     }
                 }
