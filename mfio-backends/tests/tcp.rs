@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use mfio_backends::{Runtime, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
-use mfio_core::{IoBackend, IoBackendExt, IoReadStream, IoWriteStream, Result};
+use mfio_core::{IoBackend, IoReadStream, IoWriteStream, Result};
 use util::{open_fds, pattern};
 
 const CONCURRENT: usize = 8;
@@ -53,11 +53,12 @@ fn connect_send_drop(rt: &Runtime, _tmp: &Path) -> Result<()> {
         }
         Ok(got)
     });
-    rt.block_on(send_then_drop(rt, addr, data.clone()))?;
+    util::run(rt, send_then_drop(rt, addr, data.clone()))?;
     let small = pattern(100_000, 2);
-    rt.block_on(try_join_all(
-        (0..CONCURRENT).map(|_| send_then_drop(rt, addr, small.clone())),
-    ))?;
+    util::run(
+        rt,
+        try_join_all((0..CONCURRENT).map(|_| send_then_drop(rt, addr, small.clone()))),
+    )?;
     let got = server.join().expect("server thread")?;
     assert!(got[0] == expect, "the dropped stream lost bytes");
     assert!(got[1..].iter().all(|g| *g == small), "a concurrent stream lost bytes");
@@ -76,7 +77,7 @@ fn accept_and_receive_to_eof(rt: &Runtime, _tmp: &Path) -> Result<()> {
         }
         Ok(())
     });
-    rt.block_on(async {
+    util::run(rt, async {
         let (first, peer) = listener.accept().await?;
         assert_eq!(first.local_addr()?, addr);
         assert_eq!(peer, first.peer_addr()?);
@@ -127,10 +128,11 @@ fn echo_client_half_close(rt: &Runtime, _tmp: &Path) -> Result<()> {
         Ok(())
     });
     let data = pattern(1 << 20, 4);
-    rt.block_on(echo_client(rt, addr, &data))?;
-    rt.block_on(try_join_all(
-        (0..CONCURRENT).map(|_| echo_client(rt, addr, &data[..50_000])),
-    ))?;
+    util::run(rt, echo_client(rt, addr, &data))?;
+    util::run(
+        rt,
+        try_join_all((0..CONCURRENT).map(|_| echo_client(rt, addr, &data[..50_000]))),
+    )?;
     server.join().expect("server thread")?;
     Ok(())
 }
@@ -172,7 +174,7 @@ fn echo_server(rt: &Runtime, _tmp: &Path) -> Result<()> {
         }
         Ok(())
     });
-    rt.block_on(async {
+    util::run(rt, async {
         let mut conns = Vec::new();
         for _ in 0..CONCURRENT {
             conns.push(listener.accept().await?.0);
@@ -185,22 +187,22 @@ fn echo_server(rt: &Runtime, _tmp: &Path) -> Result<()> {
 
 fn short_read_returns_what_is_there(rt: &Runtime, _tmp: &Path) -> Result<()> {
     let (listener, addr) = std_listener()?;
-    let s = rt.block_on(TcpStream::connect(rt, addr))?;
+    let s = util::run(rt, TcpStream::connect(rt, addr))?;
     let (mut peer, _) = listener.accept()?;
     peer.write_all(b"12345")?;
-    let (n, buf) = rt.block_on(s.read(Vec::with_capacity(64))).into_parts();
+    let (n, buf) = util::run(rt, s.read(Vec::with_capacity(64))).into_parts();
     assert_eq!((n?, buf.as_slice()), (5, &b"12345"[..]));
     Ok(())
 }
 
 fn reset_and_closed_peers_are_errors(rt: &Runtime, _tmp: &Path) -> Result<()> {
     let (listener, addr) = std_listener()?;
-    let s = rt.block_on(TcpStream::connect(rt, addr))?;
+    let s = util::run(rt, TcpStream::connect(rt, addr))?;
     let (peer, _) = listener.accept()?;
     // SO_LINGER 0: closing sends a reset instead of a FIN.
     rustix::net::sockopt::set_socket_linger(&peer, Some(Duration::ZERO))?;
     drop(peer);
-    let res = rt.block_on(async {
+    let res = util::run(rt, async {
         // Reads see the reset (or EOF first, then the reset on write).
         let (r, _) = s.read(Vec::with_capacity(16)).await.into_parts();
         match r {
@@ -213,9 +215,7 @@ fn reset_and_closed_peers_are_errors(rt: &Runtime, _tmp: &Path) -> Result<()> {
         matches!(err.kind(), ErrorKind::ConnectionReset | ErrorKind::BrokenPipe),
         "{err:?}"
     );
-    let err = rt
-        .block_on(TcpStream::connect(rt, addr_with_nobody_listening()?))
-        .expect_err("nobody listens");
+    let err = util::run(rt, TcpStream::connect(rt, addr_with_nobody_listening()?)).expect_err("nobody listens");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
     Ok(())
 }
@@ -229,7 +229,7 @@ fn addr_with_nobody_listening() -> std::io::Result<SocketAddr> {
 
 fn dropped_reads_lose_no_bytes(rt: &Runtime, _tmp: &Path) -> Result<()> {
     let (listener, addr) = std_listener()?;
-    let s = rt.block_on(TcpStream::connect(rt, addr))?;
+    let s = util::run(rt, TcpStream::connect(rt, addr))?;
     let (mut peer, _) = listener.accept()?;
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     // 1. A read waiting for data is dropped, then data arrives.
@@ -239,7 +239,7 @@ fn dropped_reads_lose_no_bytes(rt: &Runtime, _tmp: &Path) -> Result<()> {
         rt.drive();
     }
     peer.write_all(b"abc")?;
-    let (n, buf) = rt.block_on(s.read(Vec::with_capacity(8))).into_parts();
+    let (n, buf) = util::run(rt, s.read(Vec::with_capacity(8))).into_parts();
     assert_eq!(
         (n?, buf.as_slice()),
         (3, &b"abc"[..]),
@@ -258,7 +258,7 @@ fn dropped_reads_lose_no_bytes(rt: &Runtime, _tmp: &Path) -> Result<()> {
     }
     peer.write_all(b"!")?;
     peer.shutdown(Shutdown::Write)?;
-    let (res, rest) = rt.block_on(s.read_to_end(Vec::new())).into_parts();
+    let (res, rest) = util::run(rt, s.read_to_end(Vec::new())).into_parts();
     res?;
     assert_eq!(rest, b"xyz!", "bytes of a completed but dropped read were lost");
     Ok(())
@@ -267,7 +267,7 @@ fn dropped_reads_lose_no_bytes(rt: &Runtime, _tmp: &Path) -> Result<()> {
 fn cancelled_accepts_and_connects_leak_nothing(rt: &Runtime, _tmp: &Path) -> Result<()> {
     let listener = TcpListener::bind(rt, loopback())?;
     let addr = listener.local_addr()?;
-    rt.block_on(async {});
+    util::run(rt, async {});
     let before = open_fds();
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     for _ in 0..50 {
@@ -299,7 +299,7 @@ fn unix_stream_echo(rt: &Runtime, tmp: &Path) -> Result<()> {
     let listener = UnixListener::bind(rt, &path)?;
     assert_eq!(listener.local_addr()?.as_deref(), Some(path.as_path()));
     let data = pattern(500_000, 9);
-    rt.block_on(async {
+    util::run(rt, async {
         let client = UnixStream::connect(rt, &path).await?;
         let (server, _) = listener.accept().await?;
         let send = async {
@@ -334,7 +334,7 @@ fn incoming_and_blocking_layers(rt: &Runtime, _tmp: &Path) -> Result<()> {
     });
     let mut incoming = Box::pin(listener.incoming());
     for i in 0..2 {
-        let (stream, peer) = rt.block_on(incoming.next()).expect("a connection")?;
+        let (stream, peer) = util::run(rt, incoming.next()).expect("a connection")?;
         assert_eq!(peer, stream.peer_addr()?);
         // std::io on the accepted stream, from this (plain) thread.
         let mut cursor = mfio_core::IoCursor::new(stream.clone(), mfio_core::NoPos);
@@ -357,18 +357,18 @@ fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
     peer.set_read_timeout(Some(Duration::from_secs(10)))?;
     let peer_addr = peer.local_addr()?;
     // send_to: one datagram, exactly these bytes.
-    let (n, _) = rt.block_on(sock.send_to(b"ping".to_vec(), peer_addr)).into_parts();
+    let (n, _) = util::run(rt, sock.send_to(b"ping".to_vec(), peer_addr)).into_parts();
     assert_eq!(n?, 4);
     let mut buf = [0u8; 64];
     let (len, from) = peer.recv_from(&mut buf)?;
     assert_eq!((&buf[..len], from), (&b"ping"[..], addr));
     // recv_from: bytes and the sender's address.
     peer.send_to(b"pong!", addr)?;
-    let (res, got) = rt.block_on(sock.recv_from(Vec::with_capacity(64))).into_parts();
+    let (res, got) = util::run(rt, sock.recv_from(Vec::with_capacity(64))).into_parts();
     assert_eq!((res?, got.as_slice()), ((5, peer_addr), &b"pong!"[..]));
     // A datagram larger than the buffer is truncated to it.
     peer.send_to(&[7u8; 100], addr)?;
-    let (res, got) = rt.block_on(sock.recv_from(Vec::with_capacity(10))).into_parts();
+    let (res, got) = util::run(rt, sock.recv_from(Vec::with_capacity(10))).into_parts();
     assert_eq!((res?.0, got.as_slice()), (10, &[7u8; 10][..]));
     // A dropped receive does not eat the next datagram.
     {
@@ -379,16 +379,16 @@ fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
     }
     rt.drive();
     peer.send_to(b"after", addr)?;
-    let (res, got) = rt.block_on(sock.recv_from(Vec::with_capacity(16))).into_parts();
+    let (res, got) = util::run(rt, sock.recv_from(Vec::with_capacity(16))).into_parts();
     assert_eq!((res?.0, got.as_slice()), (5, &b"after"[..]));
     // Connected: the stream layers send to and receive from the peer.
     sock.connect(peer_addr)?;
     assert_eq!(sock.peer_addr()?, peer_addr);
-    rt.block_on(sock.write(b"via write".to_vec())).0?;
+    util::run(rt, sock.write(b"via write".to_vec())).0?;
     let (len, _) = peer.recv_from(&mut buf)?;
     assert_eq!(&buf[..len], b"via write");
     peer.send_to(b"via read", addr)?;
-    let (n, got) = rt.block_on(sock.read(Vec::with_capacity(32))).into_parts();
+    let (n, got) = util::run(rt, sock.read(Vec::with_capacity(32))).into_parts();
     assert_eq!((n?, got.as_slice()), (8, &b"via read"[..]));
     Ok(())
 }

@@ -5,8 +5,80 @@ use std::path::Path;
 use std::sync::mpsc;
 use std::time::Duration;
 
+use std::cell::{Cell, OnceCell};
+use std::future::Future;
+
 use mfio_backends::{BackendKind, OpenOptions, Runtime, BACKEND_ENV};
-use mfio_core::Result;
+use mfio_core::{IoBackendExt, Result};
+use mfio_integration::{Smol, Tokio};
+
+/// Who drives the backend while a test body waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    /// mfio's own `block_on`.
+    Null,
+    /// A current-thread tokio runtime (`Tokio::run`).
+    TokioCurrent,
+    /// A multi-thread tokio runtime (`Tokio::run` from its `block_on`).
+    TokioMulti,
+    /// smol (`Smol::run`).
+    Smol,
+}
+
+/// Environment variable narrowing the drivers: `null,tokio-current,tokio-multi,smol`.
+pub const DRIVERS_ENV: &str = "MFIO_TEST_DRIVERS";
+
+/// The drivers to test with: all, or those `MFIO_TEST_DRIVERS` lists.
+pub fn drivers() -> Vec<Driver> {
+    let all = [Driver::Null, Driver::TokioCurrent, Driver::TokioMulti, Driver::Smol];
+    match std::env::var(DRIVERS_ENV) {
+        Err(_) => all.to_vec(),
+        Ok(list) => list
+            .split(',')
+            .map(|d| match d.trim() {
+                "null" => Driver::Null,
+                "tokio-current" => Driver::TokioCurrent,
+                "tokio-multi" => Driver::TokioMulti,
+                "smol" => Driver::Smol,
+                other => panic!("{DRIVERS_ENV}: unknown driver {other:?}"),
+            })
+            .collect(),
+    }
+}
+
+thread_local! {
+    static DRIVER: Cell<Driver> = const { Cell::new(Driver::Null) };
+    static TOKIO_CURRENT: OnceCell<tokio::runtime::Runtime> = const { OnceCell::new() };
+    static TOKIO_MULTI: OnceCell<tokio::runtime::Runtime> = const { OnceCell::new() };
+}
+
+/// Runs `fut` to completion on this thread, with `rt` driven by this
+/// thread's driver (see [`on_every_backend`]).
+pub fn run<F: Future>(rt: &Runtime, fut: F) -> F::Output {
+    match DRIVER.with(Cell::get) {
+        Driver::Null => rt.block_on(fut),
+        Driver::TokioCurrent => TOKIO_CURRENT.with(|host| {
+            host.get_or_init(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio")
+            })
+            .block_on(Tokio::run(rt, fut))
+        }),
+        Driver::TokioMulti => TOKIO_MULTI.with(|host| {
+            host.get_or_init(|| {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .expect("tokio")
+            })
+            .block_on(Tokio::run(rt, fut))
+        }),
+        Driver::Smol => smol::block_on(Smol::run(rt, fut)),
+    }
+}
 
 /// Descriptor counts are per process: suites that compare them take this.
 pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -51,23 +123,48 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Runs `body` on every runtime under a hang guard.
+/// Creates the process-wide state of the host runtimes (smol's global
+/// reactor keeps its descriptors for the life of the process), so that
+/// descriptor counts taken afterwards only see what a test itself opens.
+pub fn init_process_globals() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // The same path the tests take (a backend registered with smol's
+    // reactor, plus a timer), so everything global exists from here on.
+    ONCE.call_once(|| {
+        let rt = Runtime::new().expect("runtime");
+        smol::block_on(Smol::run(&rt, async {
+            smol::Timer::after(std::time::Duration::from_millis(1)).await;
+        }));
+    });
+}
+
+/// Runs `body` on every runtime under every driver, each on a fresh thread
+/// under a hang guard.
 pub fn on_every_backend(name: &str, body: fn(&Runtime, &Path) -> Result<()>) {
+    for driver in drivers() {
+        on_every_runtime(name, driver, body);
+    }
+}
+
+fn on_every_runtime(name: &str, driver: Driver, body: fn(&Runtime, &Path) -> Result<()>) {
     for rt in runtimes() {
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().to_path_buf();
         let kind = rt.kind();
         let (tx, rx) = mpsc::channel();
         let worker = std::thread::spawn(move || {
+            DRIVER.with(|d| d.set(driver));
+            // The host runtime's own descriptors exist before the body counts any.
+            run(&rt, async {});
             let _ = tx.send(body(&rt, &path));
         });
         match rx.recv_timeout(Duration::from_secs(120)) {
             Ok(res) => {
                 if let Err(e) = res {
-                    panic!("{name} on {kind}: {e} ({e:?})");
+                    panic!("{name} on {kind} under {driver:?}: {e} ({e:?})");
                 }
             }
-            Err(_) => panic!("{name} on {kind}: no result within 120 s (hang or panic)"),
+            Err(_) => panic!("{name} on {kind} under {driver:?}: no result within 120 s (hang or panic)"),
         }
         worker.join().expect("worker");
     }
@@ -85,6 +182,7 @@ macro_rules! backend_tests {
                 fn $name() {
                     // Descriptor counts are per process: one suite at a time.
                     let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                    util::init_process_globals();
                     let before = util::open_fds();
                     util::on_every_backend(stringify!($name), $crate::$name);
                     // Runtimes are gone: their ring, eventfds and pool threads too.
