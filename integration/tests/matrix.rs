@@ -11,7 +11,10 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use mfio_backends::{BackendKind, OpenOptions, Runtime, TcpListener, TcpStream, BACKEND_ENV};
-use mfio_core::{AsyncIo, IoBackendExt, IoCursor, IoRead, IoReadStream, IoWrite, IoWriteStream, NoPos, Result};
+use mfio_core::mem::MemBackend;
+use mfio_core::{
+    AsyncIo, IoBackend, IoBackendExt, IoCursor, IoRead, IoReadStream, IoWrite, IoWriteStream, NoPos, Result,
+};
 use mfio_integration::{Null, Smol, Tokio};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -24,9 +27,11 @@ enum Driver {
     Smol,
 }
 
-/// Runs `body` with `rt` driven by `driver`.
-fn drive<T: Send + 'static, F>(driver: Driver, rt: &Runtime, body: impl FnOnce(Runtime) -> F + Send + 'static) -> T
+/// Runs `body` with `rt` (any backend) driven by `driver`.
+fn drive<B, T, F>(driver: Driver, rt: &B, body: impl FnOnce(B) -> F + Send + 'static) -> T
 where
+    B: IoBackend + Clone + Send + Sync + 'static,
+    T: Send + 'static,
     F: Future<Output = T> + Send + 'static,
 {
     let fut = body(rt.clone());
@@ -355,6 +360,118 @@ matrix!(
     host_shutdown_with_io_in_flight,
 );
 
+/// The in-memory backend through every layer, on its queued path (delay,
+/// splitting, out-of-order completion), files and a stream pair.
+fn mem_every_layer(driver: Driver) -> Result<()> {
+    let be = MemBackend::builder()
+        .delay(Duration::from_micros(300))
+        .split_at(7)
+        .out_of_order(5)
+        .build()?;
+    let data: Vec<u8> = (0..50_000u32).map(|i| (i % 239) as u8).collect();
+    let d = data.clone();
+    drive(driver, &be, move |be| async move {
+        let f = be.file(Vec::new());
+        f.write_all_at(0, d.clone()).await.0?;
+        let (res, back) = f.read_to_end_at(0, Vec::new()).await.into_parts();
+        res?;
+        assert!(back == d, "async layer");
+        let mut a = AsyncIo::new(f.clone(), 0);
+        let mut via_futures = Vec::new();
+        futures::AsyncReadExt::read_to_end(&mut a, &mut via_futures).await?;
+        assert!(via_futures == d, "futures-io layer");
+        let mut t = AsyncIo::new(f.clone(), 0);
+        let mut via_tokio = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut t, &mut via_tokio).await?;
+        assert!(via_tokio == d, "tokio layer");
+        let (x, y) = be.stream_pair();
+        let send = async {
+            x.write_all(d.clone()).await.0?;
+            x.shutdown_write();
+            Ok::<(), mfio_core::Error>(())
+        };
+        let (sent, got) = futures::join!(send, y.read_to_end(Vec::new()));
+        sent?;
+        let (res, got) = got.into_parts();
+        res?;
+        assert!(got == d, "stream layer");
+        Ok::<(), mfio_core::Error>(())
+    })?;
+    // Blocking `std::io` from a plain thread while nothing else drives.
+    let f = be.file(data.clone());
+    let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut IoCursor::new(f, 0), &mut out)?;
+        Ok(out)
+    });
+    assert!(reader.join().expect("reader")? == data, "std::io layer");
+    Ok(())
+}
+
+/// A waker kept past its backend's life can still be woken, harmlessly.
+fn mem_wake_after_backend_dropped(driver: Driver) -> Result<()> {
+    let be = MemBackend::new()?;
+    let waker = drive(driver, &be, |_| async {
+        std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await
+    });
+    drop(be);
+    std::thread::spawn(move || {
+        waker.wake_by_ref();
+        waker.wake();
+    })
+    .join()
+    .expect("a stale wake must not panic");
+    Ok(())
+}
+
+/// A completion racing a foreign wake is taken exactly once.
+fn mem_single_completion(driver: Driver) -> Result<()> {
+    let be = MemBackend::builder().inline_completion(false).build()?;
+    let taken = drive(driver, &be, |be| async move {
+        let f = be.file(b"once".to_vec());
+        let mut taken = 0;
+        for _ in 0..200 {
+            let mut packet: mfio_core::Packet<mfio_core::Read, Vec<u8>> = mfio_core::Packet::new(Vec::with_capacity(4));
+            mfio_core::PacketIo::try_send_io(&f, 0, packet.take_view().expect("view")).expect("queued");
+            std::future::poll_fn(|cx| {
+                let foreign = cx.waker().clone();
+                std::thread::spawn(move || foreign.wake());
+                packet.poll_complete(cx)
+            })
+            .await;
+            while packet.try_take().is_some() {
+                taken += 1;
+            }
+        }
+        taken
+    });
+    assert_eq!(taken, 200, "each packet completed (and was taken) exactly once");
+    Ok(())
+}
+
+macro_rules! mem_matrix {
+    ($($body:ident),* $(,)?) => {
+        $(
+            mod $body {
+                use super::*;
+                fn run(driver: Driver) {
+                    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+                    let what = format!("{} under {driver:?}", stringify!($body));
+                    if let Err(e) = within(what.clone(), move || crate::$body(driver)) {
+                        panic!("{what}: {e}");
+                    }
+                }
+                #[test] fn null() { run(Driver::Null) }
+                #[test] fn tokio_current_thread() { run(Driver::TokioCurrent) }
+                #[test] fn tokio_multi_thread() { run(Driver::TokioMulti) }
+                #[test] fn smol() { run(Driver::Smol) }
+            }
+        )*
+    };
+}
+
+mem_matrix!(mem_every_layer, mem_wake_after_backend_dropped, mem_single_completion);
+
 #[test]
 fn wake_after_backend_dropped_is_harmless() {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
@@ -398,4 +515,59 @@ fn stream_adapters_on_sockets() {
             Ok::<(), mfio_core::Error>(())
         }))
         .expect("adapters on sockets");
+}
+
+/// Several backends, each driven by its own tokio task, used at once from
+/// several tasks on a multi-thread runtime.
+#[test]
+fn several_backends_on_several_tokio_tasks() {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    within("several backends".into(), || {
+        let host = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio");
+        let runtimes = runtimes();
+        let mem = MemBackend::builder()
+            .delay(Duration::from_micros(200))
+            .build()
+            .expect("mem");
+        let dir = tempfile::tempdir().expect("dir");
+        let mut drivers = Vec::new();
+        for rt in &runtimes {
+            drivers.push(host.spawn(Tokio::driver(rt.clone())));
+        }
+        drivers.push(host.spawn(Tokio::driver(mem.clone())));
+        let results = host.block_on(async {
+            let mut tasks = Vec::new();
+            for i in 0..8usize {
+                let rt = runtimes[i % runtimes.len()].clone();
+                let path = dir.path().join(format!("t{i}"));
+                let memfile = mem.file(vec![i as u8; 1000]);
+                tasks.push(tokio::spawn(async move {
+                    let f = rt
+                        .open(&path, OpenOptions::new().read(true).write(true).create(true))
+                        .await?;
+                    f.write_all_at(0, vec![i as u8; 10_000]).await.0?;
+                    let (res, back) = f.read_to_end_at(0, Vec::new()).await.into_parts();
+                    res?;
+                    let (res, m) = memfile.read_exact_at(0, Vec::with_capacity(1000)).await.into_parts();
+                    res?;
+                    Ok::<bool, mfio_core::Error>(back == vec![i as u8; 10_000] && m == vec![i as u8; 1000])
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.push(t.await.expect("task"));
+            }
+            all
+        });
+        for d in drivers {
+            d.abort();
+        }
+        for r in results {
+            assert!(r.expect("I/O on a backend driven by its own task"), "bytes differ");
+        }
+    });
 }
