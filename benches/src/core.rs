@@ -209,14 +209,14 @@ fn memflow_virt(data: &[u8], spec: &Spec) -> (Duration, u64) {
 
 /// Joins a batch of futures with one allocation per batch; polls the ones
 /// still pending on every wake. Used for both contenders alike.
-struct Batch<F: Future> {
+pub(crate) struct Batch<F: Future> {
     futs: Pin<Box<[Option<F>]>>,
     outs: Vec<Option<F::Output>>,
     left: usize,
 }
 
 impl<F: Future> Batch<F> {
-    fn new(futs: Vec<F>) -> Self {
+    pub(crate) fn new(futs: Vec<F>) -> Self {
         let n = futs.len();
         Self {
             futs: Box::into_pin(futs.into_iter().map(Some).collect()),

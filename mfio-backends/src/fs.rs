@@ -253,6 +253,8 @@ pub struct File {
     rt: Runtime,
     fd: Arc<FileFd>,
     append: bool,
+    /// Try reads inline from the page cache first (see `RuntimeBuilder::inline_cached_reads`).
+    inline_reads: bool,
 }
 
 impl File {
@@ -384,7 +386,15 @@ impl AsFd for File {
 }
 
 impl PacketIo<Read, u64> for File {
-    fn try_send_io(&self, pos: u64, view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, u64>> {
+    /// With inline cached reads (io_uring, default), data already in the
+    /// page cache is read here with `preadv2(RWF_NOWAIT)`; the rest is queued.
+    fn try_send_io(&self, pos: u64, mut view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, u64>> {
+        if self.inline_reads {
+            if let Some(n) = crate::sys::read_cached(&self.fd, pos, &mut view) {
+                view.complete(n);
+                return Ok(());
+            }
+        }
         let fd = self.fd.clone();
         self.rt
             .try_submit(view, |view| Op::Read { fd, pos, view })
@@ -473,6 +483,7 @@ impl IoBackend for File {
 pub struct OpenFuture {
     rt: Runtime,
     append: bool,
+    inline_reads: bool,
     inner: OpFuture<OwnedFd>,
 }
 
@@ -485,6 +496,7 @@ impl Future for OpenFuture {
         Poll::Ready(match res {
             Ok(fd) => Ok(File {
                 fd: Arc::new(self.rt.file_fd(fd)),
+                inline_reads: self.inline_reads,
                 rt: self.rt.clone(),
                 append: self.append,
             }),
@@ -575,6 +587,8 @@ pub(crate) fn open(rt: &Runtime, at: Result<At>, opts: &OpenOptions) -> OpenFutu
     OpenFuture {
         rt: rt.clone(),
         append: opts.append,
+        // O_DIRECT reads always need the device: never worth a try.
+        inline_reads: rt.inline_cached_reads() && !opts.direct,
         inner,
     }
 }

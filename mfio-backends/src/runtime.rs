@@ -60,6 +60,10 @@ pub(crate) trait Engine: Send + Sync {
     fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool;
     /// Undoes `register_buffers`.
     fn unregister_buffers(&self);
+    /// True if file reads should first be tried inline from the page cache.
+    fn inline_cached_reads(&self) -> bool {
+        false
+    }
     /// Wraps a newly opened descriptor, giving it a registered-file slot
     /// where the backend has one free.
     fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd;
@@ -115,6 +119,10 @@ impl Runtime {
         self.engine.file_fd(fd)
     }
 
+    pub(crate) fn inline_cached_reads(&self) -> bool {
+        self.engine.inline_cached_reads()
+    }
+
     pub(crate) fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool {
         self.engine.register_buffers(regions)
     }
@@ -158,6 +166,7 @@ pub struct RuntimeBuilder {
     pub(crate) pool_threads: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) window: usize,
+    pub(crate) inline_cached_reads: bool,
 }
 
 impl Default for RuntimeBuilder {
@@ -172,6 +181,7 @@ impl Default for RuntimeBuilder {
             pool_threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 8)),
             queue_capacity: 4096,
             window: 4096,
+            inline_cached_reads: true,
         }
     }
 }
@@ -219,6 +229,15 @@ impl RuntimeBuilder {
     /// for operations the kernel lacks); default: cores, between 2 and 8.
     pub fn pool_threads(&mut self, n: usize) -> &mut Self {
         self.pool_threads = n.max(1);
+        self
+    }
+
+    /// On io_uring, first try each file read with `preadv2(RWF_NOWAIT)`:
+    /// data already in the page cache is copied at once (one system call, no
+    /// ring round trip); anything else goes to the ring (default on; never
+    /// for `O_DIRECT` files). See BENCHMARKS.md for the measurements.
+    pub fn inline_cached_reads(&mut self, on: bool) -> &mut Self {
+        self.inline_cached_reads = on;
         self
     }
 

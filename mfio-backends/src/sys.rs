@@ -226,6 +226,25 @@ pub(crate) fn run_blocking(op: Op) {
     }
 }
 
+/// Reads the whole view from the page cache without blocking
+/// (`preadv2(RWF_NOWAIT)`); `None` unless every byte was there (a partial
+/// or refused read is left to the ring, which then overwrites the view).
+pub(crate) fn read_cached(fd: &FileFd, pos: u64, view: &mut mfio_core::PacketView<mfio_core::Read>) -> Option<usize> {
+    let len = view.len();
+    if len == 0 {
+        return None;
+    }
+    let iov = libc::iovec {
+        iov_base: view.as_mut_ptr().cast(),
+        iov_len: len,
+    };
+    let offset = i64::try_from(pos).ok()?;
+    // SAFETY: the iovec points at the view's memory, writable for `len` bytes
+    // and exclusively the view's; the kernel only writes into it.
+    let r = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    (r >= 0 && r as usize == len).then_some(len)
+}
+
 /// `statx(at, flags, STATX_MASK)`.
 fn statx(at: &At, flags: i32) -> Result<Metadata> {
     let mut buf = MaybeUninit::<libc::statx>::zeroed();

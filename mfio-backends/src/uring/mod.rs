@@ -68,6 +68,7 @@ pub(crate) struct UringEngine {
     free_slots: Mutex<Vec<u32>>,
     /// Slots whose files are gone, cleared in the ring at the next step.
     released_slots: Arc<Mailbox<u32>>,
+    inline_cached_reads: bool,
 }
 
 impl UringEngine {
@@ -104,6 +105,7 @@ impl UringEngine {
             window: b.window,
             free_slots: Mutex::new(free_slots),
             released_slots: Arc::new(Mailbox::default()),
+            inline_cached_reads: b.inline_cached_reads,
         })
     }
 
@@ -333,6 +335,10 @@ impl Engine for UringEngine {
             let _ = core.ring.submitter().unregister_buffers();
             core.fixed.clear();
         }
+    }
+
+    fn inline_cached_reads(&self) -> bool {
+        self.inline_cached_reads
     }
 
     fn file_fd(&self, fd: OwnedFd) -> FileFd {
