@@ -36,6 +36,8 @@
 
 mod fd;
 mod null;
+#[cfg(any(feature = "tokio", feature = "smol"))]
+mod run;
 #[cfg(feature = "smol")]
 #[cfg_attr(docsrs, doc(cfg(feature = "smol")))]
 mod smol;

@@ -22,22 +22,7 @@ impl Smol {
     /// # Panics
     /// If the descriptor cannot be registered with async-io.
     pub async fn run<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Output {
-        let mut fut = pin!(fut);
-        let mut driver = pin!(drive(backend));
-        let mut driver_done = false;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            if !driver_done {
-                if let Poll::Ready(Err(e)) = driver.as_mut().poll(cx) {
-                    driver_done = true;
-                    panic!("mfio smol driver failed: {e}");
-                }
-            }
-            Poll::Pending
-        })
-        .await
+        crate::run::with_driver("smol", fut, drive(backend)).await
     }
 
     /// Drives `backend` until this future is dropped; spawn it

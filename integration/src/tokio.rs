@@ -2,8 +2,6 @@
 
 use std::future::Future;
 use std::os::fd::AsRawFd;
-use std::pin::pin;
-use std::task::Poll;
 
 use mfio_core::{IoBackend, Result};
 use tokio::io::unix::AsyncFd;
@@ -27,24 +25,7 @@ impl Tokio {
     /// # Panics
     /// Outside a tokio runtime (as `AsyncFd` does).
     pub async fn run<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Output {
-        let mut fut = pin!(fut);
-        let mut driver = pin!(drive(backend));
-        let mut driver_done = false;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = fut.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            // A driver that failed to register leaves `fut` to make no
-            // progress; report that instead of hanging silently.
-            if !driver_done {
-                if let Poll::Ready(Err(e)) = driver.as_mut().poll(cx) {
-                    driver_done = true;
-                    panic!("mfio tokio driver failed: {e}");
-                }
-            }
-            Poll::Pending
-        })
-        .await
+        crate::run::with_driver("tokio", fut, drive(backend)).await
     }
 
     /// Drives `backend` until this future is dropped; spawn it
