@@ -46,16 +46,18 @@ impl Default for RandreadArgs {
 }
 
 /// The contenders: name and queue depth.
-/// `mfio uring` serves page-cache hits inline (`preadv2(RWF_NOWAIT)`, the
-/// default); `mfio uring (ring only)` sends every read through the ring.
-const CONTENDERS: [(&str, usize); 8] = [
+/// `mfio uring` and `mfio poll` serve page-cache hits inline
+/// (`preadv2(RWF_NOWAIT)`, the default); the "ring only" / "pool only" rows
+/// send every read through the ring or the thread pool.
+const CONTENDERS: [(&str, usize); 9] = [
     ("pread loop", 1),
     ("mfio uring", 1),
     ("mfio uring", 64),
     ("mfio uring (ring only)", 1),
     ("mfio uring (ring only)", 64),
-    ("mfio poll", 64),
     ("mfio poll", 1),
+    ("mfio poll", 64),
+    ("mfio poll (pool only)", 64),
     ("mfio sync (SyncIoRead)", 1),
 ];
 
@@ -109,6 +111,11 @@ pub fn run(args: &RandreadArgs, progress: &ProgressBar) -> std::io::Result<Vec<S
         .backend(BackendKind::Poll)
         .build()
         .map_err(std::io::Error::from)?;
+    let pool_only = Runtime::builder()
+        .backend(BackendKind::Poll)
+        .inline_cached_reads(false)
+        .build()
+        .map_err(std::io::Error::from)?;
     if uring.is_none() {
         eprintln!("randread: io_uring unavailable here; its rows are skipped");
     }
@@ -124,6 +131,7 @@ pub fn run(args: &RandreadArgs, progress: &ProgressBar) -> std::io::Result<Vec<S
                     None => None,
                 },
                 ("mfio poll", _) => Some(mfio_async(&poll, &path, args, *depth, span)?),
+                ("mfio poll (pool only)", _) => Some(mfio_async(&pool_only, &path, args, *depth, span)?),
                 ("mfio sync (SyncIoRead)", Some(rt)) => Some(mfio_sync(rt, &path, args, span)?),
                 _ => None,
             };

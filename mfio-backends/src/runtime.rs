@@ -232,10 +232,11 @@ impl RuntimeBuilder {
         self
     }
 
-    /// On io_uring, first try each file read with `preadv2(RWF_NOWAIT)`:
-    /// data already in the page cache is copied at once (one system call, no
-    /// ring round trip); anything else goes to the ring (default on; never
-    /// for `O_DIRECT` files). See BENCHMARKS.md for the measurements.
+    /// First try each file read with `preadv2(RWF_NOWAIT)`: data already in
+    /// the page cache is copied at once on the caller's thread (one system
+    /// call, no ring or thread-pool round trip); anything else goes to the
+    /// ring or the pool (default on, both backends; never for `O_DIRECT`
+    /// files). See BENCHMARKS.md for the measurements.
     pub fn inline_cached_reads(&mut self, on: bool) -> &mut Self {
         self.inline_cached_reads = on;
         self

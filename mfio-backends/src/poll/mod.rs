@@ -58,6 +58,7 @@ pub(crate) struct PollEngine {
     core: Mutex<Core>,
     pool: Pool,
     next_token: AtomicU64,
+    inline_cached_reads: bool,
 }
 
 impl PollEngine {
@@ -81,6 +82,7 @@ impl PollEngine {
                 waiting: HashMap::new(),
             }),
             next_token: AtomicU64::new(NOTIFIER_TOKEN + 1),
+            inline_cached_reads: b.inline_cached_reads,
         })
     }
 
@@ -207,6 +209,12 @@ impl Engine for PollEngine {
 
     fn kind(&self) -> BackendKind {
         BackendKind::Poll
+    }
+
+    /// Page-cache hits are read on the caller's thread, sparing the pool
+    /// round trip (two thread wake-ups) for data that needs no I/O.
+    fn inline_cached_reads(&self) -> bool {
+        self.inline_cached_reads
     }
 
     /// Nothing to register without a ring: buffers are used as plain ones.

@@ -105,13 +105,12 @@ pub fn runtimes() -> Vec<Runtime> {
         Err(e) => eprintln!("skip io_uring: {e}"),
     }
     // Test files are always page-cached, so with inline cached reads (the
-    // default) io_uring's own read path would go untested: run it too.
-    if let Ok(rt) = Runtime::builder()
-        .backend(BackendKind::Uring)
-        .inline_cached_reads(false)
-        .build()
-    {
-        out.push(rt);
+    // default) the ring's and the pool's own read paths would go untested:
+    // run them too.
+    for kind in [BackendKind::Poll, BackendKind::Uring] {
+        if let Ok(rt) = Runtime::builder().backend(kind).inline_cached_reads(false).build() {
+            out.push(rt);
+        }
     }
     out
 }
