@@ -122,11 +122,7 @@ impl Composite {
 
 impl IoBackend for Composite {
     fn polling_handle(&self) -> PollingHandle<'_> {
-        PollingHandle {
-            fd: self.epoll.as_fd(),
-            interest: Interest::Readable,
-            notifier: &self.notifier,
-        }
+        PollingHandle::readable(self.epoll.as_fd(), &self.notifier)
     }
 
     /// Drains the members that signalled, then drives every member.

@@ -34,6 +34,18 @@ pub struct PollingHandle<'a> {
     pub notifier: &'a Arc<Notifier>,
 }
 
+impl<'a> PollingHandle<'a> {
+    /// A handle that is ready when `fd` is readable (every backend here: an
+    /// eventfd, an epoll set, a ring's registered eventfd).
+    pub fn readable(fd: BorrowedFd<'a>, notifier: &'a Arc<Notifier>) -> Self {
+        Self {
+            fd,
+            interest: Interest::Readable,
+            notifier,
+        }
+    }
+}
+
 /// What one driving step did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DriveStatus {

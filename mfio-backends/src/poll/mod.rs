@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mfio_core::queue::SubmitQueue;
-use mfio_core::{CancelHandler, DriveStatus, Error, Interest, Notifier, PollingHandle, Result};
+use mfio_core::{CancelHandler, DriveStatus, Error, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use rustix::event::epoll;
 
@@ -167,11 +167,7 @@ impl Engine for PollEngine {
     }
 
     fn polling_handle(&self) -> PollingHandle<'_> {
-        PollingHandle {
-            fd: self.epoll.as_fd(),
-            interest: Interest::Readable,
-            notifier: &self.notifier,
-        }
+        PollingHandle::readable(self.epoll.as_fd(), &self.notifier)
     }
 
     fn drive(&self) -> DriveStatus {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, IoUring};
 use mfio_core::queue::{Mailbox, SubmitQueue};
-use mfio_core::{DriveStatus, Error, Interest, Notifier, PollingHandle, Result};
+use mfio_core::{DriveStatus, Error, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use slab::Slab;
 
@@ -247,11 +247,7 @@ impl Engine for UringEngine {
     }
 
     fn polling_handle(&self) -> PollingHandle<'_> {
-        PollingHandle {
-            fd: self.notifier.as_fd(),
-            interest: Interest::Readable,
-            notifier: &self.notifier,
-        }
+        PollingHandle::readable(self.notifier.as_fd(), &self.notifier)
     }
 
     fn drive(&self) -> DriveStatus {

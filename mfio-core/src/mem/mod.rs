@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 pub use file::MemFile;
 pub use stream::MemStream;
 
-use crate::backend::{DriveStatus, Interest, IoBackend, Notifier, PollingHandle};
+use crate::backend::{DriveStatus, IoBackend, Notifier, PollingHandle};
 use crate::error::{Error, Result};
 use crate::io::QueueFull;
 use crate::packet::{CancelHandler, Direction, PacketView, Read, Write};
@@ -354,11 +354,7 @@ impl CancelHandler for Canceller {
 
 impl Shared {
     fn polling_handle(&self) -> PollingHandle<'_> {
-        PollingHandle {
-            fd: self.notifier.as_fd(),
-            interest: Interest::Readable,
-            notifier: &self.notifier,
-        }
+        PollingHandle::readable(self.notifier.as_fd(), &self.notifier)
     }
 
     fn stats(&self) -> MemStats {
