@@ -102,6 +102,56 @@ fn listen_on(rt: &Runtime, fd: OwnedFd, addr: &impl rustix::net::addr::SocketAdd
     rt.register_socket(fd)
 }
 
+/// `PacketIo` at `NoPos` (receive and send), `IoBackend` and `AsFd` for a
+/// socket type with `rt: Runtime` and `sock: Arc<Socket>` fields: stream
+/// sockets and connected UDP sockets take the same path.
+macro_rules! socket_io {
+    ($ty:ty) => {
+        impl PacketIo<Read, NoPos> for $ty {
+            fn try_send_io(&self, p: NoPos, view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, NoPos>> {
+                let sock = self.sock.clone();
+                self.rt
+                    .try_submit(view, |view| Op::Recv { sock, view })
+                    .map_err(|view| QueueFull { param: p, view })
+            }
+            fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+                self.rt.poll_ready(cx)
+            }
+        }
+
+        impl PacketIo<Write, NoPos> for $ty {
+            fn try_send_io(
+                &self,
+                p: NoPos,
+                view: PacketView<Write>,
+            ) -> std::result::Result<(), QueueFull<Write, NoPos>> {
+                let sock = self.sock.clone();
+                self.rt
+                    .try_submit(view, |view| Op::Send { sock, view })
+                    .map_err(|view| QueueFull { param: p, view })
+            }
+            fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+                self.rt.poll_ready(cx)
+            }
+        }
+
+        impl IoBackend for $ty {
+            fn polling_handle(&self) -> PollingHandle<'_> {
+                self.rt.polling_handle()
+            }
+            fn drive(&self) -> DriveStatus {
+                self.rt.drive()
+            }
+        }
+
+        impl AsFd for $ty {
+            fn as_fd(&self) -> BorrowedFd<'_> {
+                self.sock.fd.as_fd()
+            }
+        }
+    };
+}
+
 macro_rules! stream_socket {
     ($listener:ident, $stream:ident, $accept:ident, $connect:ident, $addr:ty, $what:literal) => {
         #[doc = concat!("A listening ", $what, " socket; [`accept`](Self::accept) yields connections.")]
@@ -215,35 +265,7 @@ macro_rules! stream_socket {
             }
         }
 
-        impl AsFd for $stream {
-            fn as_fd(&self) -> BorrowedFd<'_> {
-                self.sock.fd.as_fd()
-            }
-        }
-
-        impl PacketIo<Read, NoPos> for $stream {
-            fn try_send_io(&self, p: NoPos, view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, NoPos>> {
-                let sock = self.sock.clone();
-                self.rt
-                    .try_submit(view, |view| Op::Recv { sock, view })
-                    .map_err(|view| QueueFull { param: p, view })
-            }
-            fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-                self.rt.poll_ready(cx)
-            }
-        }
-
-        impl PacketIo<Write, NoPos> for $stream {
-            fn try_send_io(&self, p: NoPos, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, NoPos>> {
-                let sock = self.sock.clone();
-                self.rt
-                    .try_submit(view, |view| Op::Send { sock, view })
-                    .map_err(|view| QueueFull { param: p, view })
-            }
-            fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-                self.rt.poll_ready(cx)
-            }
-        }
+        socket_io!($stream);
 
         impl PacketIo<Write, Flush> for $stream {
             /// Sends complete once the kernel has the bytes; there is nothing
@@ -254,15 +276,6 @@ macro_rules! stream_socket {
             }
             fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
                 Poll::Ready(())
-            }
-        }
-
-        impl IoBackend for $stream {
-            fn polling_handle(&self) -> PollingHandle<'_> {
-                self.rt.polling_handle()
-            }
-            fn drive(&self) -> DriveStatus {
-                self.rt.drive()
             }
         }
 
@@ -501,41 +514,4 @@ impl PacketIo<Write, SocketAddr> for UdpSocket {
     }
 }
 
-impl PacketIo<Read, NoPos> for UdpSocket {
-    fn try_send_io(&self, p: NoPos, view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, NoPos>> {
-        let sock = self.sock.clone();
-        self.rt
-            .try_submit(view, |view| Op::Recv { sock, view })
-            .map_err(|view| QueueFull { param: p, view })
-    }
-    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.rt.poll_ready(cx)
-    }
-}
-
-impl PacketIo<Write, NoPos> for UdpSocket {
-    fn try_send_io(&self, p: NoPos, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, NoPos>> {
-        let sock = self.sock.clone();
-        self.rt
-            .try_submit(view, |view| Op::Send { sock, view })
-            .map_err(|view| QueueFull { param: p, view })
-    }
-    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
-        self.rt.poll_ready(cx)
-    }
-}
-
-impl IoBackend for UdpSocket {
-    fn polling_handle(&self) -> PollingHandle<'_> {
-        self.rt.polling_handle()
-    }
-    fn drive(&self) -> DriveStatus {
-        self.rt.drive()
-    }
-}
-
-impl AsFd for UdpSocket {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.sock.fd.as_fd()
-    }
-}
+socket_io!(UdpSocket);
