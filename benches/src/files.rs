@@ -164,12 +164,22 @@ const CHUNK: usize = 1024;
 fn pread_loop(path: &Path, args: &RandreadArgs, span: Duration) -> std::io::Result<(Duration, u64)> {
     let f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; args.block];
+    timed_blocking(args, span, |pos| f.read_exact_at(&mut buf, pos))
+}
+
+/// Runs `read(offset)` at the benchmark's offsets for `span`; returns the
+/// elapsed time and the number of reads (checking the clock per chunk).
+fn timed_blocking(
+    args: &RandreadArgs,
+    span: Duration,
+    mut read: impl FnMut(u64) -> std::io::Result<()>,
+) -> std::io::Result<(Duration, u64)> {
     let mut offs = offsets(args);
     let start = Instant::now();
     let mut ops = 0u64;
     while start.elapsed() < span {
         for _ in 0..CHUNK {
-            f.read_exact_at(&mut buf, offs.next().unwrap_or(0))?;
+            read(offs.next().unwrap_or(0))?;
         }
         ops += CHUNK as u64;
     }
@@ -218,16 +228,7 @@ fn mfio_async(
 fn mfio_sync(rt: &Runtime, path: &Path, args: &RandreadArgs, span: Duration) -> std::io::Result<(Duration, u64)> {
     let file = rt.block_on(rt.open(path, OpenOptions::new().read(true)))?;
     let mut buf = vec![0u8; args.block];
-    let mut offs = offsets(args);
-    let start = Instant::now();
-    let mut ops = 0u64;
-    while start.elapsed() < span {
-        for _ in 0..CHUNK {
-            file.blocking_read_exact_at(offs.next().unwrap_or(0), &mut buf)?;
-        }
-        ops += CHUNK as u64;
-    }
-    Ok((start.elapsed(), ops))
+    timed_blocking(args, span, |pos| Ok(file.blocking_read_exact_at(pos, &mut buf)?))
 }
 
 fn check(n: mfio_core::Result<usize>, want: usize) -> mfio_core::Result<()> {
