@@ -2,9 +2,6 @@
 //! wake), mfio's `mem` backend side by side with the original memflow mfio
 //! (`mfio-rt` 0.1 `VirtRt`), same reads, same join, same thread.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use indicatif::ProgressBar;
@@ -12,7 +9,8 @@ use indicatif::ProgressBar;
 use mfio_core::mem::MemBackend;
 use mfio_core::{IoBackendExt, IoRead};
 
-use crate::report::{ns_per_op, Series};
+use crate::measure::{Batch, Sample};
+use crate::report::Series;
 
 /// Settings of the `core` benchmark.
 #[derive(Debug, Clone, clap::Args)]
@@ -24,10 +22,10 @@ pub struct CoreArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,64")]
     pub depths: Vec<usize>,
     /// Measured repetitions per contender (after one warm-up).
-    #[arg(long, default_value_t = 7)]
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Length of one repetition in milliseconds.
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 200)]
     pub rep_ms: u64,
     /// Size of the in-memory file read from, in bytes.
     #[arg(long, default_value_t = 1 << 20)]
@@ -35,6 +33,19 @@ pub struct CoreArgs {
     /// Run only contenders whose name contains this text (for profiling).
     #[arg(long)]
     pub only: Option<String>,
+}
+
+impl Default for CoreArgs {
+    fn default() -> Self {
+        Self {
+            sizes: vec![64, 4096],
+            depths: vec![1, 64],
+            reps: 5,
+            rep_ms: 200,
+            file_size: 1 << 20,
+            only: None,
+        }
+    }
 }
 
 /// `mfio mem` completes inline where it can; `mfio mem (queued)` forces every
@@ -47,20 +58,16 @@ pub fn steps(args: &CoreArgs) -> u64 {
 }
 
 /// Runs every (size, depth) workload, contenders interleaved A B A B …
-pub fn run(args: &CoreArgs, progress: &ProgressBar) -> Vec<Series> {
+pub fn run(args: &CoreArgs, progress: &ProgressBar) -> Vec<Vec<Series>> {
     let data = pattern(args.file_size);
     let mut out = Vec::new();
     for &size in &args.sizes {
         for &depth in &args.depths {
-            let workload = format!("read {} B, QD {depth}", size);
+            let workload = format!("core: mem read {size} B QD{depth}");
             let mut series: Vec<Series> = CONTENDERS
                 .iter()
                 .filter(|c| args.only.as_ref().is_none_or(|o| **c == o.as_str()))
-                .map(|c| Series {
-                    workload: workload.clone(),
-                    contender: c.to_string(),
-                    ns_per_op: Vec::new(),
-                })
+                .map(|c| Series::new(&workload, c))
                 .collect();
             let spec = Spec {
                 size,
@@ -77,12 +84,17 @@ pub fn run(args: &CoreArgs, progress: &ProgressBar) -> Vec<Series> {
                         _ => memflow_virt(&data, &spec),
                     };
                     if rep > 0 {
-                        s.ns_per_op.push(ns_per_op(elapsed, ops));
+                        s.push(Sample {
+                            elapsed,
+                            ops,
+                            bytes: ops * size as u64,
+                            ..Sample::default()
+                        });
                     }
                     progress.inc(1);
                 }
             }
-            out.extend(series);
+            out.push(series);
         }
     }
     out
@@ -205,51 +217,4 @@ fn memflow_virt(data: &[u8], spec: &Spec) -> (Duration, u64) {
         }
         (start.elapsed(), ops)
     })
-}
-
-/// Joins a batch of futures with one allocation per batch; polls the ones
-/// still pending on every wake. Used for both contenders alike.
-pub(crate) struct Batch<F: Future> {
-    futs: Pin<Box<[Option<F>]>>,
-    outs: Vec<Option<F::Output>>,
-    left: usize,
-}
-
-impl<F: Future> Batch<F> {
-    pub(crate) fn new(futs: Vec<F>) -> Self {
-        let n = futs.len();
-        Self {
-            futs: Box::into_pin(futs.into_iter().map(Some).collect()),
-            outs: (0..n).map(|_| None).collect(),
-            left: n,
-        }
-    }
-}
-
-impl<F: Future> Future for Batch<F> {
-    type Output = Vec<F::Output>;
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        // SAFETY: `Batch` is never moved out of; we only project to `futs`
-        // (itself pinned on the heap) and to the `Unpin` fields.
-        let this = unsafe { self.get_unchecked_mut() };
-        // SAFETY: the boxed slice never moves; each slot is pinned in place and
-        // only ever dropped in place (set to `None`).
-        let slots = unsafe { this.futs.as_mut().get_unchecked_mut() };
-        for (slot, out) in slots.iter_mut().zip(this.outs.iter_mut()) {
-            if let Some(fut) = slot {
-                // SAFETY: see above: the future lives in place inside the pinned box.
-                let fut = unsafe { Pin::new_unchecked(fut) };
-                if let Poll::Ready(v) = fut.poll(cx) {
-                    *out = Some(v);
-                    *slot = None;
-                    this.left -= 1;
-                }
-            }
-        }
-        if this.left == 0 {
-            Poll::Ready(this.outs.iter_mut().filter_map(Option::take).collect())
-        } else {
-            Poll::Pending
-        }
-    }
 }

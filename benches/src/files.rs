@@ -1,243 +1,248 @@
-//! `randread`: 4 KiB random reads over a page-cached file, mfio's backends
-//! side by side with a plain `pread` loop, same file, same offsets, one
-//! submitting thread, repetitions interleaved.
+//! File benchmarks: random and sequential reads, writes (with and without
+//! fdatasync), many small files, and `O_DIRECT` reads; every contender on
+//! the same files, same offsets, one submitting thread.
 
-use std::os::unix::fs::FileExt;
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::ProgressBar;
-use mfio_backends::{BackendKind, OpenOptions, Runtime};
-use mfio_core::{IoBackendExt, IoRead, SyncIoRead};
 
-use crate::core::Batch;
-use crate::report::{ns_per_op, Series};
+use crate::contenders::{compio, fio, glommio, memflow, mfio, monoio, std_io, tokio, tokio_uring};
+use crate::measure::{keep_only, Contender, Pace, Positions, Titled};
 
-/// Settings of the `randread` benchmark.
+/// Options shared by the file benchmarks.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RandreadArgs {
-    /// Size of the file read from, in MiB (created once, reused when the size matches).
-    #[arg(long, default_value_t = 1024)]
+pub struct FileArgs {
+    /// Size of the data file, in MiB (created once, reused while the size matches).
+    #[arg(long = "size", default_value_t = 1024)]
     pub size_mib: u64,
-    /// Read size in bytes.
-    #[arg(long, default_value_t = 4096)]
-    pub block: usize,
-    /// Measured repetitions per contender (after one warm-up).
+    /// Measured repetitions per contender (after a warm-up), interleaved.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Length of one repetition in milliseconds.
-    #[arg(long, default_value_t = 400)]
+    #[arg(long, default_value_t = 150)]
     pub rep_ms: u64,
-    /// Where the file lives (default: the system temp directory).
+    /// Directory of the data files (default: the system temp directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
+    /// Run only contenders whose name contains one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
 }
 
-impl Default for RandreadArgs {
+impl Default for FileArgs {
     fn default() -> Self {
         Self {
             size_mib: 1024,
-            block: 4096,
             reps: 5,
-            rep_ms: 400,
+            rep_ms: 150,
             dir: None,
+            only: Vec::new(),
         }
     }
 }
 
-/// The contenders: name and queue depth.
-/// `mfio uring` and `mfio poll` serve page-cache hits inline
-/// (`preadv2(RWF_NOWAIT)`, the default); the "ring only" / "pool only" rows
-/// send every read through the ring or the thread pool.
-const CONTENDERS: [(&str, usize); 9] = [
-    ("pread loop", 1),
-    ("mfio uring", 1),
-    ("mfio uring", 64),
-    ("mfio uring (ring only)", 1),
-    ("mfio uring (ring only)", 64),
-    ("mfio poll", 1),
-    ("mfio poll", 64),
-    ("mfio poll (pool only)", 64),
-    ("mfio sync (SyncIoRead)", 1),
-];
-
-/// Number of progress steps `run` takes.
-pub fn steps(args: &RandreadArgs) -> u64 {
-    (CONTENDERS.len() * (args.reps + 1)) as u64 + 1
+/// What a file workload does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Reads of `block` bytes.
+    Read,
+    /// Writes of `block` bytes.
+    Write,
+    /// Whole files loaded in `block`-sized chunks, open to close.
+    ManyFiles,
 }
 
-/// Creates (or reuses) the data file and reads it once so it is page-cached.
-fn prepare(args: &RandreadArgs, progress: &ProgressBar) -> std::io::Result<PathBuf> {
-    let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    let path = dir.join(format!("mfio-bench-{}m.dat", args.size_mib));
-    let size = args.size_mib << 20;
-    if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(size) {
-        progress.set_message(format!("randread: creating {} MiB file", args.size_mib));
-        let f = std::fs::File::create(&path)?;
-        let chunk: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 131 % 251) as u8).collect();
-        for i in 0..args.size_mib {
-            f.write_all_at(&chunk, i << 20)?;
-        }
-        f.sync_all()?;
+/// One file workload, as every contender receives it.
+#[derive(Debug, Clone)]
+pub struct FileJob {
+    /// Name in tables and file names.
+    pub title: String,
+    /// Reads, writes or many files.
+    pub kind: Kind,
+    /// Random (else sequential) offsets.
+    pub random: bool,
+    /// Bytes per operation (chunk size for many files).
+    pub block: usize,
+    /// Operations (files, for many files) in flight for async contenders.
+    pub depth: usize,
+    /// Open with `O_DIRECT` (page cache bypassed; buffers 4 KiB-aligned).
+    pub direct: bool,
+    /// fdatasync after this many writes.
+    pub sync_every: Option<usize>,
+    /// The data file (reads) or target file (writes).
+    pub path: PathBuf,
+    /// Its length.
+    pub len: u64,
+    /// The many small files.
+    pub files: Vec<PathBuf>,
+}
+
+/// Alignment of `O_DIRECT` buffers and offsets here.
+pub const DIRECT_ALIGN: usize = 4096;
+
+impl FileJob {
+    /// Offsets of this job (the same sequence for every contender).
+    pub fn positions(&self) -> Positions {
+        Positions::new(self.len, self.block, self.random)
     }
-    progress.set_message("randread: warming the page cache");
-    let f = std::fs::File::open(&path)?;
+
+    /// The pace of an operation loop of `span`.
+    pub fn pace(&self, span: Duration) -> Pace {
+        Pace {
+            span,
+            block: self.block,
+            sync_every: self.sync_every,
+        }
+    }
+
+    /// Open flags beyond read/write for std-based opens.
+    pub fn custom_flags(&self) -> i32 {
+        if self.direct {
+            libc::O_DIRECT
+        } else {
+            0
+        }
+    }
+
+    /// Opens the job's file with std (for runtimes that adopt a std file).
+    ///
+    /// # Errors
+    /// The open error.
+    pub fn open_std(&self) -> io::Result<std::fs::File> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(self.kind == Kind::Write)
+            .custom_flags(self.custom_flags())
+            .open(&self.path)
+    }
+
+    /// A buffer for one operation: a `Vec` holding the fill pattern, and the
+    /// offset inside it where a `DIRECT_ALIGN`-aligned block of `block`
+    /// bytes starts (so peers can slice it).
+    pub fn aligned_vec(&self) -> (Vec<u8>, usize) {
+        let v = vec![0x5a; self.block + DIRECT_ALIGN];
+        let off = v.as_ptr().align_offset(DIRECT_ALIGN);
+        (v, off)
+    }
+}
+
+/// Creates `path` with `len` bytes of a pattern unless it already has that
+/// length.
+fn ensure_file(path: &Path, len: u64) -> io::Result<()> {
+    if std::fs::metadata(path).map(|m| m.len()).ok() == Some(len) {
+        return Ok(());
+    }
+    let f = std::fs::File::create(path)?;
+    let chunk: Vec<u8> = (0..(1usize << 20)).map(|i| (i * 131 % 251) as u8).collect();
+    let mut at = 0u64;
+    while at < len {
+        let n = chunk.len().min((len - at) as usize);
+        f.write_all_at(&chunk[..n], at)?;
+        at += n as u64;
+    }
+    f.sync_all()
+}
+
+/// Reads a file once so that it is in the page cache.
+fn warm(path: &Path) -> io::Result<()> {
+    let f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
-    for i in 0..args.size_mib {
-        f.read_exact_at(&mut buf, i << 20)?;
+    let mut at = 0u64;
+    loop {
+        let n = f.read_at(&mut buf, at)?;
+        if n == 0 {
+            return Ok(());
+        }
+        at += n as u64;
     }
-    progress.inc(1);
-    Ok(path)
 }
 
-/// Runs every contender, interleaved.
-pub fn run(args: &RandreadArgs, progress: &ProgressBar) -> std::io::Result<Vec<Series>> {
-    let path = prepare(args, progress)?;
-    let mut series: Vec<Series> = CONTENDERS
-        .iter()
-        .map(|(name, depth)| Series {
-            workload: format!("randread {} B (cached)", args.block),
-            contender: format!("{name} QD{depth}"),
-            ns_per_op: Vec::new(),
-        })
-        .collect();
-    let uring = Runtime::builder().backend(BackendKind::Uring).build().ok();
-    let ring_only = Runtime::builder()
-        .backend(BackendKind::Uring)
-        .inline_cached_reads(false)
-        .build()
-        .ok();
-    let poll = Runtime::builder()
-        .backend(BackendKind::Poll)
-        .build()
-        .map_err(std::io::Error::from)?;
-    let pool_only = Runtime::builder()
-        .backend(BackendKind::Poll)
-        .inline_cached_reads(false)
-        .build()
-        .map_err(std::io::Error::from)?;
-    if uring.is_none() {
-        eprintln!("randread: io_uring unavailable here; its rows are skipped");
+/// The files the benchmarks use, created (or reused) and page-cached.
+pub struct Data {
+    /// The read file.
+    pub read: PathBuf,
+    /// Its length.
+    pub len: u64,
+    /// The write target (a separate file of the same length).
+    pub write: PathBuf,
+    /// The many small files.
+    pub small: Vec<PathBuf>,
+}
+
+/// Number and size of the many small files.
+pub const SMALL_FILES: usize = 256;
+/// Size of each small file.
+pub const SMALL_FILE_LEN: u64 = 1 << 20;
+/// Chunk in which small files are read.
+pub const SMALL_CHUNK: usize = 256 << 10;
+
+/// Prepares the data files for the given workloads.
+///
+/// # Errors
+/// Creating or reading the files.
+pub fn prepare(args: &FileArgs, need_write: bool, need_small: bool, progress: &ProgressBar) -> io::Result<Data> {
+    let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir).join("mfio-bench");
+    std::fs::create_dir_all(&dir)?;
+    let len = args.size_mib << 20;
+    let read = dir.join(format!("read-{}m.dat", args.size_mib));
+    progress.set_message(format!("preparing {} MiB data file", args.size_mib));
+    ensure_file(&read, len)?;
+    warm(&read)?;
+    let write = dir.join(format!("write-{}m.dat", args.size_mib));
+    if need_write {
+        progress.set_message("preparing the write target");
+        ensure_file(&write, len)?;
     }
-    let span = Duration::from_millis(args.rep_ms);
-    for rep in 0..=args.reps {
-        for (i, (name, depth)) in CONTENDERS.iter().enumerate() {
-            progress.set_message(format!("randread: {name} QD{depth}"));
-            let res = match (*name, uring.as_ref()) {
-                ("pread loop", _) => Some(pread_loop(&path, args, span)?),
-                ("mfio uring", Some(rt)) => Some(mfio_async(rt, &path, args, *depth, span)?),
-                ("mfio uring (ring only)", _) => match &ring_only {
-                    Some(rt) => Some(mfio_async(rt, &path, args, *depth, span)?),
-                    None => None,
-                },
-                ("mfio poll", _) => Some(mfio_async(&poll, &path, args, *depth, span)?),
-                ("mfio poll (pool only)", _) => Some(mfio_async(&pool_only, &path, args, *depth, span)?),
-                ("mfio sync (SyncIoRead)", Some(rt)) => Some(mfio_sync(rt, &path, args, span)?),
-                _ => None,
-            };
-            if let (Some((elapsed, ops)), true) = (res, rep > 0) {
-                series[i].ns_per_op.push(ns_per_op(elapsed, ops));
-            }
-            progress.inc(1);
+    let small_dir = dir.join("small");
+    let mut small = Vec::new();
+    if need_small {
+        progress.set_message(format!("preparing {SMALL_FILES} small files"));
+        std::fs::create_dir_all(&small_dir)?;
+        for i in 0..SMALL_FILES {
+            let p = small_dir.join(format!("{i:04}.dat"));
+            ensure_file(&p, SMALL_FILE_LEN)?;
+            warm(&p)?;
+            small.push(p);
         }
     }
-    series.retain(|s| !s.ns_per_op.is_empty());
-    Ok(series)
-}
-
-/// Block-aligned pseudo-random offsets inside the file.
-fn offsets(args: &RandreadArgs) -> impl Iterator<Item = u64> {
-    let blocks = ((args.size_mib << 20) / args.block as u64).max(1);
-    let block = args.block as u64;
-    let mut s = 0x2545_f491_4f6c_dd1du64;
-    std::iter::repeat_with(move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        (s % blocks) * block
+    Ok(Data {
+        read,
+        len,
+        write,
+        small,
     })
 }
 
-/// Reads per timing check.
-const CHUNK: usize = 1024;
-
-fn pread_loop(path: &Path, args: &RandreadArgs, span: Duration) -> std::io::Result<(Duration, u64)> {
-    let f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; args.block];
-    timed_blocking(args, span, |pos| f.read_exact_at(&mut buf, pos))
+/// Every file contender, runtimes built once; a contender whose runtime does
+/// not build here says so in its rows.
+pub fn contenders(args: &FileArgs) -> Vec<Box<dyn Contender<FileJob>>> {
+    let all: Vec<Box<dyn Contender<FileJob>>> = vec![
+        Box::new(std_io::PreadLoop),
+        Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Uring)),
+        Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Poll)),
+        Box::new(mfio::MfioSync::new()),
+        Box::new(tokio::Tokio::new()),
+        Box::new(memflow::Memflow::new(memflow::Backend::IoUring)),
+        Box::new(memflow::Memflow::new(memflow::Backend::Mio)),
+        Box::new(compio::Compio::new()),
+        Box::new(tokio_uring::TokioUring::new()),
+        Box::new(monoio::Monoio::new()),
+        Box::new(glommio::Glommio::new()),
+        Box::new(fio::Fio::new()),
+    ];
+    keep_only(all, &args.only)
 }
 
-/// Runs `read(offset)` at the benchmark's offsets for `span`; returns the
-/// elapsed time and the number of reads (checking the clock per chunk).
-fn timed_blocking(
-    args: &RandreadArgs,
-    span: Duration,
-    mut read: impl FnMut(u64) -> std::io::Result<()>,
-) -> std::io::Result<(Duration, u64)> {
-    let mut offs = offsets(args);
-    let start = Instant::now();
-    let mut ops = 0u64;
-    while start.elapsed() < span {
-        for _ in 0..CHUNK {
-            read(offs.next().unwrap_or(0))?;
-        }
-        ops += CHUNK as u64;
-    }
-    Ok((start.elapsed(), ops))
+/// Shorthand for the skip reason of a job kind a contender has no API for.
+pub fn unsupported(what: &str) -> Option<String> {
+    Some(format!("skipped: {what}"))
 }
 
-fn mfio_async(
-    rt: &Runtime,
-    path: &Path,
-    args: &RandreadArgs,
-    depth: usize,
-    span: Duration,
-) -> std::io::Result<(Duration, u64)> {
-    let file = rt.block_on(rt.open(path, OpenOptions::new().read(true)))?;
-    let mut offs = offsets(args);
-    let mut bufs: Vec<Vec<u8>> = (0..depth).map(|_| Vec::with_capacity(args.block)).collect();
-    let res = rt.block_on(async {
-        let start = Instant::now();
-        let mut ops = 0u64;
-        while start.elapsed() < span {
-            for _ in 0..(CHUNK / depth).max(1) {
-                if depth == 1 {
-                    let buf = bufs.pop().unwrap_or_default();
-                    let (n, b) = file.read_at(offs.next().unwrap_or(0), buf).await.into_parts();
-                    check(n, args.block)?;
-                    bufs.push(b);
-                } else {
-                    let futs: Vec<_> = bufs
-                        .drain(..)
-                        .map(|b| file.read_at(offs.next().unwrap_or(0), b))
-                        .collect();
-                    for r in Batch::new(futs).await {
-                        let (n, b) = r.into_parts();
-                        check(n, args.block)?;
-                        bufs.push(b);
-                    }
-                }
-                ops += depth as u64;
-            }
-        }
-        Ok::<_, mfio_core::Error>((start.elapsed(), ops))
-    })?;
-    Ok(res)
-}
-
-fn mfio_sync(rt: &Runtime, path: &Path, args: &RandreadArgs, span: Duration) -> std::io::Result<(Duration, u64)> {
-    let file = rt.block_on(rt.open(path, OpenOptions::new().read(true)))?;
-    let mut buf = vec![0u8; args.block];
-    timed_blocking(args, span, |pos| Ok(file.blocking_read_exact_at(pos, &mut buf)?))
-}
-
-fn check(n: mfio_core::Result<usize>, want: usize) -> mfio_core::Result<()> {
-    match n {
-        Ok(k) if k == want => Ok(()),
-        Ok(k) => Err(mfio_core::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!("short read: {k} of {want}"),
-        )),
-        Err(e) => Err(e),
+impl Titled for FileJob {
+    fn title(&self) -> &str {
+        &self.title
     }
 }

@@ -1,19 +1,37 @@
-//! `mfio-bench`: benchmarks of mfio side by side with peers.
+//! `mfio-bench`: mfio side by side with its peers and with the hardware
+//! limit (`fio`), on files and on TCP.
 //!
-//! With no subcommand it runs every benchmark with its defaults, shows a
-//! progress bar and prints a result table. Subcommands run one benchmark
-//! with its options (`mfio-bench core --help`).
+//! With no subcommand it runs every benchmark with its defaults (a few
+//! minutes), shows a progress bar and prints a table per workload; each
+//! workload also gets a JSON file and an SVG plot under `bench-results/`.
+//! Subcommands run one benchmark with its options (`mfio-bench randread --help`).
 
+mod contenders;
 mod core;
 mod files;
+mod measure;
+mod plot;
 mod report;
+mod tcp;
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use files::{FileArgs, FileJob, Kind};
+use report::Series;
+
 #[derive(Parser, Debug)]
-#[command(name = "mfio-bench", about = "Benchmarks of mfio backends side by side with peers")]
+#[command(
+    name = "mfio-bench",
+    about = "Benchmarks of mfio backends side by side with peer runtimes"
+)]
 struct Cli {
+    /// Directory of the JSON and SVG results.
+    #[arg(long, global = true, default_value = "bench-results")]
+    out: PathBuf,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -22,8 +40,68 @@ struct Cli {
 enum Command {
     /// Packet round-trip cost on in-memory backends: mfio `mem` vs memflow mfio `VirtRt`.
     Core(core::CoreArgs),
-    /// 4 KiB random reads over a page-cached file: mfio backends vs a `pread` loop.
-    Randread(files::RandreadArgs),
+    /// Random reads over a page-cached file, and with O_DIRECT.
+    Randread(RandreadArgs),
+    /// Sequential large reads over a page-cached file.
+    Seqread(SeqreadArgs),
+    /// Random small and sequential large writes, and small writes with fdatasync.
+    Write(WriteArgs),
+    /// Many small files, each opened, read whole in chunks and closed.
+    Lsio(LsioArgs),
+    /// TCP over loopback: ping-pong and bulk throughput.
+    Tcp(tcp::TcpArgs),
+}
+
+/// Settings of `randread`.
+#[derive(Debug, Clone, clap::Args)]
+struct RandreadArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Read size in bytes.
+    #[arg(long, default_value_t = 4096)]
+    block: usize,
+    /// Queue depths of the async contenders.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    depths: Vec<usize>,
+    /// Leave out the O_DIRECT workloads.
+    #[arg(long)]
+    no_direct: bool,
+}
+
+/// Settings of `seqread`.
+#[derive(Debug, Clone, clap::Args)]
+struct SeqreadArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Read size in bytes.
+    #[arg(long, default_value_t = 1 << 20)]
+    block: usize,
+    /// Reads in flight for the async contenders.
+    #[arg(long, default_value_t = 4)]
+    depth: usize,
+}
+
+/// Settings of `write`.
+#[derive(Debug, Clone, clap::Args)]
+struct WriteArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Writes in flight for the async contenders (small writes).
+    #[arg(long, default_value_t = 64)]
+    depth: usize,
+    /// Writes in flight for the async contenders (1 MiB writes).
+    #[arg(long, default_value_t = 4)]
+    large_depth: usize,
+}
+
+/// Settings of `lsio`.
+#[derive(Debug, Clone, clap::Args)]
+struct LsioArgs {
+    #[command(flatten)]
+    files: FileArgs,
+    /// Files loaded at once by the async contenders.
+    #[arg(long, default_value_t = 16)]
+    in_flight: usize,
 }
 
 fn progress_bar(steps: u64) -> ProgressBar {
@@ -34,54 +112,248 @@ fn progress_bar(steps: u64) -> ProgressBar {
     bar
 }
 
-fn default_core() -> core::CoreArgs {
-    core::CoreArgs {
-        sizes: vec![64, 4096],
-        depths: vec![1, 64],
-        reps: 7,
-        rep_ms: 300,
-        file_size: 1 << 20,
-        only: None,
+fn size_label(bytes: usize) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} B"),
     }
 }
 
-fn run_core(args: &core::CoreArgs) {
-    let bar = progress_bar(core::steps(args));
-    let series = core::run(args, &bar);
-    bar.finish_with_message("done");
-    println!(
-        "core: ns per read (submit + complete + wake), median of {} interleaved repetitions of {} ms",
-        args.reps, args.rep_ms
-    );
-    report::print_table(&series);
+/// Whether the filesystem of `path` accepts O_DIRECT.
+fn direct_ok(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
-fn run_randread(args: &files::RandreadArgs) {
-    let bar = progress_bar(files::steps(args));
-    match files::run(args, &bar) {
-        Ok(series) => {
-            bar.finish_with_message("done");
-            println!(
-                "randread: ns per {} B read, median of {} interleaved repetitions of {} ms",
-                args.block, args.reps, args.rep_ms
-            );
-            report::print_table(&series);
+fn job(title: String, kind: Kind, block: usize, depth: usize, data: &files::Data) -> FileJob {
+    FileJob {
+        title,
+        kind,
+        random: true,
+        block,
+        depth,
+        direct: false,
+        sync_every: None,
+        path: if kind == Kind::Write {
+            data.write.clone()
+        } else {
+            data.read.clone()
+        },
+        len: if kind == Kind::ManyFiles {
+            files::SMALL_FILE_LEN
+        } else {
+            data.len
+        },
+        files: if kind == Kind::ManyFiles {
+            data.small.clone()
+        } else {
+            Vec::new()
+        },
+    }
+}
+
+fn randread_jobs(a: &RandreadArgs, data: &files::Data) -> Vec<FileJob> {
+    let bs = size_label(a.block);
+    let mut jobs: Vec<FileJob> = a
+        .depths
+        .iter()
+        .map(|&d| job(format!("randread {bs} cached QD{d}"), Kind::Read, a.block, d, data))
+        .collect();
+    if a.no_direct {
+        return jobs;
+    }
+    match direct_ok(&data.read) {
+        Ok(()) => jobs.extend(a.depths.iter().map(|&d| FileJob {
+            direct: true,
+            ..job(format!("randread {bs} O_DIRECT QD{d}"), Kind::Read, a.block, d, data)
+        })),
+        Err(e) => println!("randread: O_DIRECT workloads skipped: this filesystem refuses O_DIRECT ({e})"),
+    }
+    jobs
+}
+
+fn seqread_jobs(a: &SeqreadArgs, data: &files::Data) -> Vec<FileJob> {
+    let title = format!("seqread {} cached QD{}", size_label(a.block), a.depth);
+    vec![FileJob {
+        random: false,
+        ..job(title, Kind::Read, a.block, a.depth, data)
+    }]
+}
+
+fn write_jobs(a: &WriteArgs, data: &files::Data) -> Vec<FileJob> {
+    let d = a.depth;
+    vec![
+        job(format!("write 4 KiB random QD{d}"), Kind::Write, 4096, d, data),
+        FileJob {
+            random: false,
+            ..job(
+                format!("write 1 MiB sequential QD{}", a.large_depth),
+                Kind::Write,
+                1 << 20,
+                a.large_depth,
+                data,
+            )
+        },
+        FileJob {
+            sync_every: Some(d),
+            ..job(
+                format!("write 4 KiB random QD{d} + fdatasync/{d}"),
+                Kind::Write,
+                4096,
+                d,
+                data,
+            )
+        },
+    ]
+}
+
+fn lsio_jobs(a: &LsioArgs, data: &files::Data) -> Vec<FileJob> {
+    let title = format!(
+        "lsio {} files × {}, {} chunks, {} files in flight",
+        files::SMALL_FILES,
+        size_label(files::SMALL_FILE_LEN as usize),
+        size_label(files::SMALL_CHUNK),
+        a.in_flight
+    );
+    vec![job(title, Kind::ManyFiles, files::SMALL_CHUNK, a.in_flight, data)]
+}
+
+/// Which data files beyond the read file a benchmark needs.
+#[derive(Debug, Clone, Copy)]
+struct Needs {
+    write_file: bool,
+    small_files: bool,
+}
+
+const READ_ONLY: Needs = Needs {
+    write_file: false,
+    small_files: false,
+};
+
+/// Prints and saves the results of one benchmark.
+fn report(out: &std::path::Path, results: &[Vec<Series>], latency: &str) {
+    for rows in results {
+        report::print_workload(rows, latency);
+        if let Err(e) = report::write_files(out, rows) {
+            eprintln!("could not write results to {}: {e}", out.display());
         }
+    }
+}
+
+/// Runs a file benchmark: prepares the data, builds the contenders once,
+/// runs the jobs.
+fn run_files(
+    out: &std::path::Path,
+    args: &FileArgs,
+    needs: Needs,
+    make_jobs: impl FnOnce(&files::Data) -> Vec<FileJob>,
+) {
+    let mut contenders = files::contenders(args);
+    let bar = progress_bar(0);
+    let data = match files::prepare(args, needs.write_file, needs.small_files, &bar) {
+        Ok(d) => d,
         Err(e) => {
             bar.abandon_with_message("failed");
-            eprintln!("randread failed: {e}");
+            eprintln!("preparing the data files failed: {e}");
             std::process::exit(1);
         }
-    }
+    };
+    let jobs = make_jobs(&data);
+    bar.set_length(measure::steps(jobs.len(), contenders.len(), args.reps));
+    let span = Duration::from_millis(args.rep_ms);
+    let results = measure::run_jobs(&jobs, &mut contenders, args.reps, span, &bar);
+    bar.finish_and_clear();
+    report(
+        out,
+        &results,
+        "per operation, batch start to completion (lsio: per file)",
+    );
+}
+
+fn run_core(out: &std::path::Path, args: &core::CoreArgs) {
+    let bar = progress_bar(core::steps(args));
+    let results = core::run(args, &bar);
+    bar.finish_and_clear();
+    report(out, &results, "not sampled (in-memory round trips)");
+}
+
+fn run_tcp(out: &std::path::Path, args: &tcp::TcpArgs) {
+    let mut contenders = tcp::contenders(args);
+    let jobs = tcp::jobs(args);
+    let bar = progress_bar(measure::steps(jobs.len(), contenders.len(), args.reps));
+    let span = Duration::from_millis(args.rep_ms);
+    let results = measure::run_jobs(&jobs, &mut contenders, args.reps, span, &bar);
+    bar.finish_and_clear();
+    report(out, &results, "per round trip (bulk: per write)");
 }
 
 fn main() {
-    match Cli::parse().command {
-        Some(Command::Core(args)) => run_core(&args),
-        Some(Command::Randread(args)) => run_randread(&args),
-        None => {
-            run_core(&default_core());
-            run_randread(&files::RandreadArgs::default());
+    let cli = Cli::parse();
+    let out = cli.out.as_path();
+    match cli.command {
+        Some(Command::Core(a)) => run_core(out, &a),
+        Some(Command::Randread(a)) => run_files(out, &a.files, READ_ONLY, |d| randread_jobs(&a, d)),
+        Some(Command::Seqread(a)) => run_files(out, &a.files, READ_ONLY, |d| seqread_jobs(&a, d)),
+        Some(Command::Write(a)) => {
+            let needs = Needs {
+                write_file: true,
+                ..READ_ONLY
+            };
+            run_files(out, &a.files, needs, |d| write_jobs(&a, d))
         }
+        Some(Command::Lsio(a)) => {
+            let needs = Needs {
+                small_files: true,
+                ..READ_ONLY
+            };
+            run_files(out, &a.files, needs, |d| lsio_jobs(&a, d))
+        }
+        Some(Command::Tcp(a)) => run_tcp(out, &a),
+        None => run_all(out),
     }
+}
+
+/// Every benchmark with its defaults; the file workloads share one set of
+/// contenders and one progress bar.
+fn run_all(out: &std::path::Path) {
+    let files = FileArgs::default();
+    let rr = RandreadArgs {
+        files: files.clone(),
+        block: 4096,
+        depths: vec![1, 64],
+        no_direct: false,
+    };
+    let sr = SeqreadArgs {
+        files: files.clone(),
+        block: 1 << 20,
+        depth: 4,
+    };
+    let wr = WriteArgs {
+        files: files.clone(),
+        depth: 64,
+        large_depth: 4,
+    };
+    let ls = LsioArgs {
+        files: files.clone(),
+        in_flight: 16,
+    };
+    let needs = Needs {
+        write_file: true,
+        small_files: true,
+    };
+    run_files(out, &files, needs, |d| {
+        let mut jobs = randread_jobs(&rr, d);
+        jobs.extend(seqread_jobs(&sr, d));
+        jobs.extend(write_jobs(&wr, d));
+        jobs.extend(lsio_jobs(&ls, d));
+        jobs
+    });
+    run_tcp(out, &tcp::TcpArgs::default());
+    run_core(out, &core::CoreArgs::default());
 }

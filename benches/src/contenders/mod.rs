@@ -1,0 +1,91 @@
+//! The contenders, one module per runtime: each builds its runtime once and
+//! runs the workloads it has an API for (files, TCP, or both); a runtime
+//! that does not build here says why in its rows.
+
+/// `Contender<FileJob>` for a runtime struct with a `rt: Built<_>` field
+/// whose `block_on` runs the module's `ops(job, span)` and
+/// `load(path, chunk, len)`.
+macro_rules! file_contender {
+    ($ty:ty, $name:expr) => {
+        impl $crate::measure::Contender<$crate::files::FileJob> for $ty {
+            fn name(&self) -> String {
+                $name.into()
+            }
+
+            fn skip_reason(&self, _job: &$crate::files::FileJob) -> Option<String> {
+                $crate::contenders::unbuilt(&self.rt)
+            }
+
+            fn run(
+                &mut self,
+                job: &$crate::files::FileJob,
+                span: std::time::Duration,
+            ) -> std::io::Result<$crate::measure::Sample> {
+                let rt = $crate::contenders::ready(&mut self.rt)?;
+                if job.kind == $crate::files::Kind::ManyFiles {
+                    let load = |p| load(p, job.block, job.len);
+                    return rt.block_on($crate::measure::drive_files(
+                        &job.files, job.depth, job.block, span, load,
+                    ));
+                }
+                rt.block_on(ops(job, span))
+            }
+        }
+    };
+}
+
+/// `Contender<TcpJob>` for a runtime struct with a `rt: Built<_>` field
+/// whose `block_on` runs the module's `pairs(n)` and stream calls
+/// `round_trip`, `echo`, `send`, `recv`.
+macro_rules! tcp_contender {
+    ($ty:ty, $name:expr) => {
+        impl $crate::measure::Contender<$crate::tcp::TcpJob> for $ty {
+            fn name(&self) -> String {
+                $name.into()
+            }
+
+            fn skip_reason(&self, _job: &$crate::tcp::TcpJob) -> Option<String> {
+                $crate::contenders::unbuilt(&self.rt)
+            }
+
+            fn run(
+                &mut self,
+                job: &$crate::tcp::TcpJob,
+                span: std::time::Duration,
+            ) -> std::io::Result<$crate::measure::Sample> {
+                $crate::contenders::ready(&mut self.rt)?.block_on(async {
+                    let p = pairs(job.conns).await?;
+                    $crate::tcp::session(p, job, span, round_trip, echo, send, recv).await
+                })
+            }
+        }
+    };
+}
+
+pub mod compio;
+pub mod fio;
+pub mod glommio;
+pub mod memflow;
+pub mod mfio;
+pub mod monoio;
+pub mod std_io;
+pub mod tokio;
+pub mod tokio_uring;
+
+use std::io;
+
+/// A runtime built once per benchmark, or why it did not build.
+pub type Built<T> = Result<T, String>;
+
+/// The skip reason of a runtime that did not build.
+pub fn unbuilt<T>(b: &Built<T>) -> Option<String> {
+    b.as_ref().err().map(|e| format!("runtime failed to build: {e}"))
+}
+
+/// The runtime, or its build error as an I/O error.
+///
+/// # Errors
+/// The runtime did not build.
+pub fn ready<T>(b: &mut Built<T>) -> io::Result<&mut T> {
+    b.as_mut().map_err(|e| io::Error::other(e.clone()))
+}

@@ -1,0 +1,395 @@
+//! Measuring one repetition: the timed loops every contender runs (blocking
+//! or async, on whatever runtime), the batch join they share, sampled
+//! latencies, and the interleaved schedule of repetitions.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use indicatif::ProgressBar;
+
+use crate::report::Series;
+
+/// What one measured repetition of one contender produced.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Wall time of the timed loop.
+    pub elapsed: Duration,
+    /// Operations completed (reads, writes, round trips).
+    pub ops: u64,
+    /// Payload bytes moved.
+    pub bytes: u64,
+    /// Latencies of a sample of the operations, in ns.
+    pub lat_ns: Vec<u64>,
+    /// p50 and p99 in ns as reported by an external tool (fio), when
+    /// `lat_ns` is empty.
+    pub percentiles: Option<(u64, u64)>,
+}
+
+/// One batch in `LATENCY_EVERY` has the completion time of each of its
+/// operations taken; the others run without a clock read per operation.
+const LATENCY_EVERY: u64 = 8;
+
+/// Operations between two clock checks of the loop deadline.
+const OPS_PER_CHECK: usize = 64;
+
+/// Pseudo-random or sequential block-aligned offsets, the same sequence for
+/// every contender.
+#[derive(Debug, Clone)]
+pub struct Positions {
+    state: u64,
+    next_seq: u64,
+    blocks: u64,
+    block: u64,
+    random: bool,
+}
+
+impl Positions {
+    /// Offsets of `block`-sized blocks inside `len` bytes.
+    pub fn new(len: u64, block: usize, random: bool) -> Self {
+        Self {
+            state: 0x2545_f491_4f6c_dd1d,
+            next_seq: 0,
+            blocks: (len / block as u64).max(1),
+            block: block as u64,
+            random,
+        }
+    }
+
+    /// The next offset.
+    pub fn next_pos(&mut self) -> u64 {
+        let idx = if self.random {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            self.state % self.blocks
+        } else {
+            let i = self.next_seq % self.blocks;
+            self.next_seq += 1;
+            i
+        };
+        idx * self.block
+    }
+}
+
+/// How an operation-level loop is run: its length, the operation size, and
+/// whether a sync follows every `sync_every` operations.
+#[derive(Debug, Clone, Copy)]
+pub struct Pace {
+    /// Length of the timed loop.
+    pub span: Duration,
+    /// Bytes each operation must move (anything else is an error).
+    pub block: usize,
+    /// Sync (fdatasync) after this many operations.
+    pub sync_every: Option<usize>,
+}
+
+fn short(what: &str, got: usize, want: usize) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("short {what}: {got} of {want} bytes"),
+    )
+}
+
+/// Checks that an operation moved exactly `want` bytes.
+pub fn expect_len(res: io::Result<usize>, want: usize) -> io::Result<()> {
+    match res {
+        Ok(n) if n == want => Ok(()),
+        Ok(n) => Err(short("transfer", n, want)),
+        Err(e) => Err(e),
+    }
+}
+
+/// The blocking loop: one operation at a time on the calling thread.
+pub fn drive_blocking(
+    pos: &mut Positions,
+    pace: Pace,
+    mut op: impl FnMut(u64) -> io::Result<usize>,
+    mut sync: impl FnMut() -> io::Result<()>,
+) -> io::Result<Sample> {
+    let mut out = Sample::default();
+    let start = Instant::now();
+    while start.elapsed() < pace.span {
+        let timed = (out.ops / OPS_PER_CHECK as u64) % LATENCY_EVERY == 0;
+        for _ in 0..OPS_PER_CHECK {
+            let t0 = timed.then(Instant::now);
+            expect_len(op(pos.next_pos()), pace.block)?;
+            out.ops += 1;
+            if pace.sync_every.is_some_and(|n| out.ops % n as u64 == 0) {
+                sync()?;
+            }
+            if let Some(t0) = t0 {
+                out.lat_ns.push(t0.elapsed().as_nanos() as u64);
+            }
+        }
+    }
+    out.elapsed = start.elapsed();
+    out.bytes = out.ops * pace.block as u64;
+    Ok(out)
+}
+
+/// The async loop: batches of `bufs.len()` operations joined together (one
+/// buffer each), then a sync if the pace asks for one, repeated until the
+/// span is over. Runs inside any runtime's `block_on`.
+pub async fn drive_batches<B, F, Fut, S, SFut>(
+    pos: &mut Positions,
+    pace: Pace,
+    mut bufs: Vec<B>,
+    mut op: F,
+    mut sync: S,
+) -> io::Result<Sample>
+where
+    F: FnMut(u64, B) -> Fut,
+    Fut: Future<Output = (io::Result<usize>, B)>,
+    S: FnMut() -> SFut,
+    SFut: Future<Output = io::Result<()>>,
+{
+    let depth = bufs.len().max(1);
+    let batches_per_check = OPS_PER_CHECK.div_ceil(depth);
+    let mut out = Sample::default();
+    let mut batch_no = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < pace.span {
+        for _ in 0..batches_per_check {
+            let timed = batch_no % LATENCY_EVERY == 0;
+            batch_no += 1;
+            let t0 = Instant::now();
+            if depth == 1 {
+                // Depth 1: the operation is awaited directly, no join around it.
+                let Some(buf) = bufs.pop() else { break };
+                let (res, buf) = op(pos.next_pos(), buf).await;
+                bufs.push(buf);
+                expect_len(res, pace.block)?;
+                if timed {
+                    out.lat_ns.push(t0.elapsed().as_nanos() as u64);
+                }
+            } else {
+                let futs: Vec<_> = bufs
+                    .drain(..)
+                    .map(|b| {
+                        let fut = op(pos.next_pos(), b);
+                        async move {
+                            let (res, b) = fut.await;
+                            (res, b, timed.then(Instant::now))
+                        }
+                    })
+                    .collect();
+                let mut first_err = None;
+                for (res, b, done) in Batch::new(futs).await {
+                    bufs.push(b);
+                    if let Err(e) = expect_len(res, pace.block) {
+                        first_err.get_or_insert(e);
+                    }
+                    if let Some(done) = done {
+                        out.lat_ns.push(done.duration_since(t0).as_nanos() as u64);
+                    }
+                }
+                if let Some(e) = first_err {
+                    return Err(e);
+                }
+            }
+            out.ops += depth as u64;
+            if pace.sync_every.is_some() {
+                sync().await?;
+            }
+        }
+    }
+    out.elapsed = start.elapsed();
+    out.bytes = out.ops * pace.block as u64;
+    Ok(out)
+}
+
+/// The many-files loop: `depth` whole-file loads in flight, each returning
+/// the bytes it read; an operation is one chunk of `chunk` bytes; latencies
+/// are per file.
+pub async fn drive_files<'a, F, Fut>(
+    paths: &'a [std::path::PathBuf],
+    depth: usize,
+    chunk: usize,
+    span: Duration,
+    mut load: F,
+) -> io::Result<Sample>
+where
+    F: FnMut(&'a std::path::Path) -> Fut,
+    Fut: Future<Output = io::Result<u64>>,
+{
+    let mut out = Sample::default();
+    let mut next = 0usize;
+    let start = Instant::now();
+    while start.elapsed() < span && !paths.is_empty() {
+        let t0 = Instant::now();
+        let futs: Vec<_> = (0..depth.max(1))
+            .map(|_| {
+                let path = &paths[next % paths.len()];
+                next += 1;
+                let fut = load(path);
+                async move { (fut.await, Instant::now()) }
+            })
+            .collect();
+        for (res, done) in Batch::new(futs).await {
+            out.bytes += res?;
+            out.lat_ns.push(done.duration_since(t0).as_nanos() as u64);
+        }
+    }
+    out.elapsed = start.elapsed();
+    out.ops = out.bytes / chunk.max(1) as u64;
+    Ok(out)
+}
+
+/// The blocking many-files loop: one file at a time.
+pub fn drive_files_blocking(
+    paths: &[std::path::PathBuf],
+    chunk: usize,
+    span: Duration,
+    mut load: impl FnMut(&std::path::Path) -> io::Result<u64>,
+) -> io::Result<Sample> {
+    let mut out = Sample::default();
+    let start = Instant::now();
+    for path in paths.iter().cycle() {
+        if start.elapsed() >= span {
+            break;
+        }
+        let t0 = Instant::now();
+        out.bytes += load(path)?;
+        out.lat_ns.push(t0.elapsed().as_nanos() as u64);
+    }
+    out.elapsed = start.elapsed();
+    out.ops = out.bytes / chunk.max(1) as u64;
+    Ok(out)
+}
+
+/// A contender of one benchmark: something that runs one repetition of a
+/// workload `W`, or says why it cannot.
+pub trait Contender<W> {
+    /// Name in tables, JSON and plots.
+    fn name(&self) -> String;
+    /// Why this contender does not run `workload`, if it does not.
+    fn skip_reason(&self, workload: &W) -> Option<String>;
+    /// One timed repetition.
+    ///
+    /// # Errors
+    /// The contender's I/O error; the contender is dropped from the workload.
+    fn run(&mut self, workload: &W, span: Duration) -> io::Result<Sample>;
+}
+
+/// A workload with a name.
+pub trait Titled {
+    /// Name in tables and file names.
+    fn title(&self) -> &str;
+}
+
+/// Keeps the contenders whose name contains one of `only` (all if empty).
+pub fn keep_only<W>(all: Vec<Box<dyn Contender<W>>>, only: &[String]) -> Vec<Box<dyn Contender<W>>> {
+    all.into_iter()
+        .filter(|c| only.is_empty() || only.iter().any(|o| c.name().contains(o.as_str())))
+        .collect()
+}
+
+/// Progress steps of `run_jobs`.
+pub fn steps(jobs: usize, contenders: usize, reps: usize) -> u64 {
+    (jobs * contenders * (reps + 1)) as u64
+}
+
+/// Runs each job with every contender, interleaved; a result table each.
+pub fn run_jobs<W: Titled>(
+    jobs: &[W],
+    contenders: &mut [Box<dyn Contender<W>>],
+    reps: usize,
+    span: Duration,
+    progress: &ProgressBar,
+) -> Vec<Vec<Series>> {
+    jobs.iter()
+        .map(|job| interleave(job.title(), job, contenders, reps, span, progress))
+        .collect()
+}
+
+/// Runs one workload: a warm-up, then `reps` measured repetitions, each
+/// repetition going through every contender in turn (A B C A B C …) so that
+/// drift of the machine hits all of them alike.
+pub fn interleave<W>(
+    title: &str,
+    workload: &W,
+    contenders: &mut [Box<dyn Contender<W> + '_>],
+    reps: usize,
+    span: Duration,
+    progress: &ProgressBar,
+) -> Vec<Series> {
+    let mut series: Vec<Series> = contenders
+        .iter()
+        .map(|c| {
+            let mut s = Series::new(title, &c.name());
+            s.note = c.skip_reason(workload);
+            s
+        })
+        .collect();
+    for rep in 0..=reps {
+        // The warm-up is shorter: it only has to fault in and fill caches.
+        let this_span = if rep == 0 { span / 3 } else { span };
+        for (c, s) in contenders.iter_mut().zip(series.iter_mut()) {
+            progress.inc(1);
+            if s.note.is_some() {
+                continue;
+            }
+            progress.set_message(format!("{title}: {}", s.contender));
+            // A peer runtime that panics loses its row, not the whole run.
+            let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run(workload, this_span)));
+            match res {
+                Ok(Ok(sample)) if rep > 0 => s.push(sample),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => s.note = Some(format!("failed: {e}")),
+                Err(_) => s.note = Some("failed: panicked (message above)".into()),
+            }
+        }
+    }
+    series
+}
+
+/// Joins a batch of futures with one allocation per batch; polls the ones
+/// still pending on every wake. Used for every async contender alike.
+pub struct Batch<F: Future> {
+    futs: Pin<Box<[Option<F>]>>,
+    outs: Vec<Option<F::Output>>,
+    left: usize,
+}
+
+impl<F: Future> Batch<F> {
+    /// A join of `futs`; resolves to their outputs in order.
+    pub fn new(futs: Vec<F>) -> Self {
+        let n = futs.len();
+        Self {
+            futs: Box::into_pin(futs.into_iter().map(Some).collect()),
+            outs: (0..n).map(|_| None).collect(),
+            left: n,
+        }
+    }
+}
+
+impl<F: Future> Future for Batch<F> {
+    type Output = Vec<F::Output>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: `Batch` is never moved out of; we only project to `futs`
+        // (itself pinned on the heap) and to the `Unpin` fields.
+        let this = unsafe { self.get_unchecked_mut() };
+        // SAFETY: the boxed slice never moves; each slot is pinned in place and
+        // only ever dropped in place (set to `None`).
+        let slots = unsafe { this.futs.as_mut().get_unchecked_mut() };
+        for (slot, out) in slots.iter_mut().zip(this.outs.iter_mut()) {
+            if let Some(fut) = slot {
+                // SAFETY: see above: the future lives in place inside the pinned box.
+                let fut = unsafe { Pin::new_unchecked(fut) };
+                if let Poll::Ready(v) = fut.poll(cx) {
+                    *out = Some(v);
+                    *slot = None;
+                    this.left -= 1;
+                }
+            }
+        }
+        if this.left == 0 {
+            Poll::Ready(this.outs.iter_mut().filter_map(Option::take).collect())
+        } else {
+            Poll::Pending
+        }
+    }
+}

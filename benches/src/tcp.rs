@@ -1,0 +1,295 @@
+//! TCP over loopback: ping-pong of fixed-size messages over 1 or many
+//! connections, and one-way bulk throughput. Both ends of every connection
+//! run on the contender's runtime, on one thread, so the figure is the cost
+//! of the whole round trip through that runtime.
+
+use std::future::Future;
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::contenders::{compio, mfio, monoio, tokio};
+use crate::measure::{keep_only, Batch, Contender, Sample, Titled};
+
+/// Settings of `tcp`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TcpArgs {
+    /// Message sizes of the ping-pong, in bytes.
+    #[arg(long, value_delimiter = ',', default_value = "64,16384")]
+    pub sizes: Vec<usize>,
+    /// Connection counts of the ping-pong.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    pub conns: Vec<usize>,
+    /// Write size of the bulk run, in bytes.
+    #[arg(long, default_value_t = 256 << 10)]
+    pub bulk_chunk: usize,
+    /// Measured repetitions per contender (after a warm-up), interleaved.
+    #[arg(long, default_value_t = 5)]
+    pub reps: usize,
+    /// Length of one repetition in milliseconds.
+    #[arg(long, default_value_t = 150)]
+    pub rep_ms: u64,
+    /// Run only contenders whose name contains one of these (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+impl Default for TcpArgs {
+    fn default() -> Self {
+        Self {
+            sizes: vec![64, 16384],
+            conns: vec![1, 64],
+            bulk_chunk: 256 << 10,
+            reps: 5,
+            rep_ms: 150,
+            only: Vec::new(),
+        }
+    }
+}
+
+/// One TCP workload.
+#[derive(Debug, Clone)]
+pub struct TcpJob {
+    /// Name in tables and file names.
+    pub title: String,
+    /// Ping-pong message size, or bulk write size.
+    pub size: usize,
+    /// Connections (1 for bulk).
+    pub conns: usize,
+    /// One-way bulk transfer instead of ping-pong.
+    pub bulk: bool,
+}
+
+/// The workloads of `args`.
+pub fn jobs(args: &TcpArgs) -> Vec<TcpJob> {
+    let mut out = Vec::new();
+    for &size in &args.sizes {
+        for &conns in &args.conns {
+            out.push(TcpJob {
+                title: format!("tcp ping-pong {size} B × {conns} conn"),
+                size,
+                conns,
+                bulk: false,
+            });
+        }
+    }
+    out.push(TcpJob {
+        title: format!("tcp bulk {} KiB writes, 1 conn", args.bulk_chunk >> 10),
+        size: args.bulk_chunk,
+        conns: 1,
+        bulk: true,
+    });
+    out
+}
+
+/// Every TCP contender.
+pub fn contenders(args: &TcpArgs) -> Vec<Box<dyn Contender<TcpJob>>> {
+    let all: Vec<Box<dyn Contender<TcpJob>>> = vec![
+        Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Uring)),
+        Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Poll)),
+        Box::new(tokio::Tokio::new()),
+        Box::new(compio::Compio::new()),
+        Box::new(monoio::Monoio::new()),
+    ];
+    keep_only(all, &args.only)
+}
+
+/// Round trips a client sampled for latency: one in this many.
+const LATENCY_EVERY: u64 = 8;
+
+/// Whether an error is the peer closing the connection.
+fn is_eof(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// The client side of a ping-pong connection: round trips (`rtt` sends the
+/// message and reads the echo) until `deadline`, then drops the stream.
+async fn client<S, F, Fut>(mut stream: S, size: usize, deadline: Instant, rtt: &F) -> io::Result<(u64, Vec<u64>)>
+where
+    F: Fn(S, Vec<u8>) -> Fut,
+    Fut: Future<Output = (io::Result<()>, S, Vec<u8>)>,
+{
+    let mut buf = vec![0x5a; size];
+    let mut n = 0u64;
+    let mut lat = Vec::new();
+    while Instant::now() < deadline {
+        let t0 = Instant::now();
+        let (res, s, b) = rtt(stream, buf).await;
+        res?;
+        if n % LATENCY_EVERY == 0 {
+            lat.push(t0.elapsed().as_nanos() as u64);
+        }
+        n += 1;
+        stream = s;
+        buf = b;
+    }
+    Ok((n, lat))
+}
+
+/// The server side: echoes messages (`echo` reads one and writes it back)
+/// until the client closes.
+async fn server<S, F, Fut>(mut stream: S, size: usize, echo: &F) -> io::Result<()>
+where
+    F: Fn(S, Vec<u8>) -> Fut,
+    Fut: Future<Output = (io::Result<()>, S, Vec<u8>)>,
+{
+    let mut buf = vec![0u8; size];
+    loop {
+        let (res, s, b) = echo(stream, buf).await;
+        match res {
+            Ok(()) => {}
+            Err(e) if is_eof(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        stream = s;
+        buf = b;
+    }
+}
+
+/// Runs a ping-pong over connected `(client, server)` pairs for `span`.
+pub async fn ping_pong<C, S, RF, RFut, EF, EFut>(
+    pairs: Vec<(C, S)>,
+    size: usize,
+    span: Duration,
+    rtt: RF,
+    echo: EF,
+) -> io::Result<Sample>
+where
+    RF: Fn(C, Vec<u8>) -> RFut,
+    RFut: Future<Output = (io::Result<()>, C, Vec<u8>)>,
+    EF: Fn(S, Vec<u8>) -> EFut,
+    EFut: Future<Output = (io::Result<()>, S, Vec<u8>)>,
+{
+    let start = Instant::now();
+    let deadline = start + span;
+    let (clients, servers): (Vec<_>, Vec<_>) = pairs
+        .into_iter()
+        .map(|(c, s)| (client(c, size, deadline, &rtt), server(s, size, &echo)))
+        .unzip();
+    let (done, served) = futures::future::join(Batch::new(clients), Batch::new(servers)).await;
+    let elapsed = start.elapsed();
+    let mut out = Sample {
+        elapsed,
+        ..Sample::default()
+    };
+    for r in done {
+        let (n, lat) = r?;
+        out.ops += n;
+        out.lat_ns.extend(lat);
+    }
+    for r in served {
+        r?;
+    }
+    out.bytes = out.ops * 2 * size as u64;
+    Ok(out)
+}
+
+/// One-way bulk transfer: `send` writes one chunk, until `span` is over,
+/// then the sender is dropped; `recv` reads until the end and counts bytes.
+pub async fn bulk<C, S, WF, WFut, RF, RFut>(
+    sender: C,
+    receiver: S,
+    chunk: usize,
+    span: Duration,
+    send: WF,
+    recv: RF,
+) -> io::Result<Sample>
+where
+    WF: Fn(C, Vec<u8>) -> WFut,
+    WFut: Future<Output = (io::Result<()>, C, Vec<u8>)>,
+    RF: Fn(S, Vec<u8>) -> RFut,
+    RFut: Future<Output = (io::Result<usize>, S, Vec<u8>)>,
+{
+    let start = Instant::now();
+    let deadline = start + span;
+    let writer = async move {
+        let (mut c, mut buf) = (sender, vec![0x5a; chunk]);
+        let (mut n, mut lat) = (0u64, Vec::new());
+        while Instant::now() < deadline {
+            let t0 = Instant::now();
+            let (res, c2, b) = send(c, buf).await;
+            res?;
+            if n % LATENCY_EVERY == 0 {
+                lat.push(t0.elapsed().as_nanos() as u64);
+            }
+            n += 1;
+            (c, buf) = (c2, b);
+        }
+        Ok::<_, io::Error>((n, lat))
+    };
+    let reader = async move {
+        let (mut s, mut buf, mut total) = (receiver, vec![0u8; chunk], 0u64);
+        loop {
+            let (res, s2, b) = recv(s, buf).await;
+            match res {
+                Ok(0) => return Ok::<_, io::Error>(total),
+                Ok(k) => total += k as u64,
+                Err(e) if is_eof(&e) => return Ok(total),
+                Err(e) => return Err(e),
+            }
+            (s, buf) = (s2, b);
+        }
+    };
+    let (w, r) = futures::future::join(writer, reader).await;
+    let (n, lat) = w?;
+    let bytes = r?;
+    if bytes != n * chunk as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("bulk: sent {} bytes, received {bytes}", n * chunk as u64),
+        ));
+    }
+    Ok(Sample {
+        elapsed: start.elapsed(),
+        ops: n,
+        bytes,
+        lat_ns: lat,
+        percentiles: None,
+    })
+}
+
+/// One repetition of `job` over connected `(client, server)` pairs: a
+/// ping-pong with `rtt`/`echo`, or for bulk a transfer with `send`/`recv` over
+/// the first pair. Each runtime supplies its stream calls.
+#[allow(clippy::too_many_arguments)]
+pub async fn session<C, S, RF, RFut, EF, EFut, WF, WFut, VF, VFut>(
+    pairs: Vec<(C, S)>,
+    job: &TcpJob,
+    span: Duration,
+    rtt: RF,
+    echo: EF,
+    send: WF,
+    recv: VF,
+) -> io::Result<Sample>
+where
+    RF: Fn(C, Vec<u8>) -> RFut,
+    RFut: Future<Output = (io::Result<()>, C, Vec<u8>)>,
+    EF: Fn(S, Vec<u8>) -> EFut,
+    EFut: Future<Output = (io::Result<()>, S, Vec<u8>)>,
+    WF: Fn(C, Vec<u8>) -> WFut,
+    WFut: Future<Output = (io::Result<()>, C, Vec<u8>)>,
+    VF: Fn(S, Vec<u8>) -> VFut,
+    VFut: Future<Output = (io::Result<usize>, S, Vec<u8>)>,
+{
+    if job.bulk {
+        let (c, s) = pairs
+            .into_iter()
+            .next()
+            .ok_or_else(|| io::Error::other("no connection"))?;
+        return bulk(c, s, job.size, span, send, recv).await;
+    }
+    ping_pong(pairs, job.size, span, rtt, echo).await
+}
+
+/// Loopback on an ephemeral port.
+pub fn loopback() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+impl Titled for TcpJob {
+    fn title(&self) -> &str {
+        &self.title
+    }
+}
