@@ -245,4 +245,14 @@ impl Titled for FileJob {
     fn title(&self) -> &str {
         &self.title
     }
+
+    fn latency(&self) -> &'static str {
+        match self.kind {
+            Kind::ManyFiles => "latency: one whole file, open to close, from the start of its group",
+            _ if self.sync_every.is_some() => {
+                "latency: one write, from the start of its batch (fdatasync after each batch)"
+            }
+            _ => "latency: one operation, submission to completion",
+        }
+    }
 }

@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use files::{FileArgs, FileJob, Kind};
+use measure::Titled;
 use report::Series;
 
 #[derive(Parser, Debug)]
@@ -237,9 +238,9 @@ const READ_ONLY: Needs = Needs {
 };
 
 /// Prints and saves the results of one benchmark.
-fn report(out: &std::path::Path, results: &[Vec<Series>], latency: &str) {
-    for rows in results {
-        report::print_workload(rows, latency);
+fn report<'a>(out: &std::path::Path, results: &[Vec<Series>], latency: impl Fn(usize) -> &'a str) {
+    for (i, rows) in results.iter().enumerate() {
+        report::print_workload(rows, latency(i));
         if let Err(e) = report::write_files(out, rows) {
             eprintln!("could not write results to {}: {e}", out.display());
         }
@@ -269,18 +270,14 @@ fn run_files(
     let span = Duration::from_millis(args.rep_ms);
     let results = measure::run_jobs(&jobs, &mut contenders, args.reps, span, &bar);
     bar.finish_and_clear();
-    report(
-        out,
-        &results,
-        "per operation, batch start to completion (lsio: per file)",
-    );
+    report(out, &results, |i| jobs[i].latency());
 }
 
 fn run_core(out: &std::path::Path, args: &core::CoreArgs) {
     let bar = progress_bar(core::steps(args));
     let results = core::run(args, &bar);
     bar.finish_and_clear();
-    report(out, &results, "not sampled (in-memory round trips)");
+    report(out, &results, |_| "latency: not sampled (in-memory round trips)");
 }
 
 fn run_tcp(out: &std::path::Path, args: &tcp::TcpArgs) {
@@ -290,7 +287,7 @@ fn run_tcp(out: &std::path::Path, args: &tcp::TcpArgs) {
     let span = Duration::from_millis(args.rep_ms);
     let results = measure::run_jobs(&jobs, &mut contenders, args.reps, span, &bar);
     bar.finish_and_clear();
-    report(out, &results, "per round trip (bulk: per write)");
+    report(out, &results, |i| jobs[i].latency());
 }
 
 fn main() {

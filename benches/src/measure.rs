@@ -201,6 +201,124 @@ where
     Ok(out)
 }
 
+/// The async loop at a queue depth: `bufs.len()` operations kept in flight
+/// continuously (a new one is issued as soon as one completes) until the
+/// span is over, then the rest drained. With a sync cadence, or at depth 1,
+/// it runs as [`drive_batches`] (a sync needs a quiet queue; depth 1 awaits
+/// each operation directly). Latency is submission to completion.
+pub async fn drive_ops<B, F, Fut, S, SFut>(
+    pos: &mut Positions,
+    pace: Pace,
+    bufs: Vec<B>,
+    op: F,
+    sync: S,
+) -> io::Result<Sample>
+where
+    F: FnMut(u64, B) -> Fut,
+    Fut: Future<Output = (io::Result<usize>, B)>,
+    S: FnMut() -> SFut,
+    SFut: Future<Output = io::Result<()>>,
+{
+    if pace.sync_every.is_some() || bufs.len() <= 1 {
+        return drive_batches(pos, pace, bufs, op, sync).await;
+    }
+    let start = Instant::now();
+    Window {
+        slots: Box::into_pin((0..bufs.len()).map(|_| None).collect()),
+        started: vec![None; bufs.len()],
+        free: bufs,
+        op,
+        pos,
+        block: pace.block,
+        deadline: start + pace.span,
+        stopping: false,
+        issued: 0,
+        error: None,
+        out: Sample::default(),
+        start,
+    }
+    .await
+}
+
+/// The sliding window of [`drive_ops`].
+struct Window<'p, B, F, Fut> {
+    slots: Pin<Box<[Option<Fut>]>>,
+    started: Vec<Option<Instant>>,
+    free: Vec<B>,
+    op: F,
+    pos: &'p mut Positions,
+    block: usize,
+    deadline: Instant,
+    stopping: bool,
+    issued: u64,
+    error: Option<io::Error>,
+    out: Sample,
+    start: Instant,
+}
+
+impl<B, F, Fut> Future for Window<'_, B, F, Fut>
+where
+    F: FnMut(u64, B) -> Fut,
+    Fut: Future<Output = (io::Result<usize>, B)>,
+{
+    type Output = io::Result<Sample>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        // SAFETY: nothing is moved out of `Window`; the futures live in the
+        // separately pinned `slots` box, every other field is only used by
+        // reference or replaced whole.
+        let this = unsafe { self.get_unchecked_mut() };
+        loop {
+            let mut progressed = false;
+            // SAFETY: the boxed slice never moves; a slot's future is only
+            // polled in place and dropped in place (the slot set to `None`).
+            let slots = unsafe { this.slots.as_mut().get_unchecked_mut() };
+            for (i, slot) in slots.iter_mut().enumerate() {
+                if slot.is_none() && !this.stopping {
+                    let Some(buf) = this.free.pop() else { continue };
+                    this.started[i] = (this.issued % LATENCY_EVERY == 0).then(Instant::now);
+                    this.issued += 1;
+                    *slot = Some((this.op)(this.pos.next_pos(), buf));
+                }
+                let Some(fut) = slot.as_mut() else { continue };
+                // SAFETY: see above: the future is pinned in its slot.
+                let fut = unsafe { Pin::new_unchecked(fut) };
+                let Poll::Ready((res, buf)) = fut.poll(cx) else {
+                    continue;
+                };
+                *slot = None;
+                progressed = true;
+                this.free.push(buf);
+                if let Some(t0) = this.started[i].take() {
+                    this.out.lat_ns.push(t0.elapsed().as_nanos() as u64);
+                }
+                match expect_len(res, this.block) {
+                    Ok(()) => this.out.ops += 1,
+                    Err(e) => {
+                        this.error.get_or_insert(e);
+                        this.stopping = true;
+                    }
+                }
+                if this.out.ops % OPS_PER_CHECK as u64 == 0 && Instant::now() >= this.deadline {
+                    this.stopping = true;
+                }
+            }
+            if this.stopping && slots.iter().all(Option::is_none) {
+                if let Some(e) = this.error.take() {
+                    return Poll::Ready(Err(e));
+                }
+                let mut out = std::mem::take(&mut this.out);
+                out.elapsed = this.start.elapsed();
+                out.bytes = out.ops * this.block as u64;
+                return Poll::Ready(Ok(out));
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
 /// The many-files loop: `depth` whole-file loads in flight, each returning
 /// the bytes it read; an operation is one chunk of `chunk` bytes; latencies
 /// are per file.
@@ -278,6 +396,8 @@ pub trait Contender<W> {
 pub trait Titled {
     /// Name in tables and file names.
     fn title(&self) -> &str;
+    /// What its latency figures time.
+    fn latency(&self) -> &'static str;
 }
 
 /// Keeps the contenders whose name contains one of `only` (all if empty).

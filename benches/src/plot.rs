@@ -29,7 +29,9 @@ pub fn bar_chart(path: &Path, title: &str, rows: &[&Series]) -> io::Result<()> {
         .map(|s| s.ops_per_s.iter().copied().fold(0.0, f64::max))
         .fold(1.0, f64::max)
         * 1.15;
-    let names: Vec<String> = rows.iter().map(|s| s.contender.clone()).collect();
+    // The first row (the baseline) is drawn at the top.
+    let names: Vec<String> = rows.iter().rev().map(|s| s.contender.clone()).collect();
+    let at = |i: usize| n - 1 - i;
     let root = SVGBackend::new(path, (960, 90 + BAR_PX * n as u32)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let mut chart = ChartBuilder::on(&root)
@@ -61,8 +63,8 @@ pub fn bar_chart(path: &Path, title: &str, rows: &[&Series]) -> io::Result<()> {
             };
             let mut bar = Rectangle::new(
                 [
-                    (0.0, SegmentValue::Exact(i)),
-                    (s.median_ops(), SegmentValue::Exact(i + 1)),
+                    (0.0, SegmentValue::Exact(at(i))),
+                    (s.median_ops(), SegmentValue::Exact(at(i) + 1)),
                 ],
                 colour.mix(if s.median_ops() >= best { 0.9 } else { 0.6 }).filled(),
             );
@@ -75,7 +77,7 @@ pub fn bar_chart(path: &Path, title: &str, rows: &[&Series]) -> io::Result<()> {
             let lo = s.ops_per_s.iter().copied().fold(f64::INFINITY, f64::min);
             let hi = s.ops_per_s.iter().copied().fold(0.0, f64::max);
             PathElement::new(
-                vec![(lo, SegmentValue::CenterOf(i)), (hi, SegmentValue::CenterOf(i))],
+                vec![(lo, SegmentValue::CenterOf(at(i))), (hi, SegmentValue::CenterOf(at(i)))],
                 BLACK.stroke_width(2),
             )
         }))

@@ -205,7 +205,7 @@ pub fn print_workload(rows: &[Series], latency_label: &str) -> String {
         });
         let _ = writeln!(
             t,
-            "  => fastest: {} ({} ops/s{margin}); latency: {latency_label}",
+            "  => fastest: {} ({} ops/s{margin}); {latency_label}",
             best.contender,
             human_rate(best.median_ops())
         );

@@ -292,4 +292,12 @@ impl Titled for TcpJob {
     fn title(&self) -> &str {
         &self.title
     }
+
+    fn latency(&self) -> &'static str {
+        if self.bulk {
+            "latency: one write of the sender"
+        } else {
+            "latency: one round trip (write, then read of the echo)"
+        }
+    }
 }

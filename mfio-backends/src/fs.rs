@@ -386,14 +386,25 @@ impl AsFd for File {
 }
 
 impl PacketIo<Read, u64> for File {
-    /// With inline cached reads (io_uring, default), data already in the
-    /// page cache is read here with `preadv2(RWF_NOWAIT)`; the rest is queued.
+    /// With inline cached reads (default), data already in the page cache is
+    /// read here with `preadv2(RWF_NOWAIT)`; a blocking caller's read (see
+    /// [`PacketView::caller_blocks`]) is read here too; the rest is queued.
     fn try_send_io(&self, pos: u64, mut view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, u64>> {
         if self.inline_reads {
             if let Some(n) = crate::sys::read_cached(&self.fd, pos, &mut view) {
                 view.complete(n);
                 return Ok(());
             }
+        }
+        if view.caller_blocks() {
+            // The caller's thread would only wait for another thread to do
+            // this read: it does it itself, and nobody has to be woken.
+            crate::sys::run_blocking(Op::Read {
+                fd: self.fd.clone(),
+                pos,
+                view,
+            });
+            return Ok(());
         }
         let fd = self.fd.clone();
         self.rt
@@ -407,9 +418,17 @@ impl PacketIo<Read, u64> for File {
 
 impl PacketIo<Write, u64> for File {
     /// In append mode the position is ignored: every write goes to the end.
+    /// A blocking caller's write (see [`PacketView::caller_blocks`]) runs on
+    /// its own thread: buffered writes to most filesystems cannot be issued
+    /// without blocking, so io_uring would hand each to a kernel worker and
+    /// wake the caller back for every one.
     fn try_send_io(&self, pos: u64, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, u64>> {
         let fd = self.fd.clone();
         let at = (!self.append).then_some(pos);
+        if view.caller_blocks() {
+            crate::sys::run_blocking(Op::Write { fd, pos: at, view });
+            return Ok(());
+        }
         self.rt
             .try_submit(view, |view| Op::Write { fd, pos: at, view })
             .map_err(|view| QueueFull { param: pos, view })

@@ -239,10 +239,37 @@ pub(crate) fn read_cached(fd: &FileFd, pos: u64, view: &mut mfio_core::PacketVie
         iov_len: len,
     };
     let offset = i64::try_from(pos).ok()?;
-    // SAFETY: the iovec points at the view's memory, writable for `len` bytes
-    // and exclusively the view's; the kernel only writes into it.
-    let r = unsafe { libc::preadv2(fd.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    let r = preadv2_nowait(fd.as_raw_fd(), &iov, offset);
     (r >= 0 && r as usize == len).then_some(len)
+}
+
+/// `preadv2(fd, iov, 1, offset, RWF_NOWAIT)`. On 64-bit Linux it is the raw
+/// system call: glibc's wrapper is a cancellation point and brackets every
+/// call with two extra calls, a measurable share of a page-cache hit.
+fn preadv2_nowait(fd: i32, iov: &libc::iovec, offset: i64) -> isize {
+    #[cfg(target_pointer_width = "64")]
+    {
+        // SAFETY: the arguments are those of preadv2(2) on a 64-bit kernel
+        // (the high half of the offset is 0); the iovec points at memory the
+        // caller owns exclusively and that is writable for its length; the
+        // kernel only writes into it.
+        unsafe {
+            libc::syscall(
+                libc::SYS_preadv2,
+                fd,
+                iov as *const libc::iovec,
+                1,
+                offset,
+                0,
+                libc::RWF_NOWAIT,
+            ) as isize
+        }
+    }
+    #[cfg(not(target_pointer_width = "64"))]
+    {
+        // SAFETY: as above, through the C library.
+        unsafe { libc::preadv2(fd, iov, 1, offset, libc::RWF_NOWAIT) as isize }
+    }
 }
 
 /// `statx(at, flags, STATX_MASK)`.

@@ -287,7 +287,55 @@ backend_tests!(
     permission_errors,
     every_operation_dropped_mid_flight,
     explicit_close,
+    blocking_calls_run_on_the_calling_thread,
 );
+
+/// Read and write system calls this thread has made (`/proc/thread-self/io`).
+fn thread_syscalls() -> Result<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/thread-self/io")?;
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    match (field("syscr:"), field("syscw:")) {
+        (Some(r), Some(w)) => Ok((r, w)),
+        _ => Err(mfio_core::Error::new(
+            ErrorKind::InvalidData,
+            "no syscr/syscw in /proc/thread-self/io",
+        )),
+    }
+}
+
+fn blocking_calls_run_on_the_calling_thread(rt: &Runtime, dir: &Path) -> Result<()> {
+    // A blocking caller only waits, so its writes run on its own thread
+    // (no hop to the ring's kernel workers or the pool and back); an async
+    // write is not the caller's to run and goes to the backend's workers.
+    let file = util::run(rt, rt.open(dir.join("b"), &rw()))?;
+    let (_, before) = thread_syscalls()?;
+    for i in 0..8u8 {
+        file.blocking_write_all_at(u64::from(i) * 4096, &[i; 4096])?;
+    }
+    let (_, after_blocking) = thread_syscalls()?;
+    assert!(
+        after_blocking - before >= 8,
+        "{} write calls on the calling thread for 8 blocking writes",
+        after_blocking - before
+    );
+    let n = util::run(rt, file.write_at(8 * 4096, vec![8u8; 4096])).0?;
+    assert_eq!(n, 4096);
+    let (_, after_async) = thread_syscalls()?;
+    assert_eq!(after_async, after_blocking, "an async write ran on the calling thread");
+    let mut back = vec![0; 9 * 4096];
+    file.blocking_read_exact_at(0, &mut back)?;
+    for (i, block) in back.chunks(4096).enumerate() {
+        assert!(
+            block.iter().all(|&b| usize::from(b) == i),
+            "block {i} holds the wrong bytes"
+        );
+    }
+    Ok(())
+}
 
 fn direct_io_with_registered_buffers(rt: &Runtime, dir: &Path) -> Result<()> {
     const BLOCK: usize = 64 * 1024;

@@ -103,6 +103,9 @@ const HAS_HOOK: u8 = 2;
 const HAS_ERROR: u8 = 4;
 /// Set once a waiter registered a waker; completion skips the wake otherwise.
 const WAITING: u8 = 8;
+/// Set when the packet is awaited by a thread that blocks until it
+/// completes (the blocking API); see [`PacketView::caller_blocks`].
+const CALLER_BLOCKS: u8 = 16;
 
 struct Hook {
     handler: Arc<dyn CancelHandler>,
@@ -473,6 +476,20 @@ impl<D: Direction> PacketView<D> {
             Ok(n) => self.complete(n),
             Err(e) => self.fail(e),
         }
+    }
+
+    /// True if the thread waiting for this packet does nothing else until it
+    /// completes (it came through the blocking API, `SyncIoRead` and
+    /// friends). A backend may then run the operation synchronously on the
+    /// calling thread instead of handing it to another thread and waking the
+    /// caller back: same result, one thread hop less.
+    pub fn caller_blocks(&self) -> bool {
+        self.header().flags.load(Ordering::Relaxed) & CALLER_BLOCKS != 0
+    }
+
+    /// Marks the packet as awaited by a blocking caller.
+    pub(crate) fn mark_caller_blocks(&self) {
+        self.header().flags.fetch_or(CALLER_BLOCKS, Ordering::Relaxed);
     }
 
     /// True once the caller dropped the packet; the result will not be seen.

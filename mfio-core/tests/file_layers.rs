@@ -345,3 +345,56 @@ fn seek_from_current_and_end_and_bad_seek() -> io::Result<()> {
     assert_eq!(c.position(), 7, "a failed seek does not move the cursor");
     Ok(())
 }
+
+/// A mem file that records, per packet, whether it was marked as awaited by
+/// a blocking caller.
+struct MarkProbe {
+    file: MemFile,
+    marks: std::sync::Mutex<Vec<bool>>,
+}
+
+impl<D: mfio_core::Direction> mfio_core::PacketIo<D, u64> for MarkProbe
+where
+    MemFile: mfio_core::PacketIo<D, u64>,
+{
+    fn try_send_io(
+        &self,
+        pos: u64,
+        view: mfio_core::PacketView<D>,
+    ) -> std::result::Result<(), mfio_core::QueueFull<D, u64>> {
+        self.marks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(view.caller_blocks());
+        self.file.try_send_io(pos, view)
+    }
+    fn poll_send_ready(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        mfio_core::PacketIo::<D, u64>::poll_send_ready(&self.file, cx)
+    }
+}
+
+impl mfio_core::IoBackend for MarkProbe {
+    fn polling_handle(&self) -> mfio_core::PollingHandle<'_> {
+        self.file.polling_handle()
+    }
+    fn drive(&self) -> mfio_core::DriveStatus {
+        self.file.drive()
+    }
+}
+
+#[test]
+fn blocking_calls_mark_their_packets_and_async_calls_do_not() {
+    let be = MemBackend::new().expect("mem backend");
+    let probe = MarkProbe {
+        file: be.file(b"0123456789".to_vec()),
+        marks: std::sync::Mutex::new(Vec::new()),
+    };
+    let mut two = [0u8; 2];
+    probe.blocking_read_exact_at(3, &mut two).expect("blocking read");
+    probe.blocking_write_all_at(0, b"ab").expect("blocking write");
+    let (n, _) = be.block_on(probe.read_at(0, Vec::with_capacity(4))).into_parts();
+    assert_eq!(n.expect("async read"), 4);
+    assert_eq!(two, *b"34");
+    let marks = probe.marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    assert_eq!(marks, [true, true, false]);
+}

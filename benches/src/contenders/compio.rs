@@ -11,7 +11,7 @@ use compio::net::{TcpListener, TcpStream};
 
 use super::Built;
 use crate::files::{FileJob, Kind};
-use crate::measure::{drive_batches, Sample};
+use crate::measure::{drive_ops, Sample};
 use crate::tcp::loopback;
 
 /// compio's runtime on this thread.
@@ -50,13 +50,13 @@ async fn ops(job: &FileJob, span: Duration) -> io::Result<Sample> {
             let r = f.write_at(b, p).await;
             (r.0, r.1)
         };
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     } else {
         let op = |p, b| async move {
             let r = file.read_at(b, p).await;
             (r.0, r.1)
         };
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     }
 }
 

@@ -11,7 +11,7 @@ use glommio::{LocalExecutor, LocalExecutorBuilder, Placement};
 
 use super::{ready, unbuilt, Built};
 use crate::files::{FileJob, Kind};
-use crate::measure::{drive_batches, drive_files, Contender, Sample};
+use crate::measure::{drive_files, drive_ops, Contender, Sample};
 
 /// A glommio executor on this thread.
 pub struct Glommio {
@@ -46,10 +46,10 @@ async fn buffered(job: &FileJob, span: Duration) -> io::Result<Sample> {
     let block = job.block;
     if job.kind == Kind::Write {
         let op = |p, ()| async move { (file.write_at(vec![0x5a; block], p).await.map_err(err), ()) };
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     } else {
         let op = |p, ()| async move { (file.read_at(p, block).await.map(|r| r.len()).map_err(err), ()) };
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     }
 }
 
@@ -60,7 +60,7 @@ async fn direct(job: &FileJob, span: Duration) -> io::Result<Sample> {
     let block = job.block;
     let op = |p, ()| async move { (file.read_at_aligned(p, block).await.map(|r| r.len()).map_err(err), ()) };
     let sync = || std::future::ready(Ok(()));
-    drive_batches(&mut job.positions(), job.pace(span), bufs, op, sync).await
+    drive_ops(&mut job.positions(), job.pace(span), bufs, op, sync).await
 }
 
 async fn load(path: &Path, chunk: usize, len: u64) -> io::Result<u64> {

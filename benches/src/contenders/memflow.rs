@@ -10,7 +10,7 @@ use mfio_rt::{Fs as _, NativeRt, OpenOptions};
 
 use super::{ready, Built};
 use crate::files::{unsupported, FileJob, Kind};
-use crate::measure::{drive_batches, drive_files, Contender, Sample};
+use crate::measure::{drive_files, drive_ops, Contender, Sample};
 
 /// Which of memflow's native backends.
 #[derive(Debug, Clone, Copy)]
@@ -55,7 +55,7 @@ async fn ops(rt: &NativeRt, job: &FileJob, span: Duration) -> io::Result<Sample>
     // The closures are written inline so that `B` is the buffers' one
     // lifetime, not any lifetime.
     if job.kind == Kind::Write {
-        drive_batches(
+        drive_ops(
             &mut pos,
             job.pace(span),
             bufs,
@@ -67,7 +67,7 @@ async fn ops(rt: &NativeRt, job: &FileJob, span: Duration) -> io::Result<Sample>
         )
         .await
     } else {
-        drive_batches(
+        drive_ops(
             &mut pos,
             job.pace(span),
             bufs,

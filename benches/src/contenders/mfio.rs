@@ -10,7 +10,7 @@ use mfio_core::{AlignedBuf, IoBackendExt, IoRead, IoReadStream, IoWrite, IoWrite
 
 use super::{ready, unbuilt, Built};
 use crate::files::{FileJob, Kind, DIRECT_ALIGN};
-use crate::measure::{drive_batches, drive_blocking, drive_files, drive_files_blocking, Contender, Sample};
+use crate::measure::{drive_blocking, drive_files, drive_files_blocking, drive_ops, Contender, Sample};
 use crate::tcp::{loopback, session, TcpJob};
 
 fn options(job: &FileJob) -> OpenOptions {
@@ -68,13 +68,13 @@ async fn ops(file: &File, job: &FileJob, span: Duration) -> io::Result<Sample> {
             let (n, b) = file.write_at(p, b).await.into_parts();
             (n.map_err(io::Error::from), b)
         };
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     } else {
         let op = |p, b| async move {
             let (n, b) = file.read_at(p, b).await.into_parts();
             (n.map_err(io::Error::from), b)
         };
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     }
 }
 

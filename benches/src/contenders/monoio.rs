@@ -11,7 +11,7 @@ use monoio::net::{TcpListener, TcpStream};
 
 use super::Built;
 use crate::files::{FileJob, Kind};
-use crate::measure::{drive_batches, Sample};
+use crate::measure::{drive_ops, Sample};
 use crate::tcp::loopback;
 
 type Rt = monoio::Runtime<monoio::time::TimeDriver<monoio::IoUringDriver>>;
@@ -45,10 +45,10 @@ async fn ops(job: &FileJob, span: Duration) -> io::Result<Sample> {
     let sync = || file.sync_data();
     if job.kind == Kind::Write {
         let op = |p, b| file.write_at(b, p);
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     } else {
         let op = |p, b| file.read_at(b, p);
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{ready, Built};
 use crate::files::{unsupported, FileJob, Kind};
-use crate::measure::{drive_batches, drive_files, Contender, Sample};
+use crate::measure::{drive_files, drive_ops, Contender, Sample};
 use crate::tcp::loopback;
 
 /// `tokio::fs::File`, one handle per operation in flight.
@@ -67,7 +67,7 @@ async fn ops(job: &FileJob, span: Duration) -> io::Result<Sample> {
         .await;
         (res, (f, buf))
     };
-    drive_batches(&mut job.positions(), job.pace(span), handles, op, sync).await
+    drive_ops(&mut job.positions(), job.pace(span), handles, op, sync).await
 }
 
 impl Contender<FileJob> for Tokio {

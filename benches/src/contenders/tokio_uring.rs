@@ -9,7 +9,7 @@ use tokio_uring::buf::BoundedBuf;
 
 use super::Built;
 use crate::files::{FileJob, Kind};
-use crate::measure::{drive_batches, Sample};
+use crate::measure::{drive_ops, Sample};
 
 /// tokio-uring's runtime on this thread.
 pub struct TokioUring {
@@ -38,10 +38,10 @@ async fn ops(job: &FileJob, span: Duration) -> io::Result<Sample> {
     let sync = || file.sync_data();
     let res = if job.kind == Kind::Write {
         let op = |p, b| file.write_at(b, p).submit();
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     } else {
         let op = |p, b| file.read_at(b, p);
-        drive_batches(&mut pos, job.pace(span), bufs, op, sync).await
+        drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
     };
     res
 }
