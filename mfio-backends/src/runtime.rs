@@ -164,6 +164,7 @@ pub struct RuntimeBuilder {
     pub(crate) single_issuer: bool,
     pub(crate) defer_taskrun: bool,
     pub(crate) pool_threads: usize,
+    pub(crate) pool_max_threads: usize,
     pub(crate) queue_capacity: usize,
     pub(crate) window: usize,
     pub(crate) inline_cached_reads: bool,
@@ -179,6 +180,7 @@ impl Default for RuntimeBuilder {
             single_issuer: false,
             defer_taskrun: false,
             pool_threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 8)),
+            pool_max_threads: 64,
             queue_capacity: 4096,
             window: 4096,
             inline_cached_reads: true,
@@ -225,10 +227,21 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Threads of the file thread pool (poll backend, and io_uring's fallback
-    /// for operations the kernel lacks); default: cores, between 2 and 8.
+    /// Threads the file thread pool (poll backend) keeps running; default:
+    /// cores, between 2 and 8.
     pub fn pool_threads(&mut self, n: usize) -> &mut Self {
         self.pool_threads = n.max(1);
+        self
+    }
+
+    /// Threads the file thread pools (poll backend, and io_uring's fallback
+    /// for operations the kernel lacks) may grow to while jobs wait for a
+    /// free worker (default 64). A blocking call holds only its own thread,
+    /// so deep queues of uncached reads reach the device as deep queues;
+    /// workers beyond [`pool_threads`](Self::pool_threads) leave after 10 s
+    /// without work.
+    pub fn pool_max_threads(&mut self, n: usize) -> &mut Self {
+        self.pool_max_threads = n.max(1);
         self
     }
 

@@ -288,7 +288,80 @@ backend_tests!(
     every_operation_dropped_mid_flight,
     explicit_close,
     blocking_calls_run_on_the_calling_thread,
+    blocked_calls_hold_only_their_own_thread,
 );
+
+fn mkfifo(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| mfio_core::Error::new(ErrorKind::InvalidInput, e.to_string()))?;
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    Ok(())
+}
+
+/// Opens the writing end of each FIFO, last first, once its reader waits
+/// (a non-blocking open fails with ENXIO until then); a FIFO whose reader
+/// never came within the deadline is opened read-write instead, which
+/// releases a late reader. Returns which readers were found waiting.
+fn release_fifos(fifos: Vec<PathBuf>) -> Vec<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut held = Vec::new();
+    let mut found = Vec::new();
+    for fifo in fifos.iter().rev() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let writer = loop {
+            let w = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(fifo);
+            match w {
+                Ok(w) => break Some(w),
+                Err(_) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) => break None,
+            }
+        };
+        found.push(writer.is_some());
+        match writer {
+            Some(w) => held.push(w),
+            None => held.extend(std::fs::OpenOptions::new().read(true).write(true).open(fifo).ok()),
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    found
+}
+
+fn blocked_calls_hold_only_their_own_thread(rt: &Runtime, dir: &Path) -> Result<()> {
+    // Opening a FIFO for reading blocks until a writer comes. Ten such opens
+    // each hold a worker (more than the pool keeps running), yet the last one
+    // must start too: a blocked call holds only its own thread.
+    const N: usize = 10;
+    let fifos: Vec<PathBuf> = (0..N).map(|i| dir.join(format!("fifo{i}"))).collect();
+    for f in &fifos {
+        mkfifo(f)?;
+    }
+    let releaser = {
+        let fifos = fifos.clone();
+        std::thread::spawn(move || release_fifos(fifos))
+    };
+    let opened = util::run(rt, async {
+        let opens = fifos.iter().map(|f| rt.open(f, OpenOptions::new().read(true)));
+        futures::future::join_all(opens).await
+    });
+    let found = releaser
+        .join()
+        .map_err(|_| mfio_core::Error::new(ErrorKind::Other, "releaser panicked"))?;
+    for file in opened {
+        drop(file?);
+    }
+    assert!(
+        found.iter().all(|&f| f),
+        "readers found waiting, last FIFO first: {found:?}"
+    );
+    Ok(())
+}
 
 /// Read and write system calls this thread has made (`/proc/thread-self/io`).
 fn thread_syscalls() -> Result<(u64, u64)> {

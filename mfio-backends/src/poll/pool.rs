@@ -1,10 +1,18 @@
-//! A bounded pool of threads that run file operations as blocking system
-//! calls, so the thread that drives the backend never blocks on the disk.
+//! A bounded, elastic pool of threads that run file operations as blocking
+//! system calls, so the thread that drives the backend never blocks on the
+//! disk.
+//!
+//! `min` workers start with the pool and stay. When a job is queued and no
+//! idle worker is left to take it, another worker starts, up to `max`: a
+//! blocking call (a device read, an `open` of a FIFO) only ever holds its
+//! own thread, and deep queues of uncached reads reach the device as deep
+//! queues. Workers beyond `min` leave after [`IDLE_EXIT`] without work.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use mfio_core::{Error, Notifier, Result};
 use parking_lot::{Condvar, Mutex};
@@ -12,13 +20,26 @@ use parking_lot::{Condvar, Mutex};
 use crate::op::Op;
 use crate::sys::run_blocking;
 
+/// How long a worker beyond the minimum waits for work before it leaves.
+pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(10);
+
+struct Jobs {
+    queue: VecDeque<Op>,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// Workers started and not yet left.
+    live: usize,
+}
+
 struct Shared {
-    jobs: Mutex<VecDeque<Op>>,
+    jobs: Mutex<Jobs>,
     ready: Condvar,
     shutdown: AtomicBool,
     /// Jobs queued or running.
     in_flight: AtomicUsize,
     capacity: usize,
+    min: usize,
+    max: usize,
     /// Told after every job, so the driver can hand over more work.
     notifier: Arc<Notifier>,
 }
@@ -26,33 +47,48 @@ struct Shared {
 /// The file thread pool.
 pub(crate) struct Pool {
     shared: Arc<Shared>,
-    threads: Vec<JoinHandle<()>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Pool {
-    /// Starts `threads` workers that hold at most `capacity` jobs in all.
-    pub(crate) fn new(threads: usize, capacity: usize, notifier: Arc<Notifier>) -> Result<Self> {
+    /// Starts `min` workers (growing to `max` on demand) that hold at most
+    /// `capacity` jobs in all.
+    pub(crate) fn new(min: usize, max: usize, capacity: usize, notifier: Arc<Notifier>) -> Result<Self> {
+        let min = min.max(1);
         let shared = Arc::new(Shared {
-            jobs: Mutex::new(VecDeque::new()),
+            jobs: Mutex::new(Jobs {
+                queue: VecDeque::new(),
+                idle: 0,
+                live: min,
+            }),
             ready: Condvar::new(),
             shutdown: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             capacity: capacity.max(1),
+            min,
+            max: max.max(min),
             notifier,
         });
-        let mut pool = Pool {
-            shared: shared.clone(),
-            threads: Vec::with_capacity(threads),
+        let pool = Pool {
+            shared,
+            threads: Mutex::new(Vec::with_capacity(min)),
         };
-        for i in 0..threads.max(1) {
-            let shared = shared.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("mfio-pool-{i}"))
-                .spawn(move || worker(&shared))
-                .map_err(Error::from)?;
-            pool.threads.push(handle);
+        for _ in 0..min {
+            pool.start_worker().map_err(Error::from)?;
         }
         Ok(pool)
+    }
+
+    fn start_worker(&self) -> std::io::Result<()> {
+        let shared = self.shared.clone();
+        let mut threads = self.threads.lock();
+        // Workers beyond the minimum leave on their own; collect them here.
+        threads.retain(|t| !t.is_finished());
+        let handle = std::thread::Builder::new()
+            .name(format!("mfio-pool-{}", threads.len()))
+            .spawn(move || worker(&shared))?;
+        threads.push(handle);
+        Ok(())
     }
 
     /// Hands `op` to a worker, or gives it back when the pool is full.
@@ -61,8 +97,23 @@ impl Pool {
             return Err(op);
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.shared.jobs.lock().push_back(op);
-        self.shared.ready.notify_one();
+        let grow = {
+            let mut jobs = self.shared.jobs.lock();
+            jobs.queue.push_back(op);
+            // More queued jobs than idle workers to take them: one more worker.
+            let grow = jobs.queue.len() > jobs.idle && jobs.live < self.shared.max;
+            if grow {
+                jobs.live += 1;
+            }
+            grow
+        };
+        if !grow {
+            self.shared.ready.notify_one();
+        } else if self.start_worker().is_err() {
+            // Out of threads: the job waits for a running worker instead.
+            self.shared.jobs.lock().live -= 1;
+            self.shared.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -78,26 +129,36 @@ impl Pool {
 }
 
 fn worker(shared: &Shared) {
+    let mut jobs = shared.jobs.lock();
     loop {
-        let op = {
-            let mut jobs = shared.jobs.lock();
-            loop {
-                if let Some(op) = jobs.pop_front() {
-                    break op;
-                }
-                if shared.shutdown.load(Ordering::Acquire) {
-                    return;
-                }
-                shared.ready.wait(&mut jobs);
+        if let Some(op) = jobs.queue.pop_front() {
+            drop(jobs);
+            if shared.shutdown.load(Ordering::Acquire) {
+                op.fail(Error::aborted());
+            } else {
+                run_blocking(op);
             }
-        };
-        if shared.shutdown.load(Ordering::Acquire) {
-            op.fail(Error::aborted());
-        } else {
-            run_blocking(op);
+            shared.in_flight.fetch_sub(1, Ordering::AcqRel);
+            shared.notifier.notify();
+            jobs = shared.jobs.lock();
+            continue;
         }
-        shared.in_flight.fetch_sub(1, Ordering::AcqRel);
-        shared.notifier.notify();
+        if shared.shutdown.load(Ordering::Acquire) {
+            jobs.live -= 1;
+            return;
+        }
+        jobs.idle += 1;
+        let timed_out = if jobs.live > shared.min {
+            shared.ready.wait_for(&mut jobs, IDLE_EXIT).timed_out()
+        } else {
+            shared.ready.wait(&mut jobs);
+            false
+        };
+        jobs.idle -= 1;
+        if timed_out && jobs.queue.is_empty() && jobs.live > shared.min {
+            jobs.live -= 1;
+            return;
+        }
     }
 }
 
@@ -111,7 +172,7 @@ impl Drop for Pool {
             let _jobs = self.shared.jobs.lock();
             self.shared.ready.notify_all();
         }
-        for t in self.threads.drain(..) {
+        for t in self.threads.get_mut().drain(..) {
             let _ = t.join();
         }
     }
