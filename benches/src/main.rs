@@ -33,6 +33,9 @@ struct Cli {
     /// Directory of the JSON and SVG results.
     #[arg(long, global = true, default_value = "bench-results")]
     out: PathBuf,
+    /// Exit with status 1 if any contender failed (its row says why).
+    #[arg(long, global = true)]
+    strict: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -238,13 +241,20 @@ const READ_ONLY: Needs = Needs {
 };
 
 /// Prints and saves the results of one benchmark.
-fn report<'a>(out: &std::path::Path, results: &[Vec<Series>], latency: impl Fn(usize) -> &'a str) {
+/// Returns false if a contender failed or a result file could not be written.
+fn report<'a>(out: &std::path::Path, results: &[Vec<Series>], latency: impl Fn(usize) -> &'a str) -> bool {
+    let mut ok = true;
     for (i, rows) in results.iter().enumerate() {
         report::print_workload(rows, latency(i));
         if let Err(e) = report::write_files(out, rows) {
             eprintln!("could not write results to {}: {e}", out.display());
+            ok = false;
         }
+        ok &= !rows
+            .iter()
+            .any(|s| s.note.as_deref().is_some_and(|n| n.starts_with("failed")));
     }
+    ok
 }
 
 /// Runs a file benchmark: prepares the data, builds the contenders once,
@@ -254,7 +264,7 @@ fn run_files(
     args: &FileArgs,
     needs: Needs,
     make_jobs: impl FnOnce(&files::Data) -> Vec<FileJob>,
-) {
+) -> bool {
     let mut contenders = files::contenders(args);
     let bar = progress_bar(0);
     let data = match files::prepare(args, needs.write_file, needs.small_files, &bar) {
@@ -270,30 +280,30 @@ fn run_files(
     let span = Duration::from_millis(args.rep_ms);
     let results = measure::run_jobs(&jobs, &mut contenders, args.reps, span, &bar);
     bar.finish_and_clear();
-    report(out, &results, |i| jobs[i].latency());
+    report(out, &results, |i| jobs[i].latency())
 }
 
-fn run_core(out: &std::path::Path, args: &core::CoreArgs) {
+fn run_core(out: &std::path::Path, args: &core::CoreArgs) -> bool {
     let bar = progress_bar(core::steps(args));
     let results = core::run(args, &bar);
     bar.finish_and_clear();
-    report(out, &results, |_| "latency: not sampled (in-memory round trips)");
+    report(out, &results, |_| "latency: not sampled (in-memory round trips)")
 }
 
-fn run_tcp(out: &std::path::Path, args: &tcp::TcpArgs) {
+fn run_tcp(out: &std::path::Path, args: &tcp::TcpArgs) -> bool {
     let mut contenders = tcp::contenders(args);
     let jobs = tcp::jobs(args);
     let bar = progress_bar(measure::steps(jobs.len(), contenders.len(), args.reps));
     let span = Duration::from_millis(args.rep_ms);
     let results = measure::run_jobs(&jobs, &mut contenders, args.reps, span, &bar);
     bar.finish_and_clear();
-    report(out, &results, |i| jobs[i].latency());
+    report(out, &results, |i| jobs[i].latency())
 }
 
 fn main() {
     let cli = Cli::parse();
     let out = cli.out.as_path();
-    match cli.command {
+    let ok = match cli.command {
         Some(Command::Core(a)) => run_core(out, &a),
         Some(Command::Randread(a)) => run_files(out, &a.files, READ_ONLY, |d| randread_jobs(&a, d)),
         Some(Command::Seqread(a)) => run_files(out, &a.files, READ_ONLY, |d| seqread_jobs(&a, d)),
@@ -313,12 +323,16 @@ fn main() {
         }
         Some(Command::Tcp(a)) => run_tcp(out, &a),
         None => run_all(out),
+    };
+    if cli.strict && !ok {
+        eprintln!("mfio-bench: a contender failed (--strict)");
+        std::process::exit(1);
     }
 }
 
 /// Every benchmark with its defaults; the file workloads share one set of
 /// contenders and one progress bar.
-fn run_all(out: &std::path::Path) {
+fn run_all(out: &std::path::Path) -> bool {
     let files = FileArgs::default();
     let rr = RandreadArgs {
         files: files.clone(),
@@ -344,13 +358,14 @@ fn run_all(out: &std::path::Path) {
         write_file: true,
         small_files: true,
     };
-    run_files(out, &files, needs, |d| {
+    let files_ok = run_files(out, &files, needs, |d| {
         let mut jobs = randread_jobs(&rr, d);
         jobs.extend(seqread_jobs(&sr, d));
         jobs.extend(write_jobs(&wr, d));
         jobs.extend(lsio_jobs(&ls, d));
         jobs
     });
-    run_tcp(out, &tcp::TcpArgs::default());
-    run_core(out, &core::CoreArgs::default());
+    let tcp_ok = run_tcp(out, &tcp::TcpArgs::default());
+    let core_ok = run_core(out, &core::CoreArgs::default());
+    files_ok && tcp_ok && core_ok
 }
