@@ -113,6 +113,9 @@ fn progress_bar(steps: u64) -> ProgressBar {
     let style = ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style);
+    // Creating the data files takes seconds with no step done: keep the
+    // spinner and the clock moving.
+    bar.enable_steady_tick(Duration::from_millis(200));
     bar
 }
 
