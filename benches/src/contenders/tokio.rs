@@ -1,6 +1,7 @@
-//! `tokio::fs` on a current-thread runtime: every call goes to tokio's
-//! blocking thread pool. Positioned I/O is `seek` + `read_exact`/`write_all`,
-//! so each operation in flight has its own file handle.
+//! tokio on a current-thread runtime. Files: `tokio::fs`, where every call
+//! goes to tokio's blocking thread pool; positioned I/O is `seek` +
+//! `read_exact`/`write_all`, so each operation in flight has its own file
+//! handle. TCP: `tokio::net` streams on its epoll reactor.
 
 use std::io::{self, SeekFrom};
 use std::path::Path;
@@ -14,7 +15,7 @@ use crate::files::{unsupported, FileJob, Kind};
 use crate::measure::{drive_files, drive_ops, Contender, Sample};
 use crate::tcp::loopback;
 
-/// `tokio::fs::File`, one handle per operation in flight.
+/// A current-thread tokio runtime with I/O enabled.
 pub struct Tokio {
     rt: Built<tokio::runtime::Runtime>,
 }
