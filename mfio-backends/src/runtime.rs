@@ -165,6 +165,7 @@ pub struct RuntimeBuilder {
     pub(crate) defer_taskrun: bool,
     pub(crate) pool_threads: usize,
     pub(crate) pool_max_threads: usize,
+    pub(crate) pool_idle_exit: Duration,
     pub(crate) queue_capacity: usize,
     pub(crate) window: usize,
     pub(crate) inline_cached_reads: bool,
@@ -181,6 +182,7 @@ impl Default for RuntimeBuilder {
             defer_taskrun: false,
             pool_threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 8)),
             pool_max_threads: 64,
+            pool_idle_exit: Duration::from_secs(10),
             queue_capacity: 4096,
             window: 4096,
             inline_cached_reads: true,
@@ -238,11 +240,23 @@ impl RuntimeBuilder {
     /// for operations the kernel lacks) may grow to while jobs wait for a
     /// free worker (default 64). A blocking call holds only its own thread,
     /// so deep queues of uncached reads reach the device as deep queues;
-    /// workers beyond [`pool_threads`](Self::pool_threads) leave after 10 s
-    /// without work.
+    /// workers beyond [`pool_threads`](Self::pool_threads) leave after
+    /// [`pool_idle_exit`](Self::pool_idle_exit) without work.
     pub fn pool_max_threads(&mut self, n: usize) -> &mut Self {
         self.pool_max_threads = n.max(1);
         self
+    }
+
+    /// How long a pool worker beyond [`pool_threads`](Self::pool_threads)
+    /// waits for work before it leaves (default 10 s).
+    pub fn pool_idle_exit(&mut self, after: Duration) -> &mut Self {
+        self.pool_idle_exit = after;
+        self
+    }
+
+    /// The pool's sizing: (threads kept, threads at most, idle exit).
+    pub(crate) fn pool_sizing(&self, keep: usize) -> (usize, usize, Duration) {
+        (keep, self.pool_max_threads, self.pool_idle_exit)
     }
 
     /// First try each file read with `preadv2(RWF_NOWAIT)`: data already in

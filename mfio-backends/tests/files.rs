@@ -668,3 +668,57 @@ fn uring_setup_options_all_work() {
         waiter.join().expect("waiter");
     }
 }
+
+/// Threads of this process whose name starts with `prefix`.
+fn threads_named(prefix: &str) -> usize {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .count()
+}
+
+#[test]
+fn extra_pool_workers_leave_when_idle() {
+    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let before = threads_named("mfio-pool");
+    let rt = Runtime::builder()
+        .backend(mfio_backends::BackendKind::Poll)
+        .pool_threads(1)
+        .pool_max_threads(8)
+        .pool_idle_exit(Duration::from_millis(100))
+        .build()
+        .expect("poll backend");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifos: Vec<PathBuf> = (0..6).map(|i| dir.path().join(format!("fifo{i}"))).collect();
+    for f in &fifos {
+        mkfifo(f).expect("mkfifo");
+    }
+    let releaser = {
+        let fifos = fifos.clone();
+        std::thread::spawn(move || release_fifos(fifos))
+    };
+    let opened = util::run(&rt, async {
+        futures::future::join_all(fifos.iter().map(|f| rt.open(f, OpenOptions::new().read(true)))).await
+    });
+    let found = releaser.join().expect("releaser");
+    for file in opened {
+        drop(file.expect("FIFO open"));
+    }
+    // All six readers waited at once: the pool had grown to six workers.
+    assert!(found.iter().all(|&f| f), "readers found waiting: {found:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while threads_named("mfio-pool") - before > 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} pool workers still there 5 s after the work ended (1 is kept)",
+            threads_named("mfio-pool") - before
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(threads_named("mfio-pool") - before, 1, "the kept worker left too");
+    drop(rt);
+    assert_eq!(threads_named("mfio-pool"), before, "workers outlived their runtime");
+}

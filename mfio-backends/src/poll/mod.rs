@@ -73,7 +73,7 @@ impl PollEngine {
         )?;
         Ok(Self {
             queue: SubmitQueue::new(b.queue_capacity, notifier.clone()),
-            pool: Pool::new(b.pool_threads, b.pool_max_threads, b.window, notifier.clone())?,
+            pool: Pool::new(b.pool_sizing(b.pool_threads), b.window, notifier.clone())?,
             cancels: Cancels::new(notifier.clone()),
             notifier,
             epoll,

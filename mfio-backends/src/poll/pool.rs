@@ -6,7 +6,7 @@
 //! idle worker is left to take it, another worker starts, up to `max`: a
 //! blocking call (a device read, an `open` of a FIFO) only ever holds its
 //! own thread, and deep queues of uncached reads reach the device as deep
-//! queues. Workers beyond `min` leave after [`IDLE_EXIT`] without work.
+//! queues. Workers beyond `min` leave after `idle_exit` without work.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -19,9 +19,6 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::op::Op;
 use crate::sys::run_blocking;
-
-/// How long a worker beyond the minimum waits for work before it leaves.
-pub(crate) const IDLE_EXIT: Duration = Duration::from_secs(10);
 
 struct Jobs {
     queue: VecDeque<Op>,
@@ -40,6 +37,8 @@ struct Shared {
     capacity: usize,
     min: usize,
     max: usize,
+    /// How long a worker beyond the minimum waits for work before it leaves.
+    idle_exit: Duration,
     /// Told after every job, so the driver can hand over more work.
     notifier: Arc<Notifier>,
 }
@@ -51,9 +50,14 @@ pub(crate) struct Pool {
 }
 
 impl Pool {
-    /// Starts `min` workers (growing to `max` on demand) that hold at most
-    /// `capacity` jobs in all.
-    pub(crate) fn new(min: usize, max: usize, capacity: usize, notifier: Arc<Notifier>) -> Result<Self> {
+    /// Starts `min` workers (growing to `max` on demand, each extra one
+    /// leaving after `idle_exit` without work) that hold at most `capacity`
+    /// jobs in all.
+    pub(crate) fn new(
+        (min, max, idle_exit): (usize, usize, Duration),
+        capacity: usize,
+        notifier: Arc<Notifier>,
+    ) -> Result<Self> {
         let min = min.max(1);
         let shared = Arc::new(Shared {
             jobs: Mutex::new(Jobs {
@@ -67,6 +71,7 @@ impl Pool {
             capacity: capacity.max(1),
             min,
             max: max.max(min),
+            idle_exit,
             notifier,
         });
         let pool = Pool {
@@ -149,7 +154,7 @@ fn worker(shared: &Shared) {
         }
         jobs.idle += 1;
         let timed_out = if jobs.live > shared.min {
-            shared.ready.wait_for(&mut jobs, IDLE_EXIT).timed_out()
+            shared.ready.wait_for(&mut jobs, shared.idle_exit).timed_out()
         } else {
             shared.ready.wait(&mut jobs);
             false

@@ -90,7 +90,7 @@ impl UringEngine {
         Ok(Self {
             queue: SubmitQueue::new(b.queue_capacity, notifier.clone()),
             cancels: Cancels::new(notifier.clone()),
-            fallback: Pool::new(FALLBACK_THREADS, b.pool_max_threads, b.window, notifier.clone())?,
+            fallback: Pool::new(b.pool_sizing(FALLBACK_THREADS), b.window, notifier.clone())?,
             notifier,
             core: Mutex::new(Core {
                 ring,
