@@ -548,7 +548,7 @@ fn every_operation_dropped_mid_flight(rt: &Runtime, dir: &Path) -> Result<()> {
     // Operations parked on these handles keep them open until the backend
     // applies their cancellation; give it a bounded number of steps (a hang
     // guard for a loaded machine, not a timing check).
-    for _ in 0..2000 {
+    for _ in 0..6000 {
         rt.drive();
         if open_fds() + 5 <= before {
             break;
@@ -560,7 +560,8 @@ fn every_operation_dropped_mid_flight(rt: &Runtime, dir: &Path) -> Result<()> {
     assert_eq!(
         now + 5,
         before,
-        "an operation dropped mid-flight leaked a descriptor ({now} open, {before} before incl. 5 handles)"
+        "an operation dropped mid-flight leaked a descriptor ({now} open, {before} before incl. 5 handles); open: {:?}",
+        open_fd_targets()
     );
     Ok(())
 }
@@ -667,6 +668,17 @@ fn uring_setup_options_all_work() {
         }
         waiter.join().expect("waiter");
     }
+}
+
+/// What each open descriptor of the process refers to (for failure messages).
+fn open_fd_targets() -> Vec<String> {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    fds.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 /// Threads of this process whose name starts with `prefix`.
