@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use mfio_core::{
-    DriveStatus, Error, Flush, IoBackend, IoBuf, IoBufMut, IoLen, Op as ErrOp, Packet, PacketIo, PacketView,
+    Direction, DriveStatus, Error, Flush, IoBackend, IoBuf, IoBufMut, IoLen, Op as ErrOp, Packet, PacketIo, PacketView,
     PollingHandle, QueueFull, Read, Result, Write,
 };
 
@@ -385,6 +385,23 @@ impl AsFd for File {
     }
 }
 
+impl File {
+    /// Runs a blocking caller's operation (see [`PacketView::caller_blocks`])
+    /// right here, on its thread: it would only wait for another thread to
+    /// do it and wake it. Anything else is queued for the backend.
+    fn run_or_submit<D: Direction>(
+        &self,
+        view: PacketView<D>,
+        make: impl FnOnce(PacketView<D>) -> Op,
+    ) -> std::result::Result<(), PacketView<D>> {
+        if view.caller_blocks() {
+            crate::sys::run_blocking(make(view));
+            return Ok(());
+        }
+        self.rt.try_submit(view, make)
+    }
+}
+
 impl PacketIo<Read, u64> for File {
     /// With inline cached reads (default), data already in the page cache is
     /// read here with `preadv2(RWF_NOWAIT)`; a blocking caller's read (see
@@ -396,19 +413,8 @@ impl PacketIo<Read, u64> for File {
                 return Ok(());
             }
         }
-        if view.caller_blocks() {
-            // The caller's thread would only wait for another thread to do
-            // this read: it does it itself, and nobody has to be woken.
-            crate::sys::run_blocking(Op::Read {
-                fd: self.fd.clone(),
-                pos,
-                view,
-            });
-            return Ok(());
-        }
         let fd = self.fd.clone();
-        self.rt
-            .try_submit(view, |view| Op::Read { fd, pos, view })
+        self.run_or_submit(view, |view| Op::Read { fd, pos, view })
             .map_err(|view| QueueFull { param: pos, view })
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -425,12 +431,7 @@ impl PacketIo<Write, u64> for File {
     fn try_send_io(&self, pos: u64, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, u64>> {
         let fd = self.fd.clone();
         let at = (!self.append).then_some(pos);
-        if view.caller_blocks() {
-            crate::sys::run_blocking(Op::Write { fd, pos: at, view });
-            return Ok(());
-        }
-        self.rt
-            .try_submit(view, |view| Op::Write { fd, pos: at, view })
+        self.run_or_submit(view, |view| Op::Write { fd, pos: at, view })
             .map_err(|view| QueueFull { param: pos, view })
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
