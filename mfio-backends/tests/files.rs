@@ -333,12 +333,11 @@ fn release_fifos(fifos: Vec<PathBuf>) -> Vec<bool> {
     found
 }
 
-fn blocked_calls_hold_only_their_own_thread(rt: &Runtime, dir: &Path) -> Result<()> {
-    // Opening a FIFO for reading blocks until a writer comes. Ten such opens
-    // each hold a worker (more than the pool keeps running), yet the last one
-    // must start too: a blocked call holds only its own thread.
-    const N: usize = 10;
-    let fifos: Vec<PathBuf> = (0..N).map(|i| dir.join(format!("fifo{i}"))).collect();
+/// Opens `n` FIFOs for reading at once on `rt` (each open blocks until a
+/// writer comes) while [`release_fifos`] brings the writers, last FIFO
+/// first. Returns which readers the releaser found waiting.
+fn open_blocked_fifos(rt: &Runtime, dir: &Path, n: usize) -> Result<Vec<bool>> {
+    let fifos: Vec<PathBuf> = (0..n).map(|i| dir.join(format!("fifo{i}"))).collect();
     for f in &fifos {
         mkfifo(f)?;
     }
@@ -356,6 +355,14 @@ fn blocked_calls_hold_only_their_own_thread(rt: &Runtime, dir: &Path) -> Result<
     for file in opened {
         drop(file?);
     }
+    Ok(found)
+}
+
+fn blocked_calls_hold_only_their_own_thread(rt: &Runtime, dir: &Path) -> Result<()> {
+    // Opening a FIFO for reading blocks until a writer comes. Ten such opens
+    // each hold a worker (more than the pool keeps running), yet the last one
+    // must start too: a blocked call holds only its own thread.
+    let found = open_blocked_fifos(rt, dir, 10)?;
     assert!(
         found.iter().all(|&f| f),
         "readers found waiting, last FIFO first: {found:?}"
@@ -704,21 +711,7 @@ fn extra_pool_workers_leave_when_idle() {
         .build()
         .expect("poll backend");
     let dir = tempfile::tempdir().expect("temp dir");
-    let fifos: Vec<PathBuf> = (0..6).map(|i| dir.path().join(format!("fifo{i}"))).collect();
-    for f in &fifos {
-        mkfifo(f).expect("mkfifo");
-    }
-    let releaser = {
-        let fifos = fifos.clone();
-        std::thread::spawn(move || release_fifos(fifos))
-    };
-    let opened = util::run(&rt, async {
-        futures::future::join_all(fifos.iter().map(|f| rt.open(f, OpenOptions::new().read(true)))).await
-    });
-    let found = releaser.join().expect("releaser");
-    for file in opened {
-        drop(file.expect("FIFO open"));
-    }
+    let found = open_blocked_fifos(&rt, dir.path(), 6).expect("FIFO opens");
     // All six readers waited at once: the pool had grown to six workers.
     assert!(found.iter().all(|&f| f), "readers found waiting: {found:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
