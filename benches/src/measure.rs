@@ -28,9 +28,9 @@ pub struct Sample {
     pub percentiles: Option<(u64, u64)>,
 }
 
-/// One batch in `LATENCY_EVERY` has the completion time of each of its
-/// operations taken; the others run without a clock read per operation.
-const LATENCY_EVERY: u64 = 8;
+/// One batch (or operation, or call) in `LATENCY_EVERY` has its latency
+/// taken; the others run without a clock read per operation.
+pub const LATENCY_EVERY: u64 = 8;
 
 /// Operations between two clock checks of the loop deadline.
 const OPS_PER_CHECK: usize = 64;

@@ -8,7 +8,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::contenders::{compio, mfio, monoio, tokio};
-use crate::measure::{keep_only, Batch, Contender, Sample, Titled};
+use crate::measure::{keep_only, Batch, Contender, Sample, Titled, LATENCY_EVERY};
 
 /// Settings of `tcp`.
 #[derive(Debug, Clone, clap::Args)]
@@ -93,9 +93,6 @@ pub fn contenders(args: &TcpArgs) -> Vec<Box<dyn Contender<TcpJob>>> {
     keep_only(all, &args.only)
 }
 
-/// Round trips a client sampled for latency: one in this many.
-const LATENCY_EVERY: u64 = 8;
-
 /// Whether an error is the peer closing the connection.
 fn is_eof(e: &io::Error) -> bool {
     matches!(
@@ -104,9 +101,11 @@ fn is_eof(e: &io::Error) -> bool {
     )
 }
 
-/// The client side of a ping-pong connection: round trips (`rtt` sends the
-/// message and reads the echo) until `deadline`, then drops the stream.
-async fn client<S, F, Fut>(mut stream: S, size: usize, deadline: Instant, rtt: &F) -> io::Result<(u64, Vec<u64>)>
+/// The client side of a connection: `call` with a `size`-byte message (a
+/// round trip, or a one-way send for bulk) until `deadline`, one call in
+/// `LATENCY_EVERY` timed; then drops the stream. Returns the calls made and
+/// the sampled latencies.
+async fn client<S, F, Fut>(mut stream: S, size: usize, deadline: Instant, call: &F) -> io::Result<(u64, Vec<u64>)>
 where
     F: Fn(S, Vec<u8>) -> Fut,
     Fut: Future<Output = (io::Result<()>, S, Vec<u8>)>,
@@ -116,7 +115,7 @@ where
     let mut lat = Vec::new();
     while Instant::now() < deadline {
         let t0 = Instant::now();
-        let (res, s, b) = rtt(stream, buf).await;
+        let (res, s, b) = call(stream, buf).await;
         res?;
         if n % LATENCY_EVERY == 0 {
             lat.push(t0.elapsed().as_nanos() as u64);
@@ -204,21 +203,7 @@ where
 {
     let start = Instant::now();
     let deadline = start + span;
-    let writer = async move {
-        let (mut c, mut buf) = (sender, vec![0x5a; chunk]);
-        let (mut n, mut lat) = (0u64, Vec::new());
-        while Instant::now() < deadline {
-            let t0 = Instant::now();
-            let (res, c2, b) = send(c, buf).await;
-            res?;
-            if n % LATENCY_EVERY == 0 {
-                lat.push(t0.elapsed().as_nanos() as u64);
-            }
-            n += 1;
-            (c, buf) = (c2, b);
-        }
-        Ok::<_, io::Error>((n, lat))
-    };
+    let writer = client(sender, chunk, deadline, &send);
     let reader = async move {
         let (mut s, mut buf, mut total) = (receiver, vec![0u8; chunk], 0u64);
         loop {
