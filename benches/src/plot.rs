@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::coord::ranged1d::SegmentValue;
 use plotters::prelude::*;
 
-use crate::report::Series;
+use crate::report::{min_max, Series};
 
 const BAR_PX: u32 = 30;
 
@@ -24,11 +24,7 @@ pub fn bar_chart(path: &Path, title: &str, rows: &[&Series]) -> io::Result<()> {
         return Ok(());
     }
     let n = rows.len();
-    let xmax = rows
-        .iter()
-        .map(|s| s.ops_per_s.iter().copied().fold(0.0, f64::max))
-        .fold(1.0, f64::max)
-        * 1.15;
+    let xmax = rows.iter().map(|s| min_max(&s.ops_per_s).1).fold(1.0, f64::max) * 1.15;
     // The first row (the baseline) is drawn at the top.
     let names: Vec<String> = rows.iter().rev().map(|s| s.contender.clone()).collect();
     let at = |i: usize| n - 1 - i;
@@ -74,8 +70,7 @@ pub fn bar_chart(path: &Path, title: &str, rows: &[&Series]) -> io::Result<()> {
         .map_err(plot_err)?;
     chart
         .draw_series(rows.iter().enumerate().map(|(i, s)| {
-            let lo = s.ops_per_s.iter().copied().fold(f64::INFINITY, f64::min);
-            let hi = s.ops_per_s.iter().copied().fold(0.0, f64::max);
+            let (lo, hi) = min_max(&s.ops_per_s);
             PathElement::new(
                 vec![(lo, SegmentValue::CenterOf(at(i))), (hi, SegmentValue::CenterOf(at(i)))],
                 BLACK.stroke_width(2),
