@@ -9,7 +9,7 @@ use compio::buf::{BufResult, IoBuf};
 use compio::io::{AsyncRead, AsyncReadAt, AsyncReadAtExt, AsyncReadExt, AsyncWriteAt, AsyncWriteExt};
 use compio::net::{TcpListener, TcpStream};
 
-use super::Built;
+use super::{read_chunks, Built};
 use crate::files::{FileJob, Kind};
 use crate::measure::{drive_ops, Sample};
 use crate::tcp::loopback;
@@ -62,16 +62,16 @@ async fn ops(job: &FileJob, span: Duration) -> io::Result<Sample> {
 
 async fn load(path: &Path, chunk: usize, len: u64) -> io::Result<u64> {
     let file = compio::fs::File::open(path).await?;
-    let mut buf = Vec::with_capacity(chunk);
-    let mut at = 0u64;
-    while at < len {
-        let r = file.read_exact_at(buf, at).await;
-        buf = r.1;
-        r.0?;
-        at += chunk as u64;
-    }
+    let read = read_chunks(len, chunk, |at, b| {
+        let file = &file;
+        async move {
+            let BufResult(r, b) = file.read_exact_at(b, at).await;
+            (r, b)
+        }
+    })
+    .await?;
     file.close().await?;
-    Ok(at)
+    Ok(read)
 }
 
 file_contender!(Compio, "compio");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use mfio_backends::{BackendKind, File, OpenOptions, Runtime, TcpListener, TcpStream};
 use mfio_core::{AlignedBuf, IoBackendExt, IoRead, IoReadStream, IoWrite, IoWriteStream, SyncIoRead, SyncIoWrite};
 
-use super::{ready, unbuilt, Built};
+use super::{read_chunks, ready, unbuilt, Built};
 use crate::files::{FileJob, Kind, DIRECT_ALIGN};
 use crate::measure::{drive_blocking, drive_files, drive_files_blocking, drive_ops, Contender, Sample};
 use crate::tcp::{loopback, session, TcpJob};
@@ -47,16 +47,16 @@ impl Mfio {
 
 async fn load(rt: &Runtime, path: &Path, chunk: usize, len: u64) -> io::Result<u64> {
     let file = rt.open(path, OpenOptions::new().read(true)).await?;
-    let mut buf = Vec::with_capacity(chunk);
-    let mut at = 0u64;
-    while at < len {
-        let (r, b) = file.read_exact_at(at, buf).await.into_parts();
-        buf = b;
-        r?;
-        at += chunk as u64;
-    }
+    let read = read_chunks(len, chunk, |at, b| {
+        let file = &file;
+        async move {
+            let (r, b) = file.read_exact_at(at, b).await.into_parts();
+            (r.map_err(io::Error::from), b)
+        }
+    })
+    .await?;
     file.close().await?;
-    Ok(at)
+    Ok(read)
 }
 
 async fn ops(file: &File, job: &FileJob, span: Duration) -> io::Result<Sample> {

@@ -72,6 +72,7 @@ pub mod std_io;
 pub mod tokio;
 pub mod tokio_uring;
 
+use std::future::Future;
 use std::io;
 
 /// A runtime built once per benchmark, or why it did not build.
@@ -88,4 +89,23 @@ pub fn unbuilt<T>(b: &Built<T>) -> Option<String> {
 /// The runtime did not build.
 pub fn ready<T>(b: &mut Built<T>) -> io::Result<&mut T> {
     b.as_mut().map_err(|e| io::Error::other(e.clone()))
+}
+
+/// Reads `len` bytes in exact `chunk`-sized reads, `read_exact(at, buf)`
+/// each, one owned buffer passed along; returns the bytes read. The body of
+/// every many-files loader.
+pub async fn read_chunks<F, Fut>(len: u64, chunk: usize, mut read_exact: F) -> io::Result<u64>
+where
+    F: FnMut(u64, Vec<u8>) -> Fut,
+    Fut: Future<Output = (io::Result<()>, Vec<u8>)>,
+{
+    let mut buf = Vec::with_capacity(chunk);
+    let mut at = 0u64;
+    while at < len {
+        let (res, b) = read_exact(at, buf).await;
+        buf = b;
+        res?;
+        at += chunk as u64;
+    }
+    Ok(at)
 }

@@ -9,7 +9,7 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncReadRentExt, AsyncWriteRentExt};
 use monoio::net::{TcpListener, TcpStream};
 
-use super::Built;
+use super::{read_chunks, Built};
 use crate::files::{FileJob, Kind};
 use crate::measure::{drive_ops, Sample};
 use crate::tcp::loopback;
@@ -54,16 +54,9 @@ async fn ops(job: &FileJob, span: Duration) -> io::Result<Sample> {
 
 async fn load(path: &Path, chunk: usize, len: u64) -> io::Result<u64> {
     let file = monoio::fs::File::open(path).await?;
-    let mut buf = Vec::with_capacity(chunk);
-    let mut at = 0u64;
-    while at < len {
-        let (r, b) = file.read_exact_at(buf, at).await;
-        buf = b;
-        r?;
-        at += chunk as u64;
-    }
+    let read = read_chunks(len, chunk, |at, b| file.read_exact_at(b, at)).await?;
     file.close().await?;
-    Ok(at)
+    Ok(read)
 }
 
 file_contender!(Monoio, "monoio");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio_uring::buf::BoundedBuf;
 
-use super::Built;
+use super::{read_chunks, Built};
 use crate::files::{FileJob, Kind};
 use crate::measure::{drive_ops, Sample};
 
@@ -48,16 +48,9 @@ async fn ops(job: &FileJob, span: Duration) -> io::Result<Sample> {
 
 async fn load(path: &Path, chunk: usize, len: u64) -> io::Result<u64> {
     let file = tokio_uring::fs::File::open(path).await?;
-    let mut buf = Vec::with_capacity(chunk);
-    let mut at = 0u64;
-    while at < len {
-        let (r, b) = file.read_exact_at(buf, at).await;
-        buf = b;
-        r?;
-        at += chunk as u64;
-    }
+    let read = read_chunks(len, chunk, |at, b| file.read_exact_at(b, at)).await?;
     file.close().await?;
-    Ok(at)
+    Ok(read)
 }
 
 file_contender!(TokioUring, "tokio-uring");
