@@ -555,15 +555,19 @@ fn every_operation_dropped_mid_flight(rt: &Runtime, dir: &Path) -> Result<()> {
     // Operations parked on these handles keep them open until the backend
     // applies their cancellation; give it a bounded number of steps (a hang
     // guard for a loaded machine, not a timing check).
+    // The count that ends the wait is the one checked: pool workers may still
+    // run queued jobs of dropped operations (a directory listing holds its
+    // descriptor while it runs), so a second reading could catch one.
+    let mut now = open_fds();
     for _ in 0..6000 {
-        rt.drive();
-        if open_fds() + 5 <= before {
+        if now + 5 <= before {
             break;
         }
+        rt.drive();
         std::thread::sleep(Duration::from_millis(5));
+        now = open_fds();
     }
     // The five handles above were opened before `before` was taken.
-    let now = open_fds();
     assert_eq!(
         now + 5,
         before,
