@@ -11,8 +11,9 @@ use std::sync::Arc;
 use mfio_core::{Error, Result};
 
 use crate::fs::{FileType, Metadata, OpenFuture, OpenOptions};
-use crate::op::{completion, At, FileFd, Op, OpFuture};
+use crate::op::{At, FileFd, Op, OpFuture};
 use crate::runtime::Runtime;
+use mfio_core::completion::Completer;
 
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +75,9 @@ impl Base<'_> {
     }
 
     /// Submits `make(at(path), completer)`, or resolves to the path error.
-    fn path_op<T>(&self, path: &Path, make: impl FnOnce(At, crate::op::Completer<T>) -> Op) -> OpFuture<T> {
+    fn path_op<T>(&self, path: &Path, make: impl FnOnce(At, Completer<T>) -> Op) -> OpFuture<T> {
         match self.at(path) {
-            Ok(at) => {
-                let (done, fut) = completion();
-                fut.submit(self.rt, make(at, done))
-            }
+            Ok(at) => OpFuture::submit(self.rt, |done| make(at, done)),
             Err(e) => OpFuture::ready(Err(e)),
         }
     }

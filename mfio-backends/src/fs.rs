@@ -11,11 +11,11 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use mfio_core::{
-    Direction, DriveStatus, Error, Flush, IoBackend, IoBuf, IoBufMut, IoLen, Op as ErrOp, Packet, PacketIo, PacketView,
-    PollingHandle, QueueFull, Read, Result, Write,
+    check_offset, BufResult, CloseWrite, Direction, DriveStatus, Error, Flush, IoBackend, IoBuf, IoBufMut, IoLen,
+    Op as ErrOp, Packet, PacketIo, PacketView, PollingHandle, QueueFull, Read, Result, Write,
 };
 
-use crate::op::{completion, At, FileFd, Op, OpFuture};
+use crate::op::{At, FileFd, Op, OpFuture};
 use crate::runtime::Runtime;
 
 /// How to open a file; the same rules as [`std::fs::OpenOptions`], plus
@@ -255,24 +255,75 @@ pub struct File {
     append: bool,
     /// Try reads inline from the page cache first (see `RuntimeBuilder::inline_cached_reads`).
     inline_reads: bool,
+    /// For an `O_DIRECT` file whose alignment the kernel reports: checked
+    /// before any transfer is queued.
+    dio: Option<DioAlign>,
+}
+
+/// The alignment `O_DIRECT` transfers need on one file (`statx` DIO fields).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DioAlign {
+    /// Of buffer addresses (and of each vectored segment's length).
+    mem: u32,
+    /// Of file offsets and transfer lengths.
+    offset: u32,
+}
+
+impl DioAlign {
+    /// `InvalidInput`, naming the alignment and the value that broke it, if
+    /// a transfer at `pos` (`None`: append) of the `(address, length)`
+    /// segments is misaligned.
+    fn check(self, op: ErrOp, pos: Option<u64>, segments: impl Iterator<Item = (usize, usize)>) -> Result<()> {
+        let (mem, off) = (u64::from(self.mem.max(1)), u64::from(self.offset.max(1)));
+        let broke = |what: String| {
+            let err = Error::new(
+                ErrorKind::InvalidInput,
+                format!(
+                    "O_DIRECT on this file needs buffer addresses aligned to {mem} bytes and offsets and lengths \
+                     aligned to {off} bytes: {what}"
+                ),
+            )
+            .with_op(op);
+            match pos {
+                Some(p) => err.with_offset(p),
+                None => err,
+            }
+        };
+        if let Some(p) = pos.filter(|p| p % off != 0) {
+            return Err(broke(format!("offset {p} is not")));
+        }
+        let mut total = 0u64;
+        let mut count = 0;
+        for (addr, len) in segments {
+            let (addr, len) = (addr as u64, len as u64);
+            if addr % mem != 0 {
+                return Err(broke(format!("buffer address {addr:#x} is not")));
+            }
+            total += len;
+            count += 1;
+            if count > 1 && len % mem != 0 {
+                return Err(broke(format!("a vectored segment of {len} bytes is not")));
+            }
+        }
+        if total % off != 0 {
+            return Err(broke(format!("length {total} is not")));
+        }
+        Ok(())
+    }
 }
 
 impl File {
     /// The file's metadata, from `statx` on the backend.
     pub fn metadata(&self) -> OpFuture<Metadata> {
-        let (done, fut) = completion();
         let at = At {
             dir: Some(self.fd.clone()),
             path: CString::default(),
         };
-        fut.submit(
-            &self.rt,
-            Op::Stat {
-                at,
-                flags: libc::AT_EMPTY_PATH,
-                done,
-            },
-        )
+        OpFuture::submit(&self.rt, |done| Op::Stat {
+            at,
+            flags: libc::AT_EMPTY_PATH,
+            done,
+        })
     }
 
     /// Reads into `bufs` in order from `pos` with one vectored read
@@ -280,8 +331,14 @@ impl File {
     /// and the buffers, each filled from its start.
     ///
     /// # Errors
-    /// `InvalidInput` for more than 1024 buffers; the OS error of the read.
-    pub async fn read_vectored_at<B: IoBufMut>(&self, pos: u64, bufs: Vec<B>) -> (Result<usize>, Vec<B>) {
+    /// `InvalidInput` for more than 1024 buffers, a position above
+    /// [`MAX_OFFSET`](mfio_core::MAX_OFFSET) or a misaligned `O_DIRECT`
+    /// transfer; the OS error of the read.
+    pub async fn read_vectored_at<B: IoBufMut>(&self, pos: u64, mut bufs: Vec<B>) -> BufResult<usize, Vec<B>> {
+        let segments = bufs.iter_mut().map(|b| (b.as_buf_mut_ptr() as usize, b.buf_capacity()));
+        if let Err(e) = self.check_transfer(ErrOp::Read, Some(pos), segments.collect::<Vec<_>>()) {
+            return BufResult(Err(e), bufs);
+        }
         let fd = self.fd.clone();
         vectored(&self.rt, bufs, move |views| Op::ReadV {
             fd: fd.clone(),
@@ -295,10 +352,16 @@ impl File {
     /// in append mode at the end); returns the bytes written.
     ///
     /// # Errors
-    /// `InvalidInput` for more than 1024 buffers; the OS error of the write.
-    pub async fn write_vectored_at<B: IoBuf>(&self, pos: u64, bufs: Vec<B>) -> (Result<usize>, Vec<B>) {
-        let fd = self.fd.clone();
+    /// `InvalidInput` for more than 1024 buffers, a position above
+    /// [`MAX_OFFSET`](mfio_core::MAX_OFFSET) or a misaligned `O_DIRECT`
+    /// transfer; the OS error of the write.
+    pub async fn write_vectored_at<B: IoBuf>(&self, pos: u64, bufs: Vec<B>) -> BufResult<usize, Vec<B>> {
         let at = (!self.append).then_some(pos);
+        let segments = bufs.iter().map(|b| (b.as_buf_ptr() as usize, b.buf_len()));
+        if let Err(e) = self.check_transfer(ErrOp::Write, at, segments.collect::<Vec<_>>()) {
+            return BufResult(Err(e), bufs);
+        }
+        let fd = self.fd.clone();
         vectored(&self.rt, bufs, move |views| Op::WriteV {
             fd: fd.clone(),
             pos: at,
@@ -331,23 +394,27 @@ impl File {
         let Ok(file) = Arc::try_unwrap(fd) else {
             return Ok(());
         };
-        let (done, fut) = completion();
-        fut.submit(&rt, Op::Close { file, done }).await
+        OpFuture::submit(&rt, |done| Op::Close { file, done }).await
     }
 
     /// Truncates or extends (with zeros) to `len` bytes (`ftruncate`).
     pub fn set_len(&self, len: u64) -> OpFuture<()> {
-        let (done, fut) = completion();
+        if let Err(e) = check_offset(len, ErrOp::SetLen) {
+            return OpFuture::ready(Err(e));
+        }
         let fd = self.fd.clone();
-        fut.submit(&self.rt, Op::Truncate { fd, len, done })
+        OpFuture::submit(&self.rt, |done| Op::Truncate { fd, len, done })
     }
 
     /// Reserves disk space for `offset..offset + len`, growing the file if
     /// needed (`fallocate` mode 0).
     pub fn allocate(&self, offset: u64, len: u64) -> OpFuture<()> {
-        let (done, fut) = completion();
+        let end = offset.saturating_add(len);
+        if let Err(e) = check_offset(offset, ErrOp::SetLen).and_then(|_| check_offset(end, ErrOp::SetLen)) {
+            return OpFuture::ready(Err(e));
+        }
         let fd = self.fd.clone();
-        fut.submit(&self.rt, Op::Allocate { fd, offset, len, done })
+        OpFuture::submit(&self.rt, |done| Op::Allocate { fd, offset, len, done })
     }
 
     pub(crate) fn into_parts(self) -> (Runtime, Arc<FileFd>) {
@@ -386,6 +453,24 @@ impl AsFd for File {
 }
 
 impl File {
+    /// Checks a transfer at `pos` (`None`: append, where the position is the
+    /// kernel's) of `segments` before anything is queued: the position must
+    /// be one the OS takes, and an `O_DIRECT` file's alignment must hold.
+    fn check_transfer(
+        &self,
+        op: ErrOp,
+        pos: Option<u64>,
+        segments: impl IntoIterator<Item = (usize, usize)>,
+    ) -> Result<()> {
+        if let Some(pos) = pos {
+            check_offset(pos, op)?;
+        }
+        match self.dio {
+            Some(dio) => dio.check(op, pos, segments.into_iter()),
+            None => Ok(()),
+        }
+    }
+
     /// Runs a blocking caller's operation (see [`PacketView::caller_blocks`])
     /// right here, on its thread: it would only wait for another thread to
     /// do it and wake it. Anything else is queued for the backend.
@@ -395,7 +480,11 @@ impl File {
         make: impl FnOnce(PacketView<D>) -> Op,
     ) -> std::result::Result<(), PacketView<D>> {
         if view.caller_blocks() {
-            crate::sys::run_blocking(make(view));
+            let op = make(view);
+            if let Some(file) = op.written_file() {
+                file.write_started();
+            }
+            crate::sys::run_blocking(op);
             return Ok(());
         }
         self.rt.try_submit(view, make)
@@ -407,6 +496,10 @@ impl PacketIo<Read, u64> for File {
     /// read here with `preadv2(RWF_NOWAIT)`; a blocking caller's read (see
     /// [`PacketView::caller_blocks`]) is read here too; the rest is queued.
     fn try_send_io(&self, pos: u64, mut view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, u64>> {
+        if let Err(e) = self.check_transfer(ErrOp::Read, Some(pos), [(view.as_mut_ptr() as usize, view.len())]) {
+            view.fail(e);
+            return Ok(());
+        }
         if self.inline_reads {
             if let Some(n) = crate::sys::read_cached(&self.fd, pos, &mut view) {
                 view.complete(n);
@@ -429,8 +522,13 @@ impl PacketIo<Write, u64> for File {
     /// without blocking, so io_uring would hand each to a kernel worker and
     /// wake the caller back for every one.
     fn try_send_io(&self, pos: u64, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, u64>> {
-        let fd = self.fd.clone();
         let at = (!self.append).then_some(pos);
+        let segment = [(view.as_slice().as_ptr() as usize, view.len())];
+        if let Err(e) = self.check_transfer(ErrOp::Write, at, segment) {
+            view.fail(e);
+            return Ok(());
+        }
+        let fd = self.fd.clone();
         self.run_or_submit(view, |view| Op::Write { fd, pos: at, view })
             .map_err(|view| QueueFull { param: pos, view })
     }
@@ -442,6 +540,29 @@ impl PacketIo<Write, u64> for File {
 impl PacketIo<Write, Flush> for File {
     /// A flush is an `fsync` that runs after every write submitted before it completed.
     fn try_send_io(&self, param: Flush, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, Flush>> {
+        let fd = self.fd.clone();
+        self.rt
+            .try_submit(view, |view| Op::Sync {
+                fd,
+                data_only: false,
+                view,
+            })
+            .map_err(|view| QueueFull { param, view })
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.rt.poll_ready(cx)
+    }
+}
+
+impl PacketIo<Write, CloseWrite> for File {
+    /// A file has no direction to close: this is a flush (`fsync`), so the
+    /// `futures-io` `close` and tokio `shutdown` of an adapter over a file
+    /// make its data durable.
+    fn try_send_io(
+        &self,
+        param: CloseWrite,
+        view: PacketView<Write>,
+    ) -> std::result::Result<(), QueueFull<Write, CloseWrite>> {
         let fd = self.fd.clone();
         self.rt
             .try_submit(view, |view| Op::Sync {
@@ -504,6 +625,7 @@ pub struct OpenFuture {
     rt: Runtime,
     append: bool,
     inline_reads: bool,
+    direct: bool,
     inner: OpFuture<OwnedFd>,
 }
 
@@ -514,12 +636,22 @@ impl Future for OpenFuture {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<File>> {
         let res = std::task::ready!(Pin::new(&mut self.inner).poll(cx));
         Poll::Ready(match res {
-            Ok(fd) => Ok(File {
-                fd: Arc::new(self.rt.file_fd(fd)),
-                inline_reads: self.inline_reads,
-                rt: self.rt.clone(),
-                append: self.append,
-            }),
+            Ok(fd) => {
+                // A metadata lookup on this thread, never device I/O: the
+                // alignment every O_DIRECT transfer is checked against.
+                let dio = if self.direct {
+                    crate::sys::dio_alignment(&fd).map(|(mem, offset)| DioAlign { mem, offset })
+                } else {
+                    None
+                };
+                Ok(File {
+                    fd: Arc::new(self.rt.file_fd(fd)),
+                    inline_reads: self.inline_reads,
+                    rt: self.rt.clone(),
+                    append: self.append,
+                    dio,
+                })
+            }
             Err(e) => Err(e.with_op(ErrOp::Open)),
         })
     }
@@ -531,7 +663,7 @@ const IOV_MAX: usize = 1024;
 /// Sends one operation carrying a view of each buffer (waiting for room in
 /// the queue), then collects the buffers; the count is the contiguous prefix
 /// transferred, as for a single buffer.
-async fn vectored<D, B>(rt: &Runtime, bufs: Vec<B>, make: impl Fn(Vec<PacketView<D>>) -> Op) -> (Result<usize>, Vec<B>)
+async fn vectored<D, B>(rt: &Runtime, bufs: Vec<B>, make: impl Fn(Vec<PacketView<D>>) -> Op) -> BufResult<usize, Vec<B>>
 where
     D: mfio_core::Direction,
     B: mfio_core::PacketBuf<D>,
@@ -585,23 +717,17 @@ where
         (Some(e), _) | (None, Some(e)) => Err(e),
         (None, None) => Ok(total),
     };
-    (result, out)
+    BufResult(result, out)
 }
 
 pub(crate) fn open(rt: &Runtime, at: Result<At>, opts: &OpenOptions) -> OpenFuture {
     let inner = match opts.flags().and_then(|flags| Ok((flags, at?))) {
-        Ok((flags, at)) => {
-            let (done, fut) = completion();
-            fut.submit(
-                rt,
-                Op::Open {
-                    at,
-                    flags,
-                    mode: opts.mode,
-                    done,
-                },
-            )
-        }
+        Ok((flags, at)) => OpFuture::submit(rt, |done| Op::Open {
+            at,
+            flags,
+            mode: opts.mode,
+            done,
+        }),
         Err(e) => OpFuture::ready(Err(e)),
     };
     OpenFuture {
@@ -609,6 +735,7 @@ pub(crate) fn open(rt: &Runtime, at: Result<At>, opts: &OpenOptions) -> OpenFutu
         append: opts.append,
         // O_DIRECT reads always need the device: never worth a try.
         inline_reads: rt.inline_cached_reads() && !opts.direct,
+        direct: opts.direct || opts.custom_flags & libc::O_DIRECT != 0,
         inner,
     }
 }

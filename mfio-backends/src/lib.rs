@@ -58,3 +58,30 @@ pub use net::{
 };
 pub use op::OpFuture;
 pub use runtime::{BackendKind, Runtime, RuntimeBuilder, BACKEND_ENV};
+
+// Every public handle can be shared with and moved to other threads: a
+// submission from a foreign thread goes through the backend's queue.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Runtime>();
+    send_sync::<RuntimeBuilder>();
+    send_sync::<File>();
+    send_sync::<Dir>();
+    send_sync::<OpenOptions>();
+    send_sync::<Metadata>();
+    send_sync::<DirEntry>();
+    send_sync::<BufferPool>();
+    send_sync::<Composite>();
+    send_sync::<TcpListener>();
+    send_sync::<TcpStream>();
+    send_sync::<UnixListener>();
+    send_sync::<UnixStream>();
+    send_sync::<UdpSocket>();
+    send_sync::<OpFuture<()>>();
+    send_sync::<OpenFuture>();
+    send_sync::<DirFuture>();
+    send_sync::<TcpAccept>();
+    send_sync::<TcpConnect>();
+    send_sync::<UnixAccept>();
+    send_sync::<UnixConnect>();
+};

@@ -18,12 +18,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mfio_core::{
-    BufResult, DriveStatus, Error, Flush, IoBackend, IoBuf, IoBufMut, NoPos, PacketIo, PacketIoExt, PacketView,
-    PendingIo, PollingHandle, QueueFull, Read, Result, Write,
+    BufResult, CloseWrite, DriveStatus, Error, Flush, IoBackend, IoBuf, IoBufMut, NoPos, PacketIo, PacketIoExt,
+    PacketView, PendingIo, PollingHandle, QueueFull, Read, Result, Write,
 };
 use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
 
-use crate::op::{completion, Op, OpFuture, Socket};
+use crate::op::{Done, Op, OpFuture, Socket};
 use crate::runtime::Runtime;
 
 /// A stream from a polling closure.
@@ -184,11 +184,10 @@ macro_rules! stream_socket {
             /// Waits for the next connection; dropping the future cancels the
             /// accept (a connection accepted anyway is closed, not leaked).
             pub fn accept(&self) -> $accept {
-                let (done, fut) = completion();
                 let sock = self.sock.clone();
                 $accept {
                     rt: self.rt.clone(),
-                    inner: fut.submit(&self.rt, Op::Accept { sock, done }),
+                    inner: OpFuture::submit(&self.rt, |done| Op::Accept { sock, done }),
                 }
             }
         }
@@ -254,9 +253,8 @@ macro_rules! stream_socket {
                     std::net::Shutdown::Write => rustix::net::Shutdown::Write,
                     std::net::Shutdown::Both => rustix::net::Shutdown::Both,
                 };
-                let (done, fut) = completion();
                 let sock = self.sock.clone();
-                fut.submit(&self.rt, Op::Shutdown { sock, how, done })
+                OpFuture::submit(&self.rt, |done| Op::Shutdown { sock, how, done: done.into() })
             }
 
             /// The runtime the stream belongs to.
@@ -276,6 +274,27 @@ macro_rules! stream_socket {
             }
             fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
                 Poll::Ready(())
+            }
+        }
+
+        impl PacketIo<Write, CloseWrite> for $stream {
+            /// Half-closes: `shutdown(SHUT_WR)`. The peer reads end of stream
+            /// after the bytes of the sends that completed before; reading
+            /// here goes on. This is what the adapters' `close`/`shutdown`
+            /// send after their flush.
+            fn try_send_io(
+                &self,
+                param: CloseWrite,
+                view: PacketView<Write>,
+            ) -> std::result::Result<(), QueueFull<Write, CloseWrite>> {
+                let sock = self.sock.clone();
+                let how = rustix::net::Shutdown::Write;
+                self.rt
+                    .try_submit(view, |view| Op::Shutdown { sock, how, done: Done::Packet(view) })
+                    .map_err(|view| QueueFull { param, view })
+            }
+            fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+                self.rt.poll_ready(cx)
             }
         }
 
@@ -304,9 +323,8 @@ macro_rules! stream_socket {
                 let prepared = fd.and_then(|fd| Ok((rt.register_socket(fd)?, addr?)));
                 match prepared {
                     Ok((sock, addr)) => {
-                        let (done, fut) = completion();
-                        let op = Op::Connect { sock: sock.clone(), addr: Box::new(addr), done };
-                        $connect { rt: rt.clone(), sock: Some(sock), inner: fut.submit(rt, op) }
+                        let op = |done| Op::Connect { sock: sock.clone(), addr: Box::new(addr), in_progress: false, done };
+                        $connect { rt: rt.clone(), inner: OpFuture::submit(rt, op), sock: Some(sock) }
                     }
                     Err(e) => $connect { rt: rt.clone(), sock: None, inner: OpFuture::ready(Err(e)) },
                 }

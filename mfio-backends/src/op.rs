@@ -5,17 +5,18 @@
 //! Byte transfers travel as mfio-core packet views; everything else (open,
 //! stat) completes through a [`Completer`] / [`OpFuture`] pair.
 
-use std::collections::VecDeque;
 use std::ffi::CString;
 use std::future::Future;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use atomic_waker::AtomicWaker;
+use mfio_core::completion::{completion, Completer, Submission};
+use mfio_core::kept::KeptBytes;
 use mfio_core::queue::Mailbox;
-use mfio_core::{CancelHandler, Error, Notifier, PacketView, Read, Result, Write};
+use mfio_core::{Error, Notifier, PacketView, Read, Result, Write};
 use parking_lot::Mutex;
 use rustix::net::SocketAddrAny;
 
@@ -29,6 +30,36 @@ use crate::runtime::Runtime;
 pub(crate) struct FileFd {
     pub(crate) fd: OwnedFd,
     pub(crate) fixed: Option<FixedSlot>,
+    /// Writes handed to the kernel or the pool and not yet finished; a sync
+    /// of this file waits for them (and only for them).
+    writes_in_flight: AtomicUsize,
+}
+
+impl FileFd {
+    /// `fd`, with its registered-file slot if it has one.
+    pub(crate) fn new(fd: OwnedFd, fixed: Option<FixedSlot>) -> Self {
+        Self {
+            fd,
+            fixed,
+            writes_in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// True while a write handed out before now has not finished.
+    pub(crate) fn has_writes_in_flight(&self) -> bool {
+        self.writes_in_flight.load(Ordering::Acquire) != 0
+    }
+
+    /// Counts a write handed to the kernel or the pool.
+    pub(crate) fn write_started(&self) {
+        self.writes_in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a write that finished (its completion was reaped or its
+    /// system call returned).
+    pub(crate) fn write_finished(&self) {
+        self.writes_in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl std::fmt::Debug for FileFd {
@@ -83,29 +114,6 @@ impl At {
     }
 }
 
-/// Cancellation requests from dropped futures, by token, for the driving
-/// step to apply; pushing wakes the backend.
-pub(crate) struct Cancels {
-    pub(crate) tokens: Mailbox<u64>,
-    pub(crate) notifier: Arc<Notifier>,
-}
-
-impl Cancels {
-    pub(crate) fn new(notifier: Arc<Notifier>) -> Arc<Self> {
-        Arc::new(Self {
-            tokens: Mailbox::default(),
-            notifier,
-        })
-    }
-}
-
-impl CancelHandler for Cancels {
-    fn cancel(&self, token: u64) {
-        self.tokens.push(token);
-        self.notifier.notify();
-    }
-}
-
 /// An open socket, shared by its handle and every operation on it.
 ///
 /// On the poll backend it is registered (edge-triggered) in the backend's
@@ -114,19 +122,21 @@ impl CancelHandler for Cancels {
 /// inherit a stale registration.
 pub(crate) struct Socket {
     pub(crate) fd: OwnedFd,
-    /// Bytes of completed reads whose caller dropped them; read again first.
-    pub(crate) pushback: Mutex<VecDeque<u8>>,
+    /// Bytes of completed reads whose caller dropped them, read again first;
+    /// also the cancel handler of every operation on the socket (it
+    /// forwards cancellations to the backend).
+    pub(crate) kept: Arc<KeptBytes>,
+    /// Held by a receive that runs as a blocking call (thread pool), so
+    /// receives on one socket take their bytes one after the other.
+    pub(crate) read_turn: Mutex<()>,
     /// The poll backend's epoll set, if registered there.
     pub(crate) epoll: Option<Arc<OwnedFd>>,
     /// Identifies the socket in the epoll set and in cancellation tokens.
     pub(crate) token: u64,
-    /// Where cancellations of operations on this socket go.
-    pub(crate) canceller: Arc<dyn CancelHandler>,
 }
 
 impl std::fmt::Debug for Socket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use std::os::fd::AsRawFd;
         f.debug_struct("Socket")
             .field("fd", &self.fd.as_raw_fd())
             .finish_non_exhaustive()
@@ -134,32 +144,20 @@ impl std::fmt::Debug for Socket {
 }
 
 impl Socket {
-    /// Serves a read from bytes given back by a dropped read, if any.
-    pub(crate) fn take_pushback(&self, view: &mut PacketView<Read>) -> Option<usize> {
-        let mut pushed = self.pushback.lock();
-        if pushed.is_empty() {
-            return None;
-        }
-        let n = pushed.len().min(view.len());
-        let (front, back) = pushed.as_slices();
-        let head = view.fill_from(&front[..front.len().min(n)]);
-        view.fill_from_at(head, &back[..n - head]);
-        pushed.drain(..n);
-        Some(n)
-    }
-}
-
-impl CancelHandler for Socket {
-    fn cancel(&self, token: u64) {
-        self.canceller.cancel(token);
-    }
-
-    /// A read that completed after its caller gave up: keep its bytes.
-    fn unclaimed(&self, _token: u64, data: &[u8]) {
-        let mut pushed = self.pushback.lock();
-        for b in data.iter().rev() {
-            pushed.push_front(*b);
-        }
+    /// A socket whose operations' cancellations go to `cancels`.
+    pub(crate) fn new(
+        fd: OwnedFd,
+        cancels: Arc<dyn mfio_core::CancelHandler>,
+        epoll: Option<Arc<OwnedFd>>,
+        token: u64,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            fd,
+            kept: KeptBytes::new(cancels),
+            read_turn: Mutex::new(()),
+            epoll,
+            token,
+        })
     }
 }
 
@@ -237,10 +235,13 @@ pub(crate) enum Op {
     },
     /// Lists a directory (no io_uring opcode: always on the thread pool).
     ReadDir { at: At, done: Completer<Vec<DirEntry>> },
-    /// `connect(addr)` on a new socket.
+    /// `connect(addr)` on a new socket; `in_progress` once a connect was
+    /// started and its outcome is awaited (the socket turns writable, then
+    /// `SO_ERROR` tells).
     Connect {
         sock: Arc<Socket>,
         addr: Box<SocketAddrAny>,
+        in_progress: bool,
         done: Completer<()>,
     },
     /// `accept4(SOCK_CLOEXEC)`.
@@ -256,7 +257,7 @@ pub(crate) enum Op {
     Shutdown {
         sock: Arc<Socket>,
         how: rustix::net::Shutdown,
-        done: Completer<()>,
+        done: Done,
     },
     /// `sendto(addr)`: one datagram.
     SendTo {
@@ -292,11 +293,28 @@ impl Op {
             Op::Truncate { .. } | Op::Allocate { .. } => E::SetLen,
             Op::Close { .. } => E::Close,
             Op::ReadDir { .. } => E::ReadDir,
-            Op::Connect { .. } | Op::Accept { .. } => E::Open,
+            Op::Connect { .. } => E::Connect,
+            Op::Accept { .. } => E::Accept,
             Op::Send { .. } | Op::SendTo { .. } => E::Write,
             Op::Recv { .. } | Op::RecvFrom { .. } => E::Read,
-            Op::Shutdown { .. } => E::Flush,
+            Op::Shutdown { .. } => E::Shutdown,
         }
+    }
+
+    /// The file a write goes to: a sync of that file waits for it.
+    pub(crate) fn written_file(&self) -> Option<&Arc<FileFd>> {
+        match self {
+            Op::Write { fd, .. } | Op::WriteV { fd, .. } => Some(fd),
+            _ => None,
+        }
+    }
+
+    /// For a sync: true while a write to its file handed out before it has
+    /// not finished. The sync then waits, and only for that file: other
+    /// operations (a receive that never completes, a blocked FIFO open) never
+    /// hold it up, nor does it hold them up.
+    pub(crate) fn waits_for_writes(&self) -> bool {
+        matches!(self, Op::Sync { fd, .. } if fd.has_writes_in_flight())
     }
 
     /// Fails the operation without running it (backend shutting down, …).
@@ -312,12 +330,28 @@ impl Op {
             Op::Accept { done, .. } => done.complete(Err(err)),
             Op::Send { view, .. } | Op::SendTo { view, .. } => view.fail(err),
             Op::Recv { view, .. } | Op::RecvFrom { view, .. } => view.fail(err),
-            Op::Connect { done, .. } | Op::Shutdown { done, .. } | Op::Close { done, .. } => done.complete(Err(err)),
+            Op::Shutdown { done, .. } => done.complete(Err(err)),
+            Op::Connect { done, .. } | Op::Close { done, .. } => done.complete(Err(err)),
             Op::Mkdir { done, .. }
             | Op::Unlink { done, .. }
             | Op::Rename { done, .. }
             | Op::Truncate { done, .. }
             | Op::Allocate { done, .. } => done.complete(Err(err)),
+        }
+    }
+}
+
+/// Moves the syncs in `held` whose file has no write in flight any more to
+/// the front of `backlog`, in the order they came.
+pub(crate) fn release_syncs(held: &mut Vec<Op>, backlog: &mut std::collections::VecDeque<Op>) {
+    if held.is_empty() {
+        return;
+    }
+    let mut i = held.len();
+    while i > 0 {
+        i -= 1;
+        if !held[i].waits_for_writes() {
+            backlog.push_front(held.remove(i));
         }
     }
 }
@@ -342,142 +376,31 @@ pub(crate) fn finish_vectored<D: mfio_core::Direction>(views: Vec<PacketView<D>>
     }
 }
 
-enum SlotState<T> {
-    Waiting,
-    Done(Result<T>),
-    Taken,
-    /// The future was dropped; a late result is dropped on arrival (an fd closes).
-    Abandoned,
-}
-
-/// Who to tell, under which token, when the future is dropped early.
-type CancelHook = Option<(Arc<dyn CancelHandler>, u64)>;
-
-struct Slot<T> {
-    state: Mutex<(SlotState<T>, CancelHook)>,
-    waker: AtomicWaker,
-}
-
-/// The backend's end of an operation that yields a `T`.
-pub(crate) struct Completer<T> {
-    slot: Option<Arc<Slot<T>>>,
-}
-
-impl<T> Completer<T> {
-    /// Delivers the result and wakes the waiter; if the waiter is gone the
-    /// result is dropped here (an `OwnedFd` closes).
-    pub(crate) fn complete(mut self, result: Result<T>) {
-        if let Some(slot) = self.slot.take() {
-            deliver(&slot, result);
-        }
-    }
-
-    /// True once the caller dropped the future.
-    pub(crate) fn is_abandoned(&self) -> bool {
-        self.slot
-            .as_ref()
-            .is_some_and(|s| matches!(s.state.lock().0, SlotState::Abandoned))
-    }
-
-    /// Asks to hear about the caller dropping the future.
-    ///
-    /// # Errors
-    /// `Interrupted` (cancelled) if it was dropped already.
-    pub(crate) fn set_cancel_handler(&self, handler: Arc<dyn CancelHandler>, token: u64) -> Result<()> {
-        let Some(slot) = &self.slot else { return Ok(()) };
-        let mut st = slot.state.lock();
-        if matches!(st.0, SlotState::Abandoned) {
-            return Err(Error::cancelled());
-        }
-        st.1 = Some((handler, token));
-        Ok(())
-    }
-}
-
-fn deliver<T>(slot: &Slot<T>, result: Result<T>) {
-    let mut st = slot.state.lock();
-    if matches!(st.0, SlotState::Abandoned) {
-        drop(st);
-        drop(result);
-        return;
-    }
-    st.0 = SlotState::Done(result);
-    st.1 = None;
-    drop(st);
-    slot.waker.wake();
-}
-
-impl<T> Drop for Completer<T> {
-    fn drop(&mut self) {
-        // Dropped without a result (the backend went away): never a silent hang.
-        if let Some(slot) = self.slot.take() {
-            deliver(&slot, Err(Error::aborted()));
-        }
-    }
-}
-
 /// Future of an operation that yields a `T` (an opened file, metadata).
 ///
 /// Dropping it before completion asks the backend to cancel; if the
 /// operation completes anyway, its result is released (an fd is closed).
+///
+/// # Panics
+/// Polling it again after it returned `Ready` panics, as with every mfio
+/// future.
 #[must_use = "futures do nothing unless polled"]
-pub struct OpFuture<T> {
-    slot: Arc<Slot<T>>,
-    /// The operation, until the backend's queue accepts it.
-    unsent: Option<(Runtime, Op)>,
-    /// Recorded in errors, to say which operation failed.
-    what: Option<mfio_core::Op>,
-}
-
-impl<T> std::fmt::Debug for OpFuture<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpFuture").finish_non_exhaustive()
-    }
-}
-
-/// A connected completer/future pair.
-pub(crate) fn completion<T>() -> (Completer<T>, OpFuture<T>) {
-    let slot = Arc::new(Slot {
-        state: Mutex::new((SlotState::Waiting, None)),
-        waker: AtomicWaker::new(),
-    });
-    (
-        Completer {
-            slot: Some(slot.clone()),
-        },
-        OpFuture {
-            slot,
-            unsent: None,
-            what: None,
-        },
-    )
-}
+#[derive(Debug)]
+pub struct OpFuture<T>(Submission<T, Runtime, Op>);
 
 impl<T> OpFuture<T> {
-    /// A future for `op` (built around this future's completer), sent to
-    /// `rt` when first polled and as soon as its queue has room.
-    pub(crate) fn submit(mut self, rt: &Runtime, op: Op) -> Self {
-        self.what = Some(op.name());
-        self.unsent = Some((rt.clone(), op));
-        self
+    /// A future for the operation `make` builds around its completer, sent
+    /// to `rt` when first polled and as soon as its queue has room.
+    pub(crate) fn submit(rt: &Runtime, make: impl FnOnce(Completer<T>) -> Op) -> Self {
+        let (done, completion) = completion();
+        let op = make(done);
+        let what = op.name();
+        Self(Submission::new(rt.clone(), op, completion, what))
     }
 
     /// A future that is already complete (for errors found before submitting).
     pub(crate) fn ready(result: Result<T>) -> Self {
-        let (done, fut) = completion();
-        done.complete(result);
-        fut
-    }
-
-    fn try_take(&self) -> Option<Result<T>> {
-        let mut st = self.slot.state.lock();
-        match std::mem::replace(&mut st.0, SlotState::Taken) {
-            SlotState::Done(r) => Some(r),
-            other => {
-                st.0 = other;
-                None
-            }
-        }
+        Self(Submission::ready(result))
     }
 }
 
@@ -485,87 +408,29 @@ impl<T> Future for OpFuture<T> {
     type Output = Result<T>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
-        while let Some((rt, op)) = self.unsent.take() {
-            if let Err(op) = rt.try_submit(op, |op| op) {
-                let ready = rt.poll_ready(cx);
-                self.unsent = Some((rt, op));
-                if ready.is_pending() {
-                    return Poll::Pending;
-                }
-            }
-        }
-        let what = self.what;
-        let annotate = |r: Result<T>| match what {
-            Some(op) => r.map_err(|e| e.with_op(op)),
-            None => r,
-        };
-        if let Some(r) = self.try_take() {
-            return Poll::Ready(annotate(r));
-        }
-        self.slot.waker.register(cx.waker());
-        match self.try_take() {
-            Some(r) => Poll::Ready(annotate(r)),
-            None if matches!(self.slot.state.lock().0, SlotState::Taken) => Poll::Ready(Err(Error::new(
-                std::io::ErrorKind::Other,
-                "OpFuture polled after completion",
-            ))),
-            None => Poll::Pending,
-        }
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 
-impl<T> Drop for OpFuture<T> {
-    fn drop(&mut self) {
-        // An op never sent fails here, dropping its completer with it.
-        drop(self.unsent.take());
-        let (late, hook) = {
-            let mut st = self.slot.state.lock();
-            match std::mem::replace(&mut st.0, SlotState::Abandoned) {
-                SlotState::Waiting => (None, st.1.take()),
-                SlotState::Done(r) => (Some(r), None),
-                SlotState::Taken | SlotState::Abandoned => (None, None),
-            }
-        };
-        drop(late);
-        if let Some((handler, token)) = hook {
-            handler.cancel(token);
-        }
+/// Where an operation that reports only success or failure delivers it: the
+/// future of a method call, or a packet sent at an address (a half-close
+/// sent at [`CloseWrite`](mfio_core::CloseWrite)).
+pub(crate) enum Done {
+    Future(Completer<()>),
+    Packet(PacketView<Write>),
+}
+
+impl From<Completer<()>> for Done {
+    fn from(done: Completer<()>) -> Self {
+        Done::Future(done)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    struct Count(AtomicU64);
-    impl CancelHandler for Count {
-        fn cancel(&self, token: u64) {
-            self.0.store(token, Ordering::SeqCst);
-        }
-    }
-
-    #[test]
-    fn dropped_future_cancels_and_drops_late_result() {
-        let (done, fut) = completion::<Arc<()>>();
-        let counter = Arc::new(Count(AtomicU64::new(0)));
-        done.set_cancel_handler(counter.clone(), 9).expect("waiting");
-        drop(fut);
-        assert_eq!(counter.0.load(Ordering::SeqCst), 9);
-        assert!(done.is_abandoned());
-        let late = Arc::new(());
-        done.complete(Ok(late.clone()));
-        assert_eq!(Arc::strong_count(&late), 1, "the late result was released");
-    }
-
-    #[test]
-    fn completer_dropped_without_result_is_aborted() {
-        let (done, mut fut) = completion::<u32>();
-        drop(done);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match Pin::new(&mut fut).poll(&mut cx) {
-            Poll::Ready(Err(e)) => assert!(e.is_aborted()),
-            other => panic!("expected an aborted error, got {other:?}"),
+impl Done {
+    pub(crate) fn complete(self, result: Result<()>) {
+        match self {
+            Done::Future(done) => done.complete(result),
+            Done::Packet(view) => view.finish(result.map(|()| 0)),
         }
     }
 }

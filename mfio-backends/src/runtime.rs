@@ -67,6 +67,8 @@ pub(crate) trait Engine: Send + Sync {
     /// Wraps a newly opened descriptor, giving it a registered-file slot
     /// where the backend has one free.
     fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd;
+    /// Operations handed to the kernel, the pool or parked on a socket.
+    fn in_flight(&self) -> usize;
 }
 
 /// The native runtime: a handle on one backend instance. Cheap to clone;
@@ -100,6 +102,14 @@ impl Runtime {
     /// The backend in use.
     pub fn kind(&self) -> BackendKind {
         self.engine.kind()
+    }
+
+    /// Operations the backend has taken from its queue and not completed
+    /// yet: in the kernel (io_uring), on the thread pool, or waiting for a
+    /// socket to become ready. For diagnostics and tests; it changes as soon
+    /// as a driving step runs.
+    pub fn in_flight(&self) -> usize {
+        self.engine.in_flight()
     }
 
     /// Queues `make(value)`, or hands `value` back when the queue is full.
@@ -144,6 +154,15 @@ impl Runtime {
     }
 }
 
+impl mfio_core::completion::Submit<Op> for Runtime {
+    fn try_submit(&self, op: Op) -> std::result::Result<(), Op> {
+        self.engine.queue().try_push(op)
+    }
+    fn poll_submit_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.poll_ready(cx)
+    }
+}
+
 impl IoBackend for Runtime {
     fn polling_handle(&self) -> PollingHandle<'_> {
         self.engine.polling_handle()
@@ -169,6 +188,7 @@ pub struct RuntimeBuilder {
     pub(crate) queue_capacity: usize,
     pub(crate) window: usize,
     pub(crate) inline_cached_reads: bool,
+    pub(crate) uring_without_opcodes: bool,
 }
 
 impl Default for RuntimeBuilder {
@@ -186,6 +206,7 @@ impl Default for RuntimeBuilder {
             queue_capacity: 4096,
             window: 4096,
             inline_cached_reads: true,
+            uring_without_opcodes: false,
         }
     }
 }
@@ -269,6 +290,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// io_uring only: treat every opcode as missing, so every operation runs
+    /// on the thread pool that serves kernels without it (default off). This
+    /// exists to test that fallback on a kernel that has everything.
+    #[doc(hidden)]
+    pub fn uring_without_opcodes(&mut self, on: bool) -> &mut Self {
+        self.uring_without_opcodes = on;
+        self
+    }
+
     /// Operations the submission queue holds before callers wait (default 4096).
     pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
         self.queue_capacity = n.max(1);
@@ -294,9 +324,9 @@ impl RuntimeBuilder {
         };
         let engine: Arc<dyn Engine> = match wanted {
             Some(BackendKind::Poll) => Arc::new(poll::PollEngine::new(self)?),
-            Some(BackendKind::Uring) => Arc::new(uring::UringEngine::new(self)?),
+            Some(BackendKind::Uring) => uring::UringEngine::new(self)?,
             None => match uring::UringEngine::new(self) {
-                Ok(engine) => Arc::new(engine),
+                Ok(engine) => engine,
                 Err(e) => {
                     tracing::info!(error = %e, "io_uring unavailable, using the poll backend");
                     Arc::new(poll::PollEngine::new(self)?)

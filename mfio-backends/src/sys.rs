@@ -2,10 +2,11 @@
 //! runs, and io_uring's fallback for opcodes the kernel lacks.
 
 use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::{AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use mfio_core::{Error, Result};
+use rustix::event::{PollFd, PollFlags};
 use rustix::fs::{AtFlags, FallocateFlags, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::net::{RecvFlags, SendFlags, SocketFlags};
@@ -46,7 +47,9 @@ fn retry_libc(mut f: impl FnMut() -> isize) -> Result<usize> {
 ///
 /// Every arm releases the operation's file, socket or directory handles
 /// before completing it: a caller who sees the completion (and, say, closes
-/// the file) never finds the operation still holding a reference.
+/// the file) never finds the operation still holding a reference. A write
+/// was counted as in flight on its file when it was handed here
+/// ([`FileFd::write_started`]) and is counted out before it completes.
 pub(crate) fn run_blocking(op: Op) {
     match op {
         Op::Read { fd, pos, mut view } => {
@@ -89,6 +92,7 @@ pub(crate) fn run_blocking(op: Op) {
                     }
                 }
             });
+            fd.write_finished();
             drop(fd);
             finish_vectored(views, res);
         }
@@ -97,6 +101,7 @@ pub(crate) fn run_blocking(op: Op) {
                 Some(pos) => rustix::io::pwrite(&*fd, view.as_slice(), pos),
                 None => rustix::io::write(&*fd, view.as_slice()),
             });
+            fd.write_finished();
             drop(fd);
             view.finish(res);
         }
@@ -161,29 +166,87 @@ pub(crate) fn run_blocking(op: Op) {
         }
         // Sockets reach the pool only on io_uring without the opcode; they
         // are in blocking mode there.
-        Op::Connect { sock, addr, done } => {
-            let res = retry(|| rustix::net::connect(&sock.fd, &*addr));
+        Op::Connect {
+            sock,
+            addr,
+            in_progress,
+            done,
+        } => {
+            let res = if in_progress {
+                loop {
+                    if done.is_abandoned() {
+                        break Err(Error::cancelled());
+                    }
+                    if wait_ready(&sock.fd, PollFlags::OUT) {
+                        break connect_outcome(&sock.fd);
+                    }
+                }
+            } else {
+                retry(|| rustix::net::connect(&sock.fd, &*addr))
+            };
             drop(sock);
             done.complete(res);
         }
         Op::Accept { sock, done } => {
-            let res = retry(|| rustix::net::accept_with(&sock.fd, SocketFlags::CLOEXEC));
+            // Waits in slices so a dropped accept frees its worker; the
+            // accept itself may still block if another one takes the
+            // connection first (this path only serves kernels without the
+            // io_uring opcode).
+            let res = loop {
+                if done.is_abandoned() {
+                    break Err(Error::cancelled());
+                }
+                if wait_ready(&sock.fd, PollFlags::IN) {
+                    break retry(|| rustix::net::accept_with(&sock.fd, SocketFlags::CLOEXEC));
+                }
+            };
             drop(sock);
             done.complete(res);
         }
         Op::Send { sock, view } => {
-            let res = retry(|| rustix::net::send(&sock.fd, view.as_slice(), SendFlags::NOSIGNAL));
+            let res = loop {
+                if view.is_cancelled() {
+                    break Err(Error::cancelled());
+                }
+                if !wait_ready(&sock.fd, PollFlags::OUT) {
+                    continue;
+                }
+                let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+                match rustix::net::send(&sock.fd, view.as_slice(), flags) {
+                    Ok(n) => break Ok(n),
+                    Err(Errno::AGAIN | Errno::INTR) => continue,
+                    Err(e) => break Err(e.into()),
+                }
+            };
             drop(sock);
             view.finish(res);
         }
-        Op::Recv { sock, mut view } => {
-            let res = match sock.take_pushback(&mut view) {
-                Some(n) => Ok(n),
-                None => retry(|| {
-                    rustix::net::recv(&sock.fd, view.as_uninit_mut(), RecvFlags::empty())
-                        .map(|((read, _), _)| read.len())
-                }),
+        Op::Recv { sock, view } => {
+            // One receive at a time takes bytes from this socket, so a read
+            // dropped while it waited gives its bytes back before the next
+            // one looks (the ring orders its receives the same way).
+            let turn = sock.read_turn.lock();
+            let Some(mut view) = sock.kept.start_read(view, 0) else {
+                return;
             };
+            let res = loop {
+                if view.is_cancelled() {
+                    break Err(Error::cancelled());
+                }
+                if let Some(n) = sock.kept.serve(&mut view) {
+                    break Ok(n);
+                }
+                if !wait_ready(&sock.fd, PollFlags::IN) {
+                    continue;
+                }
+                let recv = rustix::net::recv(&sock.fd, view.as_uninit_mut(), RecvFlags::DONTWAIT);
+                match recv {
+                    Ok(((read, _), _)) => break Ok(read.len()),
+                    Err(Errno::AGAIN | Errno::INTR) => continue,
+                    Err(e) => break Err(e.into()),
+                }
+            };
+            drop(turn);
             drop(sock);
             view.finish(res);
         }
@@ -193,7 +256,7 @@ pub(crate) fn run_blocking(op: Op) {
             done.complete(res);
         }
         Op::Close { file, done } => {
-            let FileFd { fd, fixed } = file;
+            let FileFd { fd, fixed, .. } = file;
             drop(fixed);
             let raw = fd.into_raw_fd();
             // SAFETY: we owned `raw` (from the OwnedFd just given up) and
@@ -224,6 +287,43 @@ pub(crate) fn run_blocking(op: Op) {
             }));
         }
     }
+}
+
+/// How long a blocking socket operation waits for readiness before it
+/// looks again whether its caller dropped it.
+const READY_SLICE_MS: i32 = 20;
+
+/// Waits up to [`READY_SLICE_MS`] for `events` on `fd`; true if it came (or
+/// the socket has an error or hung up, which the next call reports).
+fn wait_ready(fd: &OwnedFd, events: PollFlags) -> bool {
+    let mut fds = [PollFd::new(fd, events)];
+    let timeout = rustix::event::Timespec {
+        tv_sec: 0,
+        tv_nsec: i64::from(READY_SLICE_MS) * 1_000_000,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&timeout)), Ok(n) if n > 0)
+}
+
+/// How a connect that was in progress ended, once its socket is writable
+/// (`SO_ERROR`).
+pub(crate) fn connect_outcome(fd: &OwnedFd) -> Result<()> {
+    match rustix::net::sockopt::socket_error(fd) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(errno)) => Err(Error::from(errno)),
+        Err(e) => Err(Error::from(e)),
+    }
+}
+
+/// The `O_DIRECT` alignment of an open file as (memory, offset and length),
+/// from `statx`'s DIO fields; `None` where the kernel or file system does
+/// not report it.
+pub(crate) fn dio_alignment(fd: &OwnedFd) -> Option<(u32, u32)> {
+    let at = At {
+        dir: None,
+        path: std::ffi::CString::default(),
+    };
+    let meta = statx_fd(fd.as_raw_fd(), &at, libc::AT_EMPTY_PATH).ok()?;
+    meta.dio_mem_align().zip(meta.dio_offset_align())
 }
 
 /// Reads the whole view from the page cache without blocking
@@ -274,20 +374,17 @@ fn preadv2_nowait(fd: i32, iov: &libc::iovec, offset: i64) -> isize {
 
 /// `statx(at, flags, STATX_MASK)`.
 fn statx(at: &At, flags: i32) -> Result<Metadata> {
+    statx_fd(at.dirfd().as_raw_fd(), at, flags)
+}
+
+/// `statx(dirfd, at.path, flags, STATX_MASK)`.
+fn statx_fd(dirfd: i32, at: &At, flags: i32) -> Result<Metadata> {
     let mut buf = MaybeUninit::<libc::statx>::zeroed();
     loop {
         // SAFETY: the path is a valid C string, `buf` is writable and large
         // enough for `struct statx`, and the directory descriptor is open
         // (or AT_FDCWD).
-        let r = unsafe {
-            libc::statx(
-                at.dirfd().as_raw_fd(),
-                at.path.as_ptr(),
-                flags,
-                STATX_MASK,
-                buf.as_mut_ptr(),
-            )
-        };
+        let r = unsafe { libc::statx(dirfd, at.path.as_ptr(), flags, STATX_MASK, buf.as_mut_ptr()) };
         if r == 0 {
             break;
         }

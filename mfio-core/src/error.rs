@@ -41,6 +41,12 @@ pub enum Op {
     SetLen,
     /// Closing a descriptor.
     Close,
+    /// Accepting a connection on a listening socket.
+    Accept,
+    /// Connecting a socket to a peer.
+    Connect,
+    /// Shutting down one or both directions of a socket.
+    Shutdown,
 }
 
 impl fmt::Display for Op {
@@ -60,6 +66,9 @@ impl fmt::Display for Op {
             Op::ReadDir => "read dir",
             Op::SetLen => "set len",
             Op::Close => "close",
+            Op::Accept => "accept",
+            Op::Connect => "connect",
+            Op::Shutdown => "shutdown",
         })
     }
 }

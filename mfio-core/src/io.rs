@@ -60,6 +60,39 @@ pub struct NoPos;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Flush;
 
+/// The address of a half-close: a [`Write`](crate::Write) packet (empty)
+/// sent at `CloseWrite` ends the sending direction of a stream once the
+/// writes that completed before it was sent are on their way: the peer
+/// reads end of stream after the last of their bytes (TCP and Unix sockets:
+/// `shutdown(SHUT_WR)`). Reading stays possible. On a file it is a flush:
+/// a file has no direction to close.
+///
+/// The `futures-io` `close` and tokio `shutdown` of
+/// [`AsyncIo`](crate::AsyncIo) flush, then send this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct CloseWrite;
+
+/// The largest file position the OS takes: `off_t` is signed, and io_uring
+/// reads an offset of `-1` (`u64::MAX`) as "the current file position".
+pub const MAX_OFFSET: u64 = i64::MAX as u64;
+
+/// Checks a file position before it reaches a backend.
+///
+/// # Errors
+/// `InvalidInput` (with [`Op`](crate::Op) `op` and the offset) for a
+/// position above [`MAX_OFFSET`]; nothing is queued for such a position.
+pub fn check_offset(pos: u64, op: crate::Op) -> crate::Result<u64> {
+    if pos <= MAX_OFFSET {
+        return Ok(pos);
+    }
+    Err(Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("file position {pos} is beyond the largest the OS takes ({MAX_OFFSET})"),
+    )
+    .with_op(op)
+    .with_offset(pos))
+}
+
 /// An address that moves forward as bytes are transferred (a file offset), or
 /// stays put (a stream).
 pub trait Position: Copy + Send + Sync + fmt::Debug + 'static {

@@ -18,6 +18,12 @@
 //! (`futures-io` and `tokio` traits, behind the features of those names).
 //! [`mem`] is a complete in-memory backend with fault-injection knobs.
 //!
+//! What every backend needs lives here too, so no backend writes it again:
+//! [`queue`] (the bounded submission queue), [`completion`] (operations that
+//! yield a value: `Completer` and its future), [`cancel`] (cancellation
+//! requests of dropped operations) and [`kept`] (stream bytes given back by
+//! dropped reads).
+//!
 //! ```
 //! use std::io::{Read, Seek, SeekFrom};
 //! use mfio_core::mem::MemBackend;
@@ -55,9 +61,12 @@
 
 pub mod backend;
 pub mod buf;
+pub mod cancel;
+pub mod completion;
 pub mod error;
 pub mod ext;
 pub mod io;
+pub mod kept;
 pub mod mem;
 pub mod packet;
 pub mod queue;
@@ -73,7 +82,7 @@ pub use ext::packet::{IoFuture, PacketIoExt, PendingIo};
 pub use ext::r#async::{IoFlush, IoRead, IoReadStream, IoWrite, IoWriteStream, Transfer};
 pub use ext::std_io::IoCursor;
 pub use ext::sync::{SyncIoFlush, SyncIoRead, SyncIoWrite};
-pub use io::{Flush, IoLen, NoPos, PacketIo, Position, QueueFull};
+pub use io::{check_offset, CloseWrite, Flush, IoLen, NoPos, PacketIo, Position, QueueFull, MAX_OFFSET};
 pub use packet::{CancelHandler, Direction, Packet, PacketBuf, PacketOutcome, PacketView, Read, Write};
 
 /// The README's examples, compiled and run as doctests so they cannot rot.

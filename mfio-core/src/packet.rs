@@ -27,6 +27,12 @@ use crate::error::{Error, Result};
 
 mod sealed {
     pub trait Sealed {}
+
+    /// Who may be a [`PacketBuf`](super::PacketBuf) of direction `D`: only
+    /// the buffers of the two blanket implementations below it.
+    pub trait SealedBuf<D> {}
+    impl<B: crate::buf::IoBufMut> SealedBuf<super::Read> for B {}
+    impl<B: crate::buf::IoBuf> SealedBuf<super::Write> for B {}
 }
 
 /// The direction of a packet: [`Read`] or [`Write`].
@@ -54,7 +60,35 @@ impl Direction for Write {
 
 /// A buffer usable in a packet of direction `D`: any [`IoBufMut`] for
 /// [`Read`], any [`IoBuf`] for [`Write`].
-pub trait PacketBuf<D: Direction>: IoBuf {
+///
+/// The trait is sealed: a backend writes through the pointer that
+/// [`region`](Self::region) returns, so only the blanket implementations
+/// over the `unsafe` buffer traits exist. To bring a buffer type of your
+/// own, implement [`IoBuf`] (and [`IoBufMut`]) for it, whose `# Safety`
+/// sections say what the backend relies on.
+///
+/// ```compile_fail,E0277
+/// use mfio_core::{IoBuf, PacketBuf, Read};
+///
+/// struct Mine(Box<[u8; 16]>);
+/// // SAFETY: the bytes are on the heap, initialised, and never move.
+/// unsafe impl IoBuf for Mine {
+///     fn as_buf_ptr(&self) -> *const u8 {
+///         self.0.as_ptr()
+///     }
+///     fn buf_len(&self) -> usize {
+///         16
+///     }
+/// }
+/// // Sealed: a type that is only `IoBuf` cannot be the target of a read.
+/// impl PacketBuf<Read> for Mine {
+///     fn region(&mut self) -> (*mut u8, usize) {
+///         (self.0.as_mut_ptr(), 16)
+///     }
+///     unsafe fn finish(&mut self, _transferred: usize) {}
+/// }
+/// ```
+pub trait PacketBuf<D: Direction>: IoBuf + sealed::SealedBuf<D> {
     /// Pointer and length of the region the backend may access.
     #[doc(hidden)]
     fn region(&mut self) -> (*mut u8, usize);

@@ -398,3 +398,44 @@ fn blocking_calls_mark_their_packets_and_async_calls_do_not() {
     let marks = probe.marks.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert_eq!(marks, [true, true, false]);
 }
+
+/// Issue 9, defect 4: a position above `i64::MAX` is `InvalidInput` before
+/// anything is queued, on the mem backend too, through every layer; a seek
+/// there is refused and leaves the position.
+#[test]
+fn positions_beyond_i64_max_are_invalid_input() -> io::Result<()> {
+    use mfio_core::MAX_OFFSET;
+    use std::io::Seek;
+    let backend = MemBackend::new()?;
+    let file = backend.file(b"0123".to_vec());
+    for pos in [u64::MAX, MAX_OFFSET + 1] {
+        let err = backend
+            .block_on(file.write_at(pos, b"ZZ".to_vec()))
+            .0
+            .expect_err("write");
+        assert_eq!((err.kind(), err.offset()), (ErrorKind::InvalidInput, Some(pos)));
+        let err = backend
+            .block_on(file.read_at(pos, Vec::with_capacity(2)))
+            .0
+            .expect_err("read");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let err = file.blocking_write_at(pos, b"Z").expect_err("blocking write");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let mut byte = [0u8; 1];
+        let err = file.blocking_read_at(pos, &mut byte).expect_err("blocking read");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(file.set_len(pos).expect_err("set_len").kind(), ErrorKind::InvalidInput);
+        let mut cursor = IoCursor::new(file.clone(), 1);
+        let err = cursor.seek(io::SeekFrom::Start(pos)).expect_err("seek");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(cursor.position(), 1);
+        let mut adapter = AsyncIo::new(file.clone(), 1u64);
+        let err = backend
+            .block_on(futures::io::AsyncSeekExt::seek(&mut adapter, io::SeekFrom::Start(pos)))
+            .expect_err("adapter seek");
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        assert_eq!(adapter.position(), 1);
+    }
+    assert_eq!(file.contents(), b"0123", "nothing was written anywhere");
+    Ok(())
+}

@@ -237,3 +237,41 @@ fn two_threads_block_on_one_backend() {
         assert!(got == expect);
     });
 }
+
+/// Issue 9, defect 3: the adapters' `close` (futures-io) and `shutdown`
+/// (tokio) only flushed; the peer never read end of stream. Now they send a
+/// half-close ([`mfio_core::CloseWrite`]) after the flush, and the other
+/// direction keeps working.
+#[test]
+fn adapter_close_and_shutdown_half_close() -> io::Result<()> {
+    for style in ["futures", "tokio"] {
+        let backend = MemBackend::new()?;
+        let (a, b) = backend.stream_pair();
+        let mut io = AsyncIo::new(a, NoPos);
+        backend.block_on(async {
+            if style == "futures" {
+                use futures::io::AsyncWriteExt;
+                io.write_all(b"request").await?;
+                io.close().await
+            } else {
+                use tokio::io::AsyncWriteExt;
+                io.write_all(b"request").await?;
+                io.shutdown().await
+            }
+        })?;
+        // The peer sees the request, then end of stream (not a hang).
+        let (res, got) = b.block_on(b.read_to_end(Vec::new())).into_parts();
+        res?;
+        assert_eq!(got, b"request", "{style}");
+        // Reading the other way still works after the half-close.
+        b.blocking_write_all_at(NoPos, b"reply")?;
+        drop(b);
+        let mut answer = Vec::new();
+        backend.block_on(async {
+            use futures::io::AsyncReadExt;
+            io.read_to_end(&mut answer).await
+        })?;
+        assert_eq!(answer, b"reply", "{style}");
+    }
+    Ok(())
+}

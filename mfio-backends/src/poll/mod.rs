@@ -21,8 +21,9 @@ use rustix::event::epoll;
 
 pub(crate) use pool::Pool;
 
-use crate::op::{Cancels, Op, Socket};
+use crate::op::{release_syncs, Op, Socket};
 use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
+use mfio_core::cancel::Cancels;
 use net::{attempt, is_socket_op, socket_token, watch, Attempt, Wait};
 
 /// epoll token of the backend's own eventfd.
@@ -33,7 +34,6 @@ const EVENTS: usize = 256;
 struct Parked {
     op: Op,
     token: u64,
-    connecting: bool,
 }
 
 #[derive(Default)]
@@ -43,9 +43,10 @@ struct Waiters {
 }
 
 struct Core {
-    /// File operations taken from the queue, waiting for room in the pool
-    /// (or for a sync barrier).
+    /// File operations taken from the queue, waiting for room in the pool.
     backlog: VecDeque<Op>,
+    /// Syncs waiting for earlier writes to their file (see `Op::waits_for_writes`).
+    held_syncs: Vec<Op>,
     /// Parked socket operations, by socket token.
     waiting: HashMap<u64, Waiters>,
 }
@@ -79,6 +80,7 @@ impl PollEngine {
             epoll,
             core: Mutex::new(Core {
                 backlog: VecDeque::new(),
+                held_syncs: Vec::new(),
                 waiting: HashMap::new(),
             }),
             next_token: AtomicU64::new(NOTIFIER_TOKEN + 1),
@@ -91,16 +93,16 @@ impl PollEngine {
     }
 
     /// Tries a socket operation; parks it if it would block.
-    fn try_socket(&self, core: &mut Core, op: Op, connecting: bool) -> bool {
-        match attempt(op, connecting) {
+    fn try_socket(&self, core: &mut Core, op: Op) -> bool {
+        match attempt(op) {
             Attempt::Done => true,
-            Attempt::Blocked { op, wait, connecting } => {
+            Attempt::Blocked { op, wait } => {
                 let Some(sock) = socket_token(&op) else { return true };
                 let token = self.token();
                 let handler: Arc<dyn CancelHandler> = self.cancels.clone();
                 if let Some(op) = watch(op, &handler, token) {
                     let w = core.waiting.entry(sock).or_default();
-                    let parked = Parked { op, token, connecting };
+                    let parked = Parked { op, token };
                     match wait {
                         Wait::Readable => w.readers.push_back(parked),
                         Wait::Writable => w.writers.push_back(parked),
@@ -140,7 +142,7 @@ impl PollEngine {
 
     /// Fails parked operations whose callers dropped them.
     fn apply_cancels(&self, core: &mut Core) -> bool {
-        let tokens = self.cancels.tokens.take();
+        let tokens = self.cancels.take();
         if tokens.is_empty() {
             return false;
         }
@@ -178,19 +180,19 @@ impl Engine for PollEngine {
         let retry = self.ready_ops(core);
         let mut progress = self.apply_cancels(core);
         for p in retry {
-            progress |= self.try_socket(core, p.op, p.connecting);
+            progress |= self.try_socket(core, p.op);
         }
         let mut new_ops = VecDeque::new();
         let room = self.pool.room().saturating_sub(core.backlog.len());
         let took = self.queue.take_into(&mut new_ops, room.max(1));
         for op in new_ops {
             if is_socket_op(&op) {
-                progress |= self.try_socket(core, op, false);
+                progress |= self.try_socket(core, op);
             } else {
                 core.backlog.push_back(op);
             }
         }
-        let started = pool_dispatch(&mut core.backlog, &self.pool);
+        let started = pool_dispatch(&mut core.backlog, &mut core.held_syncs, &self.pool);
         core.waiting
             .retain(|_, w| !w.readers.is_empty() || !w.writers.is_empty());
         let pool_has_room = self.pool.room() > 0;
@@ -207,6 +209,12 @@ impl Engine for PollEngine {
         BackendKind::Poll
     }
 
+    fn in_flight(&self) -> usize {
+        let core = self.core.lock();
+        let parked: usize = core.waiting.values().map(|w| w.readers.len() + w.writers.len()).sum();
+        parked + core.held_syncs.len() + self.pool.in_flight()
+    }
+
     /// Page-cache hits are read on the caller's thread, sparing the pool
     /// round trip (two thread wake-ups) for data that needs no I/O.
     fn inline_cached_reads(&self) -> bool {
@@ -221,7 +229,7 @@ impl Engine for PollEngine {
     fn unregister_buffers(&self) {}
 
     fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd {
-        crate::op::FileFd { fd, fixed: None }
+        crate::op::FileFd::new(fd, None)
     }
 
     fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
@@ -234,25 +242,21 @@ impl Engine for PollEngine {
             epoll::EventData::new_u64(token),
             F::IN | F::OUT | F::RDHUP | F::ET,
         )?;
-        Ok(Arc::new(Socket {
-            fd,
-            pushback: Mutex::new(VecDeque::new()),
-            epoll: Some(self.epoll.clone()),
-            token,
-            canceller: self.cancels.clone(),
-        }))
+        Ok(Socket::new(fd, self.cancels.clone(), Some(self.epoll.clone()), token))
     }
 }
 
-/// Moves work from `backlog` to `pool` in order. A sync is a barrier: it
-/// starts only once everything before it finished, like io_uring's
-/// `IO_DRAIN`, so a flush never overtakes an earlier write.
-pub(crate) fn pool_dispatch(backlog: &mut VecDeque<Op>, pool: &Pool) -> usize {
+/// Moves work from `backlog` to `pool` in order. A sync whose file still
+/// has earlier writes in flight waits in `held` (and only it: nothing else
+/// waits for it, nor it for anything else), so a flush never overtakes an
+/// earlier write to its file.
+pub(crate) fn pool_dispatch(backlog: &mut VecDeque<Op>, held: &mut Vec<Op>, pool: &Pool) -> usize {
     let mut started = 0;
+    release_syncs(held, backlog);
     while let Some(op) = backlog.pop_front() {
-        if matches!(op, Op::Sync { .. }) && pool.in_flight() > 0 {
-            backlog.push_front(op);
-            break;
+        if op.waits_for_writes() {
+            held.push(op);
+            continue;
         }
         match pool.try_spawn(op) {
             Ok(()) => started += 1,

@@ -23,8 +23,7 @@ pub(super) enum Attempt {
     /// Completed (successfully or not); nothing left to do.
     Done,
     /// Would block: park it until the socket is ready in this direction.
-    /// `connecting` marks a connect already started (`EINPROGRESS`).
-    Blocked { op: Op, wait: Wait, connecting: bool },
+    Blocked { op: Op, wait: Wait },
 }
 
 /// True for the operations this module handles (the rest go to the pool).
@@ -58,27 +57,16 @@ pub(super) fn socket_token(op: &Op) -> Option<u64> {
 /// Tries `op` once without blocking. A dropped read or accept is failed
 /// here without touching the socket, so no bytes or connections are taken
 /// for a caller that is gone.
-pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
+pub(super) fn attempt(op: Op) -> Attempt {
     match op {
-        Op::Recv { sock, mut view } => {
-            if view.is_cancelled() {
-                drop(sock);
-                view.fail(Error::cancelled());
+        Op::Recv { sock, view } => {
+            // Watched before any byte is taken (kept bytes included): a read
+            // that completes now and is then dropped unclaimed gives its
+            // bytes back to the socket. (Token 0 cancels nothing; a parked
+            // read gets its own token in `watch`.)
+            let Some(mut view) = sock.kept.start_read(view, 0) else {
                 return Attempt::Done;
-            }
-            if let Some(n) = sock.take_pushback(&mut view) {
-                drop(sock);
-                view.complete(n);
-                return Attempt::Done;
-            }
-            // Before reading: a read that completes now and is then dropped
-            // unclaimed gives its bytes back to the socket. (Token 0 cancels
-            // nothing; a parked read gets its own token in `watch`.)
-            if view.set_cancel_handler(sock.clone(), 0).is_err() {
-                drop(sock);
-                view.fail(Error::cancelled());
-                return Attempt::Done;
-            }
+            };
             let recv =
                 || rustix::net::recv(&sock.fd, view.as_uninit_mut(), RecvFlags::empty()).map(|((r, _), _)| r.len());
             match nonblocking(recv) {
@@ -95,7 +83,6 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
                 None => Attempt::Blocked {
                     op: Op::Recv { sock, view },
                     wait: Wait::Readable,
-                    connecting,
                 },
             }
         }
@@ -114,7 +101,6 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
                 None => Attempt::Blocked {
                     op: Op::Send { sock, view },
                     wait: Wait::Writable,
-                    connecting,
                 },
             }
         }
@@ -133,26 +119,30 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
                 None => Attempt::Blocked {
                     op: Op::Accept { sock, done },
                     wait: Wait::Readable,
-                    connecting,
                 },
             }
         }
-        Op::Connect { sock, addr, done } => {
-            let res = if connecting {
+        Op::Connect {
+            sock,
+            addr,
+            in_progress,
+            done,
+        } => {
+            let res = if in_progress {
                 // Writable after EINPROGRESS: the outcome is in SO_ERROR.
-                match rustix::net::sockopt::socket_error(&sock.fd) {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(errno)) => Err(Error::from(errno)),
-                    Err(e) => Err(Error::from(e)),
-                }
+                crate::sys::connect_outcome(&sock.fd)
             } else {
                 match rustix::net::connect(&sock.fd, &*addr) {
                     Ok(()) => Ok(()),
                     Err(Errno::INPROGRESS | Errno::INTR) => {
                         return Attempt::Blocked {
-                            op: Op::Connect { sock, addr, done },
+                            op: Op::Connect {
+                                sock,
+                                addr,
+                                in_progress: true,
+                                done,
+                            },
                             wait: Wait::Writable,
-                            connecting: true,
                         }
                     }
                     Err(e) => Err(Error::from(e)),
@@ -183,7 +173,6 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
                 None => Attempt::Blocked {
                     op: Op::SendTo { sock, addr, view },
                     wait: Wait::Writable,
-                    connecting,
                 },
             }
         }
@@ -211,7 +200,6 @@ pub(super) fn attempt(op: Op, connecting: bool) -> Attempt {
                 None => Attempt::Blocked {
                     op: Op::RecvFrom { sock, view, from },
                     wait: Wait::Readable,
-                    connecting,
                 },
             }
         }
@@ -239,8 +227,8 @@ fn nonblocking<T>(mut f: impl FnMut() -> rustix::io::Result<T>) -> Option<mfio_c
 /// already gone.
 pub(super) fn watch(op: Op, handler: &Arc<dyn CancelHandler>, token: u64) -> Option<Op> {
     let registered = match &op {
-        Op::Recv { sock, view } => view.set_cancel_handler(sock.clone(), token),
-        Op::Send { sock, view } | Op::SendTo { sock, view, .. } => view.set_cancel_handler(sock.clone(), token),
+        Op::Recv { sock, view } => sock.kept.watch(view, token),
+        Op::Send { sock, view } | Op::SendTo { sock, view, .. } => view.set_cancel_handler(sock.kept.clone(), token),
         Op::RecvFrom { view, .. } => view.set_cancel_handler(handler.clone(), token),
         Op::Accept { done, .. } => done.set_cancel_handler(handler.clone(), token),
         Op::Connect { done, .. } => done.set_cancel_handler(handler.clone(), token),

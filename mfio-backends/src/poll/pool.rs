@@ -102,6 +102,9 @@ impl Pool {
             return Err(op);
         }
         self.shared.in_flight.fetch_add(1, Ordering::AcqRel);
+        if let Some(file) = op.written_file() {
+            file.write_started();
+        }
         let grow = {
             let mut jobs = self.shared.jobs.lock();
             jobs.queue.push_back(op);
@@ -138,6 +141,10 @@ fn worker(shared: &Shared) {
     loop {
         if let Some(op) = jobs.queue.pop_front() {
             drop(jobs);
+            // A write's count drops inside `run_blocking`, before its
+            // completion and before the notification below, so the driver
+            // it wakes sees the write finished and lets a sync waiting for
+            // it go.
             if shared.shutdown.load(Ordering::Acquire) {
                 op.fail(Error::aborted());
             } else {

@@ -8,10 +8,11 @@
 //! slot. Opcodes the kernel lacks (per-opcode probe) run on a thread pool.
 
 mod op;
+mod submitter;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use io_uring::{opcode, IoUring};
@@ -20,11 +21,13 @@ use mfio_core::{DriveStatus, Error, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::op::{Cancels, FileFd, FixedSlot, Op, Socket};
+use crate::op::{release_syncs, FileFd, FixedSlot, Op, Socket};
 use crate::poll::{pool_dispatch, Pool};
 use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
+use mfio_core::cancel::Cancels;
 
 use op::{FixedBuffers, InFlight, Supported};
+use submitter::{this_thread_submits_to, SubmitterExit};
 
 /// `user_data` of cancellation requests, whose completions are ignored.
 const CANCEL_USER_DATA: u64 = u64::MAX;
@@ -46,10 +49,17 @@ struct Core {
     backlog: VecDeque<Op>,
     /// Waiting for room in the fallback pool.
     fallback_backlog: VecDeque<Op>,
+    /// Syncs waiting for earlier writes to their file (see `Op::waits_for_writes`).
+    held_syncs: Vec<Op>,
+    /// The same, on their way to the fallback pool.
+    fallback_held: Vec<Op>,
     /// Receives wait their turn per socket: one in the ring at a time, so
     /// each is prepared after the one before it completed and sees any bytes
     /// that one gave back (see `Socket::pushback`). Keyed by socket address.
     recv_queues: HashMap<usize, VecDeque<Op>>,
+    /// Slab keys of entries pushed to the submission queue that no
+    /// `io_uring_enter` has taken yet, oldest first.
+    unsubmitted: VecDeque<usize>,
     /// Registered buffers as (start address, length); the index is the
     /// buffer index for READ_FIXED/WRITE_FIXED.
     fixed: Vec<(usize, usize)>,
@@ -69,14 +79,22 @@ pub(crate) struct UringEngine {
     /// Slots whose files are gone, cleared in the ring at the next step.
     released_slots: Arc<Mailbox<u32>>,
     inline_cached_reads: bool,
+    /// This engine, as the threads that submit to it know it (see
+    /// [`submitter`]); `None` where requests never belong to a caller's
+    /// thread (SQPOLL) or only one thread may ever submit (SINGLE_ISSUER).
+    me: Option<Weak<dyn SubmitterExit>>,
 }
 
 impl UringEngine {
-    pub(crate) fn new(b: &RuntimeBuilder) -> Result<Self> {
+    pub(crate) fn new(b: &RuntimeBuilder) -> Result<Arc<Self>> {
         let ring = setup(b)?;
         let notifier = Notifier::new()?;
         ring.submitter().register_eventfd(notifier.as_fd().as_raw_fd())?;
-        let supported = Supported::probe(&ring);
+        let supported = if b.uring_without_opcodes {
+            Supported::default()
+        } else {
+            Supported::probe(&ring)
+        };
         tracing::debug!(?supported, "io_uring opcodes");
         // Registered files are an optimisation: without the table (old kernel,
         // limits) every file simply uses its descriptor.
@@ -87,17 +105,22 @@ impl UringEngine {
                 Vec::new()
             }
         };
-        Ok(Self {
+        let fallback = Pool::new(b.pool_sizing(FALLBACK_THREADS), b.window, notifier.clone())?;
+        let track_submitters = b.sqpoll_idle.is_none() && !b.single_issuer && !b.defer_taskrun;
+        Ok(Arc::new_cyclic(|me: &Weak<Self>| Self {
             queue: SubmitQueue::new(b.queue_capacity, notifier.clone()),
             cancels: Cancels::new(notifier.clone()),
-            fallback: Pool::new(b.pool_sizing(FALLBACK_THREADS), b.window, notifier.clone())?,
+            fallback,
             notifier,
             core: Mutex::new(Core {
                 ring,
                 inflight: Slab::new(),
                 backlog: VecDeque::new(),
                 fallback_backlog: VecDeque::new(),
+                held_syncs: Vec::new(),
+                fallback_held: Vec::new(),
                 recv_queues: HashMap::new(),
+                unsubmitted: VecDeque::new(),
                 fixed: Vec::new(),
                 generation: 0,
             }),
@@ -106,7 +129,8 @@ impl UringEngine {
             free_slots: Mutex::new(free_slots),
             released_slots: Arc::new(Mailbox::default()),
             inline_cached_reads: b.inline_cached_reads,
-        })
+            me: track_submitters.then(|| me.clone() as Weak<dyn SubmitterExit>),
+        }))
     }
 
     /// Clears the slots of files that are gone and makes them free again.
@@ -128,7 +152,7 @@ impl UringEngine {
     /// Pushes cancellation requests for live operations.
     fn push_cancels(&self, core: &mut Core) -> usize {
         let mut pushed = 0;
-        for token in self.cancels.tokens.take() {
+        for token in self.cancels.take() {
             if !is_live(&core.inflight, token) {
                 continue;
             }
@@ -136,7 +160,7 @@ impl UringEngine {
             // SAFETY: a cancellation refers to no memory of ours.
             if unsafe { core.ring.submission().push(&entry) }.is_err() {
                 // Full: try again on the next step.
-                self.cancels.tokens.push(token);
+                self.cancels.retry(token);
                 break;
             }
             pushed += 1;
@@ -147,9 +171,14 @@ impl UringEngine {
     /// Moves backlog operations into the submission queue (or the fallback pool).
     fn fill(&self, core: &mut Core) -> usize {
         let mut pushed = 0;
+        release_syncs(&mut core.held_syncs, &mut core.backlog);
         while let Some(op) = core.backlog.pop_front() {
             if !self.supported.handles(&op) {
                 core.fallback_backlog.push_back(op);
+                continue;
+            }
+            if op.waits_for_writes() {
+                core.held_syncs.push(op);
                 continue;
             }
             if core.ring.submission().is_full() {
@@ -188,15 +217,39 @@ impl UringEngine {
                 core.backlog.push_front(inflight.into_op());
                 break;
             }
+            if let Some(file) = inflight.written_file() {
+                file.write_started();
+            }
             if let Some(sock) = inflight.recv_socket() {
                 // Only now, with its entry in the ring, does the socket have a
                 // receive in flight (one served from pushback never got here).
                 core.recv_queues.insert(sock, VecDeque::new());
             }
-            core.inflight.insert(inflight);
+            let key = core.inflight.insert(inflight);
+            core.unsubmitted.push_back(key);
             pushed += 1;
         }
-        pushed + pool_dispatch(&mut core.fallback_backlog, &self.fallback)
+        pushed + pool_dispatch(&mut core.fallback_backlog, &mut core.fallback_held, &self.fallback)
+    }
+
+    /// Records the calling thread as the submitter of the entries the last
+    /// enter took (the kernel takes them oldest first; what it left is
+    /// still in the submission queue).
+    fn note_submitter(&self, core: &mut Core) {
+        let left = core.ring.submission().len();
+        let taken = core.unsubmitted.len().saturating_sub(left);
+        if taken == 0 {
+            return;
+        }
+        let id = match &self.me {
+            Some(me) => this_thread_submits_to(me),
+            None => 0,
+        };
+        for key in core.unsubmitted.drain(..taken) {
+            if let Some(entry) = core.inflight.get_mut(key) {
+                entry.set_submitter(id);
+            }
+        }
     }
 
     /// Completes every operation whose completion is in the queue.
@@ -218,6 +271,9 @@ impl UringEngine {
                 continue;
             }
             let entry = inflight.remove((user_data & 0xffff_ffff) as usize);
+            if let Some(file) = entry.written_file() {
+                file.write_finished();
+            }
             if let Some(sock) = entry.recv_socket() {
                 // This socket's turn passes to its next queued receive, in order.
                 if let Some(waiting) = recv_queues.remove(&sock) {
@@ -226,7 +282,17 @@ impl UringEngine {
                     }
                 }
             }
-            entry.complete(cqe.result());
+            // Ended only because the thread that submitted it exited (see
+            // `submitter`): sent again, ahead of what came after it.
+            let result = cqe.result();
+            if entry.is_orphaned() && (result == -libc::ECANCELED || result == -libc::EINTR) {
+                backlog.push_front(entry.into_op());
+                continue;
+            }
+            if let Some(again) = entry.complete(result) {
+                backlog.push_front(again);
+                continue;
+            }
             done += 1;
         }
         done
@@ -264,17 +330,18 @@ impl Engine for UringEngine {
         // Enter the kernel if there is anything to submit, or completions
         // waiting as task work (COOP/DEFER_TASKRUN) or in an overflowed queue:
         // `submit` then asks for them (GETEVENTS).
+        // Entries an earlier enter did not take (EBUSY, EAGAIN) go now.
         let pending_kernel_work = {
             let sq = core.ring.submission();
-            sq.taskrun() || sq.cq_overflow()
+            sq.taskrun() || sq.cq_overflow() || !sq.is_empty()
         };
         if pushed + cancels > 0 || pending_kernel_work {
             // One io_uring_enter for everything queued in this step. EBUSY
             // (completion queue overflowing) clears once we reap below.
-            if let Err(e) = core.ring.submit() {
-                if e.raw_os_error() != Some(libc::EBUSY) {
-                    tracing::warn!(error = %e, "io_uring_enter failed");
-                }
+            match core.ring.submit() {
+                Ok(_) => self.note_submitter(&mut core),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => tracing::warn!(error = %e, "io_uring_enter failed"),
             }
         }
         let reaped = Self::reap(&mut core);
@@ -292,6 +359,11 @@ impl Engine for UringEngine {
 
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
+    }
+
+    fn in_flight(&self) -> usize {
+        let core = self.core.lock();
+        core.inflight.len() + core.held_syncs.len() + core.fallback_held.len() + self.fallback.in_flight()
     }
 
     fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool {
@@ -339,7 +411,7 @@ impl Engine for UringEngine {
 
     fn file_fd(&self, fd: OwnedFd) -> FileFd {
         let Some(slot) = self.free_slots.lock().pop() else {
-            return FileFd { fd, fixed: None }; // table full (or absent): plain descriptor
+            return FileFd::new(fd, None); // table full (or absent): plain descriptor
         };
         let updated = self
             .core
@@ -348,30 +420,68 @@ impl Engine for UringEngine {
             .submitter()
             .register_files_update(slot, &[fd.as_raw_fd()]);
         match updated {
-            Ok(1) => FileFd {
+            Ok(1) => FileFd::new(
                 fd,
-                fixed: Some(FixedSlot {
+                Some(FixedSlot {
                     index: slot,
                     release: self.released_slots.clone(),
                     notifier: self.notifier.clone(),
                 }),
-            },
+            ),
             _ => {
                 self.free_slots.lock().push(slot);
-                FileFd { fd, fixed: None }
+                FileFd::new(fd, None)
             }
         }
     }
 
     /// Sockets stay in blocking mode: the ring waits for readiness itself.
     fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
-        Ok(Arc::new(Socket {
-            fd,
-            pushback: Mutex::new(VecDeque::new()),
-            epoll: None,
-            token: 0,
-            canceller: self.cancels.clone(),
-        }))
+        Ok(Socket::new(fd, self.cancels.clone(), None, 0))
+    }
+}
+
+impl SubmitterExit for UringEngine {
+    /// Cancels the exiting thread's requests from the thread itself, while it
+    /// still exists; each comes back `ECANCELED` (or completed, if it won the
+    /// race) and `reap` sends it again from whichever thread drives next.
+    fn submitter_exited(&self, id: u64) {
+        let mut core = self.core.lock();
+        // Entries pushed but not yet entered go in with the cancellations
+        // below, from this thread: they are its requests too.
+        let unsent: Vec<usize> = core.unsubmitted.drain(..).collect();
+        for key in unsent {
+            if let Some(entry) = core.inflight.get_mut(key) {
+                entry.set_submitter(id);
+            }
+        }
+        let orphans: Vec<u64> = core
+            .inflight
+            .iter_mut()
+            .filter(|(_, e)| e.submitter() == id)
+            .map(|(key, e)| {
+                e.set_orphaned();
+                e.user_data(key)
+            })
+            .collect();
+        if orphans.is_empty() {
+            return;
+        }
+        for token in orphans {
+            let entry = opcode::AsyncCancel::new(token).build().user_data(CANCEL_USER_DATA);
+            // SAFETY: a cancellation refers to no memory of ours.
+            while unsafe { core.ring.submission().push(&entry) }.is_err() {
+                // Full: hand what is queued to the kernel, then push again.
+                if core.ring.submit().is_err() {
+                    break;
+                }
+            }
+        }
+        if let Err(e) = core.ring.submit() {
+            tracing::warn!(error = %e, "io_uring_enter failed while a submitting thread exited");
+        }
+        drop(core);
+        self.notifier.notify();
     }
 }
 
@@ -381,7 +491,13 @@ impl Drop for UringEngine {
     /// leaked rather than freed, since the kernel may still write into it.
     fn drop(&mut self) {
         let core = self.core.get_mut();
-        for op in core.backlog.drain(..).chain(core.fallback_backlog.drain(..)) {
+        let held = core.held_syncs.drain(..).chain(core.fallback_held.drain(..));
+        for op in core
+            .backlog
+            .drain(..)
+            .chain(core.fallback_backlog.drain(..))
+            .chain(held)
+        {
             op.fail(Error::aborted());
         }
         if core.inflight.is_empty() {

@@ -8,9 +8,9 @@ use io_uring::{opcode, squeue, types, IoUring, Probe};
 use mfio_core::{CancelHandler, Error, Result};
 
 use crate::fs::Metadata;
-use crate::op::Cancels;
 use crate::op::{At, Op, Socket};
 use crate::sys::STATX_MASK;
+use mfio_core::cancel::Cancels;
 
 /// Largest single read or write the kernel performs (`MAX_RW_COUNT`);
 /// longer views are split.
@@ -58,6 +58,7 @@ pub(super) struct Supported {
     readv: bool,
     writev: bool,
     close: bool,
+    poll_add: bool,
 }
 
 impl Supported {
@@ -90,6 +91,7 @@ impl Supported {
             readv: probe.is_supported(opcode::Readv::CODE),
             writev: probe.is_supported(opcode::Writev::CODE),
             close: probe.is_supported(opcode::Close::CODE),
+            poll_add: probe.is_supported(opcode::PollAdd::CODE),
         }
     }
 
@@ -115,7 +117,13 @@ impl Supported {
             Op::Allocate { .. } => self.fallocate,
             // No opcode lists a directory.
             Op::ReadDir { .. } => false,
-            Op::Connect { .. } => self.connect,
+            Op::Connect { in_progress, .. } => {
+                if *in_progress {
+                    self.poll_add
+                } else {
+                    self.connect
+                }
+            }
             Op::Accept { .. } => self.accept,
             Op::Send { .. } => self.send,
             Op::Recv { .. } => self.recv,
@@ -129,6 +137,10 @@ impl Supported {
 /// An operation in the kernel's hands, with everything its entry points at.
 pub(super) struct InFlight {
     generation: u32,
+    /// The thread that entered the kernel with it (0: not yet, or untracked).
+    submitter: u64,
+    /// Its submitter exited: an `ECANCELED` now means "send it again".
+    orphaned: bool,
     op: Op,
     statx: Option<Box<MaybeUninit<libc::statx>>>,
     msg: Option<Box<Msg>>,
@@ -203,8 +215,29 @@ impl InFlight {
         self.generation
     }
 
+    pub(super) fn submitter(&self) -> u64 {
+        self.submitter
+    }
+
+    pub(super) fn set_submitter(&mut self, id: u64) {
+        self.submitter = id;
+    }
+
+    pub(super) fn is_orphaned(&self) -> bool {
+        self.orphaned
+    }
+
+    pub(super) fn set_orphaned(&mut self) {
+        self.orphaned = true;
+    }
+
     pub(super) fn user_data(&self, key: usize) -> u64 {
         (u64::from(self.generation) << 32) | key as u64
+    }
+
+    /// For a write: its file, whose count of writes in flight it is in.
+    pub(super) fn written_file(&self) -> Option<&Arc<crate::op::FileFd>> {
+        self.op.written_file()
     }
 
     pub(super) fn into_op(self) -> Op {
@@ -222,7 +255,11 @@ impl InFlight {
     /// Completes the operation with the completion's result. The
     /// operation's file, socket or path handles are released first, so a
     /// caller who sees the completion never finds them still held.
-    pub(super) fn complete(self, res: i32) {
+    ///
+    /// Returns an operation to send again instead: a connect whose earlier
+    /// try had started the handshake before it was cancelled (see
+    /// `submitter`) now waits for that handshake.
+    pub(super) fn complete(self, res: i32) -> Option<Op> {
         let result = cqe_result(res);
         let InFlight { op, statx, msg, .. } = self;
         match op {
@@ -292,9 +329,29 @@ impl InFlight {
                 drop(at);
                 done.complete(Err(Error::aborted()));
             }
-            Op::Connect { done, sock, addr } => {
+            Op::Connect {
+                done,
+                sock,
+                addr,
+                in_progress,
+            } => {
+                let outcome = match result {
+                    // Writable: the handshake ended, and SO_ERROR says how.
+                    Ok(_) if in_progress => crate::sys::connect_outcome(&sock.fd),
+                    Ok(_) => Ok(()),
+                    Err(e) if !in_progress && e.raw_os_error() == Some(libc::EALREADY) => {
+                        return Some(Op::Connect {
+                            sock,
+                            addr,
+                            in_progress: true,
+                            done,
+                        });
+                    }
+                    Err(e) if !in_progress && e.raw_os_error() == Some(libc::EISCONN) => Ok(()),
+                    Err(e) => Err(e),
+                };
                 drop((sock, addr));
-                done.complete(result.map(|_| ()));
+                done.complete(outcome);
             }
             Op::Shutdown { done, sock, .. } => {
                 drop(sock);
@@ -332,6 +389,7 @@ impl InFlight {
                 view.finish(result);
             }
         }
+        None
     }
 }
 
@@ -478,9 +536,11 @@ pub(super) fn prepare(
             } else {
                 types::FsyncFlags::empty()
             };
-            // IO_DRAIN: start only after every earlier entry completed, so a
-            // flush covers the writes submitted before it.
-            let entry = on_file!(fd, |t| opcode::Fsync::new(t).flags(flags).build()).flags(squeue::Flags::IO_DRAIN);
+            // No IO_DRAIN: it would wait for every earlier entry in the ring
+            // (a receive that never completes included) and hold back every
+            // later one, cancellations too. The engine sends a sync only once
+            // the earlier writes to its own file finished.
+            let entry = on_file!(fd, |t| opcode::Fsync::new(t).flags(flags).build());
             (entry, Op::Sync { fd, data_only, view })
         }
         Op::Open { at, flags, mode, done } => {
@@ -534,13 +594,29 @@ pub(super) fn prepare(
             op.fail(Error::aborted());
             return None;
         }
-        Op::Connect { sock, addr, done } => {
+        Op::Connect {
+            sock,
+            addr,
+            in_progress,
+            done,
+        } => {
             if done.set_cancel_handler(cancels.clone(), user_data).is_err() {
                 done.complete(Err(Error::cancelled()));
                 return None;
             }
-            let entry = opcode::Connect::new(sock_fd(&sock), addr.as_ptr().cast(), addr.addr_len()).build();
-            (entry, Op::Connect { sock, addr, done })
+            let entry = if in_progress {
+                let writable = (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) as u32;
+                opcode::PollAdd::new(sock_fd(&sock), writable).build()
+            } else {
+                opcode::Connect::new(sock_fd(&sock), addr.as_ptr().cast(), addr.addr_len()).build()
+            };
+            let op = Op::Connect {
+                sock,
+                addr,
+                in_progress,
+                done,
+            };
+            (entry, op)
         }
         Op::Accept { sock, done } => {
             if done.set_cancel_handler(cancels.clone(), user_data).is_err() {
@@ -553,7 +629,7 @@ pub(super) fn prepare(
             (entry, Op::Accept { sock, done })
         }
         Op::Send { sock, view } => {
-            if view.set_cancel_handler(sock.clone(), user_data).is_err() {
+            if view.set_cancel_handler(sock.kept.clone(), user_data).is_err() {
                 view.fail(Error::cancelled());
                 return None;
             }
@@ -563,21 +639,11 @@ pub(super) fn prepare(
                 .build();
             (entry, Op::Send { sock, view })
         }
-        Op::Recv { sock, mut view } => {
-            if view.is_cancelled() {
-                view.fail(Error::cancelled());
-                return None;
-            }
-            if let Some(n) = sock.take_pushback(&mut view) {
-                view.complete(n);
-                return None;
-            }
-            // The socket hears about a dropped read (to cancel it) and keeps
-            // the bytes of one that completed after its caller gave up.
-            if view.set_cancel_handler(sock.clone(), user_data).is_err() {
-                view.fail(Error::cancelled());
-                return None;
-            }
+        Op::Recv { sock, view } => {
+            // Watched before any byte is taken (kept bytes included): the
+            // socket hears about a dropped read (to cancel it) and keeps the
+            // bytes of one that completed after its caller gave up.
+            let mut view = sock.kept.start_read(view, user_data)?;
             let len = len_u32(view.len());
             let entry = opcode::Recv::new(sock_fd(&sock), view.as_mut_ptr(), len).build();
             (entry, Op::Recv { sock, view })
@@ -592,7 +658,7 @@ pub(super) fn prepare(
             (entry, Op::Shutdown { sock, how, done })
         }
         Op::SendTo { sock, addr, view } => {
-            if view.set_cancel_handler(sock.clone(), user_data).is_err() {
+            if view.set_cancel_handler(sock.kept.clone(), user_data).is_err() {
                 view.fail(Error::cancelled());
                 return None;
             }
@@ -630,6 +696,8 @@ pub(super) fn prepare(
         entry.user_data(user_data),
         InFlight {
             generation,
+            submitter: 0,
+            orphaned: false,
             op,
             statx,
             msg,

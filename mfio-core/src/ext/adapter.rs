@@ -5,6 +5,11 @@
 //! The adapter does not drive the backend: run it inside [`block_on`] or a
 //! host runtime integration that does.
 //!
+//! Closing (`futures-io` `close`, tokio `shutdown`) flushes, then sends a
+//! [`CloseWrite`] packet: a stream's peer then reads end of stream (a TCP or
+//! Unix socket is half-closed with `shutdown(SHUT_WR)`, and reading goes
+//! on); a file is only flushed.
+//!
 //! Writes are write-behind (like `tokio::fs::File`): `poll_write` returns once
 //! the bytes are copied into a packet that has been handed to the backend, and
 //! a failure is reported by the next write, flush or close. One write is in
@@ -18,7 +23,7 @@ use std::task::{ready, Context, Poll};
 
 use crate::error::{Error, Op, Result};
 use crate::ext::packet::PendingIo;
-use crate::io::{Flush, IoLen, PacketIo, Position};
+use crate::io::{check_offset, CloseWrite, Flush, IoLen, PacketIo, Position};
 use crate::packet::{Read, Write};
 
 /// Largest single read the adapter issues when the caller asks for more.
@@ -36,6 +41,8 @@ pub struct AsyncIo<T, P: Position = u64> {
     ready_at: usize,
     write: Option<(P, WriteOp<P>)>,
     flush: Option<PendingIo<Write, Flush, &'static [u8]>>,
+    /// The half-close sent by `close`/`shutdown` once the flush completed.
+    close: Option<PendingIo<Write, CloseWrite, &'static [u8]>>,
     /// Target of a tokio `start_seek` awaiting `poll_complete`.
     #[cfg(feature = "tokio")]
     seek_to: Option<u64>,
@@ -53,6 +60,7 @@ impl<T, P: Position> AsyncIo<T, P> {
             ready_at: 0,
             write: None,
             flush: None,
+            close: None,
             #[cfg(feature = "tokio")]
             seek_to: None,
             spare: Vec::new(),
@@ -200,6 +208,22 @@ impl<T: PacketIo<Write, P> + PacketIo<Write, Flush>, P: Position> AsyncIo<T, P> 
     }
 }
 
+impl<T: PacketIo<Write, P> + PacketIo<Write, Flush> + PacketIo<Write, CloseWrite>, P: Position> AsyncIo<T, P> {
+    /// Flushes, then half-closes (see [`CloseWrite`]).
+    fn poll_close_inner(&mut self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        if self.close.is_none() {
+            ready!(self.poll_flush_inner(cx))?;
+        }
+        let op = self.close.get_or_insert_with(|| PendingIo::new(CloseWrite, &[][..]));
+        let done = ready!(op.poll_io(&self.io, cx));
+        self.close = None;
+        match done {
+            Some((outcome, _)) => Poll::Ready(outcome.exact().map_err(|e| e.with_op(Op::Shutdown))),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 impl<T: PacketIo<Write, u64> + IoLen> AsyncIo<T, u64> {
     fn poll_seek_inner(&mut self, cx: &mut Context<'_>, to: std::io::SeekFrom) -> Poll<Result<u64>> {
         ready!(self.poll_write_done(cx))?;
@@ -211,6 +235,7 @@ impl<T: PacketIo<Write, u64> + IoLen> AsyncIo<T, u64> {
         let target = base.checked_add_signed(delta).ok_or_else(|| {
             Error::new(ErrorKind::InvalidInput, "seek to a negative or overflowing position").with_op(Op::Seek)
         })?;
+        let target = check_offset(target, Op::Seek)?;
         self.discard_reads();
         self.pos = target;
         Poll::Ready(Ok(target))
@@ -243,7 +268,7 @@ mod futures_impls {
 
     impl<T, P> futures_io::AsyncWrite for AsyncIo<T, P>
     where
-        T: PacketIo<Write, P> + PacketIo<Write, Flush> + Unpin,
+        T: PacketIo<Write, P> + PacketIo<Write, Flush> + PacketIo<Write, CloseWrite> + Unpin,
         P: Position + Unpin,
     {
         fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -253,7 +278,7 @@ mod futures_impls {
             self.get_mut().poll_flush_inner(cx).map_err(Into::into)
         }
         fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            self.get_mut().poll_flush_inner(cx).map_err(Into::into)
+            self.get_mut().poll_close_inner(cx).map_err(Into::into)
         }
     }
 
@@ -294,7 +319,7 @@ mod tokio_impls {
 
     impl<T, P> tokio::io::AsyncWrite for AsyncIo<T, P>
     where
-        T: PacketIo<Write, P> + PacketIo<Write, Flush> + Unpin,
+        T: PacketIo<Write, P> + PacketIo<Write, Flush> + PacketIo<Write, CloseWrite> + Unpin,
         P: Position + Unpin,
     {
         fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
@@ -304,7 +329,7 @@ mod tokio_impls {
             self.get_mut().poll_flush_inner(cx).map_err(Into::into)
         }
         fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            self.get_mut().poll_flush_inner(cx).map_err(Into::into)
+            self.get_mut().poll_close_inner(cx).map_err(Into::into)
         }
     }
 
@@ -325,7 +350,7 @@ mod tokio_impls {
                     "seek to a negative or overflowing position",
                 )
             })?;
-            this.seek_to = Some(target);
+            this.seek_to = Some(check_offset(target, Op::Seek)?);
             Ok(())
         }
         fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<u64>> {

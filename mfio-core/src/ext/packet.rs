@@ -80,7 +80,7 @@ where
         let this = self.get_mut();
         this.op
             .poll_io(this.io, cx)
-            .map(|out| out.expect("IoFuture polled after completion"))
+            .map(|out| out.unwrap_or_else(|| panic!("{}", crate::completion::polled_after_completion("IoFuture"))))
     }
 }
 

@@ -7,7 +7,7 @@ use crate::backend::{block_on, IoBackend};
 use crate::buf::{BufResult, Slice};
 use crate::error::Error;
 use crate::ext::r#async::{IoFlush, IoRead, IoWrite};
-use crate::io::{Flush, IoLen, PacketIo, Position};
+use crate::io::{check_offset, Flush, IoLen, PacketIo, Position};
 use crate::packet::{Read, Write};
 
 /// A handle plus a position, implementing [`std::io::Read`],
@@ -85,12 +85,12 @@ impl<T: PacketIo<Write, P> + PacketIo<Write, Flush> + IoBackend, P: Position> io
 }
 
 impl<T: IoLen> io::Seek for IoCursor<T, u64> {
+    /// Like `lseek(2)`: a target below 0 or above
+    /// [`MAX_OFFSET`](crate::MAX_OFFSET) is `InvalidInput`, and the position
+    /// stays where it was.
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         let (base, delta) = match to {
-            SeekFrom::Start(n) => {
-                self.pos = n;
-                return Ok(n);
-            }
+            SeekFrom::Start(n) => (n, 0),
             SeekFrom::Current(d) => (self.pos, d),
             SeekFrom::End(d) => (self.io.io_len()?, d),
         };
@@ -101,7 +101,7 @@ impl<T: IoLen> io::Seek for IoCursor<T, u64> {
             )
             .with_op(crate::Op::Seek)
         })?;
-        self.pos = target;
+        self.pos = check_offset(target, crate::Op::Seek)?;
         Ok(target)
     }
 }

@@ -9,8 +9,8 @@ use parking_lot::RwLock;
 
 use super::{Request, Shared};
 use crate::backend::{DriveStatus, IoBackend, PollingHandle};
-use crate::error::{Error, Result};
-use crate::io::{Flush, IoLen, PacketIo, QueueFull};
+use crate::error::{Error, Op, Result};
+use crate::io::{check_offset, CloseWrite, Flush, IoLen, PacketIo, QueueFull};
 use crate::packet::{PacketView, Read, Write};
 
 /// The bytes of a mem file and its counts of operations not yet completed.
@@ -118,8 +118,10 @@ impl MemFile {
     /// Truncates or zero-extends to `len` bytes.
     ///
     /// # Errors
-    /// `OutOfMemory` if the bytes cannot be allocated, `FileTooLarge` past `isize::MAX`.
+    /// `InvalidInput` past [`MAX_OFFSET`](crate::MAX_OFFSET), `OutOfMemory`
+    /// if the bytes cannot be allocated, `FileTooLarge` past `isize::MAX`.
     pub fn set_len(&self, len: u64) -> Result<()> {
+        check_offset(len, Op::SetLen)?;
         let len = usize::try_from(len)
             .ok()
             .filter(|l| *l <= isize::MAX as usize)
@@ -145,6 +147,10 @@ impl PacketIo<Read, u64> for MemFile {
     /// Served inline (copied and completed before returning) when the backend
     /// allows it and no write to this file is queued; otherwise queued.
     fn try_send_io(&self, pos: u64, mut view: PacketView<Read>) -> Result<(), QueueFull<Read, u64>> {
+        if let Err(e) = check_offset(pos, Op::Read) {
+            view.fail(e);
+            return Ok(());
+        }
         if self.shared.config.inline && self.data.read_may_skip_queue() {
             let n = self.data.copy_out(pos, &mut view);
             view.complete(n);
@@ -164,6 +170,10 @@ impl PacketIo<Write, u64> for MemFile {
     /// Applied inline when the backend allows it and nothing else is queued
     /// on this file; otherwise queued.
     fn try_send_io(&self, pos: u64, view: PacketView<Write>) -> Result<(), QueueFull<Write, u64>> {
+        if let Err(e) = check_offset(pos, Op::Write) {
+            view.fail(e);
+            return Ok(());
+        }
         if self.shared.config.inline && self.data.write_may_skip_queue() {
             let res = self.data.copy_in(pos, view.as_slice());
             view.finish(res);
@@ -183,6 +193,17 @@ impl PacketIo<Write, Flush> for MemFile {
     fn try_send_io(&self, param: Flush, view: PacketView<Write>) -> Result<(), QueueFull<Write, Flush>> {
         self.shared
             .submit(param, view, |v| Request::FileFlush(self.data.clone(), v))
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.poll_ready(cx)
+    }
+}
+
+impl PacketIo<Write, CloseWrite> for MemFile {
+    /// A file has no direction to close: this is a flush.
+    fn try_send_io(&self, _param: CloseWrite, view: PacketView<Write>) -> Result<(), QueueFull<Write, CloseWrite>> {
+        self.shared
+            .submit(CloseWrite, view, |v| Request::FileFlush(self.data.clone(), v))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)

@@ -252,7 +252,8 @@ enum Request {
     FileFlush(Arc<FileData>, PacketView<Write>),
     StreamRead(Arc<Pipe>, PacketView<Read>),
     StreamWrite(Arc<Pipe>, PacketView<Write>),
-    StreamFlush(Arc<Pipe>, PacketView<Write>),
+    /// A flush; `true` also closes the write direction once it completes.
+    StreamFlush(Arc<Pipe>, PacketView<Write>, bool),
 }
 
 /// A view with its result decided, waiting to be finished.
@@ -307,8 +308,8 @@ enum Parked {
     Write(u64, Arc<Pipe>, PacketView<Write>),
     /// A flush waiting for earlier writes of its file.
     FileFlush(Arc<FileData>, PacketView<Write>),
-    /// A flush waiting for earlier writes of its stream.
-    StreamFlush(Arc<Pipe>, PacketView<Write>),
+    /// A flush (or, `true`, a half-close) waiting for earlier writes of its stream.
+    StreamFlush(Arc<Pipe>, PacketView<Write>, bool),
 }
 
 #[derive(Default)]
@@ -476,7 +477,7 @@ impl Shared {
                 }
                 core.parked.push(Parked::Write(token, pipe, view));
             }
-            Request::StreamFlush(pipe, view) => core.parked.push(Parked::StreamFlush(pipe, view)),
+            Request::StreamFlush(pipe, view, close) => core.parked.push(Parked::StreamFlush(pipe, view, close)),
         }
     }
 
@@ -592,7 +593,10 @@ impl Shared {
                 Parked::FileFlush(file, view) if file.writes_in_flight() == 0 => {
                     ready.push(Done::Write(view, Ok(0), None))
                 }
-                Parked::StreamFlush(pipe, view) if pipe.writes_in_flight() == 0 => {
+                Parked::StreamFlush(pipe, view, close) if pipe.writes_in_flight() == 0 => {
+                    if close {
+                        pipe.close(true);
+                    }
                     ready.push(Done::Write(view, Ok(0), None))
                 }
                 other => kept.push(other),

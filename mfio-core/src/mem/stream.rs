@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use super::{Done, Request, Shared};
 use crate::backend::{DriveStatus, IoBackend, PollingHandle};
 use crate::error::{Error, Result};
-use crate::io::{Flush, NoPos, PacketIo, QueueFull};
+use crate::io::{CloseWrite, Flush, NoPos, PacketIo, QueueFull};
 use crate::packet::{CancelHandler, PacketView, Read, Write};
 
 #[derive(Debug, Default)]
@@ -95,7 +95,7 @@ impl Pipe {
         self.writes.load(Ordering::Acquire)
     }
 
-    fn close(&self, writer: bool) {
+    pub(super) fn close(&self, writer: bool) {
         {
             let mut st = self.state.lock();
             if writer {
@@ -187,7 +187,19 @@ impl PacketIo<Write, NoPos> for MemStream {
 impl PacketIo<Write, Flush> for MemStream {
     fn try_send_io(&self, param: Flush, view: PacketView<Write>) -> Result<(), QueueFull<Write, Flush>> {
         self.shared
-            .submit(param, view, |v| Request::StreamFlush(self.tx.clone(), v))
+            .submit(param, view, |v| Request::StreamFlush(self.tx.clone(), v, false))
+    }
+    fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
+        self.shared.poll_ready(cx)
+    }
+}
+
+impl PacketIo<Write, CloseWrite> for MemStream {
+    /// Closes the write direction once the writes sent before it are in the
+    /// pipe, like [`shutdown_write`](Self::shutdown_write).
+    fn try_send_io(&self, param: CloseWrite, view: PacketView<Write>) -> Result<(), QueueFull<Write, CloseWrite>> {
+        self.shared
+            .submit(param, view, |v| Request::StreamFlush(self.tx.clone(), v, true))
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.shared.poll_ready(cx)
