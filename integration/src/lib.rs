@@ -50,3 +50,10 @@ pub use null::{Null, NullDriver};
 pub use smol::Smol;
 #[cfg(feature = "tokio")]
 pub use tokio::Tokio;
+
+// Drivers and their handles move between threads.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Null>();
+    send_sync::<NullDriver>();
+};

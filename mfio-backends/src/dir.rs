@@ -2,7 +2,7 @@
 //! [`Runtime`] (relative to the current directory) and of a [`Dir`]
 //! (relative to an open directory), plus [`DirEntry`].
 
-use std::ffi::{CString, OsString};
+use std::ffi::CString;
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -10,41 +10,12 @@ use std::sync::Arc;
 
 use mfio_core::{Error, Result};
 
-use crate::fs::{FileType, Metadata, OpenFuture, OpenOptions};
-use crate::op::{At, FileFd, Op, OpFuture};
+use crate::fs::{OpenFuture, OpenOptions};
+use crate::op::{self, At, FileFd};
+use crate::op::{DirEntry, Metadata};
+use crate::runtime::OpFuture;
 use crate::runtime::Runtime;
 use mfio_core::completion::Completer;
-
-/// One entry of a directory listing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirEntry {
-    name: OsString,
-    kind: Option<FileType>,
-}
-
-impl DirEntry {
-    pub(crate) fn new(name: OsString, kind: rustix::fs::FileType) -> Self {
-        let kind = match kind {
-            rustix::fs::FileType::RegularFile => Some(FileType::File),
-            rustix::fs::FileType::Directory => Some(FileType::Dir),
-            rustix::fs::FileType::Symlink => Some(FileType::Symlink),
-            rustix::fs::FileType::Unknown => None,
-            _ => Some(FileType::Other),
-        };
-        Self { name, kind }
-    }
-
-    /// The entry's name (no directory part).
-    pub fn file_name(&self) -> &std::ffi::OsStr {
-        &self.name
-    }
-
-    /// The entry's kind, if the file system reported it in the listing
-    /// (some do not; ask [`Dir::metadata`] then).
-    pub fn file_type(&self) -> Option<FileType> {
-        self.kind
-    }
-}
 
 /// An open directory: every path given to its methods is relative to it
 /// (an absolute path ignores it, as with the `*at(2)` calls).
@@ -75,7 +46,7 @@ impl Base<'_> {
     }
 
     /// Submits `make(at(path), completer)`, or resolves to the path error.
-    fn path_op<T>(&self, path: &Path, make: impl FnOnce(At, Completer<T>) -> Op) -> OpFuture<T> {
+    fn path_op<T, O: Into<op::Request>>(&self, path: &Path, make: impl FnOnce(At, Completer<T>) -> O) -> OpFuture<T> {
         match self.at(path) {
             Ok(at) => OpFuture::submit(self.rt, |done| make(at, done)),
             Err(e) => OpFuture::ready(Err(e)),
@@ -96,26 +67,26 @@ impl Base<'_> {
 
     fn metadata(&self, path: &Path, follow: bool) -> OpFuture<Metadata> {
         let flags = if follow { 0 } else { libc::AT_SYMLINK_NOFOLLOW };
-        self.path_op(path, |at, done| Op::Stat { at, flags, done })
+        self.path_op(path, |at, done| op::Statx { at, flags, done })
     }
 
     fn create_dir(&self, path: &Path) -> OpFuture<()> {
-        self.path_op(path, |at, done| Op::Mkdir { at, mode: 0o777, done })
+        self.path_op(path, |at, done| op::MkdirAt { at, mode: 0o777, done })
     }
 
     fn remove(&self, path: &Path, dir: bool) -> OpFuture<()> {
-        self.path_op(path, |at, done| Op::Unlink { at, dir, done })
+        self.path_op(path, |at, done| op::UnlinkAt { at, dir, done })
     }
 
     fn rename(&self, from: &Path, to: &Path) -> OpFuture<()> {
         match self.at(to) {
-            Ok(to) => self.path_op(from, |from, done| Op::Rename { from, to, done }),
+            Ok(to) => self.path_op(from, |from, done| op::RenameAt { from, to, done }),
             Err(e) => OpFuture::ready(Err(e)),
         }
     }
 
     fn read_dir(&self, path: &Path) -> OpFuture<Vec<DirEntry>> {
-        self.path_op(path, |at, done| Op::ReadDir { at, done })
+        self.path_op(path, |at, done| op::ReadDir { at, done })
     }
 }
 

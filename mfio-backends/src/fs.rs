@@ -8,14 +8,14 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
 
 use mfio_core::{
     check_offset, BufResult, CloseWrite, Direction, DriveStatus, Error, Flush, IoBackend, IoBuf, IoBufMut, IoLen,
     Op as ErrOp, Packet, PacketIo, PacketView, PollingHandle, QueueFull, Read, Result, Write,
 };
 
-use crate::op::{At, FileFd, Op, OpFuture};
+use crate::op::{self, At, FileFd, Metadata};
+use crate::runtime::OpFuture;
 use crate::runtime::Runtime;
 
 /// How to open a file; the same rules as [`std::fs::OpenOptions`], plus
@@ -149,101 +149,6 @@ impl OpenOptions {
     }
 }
 
-/// The kind of a file system object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileType {
-    /// A regular file.
-    File,
-    /// A directory.
-    Dir,
-    /// A symbolic link.
-    Symlink,
-    /// Anything else (device, socket, FIFO).
-    Other,
-}
-
-/// What `statx(2)` reports about an open file.
-#[derive(Debug, Clone)]
-pub struct Metadata {
-    len: u64,
-    mode: u32,
-    kind: FileType,
-    modified: Option<SystemTime>,
-    block_size: u32,
-    dio_mem_align: Option<u32>,
-    dio_offset_align: Option<u32>,
-}
-
-impl Metadata {
-    pub(crate) fn from_statx(st: &libc::statx) -> Self {
-        let kind = match u32::from(st.stx_mode) & libc::S_IFMT {
-            libc::S_IFREG => FileType::File,
-            libc::S_IFDIR => FileType::Dir,
-            libc::S_IFLNK => FileType::Symlink,
-            _ => FileType::Other,
-        };
-        let modified = (st.stx_mask & libc::STATX_MTIME != 0)
-            .then(|| {
-                let t = st.stx_mtime;
-                let secs = u64::try_from(t.tv_sec).ok()?;
-                SystemTime::UNIX_EPOCH.checked_add(Duration::new(secs, t.tv_nsec))
-            })
-            .flatten();
-        let dio = st.stx_mask & libc::STATX_DIOALIGN != 0 && st.stx_dio_offset_align != 0;
-        Self {
-            len: st.stx_size,
-            mode: u32::from(st.stx_mode) & 0o7777,
-            kind,
-            modified,
-            block_size: st.stx_blksize,
-            dio_mem_align: dio.then_some(st.stx_dio_mem_align),
-            dio_offset_align: dio.then_some(st.stx_dio_offset_align),
-        }
-    }
-
-    /// Size in bytes.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// True if the size is 0.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// The kind of object.
-    pub fn file_type(&self) -> FileType {
-        self.kind
-    }
-
-    /// Permission bits (`0o7777` part of the mode).
-    pub fn permissions(&self) -> u32 {
-        self.mode
-    }
-
-    /// Last modification time, if reported.
-    pub fn modified(&self) -> Option<SystemTime> {
-        self.modified
-    }
-
-    /// Preferred I/O block size.
-    pub fn block_size(&self) -> u32 {
-        self.block_size
-    }
-
-    /// Required alignment of buffers for `O_DIRECT` (`statx` DIO fields,
-    /// Linux 6.1+); `None` where the kernel or file system does not say.
-    pub fn dio_mem_align(&self) -> Option<u32> {
-        self.dio_mem_align
-    }
-
-    /// Required alignment of offsets and lengths for `O_DIRECT`; `None` where
-    /// the kernel or file system does not say.
-    pub fn dio_offset_align(&self) -> Option<u32> {
-        self.dio_offset_align
-    }
-}
-
 /// An open file on a [`Runtime`]: `PacketIo` at `u64` offsets (reads and
 /// writes), at [`Flush`] (`fsync`), plus every mfio-core layer on top
 /// (`IoRead`, `SyncIoRead`, `IoCursor`, …). Cloning shares the descriptor,
@@ -319,7 +224,7 @@ impl File {
             dir: Some(self.fd.clone()),
             path: CString::default(),
         };
-        OpFuture::submit(&self.rt, |done| Op::Stat {
+        OpFuture::submit(&self.rt, |done| op::Statx {
             at,
             flags: libc::AT_EMPTY_PATH,
             done,
@@ -340,7 +245,7 @@ impl File {
             return BufResult(Err(e), bufs);
         }
         let fd = self.fd.clone();
-        vectored(&self.rt, bufs, move |views| Op::ReadV {
+        vectored(&self.rt, bufs, move |views| op::ReadVectoredAt {
             fd: fd.clone(),
             pos,
             views,
@@ -362,7 +267,7 @@ impl File {
             return BufResult(Err(e), bufs);
         }
         let fd = self.fd.clone();
-        vectored(&self.rt, bufs, move |views| Op::WriteV {
+        vectored(&self.rt, bufs, move |views| op::WriteVectoredAt {
             fd: fd.clone(),
             pos: at,
             views,
@@ -394,7 +299,7 @@ impl File {
         let Ok(file) = Arc::try_unwrap(fd) else {
             return Ok(());
         };
-        OpFuture::submit(&rt, |done| Op::Close { file, done }).await
+        OpFuture::submit(&rt, |done| op::CloseFile { file, done }).await
     }
 
     /// Truncates or extends (with zeros) to `len` bytes (`ftruncate`).
@@ -403,7 +308,7 @@ impl File {
             return OpFuture::ready(Err(e));
         }
         let fd = self.fd.clone();
-        OpFuture::submit(&self.rt, |done| Op::Truncate { fd, len, done })
+        OpFuture::submit(&self.rt, |done| op::SetLen { fd, len, done })
     }
 
     /// Reserves disk space for `offset..offset + len`, growing the file if
@@ -414,7 +319,7 @@ impl File {
             return OpFuture::ready(Err(e));
         }
         let fd = self.fd.clone();
-        OpFuture::submit(&self.rt, |done| Op::Allocate { fd, offset, len, done })
+        OpFuture::submit(&self.rt, |done| op::Allocate { fd, offset, len, done })
     }
 
     pub(crate) fn into_parts(self) -> (Runtime, Arc<FileFd>) {
@@ -474,17 +379,17 @@ impl File {
     /// Runs a blocking caller's operation (see [`PacketView::caller_blocks`])
     /// right here, on its thread: it would only wait for another thread to
     /// do it and wake it. Anything else is queued for the backend.
-    fn run_or_submit<D: Direction>(
+    fn run_or_submit<D: Direction, O: Into<op::Request>>(
         &self,
         view: PacketView<D>,
-        make: impl FnOnce(PacketView<D>) -> Op,
+        make: impl FnOnce(PacketView<D>) -> O,
     ) -> std::result::Result<(), PacketView<D>> {
         if view.caller_blocks() {
-            let op = make(view);
+            let op = make(view).into();
             if let Some(file) = op.written_file() {
                 file.write_started();
             }
-            crate::sys::run_blocking(op);
+            crate::blocking::run_blocking(op);
             return Ok(());
         }
         self.rt.try_submit(view, make)
@@ -501,13 +406,13 @@ impl PacketIo<Read, u64> for File {
             return Ok(());
         }
         if self.inline_reads {
-            if let Some(n) = crate::sys::read_cached(&self.fd, pos, &mut view) {
+            if let Some(n) = crate::blocking::sys::read_cached(&self.fd, pos, &mut view) {
                 view.complete(n);
                 return Ok(());
             }
         }
         let fd = self.fd.clone();
-        self.run_or_submit(view, |view| Op::Read { fd, pos, view })
+        self.run_or_submit(view, |view| op::ReadAt { fd, pos, view })
             .map_err(|view| QueueFull { param: pos, view })
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -529,7 +434,7 @@ impl PacketIo<Write, u64> for File {
             return Ok(());
         }
         let fd = self.fd.clone();
-        self.run_or_submit(view, |view| Op::Write { fd, pos: at, view })
+        self.run_or_submit(view, |view| op::WriteAt { fd, pos: at, view })
             .map_err(|view| QueueFull { param: pos, view })
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -542,7 +447,7 @@ impl PacketIo<Write, Flush> for File {
     fn try_send_io(&self, param: Flush, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, Flush>> {
         let fd = self.fd.clone();
         self.rt
-            .try_submit(view, |view| Op::Sync {
+            .try_submit(view, |view| op::Sync {
                 fd,
                 data_only: false,
                 view,
@@ -565,7 +470,7 @@ impl PacketIo<Write, CloseWrite> for File {
     ) -> std::result::Result<(), QueueFull<Write, CloseWrite>> {
         let fd = self.fd.clone();
         self.rt
-            .try_submit(view, |view| Op::Sync {
+            .try_submit(view, |view| op::Sync {
                 fd,
                 data_only: false,
                 view,
@@ -590,7 +495,7 @@ impl PacketIo<Write, SyncData> for File {
     ) -> std::result::Result<(), QueueFull<Write, SyncData>> {
         let fd = self.fd.clone();
         self.rt
-            .try_submit(view, |view| Op::Sync {
+            .try_submit(view, |view| op::Sync {
                 fd,
                 data_only: true,
                 view,
@@ -640,7 +545,7 @@ impl Future for OpenFuture {
                 // A metadata lookup on this thread, never device I/O: the
                 // alignment every O_DIRECT transfer is checked against.
                 let dio = if self.direct {
-                    crate::sys::dio_alignment(&fd).map(|(mem, offset)| DioAlign { mem, offset })
+                    crate::blocking::sys::dio_alignment(&fd).map(|(mem, offset)| DioAlign { mem, offset })
                 } else {
                     None
                 };
@@ -663,10 +568,15 @@ const IOV_MAX: usize = 1024;
 /// Sends one operation carrying a view of each buffer (waiting for room in
 /// the queue), then collects the buffers; the count is the contiguous prefix
 /// transferred, as for a single buffer.
-async fn vectored<D, B>(rt: &Runtime, bufs: Vec<B>, make: impl Fn(Vec<PacketView<D>>) -> Op) -> BufResult<usize, Vec<B>>
+async fn vectored<D, B, O>(
+    rt: &Runtime,
+    bufs: Vec<B>,
+    make: impl Fn(Vec<PacketView<D>>) -> O,
+) -> BufResult<usize, Vec<B>>
 where
     D: mfio_core::Direction,
     B: mfio_core::PacketBuf<D>,
+    O: Into<op::Request>,
 {
     let mut packets: Vec<Packet<D, B>> = bufs.into_iter().map(Packet::new).collect();
     let mut views: Vec<PacketView<D>> = packets.iter_mut().filter_map(Packet::take_view).collect();
@@ -722,7 +632,7 @@ where
 
 pub(crate) fn open(rt: &Runtime, at: Result<At>, opts: &OpenOptions) -> OpenFuture {
     let inner = match opts.flags().and_then(|flags| Ok((flags, at?))) {
-        Ok((flags, at)) => OpFuture::submit(rt, |done| Op::Open {
+        Ok((flags, at)) => OpFuture::submit(rt, |done| op::OpenAt {
             at,
             flags,
             mode: opts.mode,

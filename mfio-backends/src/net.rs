@@ -23,7 +23,8 @@ use mfio_core::{
 };
 use rustix::net::{AddressFamily, SocketAddrAny, SocketAddrUnix, SocketFlags, SocketType};
 
-use crate::op::{Done, Op, OpFuture, Socket};
+use crate::op::{self, Done, Socket};
+use crate::runtime::OpFuture;
 use crate::runtime::Runtime;
 
 /// A stream from a polling closure.
@@ -111,7 +112,7 @@ macro_rules! socket_io {
             fn try_send_io(&self, p: NoPos, view: PacketView<Read>) -> std::result::Result<(), QueueFull<Read, NoPos>> {
                 let sock = self.sock.clone();
                 self.rt
-                    .try_submit(view, |view| Op::Recv { sock, view })
+                    .try_submit(view, |view| op::Recv { sock, view })
                     .map_err(|view| QueueFull { param: p, view })
             }
             fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -127,7 +128,7 @@ macro_rules! socket_io {
             ) -> std::result::Result<(), QueueFull<Write, NoPos>> {
                 let sock = self.sock.clone();
                 self.rt
-                    .try_submit(view, |view| Op::Send { sock, view })
+                    .try_submit(view, |view| op::Send { sock, view })
                     .map_err(|view| QueueFull { param: p, view })
             }
             fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -187,7 +188,7 @@ macro_rules! stream_socket {
                 let sock = self.sock.clone();
                 $accept {
                     rt: self.rt.clone(),
-                    inner: OpFuture::submit(&self.rt, |done| Op::Accept { sock, done }),
+                    inner: OpFuture::submit(&self.rt, |done| op::Accept { sock, done }),
                 }
             }
         }
@@ -254,7 +255,7 @@ macro_rules! stream_socket {
                     std::net::Shutdown::Both => rustix::net::Shutdown::Both,
                 };
                 let sock = self.sock.clone();
-                OpFuture::submit(&self.rt, |done| Op::Shutdown { sock, how, done: done.into() })
+                OpFuture::submit(&self.rt, |done| op::Shutdown { sock, how, done: done.into() })
             }
 
             /// The runtime the stream belongs to.
@@ -290,7 +291,7 @@ macro_rules! stream_socket {
                 let sock = self.sock.clone();
                 let how = rustix::net::Shutdown::Write;
                 self.rt
-                    .try_submit(view, |view| Op::Shutdown { sock, how, done: Done::Packet(view) })
+                    .try_submit(view, |view| op::Shutdown { sock, how, done: Done::Packet(view) })
                     .map_err(|view| QueueFull { param, view })
             }
             fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -323,7 +324,7 @@ macro_rules! stream_socket {
                 let prepared = fd.and_then(|fd| Ok((rt.register_socket(fd)?, addr?)));
                 match prepared {
                     Ok((sock, addr)) => {
-                        let op = |done| Op::Connect { sock: sock.clone(), addr: Box::new(addr), in_progress: false, done };
+                        let op = |done| op::Connect { sock: sock.clone(), addr: Box::new(addr), in_progress: false, done };
                         $connect { rt: rt.clone(), inner: OpFuture::submit(rt, op), sock: Some(sock) }
                     }
                     Err(e) => $connect { rt: rt.clone(), sock: None, inner: OpFuture::ready(Err(e)) },
@@ -507,7 +508,7 @@ impl PacketIo<Read, NoPos> for RecvFromIo<'_> {
         let (sock, from) = (self.socket.sock.clone(), self.from.clone());
         self.socket
             .rt
-            .try_submit(view, |view| Op::RecvFrom { sock, view, from })
+            .try_submit(view, |view| op::RecvFrom { sock, view, from })
             .map_err(|view| QueueFull { param: p, view })
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -524,7 +525,7 @@ impl PacketIo<Write, SocketAddr> for UdpSocket {
         let sock = self.sock.clone();
         let to = Box::new(SocketAddrAny::from(addr));
         self.rt
-            .try_submit(view, |view| Op::SendTo { sock, addr: to, view })
+            .try_submit(view, |view| op::SendTo { sock, addr: to, view })
             .map_err(|view| QueueFull { param: addr, view })
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {

@@ -1,75 +1,24 @@
 //! [`Runtime`]: the native backend (io_uring, else poll + thread pool),
 //! chosen once at start-up and queryable afterwards.
 
+use std::future::Future;
 use std::io::ErrorKind;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use mfio_core::queue::SubmitQueue;
+use mfio_core::completion::{completion, Completer, Submission};
 use mfio_core::{DriveStatus, Error, IoBackend, PollingHandle, Result};
 
-use crate::op::{Op, Socket};
+pub use crate::engine::BackendKind;
+use crate::engine::{Engine, EngineConfig};
+use crate::op::{FileFd, Request, Socket};
 use crate::{poll, uring};
 
 /// Environment variable that picks the backend: `uring`, `poll` or `auto`.
 pub const BACKEND_ENV: &str = "MFIO_BACKEND";
-
-/// Which backend a [`Runtime`] runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum BackendKind {
-    /// Linux io_uring: one ring per runtime.
-    Uring,
-    /// epoll readiness, with file I/O on a bounded thread pool.
-    Poll,
-}
-
-impl BackendKind {
-    /// True for [`BackendKind::Uring`].
-    pub fn is_uring(self) -> bool {
-        self == BackendKind::Uring
-    }
-
-    /// The name used by [`BACKEND_ENV`].
-    pub fn name(self) -> &'static str {
-        match self {
-            BackendKind::Uring => "uring",
-            BackendKind::Poll => "poll",
-        }
-    }
-}
-
-impl std::fmt::Display for BackendKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// What a backend engine provides to the runtime.
-pub(crate) trait Engine: Send + Sync {
-    fn queue(&self) -> &SubmitQueue<Op>;
-    fn polling_handle(&self) -> PollingHandle<'_>;
-    fn drive(&self) -> DriveStatus;
-    fn kind(&self) -> BackendKind;
-    /// Prepares a new socket for this backend (non-blocking and registered
-    /// for readiness on poll; as it is on io_uring).
-    fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>>;
-    /// Registers buffers for fixed-buffer I/O; false if not done (an
-    /// optimisation only).
-    fn register_buffers(&self, regions: &[(*mut u8, usize)]) -> bool;
-    /// Undoes `register_buffers`.
-    fn unregister_buffers(&self);
-    /// True if file reads should first be tried inline from the page cache.
-    fn inline_cached_reads(&self) -> bool {
-        false
-    }
-    /// Wraps a newly opened descriptor, giving it a registered-file slot
-    /// where the backend has one free.
-    fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd;
-    /// Operations handed to the kernel, the pool or parked on a socket.
-    fn in_flight(&self) -> usize;
-}
 
 /// The native runtime: a handle on one backend instance. Cheap to clone;
 /// `Send + Sync`; driven by [`IoBackend::drive`] (through `block_on` or a host
@@ -113,8 +62,12 @@ impl Runtime {
     }
 
     /// Queues `make(value)`, or hands `value` back when the queue is full.
-    pub(crate) fn try_submit<V>(&self, value: V, make: impl FnOnce(V) -> Op) -> std::result::Result<(), V> {
-        self.engine.queue().try_push_with(value, make)
+    pub(crate) fn try_submit<V, O: Into<Request>>(
+        &self,
+        value: V,
+        make: impl FnOnce(V) -> O,
+    ) -> std::result::Result<(), V> {
+        self.engine.queue().try_push_with(value, |v| make(v).into())
     }
 
     pub(crate) fn poll_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -125,7 +78,7 @@ impl Runtime {
         self.engine.register_socket(fd)
     }
 
-    pub(crate) fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd {
+    pub(crate) fn file_fd(&self, fd: OwnedFd) -> FileFd {
         self.engine.file_fd(fd)
     }
 
@@ -154,8 +107,8 @@ impl Runtime {
     }
 }
 
-impl mfio_core::completion::Submit<Op> for Runtime {
-    fn try_submit(&self, op: Op) -> std::result::Result<(), Op> {
+impl mfio_core::completion::Submit<Request> for Runtime {
+    fn try_submit(&self, op: Request) -> std::result::Result<(), Request> {
         self.engine.queue().try_push(op)
     }
     fn poll_submit_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
@@ -172,43 +125,48 @@ impl IoBackend for Runtime {
     }
 }
 
-/// Configures a [`Runtime`]. Setters document their defaults; `build` reads
-/// [`BACKEND_ENV`] once.
-#[derive(Debug, Clone)]
-pub struct RuntimeBuilder {
-    pub(crate) kind: Option<BackendKind>,
-    pub(crate) entries: u32,
-    pub(crate) sqpoll_idle: Option<Duration>,
-    pub(crate) coop_taskrun: bool,
-    pub(crate) single_issuer: bool,
-    pub(crate) defer_taskrun: bool,
-    pub(crate) pool_threads: usize,
-    pub(crate) pool_max_threads: usize,
-    pub(crate) pool_idle_exit: Duration,
-    pub(crate) queue_capacity: usize,
-    pub(crate) window: usize,
-    pub(crate) inline_cached_reads: bool,
-    pub(crate) uring_without_opcodes: bool,
+/// Future of an operation that yields a `T` (an opened file, metadata).
+///
+/// Dropping it before completion asks the backend to cancel; if the
+/// operation completes anyway, its result is released (an fd is closed).
+///
+/// # Panics
+/// Polling it again after it returned `Ready` panics, as with every mfio
+/// future.
+#[must_use = "futures do nothing unless polled"]
+#[derive(Debug)]
+pub struct OpFuture<T>(Submission<T, Runtime, Request>);
+
+impl<T> OpFuture<T> {
+    /// A future for the operation `make` builds around its completer, sent
+    /// to `rt` when first polled and as soon as its queue has room.
+    pub(crate) fn submit<O: Into<Request>>(rt: &Runtime, make: impl FnOnce(Completer<T>) -> O) -> Self {
+        let (done, completion) = completion();
+        let op = make(done).into();
+        let what = op.name();
+        Self(Submission::new(rt.clone(), op, completion, what))
+    }
+
+    /// A future that is already complete (for errors found before submitting).
+    pub(crate) fn ready(result: Result<T>) -> Self {
+        Self(Submission::ready(result))
+    }
 }
 
-impl Default for RuntimeBuilder {
-    fn default() -> Self {
-        Self {
-            kind: None,
-            entries: 256,
-            sqpoll_idle: None,
-            coop_taskrun: true,
-            single_issuer: false,
-            defer_taskrun: false,
-            pool_threads: std::thread::available_parallelism().map_or(4, |n| n.get().clamp(2, 8)),
-            pool_max_threads: 64,
-            pool_idle_exit: Duration::from_secs(10),
-            queue_capacity: 4096,
-            window: 4096,
-            inline_cached_reads: true,
-            uring_without_opcodes: false,
-        }
+impl<T> Future for OpFuture<T> {
+    type Output = Result<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<T>> {
+        Pin::new(&mut self.0).poll(cx)
     }
+}
+
+/// Configures a [`Runtime`]. Setters document their defaults; `build` reads
+/// [`BACKEND_ENV`] once.
+#[derive(Debug, Clone, Default)]
+pub struct RuntimeBuilder {
+    kind: Option<BackendKind>,
+    config: EngineConfig,
 }
 
 impl RuntimeBuilder {
@@ -221,39 +179,39 @@ impl RuntimeBuilder {
 
     /// io_uring submission-queue entries (default 256; rounded up to a power of two).
     pub fn entries(&mut self, n: u32) -> &mut Self {
-        self.entries = n.clamp(1, 32768);
+        self.config.entries = n.clamp(1, 32768);
         self
     }
 
     /// Kernel-side submission polling with this idle time (default off).
     pub fn sqpoll(&mut self, idle: Duration) -> &mut Self {
-        self.sqpoll_idle = Some(idle);
+        self.config.sqpoll_idle = Some(idle);
         self
     }
 
     /// `IORING_SETUP_COOP_TASKRUN` (default on where the kernel has it, 5.19+).
     pub fn setup_coop_taskrun(&mut self, on: bool) -> &mut Self {
-        self.coop_taskrun = on;
+        self.config.coop_taskrun = on;
         self
     }
 
     /// `IORING_SETUP_SINGLE_ISSUER` (default off; 6.0+). Only correct if one
     /// thread, the one that builds the runtime, ever drives it.
     pub fn setup_single_issuer(&mut self, on: bool) -> &mut Self {
-        self.single_issuer = on;
+        self.config.single_issuer = on;
         self
     }
 
     /// `IORING_SETUP_DEFER_TASKRUN` (default off; 6.1+; implies single issuer).
     pub fn setup_defer_taskrun(&mut self, on: bool) -> &mut Self {
-        self.defer_taskrun = on;
+        self.config.defer_taskrun = on;
         self
     }
 
     /// Threads the file thread pool (poll backend) keeps running; default:
     /// cores, between 2 and 8.
     pub fn pool_threads(&mut self, n: usize) -> &mut Self {
-        self.pool_threads = n.max(1);
+        self.config.pool_threads = n.max(1);
         self
     }
 
@@ -264,20 +222,15 @@ impl RuntimeBuilder {
     /// workers beyond [`pool_threads`](Self::pool_threads) leave after
     /// [`pool_idle_exit`](Self::pool_idle_exit) without work.
     pub fn pool_max_threads(&mut self, n: usize) -> &mut Self {
-        self.pool_max_threads = n.max(1);
+        self.config.pool_max_threads = n.max(1);
         self
     }
 
     /// How long a pool worker beyond [`pool_threads`](Self::pool_threads)
     /// waits for work before it leaves (default 10 s).
     pub fn pool_idle_exit(&mut self, after: Duration) -> &mut Self {
-        self.pool_idle_exit = after;
+        self.config.pool_idle_exit = after;
         self
-    }
-
-    /// The pool's sizing: (threads kept, threads at most, idle exit).
-    pub(crate) fn pool_sizing(&self, keep: usize) -> (usize, usize, Duration) {
-        (keep, self.pool_max_threads, self.pool_idle_exit)
     }
 
     /// First try each file read with `preadv2(RWF_NOWAIT)`: data already in
@@ -286,7 +239,7 @@ impl RuntimeBuilder {
     /// ring or the pool (default on, both backends; never for `O_DIRECT`
     /// files). See BENCHMARKS.md for the measurements.
     pub fn inline_cached_reads(&mut self, on: bool) -> &mut Self {
-        self.inline_cached_reads = on;
+        self.config.inline_cached_reads = on;
         self
     }
 
@@ -295,19 +248,19 @@ impl RuntimeBuilder {
     /// exists to test that fallback on a kernel that has everything.
     #[doc(hidden)]
     pub fn uring_without_opcodes(&mut self, on: bool) -> &mut Self {
-        self.uring_without_opcodes = on;
+        self.config.uring_without_opcodes = on;
         self
     }
 
     /// Operations the submission queue holds before callers wait (default 4096).
     pub fn queue_capacity(&mut self, n: usize) -> &mut Self {
-        self.queue_capacity = n.max(1);
+        self.config.queue_capacity = n.max(1);
         self
     }
 
     /// Operations in flight in the kernel or the pool at most (default 4096).
     pub fn window(&mut self, n: usize) -> &mut Self {
-        self.window = n.max(1);
+        self.config.window = n.max(1);
         self
     }
 
@@ -323,13 +276,13 @@ impl RuntimeBuilder {
             None => kind_from_env()?,
         };
         let engine: Arc<dyn Engine> = match wanted {
-            Some(BackendKind::Poll) => Arc::new(poll::PollEngine::new(self)?),
-            Some(BackendKind::Uring) => uring::UringEngine::new(self)?,
-            None => match uring::UringEngine::new(self) {
+            Some(BackendKind::Poll) => Arc::new(poll::PollEngine::new(&self.config)?),
+            Some(BackendKind::Uring) => uring::UringEngine::new(&self.config)?,
+            None => match uring::UringEngine::new(&self.config) {
                 Ok(engine) => engine,
                 Err(e) => {
                     tracing::info!(error = %e, "io_uring unavailable, using the poll backend");
-                    Arc::new(poll::PollEngine::new(self)?)
+                    Arc::new(poll::PollEngine::new(&self.config)?)
                 }
             },
         };

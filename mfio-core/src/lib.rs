@@ -89,3 +89,22 @@ pub use packet::{CancelHandler, Direction, Packet, PacketBuf, PacketOutcome, Pac
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;
+
+// The handles a backend or a caller may share with other threads.
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<mem::MemBackend>();
+    send_sync::<mem::MemFile>();
+    send_sync::<mem::MemStream>();
+    send_sync::<Notifier>();
+    send_sync::<Error>();
+    send_sync::<AlignedBuf>();
+    send_sync::<queue::SubmitQueue<u64>>();
+    send_sync::<cancel::Cancels>();
+    send_sync::<kept::KeptBytes>();
+    send_sync::<completion::Completer<std::os::fd::OwnedFd>>();
+    send_sync::<completion::Completion<std::os::fd::OwnedFd>>();
+    send::<Packet<Read, Vec<u8>>>();
+    send::<PacketOutcome>();
+};

@@ -1,12 +1,11 @@
-//! The poll backend: sockets by readiness (an epoll set, edge-triggered)
-//! and file operations on a bounded thread pool ([`pool`]), never on the
-//! thread that drives the backend.
+//! The poll backend: sockets by readiness (an epoll set, edge-triggered;
+//! each socket operation in `net.rs`) and file operations on the blocking
+//! executor's thread pool, never on the thread that drives the backend.
 //!
 //! The polling handle is the epoll descriptor; the backend's eventfd is in
 //! the set too, so submissions and finished pool jobs wake a sleeping driver.
 
 mod net;
-mod pool;
 
 use std::collections::{HashMap, VecDeque};
 use std::mem::MaybeUninit;
@@ -19,12 +18,11 @@ use mfio_core::{CancelHandler, DriveStatus, Error, Notifier, PollingHandle, Resu
 use parking_lot::Mutex;
 use rustix::event::epoll;
 
-pub(crate) use pool::Pool;
-
-use crate::op::{release_syncs, Op, Socket};
-use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
+use crate::blocking::pool::Pool;
+use crate::engine::{BackendKind, Engine, EngineConfig};
+use crate::op::{FileFd, Request, Socket};
 use mfio_core::cancel::Cancels;
-use net::{attempt, is_socket_op, socket_token, watch, Attempt, Wait};
+use net::{attempt, socket_token, watch, Attempt, Wait};
 
 /// epoll token of the backend's own eventfd.
 const NOTIFIER_TOKEN: u64 = 0;
@@ -32,7 +30,7 @@ const NOTIFIER_TOKEN: u64 = 0;
 const EVENTS: usize = 256;
 
 struct Parked {
-    op: Op,
+    op: Request,
     token: u64,
 }
 
@@ -44,15 +42,15 @@ struct Waiters {
 
 struct Core {
     /// File operations taken from the queue, waiting for room in the pool.
-    backlog: VecDeque<Op>,
-    /// Syncs waiting for earlier writes to their file (see `Op::waits_for_writes`).
-    held_syncs: Vec<Op>,
+    backlog: VecDeque<Request>,
+    /// Syncs waiting for earlier writes to their file (see `Request::waits_for_writes`).
+    held_syncs: Vec<Request>,
     /// Parked socket operations, by socket token.
     waiting: HashMap<u64, Waiters>,
 }
 
 pub(crate) struct PollEngine {
-    queue: SubmitQueue<Op>,
+    queue: SubmitQueue<Request>,
     notifier: Arc<Notifier>,
     epoll: Arc<OwnedFd>,
     cancels: Arc<Cancels>,
@@ -63,7 +61,7 @@ pub(crate) struct PollEngine {
 }
 
 impl PollEngine {
-    pub(crate) fn new(b: &RuntimeBuilder) -> Result<Self> {
+    pub(crate) fn new(b: &EngineConfig) -> Result<Self> {
         let notifier = Notifier::new()?;
         let epoll = Arc::new(epoll::create(epoll::CreateFlags::CLOEXEC)?);
         epoll::add(
@@ -92,11 +90,16 @@ impl PollEngine {
         self.next_token.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Tries a socket operation; parks it if it would block.
-    fn try_socket(&self, core: &mut Core, op: Op) -> bool {
+    /// Tries a socket operation; parks it if it would block. Anything else
+    /// goes to the pool's backlog.
+    fn try_socket(&self, core: &mut Core, op: Request) -> bool {
         match attempt(op) {
-            Attempt::Done => true,
-            Attempt::Blocked { op, wait } => {
+            Err(file_op) => {
+                core.backlog.push_back(file_op);
+                false
+            }
+            Ok(Attempt::Done) => true,
+            Ok(Attempt::Blocked { op, wait }) => {
                 let Some(sock) = socket_token(&op) else { return true };
                 let token = self.token();
                 let handler: Arc<dyn CancelHandler> = self.cancels.clone();
@@ -164,7 +167,7 @@ impl PollEngine {
 }
 
 impl Engine for PollEngine {
-    fn queue(&self) -> &SubmitQueue<Op> {
+    fn queue(&self) -> &SubmitQueue<Request> {
         &self.queue
     }
 
@@ -186,13 +189,9 @@ impl Engine for PollEngine {
         let room = self.pool.room().saturating_sub(core.backlog.len());
         let took = self.queue.take_into(&mut new_ops, room.max(1));
         for op in new_ops {
-            if is_socket_op(&op) {
-                progress |= self.try_socket(core, op);
-            } else {
-                core.backlog.push_back(op);
-            }
+            progress |= self.try_socket(core, op);
         }
-        let started = pool_dispatch(&mut core.backlog, &mut core.held_syncs, &self.pool);
+        let started = self.pool.dispatch(&mut core.backlog, &mut core.held_syncs);
         core.waiting
             .retain(|_, w| !w.readers.is_empty() || !w.writers.is_empty());
         let pool_has_room = self.pool.room() > 0;
@@ -228,8 +227,8 @@ impl Engine for PollEngine {
 
     fn unregister_buffers(&self) {}
 
-    fn file_fd(&self, fd: OwnedFd) -> crate::op::FileFd {
-        crate::op::FileFd::new(fd, None)
+    fn file_fd(&self, fd: OwnedFd) -> FileFd {
+        FileFd::new(fd, None)
     }
 
     fn register_socket(&self, fd: OwnedFd) -> Result<Arc<Socket>> {
@@ -244,27 +243,4 @@ impl Engine for PollEngine {
         )?;
         Ok(Socket::new(fd, self.cancels.clone(), Some(self.epoll.clone()), token))
     }
-}
-
-/// Moves work from `backlog` to `pool` in order. A sync whose file still
-/// has earlier writes in flight waits in `held` (and only it: nothing else
-/// waits for it, nor it for anything else), so a flush never overtakes an
-/// earlier write to its file.
-pub(crate) fn pool_dispatch(backlog: &mut VecDeque<Op>, held: &mut Vec<Op>, pool: &Pool) -> usize {
-    let mut started = 0;
-    release_syncs(held, backlog);
-    while let Some(op) = backlog.pop_front() {
-        if op.waits_for_writes() {
-            held.push(op);
-            continue;
-        }
-        match pool.try_spawn(op) {
-            Ok(()) => started += 1,
-            Err(op) => {
-                backlog.push_front(op);
-                break;
-            }
-        }
-    }
-    started
 }

@@ -7,7 +7,10 @@
 //! slab key plus a generation, so a late cancellation never hits a reused
 //! slot. Opcodes the kernel lacks (per-opcode probe) run on a thread pool.
 
+mod file;
+mod net;
 mod op;
+mod path;
 mod submitter;
 
 use std::collections::{HashMap, VecDeque};
@@ -21,12 +24,12 @@ use mfio_core::{DriveStatus, Error, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use crate::op::{release_syncs, FileFd, FixedSlot, Op, Socket};
-use crate::poll::{pool_dispatch, Pool};
-use crate::runtime::{BackendKind, Engine, RuntimeBuilder};
+use crate::blocking::pool::Pool;
+use crate::engine::{BackendKind, Engine, EngineConfig};
+use crate::op::{release_syncs, FileFd, FixedSlot, Request, Socket};
 use mfio_core::cancel::Cancels;
 
-use op::{FixedBuffers, InFlight, Supported};
+use op::{FixedBuffers, InFlight, Prepare, Supported};
 use submitter::{this_thread_submits_to, SubmitterExit};
 
 /// `user_data` of cancellation requests, whose completions are ignored.
@@ -46,17 +49,17 @@ struct Core {
     ring: IoUring,
     inflight: Slab<InFlight>,
     /// Taken from the queue, waiting for room in the submission queue.
-    backlog: VecDeque<Op>,
+    backlog: VecDeque<Request>,
     /// Waiting for room in the fallback pool.
-    fallback_backlog: VecDeque<Op>,
-    /// Syncs waiting for earlier writes to their file (see `Op::waits_for_writes`).
-    held_syncs: Vec<Op>,
+    fallback_backlog: VecDeque<Request>,
+    /// Syncs waiting for earlier writes to their file (see `Request::waits_for_writes`).
+    held_syncs: Vec<Request>,
     /// The same, on their way to the fallback pool.
-    fallback_held: Vec<Op>,
+    fallback_held: Vec<Request>,
     /// Receives wait their turn per socket: one in the ring at a time, so
     /// each is prepared after the one before it completed and sees any bytes
     /// that one gave back (see `Socket::pushback`). Keyed by socket address.
-    recv_queues: HashMap<usize, VecDeque<Op>>,
+    recv_queues: HashMap<usize, VecDeque<Request>>,
     /// Slab keys of entries pushed to the submission queue that no
     /// `io_uring_enter` has taken yet, oldest first.
     unsubmitted: VecDeque<usize>,
@@ -67,7 +70,7 @@ struct Core {
 }
 
 pub(crate) struct UringEngine {
-    queue: SubmitQueue<Op>,
+    queue: SubmitQueue<Request>,
     notifier: Arc<Notifier>,
     cancels: Arc<Cancels>,
     core: Mutex<Core>,
@@ -86,7 +89,7 @@ pub(crate) struct UringEngine {
 }
 
 impl UringEngine {
-    pub(crate) fn new(b: &RuntimeBuilder) -> Result<Arc<Self>> {
+    pub(crate) fn new(b: &EngineConfig) -> Result<Arc<Self>> {
         let ring = setup(b)?;
         let notifier = Notifier::new()?;
         ring.submitter().register_eventfd(notifier.as_fd().as_raw_fd())?;
@@ -173,7 +176,7 @@ impl UringEngine {
         let mut pushed = 0;
         release_syncs(&mut core.held_syncs, &mut core.backlog);
         while let Some(op) = core.backlog.pop_front() {
-            if !self.supported.handles(&op) {
+            if !op::handles(&self.supported, &op) {
                 core.fallback_backlog.push_back(op);
                 continue;
             }
@@ -185,8 +188,8 @@ impl UringEngine {
                 core.backlog.push_front(op);
                 break;
             }
-            if let Op::Recv { sock, .. } = &op {
-                if let Some(waiting) = core.recv_queues.get_mut(&(Arc::as_ptr(sock) as usize)) {
+            if let Request::Recv(recv) = &op {
+                if let Some(waiting) = core.recv_queues.get_mut(&(Arc::as_ptr(&recv.sock) as usize)) {
                     // Another receive on this socket is in the ring: queue behind it.
                     waiting.push_back(op);
                     continue;
@@ -206,7 +209,12 @@ impl UringEngine {
                 ranges: &core.fixed,
                 supported: self.supported.fixed(),
             };
-            let Some((entry, inflight)) = op::prepare(op, user_data, core.generation, &self.cancels, fixed) else {
+            let cx = Prepare {
+                user_data,
+                cancels: &self.cancels,
+                fixed,
+            };
+            let Some((entry, inflight)) = op::prepare(op, core.generation, &cx) else {
                 continue; // completed already (e.g. cancelled before it was sent)
             };
             // SAFETY: every buffer, path and statx struct the entry points at is
@@ -229,7 +237,10 @@ impl UringEngine {
             core.unsubmitted.push_back(key);
             pushed += 1;
         }
-        pushed + pool_dispatch(&mut core.fallback_backlog, &mut core.fallback_held, &self.fallback)
+        pushed
+            + self
+                .fallback
+                .dispatch(&mut core.fallback_backlog, &mut core.fallback_held)
     }
 
     /// Records the calling thread as the submitter of the entries the last
@@ -308,7 +319,7 @@ fn is_live(inflight: &Slab<InFlight>, user_data: u64) -> bool {
 }
 
 impl Engine for UringEngine {
-    fn queue(&self) -> &SubmitQueue<Op> {
+    fn queue(&self) -> &SubmitQueue<Request> {
         &self.queue
     }
 
@@ -533,7 +544,7 @@ impl Drop for UringEngine {
 }
 
 /// Sets up the ring; optional flags the kernel rejects are dropped silently.
-fn setup(b: &RuntimeBuilder) -> Result<IoUring> {
+fn setup(b: &EngineConfig) -> Result<IoUring> {
     let build = |optional: bool| {
         let mut builder = IoUring::builder();
         if let Some(idle) = b.sqpoll_idle {

@@ -17,11 +17,11 @@ use std::time::Duration;
 use mfio_core::{Error, Notifier, Result};
 use parking_lot::{Condvar, Mutex};
 
-use crate::op::Op;
-use crate::sys::run_blocking;
+use super::run_blocking;
+use crate::op::{release_syncs, Request};
 
 struct Jobs {
-    queue: VecDeque<Op>,
+    queue: VecDeque<Request>,
     /// Workers waiting for a job.
     idle: usize,
     /// Workers started and not yet left.
@@ -97,7 +97,7 @@ impl Pool {
     }
 
     /// Hands `op` to a worker, or gives it back when the pool is full.
-    pub(crate) fn try_spawn(&self, op: Op) -> std::result::Result<(), Op> {
+    pub(crate) fn try_spawn(&self, op: Request) -> std::result::Result<(), Request> {
         if self.shared.in_flight.load(Ordering::Acquire) >= self.shared.capacity {
             return Err(op);
         }
@@ -123,6 +123,29 @@ impl Pool {
             self.shared.ready.notify_one();
         }
         Ok(())
+    }
+
+    /// Moves work from `backlog` to `pool` in order. A sync whose file still
+    /// has earlier writes in flight waits in `held` (and only it: nothing else
+    /// waits for it, nor it for anything else), so a flush never overtakes an
+    /// earlier write to its file.
+    pub(crate) fn dispatch(&self, backlog: &mut VecDeque<Request>, held: &mut Vec<Request>) -> usize {
+        let mut started = 0;
+        release_syncs(held, backlog);
+        while let Some(op) = backlog.pop_front() {
+            if op.waits_for_writes() {
+                held.push(op);
+                continue;
+            }
+            match self.try_spawn(op) {
+                Ok(()) => started += 1,
+                Err(op) => {
+                    backlog.push_front(op);
+                    break;
+                }
+            }
+        }
+        started
     }
 
     /// Jobs queued or running.
