@@ -396,6 +396,22 @@ impl File {
     }
 }
 
+impl File {
+    /// Queues an `fsync` (or, `data_only`, an `fdatasync`) of this file that
+    /// completes `view`; it waits for the writes to this file sent before it.
+    fn submit_sync<P>(
+        &self,
+        param: P,
+        view: PacketView<Write>,
+        data_only: bool,
+    ) -> std::result::Result<(), QueueFull<Write, P>> {
+        let fd = self.fd.clone();
+        self.rt
+            .try_submit(view, |view| op::Sync { fd, data_only, view })
+            .map_err(|view| QueueFull { param, view })
+    }
+}
+
 impl PacketIo<Read, u64> for File {
     /// With inline cached reads (default), data already in the page cache is
     /// read here with `preadv2(RWF_NOWAIT)`; a blocking caller's read (see
@@ -445,14 +461,7 @@ impl PacketIo<Write, u64> for File {
 impl PacketIo<Write, Flush> for File {
     /// A flush is an `fsync` that runs after every write submitted before it completed.
     fn try_send_io(&self, param: Flush, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, Flush>> {
-        let fd = self.fd.clone();
-        self.rt
-            .try_submit(view, |view| op::Sync {
-                fd,
-                data_only: false,
-                view,
-            })
-            .map_err(|view| QueueFull { param, view })
+        self.submit_sync(param, view, false)
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.rt.poll_ready(cx)
@@ -468,14 +477,7 @@ impl PacketIo<Write, CloseWrite> for File {
         param: CloseWrite,
         view: PacketView<Write>,
     ) -> std::result::Result<(), QueueFull<Write, CloseWrite>> {
-        let fd = self.fd.clone();
-        self.rt
-            .try_submit(view, |view| op::Sync {
-                fd,
-                data_only: false,
-                view,
-            })
-            .map_err(|view| QueueFull { param, view })
+        self.submit_sync(param, view, false)
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.rt.poll_ready(cx)
@@ -493,14 +495,7 @@ impl PacketIo<Write, SyncData> for File {
         param: SyncData,
         view: PacketView<Write>,
     ) -> std::result::Result<(), QueueFull<Write, SyncData>> {
-        let fd = self.fd.clone();
-        self.rt
-            .try_submit(view, |view| op::Sync {
-                fd,
-                data_only: true,
-                view,
-            })
-            .map_err(|view| QueueFull { param, view })
+        self.submit_sync(param, view, true)
     }
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<()> {
         self.rt.poll_ready(cx)

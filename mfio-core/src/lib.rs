@@ -53,6 +53,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Futures
+//! Every future mfio returns follows one rule when polled again after it
+//! returned `Ready`: it panics, naming itself, as `async fn` futures do. It
+//! never hands out a second result or hangs.
+//!
 //! # Features
 //! - `futures-io`: `AsyncIo`, with `futures_io::{AsyncRead, AsyncWrite, AsyncSeek}`.
 //! - `tokio`: `AsyncIo`, with `tokio::io::{AsyncRead, AsyncWrite, AsyncSeek}`.

@@ -58,7 +58,7 @@ struct Core {
     fallback_held: Vec<Request>,
     /// Receives wait their turn per socket: one in the ring at a time, so
     /// each is prepared after the one before it completed and sees any bytes
-    /// that one gave back (see `Socket::pushback`). Keyed by socket address.
+    /// that one gave back (see `Socket::kept`). Keyed by socket address.
     recv_queues: HashMap<usize, VecDeque<Request>>,
     /// Slab keys of entries pushed to the submission queue that no
     /// `io_uring_enter` has taken yet, oldest first.
@@ -230,7 +230,7 @@ impl UringEngine {
             }
             if let Some(sock) = inflight.recv_socket() {
                 // Only now, with its entry in the ring, does the socket have a
-                // receive in flight (one served from pushback never got here).
+                // receive in flight (one served from kept bytes never got here).
                 core.recv_queues.insert(sock, VecDeque::new());
             }
             let key = core.inflight.insert(inflight);
