@@ -506,18 +506,21 @@ fn vectored_reads_and_writes(rt: &Runtime, dir: &Path) -> Result<()> {
 /// pending receive held up forever, and the cancellations queued behind it.)
 #[test]
 fn dropped_mid_flight_under_cpu_load() {
-    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    util::init_process_globals();
-    let runtimes: Vec<Runtime> = util::runtimes().into_iter().take(2).collect();
     let _busy = util::BusyCores::start();
-    for round in 0..20 {
-        for rt in &runtimes {
-            let dir = tempfile::tempdir().expect("temp dir");
-            if let Err(e) = every_operation_dropped_mid_flight(rt, dir.path()) {
-                panic!("round {round} on {}: {e}", rt.kind());
+    util::serial(|| {
+        // Under the lock: it starts a runtime (and its pool threads), which
+        // other suites must not see come and go while they count theirs.
+        util::init_process_globals();
+        let runtimes: Vec<Runtime> = util::runtimes().into_iter().take(2).collect();
+        for round in 0..20 {
+            for rt in &runtimes {
+                let dir = tempfile::tempdir().expect("temp dir");
+                if let Err(e) = every_operation_dropped_mid_flight(rt, dir.path()) {
+                    panic!("round {round} on {}: {e}", rt.kind());
+                }
             }
         }
-    }
+    });
 }
 
 fn every_operation_dropped_mid_flight(rt: &Runtime, dir: &Path) -> Result<()> {
@@ -734,7 +737,10 @@ fn threads_named(prefix: &str) -> usize {
 
 #[test]
 fn extra_pool_workers_leave_when_idle() {
-    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    util::serial(extra_pool_workers_leave_when_idle_body);
+}
+
+fn extra_pool_workers_leave_when_idle_body() {
     let before = threads_named("mfio-pool");
     let rt = Runtime::builder()
         .backend(mfio_backends::BackendKind::Poll)

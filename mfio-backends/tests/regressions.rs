@@ -28,12 +28,26 @@ fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// `fut`, or `TimedOut` if it is not done within `limit` (a thread wakes the
-/// task at the deadline, so a driver asleep in `poll(2)` sees it).
+/// `fut`, or `TimedOut` if it is not done within `limit`. A timer thread
+/// wakes the task at the deadline (so a driver asleep in `poll(2)` sees
+/// it); it is stopped and joined as soon as `within` returns, so it holds
+/// no waker (nor the descriptors behind one) afterwards.
 async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output> {
+    struct Timer {
+        stop: Option<std::sync::mpsc::Sender<()>>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    }
+    impl Drop for Timer {
+        fn drop(&mut self) {
+            drop(self.stop.take());
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+    }
     let deadline = Instant::now() + limit;
     let mut fut = std::pin::pin!(fut);
-    let mut timer: Option<std::thread::JoinHandle<()>> = None;
+    let mut timer: Option<Timer> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(v) = fut.as_mut().poll(cx) {
             return Poll::Ready(Ok(v));
@@ -44,12 +58,19 @@ async fn within<F: Future>(limit: Duration, fut: F) -> Result<F::Output> {
                 format!("not done within {limit:?}"),
             )));
         }
-        if timer.as_ref().is_none_or(|t| t.is_finished()) {
+        if timer.is_none() {
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
             let waker = cx.waker().clone();
-            timer = Some(std::thread::spawn(move || {
-                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                waker.wake();
-            }));
+            let thread = std::thread::spawn(move || {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(left) {
+                    waker.wake();
+                }
+            });
+            timer = Some(Timer {
+                stop: Some(stop),
+                thread: Some(thread),
+            });
         }
         Poll::Pending
     })
@@ -223,11 +244,13 @@ mod kept_bytes {
             chunks in proptest::collection::vec(1usize..96, 1..10),
             steps in proptest::collection::vec(step(), 1..40),
         ) {
-            for (name, rt) in stream_runtimes() {
-                if let Err(e) = run_drop_model(&rt, &chunks, &steps) {
-                    panic!("{name}: {e}");
+            util::serial(move || {
+                for (name, rt) in stream_runtimes() {
+                    if let Err(e) = run_drop_model(&rt, &chunks, &steps) {
+                        panic!("{name}: {e}");
+                    }
                 }
-            }
+            });
         }
     }
 
@@ -236,6 +259,10 @@ mod kept_bytes {
     /// kept bytes and dropped too; read 3 must still get `abc`.
     #[test]
     fn a_read_served_from_kept_bytes_and_dropped_keeps_them() -> Result<()> {
+        util::serial(a_read_served_from_kept_bytes_and_dropped_keeps_them_body)
+    }
+
+    fn a_read_served_from_kept_bytes_and_dropped_keeps_them_body() -> Result<()> {
         for (name, rt) in stream_runtimes() {
             let (stream, mut peer) = tcp_pair(&rt)?;
             peer.write_all(b"abc")?;
@@ -459,6 +486,10 @@ fn uring_runtimes() -> Vec<Runtime> {
 
 #[test]
 fn operations_survive_a_restarted_null_driver() -> Result<()> {
+    util::serial(operations_survive_a_restarted_null_driver_body)
+}
+
+fn operations_survive_a_restarted_null_driver_body() -> Result<()> {
     for rt in uring_runtimes() {
         let (stream, mut peer) = tcp_pair(&rt)?;
         let stream = Arc::new(stream);
@@ -474,6 +505,10 @@ fn operations_survive_a_restarted_null_driver() -> Result<()> {
 
 #[test]
 fn operations_survive_a_short_lived_blocking_thread() -> Result<()> {
+    util::serial(operations_survive_a_short_lived_blocking_thread_body)
+}
+
+fn operations_survive_a_short_lived_blocking_thread_body() -> Result<()> {
     for rt in uring_runtimes() {
         let (stream, mut peer) = tcp_pair(&rt)?;
         let stream = Arc::new(stream);
@@ -498,6 +533,10 @@ fn operations_survive_a_short_lived_blocking_thread() -> Result<()> {
 
 #[test]
 fn operations_survive_a_rebuilt_tokio_runtime() -> Result<()> {
+    util::serial(operations_survive_a_rebuilt_tokio_runtime_body)
+}
+
+fn operations_survive_a_rebuilt_tokio_runtime_body() -> Result<()> {
     use mfio_integration::Tokio;
     for rt in uring_runtimes() {
         let (stream, mut peer) = tcp_pair(&rt)?;

@@ -83,6 +83,18 @@ pub fn run<F: Future>(rt: &Runtime, fut: F) -> F::Output {
 /// Descriptor counts are per process: suites that compare them take this.
 pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// Runs `body` on a thread of its own while holding [`SERIAL`], so every
+/// descriptor it opens (its `block_on` wake descriptor included, which lives
+/// as long as its thread) is closed before another suite counts them.
+/// A panic in `body` is raised again here.
+pub fn serial<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    match std::thread::spawn(body).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
 /// Open read-write, creating.
 pub fn rw() -> OpenOptions {
     let mut o = OpenOptions::new();
