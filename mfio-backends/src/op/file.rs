@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use mfio_core::completion::Completer;
-use mfio_core::{Error, PacketView, Read, Write};
+use mfio_core::{PacketView, Read, Write};
 
-use super::{fail_all, FileFd, Operation};
+use super::FileFd;
 
 /// `pread` of `view.len()` bytes at `pos`.
 pub(crate) struct ReadAt {
@@ -67,58 +67,13 @@ pub(crate) struct CloseFile {
     pub(crate) done: Completer<()>,
 }
 
-impl Operation for ReadAt {
-    const NAME: mfio_core::Op = mfio_core::Op::Read;
-    fn fail(self, err: Error) {
-        self.view.fail(err);
-    }
-}
-
-impl Operation for ReadVectoredAt {
-    const NAME: mfio_core::Op = mfio_core::Op::Read;
-    fn fail(self, err: Error) {
-        fail_all(self.views, &err);
-    }
-}
-
-impl Operation for WriteAt {
-    const NAME: mfio_core::Op = mfio_core::Op::Write;
-    fn fail(self, err: Error) {
-        self.view.fail(err);
-    }
-}
-
-impl Operation for WriteVectoredAt {
-    const NAME: mfio_core::Op = mfio_core::Op::Write;
-    fn fail(self, err: Error) {
-        fail_all(self.views, &err);
-    }
-}
-
-impl Operation for Sync {
-    const NAME: mfio_core::Op = mfio_core::Op::Flush;
-    fn fail(self, err: Error) {
-        self.view.fail(err);
-    }
-}
-
-impl Operation for SetLen {
-    const NAME: mfio_core::Op = mfio_core::Op::SetLen;
-    fn fail(self, err: Error) {
-        self.done.complete(Err(err));
-    }
-}
-
-impl Operation for Allocate {
-    const NAME: mfio_core::Op = mfio_core::Op::SetLen;
-    fn fail(self, err: Error) {
-        self.done.complete(Err(err));
-    }
-}
-
-impl Operation for CloseFile {
-    const NAME: mfio_core::Op = mfio_core::Op::Close;
-    fn fail(self, err: Error) {
-        self.done.complete(Err(err));
-    }
+operation! {
+    ReadAt => Read, fails through view;
+    ReadVectoredAt => Read, fails through views;
+    WriteAt => Write, fails through view;
+    WriteVectoredAt => Write, fails through views;
+    Sync => Flush, fails through view;
+    SetLen => SetLen, fails through done;
+    Allocate => SetLen, fails through done;
+    CloseFile => Close, fails through done;
 }

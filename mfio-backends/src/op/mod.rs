@@ -9,12 +9,6 @@
 //! (sockets). A new operation is a struct here, a name in
 //! [`operations!`]'s list, and one implementation per engine.
 
-mod file;
-mod handle;
-mod net;
-mod path;
-mod types;
-
 use std::collections::VecDeque;
 
 pub(crate) use file::{Allocate, CloseFile, ReadAt, ReadVectoredAt, SetLen, Sync, WriteAt, WriteVectoredAt};
@@ -34,6 +28,44 @@ pub(crate) trait Operation: Sized {
     /// Fails it without running it (its backend is shutting down, say).
     fn fail(self, err: Error);
 }
+
+/// `Operation` for operations that fail through one of their fields: the
+/// packet view (`view`), several views (`views`) or the completer (`done`).
+macro_rules! operation {
+    ($($name:ident => $what:ident, fails through $how:ident;)*) => {$(
+        operation!(@one $name, $what, $how);
+    )*};
+    (@one $name:ident, $what:ident, view) => {
+        impl crate::op::Operation for $name {
+            const NAME: mfio_core::Op = mfio_core::Op::$what;
+            fn fail(self, err: mfio_core::Error) {
+                self.view.fail(err);
+            }
+        }
+    };
+    (@one $name:ident, $what:ident, views) => {
+        impl crate::op::Operation for $name {
+            const NAME: mfio_core::Op = mfio_core::Op::$what;
+            fn fail(self, err: mfio_core::Error) {
+                crate::op::fail_all(self.views, &err);
+            }
+        }
+    };
+    (@one $name:ident, $what:ident, done) => {
+        impl crate::op::Operation for $name {
+            const NAME: mfio_core::Op = mfio_core::Op::$what;
+            fn fail(self, err: mfio_core::Error) {
+                self.done.complete(Err(err));
+            }
+        }
+    };
+}
+
+mod file;
+mod handle;
+mod net;
+mod path;
+mod types;
 
 /// Declares [`Request`] over the listed operation structs, and `on_op!`, which
 /// runs an expression on whichever operation a `Request` holds. `$d` is a `$`,

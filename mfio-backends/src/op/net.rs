@@ -6,10 +6,10 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, OnceLock};
 
 use mfio_core::completion::Completer;
-use mfio_core::{Error, PacketView, Read, Write};
+use mfio_core::{PacketView, Read, Write};
 use rustix::net::SocketAddrAny;
 
-use super::{Done, Operation, Socket};
+use super::{Done, Socket};
 
 /// `connect(addr)` on a new socket; `in_progress` once a connect was started
 /// and its outcome is awaited (the socket turns writable, then `SO_ERROR`
@@ -62,51 +62,12 @@ pub(crate) struct RecvFrom {
     pub(crate) from: Arc<OnceLock<SocketAddr>>,
 }
 
-impl Operation for Connect {
-    const NAME: mfio_core::Op = mfio_core::Op::Connect;
-    fn fail(self, err: Error) {
-        self.done.complete(Err(err));
-    }
-}
-
-impl Operation for Accept {
-    const NAME: mfio_core::Op = mfio_core::Op::Accept;
-    fn fail(self, err: Error) {
-        self.done.complete(Err(err));
-    }
-}
-
-impl Operation for Send {
-    const NAME: mfio_core::Op = mfio_core::Op::Write;
-    fn fail(self, err: Error) {
-        self.view.fail(err);
-    }
-}
-
-impl Operation for Recv {
-    const NAME: mfio_core::Op = mfio_core::Op::Read;
-    fn fail(self, err: Error) {
-        self.view.fail(err);
-    }
-}
-
-impl Operation for Shutdown {
-    const NAME: mfio_core::Op = mfio_core::Op::Shutdown;
-    fn fail(self, err: Error) {
-        self.done.complete(Err(err));
-    }
-}
-
-impl Operation for SendTo {
-    const NAME: mfio_core::Op = mfio_core::Op::Write;
-    fn fail(self, err: Error) {
-        self.view.fail(err);
-    }
-}
-
-impl Operation for RecvFrom {
-    const NAME: mfio_core::Op = mfio_core::Op::Read;
-    fn fail(self, err: Error) {
-        self.view.fail(err);
-    }
+operation! {
+    Connect => Connect, fails through done;
+    Accept => Accept, fails through done;
+    Send => Write, fails through view;
+    Recv => Read, fails through view;
+    Shutdown => Shutdown, fails through done;
+    SendTo => Write, fails through view;
+    RecvFrom => Read, fails through view;
 }

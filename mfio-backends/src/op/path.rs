@@ -4,9 +4,8 @@
 use std::os::fd::OwnedFd;
 
 use mfio_core::completion::Completer;
-use mfio_core::Error;
 
-use super::{At, DirEntry, Metadata, Operation};
+use super::{At, DirEntry, Metadata};
 
 /// `openat(at, flags, mode)`.
 pub(crate) struct OpenAt {
@@ -51,23 +50,11 @@ pub(crate) struct ReadDir {
     pub(crate) done: Completer<Vec<DirEntry>>,
 }
 
-/// `Operation` for path operations, which all fail through their completer.
-macro_rules! path_operation {
-    ($($name:ident => $what:ident),* $(,)?) => {$(
-        impl Operation for $name {
-            const NAME: mfio_core::Op = mfio_core::Op::$what;
-            fn fail(self, err: Error) {
-                self.done.complete(Err(err));
-            }
-        }
-    )*};
+operation! {
+    OpenAt => Open, fails through done;
+    Statx => Metadata, fails through done;
+    MkdirAt => CreateDir, fails through done;
+    UnlinkAt => Remove, fails through done;
+    RenameAt => Rename, fails through done;
+    ReadDir => ReadDir, fails through done;
 }
-
-path_operation!(
-    OpenAt => Open,
-    Statx => Metadata,
-    MkdirAt => CreateDir,
-    UnlinkAt => Remove,
-    RenameAt => Rename,
-    ReadDir => ReadDir,
-);

@@ -5,10 +5,23 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue};
-use mfio_core::{CancelHandler, Error};
+use mfio_core::{CancelHandler, Error, PacketView, Write};
 
 use super::op::{cqe_result, len_u32, sock_fd, Msg, Prepare, Scratch, Supported, UringOp};
-use crate::op::{Accept, Connect, Recv, RecvFrom, Request, Send, SendTo, Shutdown};
+use crate::op::{Accept, Connect, Recv, RecvFrom, Request, Send, SendTo, Shutdown, Socket};
+
+/// A send's view, with the socket registered to hear (under `token`) when
+/// its caller drops it; `None`, the view failed as cancelled, if the caller
+/// is already gone.
+fn watched(sock: &Socket, view: PacketView<Write>, token: u64) -> Option<PacketView<Write>> {
+    match view.set_cancel_handler(sock.kept.clone(), token) {
+        Ok(()) => Some(view),
+        Err(e) => {
+            view.fail(e);
+            None
+        }
+    }
+}
 
 impl UringOp for Connect {
     fn supported(&self, s: &Supported) -> bool {
@@ -96,19 +109,13 @@ impl UringOp for Send {
         s.send
     }
     fn prepare(self, cx: &Prepare<'_>) -> Option<(squeue::Entry, Request, Scratch)> {
-        if self
-            .view
-            .set_cancel_handler(self.sock.kept.clone(), cx.user_data)
-            .is_err()
-        {
-            self.view.fail(Error::cancelled());
-            return None;
-        }
-        let slice = self.view.as_slice();
-        let entry = opcode::Send::new(sock_fd(&self.sock), slice.as_ptr(), len_u32(slice.len()))
+        let Send { sock, view } = self;
+        let view = watched(&sock, view, cx.user_data)?;
+        let slice = view.as_slice();
+        let entry = opcode::Send::new(sock_fd(&sock), slice.as_ptr(), len_u32(slice.len()))
             .flags(libc::MSG_NOSIGNAL)
             .build();
-        Some((entry, self.into(), Scratch::None))
+        Some((entry, Send { sock, view }.into(), Scratch::None))
     }
     fn complete(self, res: i32, _: Scratch) -> Option<Request> {
         let Send { sock, view } = self;
@@ -166,21 +173,15 @@ impl UringOp for SendTo {
         s.sendmsg
     }
     fn prepare(self, cx: &Prepare<'_>) -> Option<(squeue::Entry, Request, Scratch)> {
-        if self
-            .view
-            .set_cancel_handler(self.sock.kept.clone(), cx.user_data)
-            .is_err()
-        {
-            self.view.fail(Error::cancelled());
-            return None;
-        }
-        let slice = self.view.as_slice();
+        let SendTo { sock, addr, view } = self;
+        let view = watched(&sock, view, cx.user_data)?;
+        let slice = view.as_slice();
         let mut msg = Msg::new(slice.as_ptr().cast_mut(), slice.len());
-        msg.set_destination(&self.addr);
-        let entry = opcode::SendMsg::new(sock_fd(&self.sock), msg.header())
+        msg.set_destination(&addr);
+        let entry = opcode::SendMsg::new(sock_fd(&sock), msg.header())
             .flags(libc::MSG_NOSIGNAL as u32)
             .build();
-        Some((entry, self.into(), Scratch::Msg(msg)))
+        Some((entry, SendTo { sock, addr, view }.into(), Scratch::Msg(msg)))
     }
     fn complete(self, res: i32, _: Scratch) -> Option<Request> {
         let SendTo { sock, addr, view } = self;
