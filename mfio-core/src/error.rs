@@ -84,6 +84,8 @@ enum Cause {
     Cancelled,
     /// The backend's submission queue was full.
     QueueFull,
+    /// A message was longer than the buffer it was received into.
+    Truncated { message: Option<u64>, buffer: u64 },
     /// A plain message.
     Message(Cow<'static, str>),
     /// Another error, kept as the source.
@@ -136,6 +138,12 @@ impl Error {
     /// The backend's submission queue was full and the packet was not taken.
     pub fn queue_full() -> Self {
         Self::with_cause(io::ErrorKind::WouldBlock, Cause::QueueFull)
+    }
+
+    /// A message of `message` bytes (if known) did not fit the `buffer`
+    /// bytes it was received into; nothing of it was delivered.
+    pub fn truncated(message: Option<u64>, buffer: u64) -> Self {
+        Self::with_cause(io::ErrorKind::InvalidData, Cause::Truncated { message, buffer })
     }
 
     /// Fewer bytes than required were available.
@@ -204,6 +212,12 @@ impl Error {
         matches!(self.0.cause, Cause::QueueFull)
     }
 
+    /// True if a received message did not fit its buffer
+    /// ([`truncated`](Self::truncated)).
+    pub fn is_truncated(&self) -> bool {
+        matches!(self.0.cause, Cause::Truncated { .. })
+    }
+
     /// A copy of this error. Sources that are not `Clone` are kept as their message.
     pub fn duplicate(&self) -> Self {
         let cause = match &self.0.cause {
@@ -211,6 +225,10 @@ impl Error {
             Cause::Aborted => Cause::Aborted,
             Cause::Cancelled => Cause::Cancelled,
             Cause::QueueFull => Cause::QueueFull,
+            Cause::Truncated { message, buffer } => Cause::Truncated {
+                message: *message,
+                buffer: *buffer,
+            },
             Cause::Message(m) => Cause::Message(m.clone()),
             Cause::Source(s) => Cause::Message(s.to_string().into()),
         };
@@ -248,6 +266,13 @@ impl fmt::Display for Error {
             Cause::Aborted => f.write_str("backend dropped the request without completing it"),
             Cause::Cancelled => f.write_str("operation cancelled"),
             Cause::QueueFull => f.write_str("submission queue is full"),
+            Cause::Truncated {
+                message: Some(len),
+                buffer,
+            } => write!(f, "message of {len} bytes does not fit a buffer of {buffer} bytes"),
+            Cause::Truncated { message: None, buffer } => {
+                write!(f, "message is longer than the buffer of {buffer} bytes")
+            }
             Cause::Message(m) => f.write_str(m),
             Cause::Source(s) => write!(f, "{s}"),
         }

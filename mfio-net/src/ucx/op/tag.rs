@@ -1,0 +1,265 @@
+//! Tagged messages: send on an endpoint at a [`Tag`], receive on the worker
+//! by [`TagMatch`] (tag and mask), learning the sender's tag and length.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use mfio_core::completion::{completion, Completer, Completion};
+use mfio_core::{BufResult, Error, PacketBuf, PacketIo, PacketView, PendingIo, QueueFull, Read, Write};
+
+use super::{InFlight, Keep};
+use crate::ucx::endpoint::Endpoint;
+use crate::ucx::sys;
+use crate::ucx::worker::{Shared, Start, Worker};
+
+/// The address of a tag send: the message's tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Tag(pub u64);
+
+/// The address of a tag receive: takes the first message whose tag equals
+/// `tag` in the bits set in `mask`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TagMatch {
+    /// The tag bits to match.
+    pub tag: u64,
+    /// Which bits of the tag must match (`u64::MAX`: all, 0: any tag).
+    pub mask: u64,
+}
+
+impl TagMatch {
+    /// Matches exactly `tag`.
+    pub fn exact(tag: u64) -> Self {
+        Self { tag, mask: u64::MAX }
+    }
+
+    /// Matches any tag.
+    pub fn any() -> Self {
+        Self { tag: 0, mask: 0 }
+    }
+}
+
+/// What a tag receive took: the sender's tag and the message's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TagInfo {
+    /// The tag the message was sent with.
+    pub tag: u64,
+    /// Its length in bytes (all of it landed in the buffer).
+    pub len: usize,
+}
+
+/// Sends the packet as one tagged message; completes once the buffer may be
+/// reused (the message may still be on its way).
+impl PacketIo<Write, Tag> for Endpoint {
+    fn try_send_io(&self, tag: Tag, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, Tag>> {
+        self.inner.worker.start(|shared, _st, token| {
+            if let Err(err) = self.inner.usable() {
+                return fail_write(view, err);
+            }
+            if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
+                return fail_write(view, Error::cancelled());
+            }
+            // SAFETY: the endpoint is live and the worker locked; the view
+            // (and its buffer) stays in the record until UCX reports it.
+            let posted = unsafe {
+                sys::tag_send(
+                    self.inner.handle,
+                    view.as_slice().as_ptr(),
+                    view.len(),
+                    tag.0,
+                    shared.sink(),
+                )
+            };
+            let len = view.len();
+            Start::Posted(
+                posted,
+                InFlight::Send {
+                    view,
+                    keep: Keep::Nothing,
+                },
+                len,
+            )
+        });
+        Ok(())
+    }
+
+    fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+pub(crate) fn fail_write(view: PacketView<Write>, err: Error) -> Start {
+    view.fail(err);
+    Start::Nothing
+}
+
+pub(crate) fn fail_read(view: PacketView<Read>, err: Error) -> Start {
+    view.fail(err);
+    Start::Nothing
+}
+
+fn post_recv(shared: &Shared, matching: TagMatch, mut view: PacketView<Read>, report: Option<Completer<TagInfo>>) {
+    shared.start(|shared, _st, token| {
+        if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
+            return fail_read(view, Error::cancelled());
+        }
+        let (ptr, len) = (view.as_mut_ptr(), view.len());
+        // SAFETY: the worker is locked; the view stays in the record until
+        // UCX reports the receive, and nothing else writes it meanwhile.
+        let (posted, known) =
+            unsafe { sys::tag_recv(shared.handle, ptr, len, matching.tag, matching.mask, shared.sink()) };
+        let immediate = known.map_or(0, |(_, n)| n.min(len));
+        Start::Posted(posted, InFlight::TagRecv { view, report, known }, immediate)
+    });
+}
+
+/// Receives the first message matching the address; completes with its
+/// length. A message longer than the buffer fails the receive with
+/// [`Error::is_truncated`] (UCX discards it). Use [`Worker::tag_recv`] to
+/// learn the sender's tag too.
+impl PacketIo<Read, TagMatch> for Worker {
+    fn try_send_io(
+        &self,
+        matching: TagMatch,
+        view: PacketView<Read>,
+    ) -> std::result::Result<(), QueueFull<Read, TagMatch>> {
+        post_recv(&self.shared, matching, view, None);
+        Ok(())
+    }
+
+    fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+pub(crate) fn finish(
+    view: PacketView<Read>,
+    report: Option<Completer<TagInfo>>,
+    known: Option<(u64, usize)>,
+    f: sys::Finished,
+) {
+    let (tag, len) = known.unwrap_or((f.tag, f.length));
+    let result = match f.status {
+        sys::OK => Ok(TagInfo { tag, len }),
+        sys::ERR_TRUNCATED => Err(Error::truncated(known.map(|(_, n)| n as u64), view.len() as u64)),
+        sys::ERR_CANCELED => Err(Error::cancelled()),
+        status => Err(sys::status_error(status, "tag receive")),
+    };
+    match result {
+        Ok(info) => {
+            if let Some(report) = report {
+                report.complete(Ok(info));
+            }
+            view.complete(info.len);
+        }
+        Err(err) => {
+            if let Some(report) = report {
+                report.complete(Err(err.duplicate()));
+            }
+            view.fail(err);
+        }
+    }
+}
+
+/// The address [`Worker::tag_recv`] uses: a [`TagMatch`] and where to report
+/// the sender's tag. Send it with [`PacketIo`] to build your own future.
+#[derive(Debug)]
+pub struct TagRecvReport {
+    /// Which messages to take.
+    pub matching: TagMatch,
+    /// Receives the sender's tag and length (or the error).
+    pub report: Completer<TagInfo>,
+}
+
+impl PacketIo<Read, TagRecvReport> for Worker {
+    fn try_send_io(
+        &self,
+        to: TagRecvReport,
+        view: PacketView<Read>,
+    ) -> std::result::Result<(), QueueFull<Read, TagRecvReport>> {
+        post_recv(&self.shared, to.matching, view, Some(to.report));
+        Ok(())
+    }
+
+    fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+/// Future of [`Worker::tag_recv`].
+#[must_use = "futures do nothing unless polled"]
+pub struct TagRecv<'a, B: PacketBuf<Read>> {
+    worker: &'a Worker,
+    io: PendingIo<Read, TagRecvReport, B>,
+    info: Completion<TagInfo>,
+}
+
+impl<B: PacketBuf<Read>> std::fmt::Debug for TagRecv<'_, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TagRecv").finish_non_exhaustive()
+    }
+}
+
+impl<B: PacketBuf<Read>> Unpin for TagRecv<'_, B> {}
+
+impl<B: PacketBuf<Read>> Future for TagRecv<'_, B> {
+    type Output = BufResult<TagInfo, B>;
+
+    /// # Panics
+    /// If polled again after it returned `Ready`.
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Poll::Ready(out) = this.io.poll_io(this.worker, cx) else {
+            return Poll::Pending;
+        };
+        let (outcome, buf) = out.unwrap_or_else(|| panic!("TagRecv polled after completion"));
+        // The report completes before the packet does.
+        let info = match Pin::new(&mut this.info).poll(cx) {
+            Poll::Ready(info) => info,
+            Poll::Pending => Err(Error::aborted()),
+        };
+        let result = match (outcome.result(), info) {
+            (Ok(_), Ok(info)) => Ok(info),
+            (Err(err), _) | (_, Err(err)) => Err(err),
+        };
+        Poll::Ready(BufResult(result, buf))
+    }
+}
+
+impl Worker {
+    /// Receives the first message matching `matching` into `buf`, with the
+    /// sender's tag and the length.
+    ///
+    /// # Errors
+    /// (in the output) [`Error::is_truncated`] if the message is longer
+    /// than `buf`'s capacity; cancellation if the worker goes away.
+    pub fn tag_recv<B: PacketBuf<Read>>(&self, matching: TagMatch, buf: B) -> TagRecv<'_, B> {
+        let (report, info) = completion();
+        TagRecv {
+            worker: self,
+            io: PendingIo::new(TagRecvReport { matching, report }, buf),
+            info,
+        }
+    }
+}
+
+/// A message address does not move: a short send or receive is a message,
+/// not a prefix of a longer one.
+impl mfio_core::Position for Tag {
+    fn advance(self, _n: usize) -> Self {
+        self
+    }
+    fn as_offset(self) -> Option<u64> {
+        None
+    }
+}
+
+/// See [`Tag`]'s `Position`.
+impl mfio_core::Position for TagMatch {
+    fn advance(self, _n: usize) -> Self {
+        self
+    }
+    fn as_offset(self) -> Option<u64> {
+        None
+    }
+}

@@ -1,0 +1,691 @@
+//! [`Worker`]: a UCX worker as an mfio [`IoBackend`]. Its polling handle is
+//! an epoll set of the worker's event descriptor and the mfio notifier; its
+//! driving step progresses UCX, finishes what UCX reported, and arms the
+//! event descriptor before the caller sleeps.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mfio_core::cancel::Cancels;
+use mfio_core::completion::Completer;
+use mfio_core::{DriveStatus, Error, IoBackend, Notifier, PacketView, PollingHandle, Read, Result};
+use parking_lot::Mutex;
+use rustix::event::epoll;
+use slab::Slab;
+
+use super::address::WorkerAddress;
+use super::context::Context;
+use super::op::{self, AmInfo, InFlight};
+use super::sys;
+
+/// How long a driving step keeps progressing an idle-looking worker that
+/// has operations in flight before it arms the event descriptor and lets
+/// the caller sleep. Waking from a sleep costs 12–22 µs on shared memory
+/// against well under 1 µs spinning (measured with a C probe on this
+/// machine kind), so a short spin pays for itself on a ping-pong and costs
+/// nothing when nothing is in flight.
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+
+/// The largest active-message id a worker takes (UCX keeps a table indexed
+/// by id; the bound keeps a stray id from growing it).
+pub const MAX_AM_ID: u16 = 1023;
+
+/// The handler id that keeps UCX's handler table from being empty; what
+/// arrives there is discarded.
+pub(crate) const DISCARD_AM_ID: u16 = MAX_AM_ID + 1;
+
+/// The handler id of mfio's end-of-stream notice: a closing endpoint tells
+/// its peer how many stream bytes it sent, so the peer's reads end after
+/// the last of them (UCX tells the peer of an endpoint connected by worker
+/// address nothing when it closes).
+pub(crate) const GOODBYE_AM_ID: u16 = MAX_AM_ID + 2;
+
+/// Wakes in a row that find UCX's descriptor readable and nothing to do
+/// before it is paused (see `Shared::check_stale`).
+const STALE_WAKES: u32 = 3;
+/// The first pause of a stale descriptor; it doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_micros(500);
+/// The longest pause of a stale descriptor.
+const MAX_BACKOFF: Duration = Duration::from_millis(16);
+
+/// Token of a cancellation that has nothing to cancel in UCX (stream
+/// receives: their bytes are kept, see [`KeptBytes`](mfio_core::kept::KeptBytes)).
+pub(crate) const NO_CANCEL: u64 = u64::MAX;
+
+/// An operation in flight and the UCX request carrying it.
+pub(crate) struct Record {
+    pub(crate) op: InFlight,
+    req: sys::Request,
+    seq: u32,
+}
+
+// SAFETY: the request pointer is only used by the thread holding the worker
+// state; the rest of the record is Send.
+unsafe impl Send for Record {}
+
+/// Receives of one active-message id that wait for a message, and messages
+/// that wait for a receive.
+#[derive(Default)]
+pub(crate) struct AmQueue {
+    pub(crate) receives: VecDeque<(PacketView<Read>, Option<Completer<AmInfo>>)>,
+    pub(crate) arrivals: VecDeque<sys::AmArrival>,
+}
+
+/// The turn-taking of one endpoint's stream receives: one is posted to UCX
+/// at a time, so bytes given back by a dropped receive stay in order.
+pub(crate) struct StreamTurn {
+    pub(crate) ep: sys::EpH,
+    pub(crate) status: Arc<super::endpoint::EpStatus>,
+    pub(crate) kept: Arc<mfio_core::kept::KeptBytes>,
+    pub(crate) busy: bool,
+    pub(crate) waiting: VecDeque<PacketView<Read>>,
+    /// Stream bytes posted for sending on this endpoint.
+    pub(crate) sent: u64,
+    /// Stream bytes received on it.
+    pub(crate) received: u64,
+    /// How many the peer sent in all, once its end-of-stream notice came.
+    pub(crate) peer_total: Option<u64>,
+}
+
+/// The worker's mutable state; whoever holds it may call into UCX.
+pub(crate) struct State {
+    ops: Slab<Record>,
+    seq: u32,
+    pub(crate) am: HashMap<u16, AmQueue>,
+    am_handlers: HashMap<u16, Box<sys::AmHandlerArg>>,
+    pub(crate) streams: HashMap<u64, StreamTurn>,
+    next_ep: u64,
+    /// Sleeps in a row that ended at once with nothing to do.
+    stale_wakes: u32,
+    /// The current pause of a stale descriptor.
+    backoff: Duration,
+    /// The UCX descriptor is out of the polling set.
+    muted: bool,
+}
+
+impl State {
+    /// The cancellation token the next operation posted will have: it
+    /// lands in the slab's vacant slot, under the next sequence number
+    /// (both hold while the state stays locked).
+    pub(crate) fn next_token(&self) -> u64 {
+        (u64::from(self.seq.wrapping_add(1)) << 32) | self.ops.vacant_key() as u64
+    }
+
+    /// A fresh endpoint id.
+    pub(crate) fn next_ep_id(&mut self) -> u64 {
+        self.next_ep += 1;
+        self.next_ep
+    }
+}
+
+/// What an operation's posting code did, for [`Shared::start`].
+pub(crate) enum Start {
+    /// Called UCX: what it did, the record, and the count of an immediate completion.
+    Posted(sys::Posted, InFlight, usize),
+    /// Finished without UCX (bad input, a closed endpoint, kept bytes).
+    Finished(InFlight, sys::Finished),
+    /// Finished several without UCX.
+    Many(Vec<(InFlight, sys::Finished)>),
+    /// Queued behind another operation, or completed already.
+    Nothing,
+}
+
+/// What became of a posted operation.
+pub(crate) enum Settled {
+    /// Finished inside the call: complete it once the state is unlocked.
+    Now(InFlight, sys::Finished),
+    /// In flight: its callback will report it.
+    Later,
+}
+
+pub(crate) struct Shared {
+    pub(crate) handle: sys::WorkerH,
+    state: Mutex<State>,
+    sink: sys::Sink,
+    am_sink: Arc<sys::AmSink>,
+    pub(crate) cancels: Arc<Cancels>,
+    pub(crate) notifier: Arc<Notifier>,
+    /// Endpoints UCX reported failed, to be closed by the driving step.
+    pub(crate) failed_eps: Arc<Mutex<Vec<u64>>>,
+    epoll: OwnedFd,
+    /// UCX's event descriptor (owned by UCX).
+    efd: std::os::fd::RawFd,
+    spin: Duration,
+    pub(crate) max_am_header: usize,
+    address: WorkerAddress,
+    // Last: the context outlives the worker.
+    pub(crate) context: Context,
+}
+
+// SAFETY: UCX is called only by the thread holding `state` (the worker is
+// single-threaded in UCX's sense), except `ucp_worker_signal`, which is
+// thread-safe; the raw handle is just a pointer.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    pub(crate) fn sink(&self) -> *const sys::Sink {
+        &self.sink
+    }
+
+    /// Locks the worker for calls into UCX.
+    pub(crate) fn lock(&self) -> parking_lot::MutexGuard<'_, State> {
+        self.state.lock()
+    }
+
+    /// Records what an `_nbx` call did with `op`.
+    pub(crate) fn settle(&self, st: &mut State, posted: sys::Posted, op: InFlight, immediate_len: usize) -> Settled {
+        let finished = |status| sys::Finished {
+            key: usize::MAX,
+            status,
+            length: immediate_len,
+            tag: 0,
+        };
+        match posted {
+            sys::Posted::Done => Settled::Now(op, finished(sys::OK)),
+            sys::Posted::Failed(status) => Settled::Now(op, finished(status)),
+            sys::Posted::InFlight(req) => {
+                st.seq = st.seq.wrapping_add(1);
+                let seq = st.seq;
+                let key = st.ops.insert(Record { op, req, seq });
+                // SAFETY: req was just returned by an _nbx call of this
+                // worker's context; no progress ran since.
+                unsafe { sys::set_request_key(req, key) };
+                // Wake a sleeping driver: the request needs progress.
+                self.notifier.notify();
+                Settled::Later
+            }
+        }
+    }
+
+    /// Runs an operation's posting code with the worker locked and the
+    /// cancellation token it will have, records the outcome, and completes
+    /// it (outside the lock) if it finished at once.
+    pub(crate) fn start(&self, post: impl FnOnce(&Self, &mut State, u64) -> Start) {
+        let mut st = self.state.lock();
+        let token = st.next_token();
+        let now = match post(self, &mut st, token) {
+            Start::Posted(posted, op, len) => match self.settle(&mut st, posted, op, len) {
+                Settled::Now(op, f) => vec![(op, f)],
+                Settled::Later => Vec::new(),
+            },
+            Start::Finished(op, f) => vec![(op, f)],
+            Start::Many(done) => done,
+            Start::Nothing => Vec::new(),
+        };
+        drop(st);
+        for (op, f) in now {
+            op::finish(op, f);
+        }
+    }
+
+    /// Cancels the UCX request behind `token` if it is still in flight
+    /// (its callback then reports it as cancelled).
+    fn cancel(&self, st: &mut State, token: u64) {
+        if token == NO_CANCEL {
+            return;
+        }
+        let key = (token & 0xffff_ffff) as usize;
+        let seq = (token >> 32) as u32;
+        if let Some(rec) = st.ops.get(key) {
+            if rec.seq == seq {
+                // SAFETY: the request is in flight on this worker, whose
+                // state we hold.
+                unsafe { sys::request_cancel(self.handle, rec.req) };
+            }
+        }
+    }
+
+    /// Registers the active-message handler of `id` once.
+    pub(crate) fn am_handler(&self, st: &mut State, id: u16) -> Result<()> {
+        if st.am_handlers.contains_key(&id) {
+            return Ok(());
+        }
+        let arg = Box::new(sys::AmHandlerArg {
+            id,
+            sink: self.am_sink.clone(),
+        });
+        // SAFETY: the worker is live and held; the box stays in the map
+        // (at a stable address) until the worker is destroyed.
+        unsafe { sys::am_set_handler(self.handle, id, &*arg)? };
+        st.am_handlers.insert(id, arg);
+        Ok(())
+    }
+
+    /// Takes what callbacks reported and pairs it with its operation;
+    /// matches active messages with receives; starts the next stream
+    /// receive of endpoints whose receive finished.
+    fn collect(&self, st: &mut State, out: &mut Vec<(InFlight, sys::Finished)>) {
+        loop {
+            let finished = std::mem::take(&mut *self.sink.lock());
+            let arrivals = std::mem::take(&mut *self.am_sink.lock());
+            let failed = std::mem::take(&mut *self.failed_eps.lock());
+            if finished.is_empty() && arrivals.is_empty() && failed.is_empty() {
+                return;
+            }
+            for ep_id in failed {
+                self.close_failed(st, ep_id, out);
+            }
+            for f in finished {
+                let Some(rec) = st.ops.try_remove(f.key) else {
+                    tracing::warn!(key = f.key, "UCX reported an operation that is not in flight");
+                    continue;
+                };
+                // SAFETY: the callback has run: UCX is done with the request.
+                unsafe { sys::request_free(rec.req) };
+                if let InFlight::StreamRecv { ep_id, .. } = &rec.op {
+                    let ep_id = *ep_id;
+                    if let Some(turn) = st.streams.get_mut(&ep_id) {
+                        turn.busy = false;
+                        if f.status == sys::OK {
+                            turn.received += f.length as u64;
+                        }
+                    }
+                    out.push((rec.op, f));
+                    op::stream::next_turn(self, st, ep_id, out);
+                    continue;
+                }
+                out.push((rec.op, f));
+            }
+            for arrival in arrivals {
+                op::am::arrived(self, st, arrival, out);
+            }
+        }
+    }
+
+    /// Closes an endpoint UCX reported failed (by force: UCX wants it
+    /// closed, and that ends the stream receive it still holds); receives
+    /// waiting their turn end or fail with it.
+    pub(crate) fn close_failed(&self, st: &mut State, ep_id: u64, out: &mut Vec<(InFlight, sys::Finished)>) {
+        let Some(turn) = st.streams.remove(&ep_id) else { return };
+        let Some(status) = turn.status.close_failed() else {
+            return;
+        };
+        for view in turn.waiting {
+            let f = sys::Finished {
+                key: usize::MAX,
+                status,
+                length: 0,
+                tag: 0,
+            };
+            out.push((InFlight::StreamRecv { view, ep_id }, f));
+        }
+        // SAFETY: the endpoint is live (its turn existed) and now closed
+        // once; the worker is locked; the status (the error callback's
+        // argument) stays in the record until the close completes.
+        let posted = unsafe { sys::ep_close(turn.ep, true, self.sink()) };
+        let op = InFlight::Control {
+            done: op::Notify::Nobody,
+            keep: op::Keep::Endpoint(turn.status.clone()),
+            what: "close",
+        };
+        if let Settled::Now(op, f) = self.settle(st, posted, op, 0) {
+            out.push((op, f));
+        }
+    }
+
+    /// One driving step (the worker's lock is taken by the caller).
+    fn step(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, State>,
+    ) -> (bool, Vec<(InFlight, sys::Finished)>, Option<Duration>) {
+        let mut progress = false;
+        let mut timeout = None;
+        self.unmute(st);
+        for token in self.cancels.take() {
+            self.cancel(st, token);
+        }
+        let mut done = Vec::new();
+        loop {
+            // SAFETY: the worker is live and we hold its state.
+            if unsafe { sys::progress(self.handle) } == 0 {
+                break;
+            }
+            progress = true;
+        }
+        self.collect(st, &mut done);
+        if done.is_empty() && !st.ops.is_empty() && !self.spin.is_zero() {
+            let deadline = Instant::now() + self.spin;
+            loop {
+                // SAFETY: as above.
+                if unsafe { sys::progress(self.handle) } != 0 {
+                    progress = true;
+                    self.collect(st, &mut done);
+                    if !done.is_empty() {
+                        break;
+                    }
+                }
+                if Instant::now() >= deadline {
+                    break;
+                }
+                // Let a thread waiting to post go first.
+                parking_lot::MutexGuard::bump(st);
+            }
+        }
+        if !progress && done.is_empty() {
+            // About to report "nothing to do": arm the descriptor so the
+            // caller's sleep ends on the next event. Busy means events came
+            // in after the last progress: report progress so it drives again.
+            // SAFETY: as above.
+            match unsafe { sys::arm(self.handle) } {
+                Ok(true) => timeout = self.check_stale(st),
+                Ok(false) => progress = true,
+                Err(err) => {
+                    tracing::warn!(%err, "arming the UCX worker failed; the caller will poll");
+                    progress = true;
+                }
+            }
+        }
+        if progress || !done.is_empty() {
+            st.stale_wakes = 0;
+            st.backoff = Duration::ZERO;
+        }
+        (progress || !done.is_empty(), done, timeout)
+    }
+
+    /// Called with the worker armed and nothing to do. Over TCP, UCX 1.13
+    /// can leave its descriptor readable while arming succeeds and progress
+    /// finds nothing (a peer that stopped progressing mid-handshake), which
+    /// would turn every sleep into a spin. After a few such wakes in a row
+    /// the descriptor is left out of the polling set for a short, doubling
+    /// while (the caller is told to come back then); work posted here still
+    /// wakes the caller through the notifier.
+    fn check_stale(&self, st: &mut State) -> Option<Duration> {
+        // SAFETY: UCX keeps the descriptor open while the worker lives.
+        let efd = unsafe { BorrowedFd::borrow_raw(self.efd) };
+        let mut fds = [rustix::event::PollFd::new(&efd, rustix::event::PollFlags::IN)];
+        let zero = rustix::event::Timespec { tv_sec: 0, tv_nsec: 0 };
+        let readable = rustix::event::poll(&mut fds, Some(&zero)).is_ok_and(|n| n > 0);
+        if !readable {
+            st.stale_wakes = 0;
+            st.backoff = Duration::ZERO;
+            return None;
+        }
+        st.stale_wakes += 1;
+        if st.stale_wakes < STALE_WAKES {
+            return None;
+        }
+        st.backoff = (st.backoff * 2).clamp(MIN_BACKOFF, MAX_BACKOFF);
+        if epoll::modify(
+            &self.epoll,
+            efd,
+            epoll::EventData::new_u64(0),
+            epoll::EventFlags::empty(),
+        )
+        .is_ok()
+        {
+            st.muted = true;
+        }
+        Some(st.backoff)
+    }
+
+    /// Puts the UCX descriptor back into the polling set after a
+    /// [`check_stale`](Self::check_stale) pause.
+    fn unmute(&self, st: &mut State) {
+        if st.muted {
+            // SAFETY: as in check_stale.
+            let efd = unsafe { BorrowedFd::borrow_raw(self.efd) };
+            if epoll::modify(&self.epoll, efd, epoll::EventData::new_u64(0), epoll::EventFlags::IN).is_ok() {
+                st.muted = false;
+            }
+        }
+    }
+
+    fn drive(&self) -> DriveStatus {
+        let Some(mut st) = self.state.try_lock() else {
+            return DriveStatus::IDLE;
+        };
+        let (progress, done, timeout) = self.step(&mut st);
+        drop(st);
+        for (op, finished) in done {
+            op::finish(op, finished);
+        }
+        DriveStatus { progress, timeout }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let st = self.state.get_mut();
+        // Receives the caller can no longer see: cancel them and let UCX
+        // report them, so their buffers are released by the callbacks.
+        for (_, rec) in st.ops.iter() {
+            // SAFETY: in flight on this live worker; we own the state.
+            unsafe { sys::request_cancel(self.handle, rec.req) };
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut done = Vec::new();
+        let st = self.state.get_mut();
+        while !st.ops.is_empty() && Instant::now() < deadline {
+            // SAFETY: the worker is live; we own the state.
+            unsafe { sys::progress(self.handle) };
+            for f in std::mem::take(&mut *self.sink.lock()) {
+                if let Some(rec) = st.ops.try_remove(f.key) {
+                    // SAFETY: reported by its callback.
+                    unsafe { sys::request_free(rec.req) };
+                    done.push((rec.op, f));
+                }
+            }
+        }
+        // Rendezvous and held AM data nobody took: let UCX free them.
+        for arrival in std::mem::take(&mut *self.am_sink.lock())
+            .into_iter()
+            .chain(st.am.drain().flat_map(|(_, q)| q.arrivals))
+        {
+            op::am::release(self.handle, arrival.data);
+        }
+        let leftover: Vec<Record> = st.ops.drain().collect();
+        for rec in &leftover {
+            // SAFETY: UCX finishes or drops these with the worker; we
+            // stop caring about their completion.
+            unsafe { sys::request_free(rec.req) };
+        }
+        // SAFETY: every endpoint and listener holds an Arc of this, so none
+        // is left; requests were drained or freed above.
+        unsafe { sys::worker_destroy(self.handle) };
+        // UCX no longer touches their buffers: release them now.
+        for rec in leftover {
+            op::abandon(rec.op);
+        }
+        for (op, finished) in done {
+            op::finish(op, finished);
+        }
+    }
+}
+
+/// A UCX worker: the [`IoBackend`] that drives every operation of its
+/// endpoints, listeners and remote keys.
+///
+/// Drive it like any mfio backend: `block_on`, a host runtime through
+/// `mfio-integration`, or inside a `Composite` beside an io_uring runtime.
+/// Packets may be sent from any thread; UCX is only ever called by the
+/// thread holding the worker.
+///
+/// ```
+/// use mfio_core::{IoBackendExt, IoRead, IoWrite};
+/// use mfio_net::ucx::{Context, Tag, TagMatch};
+/// # fn main() -> mfio_core::Result<()> {
+/// let context = Context::builder().set("TLS", "sm,self").build()?;
+/// let worker = context.worker()?;
+/// let ep = worker.connect(&worker.address())?;
+/// let (sent, _) = worker.block_on(ep.write_at(Tag(7), b"ping".to_vec())).into_parts();
+/// assert_eq!(sent?, 4);
+/// let (got, buf) = worker.block_on(worker.read_at(TagMatch::exact(7), Vec::with_capacity(16))).into_parts();
+/// assert_eq!((got?, &buf[..]), (4, &b"ping"[..]));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Worker {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Worker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Options of a [`Worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    context: Context,
+    spin: Duration,
+}
+
+impl WorkerBuilder {
+    /// How long a driving step keeps progressing, while operations are in
+    /// flight, before it lets the caller sleep on the descriptor
+    /// ([`DEFAULT_SPIN`]; zero never spins).
+    #[must_use]
+    pub fn spin(mut self, spin: Duration) -> Self {
+        self.spin = spin;
+        self
+    }
+
+    /// Creates the worker.
+    ///
+    /// # Errors
+    /// What UCX reports creating the worker or its event descriptor, or the
+    /// OS error of the epoll set or eventfd.
+    pub fn build(self) -> Result<Worker> {
+        // SAFETY: the context is live (we hold it).
+        let handle = unsafe { sys::worker_create(self.context.inner.handle)? };
+        let guard = WorkerGuard(handle);
+        // SAFETY: the worker is live and ours alone.
+        let efd = unsafe { sys::worker_efd(handle)? };
+        // SAFETY: as above.
+        let (address, max_am_header) = unsafe { sys::worker_query(handle)? };
+        let notifier = Notifier::new()?;
+        let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
+        let efd_raw = efd;
+        // SAFETY: UCX owns efd and keeps it open until the worker is
+        // destroyed; the epoll set only refers to it (a closed descriptor
+        // leaves an epoll set by itself).
+        let efd = unsafe { BorrowedFd::borrow_raw(efd) };
+        epoll::add(&epoll, efd, epoll::EventData::new_u64(0), epoll::EventFlags::IN)?;
+        epoll::add(
+            &epoll,
+            notifier.as_fd(),
+            epoll::EventData::new_u64(1),
+            epoll::EventFlags::IN,
+        )?;
+        std::mem::forget(guard);
+        let worker = Worker {
+            shared: Arc::new(Shared {
+                handle,
+                state: Mutex::new(State {
+                    ops: Slab::new(),
+                    seq: 0,
+                    am: HashMap::new(),
+                    am_handlers: HashMap::new(),
+                    streams: HashMap::new(),
+                    next_ep: 0,
+                    stale_wakes: 0,
+                    backoff: Duration::ZERO,
+                    muted: false,
+                }),
+                sink: Mutex::new(Vec::new()),
+                am_sink: Arc::new(Mutex::new(Vec::new())),
+                cancels: Cancels::new(notifier.clone()),
+                failed_eps: Arc::new(Mutex::new(Vec::new())),
+                notifier,
+                epoll,
+                efd: efd_raw,
+                spin: self.spin,
+                max_am_header,
+                address: WorkerAddress::wrap(&address),
+                context: self.context,
+            }),
+        };
+        // UCX 1.13 crashes on an active message that reaches a worker with
+        // no handler at all (it indexes its empty handler table); with one
+        // registered, messages to ids nobody listens on are dropped with a
+        // warning. The one past the last id mfio uses discards what comes.
+        {
+            let mut st = worker.shared.state.lock();
+            worker.shared.am_handler(&mut st, DISCARD_AM_ID)?;
+            worker.shared.am_handler(&mut st, GOODBYE_AM_ID)?;
+        }
+        Ok(worker)
+    }
+}
+
+/// Destroys a worker whose set-up failed half way.
+struct WorkerGuard(sys::WorkerH);
+
+impl Drop for WorkerGuard {
+    fn drop(&mut self) {
+        // SAFETY: the worker was created here, has nothing on it, and is
+        // forgotten (not dropped) once set-up succeeds.
+        unsafe { sys::worker_destroy(self.0) };
+    }
+}
+
+impl Worker {
+    /// A builder for a worker on `context`.
+    pub fn builder(context: &Context) -> WorkerBuilder {
+        WorkerBuilder {
+            context: context.clone(),
+            spin: DEFAULT_SPIN,
+        }
+    }
+
+    /// This worker's address, to give to a peer that connects with
+    /// [`Worker::connect`].
+    pub fn address(&self) -> WorkerAddress {
+        self.shared.address.clone()
+    }
+
+    /// The largest active-message header this worker sends.
+    pub fn max_am_header(&self) -> usize {
+        self.shared.max_am_header
+    }
+
+    /// Operations posted to UCX and not finished yet.
+    pub fn in_flight(&self) -> usize {
+        self.shared.state.lock().ops.len()
+    }
+
+    /// Wakes a thread sleeping on this worker, from any thread
+    /// (`ucp_worker_signal`).
+    pub fn signal(&self) {
+        // SAFETY: the worker is live; ucp_worker_signal is thread-safe.
+        unsafe { sys::signal(self.shared.handle) };
+    }
+
+    /// The context this worker belongs to.
+    pub fn context(&self) -> &Context {
+        &self.shared.context
+    }
+}
+
+impl IoBackend for Shared {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        PollingHandle::readable(self.epoll.as_fd(), &self.notifier)
+    }
+
+    fn drive(&self) -> DriveStatus {
+        Shared::drive(self)
+    }
+}
+
+impl IoBackend for Worker {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        self.shared.polling_handle()
+    }
+
+    fn drive(&self) -> DriveStatus {
+        self.shared.drive()
+    }
+}
+
+/// The error of an operation on a closed handle.
+pub(crate) fn not_connected(what: &str) -> Error {
+    Error::new(std::io::ErrorKind::NotConnected, format!("UCX endpoint is {what}"))
+}

@@ -1,0 +1,548 @@
+//! The UCX backend in one process: two workers, over shared memory and
+//! over TCP on loopback. Every body runs under a time bound.
+#![cfg(feature = "ucx")]
+
+mod util;
+
+use std::io::ErrorKind;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures::future::join_all;
+use mfio_core::{
+    BufResult, CloseWrite, Flush, IoBackend, IoBackendExt, IoRead, IoReadStream, IoWrite, IoWriteStream, NoPos,
+    PacketIoExt,
+};
+use mfio_net::ucx::{AmId, AmProtocol, AmSend, MemoryRegion, Tag, TagMatch, WorkerAddress, MAX_AM_ID};
+use util::{pair, pattern, within, Lcg, Transport};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+per_transport!(
+    tag_ping_pong,
+    tag_reports_sender_and_truncates,
+    ten_thousand_tagged_receives_in_random_order,
+    one_gib_in_tagged_messages,
+    stream_bytes_in_order,
+    stream_reads_dropped_mid_flight_lose_nothing,
+    stream_ends_when_the_peer_closes,
+    active_messages_of_every_size,
+    active_message_bad_input,
+    rma_put_get_at_random_offsets,
+    rma_bad_input,
+    dropped_tag_receive_is_cancelled,
+    flush_and_close_write,
+);
+
+fn tag_ping_pong(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        p.both.block_on(async {
+            for size in [0usize, 8, 4096, 1 << 20] {
+                for round in 0..20u64 {
+                    // Both sides at once: a rendezvous send completes only
+                    // once the receiver has matched it.
+                    let msg = pattern(round, 0, size);
+                    let ping = p.ab().write_at(Tag(round), msg.clone());
+                    let got = p.b.tag_recv(TagMatch::exact(round), Vec::with_capacity(size));
+                    let (BufResult(sent, _), BufResult(got, buf)) = futures::join!(ping, got);
+                    assert_eq!(sent.expect("ping"), size);
+                    assert_eq!(got.expect("ping received").len, size);
+                    assert_eq!(buf, msg);
+                    let pong = p.ba().write_at(Tag(round), buf);
+                    let got = p.a.read_at(TagMatch::exact(round), Vec::with_capacity(size));
+                    let (BufResult(sent, _), BufResult(got, buf)) = futures::join!(pong, got);
+                    assert_eq!(sent.expect("pong"), size);
+                    assert_eq!(got.expect("pong received"), size);
+                    assert_eq!(buf, msg);
+                }
+            }
+        });
+    });
+}
+
+fn tag_reports_sender_and_truncates(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        p.both.block_on(async {
+            let (sent, _) = p.ab().write_at(Tag(0xAB00_0042), vec![7u8; 100]).await.into_parts();
+            sent.expect("send");
+            // Matches on the upper bits only; reports the full tag.
+            let matching = TagMatch {
+                tag: 0xAB00_0000,
+                mask: 0xFFFF_0000,
+            };
+            let (got, buf) = p.b.tag_recv(matching, Vec::with_capacity(128)).await.into_parts();
+            let info = got.expect("recv");
+            assert_eq!((info.tag, info.len, buf.len()), (0xAB00_0042, 100, 100));
+
+            // Too long for the buffer: a typed error, never a silent cut.
+            let (sent, _) = p.ab().write_at(Tag(9), vec![1u8; 1000]).await.into_parts();
+            sent.expect("send long");
+            let (got, buf) =
+                p.b.tag_recv(TagMatch::exact(9), Vec::with_capacity(10))
+                    .await
+                    .into_parts();
+            let err = got.expect_err("truncated");
+            assert!(err.is_truncated(), "{err}");
+            assert_eq!(err.kind(), ErrorKind::InvalidData);
+            assert!(buf.is_empty(), "nothing delivered from a truncated message");
+            // The same through the plain packet address.
+            let (sent, _) = p.ab().write_at(Tag(10), vec![1u8; 1000]).await.into_parts();
+            sent.expect("send long");
+            let (got, _) =
+                p.b.read_at(TagMatch::exact(10), Vec::with_capacity(999))
+                    .await
+                    .into_parts();
+            assert!(got.expect_err("truncated").is_truncated());
+            // And the next message is whole.
+            let (sent, _) = p.ab().write_at(Tag(11), b"after".to_vec()).await.into_parts();
+            sent.expect("send");
+            let (got, buf) =
+                p.b.read_at(TagMatch::exact(11), Vec::with_capacity(16))
+                    .await
+                    .into_parts();
+            assert_eq!((got.expect("recv"), &buf[..]), (5, &b"after"[..]));
+        });
+    });
+}
+
+fn ten_thousand_tagged_receives_in_random_order(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        const N: u64 = 10_000;
+        let mut order: Vec<u64> = (0..N).collect();
+        let mut rng = Lcg(7);
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i as u64 + 1) as usize);
+        }
+        p.both.block_on(async {
+            let receives = join_all((0..N).map(|tag| p.b.tag_recv(TagMatch::exact(tag), Vec::with_capacity(8))));
+            let sends = async {
+                for tag in &order {
+                    let (sent, _) = p
+                        .ab()
+                        .write_at(Tag(*tag), tag.to_le_bytes().to_vec())
+                        .await
+                        .into_parts();
+                    sent.expect("send");
+                }
+            };
+            let (results, ()) = futures::join!(receives, sends);
+            for (tag, BufResult(info, buf)) in results.into_iter().enumerate() {
+                let info = info.expect("receive");
+                assert_eq!((info.tag, info.len), (tag as u64, 8));
+                assert_eq!(buf, (tag as u64).to_le_bytes());
+            }
+        });
+        assert_eq!(p.b.in_flight(), 0);
+    });
+}
+
+/// Order-sensitive checksum of a stream of chunks.
+fn fold(sum: u64, bytes: &[u8]) -> u64 {
+    let mut s = sum;
+    for chunk in bytes.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..chunk.len()].copy_from_slice(chunk);
+        s = s.rotate_left(5) ^ u64::from_le_bytes(w);
+        s = s.wrapping_mul(0x100_0000_01b3);
+    }
+    s
+}
+
+fn one_gib_in_tagged_messages(t: Transport) {
+    within(Duration::from_secs(600), move || {
+        let p = pair(t);
+        const CHUNK: usize = 64 << 20;
+        const CHUNKS: u64 = 16;
+        p.both.block_on(async {
+            let (mut sent_sum, mut got_sum) = (0u64, 0u64);
+            let mut recv_buf = Vec::with_capacity(CHUNK);
+            for i in 0..CHUNKS {
+                let chunk = pattern(i, i * CHUNK as u64, CHUNK);
+                sent_sum = fold(sent_sum, &chunk);
+                recv_buf.clear();
+                let recv = p.b.tag_recv(TagMatch::exact(i), recv_buf);
+                let send = p.ab().write_at(Tag(i), chunk);
+                let (got, sent) = futures::join!(recv, send);
+                assert_eq!(sent.0.expect("send"), CHUNK);
+                let BufResult(info, buf) = got;
+                assert_eq!(info.expect("recv").len, CHUNK);
+                got_sum = fold(got_sum, &buf);
+                recv_buf = buf;
+            }
+            assert_eq!(got_sum, sent_sum, "1 GiB arrived intact");
+        });
+    });
+}
+
+fn stream_bytes_in_order(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        let total: usize = 3 << 20;
+        let data = pattern(1, 0, total);
+        p.both.block_on(async {
+            let writer = async {
+                let mut rng = Lcg(3);
+                let mut at = 0;
+                while at < total {
+                    let n = (1 + rng.below(200_000) as usize).min(total - at);
+                    let (r, _) = p.ab().write_all(data[at..at + n].to_vec()).await.into_parts();
+                    r.expect("stream write");
+                    at += n;
+                }
+            };
+            let reader = async {
+                let mut got = Vec::with_capacity(total);
+                let mut rng = Lcg(5);
+                while got.len() < total {
+                    let want = 1 + rng.below(100_000) as usize;
+                    let (n, buf) = p.ba().read(Vec::with_capacity(want)).await.into_parts();
+                    let n = n.expect("stream read");
+                    assert!(n > 0 && n <= want);
+                    got.extend_from_slice(&buf);
+                }
+                got
+            };
+            let ((), got) = futures::join!(writer, reader);
+            assert!(got == data, "stream bytes arrive whole and in order");
+        });
+    });
+}
+
+fn stream_reads_dropped_mid_flight_lose_nothing(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        let total: usize = 256 << 10;
+        let data = pattern(9, 0, total);
+        p.both.block_on(async {
+            let mut got = Vec::with_capacity(total);
+            let mut sent = 0;
+            let mut rng = Lcg(11);
+            let mut round = 0u64;
+            while got.len() < total {
+                round += 1;
+                if sent < total {
+                    let n = (1 + rng.below(4096) as usize).min(total - sent);
+                    let (r, _) = p.ab().write_all(data[sent..sent + n].to_vec()).await.into_parts();
+                    r.expect("write");
+                    sent += n;
+                }
+                // Start a read, let it make some progress, drop it: its
+                // bytes (if it took any) must come back to the next read.
+                {
+                    let mut read = pin!(p.ba().read(Vec::with_capacity(1 + rng.below(3000) as usize)));
+                    for _ in 0..rng.below(3) {
+                        if let Poll::Ready(BufResult(n, buf)) = futures::poll!(read.as_mut()) {
+                            let n = n.expect("read");
+                            got.extend_from_slice(&buf[..n]);
+                            break;
+                        }
+                        p.both.drive();
+                    }
+                }
+                if round % 3 == 0 {
+                    let (n, buf) = p.ba().read(Vec::with_capacity(2048)).await.into_parts();
+                    n.expect("read");
+                    got.extend_from_slice(&buf);
+                }
+            }
+            assert_eq!(got.len(), total);
+            assert!(got == data, "no byte lost or reordered by dropped reads");
+        });
+    });
+}
+
+fn stream_ends_when_the_peer_closes(t: Transport) {
+    within(LIMIT, move || {
+        let mut p = pair(t);
+        let (ab, ba) = p.take_endpoints();
+        p.both.block_on(async {
+            let (r, _) = ab.write_all(b"last words".to_vec()).await.into_parts();
+            r.expect("write");
+            let closing = ab.close();
+            let reading = async {
+                let (r, buf) = ba.read_exact(Vec::with_capacity(10)).await.into_parts();
+                r.expect("the bytes sent before the close");
+                assert_eq!(&buf[..], b"last words");
+                let (n, _) = ba.read(Vec::with_capacity(10)).await.into_parts();
+                assert_eq!(n.expect("end of stream"), 0);
+            };
+            let (closed, ()) = futures::join!(closing, reading);
+            closed.expect("graceful close");
+            // Writing to a peer that left fails with a typed error.
+            let (r, _) = ba.write_all(b"anyone?".to_vec()).await.into_parts();
+            let err = r.expect_err("peer gone");
+            assert!(
+                matches!(
+                    err.kind(),
+                    ErrorKind::ConnectionReset | ErrorKind::NotConnected | ErrorKind::BrokenPipe
+                ),
+                "{err}"
+            );
+        });
+    });
+}
+
+fn active_messages_of_every_size(t: Transport) {
+    within(Duration::from_secs(300), move || {
+        let p = pair(t);
+        let max_header = p.a.max_am_header();
+        assert!(max_header >= 64, "UCX takes headers of {max_header} bytes");
+        p.b.listen_am(3).expect("listen");
+        let sizes = [0usize, 1, 100, 8191, 8192, 8193, 65_536, 1 << 20, 16 << 20];
+        p.both.block_on(async {
+            for (i, &size) in sizes.iter().enumerate() {
+                for protocol in [AmProtocol::Auto, AmProtocol::Eager, AmProtocol::Rendezvous] {
+                    for header_len in [0usize, 1, 64, max_header] {
+                        let header = pattern(i as u64, 7, header_len);
+                        let data = pattern(size as u64, 0, size);
+                        let to = AmSend {
+                            id: 3,
+                            header: header.clone(),
+                            protocol,
+                        };
+                        // Sent first, so the message arrives before the
+                        // receive is posted; a rendezvous send completes
+                        // once a receive fetched the data, so both are awaited together.
+                        let send = p.ab().io(to, data.clone());
+                        let recv = async {
+                            for _ in 0..3 {
+                                util::yield_now().await;
+                            }
+                            p.b.am_recv(3, Vec::with_capacity(size)).await
+                        };
+                        let ((sent, _), got) = futures::join!(send, recv);
+                        sent.result().expect("AM send");
+                        let (got, buf) = got.into_parts();
+                        let info = got.unwrap_or_else(|e| panic!("AM {size} B {protocol:?}: {e}"));
+                        assert_eq!(info.len, size);
+                        assert_eq!(info.header, header);
+                        assert!(buf == data, "AM data of {size} B ({protocol:?})");
+                    }
+                }
+            }
+            // Receive posted first, then sent: rendezvous lands straight in it.
+            let size = 4 << 20;
+            let data = pattern(77, 0, size);
+            let recv = p.b.read_at(AmId(3), Vec::with_capacity(size));
+            let send = p.ab().io(AmSend::new(3, b"h".to_vec()), data.clone());
+            let (got, (sent, _)) = futures::join!(recv, send);
+            sent.result().expect("send");
+            let (n, buf) = got.into_parts();
+            assert_eq!(n.expect("recv"), size);
+            assert!(buf == data);
+            // Longer than the buffer: typed, and the next message is whole.
+            let (sent, _) = p.ab().io(AmSend::new(3, Vec::new()), vec![5u8; 5000]).await;
+            sent.result().expect("send");
+            let (got, _) = p.b.am_recv(3, Vec::with_capacity(100)).await.into_parts();
+            assert!(got.expect_err("truncated").is_truncated());
+            let (sent, _) = p.ab().io(AmSend::new(3, b"ok".to_vec()), vec![6u8; 50]).await;
+            sent.result().expect("send");
+            let (got, buf) = p.b.am_recv(3, Vec::with_capacity(100)).await.into_parts();
+            assert_eq!(got.expect("recv").header, b"ok");
+            assert_eq!(buf, vec![6u8; 50]);
+        });
+    });
+}
+
+fn active_message_bad_input(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        let max_header = p.a.max_am_header();
+        p.both.block_on(async {
+            let (sent, _) = p.ab().io(AmSend::new(MAX_AM_ID + 1, Vec::new()), vec![1u8]).await;
+            assert_eq!(sent.result().expect_err("id").kind(), ErrorKind::InvalidInput);
+            let (sent, _) = p.ab().io(AmSend::new(1, vec![0u8; max_header + 1]), vec![1u8]).await;
+            assert_eq!(sent.result().expect_err("header").kind(), ErrorKind::InvalidInput);
+            let (got, _) = p.b.am_recv(u16::MAX, Vec::with_capacity(1)).await.into_parts();
+            assert_eq!(got.expect_err("id").kind(), ErrorKind::InvalidInput);
+            assert_eq!(
+                p.b.listen_am(MAX_AM_ID + 1).expect_err("id").kind(),
+                ErrorKind::InvalidInput
+            );
+            // A message to an id nobody listens on is dropped by UCX, and
+            // nothing else is disturbed.
+            let (sent, _) = p.ab().io(AmSend::new(900, b"x".to_vec()), vec![1u8; 10]).await;
+            sent.result().expect("send to an unknown id");
+            let (sent, _) = p.ab().write_at(Tag(1), b"still fine".to_vec()).await.into_parts();
+            sent.expect("send");
+            let (got, buf) =
+                p.b.read_at(TagMatch::exact(1), Vec::with_capacity(32))
+                    .await
+                    .into_parts();
+            assert_eq!((got.expect("recv"), &buf[..]), (10, &b"still fine"[..]));
+        });
+        // A malformed worker address never reaches UCX.
+        let good = p.b.address();
+        let bytes = good.as_bytes();
+        for bad in [
+            &bytes[..bytes.len() - 1],
+            &bytes[..3],
+            &[][..],
+            b"definitely not an address",
+        ] {
+            assert_eq!(
+                WorkerAddress::from_bytes(bad).expect_err("bad").kind(),
+                ErrorKind::InvalidData
+            );
+        }
+        let mut flipped = bytes.to_vec();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 1;
+        assert_eq!(
+            WorkerAddress::from_bytes(&flipped).expect_err("flipped").kind(),
+            ErrorKind::InvalidData
+        );
+        assert_eq!(WorkerAddress::from_bytes(bytes).expect("intact"), good);
+    });
+}
+
+fn rma_put_get_at_random_offsets(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        const SIZE: usize = 1 << 20;
+        let region = MemoryRegion::new(p.b.context(), SIZE).expect("register");
+        let key = p.ab().remote_key(region.remote_key()).expect("unpack");
+        assert_eq!(key.len(), SIZE as u64);
+        let mut expect = vec![0u8; SIZE];
+        let mut rng = Lcg(21);
+        p.both.block_on(async {
+            for round in 0..200u64 {
+                let len = 1 + rng.below(20_000) as usize;
+                let at = rng.below((SIZE - len) as u64);
+                let data = pattern(round, at, len);
+                let (n, _) = key.write_at(at, data.clone()).await.into_parts();
+                assert_eq!(n.expect("put"), len);
+                expect[at as usize..at as usize + len].copy_from_slice(&data);
+                if round % 10 == 0 {
+                    key.io(Flush, Vec::new()).await.0.result().expect("flush");
+                    let mut whole = vec![0u8; SIZE];
+                    region.read(0, &mut whole).expect("local read");
+                    assert!(whole == expect, "puts landed where they were aimed (round {round})");
+                }
+            }
+            for _ in 0..200 {
+                let len = 1 + rng.below(50_000) as usize;
+                let at = rng.below((SIZE - len) as u64);
+                let (n, buf) = key.read_at(at, Vec::with_capacity(len)).await.into_parts();
+                assert_eq!(n.expect("get"), len);
+                assert!(buf[..] == expect[at as usize..at as usize + len]);
+            }
+            // Local writes are seen by gets.
+            region.write(100, b"local").expect("local write");
+            let (n, buf) = key.read_at(100, Vec::with_capacity(5)).await.into_parts();
+            assert_eq!((n.expect("get"), &buf[..]), (5, &b"local"[..]));
+            // Through the std::io-style layers: read_exact_at at the end.
+            let (r, buf) = key
+                .read_exact_at(SIZE as u64 - 3, Vec::with_capacity(3))
+                .await
+                .into_parts();
+            r.expect("exact");
+            assert_eq!(buf[..], expect[SIZE - 3..]);
+        });
+    });
+}
+
+fn rma_bad_input(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        let region = MemoryRegion::new(p.b.context(), 4096).expect("register");
+        let packed = region.remote_key();
+        for cut in [0, 5, packed.len() / 2, packed.len() - 1] {
+            let err = p.ab().remote_key(&packed[..cut]).expect_err("truncated key");
+            assert_eq!(err.kind(), ErrorKind::InvalidData, "cut at {cut}");
+        }
+        let mut flipped = packed.to_vec();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x10;
+        assert_eq!(
+            p.ab().remote_key(&flipped).expect_err("flipped").kind(),
+            ErrorKind::InvalidData
+        );
+        let key = p.ab().remote_key(packed).expect("intact");
+        p.both.block_on(async {
+            for (at, len) in [(4096u64, 1usize), (4000, 97), (u64::MAX - 1, 4), (0, 4097)] {
+                let (r, _) = key.write_at(at, vec![0u8; len]).await.into_parts();
+                assert_eq!(
+                    r.expect_err("put outside").kind(),
+                    ErrorKind::InvalidInput,
+                    "put at {at}+{len}"
+                );
+                let (r, _) = key.read_at(at, Vec::with_capacity(len)).await.into_parts();
+                assert_eq!(
+                    r.expect_err("get outside").kind(),
+                    ErrorKind::InvalidInput,
+                    "get at {at}+{len}"
+                );
+            }
+            let mut outside = vec![0u8; 2];
+            assert_eq!(
+                region.read(4095, &mut outside).expect_err("local").kind(),
+                ErrorKind::InvalidInput
+            );
+            // The region is untouched and still reachable.
+            let (r, buf) = key.read_at(0, Vec::with_capacity(4096)).await.into_parts();
+            assert_eq!(r.expect("get"), 4096);
+            assert!(buf.iter().all(|b| *b == 0));
+        });
+    });
+}
+
+fn dropped_tag_receive_is_cancelled(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        for _ in 0..100 {
+            let mut recv = Box::pin(p.b.tag_recv(TagMatch::exact(1234), Vec::with_capacity(64)));
+            let waker = futures::task::noop_waker();
+            let mut cx = std::task::Context::from_waker(&waker);
+            assert!(recv.as_mut().poll(&mut cx).is_pending());
+            assert_eq!(p.b.in_flight(), 1);
+            drop(recv);
+            p.both.drive();
+            assert_eq!(
+                p.b.in_flight(),
+                0,
+                "the UCX receive was cancelled and its buffer released"
+            );
+        }
+        // A later message with that tag goes to a later receive.
+        p.both.block_on(async {
+            let (sent, _) = p.ab().write_at(Tag(1234), b"late".to_vec()).await.into_parts();
+            sent.expect("send");
+            let (got, buf) =
+                p.b.read_at(TagMatch::exact(1234), Vec::with_capacity(8))
+                    .await
+                    .into_parts();
+            assert_eq!((got.expect("recv"), &buf[..]), (4, &b"late"[..]));
+        });
+    });
+}
+
+use std::future::Future;
+
+fn flush_and_close_write(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        p.both.block_on(async {
+            let (r, _) = p.ab().write_all(b"before flush".to_vec()).await.into_parts();
+            r.expect("write");
+            p.ab().io(Flush, Vec::new()).await.0.result().expect("flush");
+            let (r, buf) = p.ba().read_exact(Vec::with_capacity(12)).await.into_parts();
+            r.expect("read");
+            assert_eq!(&buf[..], b"before flush");
+            let closing = p.ab().io(CloseWrite, Vec::new());
+            let reading = p.ba().read(Vec::with_capacity(4));
+            let ((closed, _), BufResult(n, _)) = futures::join!(closing, reading);
+            closed.result().expect("close");
+            assert_eq!(n.expect("end of stream"), 0);
+            // Reads after our own close end; writes fail.
+            let (n, _) = p.ab().read_at(NoPos, Vec::with_capacity(4)).await.into_parts();
+            assert_eq!(n.expect("ended"), 0);
+            let (r, _) = p.ab().write_at(NoPos, b"x".to_vec()).await.into_parts();
+            assert_eq!(r.expect_err("closed").kind(), ErrorKind::NotConnected);
+        });
+    });
+}
