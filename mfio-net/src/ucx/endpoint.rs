@@ -331,6 +331,7 @@ fn goodbye(shared: &Shared, st: &mut super::worker::State, ep: sys::EpH, sent: u
             0,
             false,
             false,
+            true,
             shared.sink(),
         )
     };

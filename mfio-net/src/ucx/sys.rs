@@ -727,11 +727,14 @@ pub(crate) unsafe fn am_send(
     len: usize,
     eager: bool,
     rendezvous: bool,
+    reply: bool,
     sink: *const Sink,
 ) -> Posted {
-    // Every message names its endpoint at the receiver (mfio's end-of-stream
-    // notice needs it; it costs nothing on the wire that matters).
-    let mut flags = ffi::UCP_AM_SEND_FLAG_REPLY;
+    // `reply` names the sender's endpoint at the receiver (mfio's
+    // end-of-stream notice needs it). Only for ids every mfio worker
+    // handles: UCX 1.13 crashes on a reply-carrying message to an id
+    // without a handler.
+    let mut flags = if reply { ffi::UCP_AM_SEND_FLAG_REPLY } else { 0 };
     if eager {
         flags |= ffi::UCP_AM_SEND_FLAG_EAGER;
     }

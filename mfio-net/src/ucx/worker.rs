@@ -48,6 +48,10 @@ pub(crate) const GOODBYE_AM_ID: u16 = MAX_AM_ID + 2;
 const STALE_WAKES: u32 = 3;
 /// The first pause of a stale descriptor; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_micros(500);
+/// How often a worker with endpoints or operations is progressed while
+/// nothing wakes it, so UCX's keepalive can notice a dead peer.
+const KEEPALIVE_TICK: Duration = Duration::from_millis(250);
+
 /// The longest pause of a stale descriptor.
 const MAX_BACKOFF: Duration = Duration::from_millis(16);
 
@@ -285,7 +289,10 @@ impl Shared {
                             turn.received += f.length as u64;
                         }
                     }
-                    out.push((rec.op, f));
+                    // Finished before the next turn starts: if its caller
+                    // left, its bytes go back to the front of the stream
+                    // first, so the next receive takes them in order.
+                    op::finish(rec.op, f);
                     op::stream::next_turn(self, st, ep_id, out);
                     continue;
                 }
@@ -383,6 +390,12 @@ impl Shared {
         if progress || !done.is_empty() {
             st.stale_wakes = 0;
             st.backoff = Duration::ZERO;
+        }
+        // UCX notices a dead peer (keepalive) only while it is progressed:
+        // with operations waiting, come back now and then even if nothing
+        // wakes the descriptor.
+        if !st.ops.is_empty() || !st.streams.is_empty() {
+            timeout = Some(timeout.map_or(KEEPALIVE_TICK, |t: Duration| t.min(KEEPALIVE_TICK)));
         }
         (progress || !done.is_empty(), done, timeout)
     }

@@ -106,6 +106,7 @@ impl PacketIo<Write, AmSend> for Endpoint {
                     view.len(),
                     to.protocol == AmProtocol::Eager,
                     to.protocol == AmProtocol::Rendezvous,
+                    false,
                     shared.sink(),
                 )
             };

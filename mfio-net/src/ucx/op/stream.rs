@@ -127,9 +127,12 @@ fn post(
         turn.received += n as u64;
     }
     match shared.settle(st, posted, InFlight::StreamRecv { view, ep_id }, n) {
-        Settled::Now(op, f) => out.push((op, f)),
+        // Finished here, before any later receive of the stream can start
+        // (see `next_turn`).
+        Settled::Now(op, f) => super::finish(op, f),
         Settled::Later => {}
     }
+    let _ = out;
 }
 
 /// Starts the receives waiting on endpoint `ep_id` until one is in flight:
@@ -151,12 +154,17 @@ pub(crate) fn next_turn(shared: &Shared, st: &mut State, ep_id: u64, out: &mut V
         let Some(mut view) = turn.waiting.pop_front() else {
             return;
         };
+        // Receives finish here, under the worker's lock, in stream order: a
+        // receive whose caller left gives its bytes back before the next
+        // one starts.
         if view.is_cancelled() {
-            out.push(done(view, ep_id, sys::ERR_CANCELED, 0));
+            let (op, f) = done(view, ep_id, sys::ERR_CANCELED, 0);
+            super::finish(op, f);
             continue;
         }
         if let Some(n) = turn.kept.serve(&mut view) {
-            out.push(done(view, ep_id, sys::OK, n));
+            let (op, f) = done(view, ep_id, sys::OK, n);
+            super::finish(op, f);
             continue;
         }
         post(shared, st, ep_id, view, out);
