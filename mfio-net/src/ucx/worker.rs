@@ -33,15 +33,11 @@ pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
 /// by id; the bound keeps a stray id from growing it).
 pub const MAX_AM_ID: u16 = 1023;
 
-/// The handler id that keeps UCX's handler table from being empty; what
-/// arrives there is discarded.
-pub(crate) const DISCARD_AM_ID: u16 = MAX_AM_ID + 1;
-
 /// The handler id of mfio's end-of-stream notice: a closing endpoint tells
 /// its peer how many stream bytes it sent, so the peer's reads end after
 /// the last of them (UCX tells the peer of an endpoint connected by worker
 /// address nothing when it closes).
-pub(crate) const GOODBYE_AM_ID: u16 = MAX_AM_ID + 2;
+pub(crate) const GOODBYE_AM_ID: u16 = MAX_AM_ID + 1;
 
 /// Wakes in a row that find UCX's descriptor readable and nothing to do
 /// before it is paused (see `Shared::check_stale`).
@@ -99,6 +95,8 @@ pub(crate) struct State {
     ops: Slab<Record>,
     seq: u32,
     pub(crate) am: HashMap<u16, AmQueue>,
+    /// Ids whose messages are kept until a receive takes them.
+    pub(crate) am_listening: std::collections::HashSet<u16>,
     am_handlers: HashMap<u16, Box<sys::AmHandlerArg>>,
     pub(crate) streams: HashMap<u64, StreamTurn>,
     next_ep: u64,
@@ -596,6 +594,7 @@ impl WorkerBuilder {
                     ops: Slab::new(),
                     seq: 0,
                     am: HashMap::new(),
+                    am_listening: std::collections::HashSet::new(),
                     am_handlers: HashMap::new(),
                     streams: HashMap::new(),
                     next_ep: 0,
@@ -616,14 +615,16 @@ impl WorkerBuilder {
                 context: self.context,
             }),
         };
-        // UCX 1.13 crashes on an active message that reaches a worker with
-        // no handler at all (it indexes its empty handler table); with one
-        // registered, messages to ids nobody listens on are dropped with a
-        // warning. The one past the last id mfio uses discards what comes.
+        // UCX 1.13 crashes on an active message to an id without a handler
+        // (on a worker with none at all, and at times over TCP with others
+        // registered), so every id mfio takes has one from the start;
+        // messages to ids nobody listens on are dropped here. The id past
+        // the last discards what comes.
         {
             let mut st = worker.shared.state.lock();
-            worker.shared.am_handler(&mut st, DISCARD_AM_ID)?;
-            worker.shared.am_handler(&mut st, GOODBYE_AM_ID)?;
+            for id in 0..=GOODBYE_AM_ID {
+                worker.shared.am_handler(&mut st, id)?;
+            }
         }
         Ok(worker)
     }

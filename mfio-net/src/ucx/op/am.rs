@@ -137,6 +137,7 @@ fn post_recv(shared: &Shared, id: u16, view: PacketView<Read>, report: Option<Co
             }
             return fail_read(view, err);
         }
+        st.am_listening.insert(id);
         if let Err(err) = shared.am_handler(st, id) {
             if let Some(report) = report {
                 report.complete(Err(err.duplicate()));
@@ -237,7 +238,8 @@ pub(crate) fn arrived(shared: &Shared, st: &mut State, arrival: AmArrival, out: 
         super::stream::goodbye(shared, st, arrival, out);
         return;
     }
-    if arrival.id > MAX_AM_ID {
+    if arrival.id > MAX_AM_ID || !st.am_listening.contains(&arrival.id) {
+        tracing::debug!(id = arrival.id, "dropping an active message to an id nobody listens on");
         release(shared.handle, arrival.data);
         return;
     }
@@ -384,6 +386,7 @@ impl Worker {
             return Err(bad_input(format!("active-message id {id} is above {MAX_AM_ID}")));
         }
         let mut st = self.shared.lock();
+        st.am_listening.insert(id);
         self.shared.am_handler(&mut st, id)
     }
 }
