@@ -4,8 +4,9 @@
 #
 # The system UCX that mfio-net binds (headers, libraries and ucx_perftest),
 # clang for bindgen, pkg-config to find UCX. fio is the benchmark's
-# reference row (the test's smoke run exercises its parsing).
-PACKAGES=(fio libucx-dev ucx-utils libclang-dev clang pkg-config)
+# reference row (the test's smoke run exercises its parsing). Open MPI's
+# mpiexec launches the multi-rank UCX example.
+PACKAGES=(fio libucx-dev ucx-utils libclang-dev clang pkg-config openmpi-bin)
 
 install_packages() {
   local missing=()

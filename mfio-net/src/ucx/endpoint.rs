@@ -135,9 +135,15 @@ impl EpShared {
                 let mut phase = status.phase.lock();
                 let was = *phase;
                 match was {
-                    Phase::Closed(_) => {
+                    // Closed before (by `CloseWrite`, or by the worker after
+                    // the peer left): the connection is closed, as asked. A
+                    // failure that closed it is reported.
+                    Phase::Closed(before) => {
                         drop(phase);
-                        done.tell(Err(not_connected("closed already")));
+                        done.tell(match before {
+                            Some(status) if !is_end(status) => Err(sys::status_error(status, "endpoint")),
+                            _ => Ok(()),
+                        });
                         return Start::Nothing;
                     }
                     Phase::Open => *phase = Phase::Closed(None),
@@ -160,7 +166,7 @@ impl EpShared {
             let posted = unsafe { sys::ep_close(self.handle, force, shared.sink()) };
             let op = InFlight::Control {
                 done,
-                keep: Keep::Endpoint(status.clone()),
+                keep: Keep::Held(status.clone()),
                 what: "close",
             };
             Start::Posted(posted, op, 0)

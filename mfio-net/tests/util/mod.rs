@@ -180,3 +180,12 @@ pub async fn yield_now() {
     })
     .await
 }
+
+/// An order-sensitive checksum, folded over chunks as they come.
+pub fn fold(sum: u64, bytes: &[u8]) -> u64 {
+    bytes.chunks(8).fold(sum, |s, c| {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        (s.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x100_0000_01b3)
+    })
+}

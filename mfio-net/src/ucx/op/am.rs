@@ -3,14 +3,13 @@
 //! the caller's buffer (rendezvous data straight from the sender, fetched
 //! outside UCX's callback) and the header comes back beside it.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use mfio_core::completion::{completion, Completer, Completion};
-use mfio_core::{BufResult, Error, PacketBuf, PacketIo, PacketView, PendingIo, QueueFull, Read, Write};
+use mfio_core::completion::{completion, Completer};
+use mfio_core::{Error, PacketBuf, PacketIo, PacketView, QueueFull, Read, Write};
 
-use super::tag::{fail_read, fail_write};
+use super::post::{self, fail_read};
+use super::recv::ReportedRecv;
 use super::{InFlight, Keep};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys::{self, AmArrival, AmData};
@@ -72,53 +71,39 @@ fn bad_input(msg: String) -> Error {
 /// Sends the packet as the data of one active message.
 impl PacketIo<Write, AmSend> for Endpoint {
     fn try_send_io(&self, to: AmSend, view: PacketView<Write>) -> Result<(), QueueFull<Write, AmSend>> {
-        self.inner.worker.start(|shared, _st, token| {
-            if to.id > MAX_AM_ID {
-                return fail_write(
-                    view,
-                    bad_input(format!("active-message id {} is above {MAX_AM_ID}", to.id)),
-                );
-            }
-            if to.header.len() > shared.max_am_header {
-                return fail_write(
-                    view,
-                    bad_input(format!(
-                        "active-message header of {} bytes is above the worker's limit of {}",
-                        to.header.len(),
-                        shared.max_am_header
-                    )),
-                );
-            }
-            if let Err(err) = self.inner.usable() {
-                return fail_write(view, err);
-            }
-            if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
-                return fail_write(view, Error::cancelled());
-            }
-            // SAFETY: the endpoint is live and the worker locked; the view
-            // and the header stay in the record until UCX reports the send.
-            let posted = unsafe {
+        let ep = &self.inner;
+        if to.id > MAX_AM_ID {
+            view.fail(bad_input(format!("active-message id {} is above {MAX_AM_ID}", to.id)));
+            return Ok(());
+        }
+        if to.header.len() > ep.worker.max_am_header {
+            view.fail(bad_input(format!(
+                "active-message header of {} bytes is above the worker's limit of {}",
+                to.header.len(),
+                ep.worker.max_am_header
+            )));
+            return Ok(());
+        }
+        // The header moves into the record; UCX reads it from there (the
+        // heap bytes do not move with the Vec).
+        let (header, len) = (to.header.as_ptr(), to.header.len());
+        post::send(ep, view, Keep::Header(to.header), |shared, _st, bytes, n| {
+            // SAFETY: the endpoint is live and the worker locked; the bytes
+            // and the header stay valid until UCX reports the send (the
+            // record keeps both).
+            unsafe {
                 sys::am_send(
-                    self.inner.handle,
+                    ep.handle,
                     to.id,
-                    &to.header,
-                    view.as_slice().as_ptr(),
-                    view.len(),
+                    std::slice::from_raw_parts(header, len),
+                    bytes,
+                    n,
                     to.protocol == AmProtocol::Eager,
                     to.protocol == AmProtocol::Rendezvous,
                     false,
                     shared.sink(),
                 )
-            };
-            let len = view.len();
-            Start::Posted(
-                posted,
-                InFlight::Send {
-                    view,
-                    keep: Keep::Header(to.header),
-                },
-                len,
-            )
+            }
         });
         Ok(())
     }
@@ -321,44 +306,8 @@ impl PacketIo<Read, AmRecvReport> for Worker {
     }
 }
 
-/// Future of [`Worker::am_recv`].
-#[must_use = "futures do nothing unless polled"]
-pub struct AmRecv<'a, B: PacketBuf<Read>> {
-    worker: &'a Worker,
-    io: PendingIo<Read, AmRecvReport, B>,
-    info: Completion<AmInfo>,
-}
-
-impl<B: PacketBuf<Read>> std::fmt::Debug for AmRecv<'_, B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AmRecv").finish_non_exhaustive()
-    }
-}
-
-impl<B: PacketBuf<Read>> Unpin for AmRecv<'_, B> {}
-
-impl<B: PacketBuf<Read>> Future for AmRecv<'_, B> {
-    type Output = BufResult<AmInfo, B>;
-
-    /// # Panics
-    /// If polled again after it returned `Ready`.
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let Poll::Ready(out) = this.io.poll_io(this.worker, cx) else {
-            return Poll::Pending;
-        };
-        let (outcome, buf) = out.unwrap_or_else(|| panic!("AmRecv polled after completion"));
-        let info = match Pin::new(&mut this.info).poll(cx) {
-            Poll::Ready(info) => info,
-            Poll::Pending => Err(Error::aborted()),
-        };
-        let result = match (outcome.result(), info) {
-            (Ok(_), Ok(info)) => Ok(info),
-            (Err(err), _) | (_, Err(err)) => Err(err),
-        };
-        Poll::Ready(BufResult(result, buf))
-    }
-}
+/// Future of [`Worker::am_recv`]: the header and length, and the buffer.
+pub type AmRecv<'a, B> = ReportedRecv<'a, AmRecvReport, AmInfo, B>;
 
 impl Worker {
     /// Receives the next active message sent to `id`: its data into `buf`,
@@ -370,11 +319,7 @@ impl Worker {
     /// keeping an id's messages before the first receive.
     pub fn am_recv<B: PacketBuf<Read>>(&self, id: u16, buf: B) -> AmRecv<'_, B> {
         let (report, info) = completion();
-        AmRecv {
-            worker: self,
-            io: PendingIo::new(AmRecvReport { id, report }, buf),
-            info,
-        }
+        ReportedRecv::new(self, AmRecvReport { id, report }, buf, info)
     }
 
     /// Starts keeping messages sent to `id` until a receive takes them.

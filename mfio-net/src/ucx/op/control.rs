@@ -4,7 +4,7 @@ use std::task::{Context, Poll};
 
 use mfio_core::{CloseWrite, Flush, PacketIo, PacketView, QueueFull, Write};
 
-use super::tag::fail_write;
+use super::post::fail_write;
 use super::{InFlight, Keep, Notify};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys;

@@ -4,6 +4,8 @@
 
 pub(crate) mod am;
 pub(crate) mod control;
+pub(crate) mod post;
+pub(crate) mod recv;
 pub(crate) mod rma;
 pub(crate) mod stream;
 pub(crate) mod tag;
@@ -16,8 +18,6 @@ use mfio_core::{Error, PacketView, Read, Write};
 pub use am::{AmId, AmInfo, AmSend};
 pub use tag::{Tag, TagInfo, TagMatch};
 
-use super::endpoint::EpStatus;
-use super::memory::RkeyInner;
 use super::sys;
 
 /// What an operation keeps alive until UCX is done with it (beside its
@@ -26,10 +26,10 @@ pub(crate) enum Keep {
     Nothing,
     /// An active message's header (UCX 1.13 cannot copy it).
     Header(#[allow(dead_code)] Vec<u8>),
-    /// The remote key of a put or get.
-    Rkey(#[allow(dead_code)] Arc<RkeyInner>),
-    /// The error slot of an endpoint being closed.
-    Endpoint(#[allow(dead_code)] Arc<EpStatus>),
+    /// Something else UCX refers to until then: the remote key of a put or
+    /// get, the error slot of an endpoint being closed. Held, never read,
+    /// so the record needs to know nothing of the layers above it.
+    Held(#[allow(dead_code)] Arc<dyn Send + Sync>),
 }
 
 /// Who hears that a close finished.

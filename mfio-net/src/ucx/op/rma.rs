@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use mfio_core::{Error, Flush, PacketIo, PacketView, QueueFull, Read, Write};
 
-use super::tag::{fail_read, fail_write};
+use super::post::{self, fail_read};
 use super::{InFlight, Keep};
 use crate::ucx::memory::RemoteKey;
 use crate::ucx::sys;
@@ -17,39 +17,18 @@ use crate::ucx::worker::Start;
 impl PacketIo<Write, u64> for RemoteKey {
     fn try_send_io(&self, offset: u64, view: PacketView<Write>) -> Result<(), QueueFull<Write, u64>> {
         let rkey = &self.inner;
-        rkey.ep.worker.start(|shared, _st, token| {
-            let remote = match rkey.address(offset, view.len()) {
-                Ok(remote) => remote,
-                Err(err) => return fail_write(view, err.with_op(mfio_core::Op::Write)),
-            };
-            if let Err(err) = rkey.ep.usable() {
-                return fail_write(view, err);
+        let remote = match rkey.address(offset, view.len()) {
+            Ok(remote) => remote,
+            Err(err) => {
+                view.fail(err.with_op(mfio_core::Op::Write));
+                return Ok(());
             }
-            if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
-                return fail_write(view, Error::cancelled());
-            }
+        };
+        post::send(&rkey.ep, view, Keep::Held(rkey.clone()), |shared, _st, bytes, len| {
             // SAFETY: endpoint and key are live, the worker locked, the
-            // range checked; the view and key stay in the record until UCX
-            // reports the put.
-            let posted = unsafe {
-                sys::put(
-                    rkey.ep.handle,
-                    view.as_slice().as_ptr(),
-                    view.len(),
-                    remote,
-                    rkey.handle,
-                    shared.sink(),
-                )
-            };
-            let len = view.len();
-            Start::Posted(
-                posted,
-                InFlight::Send {
-                    view,
-                    keep: Keep::Rkey(rkey.clone()),
-                },
-                len,
-            )
+            // range checked; the bytes and the key stay valid until UCX
+            // reports the put (the record keeps both).
+            unsafe { sys::put(rkey.ep.handle, bytes, len, remote, rkey.handle, shared.sink()) }
         });
         Ok(())
     }
@@ -63,11 +42,14 @@ impl PacketIo<Write, u64> for RemoteKey {
 impl PacketIo<Read, u64> for RemoteKey {
     fn try_send_io(&self, offset: u64, mut view: PacketView<Read>) -> Result<(), QueueFull<Read, u64>> {
         let rkey = &self.inner;
+        let remote = match rkey.address(offset, view.len()) {
+            Ok(remote) => remote,
+            Err(err) => {
+                view.fail(err.with_op(mfio_core::Op::Read));
+                return Ok(());
+            }
+        };
         rkey.ep.worker.start(|shared, _st, token| {
-            let remote = match rkey.address(offset, view.len()) {
-                Ok(remote) => remote,
-                Err(err) => return fail_read(view, err.with_op(mfio_core::Op::Read)),
-            };
             if let Err(err) = rkey.ep.usable() {
                 return fail_read(view, err);
             }
@@ -82,7 +64,7 @@ impl PacketIo<Read, u64> for RemoteKey {
                 posted,
                 InFlight::Get {
                     view,
-                    keep: Keep::Rkey(rkey.clone()),
+                    keep: Keep::Held(rkey.clone()),
                 },
                 len,
             )

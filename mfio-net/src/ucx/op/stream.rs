@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use mfio_core::{NoPos, PacketIo, PacketView, QueueFull, Read, Write};
 
-use super::tag::fail_write;
+use super::post;
 use super::{InFlight, Keep};
 use crate::ucx::endpoint::{Endpoint, ReadState};
 use crate::ucx::sys;
@@ -21,29 +21,15 @@ use crate::ucx::worker::{Settled, Shared, Start, State, NO_CANCEL};
 /// buffer may be reused.
 impl PacketIo<Write, NoPos> for Endpoint {
     fn try_send_io(&self, _: NoPos, view: PacketView<Write>) -> Result<(), QueueFull<Write, NoPos>> {
-        self.inner.worker.start(|shared, st, token| {
-            if let Err(err) = self.inner.usable() {
-                return fail_write(view, err);
+        let ep = &self.inner;
+        post::send(ep, view, Keep::Nothing, |shared, st, bytes, len| {
+            // The end-of-stream notice carries the count of bytes sent.
+            if let Some(turn) = st.streams.get_mut(&ep.id) {
+                turn.sent += len as u64;
             }
-            if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
-                return fail_write(view, mfio_core::Error::cancelled());
-            }
-            if let Some(turn) = st.streams.get_mut(&self.inner.id) {
-                turn.sent += view.len() as u64;
-            }
-            // SAFETY: the endpoint is live and the worker locked; the view
-            // stays in the record until UCX reports the send.
-            let posted =
-                unsafe { sys::stream_send(self.inner.handle, view.as_slice().as_ptr(), view.len(), shared.sink()) };
-            let len = view.len();
-            Start::Posted(
-                posted,
-                InFlight::Send {
-                    view,
-                    keep: Keep::Nothing,
-                },
-                len,
-            )
+            // SAFETY: the endpoint is live and the worker locked; the bytes
+            // stay valid until UCX reports the send (`post::send`).
+            unsafe { sys::stream_send(ep.handle, bytes, len, shared.sink()) }
         });
         Ok(())
     }

@@ -1,13 +1,13 @@
 //! Tagged messages: send on an endpoint at a [`Tag`], receive on the worker
 //! by [`TagMatch`] (tag and mask), learning the sender's tag and length.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use mfio_core::completion::{completion, Completer, Completion};
-use mfio_core::{BufResult, Error, PacketBuf, PacketIo, PacketView, PendingIo, QueueFull, Read, Write};
+use mfio_core::completion::{completion, Completer};
+use mfio_core::{Error, PacketBuf, PacketIo, PacketView, QueueFull, Read, Write};
 
+use super::post::{self, fail_read};
+use super::recv::ReportedRecv;
 use super::{InFlight, Keep};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys;
@@ -52,33 +52,11 @@ pub struct TagInfo {
 /// reused (the message may still be on its way).
 impl PacketIo<Write, Tag> for Endpoint {
     fn try_send_io(&self, tag: Tag, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, Tag>> {
-        self.inner.worker.start(|shared, _st, token| {
-            if let Err(err) = self.inner.usable() {
-                return fail_write(view, err);
-            }
-            if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
-                return fail_write(view, Error::cancelled());
-            }
-            // SAFETY: the endpoint is live and the worker locked; the view
-            // (and its buffer) stays in the record until UCX reports it.
-            let posted = unsafe {
-                sys::tag_send(
-                    self.inner.handle,
-                    view.as_slice().as_ptr(),
-                    view.len(),
-                    tag.0,
-                    shared.sink(),
-                )
-            };
-            let len = view.len();
-            Start::Posted(
-                posted,
-                InFlight::Send {
-                    view,
-                    keep: Keep::Nothing,
-                },
-                len,
-            )
+        let ep = &self.inner;
+        post::send(ep, view, Keep::Nothing, |shared, _st, bytes, len| {
+            // SAFETY: the endpoint is live and the worker locked; the bytes
+            // stay valid until UCX reports the send (`post::send`).
+            unsafe { sys::tag_send(ep.handle, bytes, len, tag.0, shared.sink()) }
         });
         Ok(())
     }
@@ -86,16 +64,6 @@ impl PacketIo<Write, Tag> for Endpoint {
     fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
         Poll::Ready(())
     }
-}
-
-pub(crate) fn fail_write(view: PacketView<Write>, err: Error) -> Start {
-    view.fail(err);
-    Start::Nothing
-}
-
-pub(crate) fn fail_read(view: PacketView<Read>, err: Error) -> Start {
-    view.fail(err);
-    Start::Nothing
 }
 
 fn post_recv(shared: &Shared, matching: TagMatch, mut view: PacketView<Read>, report: Option<Completer<TagInfo>>) {
@@ -186,45 +154,8 @@ impl PacketIo<Read, TagRecvReport> for Worker {
     }
 }
 
-/// Future of [`Worker::tag_recv`].
-#[must_use = "futures do nothing unless polled"]
-pub struct TagRecv<'a, B: PacketBuf<Read>> {
-    worker: &'a Worker,
-    io: PendingIo<Read, TagRecvReport, B>,
-    info: Completion<TagInfo>,
-}
-
-impl<B: PacketBuf<Read>> std::fmt::Debug for TagRecv<'_, B> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TagRecv").finish_non_exhaustive()
-    }
-}
-
-impl<B: PacketBuf<Read>> Unpin for TagRecv<'_, B> {}
-
-impl<B: PacketBuf<Read>> Future for TagRecv<'_, B> {
-    type Output = BufResult<TagInfo, B>;
-
-    /// # Panics
-    /// If polled again after it returned `Ready`.
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        let Poll::Ready(out) = this.io.poll_io(this.worker, cx) else {
-            return Poll::Pending;
-        };
-        let (outcome, buf) = out.unwrap_or_else(|| panic!("TagRecv polled after completion"));
-        // The report completes before the packet does.
-        let info = match Pin::new(&mut this.info).poll(cx) {
-            Poll::Ready(info) => info,
-            Poll::Pending => Err(Error::aborted()),
-        };
-        let result = match (outcome.result(), info) {
-            (Ok(_), Ok(info)) => Ok(info),
-            (Err(err), _) | (_, Err(err)) => Err(err),
-        };
-        Poll::Ready(BufResult(result, buf))
-    }
-}
+/// Future of [`Worker::tag_recv`]: the sender's tag and length, and the buffer.
+pub type TagRecv<'a, B> = ReportedRecv<'a, TagRecvReport, TagInfo, B>;
 
 impl Worker {
     /// Receives the first message matching `matching` into `buf`, with the
@@ -235,11 +166,7 @@ impl Worker {
     /// than `buf`'s capacity; cancellation if the worker goes away.
     pub fn tag_recv<B: PacketBuf<Read>>(&self, matching: TagMatch, buf: B) -> TagRecv<'_, B> {
         let (report, info) = completion();
-        TagRecv {
-            worker: self,
-            io: PendingIo::new(TagRecvReport { matching, report }, buf),
-            info,
-        }
+        ReportedRecv::new(self, TagRecvReport { matching, report }, buf, info)
     }
 }
 
