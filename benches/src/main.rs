@@ -13,6 +13,7 @@ mod measure;
 mod plot;
 mod report;
 mod tcp;
+mod ucx;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -54,6 +55,9 @@ enum Command {
     Lsio(LsioArgs),
     /// TCP over loopback: ping-pong and bulk throughput.
     Tcp(tcp::TcpArgs),
+    /// UCX over shared memory and TCP: tag ping-pong latency, tag and
+    /// active-message bandwidth, remote reads; beside `ucx_perftest`.
+    Ucx(ucx::UcxArgs),
 }
 
 /// Settings of `randread`.
@@ -303,6 +307,15 @@ fn run_tcp(out: &std::path::Path, args: &tcp::TcpArgs) -> bool {
     report(out, &results, |i| jobs[i].latency())
 }
 
+fn run_ucx(out: &std::path::Path, args: &ucx::UcxArgs) -> bool {
+    let mut contenders = ucx::contenders(args);
+    let jobs = ucx::jobs(args);
+    let bar = progress_bar(measure::steps(jobs.len(), contenders.len(), args.reps));
+    let results = measure::run_jobs(&jobs, &mut contenders, args.reps, args.span(), &bar);
+    bar.finish_and_clear();
+    report(out, &results, |i| jobs[i].latency())
+}
+
 fn main() {
     let cli = Cli::parse();
     let out = cli.out.as_path();
@@ -325,6 +338,7 @@ fn main() {
             run_files(out, &a.files, needs, |d| lsio_jobs(&a, d))
         }
         Some(Command::Tcp(a)) => run_tcp(out, &a),
+        Some(Command::Ucx(a)) => run_ucx(out, &a),
         None => run_all(out),
     };
     if cli.strict && !ok {
@@ -370,5 +384,6 @@ fn run_all(out: &std::path::Path) -> bool {
     });
     let tcp_ok = run_tcp(out, &tcp::TcpArgs::default());
     let core_ok = run_core(out, &core::CoreArgs::default());
-    files_ok && tcp_ok && core_ok
+    let ucx_ok = run_ucx(out, &ucx::UcxArgs::default());
+    files_ok && tcp_ok && core_ok && ucx_ok
 }

@@ -23,9 +23,10 @@ pub struct Sample {
     pub bytes: u64,
     /// Latencies of a sample of the operations, in ns.
     pub lat_ns: Vec<u64>,
-    /// p50 and p99 in ns as reported by an external tool (fio), when
+    /// p50 and p99 (if known) in ns as reported by an external tool (fio,
+    /// `ucx_perftest`), when
     /// `lat_ns` is empty.
-    pub percentiles: Option<(u64, u64)>,
+    pub percentiles: Option<(u64, Option<u64>)>,
 }
 
 /// One batch (or operation, or call) in `LATENCY_EVERY` has its latency

@@ -25,7 +25,7 @@ pub struct Series {
     pub lat_ns: Vec<u64>,
     /// Reported (p50, p99) per repetition, for contenders that measure their own.
     #[serde(skip)]
-    pub reported: Vec<(u64, u64)>,
+    pub reported: Vec<(u64, Option<u64>)>,
     /// Why the contender has no figures (skipped or failed).
     pub note: Option<String>,
 }
@@ -67,8 +67,9 @@ impl Series {
     pub fn latency(&self, p: f64) -> Option<u64> {
         if self.lat_ns.is_empty() {
             // Median over the repetitions of the tool's own percentile.
-            let pick = |r: &(u64, u64)| if p < 75.0 { r.0 } else { r.1 } as f64;
-            let v: Vec<f64> = self.reported.iter().map(pick).collect();
+            // A tool that gives no p99 leaves it unknown.
+            let pick = |r: &(u64, Option<u64>)| if p < 75.0 { Some(r.0) } else { r.1 };
+            let v: Vec<f64> = self.reported.iter().filter_map(pick).map(|v| v as f64).collect();
             return (!v.is_empty()).then(|| median(&v) as u64);
         }
         let mut v = self.lat_ns.clone();

@@ -3,15 +3,17 @@
 
 use std::io;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mfio_backends::{BackendKind, File, OpenOptions, Runtime, TcpListener, TcpStream};
 use mfio_core::{AlignedBuf, IoBackendExt, IoRead, IoReadStream, IoWrite, IoWriteStream, SyncIoRead, SyncIoWrite};
 
 use super::{read_chunks, ready, unbuilt, Built};
 use crate::files::{FileJob, Kind, DIRECT_ALIGN};
+use crate::measure::LATENCY_EVERY;
 use crate::measure::{drive_blocking, drive_files, drive_files_blocking, drive_ops, Contender, Sample};
 use crate::tcp::{loopback, session, TcpJob};
+use crate::ucx::{check_range, read_lanes, remote_file, touched, Pattern, UcxJob, REMOTE_FILE_LEN};
 
 fn options(job: &FileJob) -> OpenOptions {
     let mut o = OpenOptions::new();
@@ -238,5 +240,207 @@ impl Contender<TcpJob> for Mfio {
             let p = pairs(rt, job.conns).await?;
             session(p, job, span, round_trip, echo, send, recv).await
         })
+    }
+}
+
+// The UCX benchmark's patterns over TCP: the server on a thread (and a
+// runtime) of its own, as the UCX server worker is.
+
+impl Contender<UcxJob> for Mfio {
+    fn name(&self) -> String {
+        format!("mfio {} tcp", self.kind.name())
+    }
+
+    fn skip_reason(&self, _job: &UcxJob) -> Option<String> {
+        unbuilt(&self.rt)
+    }
+
+    fn run(&mut self, job: &UcxJob, span: Duration) -> io::Result<Sample> {
+        let kind = self.kind;
+        let rt = ready(&mut self.rt)?;
+        let conns = if job.pattern == Pattern::RemoteRead {
+            job.window.max(1)
+        } else {
+            1
+        };
+        let (tell, addr) = std::sync::mpsc::channel();
+        let server = {
+            let job = job.clone();
+            std::thread::spawn(move || -> io::Result<()> {
+                let rt = Runtime::builder().backend(kind).build()?;
+                let listener = TcpListener::bind(&rt, loopback())?;
+                // Buffers first: the client's clock starts once it has the address.
+                let bufs: Vec<Vec<u8>> = (0..conns).map(|_| touched(job.size)).collect();
+                let _ = tell.send(listener.local_addr()?);
+                rt.block_on(serve_pattern(&rt, &listener, &job, bufs))
+            })
+        };
+        let addr = addr
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| io::Error::other("the TCP server did not start"))?;
+        let res = rt.block_on(async {
+            let mut streams = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                let s = TcpStream::connect(rt, addr).await?;
+                s.set_nodelay(true)?;
+                streams.push(s);
+            }
+            drive_pattern(&streams, job, span).await
+        });
+        if res.is_err() {
+            // A server still waiting for connections gets them, and their end.
+            for _ in 0..conns {
+                drop(std::net::TcpStream::connect(addr));
+            }
+        }
+        let served = server
+            .join()
+            .map_err(|_| io::Error::other("the TCP server thread panicked"))?;
+        let sample = res?;
+        served?;
+        Ok(sample)
+    }
+}
+
+/// The client's side: the streams are dropped at the end, which ends the
+/// server's side.
+async fn drive_pattern(streams: &[TcpStream], job: &UcxJob, span: Duration) -> io::Result<Sample> {
+    let first = streams.first().ok_or_else(|| io::Error::other("no connection"))?;
+    let start = Instant::now();
+    match job.pattern {
+        Pattern::PingPong => {
+            let (mut buf, mut round, mut out) = (vec![0x5a; job.size], 0u64, Sample::default());
+            while round % 64 != 0 || start.elapsed() < span {
+                let t0 = (round % LATENCY_EVERY == 0).then(Instant::now);
+                let (sent, b) = first.write_all(buf).await.into_parts();
+                sent?;
+                let (got, b) = first.read_exact(b).await.into_parts();
+                got?;
+                if let Some(t0) = t0 {
+                    out.lat_ns.push(t0.elapsed().as_nanos() as u64 / 2);
+                }
+                (buf, round) = (b, round + 1);
+            }
+            out.elapsed = start.elapsed();
+            out.ops = 2 * round;
+            out.bytes = out.ops * job.bytes();
+            Ok(out)
+        }
+        Pattern::TagStream | Pattern::AmStream => {
+            let (mut buf, mut out) = (vec![0x5a; job.size], Sample::default());
+            while out.ops % 64 != 0 || start.elapsed() < span {
+                let t0 = (out.ops % LATENCY_EVERY == 0).then(Instant::now);
+                let (sent, b) = first.write_all(buf).await.into_parts();
+                sent?;
+                if let Some(t0) = t0 {
+                    out.lat_ns.push(t0.elapsed().as_nanos() as u64);
+                }
+                (buf, out.ops) = (b, out.ops + 1);
+            }
+            first.shutdown(std::net::Shutdown::Write).await?;
+            let (got, ack) = first.read_exact(Vec::with_capacity(8)).await.into_parts();
+            got?;
+            let received = ack.get(..8).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes);
+            if received != Some(out.ops * job.bytes()) {
+                return Err(io::Error::other(format!(
+                    "server received {received:?} of {} bytes",
+                    out.ops * job.bytes()
+                )));
+            }
+            out.elapsed = start.elapsed();
+            out.bytes = out.ops * job.bytes();
+            Ok(out)
+        }
+        Pattern::RemoteRead => {
+            read_lanes(job, span, |lane, offset, buf| async move {
+                let Some(s) = streams.get(lane) else {
+                    return (Err(io::Error::other("no such lane")), buf);
+                };
+                let (sent, _) = s.write_all(offset.to_le_bytes().to_vec()).await.into_parts();
+                if let Err(e) = sent {
+                    return (Err(e.into()), buf);
+                }
+                let (got, buf) = s.read_exact(buf).await.into_parts();
+                let res = got.map_err(io::Error::from).and_then(|()| check_range(offset, &buf));
+                (res, buf)
+            })
+            .await
+        }
+    }
+}
+
+/// The server's side: echo, count, or answer ranges from the file, until
+/// the client's streams end.
+async fn serve_pattern(rt: &Runtime, listener: &TcpListener, job: &UcxJob, mut bufs: Vec<Vec<u8>>) -> io::Result<()> {
+    let mut streams = Vec::with_capacity(bufs.len());
+    for _ in 0..bufs.len() {
+        let (s, _) = listener.accept().await?;
+        s.set_nodelay(true)?;
+        streams.push(s);
+    }
+    let ended =
+        |e: &mfio_core::Error| matches!(e.kind(), io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset);
+    let first = streams.first().ok_or_else(|| io::Error::other("no connection"))?;
+    match job.pattern {
+        Pattern::PingPong => {
+            let mut buf = bufs.pop().unwrap_or_default();
+            loop {
+                let (got, b) = first.read_exact(buf).await.into_parts();
+                match got {
+                    Ok(()) => {}
+                    Err(e) if ended(&e) => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+                let (sent, b) = first.write_all(b).await.into_parts();
+                sent?;
+                buf = b;
+                buf.clear();
+            }
+        }
+        Pattern::TagStream | Pattern::AmStream => {
+            let (mut buf, mut total) = (bufs.pop().unwrap_or_default(), 0u64);
+            loop {
+                buf.clear();
+                let (got, b) = first.read(buf).await.into_parts();
+                buf = b;
+                match got? {
+                    0 => break,
+                    n => total += n as u64,
+                }
+            }
+            let (sent, _) = first.write_all(total.to_le_bytes().to_vec()).await.into_parts();
+            Ok(sent?)
+        }
+        Pattern::RemoteRead => {
+            let file = rt.open(&remote_file()?, OpenOptions::new().read(true)).await?;
+            let lane = |(s, mut buf): (&TcpStream, Vec<u8>)| {
+                let file = &file;
+                let s = s.clone();
+                async move {
+                    loop {
+                        let (got, request) = s.read_exact(Vec::with_capacity(8)).await.into_parts();
+                        match got {
+                            Ok(()) => {}
+                            Err(e) if ended(&e) => return Ok::<_, io::Error>(()),
+                            Err(e) => return Err(e.into()),
+                        }
+                        let offset = request.get(..8).and_then(|w| w.try_into().ok()).map(u64::from_le_bytes);
+                        let offset = offset.filter(|o| o.saturating_add(job.bytes()) <= REMOTE_FILE_LEN);
+                        let Some(offset) = offset else {
+                            return Err(io::Error::new(io::ErrorKind::InvalidData, "range past the file"));
+                        };
+                        buf.clear();
+                        let (read, b) = file.read_exact_at(offset, buf).await.into_parts();
+                        read?;
+                        let (sent, b) = s.write_all(b).await.into_parts();
+                        sent?;
+                        buf = b;
+                    }
+                }
+            };
+            let lanes = futures::future::join_all(streams.iter().zip(bufs).map(lane)).await;
+            file.close().await?;
+            lanes.into_iter().collect::<io::Result<Vec<()>>>().map(drop)
+        }
     }
 }

@@ -67,10 +67,12 @@ pub mod fio;
 pub mod glommio;
 pub mod memflow;
 pub mod mfio;
+pub mod mfio_ucx;
 pub mod monoio;
 pub mod std_io;
 pub mod tokio;
 pub mod tokio_uring;
+pub mod ucx_perftest;
 
 use std::future::Future;
 use std::io;
