@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use mfio_core::{BufResult, Error, IoBackend, IoBackendExt, IoRead, IoReadStream, IoWrite, IoWriteStream, PacketIoExt};
 use mfio_net::ucx::{AmProtocol, AmSend, Context, Endpoint, Tag, TagMatch, Worker, WorkerAddress};
-use util::{fold, open_fds, pattern, within, Lcg, Transport};
+use util::{fd_table, fds_settled, fold, open_fds, pattern, within, Lcg, Transport};
 
 /// Environment variable that turns this binary into the peer.
 const ROLE: &str = "MFIO_UCX_PEER";
@@ -55,6 +55,9 @@ fn unhex(text: &str) -> Vec<u8> {
 struct Peer {
     /// Taken by a test that kills and reaps it itself.
     child: Option<Child>,
+    /// Drains the peer's stdout until the peer exits; joined when it has,
+    /// so the pipe is closed before anyone counts descriptors.
+    drain: Option<std::thread::JoinHandle<()>>,
     worker: Worker,
     ep: Option<Endpoint>,
 }
@@ -79,13 +82,14 @@ impl Peer {
             }
         };
         // Keep draining the peer's stdout so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let drain = std::thread::spawn(move || for _ in lines {});
         let worker = context(t).worker().expect("worker");
         let mut stdin = child.stdin.take().expect("peer stdin");
         writeln!(stdin, "{}", hex(worker.address().as_bytes())).expect("send address");
         let ep = worker.connect(&address).expect("connect");
         Self {
             child: Some(child),
+            drain: Some(drain),
             worker,
             ep: Some(ep),
         }
@@ -120,6 +124,10 @@ impl Peer {
         while self.worker.in_flight() > 0 && Instant::now() < deadline {
             self.worker.drive();
         }
+        // The peer exited: its stdout is at end of file.
+        if let Some(drain) = self.drain.take() {
+            drain.join().expect("stdout drain");
+        }
     }
 }
 
@@ -128,7 +136,13 @@ impl Drop for Peer {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            // Dead and reaped: its stdout is at end of file.
+            if let Some(drain) = self.drain.take() {
+                let _ = drain.join();
+            }
         }
+        // A peer its test took is left to that test (the drain ends when
+        // the peer does).
     }
 }
 
@@ -546,15 +560,15 @@ fn descriptors_same_before_and_after(t: Transport) {
     within(LIMIT, move || {
         // Warm-up: UCX opens some process-wide descriptors once.
         Peer::start(t).stop();
-        let before = open_fds();
+        let (before, table) = (open_fds(), fd_table());
         for _ in 0..3 {
             Peer::start(t).stop();
         }
-        // UCX closes some sockets from its own thread a moment later.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while open_fds() != before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(open_fds(), before, "descriptors before and after three peers");
+        assert_eq!(
+            fds_settled(before, Duration::from_secs(5)),
+            before,
+            "descriptors before and after three peers: before {table:#?}, after {:#?}",
+            fd_table()
+        );
     });
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use mfio_core::{IoBackendExt, IoRead, IoWrite};
 use mfio_net::ucx::{Tag, TagMatch};
-use util::{open_fds, pair, thread_cpu, within, Transport};
+use util::{fd_table, fds_settled, open_fds, pair, thread_cpu, within, Transport};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -63,7 +63,7 @@ fn descriptors_are_released_in_any_drop_order() {
         // Warm-up: UCX opens some process-wide descriptors once.
         drop(pair(Transport::Sm));
         drop(pair(Transport::Tcp));
-        let before = open_fds();
+        let (before, table) = (open_fds(), fd_table());
         for round in 0..4 {
             for t in [Transport::Sm, Transport::Tcp] {
                 let ctx = util::context(t, false);
@@ -88,11 +88,11 @@ fn descriptors_are_released_in_any_drop_order() {
                 }
             }
         }
-        // UCX closes some TCP sockets from its own thread a moment later.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while open_fds() != before && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(open_fds(), before, "descriptors before and after");
+        assert_eq!(
+            fds_settled(before, Duration::from_secs(5)),
+            before,
+            "descriptors before and after: before {table:#?}, after {:#?}",
+            fd_table()
+        );
     });
 }

@@ -142,6 +142,37 @@ pub fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
+/// The descriptor count once it is back to `before`, or after `limit`:
+/// UCX closes some TCP sockets from its own thread a moment after the
+/// worker is gone. The reading that ends the wait is the one returned (a
+/// second reading could catch a descriptor some thread holds an instant).
+pub fn fds_settled(before: usize, limit: Duration) -> usize {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let now = open_fds();
+        if now == before || std::time::Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What each open descriptor is (`/proc/self/fd`), for failure messages.
+pub fn fd_table() -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let target = std::fs::read_link(e.path()).map(|t| t.display().to_string());
+                    format!("{} -> {}", e.file_name().to_string_lossy(), target.unwrap_or_default())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
 /// CPU time this thread has used (`/proc/thread-self/schedstat`).
 pub fn thread_cpu() -> Duration {
     let text = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
