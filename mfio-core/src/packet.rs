@@ -125,7 +125,10 @@ pub trait CancelHandler: Send + Sync {
 
     /// The read packet registered under `token` completed with `data` (its
     /// transferred prefix) but the caller dropped it without taking the
-    /// result. Stream backends put the bytes back so nothing is lost.
+    /// result. Stream backends put the bytes back so nothing is lost;
+    /// message backends put the message back. `data` is empty for a read
+    /// that completed without error and without bytes (a zero-length
+    /// message is still a message); a read that failed is not handed back.
     fn unclaimed(&self, token: u64, data: &[u8]) {
         let _ = (token, data);
     }
@@ -224,7 +227,8 @@ impl Header {
             return;
         }
         let transferred = self.short_at.load(Ordering::Acquire).min(self.len);
-        if transferred > 0 {
+        let failed = self.flags.load(Ordering::Acquire) & HAS_ERROR != 0;
+        if transferred > 0 || !failed {
             // SAFETY: the packet is complete (no view can write any more) and its
             // buffer is alive (the caller holds a reference to the shared state);
             // the first `transferred` bytes were written by the backend.
@@ -758,6 +762,22 @@ mod tests {
         b.complete(0);
         drop(p);
         assert_eq!(rec.0.lock().as_slice(), &[(7, b"hello".to_vec(), false)]);
+    }
+
+    #[test]
+    fn unclaimed_empty_read_is_handed_back_and_failed_one_is_not() {
+        let rec = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let mut empty = read_packet(8);
+        let v = empty.take_view().expect("view");
+        v.set_cancel_handler(rec.clone(), 3).expect("register");
+        v.complete(0);
+        drop(empty);
+        let mut failed = read_packet(8);
+        let v = failed.take_view().expect("view");
+        v.set_cancel_handler(rec.clone(), 4).expect("register");
+        v.fail(Error::cancelled());
+        drop(failed);
+        assert_eq!(rec.0.lock().as_slice(), &[(3, Vec::new(), false)]);
     }
 
     #[test]

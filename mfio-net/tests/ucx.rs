@@ -32,6 +32,8 @@ per_transport!(
     rma_put_get_at_random_offsets,
     rma_bad_input,
     dropped_tag_receive_is_cancelled,
+    dropped_completed_tag_receive_loses_no_message,
+    dropped_completed_am_receive_loses_no_message,
     flush_and_close_write,
 );
 
@@ -508,6 +510,110 @@ fn dropped_tag_receive_is_cancelled(t: Transport) {
                     .into_parts();
             assert_eq!((got.expect("recv"), &buf[..]), (4, &b"late"[..]));
         });
+    });
+}
+
+/// A receive that took a message and was then dropped unclaimed gives the
+/// message back: the next matching receive takes it, in order, whatever
+/// its size (none, eager, rendezvous); a returned message longer than the
+/// next buffer is a typed truncation, as from UCX.
+fn dropped_completed_tag_receive_loses_no_message(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        for (round, size) in [0usize, 5, 100, 1 << 20].into_iter().enumerate() {
+            let tag = 700 + round as u64;
+            let (first, second) = (pattern(tag, 0, size), pattern(tag, 1, size));
+            p.both.block_on(async {
+                let mut taken = Box::pin(p.b.tag_recv(TagMatch::exact(tag), Vec::with_capacity(size)));
+                assert!(futures::poll!(taken.as_mut()).is_pending(), "posted");
+                // A rendezvous send completes once a receive matched it:
+                // both messages are sent while the receives go on.
+                let send = async {
+                    for m in [first.clone(), second.clone()] {
+                        let (sent, _) = p.ab().write_at(Tag(tag), m).await.into_parts();
+                        sent.expect("send");
+                    }
+                };
+                let receive = async {
+                    // The first message completes the posted receive in the
+                    // worker; its caller leaves without it.
+                    while p.b.in_flight() > 0 {
+                        util::yield_now().await;
+                    }
+                    drop(taken);
+                    let (got, buf) =
+                        p.b.tag_recv(TagMatch::exact(tag), Vec::with_capacity(size))
+                            .await
+                            .into_parts();
+                    let got = got.expect("the returned message");
+                    assert_eq!((got.tag, got.len), (tag, size));
+                    assert!(buf == first, "the first message, whole");
+                    let (got, buf) =
+                        p.b.read_at(TagMatch::any(), Vec::with_capacity(size))
+                            .await
+                            .into_parts();
+                    assert_eq!(got.expect("the second message"), size);
+                    assert!(buf == second, "then the second");
+                };
+                futures::join!(send, receive);
+            });
+        }
+        // Returned, then too long for the next receive: typed, discarded.
+        p.both.block_on(async {
+            let mut taken = Box::pin(p.b.tag_recv(TagMatch::exact(9), Vec::with_capacity(64)));
+            assert!(futures::poll!(taken.as_mut()).is_pending());
+            let (sent, _) = p.ab().write_at(Tag(9), vec![1u8; 64]).await.into_parts();
+            sent.expect("send");
+            while p.b.in_flight() > 0 {
+                util::yield_now().await;
+            }
+            drop(taken);
+            let (got, _) =
+                p.b.read_at(TagMatch::exact(9), Vec::with_capacity(8))
+                    .await
+                    .into_parts();
+            assert!(got.expect_err("truncated").is_truncated());
+            let (sent, _) = p.ab().write_at(Tag(9), b"next".to_vec()).await.into_parts();
+            sent.expect("send");
+            let (got, buf) =
+                p.b.read_at(TagMatch::exact(9), Vec::with_capacity(8))
+                    .await
+                    .into_parts();
+            assert_eq!((got.expect("next"), &buf[..]), (4, &b"next"[..]));
+        });
+    });
+}
+
+/// As for tags: an active message a receive took, dropped unclaimed, goes
+/// to the next receive of its id, header and data, whatever its size.
+fn dropped_completed_am_receive_loses_no_message(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        p.b.listen_am(5).expect("listen");
+        for (round, size) in [0usize, 5, 100, 1 << 20].into_iter().enumerate() {
+            let (header, data) = (pattern(round as u64, 9, 16), pattern(round as u64, 0, size));
+            p.both.block_on(async {
+                // A bare packet: its completion is seen without taking it.
+                let mut taken = mfio_core::Packet::<mfio_core::Read, Vec<u8>>::new(Vec::with_capacity(size));
+                let view = taken.take_view().expect("view");
+                mfio_core::PacketIo::try_send_io(&p.b, AmId(5), view).expect("posted");
+                let send = async {
+                    let (sent, _) = p.ab().io(AmSend::new(5, header.clone()), data.clone()).await;
+                    sent.result().expect("send");
+                };
+                let receive = async {
+                    while !taken.is_complete() {
+                        util::yield_now().await;
+                    }
+                    drop(taken);
+                    let (got, buf) = p.b.am_recv(5, Vec::with_capacity(size)).await.into_parts();
+                    let got = got.expect("the returned message");
+                    assert_eq!((&got.header, got.len), (&header, size));
+                    assert!(buf == data, "its data, whole");
+                };
+                futures::join!(send, receive);
+            });
+        }
     });
 }
 

@@ -151,6 +151,10 @@ pub(crate) struct Shared {
     sink: sys::Sink,
     am_sink: Arc<sys::AmSink>,
     pub(crate) cancels: Arc<Cancels>,
+    /// Tag messages whose receive's caller left without them.
+    pub(crate) returned: Arc<op::returned::Returned>,
+    /// Active messages whose receive's caller left without them.
+    pub(crate) returned_ams: Arc<op::returned::ReturnedAms>,
     pub(crate) notifier: Arc<Notifier>,
     /// Endpoints UCX reported failed, to be closed by the driving step.
     pub(crate) failed_eps: Arc<Mutex<Vec<u64>>>,
@@ -614,6 +618,8 @@ impl WorkerBuilder {
                 sink: Mutex::new(Vec::new()),
                 am_sink: Arc::new(Mutex::new(Vec::new())),
                 cancels: Cancels::new(notifier.clone()),
+                returned: Arc::default(),
+                returned_ams: Arc::default(),
                 failed_eps: Arc::new(Mutex::new(Vec::new())),
                 notifier,
                 epoll,

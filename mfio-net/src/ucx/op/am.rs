@@ -3,6 +3,7 @@
 //! the caller's buffer (rendezvous data straight from the sender, fetched
 //! outside UCX's callback) and the header comes back beside it.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use mfio_core::completion::{completion, Completer};
@@ -10,6 +11,7 @@ use mfio_core::{Error, PacketBuf, PacketIo, PacketView, QueueFull, Read, Write};
 
 use super::post::{self, fail_read};
 use super::recv::ReportedRecv;
+use super::returned::{AmClaim, ReturnedAms};
 use super::{InFlight, Keep};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys::{self, AmArrival, AmData};
@@ -129,7 +131,14 @@ fn post_recv(shared: &Shared, id: u16, view: PacketView<Read>, report: Option<Co
             }
             return fail_read(view, err);
         }
-        let next = st.am.entry(id).or_default().arrivals.pop_front();
+        // A message a dropped receive took comes first.
+        let returned = shared.returned_ams.take(id).map(|(header, data)| AmArrival {
+            id,
+            header,
+            data: AmData::Copied(data),
+            reply_ep: std::ptr::null_mut(),
+        });
+        let next = returned.or_else(|| st.am.entry(id).or_default().arrivals.pop_front());
         match next {
             Some(arrival) => {
                 let mut out = Vec::new();
@@ -147,15 +156,26 @@ fn post_recv(shared: &Shared, id: u16, view: PacketView<Read>, report: Option<Co
     });
 }
 
-fn finished(
+/// What a receive of a message to `id` holds while (or once) its data lands.
+fn landing(
+    shared: &Shared,
+    id: u16,
     view: PacketView<Read>,
     report: Option<Completer<AmInfo>>,
     header: Vec<u8>,
-    status: sys::Status,
-    length: usize,
-) -> (InFlight, sys::Finished) {
+) -> InFlight {
+    InFlight::AmData {
+        view,
+        report,
+        header,
+        id,
+        returned: shared.returned_ams.clone(),
+    }
+}
+
+fn finished(op: InFlight, status: sys::Status, length: usize) -> (InFlight, sys::Finished) {
     (
-        InFlight::AmData { view, report, header },
+        op,
         sys::Finished {
             key: usize::MAX,
             status,
@@ -174,20 +194,24 @@ fn deliver(
     arrival: AmArrival,
     out: &mut Vec<(InFlight, sys::Finished)>,
 ) {
-    let header = arrival.header;
+    let (id, header) = (arrival.id, arrival.header);
     let len = match &arrival.data {
         AmData::Copied(data) => data.len(),
         AmData::Held { len, .. } | AmData::Rendezvous { len, .. } => *len,
     };
     if len > view.len() {
         release(shared.handle, arrival.data);
-        out.push(finished(view, report, header, sys::ERR_TRUNCATED, len));
+        out.push(finished(
+            landing(shared, id, view, report, header),
+            sys::ERR_TRUNCATED,
+            len,
+        ));
         return;
     }
     match arrival.data {
         AmData::Copied(data) => {
             view.fill_from(&data);
-            out.push(finished(view, report, header, sys::OK, len));
+            out.push(finished(landing(shared, id, view, report, header), sys::OK, len));
         }
         AmData::Held { desc, len } => {
             // SAFETY: UCX keeps len bytes at desc until we release it.
@@ -195,21 +219,21 @@ fn deliver(
             view.fill_from(data);
             // SAFETY: kept from the callback, released once.
             unsafe { sys::am_data_release(shared.handle, desc) };
-            out.push(finished(view, report, header, sys::OK, len));
+            out.push(finished(landing(shared, id, view, report, header), sys::OK, len));
         }
         AmData::Rendezvous { desc, len: 0 } => {
             // Nothing to fetch: UCX 1.13 leaks the descriptor of a
             // zero-byte fetch, so it is released (the sender completes).
             // SAFETY: kept from the callback, released once.
             unsafe { sys::am_data_release(shared.handle, desc) };
-            out.push(finished(view, report, header, sys::OK, 0));
+            out.push(finished(landing(shared, id, view, report, header), sys::OK, 0));
         }
         AmData::Rendezvous { desc, len } => {
             let ptr = view.as_mut_ptr();
             // SAFETY: outside any callback, with the worker locked; the
             // view stays in the record until UCX reports the fetch.
             let (posted, n) = unsafe { sys::am_recv_data(shared.handle, desc, ptr, len, shared.sink()) };
-            match shared.settle(st, posted, InFlight::AmData { view, report, header }, n) {
+            match shared.settle(st, posted, landing(shared, id, view, report, header), n) {
                 Settled::Now(op, f) => out.push((op, f)),
                 Settled::Later => {}
             }
@@ -248,7 +272,34 @@ pub(crate) fn release(worker: sys::WorkerH, data: AmData) {
     }
 }
 
-pub(crate) fn finish(view: PacketView<Read>, report: Option<Completer<AmInfo>>, header: Vec<u8>, f: sys::Finished) {
+pub(crate) fn finish(
+    mut view: PacketView<Read>,
+    report: Option<Completer<AmInfo>>,
+    header: Vec<u8>,
+    id: u16,
+    returned: Arc<ReturnedAms>,
+    f: sys::Finished,
+) {
+    if f.status == sys::OK {
+        // From now on a caller that leaves without the message gives it
+        // back. One that left already does so here.
+        let claim = AmClaim {
+            id,
+            header: header.clone(),
+            returned: returned.clone(),
+        };
+        if view.set_cancel_handler(Arc::new(claim), 0).is_err() {
+            // SAFETY: the first `f.length` bytes of the view were written
+            // (copied or fetched), and nothing writes it now.
+            let data = unsafe { std::slice::from_raw_parts(view.as_mut_ptr(), f.length) };
+            returned.put_back(id, header, data.to_vec());
+            if let Some(report) = report {
+                report.complete(Err(Error::cancelled()));
+            }
+            view.fail(Error::cancelled());
+            return;
+        }
+    }
     let result = match f.status {
         sys::OK => Ok(AmInfo { header, len: f.length }),
         sys::ERR_TRUNCATED => Err(Error::truncated(Some(f.length as u64), view.len() as u64)),

@@ -6,6 +6,7 @@ pub(crate) mod am;
 pub(crate) mod control;
 pub(crate) mod post;
 pub(crate) mod recv;
+pub(crate) mod returned;
 pub(crate) mod rma;
 pub(crate) mod stream;
 pub(crate) mod tag;
@@ -65,6 +66,8 @@ pub(crate) enum InFlight {
         report: Option<Completer<TagInfo>>,
         /// The sender's tag and the length, when known from a probe.
         known: Option<(u64, usize)>,
+        /// Where the message goes if the caller leaves without it.
+        returned: Arc<returned::Returned>,
     },
     /// A stream receive on endpoint `ep_id`: ends its turn when done.
     StreamRecv { view: PacketView<Read>, ep_id: u64 },
@@ -73,6 +76,10 @@ pub(crate) enum InFlight {
         view: PacketView<Read>,
         report: Option<Completer<AmInfo>>,
         header: Vec<u8>,
+        /// The id it was sent to, and where it goes if the caller leaves
+        /// without it.
+        id: u16,
+        returned: Arc<returned::ReturnedAms>,
     },
     /// A close, and who to tell.
     Control {
@@ -109,9 +116,20 @@ pub(crate) fn finish(op: InFlight, f: sys::Finished) {
                 view.fail(failed("get"));
             }
         }
-        InFlight::TagRecv { view, report, known } => tag::finish(view, report, known, f),
+        InFlight::TagRecv {
+            view,
+            report,
+            known,
+            returned,
+        } => tag::finish(view, report, known, &returned, f),
         InFlight::StreamRecv { view, .. } => stream::finish(view, f),
-        InFlight::AmData { view, report, header } => am::finish(view, report, header, f),
+        InFlight::AmData {
+            view,
+            report,
+            header,
+            id,
+            returned,
+        } => am::finish(view, report, header, id, returned, f),
         InFlight::Control { done, keep, what } => {
             drop(keep);
             done.tell(if f.status == sys::OK { Ok(()) } else { Err(failed(what)) });

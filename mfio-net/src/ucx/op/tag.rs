@@ -8,6 +8,7 @@ use mfio_core::{Error, PacketBuf, PacketIo, PacketView, QueueFull, Read, Write};
 
 use super::post::{self, fail_read};
 use super::recv::ReportedRecv;
+use super::returned::Returned;
 use super::{InFlight, Keep};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys;
@@ -68,6 +69,12 @@ impl PacketIo<Write, Tag> for Endpoint {
 
 fn post_recv(shared: &Shared, matching: TagMatch, mut view: PacketView<Read>, report: Option<Completer<TagInfo>>) {
     shared.start(|shared, _st, token| {
+        let returned = shared.returned.clone();
+        // A message a dropped receive took comes first: it arrived before
+        // anything UCX still holds.
+        if let Some((tag, data)) = returned.take(matching.tag, matching.mask) {
+            return serve_returned(view, report, tag, data, returned);
+        }
         if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
             return fail_read(view, Error::cancelled());
         }
@@ -77,8 +84,47 @@ fn post_recv(shared: &Shared, matching: TagMatch, mut view: PacketView<Read>, re
         let (posted, known) =
             unsafe { sys::tag_recv(shared.handle, ptr, len, matching.tag, matching.mask, shared.sink()) };
         let immediate = known.map_or(0, |(_, n)| n.min(len));
-        Start::Posted(posted, InFlight::TagRecv { view, report, known }, immediate)
+        let op = InFlight::TagRecv {
+            view,
+            report,
+            known,
+            returned,
+        };
+        Start::Posted(posted, op, immediate)
     });
+}
+
+/// Receives a returned message: copied into the view, then finished as a
+/// message from UCX is (so it comes back again if this caller leaves too).
+/// A message longer than the buffer is discarded with a typed error, as UCX
+/// does.
+fn serve_returned(
+    mut view: PacketView<Read>,
+    report: Option<Completer<TagInfo>>,
+    tag: u64,
+    data: Vec<u8>,
+    returned: std::sync::Arc<Returned>,
+) -> Start {
+    let len = data.len();
+    let status = if len > view.len() {
+        sys::ERR_TRUNCATED
+    } else {
+        view.fill_from(&data);
+        sys::OK
+    };
+    let op = InFlight::TagRecv {
+        view,
+        report,
+        known: Some((tag, len)),
+        returned,
+    };
+    let finished = sys::Finished {
+        key: usize::MAX,
+        status,
+        length: len,
+        tag,
+    };
+    Start::Finished(op, finished)
 }
 
 /// Receives the first message matching the address; completes with its
@@ -101,9 +147,10 @@ impl PacketIo<Read, TagMatch> for Worker {
 }
 
 pub(crate) fn finish(
-    view: PacketView<Read>,
+    mut view: PacketView<Read>,
     report: Option<Completer<TagInfo>>,
     known: Option<(u64, usize)>,
+    returned: &std::sync::Arc<Returned>,
     f: sys::Finished,
 ) {
     let (tag, len) = known.unwrap_or((f.tag, f.length));
@@ -115,6 +162,19 @@ pub(crate) fn finish(
     };
     match result {
         Ok(info) => {
+            // From now on a caller that leaves without the message gives it
+            // back (under its tag). One that left already does so here.
+            if view.set_cancel_handler(returned.clone(), info.tag).is_err() {
+                // SAFETY: UCX (or `serve_returned`) wrote the first
+                // `info.len` bytes of the view, which nothing writes now.
+                let data = unsafe { std::slice::from_raw_parts(view.as_mut_ptr(), info.len) };
+                returned.put_back(info.tag, data.to_vec());
+                if let Some(report) = report {
+                    report.complete(Err(Error::cancelled()));
+                }
+                view.fail(Error::cancelled());
+                return;
+            }
             if let Some(report) = report {
                 report.complete(Ok(info));
             }
