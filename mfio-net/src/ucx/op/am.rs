@@ -367,7 +367,9 @@ impl Worker {
     /// Messages that arrive before a receive is posted wait (their data
     /// held by UCX or copied); messages to an id nobody listens on are
     /// dropped by UCX. Call [`listen_am`](Self::listen_am) to start
-    /// keeping an id's messages before the first receive.
+    /// keeping an id's messages before the first receive. Dropping the
+    /// future after it took a message gives the message to the next
+    /// receive posted for `id`.
     pub fn am_recv<B: PacketBuf<Read>>(&self, id: u16, buf: B) -> AmRecv<'_, B> {
         let (report, info) = completion();
         ReportedRecv::new(self, AmRecvReport { id, report }, buf, info)

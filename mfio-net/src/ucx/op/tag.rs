@@ -221,6 +221,10 @@ impl Worker {
     /// Receives the first message matching `matching` into `buf`, with the
     /// sender's tag and the length.
     ///
+    /// Dropping the future before it resolves cancels the receive. If it
+    /// had taken a message already, the message is not lost: the next
+    /// matching receive posted gets it first.
+    ///
     /// # Errors
     /// (in the output) [`Error::is_truncated`] if the message is longer
     /// than `buf`'s capacity; cancellation if the worker goes away.
