@@ -58,6 +58,9 @@ enum Command {
     /// UCX over shared memory and TCP: tag ping-pong latency, tag and
     /// active-message bandwidth, remote reads; beside `ucx_perftest`.
     Ucx(ucx::UcxArgs),
+    /// The server process of `ucx`'s "2 processes" contender (internal).
+    #[command(hide = true)]
+    UcxServe(ucx::ServeArgs),
 }
 
 /// Settings of `randread`.
@@ -339,6 +342,13 @@ fn main() {
         }
         Some(Command::Tcp(a)) => run_tcp(out, &a),
         Some(Command::Ucx(a)) => run_ucx(out, &a),
+        Some(Command::UcxServe(a)) => match contenders::mfio_ucx::serve_process(&a.job()) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("mfio-bench ucx-serve: {e}");
+                std::process::exit(1);
+            }
+        },
         None => run_all(out),
     };
     if cli.strict && !ok {

@@ -43,7 +43,7 @@ impl Transport {
 }
 
 /// What the two peers exchange.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pattern {
     /// A message, then the same message back; one at a time.
     PingPong,
@@ -54,6 +54,53 @@ pub enum Pattern {
     /// Range requests answered from a file read with io_uring, `window`
     /// requests in flight.
     RemoteRead,
+}
+
+impl Pattern {
+    /// Name on the command line (`ucx-serve --pattern`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::PingPong => "ping-pong",
+            Self::TagStream => "tag-stream",
+            Self::AmStream => "am-stream",
+            Self::RemoteRead => "remote-read",
+        }
+    }
+}
+
+/// Settings of the hidden `ucx-serve`: the server process of the
+/// "2 processes" contender, one repetition.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// The transport.
+    #[arg(long, value_enum)]
+    transport: Transport,
+    /// The exchange.
+    #[arg(long, value_enum)]
+    pattern: Pattern,
+    /// Bytes per message.
+    #[arg(long)]
+    size: usize,
+    /// Operations in flight.
+    #[arg(long)]
+    window: usize,
+    /// Receives posted in the one-way runs.
+    #[arg(long)]
+    recv_window: usize,
+}
+
+impl ServeArgs {
+    /// The workload it serves.
+    pub fn job(&self) -> UcxJob {
+        UcxJob {
+            title: String::new(),
+            transport: self.transport,
+            pattern: self.pattern,
+            size: self.size,
+            window: self.window,
+            recv_window: self.recv_window,
+        }
+    }
 }
 
 /// One UCX workload.
@@ -188,6 +235,7 @@ pub fn contenders(args: &UcxArgs) -> Vec<Box<dyn Contender<UcxJob>>> {
         Box::new(ucx_perftest::UcxPerftest::new(ucx_perftest::Setup::Plain)),
         Box::new(ucx_perftest::UcxPerftest::new(ucx_perftest::Setup::AsMfio)),
         Box::new(mfio_ucx::MfioUcx::new(mfio_ucx::Waiting::Spin(None))),
+        Box::new(mfio_ucx::MfioUcxProcesses),
         Box::new(ucx_perftest::UcxPerftest::new(ucx_perftest::Setup::Asleep)),
         Box::new(mfio_ucx::MfioUcx::new(mfio_ucx::Waiting::Sleep)),
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Uring)),

@@ -12,7 +12,7 @@ use futures::future::{join_all, select, Either};
 use futures::stream::{FuturesUnordered, StreamExt};
 use mfio_backends::{Composite, OpenOptions, Runtime};
 use mfio_core::{BufResult, IoBackendExt, IoRead, IoWrite, PacketIoExt};
-use mfio_net::ucx::{AmSend, Context, Endpoint, Tag, TagMatch, Worker};
+use mfio_net::ucx::{AmSend, Context, Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use crate::measure::{drive_ops, Contender, Pace, Positions, Sample, LATENCY_EVERY};
 use crate::ucx::{check_range, read_lanes, remote_file, touched, Pattern, Transport, UcxJob, REMOTE_FILE_LEN};
@@ -165,6 +165,9 @@ impl Contender<UcxJob> for MfioUcx {
         let served = {
             let job = job.clone();
             std::thread::Builder::new().name("ucx-server".into()).spawn(move || {
+                let ready = move || {
+                    let _ = ready.send(());
+                };
                 let res = serve(&server, &to_client, &job, ready, stopped);
                 (res, server, to_client)
             })?
@@ -324,7 +327,7 @@ fn serve(
     worker: &Worker,
     ep: &Endpoint,
     job: &UcxJob,
-    ready: std::sync::mpsc::Sender<()>,
+    ready: impl FnOnce(),
     stopped: futures::channel::oneshot::Receiver<()>,
 ) -> io::Result<()> {
     let posted = match job.pattern {
@@ -336,7 +339,7 @@ fn serve(
         Pattern::RemoteRead => Some(Runtime::new()?),
         _ => None,
     };
-    let _ = ready.send(());
+    ready();
     if let Some(rt) = rt {
         let both = Composite::new(vec![Box::new(rt.clone()), Box::new(worker.clone())])?;
         let work = Box::pin(serve_ranges(&rt, worker, ep, job, bufs));
@@ -448,5 +451,131 @@ async fn serve_ranges(
     let lanes = join_all(bufs.into_iter().map(lane)).await;
     let res = lanes.into_iter().collect::<io::Result<Vec<()>>>().map(drop);
     file.close().await?;
+    res
+}
+
+/// mfio-net's UCX backend with its server in a process of its own (this
+/// binary again, `mfio-bench ucx-serve`), as `ucx_perftest` runs: two
+/// address spaces instead of two threads of one.
+pub struct MfioUcxProcesses;
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> io::Result<Vec<u8>> {
+    let bad = || bad(format!("malformed hex address {text:?}"));
+    if text.len() % 2 != 0 {
+        return Err(bad());
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
+        .collect()
+}
+
+fn context(transport: Transport) -> mfio_core::Result<Context> {
+    transport
+        .settings()
+        .iter()
+        .fold(Context::builder(), |b, (k, v)| b.set(*k, *v))
+        .build()
+}
+
+/// The next line of `lines` that holds `prefix` (UCX may print its own
+/// lines), from after the prefix.
+fn line_after(lines: &mut impl Iterator<Item = io::Result<String>>, prefix: &str) -> io::Result<String> {
+    for line in lines {
+        if let Some((_, rest)) = line?.split_once(prefix) {
+            return Ok(rest.trim().to_string());
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the server process ended before {prefix:?}"),
+    ))
+}
+
+impl Contender<UcxJob> for MfioUcxProcesses {
+    fn name(&self) -> String {
+        "mfio ucx, 2 processes".into()
+    }
+
+    fn skip_reason(&self, _job: &UcxJob) -> Option<String> {
+        None
+    }
+
+    fn run(&mut self, job: &UcxJob, span: Duration) -> io::Result<Sample> {
+        use std::io::{BufRead, Write};
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .arg("ucx-serve")
+            .args(["--transport", job.transport.name(), "--pattern", job.pattern.name()])
+            .args(["--size", &job.size.to_string(), "--window", &job.window.to_string()])
+            .args(["--recv-window", &job.recv_window.to_string()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let res = (|| {
+            let (Some(mut to_child), Some(from_child)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(io::Error::other("no pipes to the server process"));
+            };
+            let mut lines = std::io::BufReader::new(from_child).lines();
+            let address = WorkerAddress::from_bytes(&unhex(&line_after(&mut lines, "ADDR ")?)?)?;
+            let worker = context(job.transport)?.worker()?;
+            writeln!(to_child, "{}", hex(worker.address().as_bytes()))?;
+            to_child.flush()?;
+            let ep = worker.connect(&address)?;
+            // The clock starts once the server has its buffers.
+            line_after(&mut lines, "READY")?;
+            let sample = worker.block_on(drive(&worker, &ep, job, span));
+            // Drained, so the server never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            sample
+        })();
+        // Bounded: the server ends after the client's last message.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break Some(status);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let sample = res?;
+        match status {
+            Some(s) if s.success() => Ok(sample),
+            Some(s) => Err(io::Error::other(format!("the server process failed: {s}"))),
+            None => Err(io::Error::other("the server process did not end")),
+        }
+    }
+}
+
+/// The server process of [`MfioUcxProcesses`]: prints its worker address,
+/// reads the client's from stdin, serves one repetition of `job`.
+///
+/// # Errors
+/// UCX's, or the pattern's.
+pub fn serve_process(job: &UcxJob) -> io::Result<()> {
+    use std::io::{BufRead, Write};
+    let worker = context(job.transport)?.worker()?;
+    worker.listen_am(AM_ID)?;
+    println!("ADDR {}", hex(worker.address().as_bytes()));
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line)?;
+    let ep = worker.connect(&WorkerAddress::from_bytes(&unhex(line.trim())?)?)?;
+    let ready = || {
+        println!("READY");
+        let _ = std::io::stdout().flush();
+    };
+    // Never fired: the client's last message ends the loop.
+    let (_keep, never) = futures::channel::oneshot::channel::<()>();
+    let res = serve(&worker, &ep, job, ready, never);
+    // Our last replies leave before the process does.
+    let _ = worker.block_on(ep.io(mfio_core::Flush, Vec::new()));
     res
 }
