@@ -41,21 +41,6 @@ fn context(tcp: bool) -> Result<Context> {
     builder.build()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Result<Vec<u8>> {
-    let bad = || Error::new(std::io::ErrorKind::InvalidData, "malformed hex address");
-    if text.len() % 2 != 0 {
-        return Err(bad());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
-        .collect()
-}
-
 /// The byte at `offset` of the test file.
 fn byte_at(offset: u64) -> u8 {
     (offset.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
@@ -64,11 +49,11 @@ fn byte_at(offset: u64) -> u8 {
 fn serve(path: &Path, tcp: bool) -> Result<()> {
     let runtime = Runtime::new()?;
     let worker = context(tcp)?.worker()?;
-    println!("ADDR {}", hex(worker.address().as_bytes()));
+    println!("ADDR {}", worker.address().to_hex());
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().read_line(&mut line)?;
-    let peer = WorkerAddress::from_bytes(&unhex(line.trim())?)?;
+    let peer = WorkerAddress::from_hex(&line)?;
     let client = worker.connect(&peer)?;
     let both = Composite::new(vec![Box::new(runtime.clone()), Box::new(worker.clone())])?;
     both.block_on(async {
@@ -122,14 +107,14 @@ fn client(tcp: bool) -> Result<()> {
         match lines.next() {
             Some(line) => {
                 if let Some(hexed) = line?.strip_prefix("ADDR ") {
-                    break WorkerAddress::from_bytes(&unhex(hexed.trim())?)?;
+                    break WorkerAddress::from_hex(hexed)?;
                 }
             }
             None => return Err(Error::new(std::io::ErrorKind::UnexpectedEof, "the server exited")),
         }
     };
     let worker = context(tcp)?.worker()?;
-    writeln!(to_server, "{}", hex(worker.address().as_bytes()))?;
+    writeln!(to_server, "{}", worker.address().to_hex())?;
     to_server.flush()?;
     let server_ep = worker.connect(&address)?;
     let started = std::time::Instant::now();

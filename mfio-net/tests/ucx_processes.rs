@@ -41,16 +41,6 @@ fn context(t: Transport) -> Context {
     builder.set("KEEPALIVE_INTERVAL", "1s").build().expect("context")
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Vec<u8> {
-    (0..text.len() / 2)
-        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex"))
-        .collect()
-}
-
 /// The peer process, seen from the test.
 struct Peer {
     /// Taken by a test that kills and reaps it itself.
@@ -78,14 +68,14 @@ impl Peer {
             let line = lines.next().expect("the peer printed its address").expect("line");
             // libtest may have started the line ("test peer ... ").
             if let Some((_, h)) = line.split_once("ADDR ") {
-                break WorkerAddress::from_bytes(&unhex(h.trim())).expect("address");
+                break WorkerAddress::from_hex(h).expect("address");
             }
         };
         // Keep draining the peer's stdout so it never blocks on a full pipe.
         let drain = std::thread::spawn(move || for _ in lines {});
         let worker = context(t).worker().expect("worker");
         let mut stdin = child.stdin.take().expect("peer stdin");
-        writeln!(stdin, "{}", hex(worker.address().as_bytes())).expect("send address");
+        writeln!(stdin, "{}", worker.address().to_hex()).expect("send address");
         let ep = worker.connect(&address).expect("connect");
         Self {
             child: Some(child),
@@ -171,12 +161,12 @@ fn peer() {
     let t = if role == "sm" { Transport::Sm } else { Transport::Tcp };
     let ctx = context(t);
     let worker = ctx.worker().expect("worker");
-    println!("ADDR {}", hex(worker.address().as_bytes()));
+    println!("ADDR {}", worker.address().to_hex());
     std::io::stdout().flush().expect("flush");
     let mut line = String::new();
     std::io::stdin().read_line(&mut line).expect("address");
     let client = worker
-        .connect(&WorkerAddress::from_bytes(&unhex(line.trim())).expect("address"))
+        .connect(&WorkerAddress::from_hex(&line).expect("address"))
         .expect("connect");
     let region = mfio_net::ucx::MemoryRegion::new(&ctx, REGION).expect("region");
     worker.listen_am(AM_TO_PEER).expect("listen");

@@ -459,21 +459,6 @@ async fn serve_ranges(
 /// address spaces instead of two threads of one.
 pub struct MfioUcxProcesses;
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> io::Result<Vec<u8>> {
-    let bad = || bad(format!("malformed hex address {text:?}"));
-    if text.len() % 2 != 0 {
-        return Err(bad());
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2).ok_or_else(bad)?, 16).map_err(|_| bad()))
-        .collect()
-}
-
 fn context(transport: Transport) -> mfio_core::Result<Context> {
     transport
         .settings()
@@ -520,9 +505,9 @@ impl Contender<UcxJob> for MfioUcxProcesses {
                 return Err(io::Error::other("no pipes to the server process"));
             };
             let mut lines = std::io::BufReader::new(from_child).lines();
-            let address = WorkerAddress::from_bytes(&unhex(&line_after(&mut lines, "ADDR ")?)?)?;
+            let address = WorkerAddress::from_hex(&line_after(&mut lines, "ADDR ")?)?;
             let worker = context(job.transport)?.worker()?;
-            writeln!(to_child, "{}", hex(worker.address().as_bytes()))?;
+            writeln!(to_child, "{}", worker.address().to_hex())?;
             to_child.flush()?;
             let ep = worker.connect(&address)?;
             // The clock starts once the server has its buffers.
@@ -563,11 +548,11 @@ pub fn serve_process(job: &UcxJob) -> io::Result<()> {
     use std::io::{BufRead, Write};
     let worker = context(job.transport)?.worker()?;
     worker.listen_am(AM_ID)?;
-    println!("ADDR {}", hex(worker.address().as_bytes()));
+    println!("ADDR {}", worker.address().to_hex());
     std::io::stdout().flush()?;
     let mut line = String::new();
     std::io::stdin().lock().read_line(&mut line)?;
-    let ep = worker.connect(&WorkerAddress::from_bytes(&unhex(line.trim())?)?)?;
+    let ep = worker.connect(&WorkerAddress::from_hex(&line)?)?;
     let ready = || {
         println!("READY");
         let _ = std::io::stdout().flush();

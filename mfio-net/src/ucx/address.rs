@@ -121,6 +121,39 @@ impl WorkerAddress {
         Ok(Self { sealed: bytes.to_vec() })
     }
 
+    /// The address as lowercase hex, for text channels (a command line, an
+    /// environment variable, a file, a pipe).
+    pub fn to_hex(&self) -> String {
+        self.sealed.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// An address received from a peer as hex ([`to_hex`](Self::to_hex));
+    /// surrounding white space is ignored.
+    ///
+    /// # Errors
+    /// `InvalidData` if `text` is not hex, or not a whole, intact address.
+    pub fn from_hex(text: &str) -> Result<Self> {
+        let text = text.trim();
+        let bad = || {
+            Error::new(
+                ErrorKind::InvalidData,
+                "malformed worker address: not an even number of hex digits",
+            )
+        };
+        if text.len() % 2 != 0 {
+            return Err(bad());
+        }
+        let bytes = (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                text.get(i..i + 2)
+                    .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                    .ok_or_else(bad)
+            })
+            .collect::<Result<Vec<u8>>>()?;
+        Self::from_bytes(&bytes)
+    }
+
     /// The UCX address inside (checked at construction).
     pub(crate) fn raw(&self) -> &[u8] {
         &self.sealed[HEADER..]
@@ -130,6 +163,20 @@ impl WorkerAddress {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_round_trip_through_hex_and_bad_hex_is_refused() {
+        let address = WorkerAddress::wrap(b"some ucx address");
+        let hex = address.to_hex();
+        assert_eq!(
+            WorkerAddress::from_hex(&format!(" {hex}\n")).expect("round trip"),
+            address
+        );
+        for bad in ["", "0", "zz", &hex[..hex.len() - 1], &hex[..hex.len() - 2], "é1"] {
+            let err = WorkerAddress::from_hex(bad).expect_err(bad);
+            assert_eq!(err.kind(), ErrorKind::InvalidData, "{bad:?}");
+        }
+    }
 
     #[test]
     fn sealed_blobs_open_and_damaged_ones_do_not() {
