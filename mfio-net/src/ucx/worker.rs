@@ -152,7 +152,7 @@ pub(crate) struct Shared {
     am_sink: Arc<sys::AmSink>,
     pub(crate) cancels: Arc<Cancels>,
     /// Tag messages whose receive's caller left without them.
-    pub(crate) returned: Arc<op::returned::Returned>,
+    pub(crate) returned: Arc<op::returned::ReturnedTags>,
     /// Active messages whose receive's caller left without them.
     pub(crate) returned_ams: Arc<op::returned::ReturnedAms>,
     pub(crate) notifier: Arc<Notifier>,

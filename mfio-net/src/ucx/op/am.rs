@@ -132,12 +132,15 @@ fn post_recv(shared: &Shared, id: u16, view: PacketView<Read>, report: Option<Co
             return fail_read(view, err);
         }
         // A message a dropped receive took comes first.
-        let returned = shared.returned_ams.take(id).map(|(header, data)| AmArrival {
-            id,
-            header,
-            data: AmData::Copied(data),
-            reply_ep: std::ptr::null_mut(),
-        });
+        let returned = shared
+            .returned_ams
+            .take(|m| m.0 == id)
+            .map(|(_, header, data)| AmArrival {
+                id,
+                header,
+                data: AmData::Copied(data),
+                reply_ep: std::ptr::null_mut(),
+            });
         let next = returned.or_else(|| st.am.entry(id).or_default().arrivals.pop_front());
         match next {
             Some(arrival) => {
@@ -292,7 +295,7 @@ pub(crate) fn finish(
             // SAFETY: the first `f.length` bytes of the view were written
             // (copied or fetched), and nothing writes it now.
             let data = unsafe { std::slice::from_raw_parts(view.as_mut_ptr(), f.length) };
-            returned.put_back(id, header, data.to_vec());
+            returned.put_back((id, header, data.to_vec()));
             if let Some(report) = report {
                 report.complete(Err(Error::cancelled()));
             }

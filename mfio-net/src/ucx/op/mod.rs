@@ -67,7 +67,7 @@ pub(crate) enum InFlight {
         /// The sender's tag and the length, when known from a probe.
         known: Option<(u64, usize)>,
         /// Where the message goes if the caller leaves without it.
-        returned: Arc<returned::Returned>,
+        returned: Arc<returned::ReturnedTags>,
     },
     /// A stream receive on endpoint `ep_id`: ends its turn when done.
     StreamRecv { view: PacketView<Read>, ep_id: u64 },

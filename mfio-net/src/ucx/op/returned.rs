@@ -13,80 +13,68 @@ use std::sync::Arc;
 use mfio_core::CancelHandler;
 use parking_lot::Mutex;
 
-/// The worker's returned tag messages, in the order they came back.
-#[derive(Default)]
-pub(crate) struct Returned {
-    messages: Mutex<VecDeque<(u64, Vec<u8>)>>,
+/// Messages that came back, in the order they came.
+pub(crate) struct Returned<M> {
+    messages: Mutex<VecDeque<M>>,
     /// How many there are, so the common case (none) takes no lock.
     count: AtomicUsize,
 }
 
-impl Returned {
-    /// Takes the first returned message whose tag matches `tag` in the bits
-    /// of `mask`: its tag and bytes.
-    pub(crate) fn take(&self, tag: u64, mask: u64) -> Option<(u64, Vec<u8>)> {
+impl<M> Default for Returned<M> {
+    fn default() -> Self {
+        Self {
+            messages: Mutex::new(VecDeque::new()),
+            count: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl<M> Returned<M> {
+    /// Takes the first message `wanted` accepts.
+    pub(crate) fn take(&self, wanted: impl Fn(&M) -> bool) -> Option<M> {
         if self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
         let mut messages = self.messages.lock();
-        let at = messages.iter().position(|(t, _)| (t ^ tag) & mask == 0)?;
+        let at = messages.iter().position(wanted)?;
         self.count.fetch_sub(1, Ordering::AcqRel);
         messages.remove(at)
     }
 
     /// Puts a message back in front (it was taken and its receive's caller
     /// left before it completed).
-    pub(crate) fn put_back(&self, tag: u64, data: Vec<u8>) {
-        self.messages.lock().push_front((tag, data));
+    pub(crate) fn put_back(&self, message: M) {
+        self.messages.lock().push_front(message);
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A message whose receive's caller dropped it unclaimed.
+    fn push(&self, message: M) {
+        self.messages.lock().push_back(message);
         self.count.fetch_add(1, Ordering::AcqRel);
     }
 }
 
+/// A tag message: the sender's tag and the bytes.
+pub(crate) type TagMessage = (u64, Vec<u8>);
+
+/// An active message sent to `id`: its header and data.
+pub(crate) type AmMessage = (u16, Vec<u8>, Vec<u8>);
+
+/// The worker's returned tag messages.
+pub(crate) type ReturnedTags = Returned<TagMessage>;
+
+/// The worker's returned active messages.
+pub(crate) type ReturnedAms = Returned<AmMessage>;
+
 /// Registered (under the message's tag) on a tag receive as it completes.
-impl CancelHandler for Returned {
+impl CancelHandler for ReturnedTags {
     /// Nothing to cancel: registered only once the receive completed.
     fn cancel(&self, _tag: u64) {}
 
     /// The caller dropped the completed receive without taking it.
     fn unclaimed(&self, tag: u64, data: &[u8]) {
-        self.messages.lock().push_back((tag, data.to_vec()));
-        self.count.fetch_add(1, Ordering::AcqRel);
-    }
-}
-
-/// An active message sent to `id`: its header and data.
-type AmMessage = (u16, Vec<u8>, Vec<u8>);
-
-/// The worker's returned active messages, in the order they came back.
-#[derive(Default)]
-pub(crate) struct ReturnedAms {
-    messages: Mutex<VecDeque<AmMessage>>,
-    /// How many there are, so the common case (none) takes no lock.
-    count: AtomicUsize,
-}
-
-impl ReturnedAms {
-    /// Takes the first returned message sent to `id`: its header and data.
-    pub(crate) fn take(&self, id: u16) -> Option<(Vec<u8>, Vec<u8>)> {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let mut messages = self.messages.lock();
-        let at = messages.iter().position(|(i, _, _)| *i == id)?;
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        messages.remove(at).map(|(_, header, data)| (header, data))
-    }
-
-    /// Puts a message back in front (its receive's caller left before it
-    /// completed).
-    pub(crate) fn put_back(&self, id: u16, header: Vec<u8>, data: Vec<u8>) {
-        self.messages.lock().push_front((id, header, data));
-        self.count.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn push(&self, id: u16, header: Vec<u8>, data: Vec<u8>) {
-        self.messages.lock().push_back((id, header, data));
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.push((tag, data.to_vec()));
     }
 }
 
@@ -104,6 +92,6 @@ impl CancelHandler for AmClaim {
 
     /// The caller dropped the completed receive without taking it.
     fn unclaimed(&self, _token: u64, data: &[u8]) {
-        self.returned.push(self.id, self.header.clone(), data.to_vec());
+        self.returned.push((self.id, self.header.clone(), data.to_vec()));
     }
 }

@@ -8,7 +8,7 @@ use mfio_core::{Error, PacketBuf, PacketIo, PacketView, QueueFull, Read, Write};
 
 use super::post::{self, fail_read};
 use super::recv::ReportedRecv;
-use super::returned::Returned;
+use super::returned::ReturnedTags;
 use super::{InFlight, Keep};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys;
@@ -72,7 +72,7 @@ fn post_recv(shared: &Shared, matching: TagMatch, mut view: PacketView<Read>, re
         let returned = shared.returned.clone();
         // A message a dropped receive took comes first: it arrived before
         // anything UCX still holds.
-        if let Some((tag, data)) = returned.take(matching.tag, matching.mask) {
+        if let Some((tag, data)) = returned.take(|(t, _)| (t ^ matching.tag) & matching.mask == 0) {
             return serve_returned(view, report, tag, data, returned);
         }
         if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
@@ -103,7 +103,7 @@ fn serve_returned(
     report: Option<Completer<TagInfo>>,
     tag: u64,
     data: Vec<u8>,
-    returned: std::sync::Arc<Returned>,
+    returned: std::sync::Arc<ReturnedTags>,
 ) -> Start {
     let len = data.len();
     let status = if len > view.len() {
@@ -150,7 +150,7 @@ pub(crate) fn finish(
     mut view: PacketView<Read>,
     report: Option<Completer<TagInfo>>,
     known: Option<(u64, usize)>,
-    returned: &std::sync::Arc<Returned>,
+    returned: &std::sync::Arc<ReturnedTags>,
     f: sys::Finished,
 ) {
     let (tag, len) = known.unwrap_or((f.tag, f.length));
@@ -168,7 +168,7 @@ pub(crate) fn finish(
                 // SAFETY: UCX (or `serve_returned`) wrote the first
                 // `info.len` bytes of the view, which nothing writes now.
                 let data = unsafe { std::slice::from_raw_parts(view.as_mut_ptr(), info.len) };
-                returned.put_back(info.tag, data.to_vec());
+                returned.put_back((info.tag, data.to_vec()));
                 if let Some(report) = report {
                     report.complete(Err(Error::cancelled()));
                 }
