@@ -70,11 +70,7 @@ struct Link {
 
 impl Link {
     fn new(transport: Transport, waiting: Waiting) -> mfio_core::Result<Self> {
-        let context = transport
-            .settings()
-            .iter()
-            .fold(Context::builder(), |b, (k, v)| b.set(*k, *v))
-            .build()?;
+        let context = context(transport)?;
         let worker = || {
             let b = Worker::builder(&context);
             match waiting {
