@@ -85,6 +85,17 @@ impl Peer {
         }
     }
 
+    /// The peer's first message: its region's packed remote key.
+    async fn packed_key(&self) -> Vec<u8> {
+        let (got, packed) = self
+            .worker
+            .tag_recv(TagMatch::exact(RKEY), Vec::with_capacity(4096))
+            .await
+            .into_parts();
+        got.expect("rkey");
+        packed
+    }
+
     fn ep(&self) -> &Endpoint {
         self.ep.as_ref().expect("endpoint")
     }
@@ -269,12 +280,7 @@ fn ping_pong_and_truncation(t: Transport) {
     within(LIMIT, move || {
         let p = Peer::start(t);
         p.worker.block_on(async {
-            let (got, _) = p
-                .worker
-                .tag_recv(TagMatch::exact(RKEY), Vec::with_capacity(4096))
-                .await
-                .into_parts();
-            got.expect("rkey");
+            p.packed_key().await;
             for size in [0usize, 8, 4096, 1 << 20] {
                 for round in 0..10u64 {
                     let msg = pattern(round, 0, size);
@@ -406,11 +412,7 @@ fn rma_against_the_peer_region(t: Transport) {
     let _s = serial();
     within(LIMIT, move || {
         let p = Peer::start(t);
-        let (got, packed) = p
-            .worker
-            .block_on(p.worker.tag_recv(TagMatch::exact(RKEY), Vec::with_capacity(4096)))
-            .into_parts();
-        got.expect("rkey");
+        let packed = p.worker.block_on(p.packed_key());
         let key = p.ep().remote_key(&packed).expect("unpack");
         assert_eq!(key.len(), REGION as u64);
         let mut expect = vec![0u8; REGION];
@@ -498,12 +500,7 @@ fn peer_killed_mid_transfer(t: Transport) {
         let mut child = p.child.take().expect("the peer process");
         let started = Instant::now();
         let outcome: Result<(), Error> = p.worker.block_on(async {
-            let (got, _) = p
-                .worker
-                .tag_recv(TagMatch::exact(RKEY), Vec::with_capacity(4096))
-                .await
-                .into_parts();
-            got.expect("rkey");
+            p.packed_key().await;
             // Stream echoes in flight while the peer dies.
             let mut killed = false;
             loop {
