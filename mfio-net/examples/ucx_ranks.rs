@@ -13,6 +13,8 @@
 //! a launcher (no rank variables) it runs as a single rank.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
@@ -89,23 +91,33 @@ fn addresses(dir: &Path, size: usize) -> Result<Vec<WorkerAddress>> {
         .collect()
 }
 
-/// Fails with `TimedOut` if `fut` is not done by `deadline` (the worker
-/// comes back at least every keepalive tick, so the clock is looked at).
+/// Fails with `TimedOut` if `fut` is not done by `deadline`. A timer
+/// thread wakes the task at the deadline, so waiting costs no CPU.
 async fn bounded<T>(deadline: Instant, what: &str, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
     let mut fut = std::pin::pin!(fut);
+    let waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+    let mut timer = None;
     std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(out) = fut.as_mut().poll(cx) {
-            return std::task::Poll::Ready(out);
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(out);
         }
         if Instant::now() >= deadline {
-            return std::task::Poll::Ready(Err(Error::new(
+            return Poll::Ready(Err(Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("{what} took longer than {LIMIT:?}"),
             )));
         }
-        // Poll again after the next driving step.
-        cx.waker().wake_by_ref();
-        std::task::Poll::Pending
+        *waker.lock().unwrap_or_else(|e| e.into_inner()) = Some(cx.waker().clone());
+        timer.get_or_insert_with(|| {
+            let waker = waker.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                if let Some(w) = waker.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    w.wake();
+                }
+            })
+        });
+        Poll::Pending
     })
     .await
 }
