@@ -4,9 +4,10 @@
 #
 # The system UCX that mfio-net binds (headers, libraries and ucx_perftest),
 # clang for bindgen, pkg-config to find UCX. fio is the benchmark's
-# reference row (the test's smoke run exercises its parsing). Open MPI's
-# mpiexec launches the multi-rank UCX example.
-PACKAGES=(fio libucx-dev ucx-utils libclang-dev clang pkg-config openmpi-bin)
+# reference row (the test's smoke run exercises its parsing). Open MPI
+# (headers, library, mpicc and mpiexec) for mfio-coll's MPI backend and the
+# multi-rank tests and examples.
+PACKAGES=(fio libucx-dev ucx-utils libclang-dev clang pkg-config libopenmpi-dev openmpi-bin)
 
 install_packages() {
   local missing=()

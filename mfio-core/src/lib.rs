@@ -21,8 +21,9 @@
 //! What every backend needs lives here too, so no backend writes it again:
 //! [`queue`] (the bounded submission queue), [`completion`] (operations that
 //! yield a value: `Completer` and its future), [`cancel`] (cancellation
-//! requests of dropped operations) and [`kept`] (stream bytes given back by
-//! dropped reads).
+//! requests of dropped operations), [`kept`] (stream bytes given back by
+//! dropped reads) and [`returned`] (messages given back by dropped
+//! receives).
 //!
 //! ```
 //! use std::io::{Read, Seek, SeekFrom};
@@ -75,6 +76,7 @@ pub mod kept;
 pub mod mem;
 pub mod packet;
 pub mod queue;
+pub mod returned;
 
 pub use backend::{
     block_on, DriveStatus, Interest, IoBackend, IoBackendExt, Notifier, OwnedSleeperGuard, PollingHandle, SleeperGuard,
@@ -85,6 +87,7 @@ pub use error::{Error, Op, Result};
 pub use ext::adapter::AsyncIo;
 pub use ext::packet::{IoFuture, PacketIoExt, PendingIo};
 pub use ext::r#async::{IoFlush, IoRead, IoReadStream, IoWrite, IoWriteStream, Transfer};
+pub use ext::reported::ReportedIo;
 pub use ext::std_io::IoCursor;
 pub use ext::sync::{SyncIoFlush, SyncIoRead, SyncIoWrite};
 pub use io::{check_offset, CloseWrite, Flush, IoLen, NoPos, PacketIo, Position, QueueFull, MAX_OFFSET};

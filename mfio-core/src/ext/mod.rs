@@ -1,5 +1,6 @@
 //! The user-facing layers, all thin over the same packets: [`packet`]
-//! (send a packet, await it), `async` (positional and
+//! (send a packet, await it), [`reported`] (a receive that also learns
+//! who sent what), `async` (positional and
 //! stream reads/writes), [`sync`] (blocking), [`std_io`] (`std::io` cursor)
 //! and [`adapter`] (`futures-io` / `tokio` traits).
 
@@ -8,5 +9,6 @@
 pub mod adapter;
 pub mod r#async;
 pub mod packet;
+pub mod reported;
 pub mod std_io;
 pub mod sync;

@@ -35,7 +35,7 @@ pub use endpoint::Endpoint;
 pub use listener::{Accept, Listener};
 pub use memory::{MemoryRegion, RemoteKey};
 pub use op::am::{AmProtocol, AmRecv, AmRecvReport};
-pub use op::recv::ReportedRecv;
 pub use op::tag::{TagRecv, TagRecvReport};
+pub use op::ReportedRecv;
 pub use op::{AmId, AmInfo, AmSend, Tag, TagInfo, TagMatch};
 pub use worker::{Worker, WorkerBuilder, DEFAULT_SPIN, MAX_AM_ID};

@@ -152,9 +152,9 @@ pub(crate) struct Shared {
     am_sink: Arc<sys::AmSink>,
     pub(crate) cancels: Arc<Cancels>,
     /// Tag messages whose receive's caller left without them.
-    pub(crate) returned: Arc<op::returned::ReturnedTags>,
+    pub(crate) returned: Arc<op::ReturnedTags>,
     /// Active messages whose receive's caller left without them.
-    pub(crate) returned_ams: Arc<op::returned::ReturnedAms>,
+    pub(crate) returned_ams: Arc<op::ReturnedAms>,
     pub(crate) notifier: Arc<Notifier>,
     /// Endpoints UCX reported failed, to be closed by the driving step.
     pub(crate) failed_eps: Arc<Mutex<Vec<u64>>>,

@@ -10,9 +10,8 @@ use mfio_core::completion::{completion, Completer};
 use mfio_core::{Error, PacketBuf, PacketIo, PacketView, QueueFull, Read, Write};
 
 use super::post::{self, fail_read};
-use super::recv::ReportedRecv;
-use super::returned::{AmClaim, ReturnedAms};
 use super::{InFlight, Keep};
+use super::{ReportedRecv, ReturnedAms};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys::{self, AmArrival, AmData};
 use crate::ucx::worker::{Settled, Shared, Start, State, Worker, GOODBYE_AM_ID, MAX_AM_ID};
@@ -399,5 +398,23 @@ impl mfio_core::Position for AmId {
     }
     fn as_offset(self) -> Option<u64> {
         None
+    }
+}
+
+/// Registered on an active-message receive as it completes: what the
+/// message was, should its caller leave without it.
+pub(crate) struct AmClaim {
+    pub(crate) id: u16,
+    pub(crate) header: Vec<u8>,
+    pub(crate) returned: Arc<ReturnedAms>,
+}
+
+impl mfio_core::CancelHandler for AmClaim {
+    /// Nothing to cancel: registered only once the receive completed.
+    fn cancel(&self, _token: u64) {}
+
+    /// The caller dropped the completed receive without taking it.
+    fn unclaimed(&self, _token: u64, data: &[u8]) {
+        self.returned.push((self.id, self.header.clone(), data.to_vec()));
     }
 }

@@ -5,8 +5,6 @@
 pub(crate) mod am;
 pub(crate) mod control;
 pub(crate) mod post;
-pub(crate) mod recv;
-pub(crate) mod returned;
 pub(crate) mod rma;
 pub(crate) mod stream;
 pub(crate) mod tag;
@@ -20,6 +18,19 @@ pub use am::{AmId, AmInfo, AmSend};
 pub use tag::{Tag, TagInfo, TagMatch};
 
 use super::sys;
+
+/// The worker's returned tag messages (keyed by tag).
+pub(crate) type ReturnedTags = mfio_core::returned::Returned<mfio_core::returned::KeyedMessage>;
+
+/// An active message sent to `id`: its header and data.
+pub(crate) type AmMessage = (u16, Vec<u8>, Vec<u8>);
+
+/// The worker's returned active messages.
+pub(crate) type ReturnedAms = mfio_core::returned::Returned<AmMessage>;
+
+/// A receive posted on a worker at address `A`, whose report resolves to
+/// `I`; resolves to the report and the buffer.
+pub type ReportedRecv<'a, A, I, B> = mfio_core::ReportedIo<'a, super::worker::Worker, A, I, B>;
 
 /// What an operation keeps alive until UCX is done with it (beside its
 /// buffer, which its view holds).
@@ -67,7 +78,7 @@ pub(crate) enum InFlight {
         /// The sender's tag and the length, when known from a probe.
         known: Option<(u64, usize)>,
         /// Where the message goes if the caller leaves without it.
-        returned: Arc<returned::ReturnedTags>,
+        returned: Arc<ReturnedTags>,
     },
     /// A stream receive on endpoint `ep_id`: ends its turn when done.
     StreamRecv { view: PacketView<Read>, ep_id: u64 },
@@ -79,7 +90,7 @@ pub(crate) enum InFlight {
         /// The id it was sent to, and where it goes if the caller leaves
         /// without it.
         id: u16,
-        returned: Arc<returned::ReturnedAms>,
+        returned: Arc<ReturnedAms>,
     },
     /// A close, and who to tell.
     Control {

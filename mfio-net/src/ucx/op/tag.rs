@@ -7,9 +7,8 @@ use mfio_core::completion::{completion, Completer};
 use mfio_core::{Error, PacketBuf, PacketIo, PacketView, QueueFull, Read, Write};
 
 use super::post::{self, fail_read};
-use super::recv::ReportedRecv;
-use super::returned::ReturnedTags;
 use super::{InFlight, Keep};
+use super::{ReportedRecv, ReturnedTags};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys;
 use crate::ucx::worker::{Shared, Start, Worker};

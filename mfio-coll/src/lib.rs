@@ -1,0 +1,54 @@
+//! Collective communication over mfio packets.
+//!
+//! [`Communicator`] is a group of ranks and the collectives among them —
+//! barrier, bcast, (all)reduce, scatter(v), (all)gather(v), alltoall(v),
+//! reduce_scatter_block, scan and exscan — each with an async form (a
+//! [`CollFuture`] that any mfio driver runs: `block_on`, tokio, smol, a
+//! `Composite` beside io_uring and UCX) and a blocking form. Buffers are
+//! owned `Vec`s of an [`Element`] type that go in and come back;
+//! reductions take a [`ReduceOp`], a Rust closure included.
+//!
+//! With the `mpi` feature (on by default), [`mpi::Mpi`] is the backend over
+//! the system MPI, and [`mpi::MpiComm`] the communicator; it also sends and
+//! receives tagged messages as packets.
+//!
+//! ```
+//! # #[cfg(feature = "mpi")]
+//! # fn main() -> mfio_core::Result<()> {
+//! use mfio_coll::mpi::Mpi;
+//! use mfio_coll::{Communicator, ReduceOp};
+//! use mfio_core::IoBackendExt;
+//!
+//! // Under `mpiexec -n N` every process runs this; alone it is one rank.
+//! let mpi = Mpi::init()?;
+//! let world = mpi.world()?;
+//! let mine = vec![world.rank() as f64, 1.0];
+//! let (result, sum) = mpi.block_on(world.allreduce_in_place(mine, ReduceOp::Sum)).into_parts();
+//! result?;
+//! assert_eq!(sum[1], world.size() as f64);
+//! // The blocking form of the same:
+//! let (result, max) = world.blocking_allreduce_in_place(vec![world.rank() as u32], ReduceOp::Max).into_parts();
+//! result?;
+//! assert_eq!(max, [world.size() as u32 - 1]);
+//! # Ok(()) }
+//! # #[cfg(not(feature = "mpi"))]
+//! # fn main() {}
+//! ```
+//!
+//! # Features
+//! - `mpi`: the MPI backend, bound to the system MPI through `mpi-sys`
+//!   (Debian: `libopenmpi-dev openmpi-bin`).
+
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod check;
+pub mod comm;
+pub mod element;
+#[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
+pub mod mpi;
+pub mod reduce;
+
+pub use comm::{CollFuture, CollResult, Communicator, Counts, Pair, Rank, Tag};
+pub use element::{Element, Layout, Primitive};
+pub use reduce::{CombineFn, ReduceOp};

@@ -1,0 +1,814 @@
+//! [`Mpi`]: MPI initialised at a chosen thread level, and the backend that
+//! drives every MPI request mfio posts — the request table, one
+//! `MPI_Testsome` per driving step, spinning then pausing while requests
+//! are pending, and finalising once the last handle is gone.
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::fmt;
+use std::os::fd::AsFd;
+use std::sync::{Arc, Weak};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+
+use mfio_core::cancel::Cancels;
+use mfio_core::queue::Mailbox;
+use mfio_core::returned::{KeyedMessage, Returned};
+use mfio_core::{DriveStatus, Error, IoBackend, Notifier, PollingHandle, Result};
+use parking_lot::Mutex;
+use slab::Slab;
+
+use super::comm::MpiComm;
+use super::sys::{self, Code};
+
+/// How often a backend with a timeout looks for expired operations.
+const EXPIRY_CHECK: Duration = Duration::from_millis(20);
+
+/// How much concurrency MPI allows (`MPI_THREAD_*`); see the module docs
+/// for what each level lets mfio do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ThreadLevel {
+    /// One thread only.
+    Single,
+    /// Only the initialising thread calls MPI.
+    Funneled,
+    /// Any thread, one at a time.
+    Serialized,
+    /// Any thread, concurrently.
+    Multiple,
+}
+
+impl ThreadLevel {
+    fn to_mpi(self) -> c_int {
+        sys::thread_levels()[self as usize]
+    }
+
+    fn from_mpi(level: c_int) -> Self {
+        let levels = sys::thread_levels();
+        match levels.iter().position(|&l| l == level) {
+            Some(1) => Self::Funneled,
+            Some(2) => Self::Serialized,
+            Some(3) => Self::Multiple,
+            _ => Self::Single,
+        }
+    }
+}
+
+/// How the backend waits for MPI, which has no file descriptor to sleep on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// How long driving steps keep testing, without letting the caller
+    /// sleep, once pending requests stop completing.
+    pub spin: Duration,
+    /// The longest pause between two tests after that. Pauses grow with
+    /// the time spent waiting (a quarter of it), so a pause never adds more
+    /// than a quarter to a wait, and a long wait costs little CPU.
+    pub max_pause: Duration,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            spin: Duration::from_micros(100),
+            max_pause: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Options of [`Mpi`].
+#[derive(Debug, Clone)]
+pub struct MpiBuilder {
+    level: ThreadLevel,
+    progress: Progress,
+    max_count: usize,
+    timeout: Option<Duration>,
+}
+
+impl MpiBuilder {
+    /// How long an operation may stay pending before its caller gets a
+    /// `TimedOut` error (none by default: MPI waits forever, as it would
+    /// for a rank that computes for an hour before joining). MPI offers no
+    /// way to abandon a collective, so its buffers stay with the backend
+    /// until MPI finishes it (or the process ends); a receive is cancelled.
+    /// This is how a rank learns that another left or stopped progressing.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The thread level to ask MPI for ([`ThreadLevel::Multiple`] by
+    /// default); MPI may provide less ([`Mpi::thread_level`]).
+    #[must_use]
+    pub fn thread_level(mut self, level: ThreadLevel) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// How the backend waits for pending requests.
+    #[must_use]
+    pub fn progress(mut self, progress: Progress) -> Self {
+        self.progress = progress;
+        self
+    }
+
+    /// The most MPI elements one request carries (`i32::MAX`, MPI's
+    /// limit, by default). Element-wise collectives longer than this are
+    /// split into several requests; a smaller value exercises that path.
+    #[must_use]
+    pub fn max_count(mut self, max_count: usize) -> Self {
+        self.max_count = max_count.clamp(1, i32::MAX as usize);
+        self
+    }
+
+    /// Initialises MPI (or joins the live [`Mpi`] of this process).
+    ///
+    /// - If mfio already initialised MPI and a handle is alive, this
+    ///   returns another handle to it (with the level it was given).
+    /// - If someone else initialised MPI, mfio uses it as it is and never
+    ///   finalises it.
+    ///
+    /// # Errors
+    /// - `Unsupported` if the MPI library loaded is not the one the crate
+    ///   was built against (a build directory reused after switching MPI):
+    ///   the constants compiled in would be wrong.
+    /// - `Other` if MPI was finalised already (it cannot start again in
+    ///   this process), or with MPI's message if initialisation failed.
+    pub fn build(self) -> Result<Mpi> {
+        let mut live = LIVE.lock();
+        if let Some(shared) = live.upgrade() {
+            return Ok(Mpi { shared });
+        }
+        check_implementation()?;
+        let (initialised, finalised) = sys::init_state();
+        if finalised {
+            return Err(Error::new(
+                std::io::ErrorKind::Other,
+                "MPI was finalised already; it cannot be initialised again in this process",
+            ));
+        }
+        let provided = if initialised {
+            sys::query_thread().map_err(|c| mpi_error(c, "MPI_Query_thread"))?
+        } else {
+            // SAFETY: MPI is neither initialised nor finalised, and the
+            // LIVE lock keeps other mfio threads out.
+            let provided =
+                unsafe { sys::init_thread(self.level.to_mpi()) }.map_err(|c| mpi_error(c, "MPI_Init_thread"))?;
+            // Errors of datatypes and operations are raised on the world
+            // communicator, whose default handler aborts; the process is
+            // mfio's to set up, so they come back as errors instead.
+            // SAFETY: MPI was just initialised, on this thread.
+            unsafe { sys::errors_return_predefined() }.map_err(|c| mpi_error(c, "MPI_Comm_set_errhandler"))?;
+            provided
+        };
+        let notifier = Notifier::new()?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                timeout: self.timeout,
+                ..State::default()
+            }),
+            deferred: Mailbox::default(),
+            cancels: Cancels::new(notifier.clone()),
+            returned: Arc::default(),
+            notifier,
+            level: ThreadLevel::from_mpi(provided),
+            main: std::thread::current().id(),
+            progress: self.progress,
+            max_count: self.max_count,
+            timeout: self.timeout,
+            finalize: !initialised,
+        });
+        *live = Arc::downgrade(&shared);
+        tracing::debug!(level = ?shared.level, owned = !initialised, "MPI initialised");
+        Ok(Mpi { shared })
+    }
+}
+
+/// The handle of this process's MPI, if one is alive: MPI can be
+/// initialised only once per process, so every `Mpi::init` while it lives
+/// shares it.
+static LIVE: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
+
+/// Refuses to run against an MPI library other than the one whose header
+/// the shim (and `mpi-sys`) were compiled with.
+fn check_implementation() -> Result<()> {
+    let header = sys::header_implementation();
+    let library = sys::library_version();
+    let matches = match header {
+        "Open MPI" => library.starts_with("Open MPI"),
+        "MPICH" => library.starts_with("MPICH") || library.contains("MPICH Version"),
+        _ => true,
+    };
+    if matches {
+        Ok(())
+    } else {
+        let first_line = library.lines().next().unwrap_or("").trim().to_owned();
+        Err(Error::new(
+            std::io::ErrorKind::Unsupported,
+            format!(
+                "mfio-coll was built against {header}'s mpi.h but runs with \"{first_line}\": \
+                 rebuild in a target directory of its own for this MPI (mpi-sys does not \
+                 rebuild when MPI changes)"
+            ),
+        ))
+    }
+}
+
+/// An MPI error as an mfio error: the kind from MPI's error class, MPI's
+/// own message, and the call that failed.
+pub(crate) fn mpi_error(code: Code, call: &str) -> Error {
+    let kind = match sys::class(code) {
+        // The receive that sees it knows its buffer's length and says so.
+        sys::Class::Truncate => return Error::truncated(None, 0),
+        sys::Class::InvalidArgument => std::io::ErrorKind::InvalidInput,
+        _ => std::io::ErrorKind::Other,
+    };
+    Error::new(kind, format!("{call}: {}", sys::error_string(code)))
+}
+
+/// Work that had to wait for a thread allowed to call MPI, run by the next
+/// driving step there.
+pub(crate) type Deferred = Box<dyn FnOnce(&Shared, &mut State, &mut Vec<Done>) + Send>;
+
+/// What a finished request record completes (outside the lock).
+pub(crate) trait Finish: Send {
+    /// Completes the operation with `result`; `status` is the status of
+    /// its last request (for receives).
+    fn finish(self: Box<Self>, result: Result<()>, status: &sys::Status);
+
+    /// The operation outlived the backend's timeout: tell its caller now
+    /// with `err`, while MPI keeps whatever memory it still uses until it
+    /// finishes. Returns false if it has nobody to tell (nothing happens).
+    fn expire(&mut self, err: Error) -> bool {
+        let _ = err;
+        false
+    }
+
+    /// What the operation is, for messages.
+    fn name(&self) -> &'static str;
+}
+
+/// A finished operation, completed once the state is unlocked.
+pub(crate) struct Done {
+    work: Box<dyn Finish>,
+    result: Result<()>,
+    status: sys::Status,
+}
+
+impl Done {
+    /// An operation that finished without MPI (refused, served locally).
+    pub(crate) fn now(work: Box<dyn Finish>, result: Result<()>) -> Self {
+        Self {
+            work,
+            result,
+            status: sys::empty_status(),
+        }
+    }
+
+    fn complete(self) {
+        self.work.finish(self.result, &self.status);
+    }
+}
+
+/// MPI objects an operation made for itself (a custom reduction), freed
+/// under the lock once its requests finish.
+pub(crate) enum Handle {
+    Type(sys::Datatype),
+    Op(sys::Op),
+    /// Kept alive until then (the closure MPI calls).
+    Held(#[allow(dead_code)] Box<dyn Send>),
+}
+
+struct Record {
+    seq: u32,
+    /// Requests still in flight.
+    pending: usize,
+    /// The first failure among its requests.
+    error: Option<Error>,
+    /// Whether `MPI_Cancel` applies (receives).
+    cancellable: bool,
+    work: Box<dyn Finish>,
+    handles: Vec<Handle>,
+    /// When its caller hears it timed out (with a timeout configured).
+    deadline: Option<Instant>,
+}
+
+// SAFETY: the MPI handles in a record are used only by the thread holding
+// the state; the rest is Send.
+unsafe impl Send for Record {}
+
+/// The backend's mutable state; whoever holds it may call MPI.
+#[derive(Default)]
+pub(crate) struct State {
+    /// Requests in flight, and the record each belongs to (same index).
+    reqs: Vec<sys::Request>,
+    owners: Vec<usize>,
+    records: Slab<Record>,
+    seq: u32,
+    indices: Vec<c_int>,
+    statuses: Vec<sys::Status>,
+    /// Derived datatypes of element types, made once.
+    pub(crate) types: HashMap<std::any::TypeId, sys::Datatype>,
+    /// When pending requests last stopped completing.
+    idle_since: Option<Instant>,
+    /// How long an operation may stay pending ([`MpiBuilder::timeout`]).
+    timeout: Option<Duration>,
+    /// When records are next looked at for expired deadlines.
+    next_expiry_check: Option<Instant>,
+}
+
+// SAFETY: as for Record: MPI handles are used under the lock only.
+unsafe impl Send for State {}
+
+impl State {
+    /// Starts an operation: `start` posts its requests one by one (several
+    /// for a split collective) until it returns `None`. The operation
+    /// finishes once all of them do; if one fails to start, the ones
+    /// started run to completion and the operation reports the failure.
+    /// Returns the cancellation token.
+    pub(crate) fn post(
+        &mut self,
+        work: Box<dyn Finish>,
+        handles: Vec<Handle>,
+        cancellable: bool,
+        mut start: impl FnMut(usize) -> Option<std::result::Result<sys::Request, Error>>,
+        done: &mut Vec<Done>,
+    ) -> u64 {
+        self.seq = self.seq.wrapping_add(1);
+        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let key = self.records.insert(Record {
+            seq: self.seq,
+            pending: 0,
+            error: None,
+            cancellable,
+            work,
+            handles,
+            deadline,
+        });
+        let token = (u64::from(self.seq) << 32) | key as u64;
+        let mut part = 0;
+        while let Some(started) = start(part) {
+            part += 1;
+            match started {
+                Ok(req) => {
+                    self.reqs.push(req);
+                    self.owners.push(key);
+                    self.records[key].pending += 1;
+                }
+                Err(err) => {
+                    self.records[key].error = Some(err);
+                    break;
+                }
+            }
+        }
+        if self.records[key].pending == 0 {
+            let rec = self.records.remove(key);
+            free_handles(rec.handles);
+            let result = rec.error.map_or(Ok(()), Err);
+            done.push(Done::now(rec.work, result));
+        }
+        token
+    }
+
+    /// The cancellation token the next operation posted will have (it
+    /// lands in the slab's vacant slot under the next sequence number; both
+    /// hold while the state stays locked).
+    pub(crate) fn next_token(&self) -> u64 {
+        (u64::from(self.seq.wrapping_add(1)) << 32) | self.records.vacant_key() as u64
+    }
+
+    /// Requests in flight.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.reqs.len()
+    }
+}
+
+fn free_handles(handles: Vec<Handle>) {
+    for h in handles {
+        match h {
+            // SAFETY: made by the operation for itself, whose requests
+            // have all finished; the caller holds the state.
+            Handle::Type(ty) => unsafe { sys::type_free(ty) },
+            // SAFETY: as above.
+            Handle::Op(op) => unsafe { sys::op_free(op) },
+            Handle::Held(_) => {}
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    deferred: Mailbox<Deferred>,
+    pub(crate) cancels: Arc<Cancels>,
+    /// Messages of receives dropped after they completed (keyed by source
+    /// and tag).
+    pub(crate) returned: Arc<Returned<KeyedMessage>>,
+    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) level: ThreadLevel,
+    main: ThreadId,
+    progress: Progress,
+    pub(crate) max_count: usize,
+    /// How long an operation may stay pending ([`MpiBuilder::timeout`]).
+    pub(crate) timeout: Option<Duration>,
+    /// Whether mfio initialised MPI (and so finalises it).
+    finalize: bool,
+}
+
+impl Shared {
+    /// Whether this thread may call MPI at the level provided.
+    pub(crate) fn may_call_here(&self) -> bool {
+        self.level >= ThreadLevel::Serialized || std::thread::current().id() == self.main
+    }
+
+    /// Runs `work` with the state locked, now if this thread may call MPI,
+    /// else at the next driving step of one that may. Work forwarded
+    /// earlier runs first, so one thread's operations start in the order
+    /// it submitted them.
+    pub(crate) fn submit(&self, work: impl FnOnce(&Shared, &mut State, &mut Vec<Done>) + Send + 'static) {
+        if !self.may_call_here() {
+            self.deferred.push(Box::new(work));
+            self.notifier.notify();
+            return;
+        }
+        let mut done = Vec::new();
+        {
+            let mut st = self.state.lock();
+            self.run_deferred(&mut st, &mut done);
+            work(self, &mut st, &mut done);
+        }
+        // Requests were posted: a sleeping driver must start testing.
+        self.notifier.notify();
+        for d in done {
+            d.complete();
+        }
+    }
+
+    /// Runs `f` with the state locked if this thread may call MPI (work
+    /// forwarded from other threads runs first). `f` gets the guard, so it
+    /// can let go of the lock around a long MPI call.
+    pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut parking_lot::MutexGuard<'_, State>) -> R) -> Option<R> {
+        if !self.may_call_here() {
+            return None;
+        }
+        let mut st = self.state.lock();
+        let mut done = Vec::new();
+        self.run_deferred(&mut st, &mut done);
+        let out = f(&mut st);
+        drop(st);
+        for d in done {
+            d.complete();
+        }
+        Some(out)
+    }
+
+    fn run_deferred(&self, st: &mut State, done: &mut Vec<Done>) -> bool {
+        let work = self.deferred.take();
+        let any = !work.is_empty();
+        for w in work {
+            w(self, st, done);
+        }
+        any
+    }
+
+    fn apply_cancels(&self, st: &mut State) {
+        for token in self.cancels.take() {
+            let key = (token & 0xffff_ffff) as usize;
+            let seq = (token >> 32) as u32;
+            let Some(rec) = st.records.get(key) else { continue };
+            if rec.seq != seq || !rec.cancellable {
+                continue;
+            }
+            for (req, _) in st.reqs.iter_mut().zip(&st.owners).filter(|(_, &o)| o == key) {
+                // SAFETY: an active request of this backend, state held.
+                unsafe { sys::cancel(req) };
+            }
+        }
+    }
+
+    /// One `MPI_Testsome` over every pending request; finished records go
+    /// to `done`. Returns whether any request finished.
+    fn test(&self, st: &mut State, done: &mut Vec<Done>) -> bool {
+        if st.reqs.is_empty() {
+            return false;
+        }
+        let State {
+            reqs,
+            owners,
+            records,
+            indices,
+            statuses,
+            ..
+        } = st;
+        // SAFETY: every request is active or null; the state is held.
+        let errors_in_status = match unsafe { sys::testsome(reqs, indices, statuses) } {
+            Ok(flag) => flag,
+            Err(code) => {
+                tracing::warn!(error = %sys::error_string(code), "MPI_Testsome failed");
+                return false;
+            }
+        };
+        if indices.is_empty() {
+            return false;
+        }
+        let mut finished: Vec<(usize, usize)> = indices
+            .iter()
+            .zip(0..)
+            .filter_map(|(&i, s)| usize::try_from(i).ok().map(|i| (i, s)))
+            .collect();
+        for &(i, s) in &finished {
+            let key = owners[i];
+            let status = &statuses[s];
+            let rec = &mut records[key];
+            rec.pending -= 1;
+            if errors_in_status {
+                let (_, _, err) = sys::status_fields(status);
+                if err != 0 && rec.error.is_none() {
+                    rec.error = Some(mpi_error(Code(err), "MPI request"));
+                }
+            }
+            if rec.pending == 0 {
+                let rec = records.remove(key);
+                free_handles(rec.handles);
+                done.push(Done {
+                    work: rec.work,
+                    result: rec.error.map_or(Ok(()), Err),
+                    status: *status,
+                });
+            }
+        }
+        // Drop the finished (now null) requests, highest index first so
+        // the lower ones stay where they are.
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
+        for (i, _) in finished {
+            reqs.swap_remove(i);
+            owners.swap_remove(i);
+        }
+        true
+    }
+
+    /// Tells the callers of operations pending past their deadline, and
+    /// cancels such receives. Looked at every [`EXPIRY_CHECK`] at most.
+    fn expire(&self, st: &mut State, now: Instant) {
+        let Some(timeout) = st.timeout else { return };
+        if st.next_expiry_check.is_some_and(|t| now < t) {
+            return;
+        }
+        st.next_expiry_check = Some(now + EXPIRY_CHECK);
+        let mut expired = Vec::new();
+        for (key, rec) in st.records.iter_mut() {
+            if rec.deadline.is_some_and(|d| now >= d) {
+                rec.deadline = None;
+                let err = Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "MPI {} did not finish within {timeout:?}: a rank may have left or stopped \
+                         progressing (its buffers stay with MPI until it does finish)",
+                        rec.work.name()
+                    ),
+                );
+                if rec.cancellable {
+                    expired.push(key);
+                } else {
+                    rec.work.expire(err);
+                }
+            }
+        }
+        for (req, _) in st.reqs.iter_mut().zip(&st.owners).filter(|(_, o)| expired.contains(o)) {
+            // SAFETY: an active request of this backend, state held.
+            unsafe { sys::cancel(req) };
+        }
+    }
+
+    fn step(&self, st: &mut parking_lot::MutexGuard<'_, State>, done: &mut Vec<Done>) -> DriveStatus {
+        let mut progress = self.run_deferred(st, done);
+        self.apply_cancels(st);
+        if st.timeout.is_some() && !st.records.is_empty() {
+            self.expire(st, Instant::now());
+        }
+        progress |= self.test(st, done);
+        if progress || !done.is_empty() {
+            st.idle_since = None;
+        }
+        if st.reqs.is_empty() {
+            st.idle_since = None;
+            return DriveStatus {
+                progress: progress || !done.is_empty(),
+                timeout: None,
+            };
+        }
+        let now = Instant::now();
+        let since = *st.idle_since.get_or_insert(now);
+        let spin_until = since + self.progress.spin;
+        if done.is_empty() && now < spin_until {
+            // Keep testing for the rest of the spin: a request about to
+            // finish costs a wake-up from sleep otherwise.
+            let mut round = 0u32;
+            loop {
+                if self.test(st, done) {
+                    st.idle_since = None;
+                    return DriveStatus {
+                        progress: true,
+                        timeout: None,
+                    };
+                }
+                round = round.wrapping_add(1);
+                if round % 16 == 0 {
+                    if Instant::now() >= spin_until {
+                        break;
+                    }
+                    // Let a thread waiting to post go first.
+                    parking_lot::MutexGuard::bump(st);
+                    if self.run_deferred(st, done) {
+                        return DriveStatus {
+                            progress: true,
+                            timeout: Some(Duration::ZERO),
+                        };
+                    }
+                }
+            }
+        }
+        let waited = Instant::now().saturating_duration_since(since);
+        let pause = (waited / 4).min(self.progress.max_pause);
+        DriveStatus {
+            progress: progress || !done.is_empty(),
+            timeout: Some(pause),
+        }
+    }
+
+    fn drive(&self) -> DriveStatus {
+        if !self.may_call_here() {
+            return DriveStatus::IDLE;
+        }
+        let Some(mut st) = self.state.try_lock() else {
+            return DriveStatus::IDLE;
+        };
+        let mut done = Vec::new();
+        let status = self.step(&mut st, &mut done);
+        drop(st);
+        for d in done {
+            d.complete();
+        }
+        status
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let mut live = LIVE.lock();
+        let mut st = std::mem::take(self.state.get_mut());
+        if !self.may_call_here() {
+            // MPI may not be called here; its memory is left to the
+            // process's end rather than freed under MPI's feet.
+            tracing::error!(
+                "the last handle of a Funneled MPI backend was dropped off its thread: \
+                 MPI is neither cleaned up nor finalised"
+            );
+            std::mem::forget(st);
+            *live = Weak::new();
+            return;
+        }
+        let mut done = Vec::new();
+        // Work forwarded from other threads (a communicator freed there)
+        // still runs.
+        self.run_deferred(&mut st, &mut done);
+        // Receives nobody waits for any more: cancel them; collectives
+        // cannot be cancelled, so wait (bounded) for them to finish.
+        for (req, &owner) in st.reqs.iter_mut().zip(&st.owners) {
+            if st.records.get(owner).is_some_and(|r| r.cancellable) {
+                // SAFETY: an active request; we own the state.
+                unsafe { sys::cancel(req) };
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !st.reqs.is_empty() && Instant::now() < deadline {
+            self.test(&mut st, &mut done);
+        }
+        let leftover = !st.reqs.is_empty();
+        if leftover {
+            // MPI may still write their buffers: never free them.
+            tracing::error!(
+                requests = st.reqs.len(),
+                "MPI requests still pending at shutdown; their buffers are leaked and MPI is not finalised"
+            );
+            std::mem::forget(std::mem::take(&mut st.records));
+        }
+        for (_, ty) in st.types.drain() {
+            // SAFETY: derived types made by this backend; no request uses
+            // them any more (or we do not finalise).
+            unsafe { sys::type_free(ty) };
+        }
+        super::user_op::release_keyval();
+        if self.finalize && !leftover {
+            // SAFETY: the last handle into MPI is going; this thread may
+            // call MPI; every communicator was freed before (each holds
+            // this state alive).
+            if let Err(code) = unsafe { sys::finalize() } {
+                tracing::error!(error = %sys::error_string(code), "MPI_Finalize failed");
+            }
+        }
+        *live = Weak::new();
+        drop(live);
+        for d in done {
+            d.complete();
+        }
+    }
+}
+
+/// MPI, initialised, and the [`IoBackend`] that drives every MPI request
+/// mfio makes. Cloning shares it; MPI is finalised when the last clone and
+/// the last communicator are gone.
+///
+/// ```
+/// use mfio_coll::mpi::Mpi;
+/// use mfio_coll::{Communicator, ReduceOp};
+/// use mfio_core::IoBackendExt;
+///
+/// # fn main() -> mfio_core::Result<()> {
+/// let mpi = Mpi::init()?;
+/// let world = mpi.world()?;
+/// let mine = vec![world.rank() as u64 + 1];
+/// let (result, (_mine, total)) = mpi.block_on(world.allreduce(mine, vec![0], ReduceOp::Sum)).into_parts();
+/// result?;
+/// assert_eq!(total[0], (1..=world.size() as u64).sum::<u64>());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Mpi {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Mpi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mpi")
+            .field("thread_level", &self.shared.level)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mpi {
+    /// Initialises MPI asking for [`ThreadLevel::Multiple`], with the
+    /// default [`Progress`]; see [`MpiBuilder::build`].
+    ///
+    /// # Errors
+    /// As [`MpiBuilder::build`].
+    pub fn init() -> Result<Self> {
+        Self::builder().build()
+    }
+
+    /// Options for initialising MPI.
+    pub fn builder() -> MpiBuilder {
+        MpiBuilder {
+            level: ThreadLevel::Multiple,
+            progress: Progress::default(),
+            max_count: i32::MAX as usize,
+            timeout: None,
+        }
+    }
+
+    /// The thread level MPI provides.
+    pub fn thread_level(&self) -> ThreadLevel {
+        self.shared.level
+    }
+
+    /// The MPI library's own description of itself
+    /// (`MPI_Get_library_version`).
+    pub fn library_version(&self) -> String {
+        sys::library_version()
+    }
+
+    /// A communicator over every process (a duplicate of
+    /// `MPI_COMM_WORLD` with `MPI_ERRORS_RETURN`).
+    ///
+    /// # Errors
+    /// `PermissionDenied` off the initialising thread under `Funneled`;
+    /// what MPI reports.
+    pub fn world(&self) -> Result<MpiComm> {
+        MpiComm::dup_of(&self.shared, sys::comm_world())
+    }
+
+    /// MPI requests in flight (a collective split for large counts counts
+    /// each part).
+    pub fn in_flight(&self) -> usize {
+        self.shared.with_state(|st| st.in_flight()).unwrap_or(0)
+    }
+}
+
+impl IoBackend for Shared {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        PollingHandle::readable(self.notifier.as_fd(), &self.notifier)
+    }
+
+    fn drive(&self) -> DriveStatus {
+        Shared::drive(self)
+    }
+}
+
+impl IoBackend for Mpi {
+    fn polling_handle(&self) -> PollingHandle<'_> {
+        self.shared.polling_handle()
+    }
+
+    fn drive(&self) -> DriveStatus {
+        self.shared.drive()
+    }
+}

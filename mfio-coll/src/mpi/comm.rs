@@ -1,0 +1,1084 @@
+//! [`MpiComm`]: an MPI communicator as a [`Communicator`]. Each collective
+//! is checked locally, planned (datatype, operation, MPI calls) with the
+//! backend locked, and started at once; the async form waits for the
+//! backend to see its requests finish, the blocking form calls MPI's
+//! blocking collective directly where the thread level allows.
+
+use std::ffi::{c_int, c_void};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mfio_core::completion::{completion, Completer};
+use mfio_core::{BufResult, Error, Result};
+
+use super::backend::{mpi_error, Finish, Handle, Mpi, Shared, State, ThreadLevel};
+use super::datatype;
+use super::sys::{self, Call, Comm, Datatype, Op};
+use super::user_op;
+use crate::check::{self, invalid, Overlap};
+use crate::comm::{CollFuture, CollResult, Communicator, Counts, Pair, Rank};
+use crate::element::Element;
+use crate::reduce::ReduceOp;
+
+/// An MPI communicator handle that may cross threads (it is used only
+/// under the backend's lock, on a thread allowed to call MPI).
+#[derive(Clone, Copy)]
+pub(crate) struct CommHandle(pub(crate) Comm);
+
+// SAFETY: see the type's doc.
+unsafe impl Send for CommHandle {}
+// SAFETY: as above.
+unsafe impl Sync for CommHandle {}
+
+impl CommHandle {
+    /// The MPI handle (a method, so closures capture the whole wrapper).
+    pub(crate) fn raw(self) -> Comm {
+        self.0
+    }
+}
+
+/// A communicator: a group of MPI processes, their collectives and their
+/// tagged messages. Made by [`Mpi::world`], [`Communicator::dup`] and
+/// [`Communicator::split`]; each is a duplicate of its parent with
+/// `MPI_ERRORS_RETURN`, freed when dropped.
+pub struct MpiComm {
+    pub(crate) mpi: Mpi,
+    pub(crate) handle: CommHandle,
+    rank: Rank,
+    size: usize,
+    pub(crate) tag_ub: u32,
+}
+
+impl fmt::Debug for MpiComm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MpiComm")
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+fn not_here(what: &str) -> Error {
+    Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!("{what}: MPI provides Funneled; call it on the thread that initialised MPI"),
+    )
+}
+
+impl MpiComm {
+    /// A duplicate of `parent` (which stays the caller's).
+    pub(crate) fn dup_of(shared: &Arc<Shared>, parent: Comm) -> Result<Self> {
+        let made = shared
+            .with_state(|_| {
+                // SAFETY: `parent` is live; this thread may call MPI and
+                // holds the state.
+                let comm = unsafe { sys::comm_dup(parent) }.map_err(|c| mpi_error(c, "MPI_Comm_dup"))?;
+                Self::describe(comm)
+            })
+            .ok_or_else(|| not_here("MPI_Comm_dup"))??;
+        Ok(Self::wrap(shared, made))
+    }
+
+    /// Rank, size and tag bound of a fresh communicator (freed on failure).
+    fn describe(comm: Comm) -> Result<(Comm, Rank, usize, u32)> {
+        // SAFETY: `comm` is live; the caller holds the state on an
+        // allowed thread.
+        let described = unsafe { sys::comm_rank_size(comm).and_then(|rs| sys::tag_ub(comm).map(|ub| (rs, ub))) };
+        match described {
+            Ok(((rank, size), ub)) => Ok((
+                comm,
+                usize::try_from(rank).unwrap_or(0),
+                usize::try_from(size).unwrap_or(0),
+                u32::try_from(ub).unwrap_or(0),
+            )),
+            Err(code) => {
+                // SAFETY: made by the caller and not handed out.
+                let _ = unsafe { sys::comm_free(comm) };
+                Err(mpi_error(code, "MPI_Comm_rank"))
+            }
+        }
+    }
+
+    fn wrap(shared: &Arc<Shared>, (comm, rank, size, tag_ub): (Comm, Rank, usize, u32)) -> Self {
+        Self {
+            mpi: Mpi { shared: shared.clone() },
+            handle: CommHandle(comm),
+            rank,
+            size,
+            tag_ub,
+        }
+    }
+
+    /// The backend that drives this communicator.
+    pub fn mpi(&self) -> &Mpi {
+        &self.mpi
+    }
+
+    /// The largest tag a message on this communicator may carry.
+    pub fn max_tag(&self) -> u32 {
+        self.tag_ub
+    }
+
+    /// Starts a prepared collective; its future resolves once the backend
+    /// sees every request finish.
+    fn start<B: Send + Default + 'static>(&self, prepared: Prepared<B>) -> CollFuture<B> {
+        let (bufs, plan) = match prepared {
+            Ok(p) => p,
+            Err((err, bufs)) => return CollFuture::ready(BufResult(Err(err), bufs)),
+        };
+        let (done, fut) = completion::<CollResult<B>>();
+        let comm = self.handle;
+        self.mpi.shared.submit(move |_shared, st, finished| {
+            let mut bufs = bufs;
+            let p = match plan(st, &mut bufs) {
+                Ok(p) => p,
+                Err(err) => {
+                    done.complete(Ok(BufResult(Err(err), bufs)));
+                    return;
+                }
+            };
+            let name = p.calls.first().map_or("collective", Call::name);
+            let work = CollWork {
+                bufs,
+                done: Some(done),
+                panicked: p.panicked,
+                _keep: p.keep,
+                name,
+            };
+            let mut calls = p.calls.into_iter();
+            st.post(
+                Box::new(work),
+                p.handles,
+                false,
+                |_| {
+                    calls.next().map(|call| {
+                        // SAFETY: the buffers and count lists the call
+                        // points into live in the record (`CollWork`)
+                        // until the request finishes; the types and ops
+                        // are live; the state is held on an allowed thread.
+                        unsafe { call.start(comm.raw()) }.map_err(|c| mpi_error(c, "MPI non-blocking collective"))
+                    })
+                },
+                finished,
+            );
+        });
+        CollFuture::waiting(fut)
+    }
+
+    /// Runs a prepared collective with MPI's blocking calls on this thread
+    /// if it may call MPI; otherwise, or with a timeout (which a blocking
+    /// MPI call cannot honour), waits for the async form.
+    fn run_now<B: Send + Default + 'static>(&self, prepared: Prepared<B>) -> CollResult<B> {
+        let shared = &self.mpi.shared;
+        if !shared.may_call_here() || shared.timeout.is_some() {
+            return self.wait(self.start(prepared));
+        }
+        let (mut bufs, plan) = match prepared {
+            Ok(p) => p,
+            Err((err, bufs)) => return BufResult(Err(err), bufs),
+        };
+        let comm = self.handle;
+        let multiple = shared.level == ThreadLevel::Multiple;
+        let result = shared.with_state(|st| -> Result<()> {
+            let p = plan(st, &mut bufs)?;
+            let run = || -> Result<()> {
+                for call in &p.calls {
+                    // SAFETY: the buffers and lists the call points into
+                    // live until it returns; this thread may call MPI.
+                    unsafe { call.run(comm.raw()) }.map_err(|c| mpi_error(c, "MPI collective"))?;
+                }
+                Ok(())
+            };
+            // Under Multiple, other threads post and drive meanwhile;
+            // below it, MPI calls must not overlap, so the lock stays held.
+            let result = if multiple {
+                parking_lot::MutexGuard::unlocked(st, run)
+            } else {
+                run()
+            };
+            let panicked = p.panicked.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
+            free_now(p.handles);
+            result.and(if panicked { Err(user_op::panicked()) } else { Ok(()) })
+        });
+        match result {
+            Some(r) => BufResult(r, bufs),
+            None => BufResult(Err(not_here("collective")), bufs),
+        }
+    }
+}
+
+fn free_now(handles: Vec<Handle>) {
+    for h in handles {
+        match h {
+            // SAFETY: made for a call that returned; the state is held.
+            Handle::Type(ty) => unsafe { sys::type_free(ty) },
+            // SAFETY: as above.
+            Handle::Op(op) => unsafe { sys::op_free(op) },
+            Handle::Held(_) => {}
+        }
+    }
+}
+
+/// A plan made under the lock from the buffers.
+type PlanFn<B> = Box<dyn FnOnce(&mut State, &mut B) -> Result<Plan> + Send>;
+
+/// A collective checked locally: its buffers and its plan, or the error
+/// and the buffers back.
+type Prepared<B> = std::result::Result<(B, PlanFn<B>), (Error, B)>;
+
+fn prepared<B>(bufs: B, plan: impl FnOnce(&mut State, &mut B) -> Result<Plan> + Send + 'static) -> Prepared<B> {
+    Ok((bufs, Box::new(plan)))
+}
+
+/// A collective ready to start: its MPI calls (several when split), what
+/// they use that must outlive them, and the panic flag of a custom
+/// reduction.
+pub(crate) struct Plan {
+    calls: Vec<Call>,
+    handles: Vec<Handle>,
+    keep: Vec<Vec<c_int>>,
+    panicked: Option<Arc<AtomicBool>>,
+}
+
+/// A collective in flight: its buffers and what its calls point into.
+struct CollWork<B> {
+    bufs: B,
+    /// `None` once the caller was told the collective timed out.
+    done: Option<Completer<CollResult<B>>>,
+    panicked: Option<Arc<AtomicBool>>,
+    _keep: Vec<Vec<c_int>>,
+    name: &'static str,
+}
+
+impl<B: Send + Default> Finish for CollWork<B> {
+    fn finish(self: Box<Self>, result: Result<()>, _status: &sys::Status) {
+        let panicked = self.panicked.as_ref().is_some_and(|p| p.load(Ordering::Acquire));
+        let result = result.and(if panicked { Err(user_op::panicked()) } else { Ok(()) });
+        if let Some(done) = self.done {
+            done.complete(Ok(BufResult(result, self.bufs)));
+        }
+    }
+
+    fn expire(&mut self, err: Error) -> bool {
+        // The buffers stay here: MPI may still write them.
+        match self.done.take() {
+            Some(done) => {
+                done.complete(Ok(BufResult(Err(err), B::default())));
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The datatype, items per element and operation of a reduction.
+struct Reduction {
+    ty: Datatype,
+    per: usize,
+    op: Op,
+    custom: Option<user_op::Custom>,
+}
+
+fn reduction<T: Element>(st: &mut State, op: &ReduceOp<T>) -> Result<Reduction> {
+    // Open MPI 4.1's AVX reductions saturate 8- and 16-bit sums
+    // (open-mpi/ompi#8045) where C, and mfio, wrap: those sums run in Rust,
+    // as a custom reduction.
+    if matches!(op, ReduceOp::Sum) && narrow_integer::<T>() {
+        let combine: Arc<crate::reduce::CombineFn<T>> =
+            Arc::new(|inc: &[T], acc: &mut [T]| ReduceOp::Sum.apply(inc, acc));
+        return reduction(
+            st,
+            &ReduceOp::Custom {
+                combine,
+                commutative: true,
+            },
+        );
+    }
+    let builtin = match (op, sys::builtin_op(op)) {
+        (ReduceOp::Custom { combine, commutative }, _) => {
+            let custom = user_op::custom::<T>(st, combine, *commutative)?;
+            return Ok(Reduction {
+                ty: custom.ty,
+                per: 1,
+                op: custom.op,
+                custom: Some(custom),
+            });
+        }
+        (_, Some(builtin)) => builtin,
+        (_, None) => return Err(invalid("op: no MPI operation for it")),
+    };
+    let (ty, per) = datatype::flat::<T>(st)?;
+    Ok(Reduction {
+        ty,
+        per,
+        op: builtin,
+        custom: None,
+    })
+}
+
+/// Whether `T` is made of 8- or 16-bit integers.
+fn narrow_integer<T: Element>() -> bool {
+    use crate::element::Primitive as P;
+    matches!(T::layout().homogeneous(), Some((P::I8 | P::U8 | P::I16 | P::U16, _)))
+}
+
+/// The operation applies to `T` (checked before anything is sent).
+fn check_op<T: Element>(op: &ReduceOp<T>) -> Result<()> {
+    if op.applies_to(&T::layout()) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "op: {} does not apply to {} (bitwise and logical operations take integers; \
+             structs need a custom operation)",
+            op.name(),
+            std::any::type_name::<T>()
+        )))
+    }
+}
+
+/// The element-wise collectives, which split into several calls when
+/// longer than MPI's count limit.
+#[derive(Clone, Copy)]
+enum Elementwise {
+    Bcast(c_int),
+    Reduce(c_int),
+    Allreduce,
+    Scan,
+    Exscan,
+}
+
+/// Plans an element-wise collective over `len` elements of `T` at `send`
+/// (`None`: in place) and `recv`.
+fn plan_elementwise<T: Element>(
+    st: &mut State,
+    max_count: usize,
+    kind: Elementwise,
+    op: Option<&ReduceOp<T>>,
+    send: Option<*const c_void>,
+    recv: *mut c_void,
+    len: usize,
+) -> Result<Plan> {
+    let (ty, per, mpi_op, custom) = match op {
+        Some(op) => {
+            let r = reduction(st, op)?;
+            (r.ty, r.per, r.op, r.custom)
+        }
+        None => {
+            let (ty, per) = datatype::flat::<T>(st)?;
+            (ty, per, sys::null_op(), None)
+        }
+    };
+    let items = len
+        .checked_mul(per)
+        .ok_or_else(|| invalid("buffer too large for MPI"))?;
+    let item_bytes = std::mem::size_of::<T>() / per.max(1);
+    let mut calls = Vec::new();
+    let mut at = 0usize;
+    loop {
+        let n = (items - at).min(max_count);
+        let count = c_int::try_from(n).map_err(|_| invalid("count exceeds i32::MAX"))?;
+        let off = at * item_bytes;
+        // SAFETY (pointer arithmetic): `off` stays within the buffers,
+        // which hold `items` items each.
+        let s = send.map(|p| p.cast::<u8>().wrapping_add(off).cast::<c_void>());
+        let s = sys::send_or_in_place(s);
+        let r = recv.cast::<u8>().wrapping_add(off).cast::<c_void>();
+        calls.push(match kind {
+            Elementwise::Bcast(root) => Call::Bcast {
+                buf: r,
+                count,
+                ty,
+                root,
+            },
+            Elementwise::Reduce(root) => Call::Reduce {
+                send: s,
+                recv: r,
+                count,
+                ty,
+                op: mpi_op,
+                root,
+            },
+            Elementwise::Allreduce => Call::Allreduce {
+                send: s,
+                recv: r,
+                count,
+                ty,
+                op: mpi_op,
+            },
+            Elementwise::Scan => Call::Scan {
+                send: s,
+                recv: r,
+                count,
+                ty,
+                op: mpi_op,
+            },
+            Elementwise::Exscan => Call::Exscan {
+                send: s,
+                recv: r,
+                count,
+                ty,
+                op: mpi_op,
+            },
+        });
+        at += n;
+        if at >= items {
+            break;
+        }
+    }
+    let (handles, panicked) = match custom {
+        Some(c) => (c.handles, Some(c.panicked)),
+        None => (Vec::new(), None),
+    };
+    Ok(Plan {
+        calls,
+        handles,
+        keep: Vec::new(),
+        panicked,
+    })
+}
+
+fn root_arg(root: Rank, size: usize) -> Result<c_int> {
+    check::rank("root", root, size)?;
+    c_int::try_from(root).map_err(|_| invalid("root too large for MPI"))
+}
+
+fn ptr<T>(v: &[T]) -> *const c_void {
+    sys::buffer(v.as_ptr().cast(), v.len())
+}
+
+fn mut_ptr<T>(v: &mut [T]) -> *mut c_void {
+    sys::buffer_mut(v.as_mut_ptr().cast(), v.len())
+}
+
+/// Runs the checks (each a `Result<()>`, evaluated while the buffers are
+/// still borrowable), then hands back the buffers: with the first error, as
+/// a refused [`Prepared`], or as the value of the macro.
+macro_rules! checked {
+    ($bufs:expr, $($check:expr),+ $(,)?) => {{
+        let mut failed: Option<Error> = None;
+        $(
+            if failed.is_none() {
+                if let Err(err) = $check {
+                    failed = Some(err);
+                }
+            }
+        )+
+        match failed {
+            Some(err) => return Err((err, $bufs)),
+            None => $bufs,
+        }
+    }};
+}
+
+/// A plan of one call.
+fn single(call: Call, keep: Vec<Vec<c_int>>) -> Plan {
+    Plan {
+        calls: vec![call],
+        handles: Vec::new(),
+        keep,
+        panicked: None,
+    }
+}
+
+/// Each collective, checked and planned once; the async and blocking forms
+/// of the [`Communicator`] impl start or run what these prepare.
+impl MpiComm {
+    fn max_count(&self) -> usize {
+        self.mpi.shared.max_count
+    }
+
+    fn prep_barrier(&self) -> Prepared<()> {
+        prepared((), |_, _| Ok(single(Call::Barrier {}, Vec::new())))
+    }
+
+    fn prep_bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> Prepared<Vec<T>> {
+        let root_c = root_arg(root, self.size);
+        let buf = checked!(buf, root_c.as_ref().map(|_| ()).map_err(Error::duplicate));
+        let root = root_c.unwrap_or(0);
+        let max = self.max_count();
+        prepared(buf, move |st, buf| {
+            let len = buf.len();
+            plan_elementwise::<T>(st, max, Elementwise::Bcast(root), None, None, mut_ptr(buf), len)
+        })
+    }
+
+    fn prep_reduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, root: Rank) -> Prepared<Pair<T>> {
+        let is_root = root == self.rank;
+        let bufs = checked!((send, recv), check::rank("root", root, self.size), check_op(&op),);
+        let bufs = checked!(
+            bufs,
+            if is_root {
+                check::len("recv", bufs.1.len(), bufs.0.len())
+            } else {
+                Ok(())
+            }
+        );
+        let root = root_arg(root, self.size).unwrap_or(0);
+        let max = self.max_count();
+        prepared(bufs, move |st, (send, recv)| {
+            let recv_ptr = if is_root { mut_ptr(recv) } else { std::ptr::null_mut() };
+            let send_ptr = ptr(send);
+            plan_elementwise(
+                st,
+                max,
+                Elementwise::Reduce(root),
+                Some(&op),
+                Some(send_ptr),
+                recv_ptr,
+                send.len(),
+            )
+        })
+    }
+
+    fn prep_reduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> Prepared<Vec<T>> {
+        let is_root = root == self.rank;
+        let buf = checked!(buf, check::rank("root", root, self.size), check_op(&op));
+        let root = root_arg(root, self.size).unwrap_or(0);
+        let max = self.max_count();
+        prepared(buf, move |st, buf| {
+            let len = buf.len();
+            // MPI_IN_PLACE is the root's send buffer; other ranks send
+            // theirs as usual.
+            let (send, recv) = if is_root {
+                (None, mut_ptr(buf))
+            } else {
+                (Some(ptr(buf)), std::ptr::null_mut())
+            };
+            plan_elementwise(st, max, Elementwise::Reduce(root), Some(&op), send, recv, len)
+        })
+    }
+
+    fn prep_allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Prepared<Pair<T>> {
+        let bufs = checked!((send, recv), check_op(&op));
+        let bufs = checked!(bufs, check::len("recv", bufs.1.len(), bufs.0.len()));
+        let max = self.max_count();
+        prepared(bufs, move |st, (send, recv)| {
+            let len = send.len();
+            plan_elementwise(
+                st,
+                max,
+                Elementwise::Allreduce,
+                Some(&op),
+                Some(ptr(send)),
+                mut_ptr(recv),
+                len,
+            )
+        })
+    }
+
+    fn prep_allreduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>) -> Prepared<Vec<T>> {
+        let buf = checked!(buf, check_op(&op));
+        let max = self.max_count();
+        prepared(buf, move |st, buf| {
+            let len = buf.len();
+            plan_elementwise(st, max, Elementwise::Allreduce, Some(&op), None, mut_ptr(buf), len)
+        })
+    }
+
+    fn prep_scan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, exclusive: bool) -> Prepared<Pair<T>> {
+        let bufs = checked!((send, recv), check_op(&op));
+        let bufs = checked!(bufs, check::len("recv", bufs.1.len(), bufs.0.len()));
+        let max = self.max_count();
+        // MPI leaves rank 0's exclusive-scan result undefined: it lands in
+        // a scratch buffer, and the caller's comes back unchanged.
+        let scratch = exclusive && self.rank == 0;
+        prepared(bufs, move |st, (send, recv)| {
+            let len = send.len();
+            let kind = if exclusive {
+                Elementwise::Exscan
+            } else {
+                Elementwise::Scan
+            };
+            if scratch {
+                let mut tmp: Vec<T> = vec![T::zeroed(); len];
+                let mut plan = plan_elementwise(st, max, kind, Some(&op), Some(ptr(send)), mut_ptr(&mut tmp), len)?;
+                plan.handles.push(Handle::Held(Box::new(tmp)));
+                return Ok(plan);
+            }
+            plan_elementwise(st, max, kind, Some(&op), Some(ptr(send)), mut_ptr(recv), len)
+        })
+    }
+
+    fn prep_scatter<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> Prepared<Pair<T>> {
+        let is_root = root == self.rank;
+        let size = self.size;
+        let bufs = checked!((send, recv), check::rank("root", root, size));
+        let bufs = checked!(
+            bufs,
+            if is_root {
+                check::len("send", bufs.0.len(), bufs.1.len().saturating_mul(size))
+            } else {
+                Ok(())
+            }
+        );
+        let root = root_arg(root, size).unwrap_or(0);
+        prepared(bufs, move |st, (send, recv)| {
+            let (ty, per) = datatype::flat::<T>(st)?;
+            let n = datatype::count("recv", recv.len(), per)?;
+            let send_count = if is_root { n } else { 0 };
+            Ok(single(
+                Call::Scatter {
+                    send: ptr(send),
+                    send_count,
+                    recv: mut_ptr(recv),
+                    recv_count: n,
+                    ty,
+                    root,
+                },
+                Vec::new(),
+            ))
+        })
+    }
+
+    fn prep_scatterv<T: Element>(&self, send: Vec<T>, layout: &Counts, recv: Vec<T>, root: Rank) -> Prepared<Pair<T>> {
+        let is_root = root == self.rank;
+        let size = self.size;
+        let bufs = checked!((send, recv), check::rank("root", root, size));
+        let bufs = checked!(
+            bufs,
+            if is_root {
+                check::layout(
+                    "send",
+                    &layout.counts,
+                    &layout.displs,
+                    size,
+                    bufs.0.len(),
+                    Overlap::Allowed,
+                )
+                .and_then(|()| check::len("recv", bufs.1.len(), layout.counts[self.rank]))
+            } else {
+                Ok(())
+            }
+        );
+        let root = root_arg(root, size).unwrap_or(0);
+        let layout = if is_root { layout.clone() } else { Counts::default() };
+        prepared(bufs, move |st, (send, recv)| {
+            let (ty, per) = datatype::flat::<T>(st)?;
+            let counts = datatype::counts("send counts", &layout.counts, per)?;
+            let displs = datatype::counts("send displacements", &layout.displs, per)?;
+            let n = datatype::count("recv", recv.len(), per)?;
+            Ok(single(
+                Call::Scatterv {
+                    send: ptr(send),
+                    counts: counts.as_ptr(),
+                    displs: displs.as_ptr(),
+                    recv: mut_ptr(recv),
+                    recv_count: n,
+                    ty,
+                    root,
+                },
+                vec![counts, displs],
+            ))
+        })
+    }
+
+    fn prep_gather<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank, all: bool) -> Prepared<Pair<T>> {
+        let size = self.size;
+        let is_root = all || root == self.rank;
+        let bufs = checked!((send, recv), if all { Ok(()) } else { check::rank("root", root, size) });
+        let bufs = checked!(
+            bufs,
+            if is_root {
+                check::len("recv", bufs.1.len(), bufs.0.len().saturating_mul(size))
+            } else {
+                Ok(())
+            }
+        );
+        let root = if all { 0 } else { root_arg(root, size).unwrap_or(0) };
+        prepared(bufs, move |st, (send, recv)| {
+            let (ty, per) = datatype::flat::<T>(st)?;
+            let n = datatype::count("send", send.len(), per)?;
+            let recv_count = if is_root { n } else { 0 };
+            let call = if all {
+                Call::Allgather {
+                    send: ptr(send),
+                    send_count: n,
+                    recv: mut_ptr(recv),
+                    recv_count,
+                    ty,
+                }
+            } else {
+                Call::Gather {
+                    send: ptr(send),
+                    send_count: n,
+                    recv: mut_ptr(recv),
+                    recv_count,
+                    ty,
+                    root,
+                }
+            };
+            Ok(single(call, Vec::new()))
+        })
+    }
+
+    fn prep_gatherv<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        layout: &Counts,
+        root: Rank,
+        all: bool,
+    ) -> Prepared<Pair<T>> {
+        let size = self.size;
+        let is_root = all || root == self.rank;
+        let bufs = checked!((send, recv), if all { Ok(()) } else { check::rank("root", root, size) });
+        let bufs = checked!(
+            bufs,
+            if is_root {
+                check::layout(
+                    "recv",
+                    &layout.counts,
+                    &layout.displs,
+                    size,
+                    bufs.1.len(),
+                    Overlap::Refused,
+                )
+                .and_then(|()| check::len("send", bufs.0.len(), layout.counts[self.rank]))
+            } else {
+                Ok(())
+            }
+        );
+        let root = if all { 0 } else { root_arg(root, size).unwrap_or(0) };
+        let layout = if is_root { layout.clone() } else { Counts::default() };
+        prepared(bufs, move |st, (send, recv)| {
+            let (ty, per) = datatype::flat::<T>(st)?;
+            let counts = datatype::counts("recv counts", &layout.counts, per)?;
+            let displs = datatype::counts("recv displacements", &layout.displs, per)?;
+            let n = datatype::count("send", send.len(), per)?;
+            let call = if all {
+                Call::Allgatherv {
+                    send: ptr(send),
+                    send_count: n,
+                    recv: mut_ptr(recv),
+                    counts: counts.as_ptr(),
+                    displs: displs.as_ptr(),
+                    ty,
+                }
+            } else {
+                Call::Gatherv {
+                    send: ptr(send),
+                    send_count: n,
+                    recv: mut_ptr(recv),
+                    counts: counts.as_ptr(),
+                    displs: displs.as_ptr(),
+                    ty,
+                    root,
+                }
+            };
+            Ok(single(call, vec![counts, displs]))
+        })
+    }
+
+    fn prep_alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> Prepared<Pair<T>> {
+        let size = self.size;
+        let bufs = checked!((send, recv), Ok::<(), Error>(()));
+        let bufs = checked!(
+            bufs,
+            check::divisible("send", bufs.0.len(), size),
+            check::len("recv", bufs.1.len(), bufs.0.len()),
+        );
+        prepared(bufs, move |st, (send, recv)| {
+            let (ty, per) = datatype::flat::<T>(st)?;
+            let n = datatype::count("send", send.len() / size.max(1), per)?;
+            Ok(single(
+                Call::Alltoall {
+                    send: ptr(send),
+                    send_count: n,
+                    recv: mut_ptr(recv),
+                    recv_count: n,
+                    ty,
+                },
+                Vec::new(),
+            ))
+        })
+    }
+
+    fn prep_alltoallv<T: Element>(
+        &self,
+        send: Vec<T>,
+        send_layout: &Counts,
+        recv: Vec<T>,
+        recv_layout: &Counts,
+    ) -> Prepared<Pair<T>> {
+        let size = self.size;
+        let bufs = checked!((send, recv), Ok::<(), Error>(()));
+        let bufs = checked!(
+            bufs,
+            check::layout(
+                "send",
+                &send_layout.counts,
+                &send_layout.displs,
+                size,
+                bufs.0.len(),
+                Overlap::Allowed
+            ),
+            check::layout(
+                "recv",
+                &recv_layout.counts,
+                &recv_layout.displs,
+                size,
+                bufs.1.len(),
+                Overlap::Refused
+            ),
+        );
+        let (sl, rl) = (send_layout.clone(), recv_layout.clone());
+        prepared(bufs, move |st, (send, recv)| {
+            let (ty, per) = datatype::flat::<T>(st)?;
+            let sc = datatype::counts("send counts", &sl.counts, per)?;
+            let sd = datatype::counts("send displacements", &sl.displs, per)?;
+            let rc = datatype::counts("recv counts", &rl.counts, per)?;
+            let rd = datatype::counts("recv displacements", &rl.displs, per)?;
+            Ok(single(
+                Call::Alltoallv {
+                    send: ptr(send),
+                    send_counts: sc.as_ptr(),
+                    send_displs: sd.as_ptr(),
+                    recv: mut_ptr(recv),
+                    recv_counts: rc.as_ptr(),
+                    recv_displs: rd.as_ptr(),
+                    ty,
+                },
+                vec![sc, sd, rc, rd],
+            ))
+        })
+    }
+
+    fn prep_reduce_scatter_block<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Prepared<Pair<T>> {
+        let size = self.size;
+        let bufs = checked!((send, recv), check_op(&op));
+        let bufs = checked!(
+            bufs,
+            check::len("send", bufs.0.len(), bufs.1.len().saturating_mul(size))
+        );
+        prepared(bufs, move |st, (send, recv)| {
+            let r = reduction(st, &op)?;
+            let n = datatype::count("recv", recv.len(), r.per)?;
+            let (handles, panicked) = match r.custom {
+                Some(c) => (c.handles, Some(c.panicked)),
+                None => (Vec::new(), None),
+            };
+            Ok(Plan {
+                calls: vec![Call::ReduceScatterBlock {
+                    send: ptr(send),
+                    recv: mut_ptr(recv),
+                    count: n,
+                    ty: r.ty,
+                    op: r.op,
+                }],
+                handles,
+                keep: Vec::new(),
+                panicked,
+            })
+        })
+    }
+
+    fn split_or_dup(&self, split: Option<(Option<u32>, i32)>) -> Result<Option<Self>> {
+        let (color, key) = match split {
+            None => (None, 0),
+            Some((color, key)) => {
+                let (_, _, undefined) = sys::wildcards();
+                let color = match color {
+                    Some(c) => c_int::try_from(c).map_err(|_| invalid(format!("color {c} exceeds i32::MAX")))?,
+                    None => undefined,
+                };
+                (Some(color), key)
+            }
+        };
+        let parent = self.handle.0;
+        let made = self
+            .mpi
+            .shared
+            .with_state(|_| -> Result<Option<(Comm, Rank, usize, u32)>> {
+                let comm = match color {
+                    // SAFETY: `parent` is live (we hold it); this thread
+                    // may call MPI and holds the state.
+                    None => Some(unsafe { sys::comm_dup(parent) }.map_err(|c| mpi_error(c, "MPI_Comm_dup"))?),
+                    Some(color) => {
+                        // SAFETY: as above.
+                        unsafe { sys::comm_split(parent, color, key) }.map_err(|c| mpi_error(c, "MPI_Comm_split"))?
+                    }
+                };
+                comm.map(Self::describe).transpose()
+            })
+            .ok_or_else(|| not_here("MPI_Comm_split"))??;
+        Ok(made.map(|m| Self::wrap(&self.mpi.shared, m)))
+    }
+}
+
+impl Drop for MpiComm {
+    fn drop(&mut self) {
+        let comm = self.handle;
+        // Requests still running on it finish first: MPI frees a
+        // communicator once its pending operations complete.
+        self.mpi.shared.submit(move |_, _, _| {
+            // SAFETY: the communicator is ours and unused from now on;
+            // the state is held on an allowed thread.
+            if let Err(code) = unsafe { sys::comm_free(comm.raw()) } {
+                tracing::warn!(error = %sys::error_string(code), "MPI_Comm_free failed");
+            }
+        });
+    }
+}
+
+impl Communicator for MpiComm {
+    type Backend = Mpi;
+
+    fn backend(&self) -> &Mpi {
+        &self.mpi
+    }
+
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn dup(&self) -> Result<Self> {
+        self.split_or_dup(None)?
+            .ok_or_else(|| Error::new(std::io::ErrorKind::Other, "MPI_Comm_dup returned no communicator"))
+    }
+
+    fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Self>> {
+        self.split_or_dup(Some((color, key)))
+    }
+
+    fn barrier(&self) -> CollFuture<()> {
+        self.start(self.prep_barrier())
+    }
+    fn bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> CollFuture<Vec<T>> {
+        self.start(self.prep_bcast(buf, root))
+    }
+    fn reduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollFuture<Pair<T>> {
+        self.start(self.prep_reduce(send, recv, op, root))
+    }
+    fn reduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollFuture<Vec<T>> {
+        self.start(self.prep_reduce_in_place(buf, op, root))
+    }
+    fn allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
+        self.start(self.prep_allreduce(send, recv, op))
+    }
+    fn allreduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>) -> CollFuture<Vec<T>> {
+        self.start(self.prep_allreduce_in_place(buf, op))
+    }
+    fn scatter<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
+        self.start(self.prep_scatter(send, recv, root))
+    }
+    fn scatterv<T: Element>(&self, send: Vec<T>, layout: &Counts, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
+        self.start(self.prep_scatterv(send, layout, recv, root))
+    }
+    fn gather<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
+        self.start(self.prep_gather(send, recv, root, false))
+    }
+    fn gatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts, root: Rank) -> CollFuture<Pair<T>> {
+        self.start(self.prep_gatherv(send, recv, layout, root, false))
+    }
+    fn allgather<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollFuture<Pair<T>> {
+        self.start(self.prep_gather(send, recv, 0, true))
+    }
+    fn allgatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts) -> CollFuture<Pair<T>> {
+        self.start(self.prep_gatherv(send, recv, layout, 0, true))
+    }
+    fn alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollFuture<Pair<T>> {
+        self.start(self.prep_alltoall(send, recv))
+    }
+    fn alltoallv<T: Element>(&self, send: Vec<T>, sl: &Counts, recv: Vec<T>, rl: &Counts) -> CollFuture<Pair<T>> {
+        self.start(self.prep_alltoallv(send, sl, recv, rl))
+    }
+    fn reduce_scatter_block<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
+        self.start(self.prep_reduce_scatter_block(send, recv, op))
+    }
+    fn scan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
+        self.start(self.prep_scan(send, recv, op, false))
+    }
+    fn exscan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
+        self.start(self.prep_scan(send, recv, op, true))
+    }
+
+    fn blocking_barrier(&self) -> Result<()> {
+        self.run_now(self.prep_barrier()).0
+    }
+    fn blocking_bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> CollResult<Vec<T>> {
+        self.run_now(self.prep_bcast(buf, root))
+    }
+    fn blocking_reduce<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        op: ReduceOp<T>,
+        root: Rank,
+    ) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_reduce(send, recv, op, root))
+    }
+    fn blocking_reduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollResult<Vec<T>> {
+        self.run_now(self.prep_reduce_in_place(buf, op, root))
+    }
+    fn blocking_allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_allreduce(send, recv, op))
+    }
+    fn blocking_allreduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>) -> CollResult<Vec<T>> {
+        self.run_now(self.prep_allreduce_in_place(buf, op))
+    }
+    fn blocking_scatter<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_scatter(send, recv, root))
+    }
+    fn blocking_scatterv<T: Element>(
+        &self,
+        send: Vec<T>,
+        layout: &Counts,
+        recv: Vec<T>,
+        root: Rank,
+    ) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_scatterv(send, layout, recv, root))
+    }
+    fn blocking_gather<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_gather(send, recv, root, false))
+    }
+    fn blocking_gatherv<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        layout: &Counts,
+        root: Rank,
+    ) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_gatherv(send, recv, layout, root, false))
+    }
+    fn blocking_allgather<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_gather(send, recv, 0, true))
+    }
+    fn blocking_allgatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_gatherv(send, recv, layout, 0, true))
+    }
+    fn blocking_alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_alltoall(send, recv))
+    }
+    fn blocking_alltoallv<T: Element>(
+        &self,
+        send: Vec<T>,
+        sl: &Counts,
+        recv: Vec<T>,
+        rl: &Counts,
+    ) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_alltoallv(send, sl, recv, rl))
+    }
+    fn blocking_reduce_scatter_block<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        op: ReduceOp<T>,
+    ) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_reduce_scatter_block(send, recv, op))
+    }
+    fn blocking_scan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_scan(send, recv, op, false))
+    }
+    fn blocking_exscan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollResult<Pair<T>> {
+        self.run_now(self.prep_scan(send, recv, op, true))
+    }
+}

@@ -1,0 +1,120 @@
+//! Element types as MPI datatypes: a primitive (or an array of one) is its
+//! predefined type, counted per primitive; anything else is a derived
+//! struct type, made once per Rust type and kept until the backend goes.
+
+use std::any::TypeId;
+use std::ffi::c_int;
+
+use mfio_core::Result;
+
+use super::backend::{mpi_error, State};
+use super::sys::{self, Datatype};
+use crate::check::invalid;
+use crate::element::{Element, Layout, Primitive};
+
+/// The datatype of a primitive.
+pub(crate) fn primitive(p: Primitive) -> Datatype {
+    sys::builtin(p)
+}
+
+/// How MPI sees elements of `T`: a datatype and how many of it make one
+/// element. Homogeneous elements use their primitive (so the predefined
+/// reductions apply); others a derived type (one per element).
+pub(crate) fn flat<T: Element>(st: &mut State) -> Result<(Datatype, usize)> {
+    match T::layout().homogeneous() {
+        Some((p, n)) if n > 0 => Ok((primitive(p), n)),
+        _ => Ok((whole::<T>(st)?, 1)),
+    }
+}
+
+/// A datatype of exactly one `T` (a custom reduction sees whole elements).
+pub(crate) fn whole<T: Element>(st: &mut State) -> Result<Datatype> {
+    let layout = T::layout();
+    if let Layout::Primitive(p) = layout {
+        return Ok(primitive(p));
+    }
+    if let Some(&ty) = st.types.get(&TypeId::of::<T>()) {
+        return Ok(ty);
+    }
+    layout.validate()?;
+    if layout.size() != std::mem::size_of::<T>() {
+        return Err(invalid(format!(
+            "element layout of {} describes {} bytes, but the type has {}",
+            std::any::type_name::<T>(),
+            layout.size(),
+            std::mem::size_of::<T>()
+        )));
+    }
+    let (ty, _) = derive(&layout)?;
+    st.types.insert(TypeId::of::<T>(), ty);
+    Ok(ty)
+}
+
+/// A datatype for `layout`, and whether it was derived here (and must be
+/// freed) rather than predefined.
+fn derive(layout: &Layout) -> Result<(Datatype, bool)> {
+    let parts: Vec<(usize, usize, &Layout)> = match layout {
+        Layout::Primitive(p) => return Ok((primitive(*p), false)),
+        Layout::Array(inner, n) => vec![(0, *n, &**inner)],
+        Layout::Struct { fields, .. } => fields.iter().map(|(off, l)| (*off, 1, l)).collect(),
+    };
+    let mut fields = Vec::with_capacity(parts.len());
+    let mut made = Vec::new();
+    let mut result = Ok(());
+    for (offset, n, inner) in parts {
+        match derive(inner) {
+            Ok((ty, derived)) => {
+                if derived {
+                    made.push(ty);
+                }
+                match (isize::try_from(offset), c_int::try_from(n)) {
+                    (Ok(o), Ok(n)) => fields.push((o, n, ty)),
+                    _ => {
+                        result = Err(invalid("element layout too large for MPI"));
+                        break;
+                    }
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+    }
+    let extent = isize::try_from(layout.size()).map_err(|_| invalid("element too large for MPI"));
+    let out = match (result, extent) {
+        (Ok(()), Ok(extent)) => {
+            // SAFETY: the field types are live (made above or predefined);
+            // the caller holds the backend state.
+            unsafe { sys::type_struct(&fields, extent) }.map_err(|c| mpi_error(c, "MPI_Type_create_struct"))
+        }
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    for ty in made {
+        // SAFETY: made above; the struct type keeps what it needs.
+        unsafe { sys::type_free(ty) };
+    }
+    out.map(|ty| (ty, true))
+}
+
+/// `elems` elements of `per` MPI items each as an MPI count.
+///
+/// # Errors
+/// `InvalidInput` naming `what` if it exceeds `i32::MAX` (callers that can
+/// split do so before).
+pub(crate) fn count(what: &str, elems: usize, per: usize) -> Result<c_int> {
+    elems
+        .checked_mul(per)
+        .and_then(|n| c_int::try_from(n).ok())
+        .ok_or_else(|| {
+            invalid(format!(
+                "{what}: {elems} elements exceed MPI's count limit (i32::MAX items per call); \
+                 this operation is not split on MPI 3.1"
+            ))
+        })
+}
+
+/// A `v`-variant list (counts or displacements, in elements) as MPI counts.
+pub(crate) fn counts(what: &str, list: &[usize], per: usize) -> Result<Vec<c_int>> {
+    list.iter().map(|&n| count(what, n, per)).collect()
+}

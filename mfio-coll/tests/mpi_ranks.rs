@@ -1,0 +1,1090 @@
+//! The MPI backend across ranks. Run alone (`cargo test`) it is one rank;
+//! `scripts/mpi-test` runs the built binary under `mpiexec -n 2, 3, 4`
+//! with a timeout. Every rank runs every case in the same order; each case
+//! checks its results against a sequential reference that every rank
+//! computes for itself, and a watchdog ends a rank that hangs.
+//!
+//! `MFIO_MPI_CASE=<name>` runs one case; `MFIO_MPI_CASE=early-exit` is the
+//! early-exit scenario the script runs on its own (one rank leaves, the
+//! others must fail within the timeout).
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mfio_coll::mpi::{Mpi, MpiComm, Source, TagMatch, ThreadLevel};
+use mfio_coll::{element, CollResult, Communicator, Counts, Element, ReduceOp};
+use mfio_core::{BufResult, IoBackend, IoBackendExt, Packet, PacketIo, PacketIoExt, Read};
+
+/// The most MPI items per request, low so that the longer buffers take the
+/// split (several requests per collective) path.
+const MAX_COUNT: usize = 4096;
+/// Lengths every collective is checked at (per rank, in elements).
+const LENGTHS: [usize; 4] = [0, 1, 1031, 9001];
+/// How long one case may take before the rank gives up.
+const CASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+type Outcome = Result<(), String>;
+
+/// A named test case.
+type Case = (&'static str, fn(&Ctx) -> Outcome);
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// Values the tests can make from an index and compare exactly (floats hold
+/// small integers, so every summation order gives the same result).
+trait Value: Element + PartialEq + Debug {
+    fn make(x: u64) -> Self;
+}
+
+macro_rules! value_int {
+    ($($t:ty),*) => {$(
+        impl Value for $t {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
+            fn make(x: u64) -> Self { (x % 97) as $t }
+        }
+    )*};
+}
+value_int!(i8, i16, i32, i64, u8, u16, u32, u64);
+
+impl Value for f32 {
+    #[allow(clippy::cast_precision_loss)]
+    fn make(x: u64) -> Self {
+        (x % 1000) as f32
+    }
+}
+
+impl Value for f64 {
+    #[allow(clippy::cast_precision_loss)]
+    fn make(x: u64) -> Self {
+        (x % 100_000) as f64 - 50_000.0
+    }
+}
+
+impl Value for [u16; 3] {
+    fn make(x: u64) -> Self {
+        [u16::make(x), u16::make(x / 3), u16::make(x / 7)]
+    }
+}
+
+/// A struct element with a derived datatype.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+struct Sample {
+    weight: f64,
+    id: u32,
+    flags: [u16; 2],
+}
+element!(Sample { weight, id, flags });
+
+impl Value for Sample {
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    fn make(x: u64) -> Self {
+        Sample {
+            weight: (x % 4096) as f64,
+            id: x as u32,
+            flags: [(x % 7) as u16, (x % 11) as u16],
+        }
+    }
+}
+
+/// Rank `rank`'s `len` values for a call numbered `salt`.
+fn data<T: Value>(rank: usize, len: usize, salt: u64) -> Vec<T> {
+    (0..len as u64)
+        .map(|i| T::make(i.wrapping_mul(31) ^ (rank as u64 * 1_000_003) ^ salt.wrapping_mul(7919)))
+        .collect()
+}
+
+/// The reduction of the ranks `ranks` (in order) of `data`, as MPI defines
+/// it: lower ranks on the left.
+fn reduce_ref<T: Value>(op: &ReduceOp<T>, ranks: std::ops::Range<usize>, len: usize, salt: u64) -> Vec<T> {
+    let mut ranks = ranks.rev();
+    let Some(last) = ranks.next() else { return Vec::new() };
+    let mut acc = data::<T>(last, len, salt);
+    for r in ranks {
+        op.apply(&data::<T>(r, len, salt), &mut acc);
+    }
+    acc
+}
+
+/// Runs a collective in its async form (driven by `block_on`) or its
+/// blocking form.
+#[derive(Clone, Copy, Debug)]
+enum Form {
+    Async,
+    Blocking,
+}
+
+struct Ctx {
+    mpi: Mpi,
+    world: MpiComm,
+}
+
+impl Ctx {
+    fn rank(&self) -> usize {
+        self.world.rank()
+    }
+    fn size(&self) -> usize {
+        self.world.size()
+    }
+    fn go<B: Default>(
+        &self,
+        form: Form,
+        a: impl FnOnce() -> mfio_coll::CollFuture<B>,
+        b: impl FnOnce() -> CollResult<B>,
+    ) -> CollResult<B> {
+        match form {
+            Form::Async => self.mpi.block_on(a()),
+            Form::Blocking => b(),
+        }
+    }
+}
+
+fn ok<B>(r: CollResult<B>, what: &str) -> Result<B, String> {
+    let (res, bufs) = r.into_parts();
+    res.map_err(|e| format!("{what}: {e}"))?;
+    Ok(bufs)
+}
+
+/// Every collective for one element type, length and form.
+fn collectives_of<T: Value>(cx: &Ctx, len: usize, form: Form, salt: u64) -> Outcome {
+    let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
+    let name = std::any::type_name::<T>();
+    let what = |op: &str| format!("{op}<{name}> len {len} {form:?}");
+    let root = size - 1;
+    let sum: ReduceOp<T> = if T::layout().homogeneous().is_some() {
+        ReduceOp::Sum
+    } else {
+        // Structs: element-wise by a closure (commutative).
+        ReduceOp::custom(true, |inc: &[T], acc: &mut [T]| {
+            for (a, x) in acc.iter_mut().zip(inc) {
+                let (ab, xb): (&mut [u8], &[u8]) = (bytemuck::bytes_of_mut(a), bytemuck::bytes_of(x));
+                for (p, q) in ab.iter_mut().zip(xb) {
+                    *p ^= *q;
+                }
+            }
+        })
+    };
+
+    // bcast
+    let buf = if rank == root {
+        data::<T>(root, len, salt)
+    } else {
+        vec![T::zeroed(); len]
+    };
+    let got = ok(
+        cx.go(
+            form,
+            || w.bcast(buf.clone(), root),
+            || w.blocking_bcast(buf.clone(), root),
+        ),
+        &what("bcast"),
+    )?;
+    ensure!(got == data::<T>(root, len, salt), "{}: wrong data", what("bcast"));
+
+    // reduce and reduce_in_place
+    let want = reduce_ref(&sum, 0..size, len, salt);
+    let send = data::<T>(rank, len, salt);
+    let recv = if rank == 0 { vec![T::zeroed(); len] } else { Vec::new() };
+    let (s, r) = ok(
+        cx.go(
+            form,
+            || w.reduce(send.clone(), recv.clone(), sum.clone(), 0),
+            || w.blocking_reduce(send.clone(), recv.clone(), sum.clone(), 0),
+        ),
+        &what("reduce"),
+    )?;
+    ensure!(s == send, "{}: the send buffer changed", what("reduce"));
+    ensure!(
+        rank != 0 || r == want,
+        "{}: wrong result: first difference at {:?} of {}: got {:?} want {:?}; inputs {:?}",
+        what("reduce"),
+        r.iter().zip(&want).position(|(a, b)| a != b),
+        r.len(),
+        r.get(251),
+        want.get(251),
+        (0..size)
+            .map(|q| data::<T>(q, len, salt).get(251).copied())
+            .collect::<Vec<_>>()
+    );
+    ensure!(rank == 0 || r.is_empty(), "{}: non-root recv touched", what("reduce"));
+    let b = ok(
+        cx.go(
+            form,
+            || w.reduce_in_place(send.clone(), sum.clone(), root),
+            || w.blocking_reduce_in_place(send.clone(), sum.clone(), root),
+        ),
+        &what("reduce_in_place"),
+    )?;
+    ensure!(
+        if rank == root { b == want } else { b == send },
+        "{}: wrong result",
+        what("reduce_in_place")
+    );
+
+    // allreduce and allreduce_in_place
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.allreduce(send.clone(), vec![T::zeroed(); len], sum.clone()),
+            || w.blocking_allreduce(send.clone(), vec![T::zeroed(); len], sum.clone()),
+        ),
+        &what("allreduce"),
+    )?;
+    ensure!(r == want, "{}: wrong result", what("allreduce"));
+    let b = ok(
+        cx.go(
+            form,
+            || w.allreduce_in_place(send.clone(), sum.clone()),
+            || w.blocking_allreduce_in_place(send.clone(), sum.clone()),
+        ),
+        &what("allreduce_in_place"),
+    )?;
+    ensure!(b == want, "{}: wrong result", what("allreduce_in_place"));
+
+    // scan and exscan
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.scan(send.clone(), vec![T::zeroed(); len], sum.clone()),
+            || w.blocking_scan(send.clone(), vec![T::zeroed(); len], sum.clone()),
+        ),
+        &what("scan"),
+    )?;
+    ensure!(
+        r == reduce_ref(&sum, 0..rank + 1, len, salt),
+        "{}: wrong result",
+        what("scan")
+    );
+    let marker = data::<T>(99, len, salt);
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.exscan(send.clone(), marker.clone(), sum.clone()),
+            || w.blocking_exscan(send.clone(), marker.clone(), sum.clone()),
+        ),
+        &what("exscan"),
+    )?;
+    let want_ex = if rank == 0 {
+        marker.clone()
+    } else {
+        reduce_ref(&sum, 0..rank, len, salt)
+    };
+    ensure!(
+        r == want_ex,
+        "{}: wrong result (rank 0 must be unchanged)",
+        what("exscan")
+    );
+
+    // reduce_scatter_block: blocks of `len` per rank
+    let big = data::<T>(rank, len * size, salt);
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.reduce_scatter_block(big.clone(), vec![T::zeroed(); len], sum.clone()),
+            || w.blocking_reduce_scatter_block(big.clone(), vec![T::zeroed(); len], sum.clone()),
+        ),
+        &what("reduce_scatter_block"),
+    )?;
+    let full = reduce_ref(&sum, 0..size, len * size, salt);
+    ensure!(
+        r[..] == full[rank * len..(rank + 1) * len],
+        "{}: wrong block",
+        what("reduce_scatter_block")
+    );
+
+    // scatter / gather / allgather / alltoall
+    let all = data::<T>(root, len * size, salt);
+    let send_s = if rank == root { all.clone() } else { Vec::new() };
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.scatter(send_s.clone(), vec![T::zeroed(); len], root),
+            || w.blocking_scatter(send_s.clone(), vec![T::zeroed(); len], root),
+        ),
+        &what("scatter"),
+    )?;
+    ensure!(
+        r[..] == all[rank * len..(rank + 1) * len],
+        "{}: wrong part",
+        what("scatter")
+    );
+    let gathered: Vec<T> = (0..size).flat_map(|q| data::<T>(q, len, salt)).collect();
+    let recv_g = if rank == root {
+        vec![T::zeroed(); len * size]
+    } else {
+        Vec::new()
+    };
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.gather(send.clone(), recv_g.clone(), root),
+            || w.blocking_gather(send.clone(), recv_g.clone(), root),
+        ),
+        &what("gather"),
+    )?;
+    ensure!(
+        if rank == root { r == gathered } else { r.is_empty() },
+        "{}: wrong result",
+        what("gather")
+    );
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.allgather(send.clone(), vec![T::zeroed(); len * size]),
+            || w.blocking_allgather(send.clone(), vec![T::zeroed(); len * size]),
+        ),
+        &what("allgather"),
+    )?;
+    ensure!(r == gathered, "{}: wrong result", what("allgather"));
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.alltoall(big.clone(), vec![T::zeroed(); len * size]),
+            || w.blocking_alltoall(big.clone(), vec![T::zeroed(); len * size]),
+        ),
+        &what("alltoall"),
+    )?;
+    let want_a2a: Vec<T> = (0..size)
+        .flat_map(|q| data::<T>(q, len * size, salt)[rank * len..(rank + 1) * len].to_vec())
+        .collect();
+    ensure!(r == want_a2a, "{}: wrong result", what("alltoall"));
+
+    // v variants with uneven counts: rank q has len + q elements (rank 0
+    // none when len is 0), laid out with a gap of one element after each.
+    let counts: Vec<usize> = (0..size).map(|q| if len == 0 { 0 } else { len + q }).collect();
+    let displs: Vec<usize> = counts
+        .iter()
+        .scan(0, |at, &c| {
+            let d = *at;
+            *at += c + 1;
+            Some(d)
+        })
+        .collect();
+    let layout = Counts {
+        counts: counts.clone(),
+        displs: displs.clone(),
+    };
+    let total = displs.last().copied().unwrap_or(0) + counts.last().copied().unwrap_or(0) + 1;
+    let mine = data::<T>(rank, counts[rank], salt);
+    let filler = T::make(12345);
+    let mut want_v = vec![filler; total];
+    for q in 0..size {
+        want_v[displs[q]..displs[q] + counts[q]].copy_from_slice(&data::<T>(q, counts[q], salt));
+    }
+    let send_v = if rank == root { want_v.clone() } else { Vec::new() };
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.scatterv(send_v.clone(), &layout, vec![T::zeroed(); counts[rank]], root),
+            || w.blocking_scatterv(send_v.clone(), &layout, vec![T::zeroed(); counts[rank]], root),
+        ),
+        &what("scatterv"),
+    )?;
+    ensure!(r == mine, "{}: wrong part", what("scatterv"));
+    let recv_v = if rank == root { vec![filler; total] } else { Vec::new() };
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.gatherv(mine.clone(), recv_v.clone(), &layout, root),
+            || w.blocking_gatherv(mine.clone(), recv_v.clone(), &layout, root),
+        ),
+        &what("gatherv"),
+    )?;
+    ensure!(
+        if rank == root { r == want_v } else { r.is_empty() },
+        "{}: wrong result",
+        what("gatherv")
+    );
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.allgatherv(mine.clone(), vec![filler; total], &layout),
+            || w.blocking_allgatherv(mine.clone(), vec![filler; total], &layout),
+        ),
+        &what("allgatherv"),
+    )?;
+    ensure!(r == want_v, "{}: wrong result", what("allgatherv"));
+
+    // alltoallv: rank p sends (p + q) % 3 + len/2 elements to rank q.
+    let n = |p: usize, q: usize| if len == 0 { 0 } else { (p + q) % 3 + len / 2 };
+    let send_layout = Counts::packed((0..size).map(|q| n(rank, q)).collect());
+    let recv_layout = Counts::packed((0..size).map(|p| n(p, rank)).collect());
+    let payload = |p: usize| data::<T>(p, send_layout_total(p, size, &n), salt);
+    let send_a = payload(rank);
+    let mut want_av = Vec::new();
+    for p in 0..size {
+        let from = Counts::packed((0..size).map(|q| n(p, q)).collect());
+        let d = from.displs[rank];
+        want_av.extend_from_slice(&payload(p)[d..d + from.counts[rank]]);
+    }
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || {
+                w.alltoallv(
+                    send_a.clone(),
+                    &send_layout,
+                    vec![T::zeroed(); recv_layout.total()],
+                    &recv_layout,
+                )
+            },
+            || {
+                w.blocking_alltoallv(
+                    send_a.clone(),
+                    &send_layout,
+                    vec![T::zeroed(); recv_layout.total()],
+                    &recv_layout,
+                )
+            },
+        ),
+        &what("alltoallv"),
+    )?;
+    ensure!(r == want_av, "{}: wrong result", what("alltoallv"));
+
+    ok(
+        cx.go(form, || w.barrier(), || mfio_core::BufResult(w.blocking_barrier(), ())),
+        &what("barrier"),
+    )?;
+    Ok(())
+}
+
+fn send_layout_total(p: usize, size: usize, n: &impl Fn(usize, usize) -> usize) -> usize {
+    (0..size).map(|q| n(p, q)).sum()
+}
+
+fn every_collective(cx: &Ctx) -> Outcome {
+    let mut salt = 0;
+    for form in [Form::Async, Form::Blocking] {
+        for len in LENGTHS {
+            salt += 1;
+            collectives_of::<u8>(cx, len, form, salt)?;
+            collectives_of::<i16>(cx, len, form, salt)?;
+            collectives_of::<u32>(cx, len, form, salt)?;
+            collectives_of::<i64>(cx, len, form, salt)?;
+            collectives_of::<f32>(cx, len, form, salt)?;
+            collectives_of::<f64>(cx, len, form, salt)?;
+            collectives_of::<[u16; 3]>(cx, len, form, salt)?;
+            collectives_of::<Sample>(cx, len, form, salt)?;
+        }
+    }
+    Ok(())
+}
+
+/// The predefined operations on integers and floats, against the
+/// reference.
+fn every_operation(cx: &Ctx) -> Outcome {
+    let w = &cx.world;
+    let ops: Vec<ReduceOp<i32>> = vec![
+        ReduceOp::Sum,
+        ReduceOp::Prod,
+        ReduceOp::Min,
+        ReduceOp::Max,
+        ReduceOp::BitAnd,
+        ReduceOp::BitOr,
+        ReduceOp::BitXor,
+        ReduceOp::LogicalAnd,
+        ReduceOp::LogicalOr,
+        ReduceOp::LogicalXor,
+    ];
+    for (i, op) in ops.into_iter().enumerate() {
+        let mine = data::<i32>(cx.rank(), 257, i as u64);
+        let got = ok(cx.mpi.block_on(w.allreduce_in_place(mine, op.clone())), op.name())?;
+        ensure!(
+            got == reduce_ref(&op, 0..cx.size(), 257, i as u64),
+            "{}: wrong result",
+            op.name()
+        );
+    }
+    for op in [ReduceOp::<f64>::Min, ReduceOp::Max, ReduceOp::Prod] {
+        let mine = data::<f64>(cx.rank(), 100, 5);
+        let got = ok(w.blocking_allreduce_in_place(mine, op.clone()), op.name())?;
+        ensure!(
+            got == reduce_ref(&op, 0..cx.size(), 100, 5),
+            "{} f64: wrong result",
+            op.name()
+        );
+    }
+    Ok(())
+}
+
+/// 2×2 integer matrices: a non-commutative product checks that the custom
+/// reduction combines ranks in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+struct Mat([i64; 4]);
+element!(Mat { 0 });
+
+impl Value for Mat {
+    fn make(x: u64) -> Self {
+        let v = (x % 5) as i64;
+        Mat([1, v, (x % 3) as i64, 1])
+    }
+}
+
+fn matmul(inc: &[Mat], acc: &mut [Mat]) {
+    for (a, x) in acc.iter_mut().zip(inc) {
+        let (p, q) = (x.0, a.0);
+        // wrapping: the products overflow over many ranks
+        a.0 = [
+            p[0].wrapping_mul(q[0]).wrapping_add(p[1].wrapping_mul(q[2])),
+            p[0].wrapping_mul(q[1]).wrapping_add(p[1].wrapping_mul(q[3])),
+            p[2].wrapping_mul(q[0]).wrapping_add(p[3].wrapping_mul(q[2])),
+            p[2].wrapping_mul(q[1]).wrapping_add(p[3].wrapping_mul(q[3])),
+        ];
+    }
+}
+
+fn custom_operations(cx: &Ctx) -> Outcome {
+    let w = &cx.world;
+    let op = ReduceOp::<Mat>::custom(false, matmul);
+    for len in [1, 77, 5000] {
+        let mine = data::<Mat>(cx.rank(), len, 3);
+        let want = reduce_ref(&op, 0..cx.size(), len, 3);
+        let got = ok(
+            cx.mpi.block_on(w.allreduce_in_place(mine.clone(), op.clone())),
+            "custom allreduce",
+        )?;
+        ensure!(
+            got == want,
+            "non-commutative custom allreduce: wrong order or result (len {len})"
+        );
+        let (_, got) = ok(w.blocking_scan(mine, vec![Mat([0; 4]); len], op.clone()), "custom scan")?;
+        ensure!(
+            got == reduce_ref(&op, 0..cx.rank() + 1, len, 3),
+            "custom scan: wrong result"
+        );
+    }
+    // A panicking closure fails the collective on the ranks where it ran,
+    // and nothing aborts. With one rank MPI never calls it.
+    if cx.size() > 1 {
+        let quiet = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.to_string().contains("deliberate panic") {
+                quiet(info);
+            }
+        }));
+        let bad = ReduceOp::<u64>::custom(true, |_, _| panic!("deliberate panic in a reduction"));
+        let (res, _) = cx.mpi.block_on(w.allreduce_in_place(vec![1u64; 8], bad)).into_parts();
+        // Whether a rank ran the closure depends on MPI's algorithm; those
+        // that did report it.
+        if let Err(e) = res {
+            ensure!(e.to_string().contains("panicked"), "unexpected error {e}");
+        }
+        w.blocking_barrier().map_err(|e| format!("barrier after panic: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Many collectives in a row, several at once on one communicator, and two
+/// communicators interleaved.
+fn concurrency(cx: &Ctx) -> Outcome {
+    let (w, size) = (&cx.world, cx.size() as u64);
+    for i in 0..300u64 {
+        let got = ok(
+            w.blocking_allreduce_in_place(vec![i, 1], ReduceOp::Sum),
+            "back-to-back allreduce",
+        )?;
+        ensure!(got == [i * size, size], "back-to-back allreduce {i}: {got:?}");
+        let b = ok(
+            cx.mpi.block_on(w.bcast(vec![i; 3], (i % size) as usize)),
+            "back-to-back bcast",
+        )?;
+        ensure!(b == [i; 3], "back-to-back bcast {i}");
+    }
+    // Eight at once, started in order, awaited in reverse.
+    let futs: Vec<_> = (0..8u64)
+        .map(|k| w.allreduce_in_place(vec![k; 100 + k as usize * 1000], ReduceOp::Sum))
+        .collect();
+    for (k, f) in futs.into_iter().enumerate().rev() {
+        let got = ok(cx.mpi.block_on(f), "concurrent allreduce")?;
+        ensure!(
+            got.iter().all(|&x| x == k as u64 * size) && got.len() == 100 + k * 1000,
+            "concurrent allreduce {k}"
+        );
+    }
+    // Two communicators, interleaved and awaited together.
+    let other = w.dup().map_err(|e| format!("dup: {e}"))?;
+    let a = w.allreduce_in_place(vec![1u32; 5000], ReduceOp::Sum);
+    let b = other.allreduce_in_place(vec![2u32; 5000], ReduceOp::Sum);
+    let c = w.allgather(vec![cx.rank() as u16], vec![0; cx.size()]);
+    let d = other.bcast(vec![7u8; 10], 0);
+    let (a, b, c, d) = cx.mpi.block_on(async { futures::join!(a, b, c, d) });
+    let (a, b, (_, c), d) = (
+        ok(a, "comm A")?,
+        ok(b, "comm B")?,
+        ok(c, "comm A allgather")?,
+        ok(d, "comm B bcast")?,
+    );
+    ensure!(
+        a.iter().all(|&x| x == size as u32) && b.iter().all(|&x| x == 2 * size as u32),
+        "interleaved communicators mixed up"
+    );
+    ensure!(
+        c == (0..cx.size() as u16).collect::<Vec<_>>() && d == [7u8; 10],
+        "interleaved communicators mixed up"
+    );
+    Ok(())
+}
+
+fn split(cx: &Ctx) -> Outcome {
+    let (rank, size) = (cx.rank(), cx.size());
+    let half = cx
+        .world
+        .split(Some((rank % 2) as u32), -(rank as i32))
+        .map_err(|e| format!("split: {e}"))?;
+    let half = half.ok_or("split gave no communicator to a rank with a color")?;
+    let members: Vec<usize> = (0..size).filter(|q| q % 2 == rank % 2).collect();
+    ensure!(
+        half.size() == members.len(),
+        "split: size {} instead of {}",
+        half.size(),
+        members.len()
+    );
+    // key = -rank: reversed order
+    let pos = members.iter().rev().position(|&q| q == rank).ok_or("not a member")?;
+    ensure!(half.rank() == pos, "split: rank {} instead of {pos}", half.rank());
+    let got = ok(
+        half.blocking_allreduce_in_place(vec![rank as u64], ReduceOp::Sum),
+        "allreduce in split",
+    )?;
+    ensure!(
+        got == [members.iter().map(|&q| q as u64).sum::<u64>()],
+        "split allreduce"
+    );
+    // A rank passing no color joins nothing.
+    let none = cx
+        .world
+        .split(if rank == 0 { None } else { Some(0) }, 0)
+        .map_err(|e| format!("split: {e}"))?;
+    ensure!((rank == 0) == none.is_none(), "split with no color");
+    if let Some(rest) = none {
+        ensure!(
+            rest.size() == size - 1,
+            "split without rank 0 has {} ranks",
+            rest.size()
+        );
+    }
+    Ok(())
+}
+
+fn point_to_point(cx: &Ctx) -> Outcome {
+    let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
+    // Everyone sends to rank 0 with tag 100 + rank; rank 0 takes them from
+    // any source with any tag, in whatever order they come.
+    let msg = |r: usize| format!("hello from {r}").into_bytes();
+    let send = if rank == 0 {
+        None
+    } else {
+        Some(w.send(0, 100 + rank as u32, msg(rank)))
+    };
+    if rank == 0 {
+        let mut seen = vec![false; size];
+        for _ in 1..size {
+            let (res, buf) = cx
+                .mpi
+                .block_on(w.recv(Source::Any, TagMatch::Any, Vec::with_capacity(64)))
+                .into_parts();
+            let info = res.map_err(|e| format!("any-source receive: {e}"))?;
+            ensure!(
+                info.tag == 100 + info.source as u32,
+                "tag {} from {}",
+                info.tag,
+                info.source
+            );
+            ensure!(
+                buf == msg(info.source) && info.len == buf.len(),
+                "wrong message from {}",
+                info.source
+            );
+            ensure!(
+                !std::mem::replace(&mut seen[info.source], true),
+                "two messages from {}",
+                info.source
+            );
+        }
+    }
+    if let Some(send) = send {
+        let (outcome, _) = cx.mpi.block_on(send);
+        ensure!(
+            outcome.result().map_err(|e| e.to_string())? == msg(rank).len(),
+            "short send"
+        );
+    }
+    // Nothing else may be in flight while rank 0 takes any tag from anyone.
+    ok(cx.mpi.block_on(w.barrier()), "barrier after any-source")?;
+    // A ring with exact addresses, and a receive too small for its message.
+    let next = (rank + 1) % size;
+    let prev = (rank + size - 1) % size;
+    let payload = data::<u8>(rank, 70_000, 9);
+    let s = w.send(next, 7, payload.clone());
+    let r = PacketIoExt::<Read, (usize, u32)>::io(w, (prev, 7), Vec::<u8>::with_capacity(70_000));
+    let ((sent, _), (recvd, got)) = cx.mpi.block_on(async { futures::join!(s, r) });
+    sent.result().map_err(|e| format!("ring send: {e}"))?;
+    ensure!(
+        recvd.result().map_err(|e| format!("ring recv: {e}"))? == 70_000 && got == data::<u8>(prev, 70_000, 9),
+        "ring data"
+    );
+    let s = w.send(next, 8, vec![1u8; 100]);
+    let r = w.recv(Source::Rank(prev), TagMatch::Tag(8), Vec::with_capacity(10));
+    let ((sent, _), BufResult(rres, _)) = cx.mpi.block_on(async { futures::join!(s, r) });
+    sent.result().map_err(|e| format!("truncating send: {e}"))?;
+    match rres {
+        Err(e) if e.is_truncated() => {}
+        other => return Err(format!("a 100-byte message into 10 bytes gave {other:?}")),
+    }
+    ok(cx.mpi.block_on(w.barrier()), "barrier")?;
+    Ok(())
+}
+
+/// Futures dropped mid-flight: a collective keeps its buffers until MPI
+/// finishes; a receive is cancelled; a message a dropped receive took comes
+/// back to the next receive.
+fn drop_mid_flight(cx: &Ctx) -> Outcome {
+    let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
+    // A collective dropped at once still runs (it cannot be cancelled) and
+    // the next one pairs up correctly.
+    drop(w.allreduce_in_place(vec![rank as u64; 50_000], ReduceOp::Sum));
+    drop(w.bcast(vec![0u8; 100_000], 0));
+    let got = ok(
+        w.blocking_allreduce_in_place(vec![1u64; 3], ReduceOp::Sum),
+        "allreduce after drops",
+    )?;
+    ensure!(got == [size as u64; 3], "allreduce after dropped collectives: {got:?}");
+    // A pending receive dropped: cancelled, nothing left in flight for it.
+    {
+        let mut pending = Box::pin(PacketIoExt::<Read, (usize, u32)>::io(
+            w,
+            (rank, 31),
+            Vec::<u8>::with_capacity(16),
+        ));
+        let waker = std::task::Waker::noop();
+        let mut ctx = std::task::Context::from_waker(waker);
+        ensure!(
+            pending.as_mut().poll(&mut ctx).is_pending(),
+            "a receive with no sender finished"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cx.mpi.in_flight() > 0 {
+        cx.mpi.drive();
+        ensure!(
+            Instant::now() < deadline,
+            "a cancelled receive stays in flight ({} requests)",
+            cx.mpi.in_flight()
+        );
+    }
+    // A receive that completes after its caller dropped the packet: the
+    // message comes back for the next receive.
+    let mut packet = Packet::<Read, _>::new(Vec::<u8>::with_capacity(32));
+    let view = packet.take_view().ok_or("no view")?;
+    PacketIo::<Read, (usize, u32)>::send_io(w, (rank, 32), view);
+    let (sent, _) = cx.mpi.block_on(w.send(rank, 32, b"kept for the next receive".to_vec()));
+    sent.result().map_err(|e| format!("self send: {e}"))?;
+    while !packet.is_complete() {
+        cx.mpi.drive();
+        ensure!(Instant::now() < deadline, "the self message never arrived");
+    }
+    drop(packet);
+    let (res, buf) = cx
+        .mpi
+        .block_on(w.recv(Source::Rank(rank), TagMatch::Tag(32), Vec::with_capacity(32)))
+        .into_parts();
+    let info = res.map_err(|e| format!("receive of the returned message: {e}"))?;
+    ensure!(
+        buf == b"kept for the next receive" && info.source == rank && info.tag == 32,
+        "returned message: {buf:?}"
+    );
+    ok(cx.mpi.block_on(w.barrier()), "barrier")?;
+    Ok(())
+}
+
+/// Bad input: refused locally with `InvalidInput` naming the argument, the
+/// buffers handed back untouched, and the communicator still usable.
+fn bad_input(cx: &Ctx) -> Outcome {
+    let (w, size) = (&cx.world, cx.size());
+    let expect = |r: CollResult<mfio_coll::Pair<u32>>, needle: &str, send_len: usize| -> Outcome {
+        let (res, (s, _)) = r.into_parts();
+        match res {
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidInput && e.to_string().contains(needle) => {}
+            other => return Err(format!("expected InvalidInput naming {needle:?}, got {other:?}")),
+        }
+        ensure!(
+            s.len() == send_len && s.iter().all(|&x| x == 5),
+            "the send buffer did not come back intact"
+        );
+        Ok(())
+    };
+    expect(
+        cx.mpi.block_on(w.reduce(vec![5; 4], vec![0; 4], ReduceOp::Sum, size)),
+        "root",
+        4,
+    )?;
+    expect(w.blocking_allreduce(vec![5; 4], vec![0; 3], ReduceOp::Sum), "recv", 4)?;
+    if size > 1 {
+        expect(
+            cx.mpi
+                .block_on(w.alltoall(vec![5; size * 2 + 1], vec![0; size * 2 + 1])),
+            "send",
+            size * 2 + 1,
+        )?;
+    }
+    let overlap = Counts {
+        counts: vec![2; size],
+        displs: vec![0; size],
+    };
+    if size > 1 {
+        expect(
+            cx.mpi.block_on(w.allgatherv(vec![5; 2], vec![0; 2 * size], &overlap)),
+            "overlap",
+            2,
+        )?;
+    }
+    let overrun = Counts {
+        counts: vec![3; size],
+        displs: (0..size).map(|q| q * 3).collect(),
+    };
+    expect(
+        w.blocking_allgatherv(vec![5; 3], vec![0; 3 * size - 1], &overrun),
+        "runs past",
+        3,
+    )?;
+    let (res, _) = w
+        .blocking_allreduce_in_place(vec![1.0f32], ReduceOp::BitAnd)
+        .into_parts();
+    ensure!(
+        res.is_err_and(|e| e.kind() == std::io::ErrorKind::InvalidInput && e.to_string().contains("op")),
+        "bitwise and on f32 accepted"
+    );
+    let (out, buf) = cx.mpi.block_on(w.send(size, 1, vec![1u8]));
+    ensure!(
+        out.result().is_err_and(|e| e.to_string().contains("destination")) && buf == [1],
+        "send to a rank outside accepted"
+    );
+    let (out, _) = cx.mpi.block_on(w.send(0, w.max_tag().saturating_add(1), vec![1u8]));
+    ensure!(
+        w.max_tag() == u32::MAX || out.result().is_err_and(|e| e.to_string().contains("tag")),
+        "tag above MPI_TAG_UB accepted"
+    );
+    let (res, _) = cx
+        .mpi
+        .block_on(w.recv(Source::Rank(size + 3), TagMatch::Any, Vec::with_capacity(1)))
+        .into_parts();
+    ensure!(
+        res.is_err_and(|e| e.to_string().contains("source")),
+        "receive from a rank outside accepted"
+    );
+    ensure!(w.split(Some(u32::MAX), 0).is_err(), "a color above i32::MAX accepted");
+    let got = ok(
+        w.blocking_allreduce_in_place(vec![1u8], ReduceOp::Sum),
+        "allreduce after bad input",
+    )?;
+    ensure!(got == [size as u8], "communicator unusable after bad input");
+    Ok(())
+}
+
+/// The same collectives from tokio and smol, through mfio-integration.
+fn host_runtimes(cx: &Ctx) -> Outcome {
+    let w = &cx.world;
+    let size = cx.size() as u64;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let got = rt.block_on(mfio_integration::Tokio::run(
+        &cx.mpi,
+        w.allreduce_in_place(vec![3u64; 1000], ReduceOp::Sum),
+    ));
+    ensure!(ok(got, "tokio allreduce")? == vec![3 * size; 1000], "tokio allreduce");
+    let got = smol::block_on(mfio_integration::Smol::run(
+        &cx.mpi,
+        w.allreduce_in_place(vec![4u64; 10], ReduceOp::Sum),
+    ));
+    ensure!(ok(got, "smol allreduce")? == vec![4 * size; 10], "smol allreduce");
+    Ok(())
+}
+
+/// A backend with nothing pending sleeps: a thread blocked on it for a
+/// while uses almost no CPU.
+fn idle_costs_nothing(cx: &Ctx) -> Outcome {
+    let mpi = cx.mpi.clone();
+    let wake = Arc::new(AtomicBool::new(false));
+    let flag = wake.clone();
+    let before = thread_cpu();
+    let waiter = std::thread::spawn(move || {
+        let start = thread_cpu();
+        mpi.block_on(std::future::poll_fn(|c| {
+            if flag.load(Ordering::Acquire) {
+                std::task::Poll::Ready(())
+            } else {
+                let waker = c.waker().clone();
+                let flag = flag.clone();
+                std::thread::spawn(move || {
+                    while !flag.load(Ordering::Acquire) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    waker.wake();
+                });
+                std::task::Poll::Pending
+            }
+        }));
+        thread_cpu() - start
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    wake.store(true, Ordering::Release);
+    let used = waiter.join().map_err(|_| "the waiter panicked")?;
+    let _ = before;
+    ensure!(
+        used < Duration::from_millis(40),
+        "an idle backend used {used:?} of CPU in 400 ms"
+    );
+    Ok(())
+}
+
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid clock id and a pointer to a local timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(
+        u64::try_from(ts.tv_sec).unwrap_or(0),
+        u32::try_from(ts.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// One rank leaves without finalising; the others, in a collective with
+/// it, must end (with an error or killed by the launcher) rather than hang.
+fn early_exit(cx: &Ctx) -> Outcome {
+    if cx.rank() == cx.size() - 1 {
+        eprintln!("rank {} leaves early on purpose", cx.rank());
+        std::process::exit(3);
+    }
+    let (res, _) = cx
+        .mpi
+        .block_on(cx.world.allreduce_in_place(vec![1u8], ReduceOp::Sum))
+        .into_parts();
+    Err(format!(
+        "rank {}: a collective with a departed rank ended with {res:?}",
+        cx.rank()
+    ))
+}
+
+/// One rank finalises and leaves; the others, in a collective with it,
+/// must get `TimedOut` from the backend's timeout.
+fn early_finalize(cx: Ctx) -> Outcome {
+    if cx.rank() == cx.size() - 1 {
+        eprintln!("rank {} finalises and leaves early on purpose", cx.rank());
+        drop(cx);
+        std::process::exit(0);
+    }
+    let start = Instant::now();
+    let (res, _) = cx
+        .mpi
+        .block_on(cx.world.allreduce_in_place(vec![1u8], ReduceOp::Sum))
+        .into_parts();
+    match res {
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut && e.to_string().contains("allreduce") => {
+            println!(
+                "rank {}: timed out as expected after {:.1?}: {e}",
+                cx.rank(),
+                start.elapsed()
+            );
+            Ok(())
+        }
+        other => Err(format!(
+            "rank {}: a collective with a departed rank ended with {other:?}",
+            cx.rank()
+        )),
+    }
+}
+
+fn main() {
+    let only = std::env::var("MFIO_MPI_CASE").ok();
+    let timeout = (only.as_deref() == Some("early-finalize")).then_some(Duration::from_secs(3));
+    let mpi = match Mpi::builder()
+        .thread_level(ThreadLevel::Multiple)
+        .max_count(MAX_COUNT)
+        .timeout(timeout)
+        .build()
+    {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("MPI init failed: {e}");
+            std::process::exit(2);
+        }
+    };
+    let world = match mpi.world() {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("world: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cx = Ctx { mpi, world };
+    let cases: [Case; 10] = [
+        ("every_collective", every_collective),
+        ("every_operation", every_operation),
+        ("custom_operations", custom_operations),
+        ("concurrency", concurrency),
+        ("split", split),
+        ("point_to_point", point_to_point),
+        ("drop_mid_flight", drop_mid_flight),
+        ("bad_input", bad_input),
+        ("host_runtimes", host_runtimes),
+        ("idle_costs_nothing", idle_costs_nothing),
+    ];
+    if only.as_deref() == Some("early-finalize") {
+        let r = early_finalize(cx);
+        eprintln!("{r:?}");
+        // The timed-out collective is still pending, so MPI is not
+        // finalised: the launcher sees this rank leave too.
+        std::process::exit(if r.is_ok() { 0 } else { 1 });
+    }
+    if only.as_deref() == Some("early-exit") {
+        let r = early_exit(&cx);
+        eprintln!("{r:?}");
+        std::process::exit(1);
+    }
+    let (rank, size) = (cx.rank(), cx.size());
+    for (name, case) in cases {
+        if only.as_deref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let done = Arc::new(AtomicBool::new(false));
+        let watch = done.clone();
+        let case_name = name.to_owned();
+        std::thread::spawn(move || {
+            let end = Instant::now() + CASE_TIMEOUT;
+            while Instant::now() < end {
+                if watch.load(Ordering::Acquire) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("rank {rank}/{size}: case {case_name} hung for {CASE_TIMEOUT:?}");
+            std::process::exit(4);
+        });
+        let start = Instant::now();
+        let result = case(&cx);
+        done.store(true, Ordering::Release);
+        match result {
+            Ok(()) => {
+                if rank == 0 {
+                    println!("case {name} ({size} ranks) ... ok in {:.2?}", start.elapsed());
+                }
+            }
+            Err(e) => {
+                eprintln!("rank {rank}/{size}: case {name} FAILED: {e}");
+                std::process::exit(1);
+            }
+        }
+    }
+    drop(cx);
+}
