@@ -6,6 +6,7 @@
 //! workload also gets a JSON file and an SVG plot under `bench-results/`.
 //! Subcommands run one benchmark with its options (`mfio-bench randread --help`).
 
+mod coll;
 mod contenders;
 mod core;
 mod files;
@@ -58,6 +59,13 @@ enum Command {
     /// UCX over shared memory and TCP: tag ping-pong latency, tag and
     /// active-message bandwidth, remote reads; beside `ucx_perftest`.
     Ucx(ucx::UcxArgs),
+    /// MPI collectives (allreduce, bcast, allgather) with 2 and 3 ranks:
+    /// mfio's MPI backend beside the same MPI calls made directly; launches
+    /// itself under `mpiexec`.
+    Coll(coll::CollArgs),
+    /// One rank of `coll` (internal: started by `coll` under `mpiexec`).
+    #[command(hide = true)]
+    CollRank(coll::RankArgs),
     /// The server process of `ucx`'s "2 processes" contender (internal).
     #[command(hide = true)]
     UcxServe(ucx::ServeArgs),
@@ -319,6 +327,16 @@ fn run_ucx(out: &std::path::Path, args: &ucx::UcxArgs) -> bool {
     report(out, &results, |i| jobs[i].latency())
 }
 
+fn run_coll(out: &std::path::Path, args: &coll::CollArgs) -> bool {
+    match coll::run(args) {
+        Ok(results) => report(out, &results, |_| "latency: median time per call (the slowest rank's)"),
+        Err(e) => {
+            eprintln!("mfio-bench coll: {e}");
+            false
+        }
+    }
+}
+
 fn main() {
     let cli = Cli::parse();
     let out = cli.out.as_path();
@@ -342,6 +360,14 @@ fn main() {
         }
         Some(Command::Tcp(a)) => run_tcp(out, &a),
         Some(Command::Ucx(a)) => run_ucx(out, &a),
+        Some(Command::Coll(a)) => run_coll(out, &a),
+        Some(Command::CollRank(a)) => match coll::rank(&a) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("mfio-bench coll-rank: {e}");
+                std::process::exit(1);
+            }
+        },
         Some(Command::UcxServe(a)) => match contenders::mfio_ucx::serve_process(&a.job()) {
             Ok(()) => true,
             Err(e) => {
@@ -395,5 +421,6 @@ fn run_all(out: &std::path::Path) -> bool {
     let tcp_ok = run_tcp(out, &tcp::TcpArgs::default());
     let core_ok = run_core(out, &core::CoreArgs::default());
     let ucx_ok = run_ucx(out, &ucx::UcxArgs::default());
-    files_ok && tcp_ok && core_ok && ucx_ok
+    let coll_ok = run_coll(out, &coll::CollArgs::default());
+    files_ok && tcp_ok && core_ok && ucx_ok && coll_ok
 }

@@ -5,12 +5,12 @@ use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::measure::Sample;
 
 /// Repeated measurements of one contender on one workload.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Series {
     /// Workload name (e.g. `randread 4 KiB cached QD64`).
     pub workload: String,

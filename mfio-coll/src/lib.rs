@@ -49,6 +49,12 @@ pub mod element;
 pub mod mpi;
 pub mod reduce;
 
+/// The README's examples (mfio-core's, mfio-coll's), compiled and run as
+/// doctests here, the crate that depends on both, so they cannot rot.
+#[cfg(all(doctest, feature = "mpi"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
+
 pub use comm::{CollFuture, CollResult, Communicator, Counts, Pair, Rank, Tag};
 pub use element::{Element, Layout, Primitive};
 pub use reduce::{CombineFn, ReduceOp};

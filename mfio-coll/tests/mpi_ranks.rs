@@ -4,6 +4,8 @@
 //! checks its results against a sequential reference that every rank
 //! computes for itself, and a watchdog ends a rank that hangs.
 //!
+//! `MFIO_MPI_PROGRESS=thread` runs them with the backend's progress thread;
+//! `MFIO_MPI_LEVEL=funneled` at `MPI_THREAD_FUNNELED`.
 //! `MFIO_MPI_CASE=<name>` runs one case; `MFIO_MPI_CASE=early-exit` is the
 //! early-exit scenario the script runs on its own (one rank leaves, the
 //! others must fail within the timeout).
@@ -14,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mfio_coll::mpi::{Mpi, MpiComm, Source, TagMatch, ThreadLevel};
+use mfio_coll::mpi::{Mpi, MpiComm, Progress, Source, TagMatch, ThreadLevel};
 use mfio_coll::{element, CollResult, Communicator, Counts, Element, ReduceOp};
 use mfio_core::{BufResult, IoBackend, IoBackendExt, Packet, PacketIo, PacketIoExt, Read};
 
@@ -912,6 +914,34 @@ fn host_runtimes(cx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// Collectives started, awaited and dropped on other threads while this
+/// one drives: under Funneled they are forwarded to it.
+fn other_threads(cx: &Ctx) -> Outcome {
+    let (w, size) = (&cx.world, cx.size() as u64);
+    let spare = w.dup().map_err(|e| format!("dup: {e}"))?;
+    let (tx, rx) = futures::channel::oneshot::channel();
+    let got = std::thread::scope(|scope| {
+        scope.spawn(move || {
+            // Started here, finished by whoever drives.
+            let started = w.allreduce_in_place(vec![2u64; 1000], ReduceOp::Sum);
+            let blocking = w.blocking_allreduce_in_place(vec![3u32; 10], ReduceOp::Sum);
+            drop(spare);
+            let _ = tx.send((started, blocking));
+        });
+        // This thread drives until the other is done.
+        cx.mpi.block_on(rx)
+    });
+    let (started, blocking) = got.map_err(|_| "the other thread left without an answer")?;
+    let blocking = ok(blocking, "blocking allreduce on another thread")?;
+    ensure!(
+        blocking == vec![3 * size as u32; 10],
+        "blocking allreduce on another thread: {blocking:?}"
+    );
+    let started = ok(cx.mpi.block_on(started), "allreduce started on another thread")?;
+    ensure!(started == vec![2 * size; 1000], "allreduce started on another thread");
+    Ok(())
+}
+
 /// A backend with nothing pending sleeps: a thread blocked on it for a
 /// while uses almost no CPU.
 fn idle_costs_nothing(cx: &Ctx) -> Outcome {
@@ -1008,12 +1038,23 @@ fn early_finalize(cx: Ctx) -> Outcome {
 fn main() {
     let only = std::env::var("MFIO_MPI_CASE").ok();
     let timeout = (only.as_deref() == Some("early-finalize")).then_some(Duration::from_secs(3));
-    let mpi = match Mpi::builder()
-        .thread_level(ThreadLevel::Multiple)
+    // MFIO_MPI_PROGRESS=thread runs every case with the progress thread.
+    let progress = Progress {
+        thread: std::env::var("MFIO_MPI_PROGRESS").is_ok_and(|v| v == "thread"),
+        ..Progress::default()
+    };
+    // MFIO_MPI_LEVEL=funneled runs them with MPI_THREAD_FUNNELED.
+    let level = match std::env::var("MFIO_MPI_LEVEL").as_deref() {
+        Ok("funneled") => ThreadLevel::Funneled,
+        _ => ThreadLevel::Multiple,
+    };
+    let built = Mpi::builder()
+        .thread_level(level)
         .max_count(MAX_COUNT)
         .timeout(timeout)
-        .build()
-    {
+        .progress(progress)
+        .build();
+    let mpi = match built {
         Ok(m) => m,
         Err(e) => {
             eprintln!("MPI init failed: {e}");
@@ -1028,7 +1069,7 @@ fn main() {
         }
     };
     let cx = Ctx { mpi, world };
-    let cases: [Case; 10] = [
+    let cases: [Case; 11] = [
         ("every_collective", every_collective),
         ("every_operation", every_operation),
         ("custom_operations", custom_operations),
@@ -1038,6 +1079,7 @@ fn main() {
         ("drop_mid_flight", drop_mid_flight),
         ("bad_input", bad_input),
         ("host_runtimes", host_runtimes),
+        ("other_threads", other_threads),
         ("idle_costs_nothing", idle_costs_nothing),
     ];
     if only.as_deref() == Some("early-finalize") {
@@ -1053,6 +1095,9 @@ fn main() {
         std::process::exit(1);
     }
     let (rank, size) = (cx.rank(), cx.size());
+    if rank == 0 {
+        println!("mpi_ranks: {size} ranks, {:?}, {progress:?}", cx.mpi.thread_level());
+    }
     for (name, case) in cases {
         if only.as_deref().is_some_and(|o| o != name) {
             continue;

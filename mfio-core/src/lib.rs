@@ -93,11 +93,6 @@ pub use ext::sync::{SyncIoFlush, SyncIoRead, SyncIoWrite};
 pub use io::{check_offset, CloseWrite, Flush, IoLen, NoPos, PacketIo, Position, QueueFull, MAX_OFFSET};
 pub use packet::{CancelHandler, Direction, Packet, PacketBuf, PacketOutcome, PacketView, Read, Write};
 
-/// The README's examples, compiled and run as doctests so they cannot rot.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-pub struct ReadmeDoctests;
-
 // The handles a backend or a caller may share with other threads.
 const _: fn() = || {
     fn send_sync<T: Send + Sync>() {}

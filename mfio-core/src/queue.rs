@@ -163,6 +163,11 @@ impl<T> Mailbox<T> {
         self.any.store(true, Ordering::SeqCst);
     }
 
+    /// True if nothing was added since the last [`take`](Self::take).
+    pub fn is_empty(&self) -> bool {
+        !self.any.load(Ordering::SeqCst)
+    }
+
     /// Takes every item added so far (none, without locking, if it is empty).
     pub fn take(&self) -> Vec<T> {
         if !self.any.load(Ordering::SeqCst) {

@@ -69,6 +69,7 @@ pub mod memflow;
 pub mod mfio;
 pub mod mfio_ucx;
 pub mod monoio;
+pub mod mpi_direct;
 pub mod std_io;
 pub mod tokio;
 pub mod tokio_uring;

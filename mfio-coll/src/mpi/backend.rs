@@ -64,6 +64,14 @@ pub struct Progress {
     /// the time spent waiting (a quarter of it), so a pause never adds more
     /// than a quarter to a wait, and a long wait costs little CPU.
     pub max_pause: Duration,
+    /// Whether a thread of the backend's own does the testing, spinning
+    /// and pausing, and wakes the caller through the eventfd when
+    /// something finishes; the caller's driving steps then never spin and
+    /// it sleeps until woken. Needs [`ThreadLevel::Multiple`]. Off by
+    /// default: measured here (BENCHMARKS.md, "MPI collectives") the
+    /// caller's own spin answers sooner, and on a machine with fewer cores
+    /// than ranks the extra thread competes with the ranks.
+    pub thread: bool,
 }
 
 impl Default for Progress {
@@ -71,6 +79,7 @@ impl Default for Progress {
         Self {
             spin: Duration::from_micros(100),
             max_pause: Duration::from_millis(1),
+            thread: false,
         }
     }
 }
@@ -177,7 +186,27 @@ impl MpiBuilder {
             max_count: self.max_count,
             timeout: self.timeout,
             finalize: !initialised,
+            signal: Arc::default(),
+            progress_thread: Mutex::new(None),
+            stop: std::sync::atomic::AtomicBool::new(false),
         });
+        if self.progress.thread {
+            if shared.level < ThreadLevel::Multiple {
+                return Err(Error::new(
+                    std::io::ErrorKind::Unsupported,
+                    format!(
+                        "a progress thread needs MPI_THREAD_MULTIPLE; MPI provides {:?}",
+                        shared.level
+                    ),
+                ));
+            }
+            let weak = Arc::downgrade(&shared);
+            let signal = shared.signal.clone();
+            let handle = std::thread::Builder::new()
+                .name("mfio-mpi-progress".into())
+                .spawn(move || progress_thread(&weak, &signal))?;
+            *shared.progress_thread.lock() = Some(handle);
+        }
         *live = Arc::downgrade(&shared);
         tracing::debug!(level = ?shared.level, owned = !initialised, "MPI initialised");
         Ok(Mpi { shared })
@@ -307,6 +336,8 @@ pub(crate) struct State {
     seq: u32,
     indices: Vec<c_int>,
     statuses: Vec<sys::Status>,
+    /// `(request index, status index)` of what a test found finished.
+    finished: Vec<(usize, usize)>,
     /// Derived datatypes of element types, made once.
     pub(crate) types: HashMap<std::any::TypeId, sys::Datatype>,
     /// When pending requests last stopped completing.
@@ -412,6 +443,12 @@ pub(crate) struct Shared {
     pub(crate) timeout: Option<Duration>,
     /// Whether mfio initialised MPI (and so finalises it).
     finalize: bool,
+    /// Signalled when requests are posted (the progress thread waits on it).
+    signal: Arc<Signal>,
+    /// The progress thread, if [`Progress::thread`].
+    progress_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Tells the progress thread to end.
+    stop: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -438,6 +475,9 @@ impl Shared {
         }
         // Requests were posted: a sleeping driver must start testing.
         self.notifier.notify();
+        if self.progress.thread {
+            self.signal.raise();
+        }
         for d in done {
             d.complete();
         }
@@ -459,6 +499,10 @@ impl Shared {
             d.complete();
         }
         Some(out)
+    }
+
+    fn deferred_empty(&self) -> bool {
+        self.deferred.is_empty()
     }
 
     fn run_deferred(&self, st: &mut State, done: &mut Vec<Done>) -> bool {
@@ -497,6 +541,7 @@ impl Shared {
             records,
             indices,
             statuses,
+            finished: scratch,
             ..
         } = st;
         // SAFETY: every request is active or null; the state is held.
@@ -510,12 +555,15 @@ impl Shared {
         if indices.is_empty() {
             return false;
         }
-        let mut finished: Vec<(usize, usize)> = indices
-            .iter()
-            .zip(0..)
-            .filter_map(|(&i, s)| usize::try_from(i).ok().map(|i| (i, s)))
-            .collect();
-        for &(i, s) in &finished {
+        let finished = &mut *scratch;
+        finished.clear();
+        finished.extend(
+            indices
+                .iter()
+                .zip(0..)
+                .filter_map(|(&i, s)| usize::try_from(i).ok().map(|i| (i, s))),
+        );
+        for &(i, s) in finished.iter() {
             let key = owners[i];
             let status = &statuses[s];
             let rec = &mut records[key];
@@ -539,7 +587,7 @@ impl Shared {
         // Drop the finished (now null) requests, highest index first so
         // the lower ones stay where they are.
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
-        for (i, _) in finished {
+        for &(i, _) in finished.iter() {
             reqs.swap_remove(i);
             owners.swap_remove(i);
         }
@@ -643,7 +691,22 @@ impl Shared {
             return DriveStatus::IDLE;
         };
         let mut done = Vec::new();
-        let status = self.step(&mut st, &mut done);
+        let status = if self.progress.thread {
+            // The progress thread tests, spins and pauses; the caller only
+            // takes what is there and sleeps until woken.
+            let mut progress = self.run_deferred(&mut st, &mut done);
+            self.apply_cancels(&mut st);
+            progress |= self.test(&mut st, &mut done);
+            if !st.reqs.is_empty() {
+                self.signal.raise();
+            }
+            DriveStatus {
+                progress: progress || !done.is_empty(),
+                timeout: None,
+            }
+        } else {
+            self.step(&mut st, &mut done)
+        };
         drop(st);
         for d in done {
             d.complete();
@@ -652,8 +715,73 @@ impl Shared {
     }
 }
 
+/// Wakes the progress thread (a post, or the backend going away).
+#[derive(Default)]
+struct Signal {
+    raised: Mutex<bool>,
+    cond: parking_lot::Condvar,
+}
+
+impl Signal {
+    fn raise(&self) {
+        *self.raised.lock() = true;
+        self.cond.notify_one();
+    }
+
+    /// Waits until raised or `limit` passed; lowers it.
+    fn wait(&self, limit: Duration) {
+        let mut raised = self.raised.lock();
+        if !*raised {
+            self.cond.wait_for(&mut raised, limit);
+        }
+        *raised = false;
+    }
+}
+
+/// The body of the progress thread: while requests are pending, the same
+/// test-spin-pause schedule a caller's driving step follows, completing
+/// what finishes (which wakes the callers through their wakers); with
+/// nothing pending it waits for a post. It holds the backend only during
+/// a round, never while it waits, so the last handle dropped elsewhere
+/// ends it.
+fn progress_thread(weak: &Weak<Shared>, signal: &Signal) {
+    loop {
+        let wait = {
+            let Some(shared) = weak.upgrade() else { return };
+            if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            let mut done = Vec::new();
+            let mut st = shared.state.lock();
+            let wait = if st.reqs.is_empty() && shared.deferred_empty() {
+                Some(Duration::from_millis(50))
+            } else {
+                let status = shared.step(&mut st, &mut done);
+                status.timeout.filter(|p| !p.is_zero() && !status.progress)
+            };
+            drop(st);
+            for d in done {
+                d.complete();
+            }
+            wait
+        };
+        if let Some(limit) = wait {
+            signal.wait(limit);
+        }
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        self.signal.raise();
+        if let Some(thread) = self.progress_thread.get_mut().take() {
+            // The thread may hold the last handle itself for a moment; it
+            // then ends on its own once this returns.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
         let mut live = LIVE.lock();
         let mut st = std::mem::take(self.state.get_mut());
         if !self.may_call_here() {

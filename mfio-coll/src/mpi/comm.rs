@@ -122,7 +122,7 @@ impl MpiComm {
 
     /// Starts a prepared collective; its future resolves once the backend
     /// sees every request finish.
-    fn start<B: Send + Default + 'static>(&self, prepared: Prepared<B>) -> CollFuture<B> {
+    fn start<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollFuture<B> {
         let (bufs, plan) = match prepared {
             Ok(p) => p,
             Err((err, bufs)) => return CollFuture::ready(BufResult(Err(err), bufs)),
@@ -138,7 +138,7 @@ impl MpiComm {
                     return;
                 }
             };
-            let name = p.calls.first().map_or("collective", Call::name);
+            let name = p.first.name();
             let work = CollWork {
                 bufs,
                 done: Some(done),
@@ -146,7 +146,7 @@ impl MpiComm {
                 _keep: p.keep,
                 name,
             };
-            let mut calls = p.calls.into_iter();
+            let mut calls = std::iter::once(p.first).chain(p.more);
             st.post(
                 Box::new(work),
                 p.handles,
@@ -169,7 +169,7 @@ impl MpiComm {
     /// Runs a prepared collective with MPI's blocking calls on this thread
     /// if it may call MPI; otherwise, or with a timeout (which a blocking
     /// MPI call cannot honour), waits for the async form.
-    fn run_now<B: Send + Default + 'static>(&self, prepared: Prepared<B>) -> CollResult<B> {
+    fn run_now<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollResult<B> {
         let shared = &self.mpi.shared;
         if !shared.may_call_here() || shared.timeout.is_some() {
             return self.wait(self.start(prepared));
@@ -183,7 +183,7 @@ impl MpiComm {
         let result = shared.with_state(|st| -> Result<()> {
             let p = plan(st, &mut bufs)?;
             let run = || -> Result<()> {
-                for call in &p.calls {
+                for call in std::iter::once(&p.first).chain(&p.more) {
                     // SAFETY: the buffers and lists the call points into
                     // live until it returns; this thread may call MPI.
                     unsafe { call.run(comm.raw()) }.map_err(|c| mpi_error(c, "MPI collective"))?;
@@ -220,22 +220,26 @@ fn free_now(handles: Vec<Handle>) {
     }
 }
 
-/// A plan made under the lock from the buffers.
-type PlanFn<B> = Box<dyn FnOnce(&mut State, &mut B) -> Result<Plan> + Send>;
+/// A plan, made under the lock from the buffers.
+pub(crate) trait PlanOnce<B>: FnOnce(&mut State, &mut B) -> Result<Plan> + Send + 'static {}
+
+impl<B, F: FnOnce(&mut State, &mut B) -> Result<Plan> + Send + 'static> PlanOnce<B> for F {}
 
 /// A collective checked locally: its buffers and its plan, or the error
 /// and the buffers back.
-type Prepared<B> = std::result::Result<(B, PlanFn<B>), (Error, B)>;
+type Prepared<B, F> = std::result::Result<(B, F), (Error, B)>;
 
-fn prepared<B>(bufs: B, plan: impl FnOnce(&mut State, &mut B) -> Result<Plan> + Send + 'static) -> Prepared<B> {
-    Ok((bufs, Box::new(plan)))
+fn prepared<B, F: PlanOnce<B>>(bufs: B, plan: F) -> Prepared<B, F> {
+    Ok((bufs, plan))
 }
 
 /// A collective ready to start: its MPI calls (several when split), what
 /// they use that must outlive them, and the panic flag of a custom
 /// reduction.
 pub(crate) struct Plan {
-    calls: Vec<Call>,
+    /// The first call, and those after it (a split collective).
+    first: Call,
+    more: Vec<Call>,
     handles: Vec<Handle>,
     keep: Vec<Vec<c_int>>,
     panicked: Option<Arc<AtomicBool>>,
@@ -377,7 +381,8 @@ fn plan_elementwise<T: Element>(
         .checked_mul(per)
         .ok_or_else(|| invalid("buffer too large for MPI"))?;
     let item_bytes = std::mem::size_of::<T>() / per.max(1);
-    let mut calls = Vec::new();
+    let mut first = None;
+    let mut more = Vec::new();
     let mut at = 0usize;
     loop {
         let n = (items - at).min(max_count);
@@ -388,7 +393,7 @@ fn plan_elementwise<T: Element>(
         let s = send.map(|p| p.cast::<u8>().wrapping_add(off).cast::<c_void>());
         let s = sys::send_or_in_place(s);
         let r = recv.cast::<u8>().wrapping_add(off).cast::<c_void>();
-        calls.push(match kind {
+        let call = match kind {
             Elementwise::Bcast(root) => Call::Bcast {
                 buf: r,
                 count,
@@ -424,7 +429,12 @@ fn plan_elementwise<T: Element>(
                 ty,
                 op: mpi_op,
             },
-        });
+        };
+        if first.is_none() {
+            first = Some(call);
+        } else {
+            more.push(call);
+        }
         at += n;
         if at >= items {
             break;
@@ -434,8 +444,10 @@ fn plan_elementwise<T: Element>(
         Some(c) => (c.handles, Some(c.panicked)),
         None => (Vec::new(), None),
     };
+    let first = first.ok_or_else(|| invalid("a collective of no calls"))?;
     Ok(Plan {
-        calls,
+        first,
+        more,
         handles,
         keep: Vec::new(),
         panicked,
@@ -478,7 +490,8 @@ macro_rules! checked {
 /// A plan of one call.
 fn single(call: Call, keep: Vec<Vec<c_int>>) -> Plan {
     Plan {
-        calls: vec![call],
+        first: call,
+        more: Vec::new(),
         handles: Vec::new(),
         keep,
         panicked: None,
@@ -492,11 +505,11 @@ impl MpiComm {
         self.mpi.shared.max_count
     }
 
-    fn prep_barrier(&self) -> Prepared<()> {
+    fn prep_barrier(&self) -> Prepared<(), impl PlanOnce<()>> {
         prepared((), |_, _| Ok(single(Call::Barrier {}, Vec::new())))
     }
 
-    fn prep_bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> Prepared<Vec<T>> {
+    fn prep_bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> Prepared<Vec<T>, impl PlanOnce<Vec<T>>> {
         let root_c = root_arg(root, self.size);
         let buf = checked!(buf, root_c.as_ref().map(|_| ()).map_err(Error::duplicate));
         let root = root_c.unwrap_or(0);
@@ -507,7 +520,13 @@ impl MpiComm {
         })
     }
 
-    fn prep_reduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, root: Rank) -> Prepared<Pair<T>> {
+    fn prep_reduce<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        op: ReduceOp<T>,
+        root: Rank,
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let is_root = root == self.rank;
         let bufs = checked!((send, recv), check::rank("root", root, self.size), check_op(&op),);
         let bufs = checked!(
@@ -535,7 +554,12 @@ impl MpiComm {
         })
     }
 
-    fn prep_reduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> Prepared<Vec<T>> {
+    fn prep_reduce_in_place<T: Element>(
+        &self,
+        buf: Vec<T>,
+        op: ReduceOp<T>,
+        root: Rank,
+    ) -> Prepared<Vec<T>, impl PlanOnce<Vec<T>>> {
         let is_root = root == self.rank;
         let buf = checked!(buf, check::rank("root", root, self.size), check_op(&op));
         let root = root_arg(root, self.size).unwrap_or(0);
@@ -553,7 +577,12 @@ impl MpiComm {
         })
     }
 
-    fn prep_allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Prepared<Pair<T>> {
+    fn prep_allreduce<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        op: ReduceOp<T>,
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let bufs = checked!((send, recv), check_op(&op));
         let bufs = checked!(bufs, check::len("recv", bufs.1.len(), bufs.0.len()));
         let max = self.max_count();
@@ -571,7 +600,11 @@ impl MpiComm {
         })
     }
 
-    fn prep_allreduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>) -> Prepared<Vec<T>> {
+    fn prep_allreduce_in_place<T: Element>(
+        &self,
+        buf: Vec<T>,
+        op: ReduceOp<T>,
+    ) -> Prepared<Vec<T>, impl PlanOnce<Vec<T>>> {
         let buf = checked!(buf, check_op(&op));
         let max = self.max_count();
         prepared(buf, move |st, buf| {
@@ -580,7 +613,13 @@ impl MpiComm {
         })
     }
 
-    fn prep_scan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, exclusive: bool) -> Prepared<Pair<T>> {
+    fn prep_scan<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        op: ReduceOp<T>,
+        exclusive: bool,
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let bufs = checked!((send, recv), check_op(&op));
         let bufs = checked!(bufs, check::len("recv", bufs.1.len(), bufs.0.len()));
         let max = self.max_count();
@@ -604,7 +643,12 @@ impl MpiComm {
         })
     }
 
-    fn prep_scatter<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> Prepared<Pair<T>> {
+    fn prep_scatter<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        root: Rank,
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let is_root = root == self.rank;
         let size = self.size;
         let bufs = checked!((send, recv), check::rank("root", root, size));
@@ -635,7 +679,13 @@ impl MpiComm {
         })
     }
 
-    fn prep_scatterv<T: Element>(&self, send: Vec<T>, layout: &Counts, recv: Vec<T>, root: Rank) -> Prepared<Pair<T>> {
+    fn prep_scatterv<T: Element>(
+        &self,
+        send: Vec<T>,
+        layout: &Counts,
+        recv: Vec<T>,
+        root: Rank,
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let is_root = root == self.rank;
         let size = self.size;
         let bufs = checked!((send, recv), check::rank("root", root, size));
@@ -677,7 +727,13 @@ impl MpiComm {
         })
     }
 
-    fn prep_gather<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank, all: bool) -> Prepared<Pair<T>> {
+    fn prep_gather<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        root: Rank,
+        all: bool,
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let size = self.size;
         let is_root = all || root == self.rank;
         let bufs = checked!((send, recv), if all { Ok(()) } else { check::rank("root", root, size) });
@@ -723,7 +779,7 @@ impl MpiComm {
         layout: &Counts,
         root: Rank,
         all: bool,
-    ) -> Prepared<Pair<T>> {
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let size = self.size;
         let is_root = all || root == self.rank;
         let bufs = checked!((send, recv), if all { Ok(()) } else { check::rank("root", root, size) });
@@ -774,7 +830,7 @@ impl MpiComm {
         })
     }
 
-    fn prep_alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> Prepared<Pair<T>> {
+    fn prep_alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let size = self.size;
         let bufs = checked!((send, recv), Ok::<(), Error>(()));
         let bufs = checked!(
@@ -804,7 +860,7 @@ impl MpiComm {
         send_layout: &Counts,
         recv: Vec<T>,
         recv_layout: &Counts,
-    ) -> Prepared<Pair<T>> {
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let size = self.size;
         let bufs = checked!((send, recv), Ok::<(), Error>(()));
         let bufs = checked!(
@@ -848,7 +904,12 @@ impl MpiComm {
         })
     }
 
-    fn prep_reduce_scatter_block<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Prepared<Pair<T>> {
+    fn prep_reduce_scatter_block<T: Element>(
+        &self,
+        send: Vec<T>,
+        recv: Vec<T>,
+        op: ReduceOp<T>,
+    ) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
         let size = self.size;
         let bufs = checked!((send, recv), check_op(&op));
         let bufs = checked!(
@@ -863,13 +924,14 @@ impl MpiComm {
                 None => (Vec::new(), None),
             };
             Ok(Plan {
-                calls: vec![Call::ReduceScatterBlock {
+                first: Call::ReduceScatterBlock {
                     send: ptr(send),
                     recv: mut_ptr(recv),
                     count: n,
                     ty: r.ty,
                     op: r.op,
-                }],
+                },
+                more: Vec::new(),
                 handles,
                 keep: Vec::new(),
                 panicked,
