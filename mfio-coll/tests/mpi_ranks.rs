@@ -161,6 +161,9 @@ fn collectives_of<T: Value>(cx: &Ctx, len: usize, form: Form, salt: u64) -> Outc
     let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
     let name = std::any::type_name::<T>();
     let what = |op: &str| format!("{op}<{name}> len {len} {form:?}");
+    if std::env::var_os("MFIO_MPI_TRACE").is_some() {
+        eprintln!("rank {rank}: collectives of {name}, len {len}, {form:?}");
+    }
     let root = size - 1;
     let sum: ReduceOp<T> = if T::layout().homogeneous().is_some() {
         ReduceOp::Sum

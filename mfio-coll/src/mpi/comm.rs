@@ -292,7 +292,7 @@ fn reduction<T: Element>(st: &mut State, op: &ReduceOp<T>) -> Result<Reduction> 
     // Open MPI 4.1's AVX reductions saturate 8- and 16-bit sums
     // (open-mpi/ompi#8045) where C, and mfio, wrap: those sums run in Rust,
     // as a custom reduction.
-    if matches!(op, ReduceOp::Sum) && narrow_integer::<T>() {
+    if !matches!(op, ReduceOp::Custom { .. }) && runs_in_rust(op) {
         let combine: Arc<crate::reduce::CombineFn<T>> =
             Arc::new(|inc: &[T], acc: &mut [T]| ReduceOp::Sum.apply(inc, acc));
         return reduction(
@@ -323,6 +323,11 @@ fn reduction<T: Element>(st: &mut State, op: &ReduceOp<T>) -> Result<Reduction> 
         op: builtin,
         custom: None,
     })
+}
+
+/// Whether MPI calls Rust to reduce with `op` on `T` (a user function).
+fn runs_in_rust<T: Element>(op: &ReduceOp<T>) -> bool {
+    matches!(op, ReduceOp::Custom { .. }) || (matches!(op, ReduceOp::Sum) && narrow_integer::<T>())
 }
 
 /// Whether `T` is made of 8- or 16-bit integers.
@@ -540,7 +545,8 @@ impl MpiComm {
         let root = root_arg(root, self.size).unwrap_or(0);
         let max = self.max_count();
         prepared(bufs, move |st, (send, recv)| {
-            let recv_ptr = if is_root { mut_ptr(recv) } else { std::ptr::null_mut() };
+            // Not significant off the root, but never null: MPICH offsets it.
+            let recv_ptr = if is_root { mut_ptr(recv) } else { mut_ptr::<T>(&mut []) };
             let send_ptr = ptr(send);
             plan_elementwise(
                 st,
@@ -567,11 +573,29 @@ impl MpiComm {
         prepared(buf, move |st, buf| {
             let len = buf.len();
             // MPI_IN_PLACE is the root's send buffer; other ranks send
-            // theirs as usual.
+            // theirs as usual. MPICH 4.0.2's blocking reduce reads from
+            // MPI_IN_PLACE as if it were a buffer (a crash) once the
+            // message is long and the root is not rank 0: there the root
+            // sends from a copy.
+            let copy = is_root && sys::header_implementation() == "MPICH";
+            if copy {
+                let send = buf.clone();
+                let mut plan = plan_elementwise(
+                    st,
+                    max,
+                    Elementwise::Reduce(root),
+                    Some(&op),
+                    Some(ptr(&send)),
+                    mut_ptr(buf),
+                    len,
+                )?;
+                plan.handles.push(Handle::Held(Box::new(send)));
+                return Ok(plan);
+            }
             let (send, recv) = if is_root {
                 (None, mut_ptr(buf))
             } else {
-                (Some(ptr(buf)), std::ptr::null_mut())
+                (Some(ptr(buf)), mut_ptr::<T>(&mut []))
             };
             plan_elementwise(st, max, Elementwise::Reduce(root), Some(&op), send, recv, len)
         })

@@ -67,9 +67,9 @@ fn derive(layout: &Layout) -> Result<(Datatype, bool)> {
                 if derived {
                     made.push(ty);
                 }
-                match (isize::try_from(offset), c_int::try_from(n)) {
-                    (Ok(o), Ok(n)) => fields.push((o, n, ty)),
-                    _ => {
+                match c_int::try_from(n) {
+                    Ok(n) => fields.push((offset, n, ty)),
+                    Err(_) => {
                         result = Err(invalid("element layout too large for MPI"));
                         break;
                     }
@@ -81,15 +81,11 @@ fn derive(layout: &Layout) -> Result<(Datatype, bool)> {
             }
         }
     }
-    let extent = isize::try_from(layout.size()).map_err(|_| invalid("element too large for MPI"));
-    let out = match (result, extent) {
-        (Ok(()), Ok(extent)) => {
-            // SAFETY: the field types are live (made above or predefined);
-            // the caller holds the backend state.
-            unsafe { sys::type_struct(&fields, extent) }.map_err(|c| mpi_error(c, "MPI_Type_create_struct"))
-        }
-        (Err(e), _) | (_, Err(e)) => Err(e),
-    };
+    let out = result.and_then(|()| {
+        // SAFETY: the field types are live (made above or predefined); the
+        // caller holds the backend state.
+        unsafe { sys::type_struct(&fields, layout.size()) }.map_err(|c| mpi_error(c, "MPI_Type_create_struct"))
+    });
     for ty in made {
         // SAFETY: made above; the struct type keeps what it needs.
         unsafe { sys::type_free(ty) };

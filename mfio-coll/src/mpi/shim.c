@@ -1,5 +1,6 @@
 /* The constants mpi-sys does not export, and the implementation whose
  * header this file was compiled against (see build.rs). */
+#include <stddef.h>
 #include <mpi.h>
 
 void *const mfio_mpi_in_place = MPI_IN_PLACE;

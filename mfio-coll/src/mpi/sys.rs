@@ -357,9 +357,15 @@ pub(crate) fn builtin_op<T>(op: &ReduceOp<T>) -> Option<Op> {
 ///
 /// # Safety
 /// The field types are live; the thread may call MPI.
-pub(crate) unsafe fn type_struct(fields: &[(isize, c_int, Datatype)], extent: isize) -> Result<Datatype, Code> {
+pub(crate) unsafe fn type_struct(fields: &[(usize, c_int, Datatype)], extent: usize) -> Result<Datatype, Code> {
+    // MPI_Aint is isize in Open MPI and i64 in MPICH.
+    let aint = |v: usize| ffi::MPI_Aint::try_from(v).map_err(|_| Code(-1));
     let lens: Vec<c_int> = fields.iter().map(|f| f.1).collect();
-    let displs: Vec<ffi::MPI_Aint> = fields.iter().map(|f| f.0).collect();
+    let displs = fields
+        .iter()
+        .map(|f| aint(f.0))
+        .collect::<Result<Vec<ffi::MPI_Aint>, Code>>()?;
+    let extent = aint(extent)?;
     let types: Vec<Datatype> = fields.iter().map(|f| f.2).collect();
     let count = c_int::try_from(fields.len()).map_err(|_| Code(-1))?;
     let mut raw = MaybeUninit::uninit();
