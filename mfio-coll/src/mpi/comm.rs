@@ -492,6 +492,14 @@ macro_rules! checked {
     }};
 }
 
+impl Plan {
+    /// The plan, also freeing `made` (a datatype made for it) once done.
+    fn holding(mut self, made: Option<Handle>) -> Self {
+        self.handles.extend(made);
+        self
+    }
+}
+
 /// A plan of one call.
 fn single(call: Call, keep: Vec<Vec<c_int>>) -> Plan {
     Plan {
@@ -685,21 +693,22 @@ impl MpiComm {
             }
         );
         let root = root_arg(root, size).unwrap_or(0);
+        let max = self.max_count();
         prepared(bufs, move |st, (send, recv)| {
-            let (ty, per) = datatype::flat::<T>(st)?;
-            let n = datatype::count("recv", recv.len(), per)?;
-            let send_count = if is_root { n } else { 0 };
+            let b = datatype::block::<T>(st, "recv", recv.len(), max)?;
+            let send_count = if is_root { b.count } else { 0 };
             Ok(single(
                 Call::Scatter {
                     send: ptr(send),
                     send_count,
                     recv: mut_ptr(recv),
-                    recv_count: n,
-                    ty,
+                    recv_count: b.count,
+                    ty: b.ty,
                     root,
                 },
                 Vec::new(),
-            ))
+            )
+            .holding(b.made))
         })
     }
 
@@ -770,9 +779,10 @@ impl MpiComm {
             }
         );
         let root = if all { 0 } else { root_arg(root, size).unwrap_or(0) };
+        let max = self.max_count();
         prepared(bufs, move |st, (send, recv)| {
-            let (ty, per) = datatype::flat::<T>(st)?;
-            let n = datatype::count("send", send.len(), per)?;
+            let b = datatype::block::<T>(st, "send", send.len(), max)?;
+            let (ty, n) = (b.ty, b.count);
             let recv_count = if is_root { n } else { 0 };
             let call = if all {
                 Call::Allgather {
@@ -792,7 +802,7 @@ impl MpiComm {
                     root,
                 }
             };
-            Ok(single(call, Vec::new()))
+            Ok(single(call, Vec::new()).holding(b.made))
         })
     }
 
@@ -862,19 +872,20 @@ impl MpiComm {
             check::divisible("send", bufs.0.len(), size),
             check::len("recv", bufs.1.len(), bufs.0.len()),
         );
+        let max = self.max_count();
         prepared(bufs, move |st, (send, recv)| {
-            let (ty, per) = datatype::flat::<T>(st)?;
-            let n = datatype::count("send", send.len() / size.max(1), per)?;
+            let b = datatype::block::<T>(st, "send", send.len() / size.max(1), max)?;
             Ok(single(
                 Call::Alltoall {
                     send: ptr(send),
-                    send_count: n,
+                    send_count: b.count,
                     recv: mut_ptr(recv),
-                    recv_count: n,
-                    ty,
+                    recv_count: b.count,
+                    ty: b.ty,
                 },
                 Vec::new(),
-            ))
+            )
+            .holding(b.made))
         })
     }
 

@@ -7,7 +7,7 @@ use std::ffi::c_int;
 
 use mfio_core::Result;
 
-use super::backend::{mpi_error, State};
+use super::backend::{mpi_error, Handle, State};
 use super::sys::{self, Datatype};
 use crate::check::invalid;
 use crate::element::{Element, Layout, Primitive};
@@ -91,6 +91,56 @@ fn derive(layout: &Layout) -> Result<(Datatype, bool)> {
         unsafe { sys::type_free(ty) };
     }
     out.map(|ty| (ty, true))
+}
+
+/// `elems` elements of `T` as MPI sees them in one call: a datatype and a
+/// count, and the handle to free afterwards if the datatype was made for
+/// the call.
+pub(crate) struct Block {
+    pub(crate) ty: Datatype,
+    pub(crate) count: c_int,
+    pub(crate) made: Option<Handle>,
+}
+
+/// `elems` elements of `T` as one MPI block. Beyond `max` items (MPI's
+/// `i32` count, or a smaller test limit) they become one element of a type
+/// made for the call — `max`-item chunks and the rest — so counts of any
+/// size fit where a collective takes one count per rank.
+pub(crate) fn block<T: Element>(st: &mut State, what: &str, elems: usize, max: usize) -> Result<Block> {
+    let (base, per) = flat::<T>(st)?;
+    let items = elems
+        .checked_mul(per)
+        .ok_or_else(|| invalid(format!("{what}: {elems} elements overflow")))?;
+    if items <= max {
+        return Ok(Block {
+            ty: base,
+            count: c_int::try_from(items).map_err(|_| invalid(format!("{what}: too many elements")))?,
+            made: None,
+        });
+    }
+    let item_bytes = std::mem::size_of::<T>() / per.max(1);
+    let (chunks, rest) = (items / max, items % max);
+    let as_int = |n: usize| c_int::try_from(n).map_err(|_| invalid(format!("{what}: too many elements")));
+    let max_c = as_int(max)?;
+    // SAFETY: `base` is live; the caller holds the backend state.
+    let chunk = unsafe { sys::type_contiguous(max_c, base) }.map_err(|c| mpi_error(c, "MPI_Type_contiguous"))?;
+    let mut fields = vec![(0usize, as_int(chunks), chunk)];
+    if rest > 0 {
+        fields.push((chunks * max * item_bytes, as_int(rest), base));
+    }
+    let fields: Result<Vec<_>> = fields.into_iter().map(|(o, n, t)| n.map(|n| (o, n, t))).collect();
+    let big = fields.and_then(|f| {
+        // SAFETY: the field types are live; the state is held.
+        unsafe { sys::type_struct(&f, items * item_bytes) }.map_err(|c| mpi_error(c, "MPI_Type_create_struct"))
+    });
+    // SAFETY: made above; the struct type keeps what it needs.
+    unsafe { sys::type_free(chunk) };
+    let big = big?;
+    Ok(Block {
+        ty: big,
+        count: 1,
+        made: Some(Handle::Type(big)),
+    })
 }
 
 /// `elems` elements of `per` MPI items each as an MPI count.

@@ -29,9 +29,13 @@
 //! # Large counts
 //! Open MPI 4.1 implements MPI 3.1, without the `_c` large-count calls.
 //! Element-wise collectives (`bcast`, `reduce`, `allreduce`, `scan`,
-//! `exscan`) longer than `i32::MAX` MPI elements are split into several
-//! requests that complete together; the other collectives and messages
-//! refuse such counts with `InvalidInput`.
+//! `exscan`) longer than `i32::MAX` MPI items are split into several
+//! requests that complete together. `scatter`, `gather`, `allgather` and
+//! `alltoall` send such a per-rank block as one element of a datatype made
+//! for the call. The `v` variants, `reduce_scatter_block` and messages
+//! refuse such counts with `InvalidInput` (they take per-rank counts or
+//! displacements that one made type cannot express, or a predefined
+//! reduction that applies to predefined types only).
 
 mod backend;
 mod comm;

@@ -393,6 +393,19 @@ pub(crate) unsafe fn type_struct(fields: &[(usize, c_int, Datatype)], extent: us
     Ok(sized)
 }
 
+/// `count` copies of `base` back to back (not committed: a part of a
+/// larger type).
+///
+/// # Safety
+/// `base` is live; the thread may call MPI.
+pub(crate) unsafe fn type_contiguous(count: c_int, base: Datatype) -> Result<Datatype, Code> {
+    let mut out = MaybeUninit::uninit();
+    // SAFETY: upheld by the caller.
+    check(unsafe { ffi::MPI_Type_contiguous(count, base, out.as_mut_ptr()) })?;
+    // SAFETY: written by the successful call.
+    Ok(unsafe { out.assume_init() })
+}
+
 /// `MPI_Type_free`.
 ///
 /// # Safety
