@@ -1022,6 +1022,22 @@ impl Drop for MpiComm {
     }
 }
 
+/// Both forms of each collective from its `prep_` function: the async one
+/// starts what it prepares, the blocking one runs it.
+macro_rules! both_forms {
+    ($(
+        $async_name:ident / $blocking_name:ident ($($arg:ident: $ty:ty),*) -> $out:ty = $prep:ident($($call:expr),*);
+    )*) => {$(
+        fn $async_name<T: Element>(&self, $($arg: $ty),*) -> CollFuture<$out> {
+            self.start(self.$prep($($call),*))
+        }
+
+        fn $blocking_name<T: Element>(&self, $($arg: $ty),*) -> CollResult<$out> {
+            self.run_now(self.$prep($($call),*))
+        }
+    )*};
+}
+
 impl Communicator for MpiComm {
     type Backend = Mpi;
 
@@ -1046,136 +1062,40 @@ impl Communicator for MpiComm {
         self.split_or_dup(Some((color, key)))
     }
 
-    fn barrier(&self) -> CollFuture<()> {
-        self.start(self.prep_barrier())
-    }
-    fn bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> CollFuture<Vec<T>> {
-        self.start(self.prep_bcast(buf, root))
-    }
-    fn reduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollFuture<Pair<T>> {
-        self.start(self.prep_reduce(send, recv, op, root))
-    }
-    fn reduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollFuture<Vec<T>> {
-        self.start(self.prep_reduce_in_place(buf, op, root))
-    }
-    fn allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
-        self.start(self.prep_allreduce(send, recv, op))
-    }
-    fn allreduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>) -> CollFuture<Vec<T>> {
-        self.start(self.prep_allreduce_in_place(buf, op))
-    }
-    fn scatter<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
-        self.start(self.prep_scatter(send, recv, root))
-    }
-    fn scatterv<T: Element>(&self, send: Vec<T>, layout: &Counts, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
-        self.start(self.prep_scatterv(send, layout, recv, root))
-    }
-    fn gather<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
-        self.start(self.prep_gather(send, recv, root, false))
-    }
-    fn gatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts, root: Rank) -> CollFuture<Pair<T>> {
-        self.start(self.prep_gatherv(send, recv, layout, root, false))
-    }
-    fn allgather<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollFuture<Pair<T>> {
-        self.start(self.prep_gather(send, recv, 0, true))
-    }
-    fn allgatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts) -> CollFuture<Pair<T>> {
-        self.start(self.prep_gatherv(send, recv, layout, 0, true))
-    }
-    fn alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollFuture<Pair<T>> {
-        self.start(self.prep_alltoall(send, recv))
-    }
-    fn alltoallv<T: Element>(&self, send: Vec<T>, sl: &Counts, recv: Vec<T>, rl: &Counts) -> CollFuture<Pair<T>> {
-        self.start(self.prep_alltoallv(send, sl, recv, rl))
-    }
-    fn reduce_scatter_block<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
-        self.start(self.prep_reduce_scatter_block(send, recv, op))
-    }
-    fn scan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
-        self.start(self.prep_scan(send, recv, op, false))
-    }
-    fn exscan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
-        self.start(self.prep_scan(send, recv, op, true))
-    }
-
     fn blocking_barrier(&self) -> Result<()> {
         self.run_now(self.prep_barrier()).0
     }
-    fn blocking_bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> CollResult<Vec<T>> {
-        self.run_now(self.prep_bcast(buf, root))
+
+    fn barrier(&self) -> CollFuture<()> {
+        self.start(self.prep_barrier())
     }
-    fn blocking_reduce<T: Element>(
-        &self,
-        send: Vec<T>,
-        recv: Vec<T>,
-        op: ReduceOp<T>,
-        root: Rank,
-    ) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_reduce(send, recv, op, root))
-    }
-    fn blocking_reduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollResult<Vec<T>> {
-        self.run_now(self.prep_reduce_in_place(buf, op, root))
-    }
-    fn blocking_allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_allreduce(send, recv, op))
-    }
-    fn blocking_allreduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>) -> CollResult<Vec<T>> {
-        self.run_now(self.prep_allreduce_in_place(buf, op))
-    }
-    fn blocking_scatter<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_scatter(send, recv, root))
-    }
-    fn blocking_scatterv<T: Element>(
-        &self,
-        send: Vec<T>,
-        layout: &Counts,
-        recv: Vec<T>,
-        root: Rank,
-    ) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_scatterv(send, layout, recv, root))
-    }
-    fn blocking_gather<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_gather(send, recv, root, false))
-    }
-    fn blocking_gatherv<T: Element>(
-        &self,
-        send: Vec<T>,
-        recv: Vec<T>,
-        layout: &Counts,
-        root: Rank,
-    ) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_gatherv(send, recv, layout, root, false))
-    }
-    fn blocking_allgather<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_gather(send, recv, 0, true))
-    }
-    fn blocking_allgatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_gatherv(send, recv, layout, 0, true))
-    }
-    fn blocking_alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_alltoall(send, recv))
-    }
-    fn blocking_alltoallv<T: Element>(
-        &self,
-        send: Vec<T>,
-        sl: &Counts,
-        recv: Vec<T>,
-        rl: &Counts,
-    ) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_alltoallv(send, sl, recv, rl))
-    }
-    fn blocking_reduce_scatter_block<T: Element>(
-        &self,
-        send: Vec<T>,
-        recv: Vec<T>,
-        op: ReduceOp<T>,
-    ) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_reduce_scatter_block(send, recv, op))
-    }
-    fn blocking_scan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_scan(send, recv, op, false))
-    }
-    fn blocking_exscan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollResult<Pair<T>> {
-        self.run_now(self.prep_scan(send, recv, op, true))
+
+    both_forms! {
+        bcast / blocking_bcast (buf: Vec<T>, root: Rank) -> Vec<T> = prep_bcast(buf, root);
+        reduce / blocking_reduce (send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, root: Rank) -> Pair<T>
+            = prep_reduce(send, recv, op, root);
+        reduce_in_place / blocking_reduce_in_place (buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> Vec<T>
+            = prep_reduce_in_place(buf, op, root);
+        allreduce / blocking_allreduce (send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Pair<T>
+            = prep_allreduce(send, recv, op);
+        allreduce_in_place / blocking_allreduce_in_place (buf: Vec<T>, op: ReduceOp<T>) -> Vec<T>
+            = prep_allreduce_in_place(buf, op);
+        scatter / blocking_scatter (send: Vec<T>, recv: Vec<T>, root: Rank) -> Pair<T> = prep_scatter(send, recv, root);
+        scatterv / blocking_scatterv (send: Vec<T>, layout: &Counts, recv: Vec<T>, root: Rank) -> Pair<T>
+            = prep_scatterv(send, layout, recv, root);
+        gather / blocking_gather (send: Vec<T>, recv: Vec<T>, root: Rank) -> Pair<T>
+            = prep_gather(send, recv, root, false);
+        gatherv / blocking_gatherv (send: Vec<T>, recv: Vec<T>, layout: &Counts, root: Rank) -> Pair<T>
+            = prep_gatherv(send, recv, layout, root, false);
+        allgather / blocking_allgather (send: Vec<T>, recv: Vec<T>) -> Pair<T> = prep_gather(send, recv, 0, true);
+        allgatherv / blocking_allgatherv (send: Vec<T>, recv: Vec<T>, layout: &Counts) -> Pair<T>
+            = prep_gatherv(send, recv, layout, 0, true);
+        alltoall / blocking_alltoall (send: Vec<T>, recv: Vec<T>) -> Pair<T> = prep_alltoall(send, recv);
+        alltoallv / blocking_alltoallv (send: Vec<T>, send_layout: &Counts, recv: Vec<T>, recv_layout: &Counts) -> Pair<T>
+            = prep_alltoallv(send, send_layout, recv, recv_layout);
+        reduce_scatter_block / blocking_reduce_scatter_block (send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Pair<T>
+            = prep_reduce_scatter_block(send, recv, op);
+        scan / blocking_scan (send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Pair<T> = prep_scan(send, recv, op, false);
+        exscan / blocking_exscan (send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Pair<T> = prep_scan(send, recv, op, true);
     }
 }
