@@ -89,11 +89,24 @@ impl<T> SubmitQueue<T> {
 
     /// Moves up to `max` items to the back of `out`, oldest first, and wakes
     /// submitters waiting for room. Returns how many were moved.
+    ///
+    /// Wakes as many waiting submitters as items were moved, oldest first
+    /// (each was refused for want of one slot), not all of them: thousands
+    /// of waiters (a `buffer_unordered` far wider than the queue) woken at
+    /// every step, to find the room taken again, made each operation cost
+    /// as much as there were waiters. Once the queue is empty every waiter
+    /// is woken, so one that was woken and then dropped without taking its
+    /// slot never strands the others.
     pub fn take_into(&self, out: &mut VecDeque<T>, max: usize) -> usize {
         if max == 0 || self.len.load(Ordering::SeqCst) == 0 {
+            if self.len.load(Ordering::SeqCst) == 0 {
+                for waker in self.slot_waiters.take() {
+                    waker.wake();
+                }
+            }
             return 0;
         }
-        let moved = {
+        let (moved, left) = {
             let mut items = self.items.lock();
             let moved = items.len().min(max);
             if moved == items.len() && out.is_empty() {
@@ -102,9 +115,10 @@ impl<T> SubmitQueue<T> {
                 out.extend(items.drain(..moved));
             }
             self.len.store(items.len(), Ordering::SeqCst);
-            moved
+            (moved, items.len())
         };
-        for waker in self.slot_waiters.take() {
+        let wake = if left == 0 { usize::MAX } else { moved };
+        for waker in self.slot_waiters.take_up_to(wake) {
             waker.wake();
         }
         moved
@@ -168,6 +182,23 @@ impl<T> Mailbox<T> {
         !self.any.load(Ordering::SeqCst)
     }
 
+    /// Takes the `n` oldest items (all, if fewer), leaving the rest.
+    pub fn take_up_to(&self, n: usize) -> Vec<T> {
+        if n == 0 || !self.any.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let mut items = self.items.lock();
+        let taken = if n >= items.len() {
+            std::mem::take(&mut *items)
+        } else {
+            items.drain(..n).collect()
+        };
+        if items.is_empty() {
+            self.any.store(false, Ordering::SeqCst);
+        }
+        taken
+    }
+
     /// Takes every item added so far (none, without locking, if it is empty).
     pub fn take(&self) -> Vec<T> {
         if !self.any.load(Ordering::SeqCst) {
@@ -195,5 +226,31 @@ mod tests {
         assert_eq!(out, [1]);
         assert!(q.poll_ready(&mut cx).is_ready());
         assert_eq!((q.len(), q.max_len()), (1, 2));
+    }
+
+    /// Counts its wake-ups.
+    struct Counter(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Counter {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn room_wakes_as_many_waiters_as_it_makes_and_an_empty_queue_wakes_all() {
+        let q = SubmitQueue::new(2, Notifier::new().expect("eventfd"));
+        assert!(q.try_push(1).is_ok() && q.try_push(2).is_ok());
+        let counters: Vec<Arc<Counter>> = (0..5).map(|_| Arc::new(Counter(0.into()))).collect();
+        for c in &counters {
+            let waker = Waker::from(c.clone());
+            assert!(q.poll_ready(&mut Context::from_waker(&waker)).is_pending());
+        }
+        let woken = || counters.iter().map(|c| c.0.load(Ordering::SeqCst)).collect::<Vec<_>>();
+        let mut out = VecDeque::new();
+        assert_eq!(q.take_into(&mut out, 1), 1);
+        assert_eq!(woken(), [1, 0, 0, 0, 0], "one slot: the oldest waiter");
+        assert_eq!(q.take_into(&mut out, 1), 1);
+        assert_eq!(woken(), [1, 1, 1, 1, 1], "the queue emptied: every waiter");
     }
 }
