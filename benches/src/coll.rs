@@ -65,7 +65,7 @@ pub struct CollArgs {
     #[arg(long, value_enum, default_value = "multiple")]
     pub thread_level: Level,
     /// How long mfio's backend spins on pending requests, in µs.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 10_000)]
     pub spin_us: u64,
     /// Let a progress thread of the backend test and spin (the caller
     /// sleeps until woken); needs the Multiple thread level.
@@ -85,7 +85,7 @@ impl Default for CollArgs {
             reps: 5,
             rep_bytes: 64 << 20,
             thread_level: Level::Multiple,
-            spin_us: 100,
+            spin_us: 10_000,
             progress_thread: false,
             mpiexec: "mpiexec".into(),
         }

@@ -21,6 +21,9 @@ use slab::Slab;
 use super::comm::MpiComm;
 use super::sys::{self, Code};
 
+/// A pause lasts this fraction of the time waited so far.
+const PAUSE_SHARE: u32 = 8;
+
 /// How often a backend with a timeout looks for expired operations.
 const EXPIRY_CHECK: Duration = Duration::from_millis(20);
 
@@ -58,11 +61,16 @@ impl ThreadLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     /// How long driving steps keep testing, without letting the caller
-    /// sleep, once pending requests stop completing.
+    /// sleep, once pending requests stop completing (10 ms). MPI moves a
+    /// collective's data only inside MPI calls, so a pause stalls every
+    /// rank waiting on this one: measured here, a 100 µs spin made a 1 MiB
+    /// allreduce 2× slower than MPI's own test loop, 2 ms made it even, and
+    /// a 16 MiB one needed more (BENCHMARKS.md, "MPI collectives").
     pub spin: Duration,
-    /// The longest pause between two tests after that. Pauses grow with
-    /// the time spent waiting (a quarter of it), so a pause never adds more
-    /// than a quarter to a wait, and a long wait costs little CPU.
+    /// The longest pause between two tests after that (1 ms). Pauses grow
+    /// with the time spent waiting (an eighth of it), so a pause adds at
+    /// most an eighth to a wait, and a rank that waits long for others
+    /// costs little CPU.
     pub max_pause: Duration,
     /// Whether a thread of the backend's own does the testing, spinning
     /// and pausing, and wakes the caller through the eventfd when
@@ -77,7 +85,7 @@ pub struct Progress {
 impl Default for Progress {
     fn default() -> Self {
         Self {
-            spin: Duration::from_micros(100),
+            spin: Duration::from_millis(10),
             max_pause: Duration::from_millis(1),
             thread: false,
         }
@@ -676,7 +684,7 @@ impl Shared {
             }
         }
         let waited = Instant::now().saturating_duration_since(since);
-        let pause = (waited / 4).min(self.progress.max_pause);
+        let pause = (waited / PAUSE_SHARE).min(self.progress.max_pause);
         DriveStatus {
             progress: progress || !done.is_empty(),
             timeout: Some(pause),
