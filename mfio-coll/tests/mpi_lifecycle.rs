@@ -25,12 +25,21 @@ fn main() {
             std::process::exit(2);
         }
     };
-    check(mpi.thread_level() == ThreadLevel::Funneled, "the level asked for is reported");
-    check(mpi.library_version().starts_with("Open MPI") || mpi.library_version().contains("MPICH"), "library version");
+    check(
+        mpi.thread_level() == ThreadLevel::Funneled,
+        "the level asked for is reported",
+    );
+    check(
+        mpi.library_version().starts_with("Open MPI") || mpi.library_version().contains("MPICH"),
+        "library version",
+    );
 
     // A second init while MPI lives joins it, whatever it asks for.
     let again = Mpi::builder().thread_level(ThreadLevel::Multiple).build();
-    check(again.as_ref().is_ok_and(|m| m.thread_level() == ThreadLevel::Funneled), "a second init shares the first");
+    check(
+        again.as_ref().is_ok_and(|m| m.thread_level() == ThreadLevel::Funneled),
+        "a second init shares the first",
+    );
     drop(again);
 
     // A communicator keeps MPI alive after the last Mpi handle is gone.
@@ -43,8 +52,13 @@ fn main() {
     };
     drop(mpi);
     let backend = world.mpi().clone();
-    let (res, sum) = backend.block_on(world.allreduce_in_place(vec![1u32], ReduceOp::Sum)).into_parts();
-    check(res.is_ok() && sum == [world.size() as u32], "a communicator outlives the Mpi handle it came from");
+    let (res, sum) = backend
+        .block_on(world.allreduce_in_place(vec![1u32], ReduceOp::Sum))
+        .into_parts();
+    check(
+        res.is_ok() && sum == [world.size() as u32],
+        "a communicator outlives the Mpi handle it came from",
+    );
     // Work left running at the end: a collective nobody awaits. The last
     // handle waits (bounded) for MPI to finish it before finalising.
     drop(world.barrier());

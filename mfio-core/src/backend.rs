@@ -260,11 +260,10 @@ impl Wake for BlockOnWake {
 /// cannot be created (descriptor limit), it falls back to short timed sleeps.
 pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Output {
     let handle = backend.polling_handle();
-    let thread = thread_notifier().map(|notifier| ThreadWake { notifier });
-    let wake = Arc::new(BlockOnWake {
-        woken: AtomicBool::new(true),
-        thread,
-    });
+    // Declared before the waker and the future, so it is dropped after
+    // them and finds the wake state unshared again.
+    let wake = ReusedWake::take();
+    let wake = &wake.0;
     let waker = Waker::from(wake.clone());
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
@@ -291,6 +290,42 @@ pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Out
         // (the kernel, for a ring); left unread they would keep the
         // descriptor readable and turn every later sleep into a spin.
         handle.notifier.drain();
+    }
+}
+
+thread_local! {
+    /// The wake state of the thread's last `block_on`, reused by the next
+    /// one when nothing else holds it (a call that blocks once per
+    /// operation otherwise pays an allocation per operation).
+    static SPARE_WAKE: std::cell::Cell<Option<Arc<BlockOnWake>>> = const { std::cell::Cell::new(None) };
+}
+
+/// A `block_on`'s wake state: the thread's spare if no stale waker holds
+/// it, else a new one; handed back as the spare when dropped.
+struct ReusedWake(Arc<BlockOnWake>);
+
+impl ReusedWake {
+    fn take() -> Self {
+        let spare = SPARE_WAKE
+            .with(std::cell::Cell::take)
+            .filter(|w| Arc::strong_count(w) == 1);
+        let wake = spare.unwrap_or_else(|| {
+            Arc::new(BlockOnWake {
+                woken: AtomicBool::new(true),
+                thread: thread_notifier().map(|notifier| ThreadWake { notifier }),
+            })
+        });
+        wake.woken.store(true, Ordering::SeqCst);
+        Self(wake)
+    }
+}
+
+impl Drop for ReusedWake {
+    fn drop(&mut self) {
+        let wake = self.0.clone();
+        // `try_with`: the thread's locals may be gone already (a block_on
+        // in another local's destructor).
+        let _ = SPARE_WAKE.try_with(|c| c.set(Some(wake)));
     }
 }
 

@@ -185,3 +185,36 @@ impl std::task::Wake for Unpark {
         self.0.unpark();
     }
 }
+
+/// `block_on` reuses its wake state from call to call on a thread; a waker
+/// a previous call left behind (held here) must neither be reused under a
+/// later call nor break it, and waking it late is harmless.
+#[test]
+fn stale_waker_of_an_earlier_block_on_does_not_disturb_later_ones() {
+    util::within(LIMIT, || {
+        let be = MemBackend::new().expect("backend");
+        let mut stale = None;
+        block_on(
+            &be,
+            poll_fn(|cx| {
+                stale = Some(cx.waker().clone());
+                Poll::Ready(())
+            }),
+        );
+        for round in 0..3u8 {
+            // Pending until another thread completes it: this call must
+            // sleep and be woken through its own wake state.
+            let (done, fut) = mfio_core::completion::completion::<u8>();
+            let t = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(20));
+                done.complete(Ok(round));
+            });
+            assert_eq!(block_on(&be, fut).expect("completed"), round);
+            t.join().expect("completer thread");
+            if let Some(w) = stale.take() {
+                w.wake();
+            }
+        }
+        assert_eq!(block_on(&be, async { 5 }), 5);
+    });
+}

@@ -346,6 +346,8 @@ pub(crate) struct State {
     statuses: Vec<sys::Status>,
     /// `(request index, status index)` of what a test found finished.
     finished: Vec<(usize, usize)>,
+    /// An empty list of finished operations, kept for the next step.
+    spare_done: Vec<Done>,
     /// Derived datatypes of element types, made once.
     pub(crate) types: HashMap<std::any::TypeId, sys::Datatype>,
     /// When pending requests last stopped completing.
@@ -698,7 +700,9 @@ impl Shared {
         let Some(mut st) = self.state.try_lock() else {
             return DriveStatus::IDLE;
         };
-        let mut done = Vec::new();
+        // The list of finished operations is reused from step to step: one
+        // allocation fewer per collective.
+        let mut done = std::mem::take(&mut st.spare_done);
         let status = if self.progress.thread {
             // The progress thread tests, spins and pauses; the caller only
             // takes what is there and sleeps until woken.
@@ -716,8 +720,11 @@ impl Shared {
             self.step(&mut st, &mut done)
         };
         drop(st);
-        for d in done {
+        for d in done.drain(..) {
             d.complete();
+        }
+        if let Some(mut st) = self.state.try_lock() {
+            st.spare_done = done;
         }
         status
     }
