@@ -188,6 +188,7 @@ impl MpiBuilder {
             cancels: Cancels::new(notifier.clone()),
             returned: Arc::default(),
             notifier,
+            foreign: Notifier::new()?,
             level: ThreadLevel::from_mpi(provided),
             main: std::thread::current().id(),
             progress: self.progress,
@@ -445,6 +446,8 @@ pub(crate) struct Shared {
     /// and tag).
     pub(crate) returned: Arc<Returned<KeyedMessage>>,
     pub(crate) notifier: Arc<Notifier>,
+    /// The descriptor threads that may not call MPI wait on: never signalled.
+    foreign: Arc<Notifier>,
     pub(crate) level: ThreadLevel,
     main: ThreadId,
     progress: Progress,
@@ -937,8 +940,18 @@ impl Mpi {
 }
 
 impl IoBackend for Shared {
+    /// The backend's eventfd, for a thread that may call MPI. A thread
+    /// that may not (under `Funneled`) gets a descriptor nobody signals:
+    /// its `block_on` then sleeps until its own future is woken, and never
+    /// drains the backend's eventfd. Draining it there stole the wake-up
+    /// meant for the initialising thread (operations forwarded to it waited
+    /// forever; found under load by `other_threads`).
     fn polling_handle(&self) -> PollingHandle<'_> {
-        PollingHandle::readable(self.notifier.as_fd(), &self.notifier)
+        if self.may_call_here() {
+            PollingHandle::readable(self.notifier.as_fd(), &self.notifier)
+        } else {
+            PollingHandle::readable(self.foreign.as_fd(), &self.foreign)
+        }
     }
 
     fn drive(&self) -> DriveStatus {
