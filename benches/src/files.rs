@@ -10,7 +10,7 @@ use std::time::Duration;
 use indicatif::ProgressBar;
 
 use crate::contenders::{compio, fio, glommio, memflow, mfio, monoio, std_io, tokio, tokio_uring};
-use crate::measure::{keep_only, Contender, Pace, Positions, Titled};
+use crate::measure::{keep_only, Contender, JoinStyle, Pace, Positions, Titled};
 
 /// Options shared by the file benchmarks.
 #[derive(Debug, Clone, clap::Args)]
@@ -27,9 +27,14 @@ pub struct FileArgs {
     /// Directory of the data files (default: the system temp directory).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Run only contenders whose name contains one of these (comma-separated).
+    /// Run only contenders whose name contains one of these, or is exactly one
+    /// written `=name` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Join styles of the async contenders, each a table of its own
+    /// (comma-separated; workloads with a sync cadence use the window only).
+    #[arg(long, value_delimiter = ',', default_value = "window,unordered,buffered,join-set")]
+    pub joins: Vec<JoinStyle>,
 }
 
 impl Default for FileArgs {
@@ -40,6 +45,12 @@ impl Default for FileArgs {
             rep_ms: 150,
             dir: None,
             only: Vec::new(),
+            joins: vec![
+                JoinStyle::Window,
+                JoinStyle::Unordered,
+                JoinStyle::Buffered,
+                JoinStyle::JoinSet,
+            ],
         }
     }
 }
@@ -72,6 +83,8 @@ pub struct FileJob {
     pub direct: bool,
     /// fdatasync after this many writes.
     pub sync_every: Option<usize>,
+    /// How async contenders await the operations in flight.
+    pub join: JoinStyle,
     /// The data file (reads) or target file (writes).
     pub path: PathBuf,
     /// Its length.
@@ -95,7 +108,21 @@ impl FileJob {
             span,
             block: self.block,
             sync_every: self.sync_every,
+            join: self.join,
         }
+    }
+
+    /// Why an async contender that cannot spawn tokio tasks skips this job.
+    pub fn unspawnable(&self) -> Option<String> {
+        (self.join == JoinStyle::JoinSet).then(|| "skipped: JoinSet spawns tokio tasks".into())
+    }
+
+    /// Why a blocking contender (or one with its own queue, fio) skips this
+    /// job: its figure does not depend on the join style, so it runs only in
+    /// the window table. The `pread` loop runs in every table, as the ratio
+    /// every style is read against.
+    pub fn style_independent(&self) -> Option<String> {
+        (self.join != JoinStyle::Window).then(|| "skipped: no join style (see the window table)".into())
     }
 
     /// Open flags beyond read/write for std-based opens.
@@ -222,6 +249,8 @@ pub fn contenders(args: &FileArgs) -> Vec<Box<dyn Contender<FileJob>>> {
     let all: Vec<Box<dyn Contender<FileJob>>> = vec![
         Box::new(std_io::PreadLoop),
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Uring)),
+        Box::new(mfio::Mfio::with_inline_reads(mfio_backends::BackendKind::Uring, false)),
+        Box::new(mfio::MfioOnTokio::new()),
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Poll)),
         Box::new(mfio::MfioSync::new()),
         Box::new(tokio::Tokio::new()),

@@ -23,7 +23,7 @@ use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use files::{FileArgs, FileJob, Kind};
-use measure::Titled;
+use measure::{JoinStyle, Titled};
 use report::Series;
 
 #[derive(Parser, Debug)]
@@ -162,6 +162,7 @@ fn job(title: String, kind: Kind, block: usize, depth: usize, data: &files::Data
         depth,
         direct: false,
         sync_every: None,
+        join: JoinStyle::Window,
         path: if kind == Kind::Write {
             data.write.clone()
         } else {
@@ -275,6 +276,24 @@ fn report<'a>(out: &std::path::Path, results: &[Vec<Series>], latency: impl Fn(u
     ok
 }
 
+/// Each job once per join style, the style in its title; a job whose
+/// operations are not joined (many files, or a sync after each batch) once.
+fn with_join_styles(jobs: Vec<FileJob>, joins: &[JoinStyle]) -> Vec<FileJob> {
+    let mut out = Vec::new();
+    for job in jobs {
+        if job.kind == Kind::ManyFiles || job.sync_every.is_some() || joins.is_empty() {
+            out.push(job);
+            continue;
+        }
+        out.extend(joins.iter().map(|&join| FileJob {
+            title: format!("{}, {}", job.title, join.name()),
+            join,
+            ..job.clone()
+        }));
+    }
+    out
+}
+
 /// Runs a file benchmark: prepares the data, builds the contenders once,
 /// runs the jobs.
 fn run_files(
@@ -293,12 +312,34 @@ fn run_files(
             std::process::exit(1);
         }
     };
-    let jobs = make_jobs(&data);
+    let jobs = with_join_styles(make_jobs(&data), &args.joins);
     bar.set_length(measure::steps(jobs.len(), contenders.len(), args.reps));
     let span = Duration::from_millis(args.rep_ms);
     let results = measure::run_jobs(&jobs, &mut contenders, args.reps, span, &bar);
     bar.finish_and_clear();
-    report(out, &results, |i| jobs[i].latency())
+    let ok = report(out, &results, |i| jobs[i].latency());
+    print_headlines(&results);
+    ok
+}
+
+/// The headline figures: mfio's default path in the `FuturesUnordered`
+/// style (how most users await many operations) against `pread` and the
+/// best peer, one line per workload.
+fn print_headlines(results: &[Vec<Series>]) {
+    let lines: Vec<String> = results
+        .iter()
+        .filter(|rows| {
+            rows.first()
+                .is_some_and(|s| s.workload.ends_with(JoinStyle::Unordered.name()))
+        })
+        .filter_map(|rows| report::headline(rows, "mfio uring"))
+        .collect();
+    if !lines.is_empty() {
+        println!("\nHeadline (FuturesUnordered style):");
+        for l in lines {
+            println!("  {l}");
+        }
+    }
 }
 
 fn run_core(out: &std::path::Path, args: &core::CoreArgs) -> bool {

@@ -75,8 +75,37 @@ impl Positions {
     }
 }
 
-/// How an operation-level loop is run: its length, the operation size, and
-/// whether a sync follows every `sync_every` operations.
+/// How the async loop awaits the operations it keeps in flight: the ways
+/// users write it. Every async contender runs each style with the same code
+/// around its own operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum JoinStyle {
+    /// One future polling a fixed array of slots with the task's single
+    /// waker (what a hand-written runtime loop does).
+    Window,
+    /// `futures::stream::FuturesUnordered`, topped up as each operation
+    /// completes: every operation has its own waker.
+    Unordered,
+    /// `futures::stream::iter(..).buffer_unordered(depth)`.
+    Buffered,
+    /// A tokio `JoinSet` of spawned tasks (tokio-driven contenders only).
+    JoinSet,
+}
+
+impl JoinStyle {
+    /// Name in workload titles.
+    pub fn name(self) -> &'static str {
+        match self {
+            JoinStyle::Window => "window",
+            JoinStyle::Unordered => "FuturesUnordered",
+            JoinStyle::Buffered => "buffer_unordered",
+            JoinStyle::JoinSet => "JoinSet",
+        }
+    }
+}
+
+/// How an operation-level loop is run: its length, the operation size,
+/// whether a sync follows every `sync_every` operations, and the join style.
 #[derive(Debug, Clone, Copy)]
 pub struct Pace {
     /// Length of the timed loop.
@@ -85,6 +114,8 @@ pub struct Pace {
     pub block: usize,
     /// Sync (fdatasync) after this many operations.
     pub sync_every: Option<usize>,
+    /// How the operations in flight are awaited.
+    pub join: JoinStyle,
 }
 
 fn short(what: &str, got: usize, want: usize) -> io::Error {
@@ -204,9 +235,14 @@ where
 
 /// The async loop at a queue depth: `bufs.len()` operations kept in flight
 /// continuously (a new one is issued as soon as one completes) until the
-/// span is over, then the rest drained. With a sync cadence, or at depth 1,
-/// it runs as [`drive_batches`] (a sync needs a quiet queue; depth 1 awaits
-/// each operation directly). Latency is submission to completion.
+/// span is over, then the rest drained, joined in the pace's [`JoinStyle`]
+/// style. With a sync cadence it runs as [`drive_batches`] (a sync needs a
+/// quiet queue), and so does the window style at depth 1 (the operation is
+/// awaited directly). Latency is submission to completion.
+///
+/// # Errors
+/// The first failed or short operation; `Unsupported` for the `JoinSet`
+/// style, which needs spawnable operations ([`drive_join_set`]).
 pub async fn drive_ops<B, F, Fut, S, SFut>(
     pos: &mut Positions,
     pace: Pace,
@@ -220,8 +256,19 @@ where
     S: FnMut() -> SFut,
     SFut: Future<Output = io::Result<()>>,
 {
-    if pace.sync_every.is_some() || bufs.len() <= 1 {
+    if pace.sync_every.is_some() || (pace.join == JoinStyle::Window && bufs.len() <= 1) {
         return drive_batches(pos, pace, bufs, op, sync).await;
+    }
+    match pace.join {
+        JoinStyle::Window => {}
+        JoinStyle::Unordered => return drive_unordered(pos, pace, bufs, op).await,
+        JoinStyle::Buffered => return drive_buffered(pos, pace, bufs, op).await,
+        JoinStyle::JoinSet => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the JoinSet style needs operations tokio can spawn",
+            ))
+        }
     }
     let start = Instant::now();
     Window {
@@ -320,6 +367,168 @@ where
     }
 }
 
+/// What the join styles other than the window count as they go.
+struct Tally {
+    out: Sample,
+    block: usize,
+    deadline: Instant,
+    start: Instant,
+    issued: u64,
+    error: Option<io::Error>,
+    stopping: bool,
+}
+
+impl Tally {
+    fn new(pace: Pace) -> Self {
+        let start = Instant::now();
+        Self {
+            out: Sample::default(),
+            block: pace.block,
+            deadline: start + pace.span,
+            start,
+            issued: 0,
+            error: None,
+            stopping: false,
+        }
+    }
+
+    /// The start time of the next operation if its latency is sampled.
+    fn issue(&mut self) -> Option<Instant> {
+        let timed = self.issued % LATENCY_EVERY == 0;
+        self.issued += 1;
+        timed.then(Instant::now)
+    }
+
+    /// Counts one finished operation; true while more should be issued.
+    fn finish(&mut self, res: io::Result<usize>, started: Option<Instant>) -> bool {
+        if let Some(t0) = started {
+            self.out.lat_ns.push(t0.elapsed().as_nanos() as u64);
+        }
+        match expect_len(res, self.block) {
+            Ok(()) => self.out.ops += 1,
+            Err(e) => {
+                self.error.get_or_insert(e);
+                self.stopping = true;
+            }
+        }
+        if self.out.ops % OPS_PER_CHECK as u64 == 0 && Instant::now() >= self.deadline {
+            self.stopping = true;
+        }
+        !self.stopping
+    }
+
+    fn end(mut self) -> io::Result<Sample> {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        self.out.elapsed = self.start.elapsed();
+        self.out.bytes = self.out.ops * self.block as u64;
+        Ok(self.out)
+    }
+}
+
+/// The [`JoinStyle::Unordered`] loop: a `FuturesUnordered` holding one future
+/// per buffer, a new one pushed as each completes.
+async fn drive_unordered<B, F, Fut>(pos: &mut Positions, pace: Pace, bufs: Vec<B>, mut op: F) -> io::Result<Sample>
+where
+    F: FnMut(u64, B) -> Fut,
+    Fut: Future<Output = (io::Result<usize>, B)>,
+{
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut tally = Tally::new(pace);
+    let mut set = FuturesUnordered::new();
+    let mut issue = |tally: &mut Tally, set: &mut FuturesUnordered<_>, buf| {
+        let started = tally.issue();
+        let fut = op(pos.next_pos(), buf);
+        set.push(async move {
+            let (res, buf) = fut.await;
+            (res, buf, started)
+        });
+    };
+    for buf in bufs {
+        issue(&mut tally, &mut set, buf);
+    }
+    while let Some((res, buf, started)) = set.next().await {
+        if tally.finish(res, started) {
+            issue(&mut tally, &mut set, buf);
+        }
+    }
+    tally.end()
+}
+
+/// The [`JoinStyle::Buffered`] loop: an endless stream of operations, each taking
+/// a free buffer, run `bufs.len()` at a time by `buffer_unordered`; the
+/// stream ends when the span is over.
+async fn drive_buffered<B, F, Fut>(pos: &mut Positions, pace: Pace, bufs: Vec<B>, mut op: F) -> io::Result<Sample>
+where
+    F: FnMut(u64, B) -> Fut,
+    Fut: Future<Output = (io::Result<usize>, B)>,
+{
+    use futures::stream::{self, StreamExt};
+    use std::cell::{Cell, RefCell};
+    let depth = bufs.len();
+    let free = RefCell::new(bufs);
+    let stop = Cell::new(false);
+    let tally = RefCell::new(Tally::new(pace));
+    let ops = stream::iter(std::iter::from_fn(|| {
+        if stop.get() {
+            return None;
+        }
+        // `buffer_unordered` asks for the next operation only with a slot
+        // free, and every finished operation hands its buffer back first.
+        let buf = free.borrow_mut().pop()?;
+        let started = tally.borrow_mut().issue();
+        let fut = op(pos.next_pos(), buf);
+        Some(async move {
+            let (res, buf) = fut.await;
+            (res, buf, started)
+        })
+    }));
+    let mut done = ops.buffer_unordered(depth);
+    while let Some((res, buf, started)) = done.next().await {
+        free.borrow_mut().push(buf);
+        if !tally.borrow_mut().finish(res, started) {
+            stop.set(true);
+        }
+    }
+    drop(done);
+    tally.into_inner().end()
+}
+
+/// The [`JoinStyle::JoinSet`] loop, for operations tokio can spawn: one task per
+/// operation in a `JoinSet` on the current tokio runtime, a new one spawned
+/// as each completes.
+///
+/// # Errors
+/// The first failed or short operation, or a task that panicked.
+pub async fn drive_join_set<B, F, Fut>(pos: &mut Positions, pace: Pace, bufs: Vec<B>, mut op: F) -> io::Result<Sample>
+where
+    B: Send + 'static,
+    F: FnMut(u64, B) -> Fut,
+    Fut: Future<Output = (io::Result<usize>, B)> + Send + 'static,
+{
+    let mut tally = Tally::new(pace);
+    let mut set = tokio::task::JoinSet::new();
+    let mut issue = |tally: &mut Tally, set: &mut tokio::task::JoinSet<_>, buf| {
+        let started = tally.issue();
+        let fut = op(pos.next_pos(), buf);
+        set.spawn(async move {
+            let (res, buf) = fut.await;
+            (res, buf, started)
+        });
+    };
+    for buf in bufs {
+        issue(&mut tally, &mut set, buf);
+    }
+    while let Some(joined) = set.join_next().await {
+        let (res, buf, started) = joined.map_err(io::Error::other)?;
+        if tally.finish(res, started) {
+            issue(&mut tally, &mut set, buf);
+        }
+    }
+    tally.end()
+}
+
 /// The many-files loop: `depth` whole-file loads in flight, each returning
 /// the bytes it read; an operation is one chunk of `chunk` bytes; latencies
 /// are per file.
@@ -401,10 +610,17 @@ pub trait Titled {
     fn latency(&self) -> &'static str;
 }
 
-/// Keeps the contenders whose name contains one of `only` (all if empty).
+/// Keeps the contenders whose name contains one of `only`, or is exactly
+/// one written `=name` (all if `only` is empty).
 pub fn keep_only<W>(all: Vec<Box<dyn Contender<W>>>, only: &[String]) -> Vec<Box<dyn Contender<W>>> {
+    let picked = |name: &str| {
+        only.iter().any(|o| match o.strip_prefix('=') {
+            Some(exact) => name == exact,
+            None => name.contains(o.as_str()),
+        })
+    };
     all.into_iter()
-        .filter(|c| only.is_empty() || only.iter().any(|o| c.name().contains(o.as_str())))
+        .filter(|c| only.is_empty() || picked(&c.name()))
         .collect()
 }
 

@@ -162,19 +162,34 @@ pub fn fastest(rows: &[Series]) -> Option<&Series> {
         .max_by(|a, b| a.median_ops().total_cmp(&b.median_ops()))
 }
 
+/// The fastest measured peer of a workload: a contender that is neither
+/// mfio, nor the baseline (first row), nor a reference tool.
+pub fn best_peer(rows: &[Series]) -> Option<&Series> {
+    let base = rows.first().map(|s| s.contender.as_str());
+    rows.iter()
+        .filter(|s| {
+            s.measured()
+                && !s.contender.starts_with("mfio")
+                && !s.contender.contains("(reference)")
+                && Some(s.contender.as_str()) != base
+        })
+        .max_by(|a, b| a.median_ops().total_cmp(&b.median_ops()))
+}
+
 /// Prints the table of one workload: ops/s (median, min–max), MB/s, p50/p99
-/// latency, the ratio to the baseline (first row) and to the fastest row;
-/// then the summary line naming the fastest.
+/// latency, the ratio to the baseline (first row), to the best peer and to
+/// the fastest row; then the summary line naming the fastest.
 pub fn print_workload(rows: &[Series], latency_label: &str) -> String {
     let mut t = String::new();
     let Some(first) = rows.first() else { return t };
     let base = rows.iter().find(|s| s.measured());
     let best = fastest(rows);
+    let peer = best_peer(rows);
     let _ = writeln!(t, "\n{}", first.workload);
     let _ = writeln!(
         t,
-        "  {:<26} {:>10} {:>19} {:>9} {:>10} {:>10} {:>8} {:>8}",
-        "contender", "ops/s", "min–max", "MB/s", "p50", "p99", "÷base", "÷best"
+        "  {:<26} {:>10} {:>19} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8}",
+        "contender", "ops/s", "min–max", "MB/s", "p50", "p99", "÷base", "÷peer", "÷best"
     );
     for s in rows {
         if !s.measured() {
@@ -186,7 +201,7 @@ pub fn print_workload(rows: &[Series], latency_label: &str) -> String {
         let ratio = |o: Option<&Series>| o.map_or(f64::NAN, |o| s.median_ops() / o.median_ops());
         let _ = writeln!(
             t,
-            "  {:<26} {:>10} {:>19} {:>9.1} {:>10} {:>10} {:>7.2}× {:>7.2}×",
+            "  {:<26} {:>10} {:>19} {:>9.1} {:>10} {:>10} {:>7.2}× {:>7.2}× {:>7.2}×",
             s.contender,
             human_rate(s.median_ops()),
             format!("{}–{}", human_rate(lo), human_rate(hi)),
@@ -194,6 +209,7 @@ pub fn print_workload(rows: &[Series], latency_label: &str) -> String {
             human_ns(s.latency(50.0)),
             human_ns(s.latency(99.0)),
             ratio(base),
+            ratio(peer),
             ratio(best),
         );
     }
@@ -214,6 +230,23 @@ pub fn print_workload(rows: &[Series], latency_label: &str) -> String {
     }
     print!("{t}");
     t
+}
+
+/// The headline of a workload: how `contender` fares against the baseline
+/// (first row) and the best peer; `None` if either is unmeasured.
+pub fn headline(rows: &[Series], contender: &str) -> Option<String> {
+    let ours = rows.iter().find(|s| s.contender == contender && s.measured())?;
+    let base = rows.first().filter(|s| s.measured())?;
+    let peer = best_peer(rows)?;
+    Some(format!(
+        "{}: {contender} {} ops/s, {:.2}× {}, {:.2}× the best peer ({})",
+        ours.workload,
+        human_rate(ours.median_ops()),
+        ours.median_ops() / base.median_ops(),
+        base.contender,
+        ours.median_ops() / peer.median_ops(),
+        peer.contender,
+    ))
 }
 
 /// A file-name slug of a workload name.

@@ -28,7 +28,8 @@ pub struct TcpArgs {
     /// Length of one repetition in milliseconds.
     #[arg(long, default_value_t = 150)]
     pub rep_ms: u64,
-    /// Run only contenders whose name contains one of these (comma-separated).
+    /// Run only contenders whose name contains one of these, or is exactly one
+    /// written `=name` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }

@@ -162,7 +162,8 @@ pub struct UcxArgs {
     /// (comma-separated), beside its default.
     #[arg(long, value_delimiter = ',')]
     pub spin_us: Vec<u64>,
-    /// Run only contenders whose name contains one of these (comma-separated).
+    /// Run only contenders whose name contains one of these, or is exactly one
+    /// written `=name` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }

@@ -115,6 +115,9 @@ impl Contender<FileJob> for Fio {
         if let Err(e) = &self.version {
             return Some(format!("fio not found ({e}); install it: apt-get install fio"));
         }
+        if let Some(why) = job.style_independent() {
+            return Some(why);
+        }
         (job.kind == Kind::ManyFiles)
             .then(|| unsupported("no equivalent fio job"))
             .flatten()

@@ -104,6 +104,9 @@ impl Contender<FileJob> for Memflow {
         if let Err(e) = &self.rt {
             return Some(format!("runtime failed to build: {e}"));
         }
+        if let Some(why) = job.unspawnable() {
+            return Some(why);
+        }
         if job.direct {
             return unsupported("mfio-rt 0.1 has no O_DIRECT open option");
         }

@@ -11,7 +11,9 @@ use mfio_core::{AlignedBuf, IoBackendExt, IoRead, IoReadStream, IoWrite, IoWrite
 use super::{read_chunks, ready, unbuilt, Built};
 use crate::files::{FileJob, Kind, DIRECT_ALIGN};
 use crate::measure::LATENCY_EVERY;
-use crate::measure::{drive_blocking, drive_files, drive_files_blocking, drive_ops, Contender, Sample};
+use crate::measure::{
+    drive_blocking, drive_files, drive_files_blocking, drive_join_set, drive_ops, Contender, JoinStyle, Sample,
+};
 use crate::tcp::{loopback, session, TcpJob};
 use crate::ucx::{check_range, read_lanes, remote_file, touched, Pattern, UcxJob, REMOTE_FILE_LEN};
 
@@ -36,14 +38,29 @@ fn buffers(job: &FileJob, n: usize) -> io::Result<Vec<AlignedBuf>> {
 /// mfio's async API on one backend.
 pub struct Mfio {
     kind: BackendKind,
+    inline_reads: bool,
     rt: Built<Runtime>,
 }
 
 impl Mfio {
     /// Builds the runtime of `kind` (its error is reported in the rows).
     pub fn new(kind: BackendKind) -> Self {
-        let rt = Runtime::builder().backend(kind).build().map_err(|e| e.to_string());
-        Self { kind, rt }
+        Self::with_inline_reads(kind, true)
+    }
+
+    /// Builds the runtime of `kind` with inline cached reads on or off (off:
+    /// every read goes through the engine, the ring on io_uring).
+    pub fn with_inline_reads(kind: BackendKind, on: bool) -> Self {
+        let rt = Runtime::builder()
+            .backend(kind)
+            .inline_cached_reads(on)
+            .build()
+            .map_err(|e| e.to_string());
+        Self {
+            kind,
+            inline_reads: on,
+            rt,
+        }
     }
 }
 
@@ -82,11 +99,15 @@ async fn ops(file: &File, job: &FileJob, span: Duration) -> io::Result<Sample> {
 
 impl Contender<FileJob> for Mfio {
     fn name(&self) -> String {
-        format!("mfio {}", self.kind.name())
+        if self.inline_reads {
+            format!("mfio {}", self.kind.name())
+        } else {
+            format!("mfio {}, ring only", self.kind.name())
+        }
     }
 
-    fn skip_reason(&self, _job: &FileJob) -> Option<String> {
-        unbuilt(&self.rt)
+    fn skip_reason(&self, job: &FileJob) -> Option<String> {
+        unbuilt(&self.rt).or_else(|| job.unspawnable())
     }
 
     fn run(&mut self, job: &FileJob, span: Duration) -> io::Result<Sample> {
@@ -102,6 +123,84 @@ impl Contender<FileJob> for Mfio {
             file.close().await?;
             res
         })
+    }
+}
+
+/// mfio's async API on io_uring inside a current-thread tokio runtime, which
+/// drives the ring through its descriptor (`mfio-integration`); the one mfio
+/// contender that runs the `JoinSet` style, its operations being tokio tasks.
+pub struct MfioOnTokio {
+    rt: Built<(tokio::runtime::Runtime, Runtime)>,
+}
+
+impl MfioOnTokio {
+    /// Builds both runtimes.
+    pub fn new() -> Self {
+        let host = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string());
+        let rt = host.and_then(|host| {
+            let io = Runtime::builder()
+                .backend(BackendKind::Uring)
+                .build()
+                .map_err(|e| e.to_string())?;
+            Ok((host, io))
+        });
+        Self { rt }
+    }
+}
+
+/// The operations of `job` on a shared file, as tasks tokio can spawn.
+async fn spawnable_ops(file: std::sync::Arc<File>, job: &FileJob, span: Duration) -> io::Result<Sample> {
+    let bufs = buffers(job, job.depth)?;
+    let mut pos = job.positions();
+    let write = job.kind == Kind::Write;
+    let op = |p, b| {
+        let file = file.clone();
+        async move {
+            let (n, b) = if write {
+                file.write_at(p, b).await.into_parts()
+            } else {
+                file.read_at(p, b).await.into_parts()
+            };
+            (n.map_err(io::Error::from), b)
+        }
+    };
+    if job.join == JoinStyle::JoinSet && job.sync_every.is_none() {
+        return drive_join_set(&mut pos, job.pace(span), bufs, op).await;
+    }
+    let sync = || async { Ok(file.sync_data().await?) };
+    drive_ops(&mut pos, job.pace(span), bufs, op, sync).await
+}
+
+impl Contender<FileJob> for MfioOnTokio {
+    fn name(&self) -> String {
+        "mfio uring on tokio".into()
+    }
+
+    fn skip_reason(&self, _job: &FileJob) -> Option<String> {
+        unbuilt(&self.rt)
+    }
+
+    fn run(&mut self, job: &FileJob, span: Duration) -> io::Result<Sample> {
+        use mfio_integration::Tokio;
+        let (host, rt) = ready(&mut self.rt)?;
+        let rt = &*rt;
+        host.block_on(Tokio::run(rt, async {
+            if job.kind == Kind::ManyFiles {
+                return drive_files(&job.files, job.depth, job.block, span, |p| {
+                    load(rt, p, job.block, job.len)
+                })
+                .await;
+            }
+            let file = std::sync::Arc::new(rt.open(&job.path, &options(job)).await?);
+            let res = spawnable_ops(file.clone(), job, span).await;
+            if let Some(file) = std::sync::Arc::into_inner(file) {
+                file.close().await?;
+            }
+            res
+        }))
     }
 }
 
@@ -126,8 +225,8 @@ impl Contender<FileJob> for MfioSync {
         "mfio sync (QD1)".into()
     }
 
-    fn skip_reason(&self, _job: &FileJob) -> Option<String> {
-        unbuilt(&self.rt)
+    fn skip_reason(&self, job: &FileJob) -> Option<String> {
+        unbuilt(&self.rt).or_else(|| job.style_independent())
     }
 
     fn run(&mut self, job: &FileJob, span: Duration) -> io::Result<Sample> {

@@ -12,8 +12,8 @@ macro_rules! file_contender {
                 $name.into()
             }
 
-            fn skip_reason(&self, _job: &$crate::files::FileJob) -> Option<String> {
-                $crate::contenders::unbuilt(&self.rt)
+            fn skip_reason(&self, job: &$crate::files::FileJob) -> Option<String> {
+                $crate::contenders::unbuilt(&self.rt).or_else(|| job.unspawnable())
             }
 
             fn run(

@@ -12,7 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use super::{ready, Built};
 use crate::files::{unsupported, FileJob, Kind};
-use crate::measure::{drive_files, drive_ops, Contender, Sample};
+use crate::measure::{drive_files, drive_join_set, drive_ops, Contender, JoinStyle, Sample};
 use crate::tcp::loopback;
 
 /// A current-thread tokio runtime with I/O enabled.
@@ -68,6 +68,9 @@ async fn ops(job: &FileJob, span: Duration) -> io::Result<Sample> {
         .await;
         (res, (f, buf))
     };
+    if job.join == JoinStyle::JoinSet && job.sync_every.is_none() {
+        return drive_join_set(&mut job.positions(), job.pace(span), handles, op).await;
+    }
     drive_ops(&mut job.positions(), job.pace(span), handles, op, sync).await
 }
 
