@@ -674,7 +674,7 @@ pub fn interleave<W>(
             let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| c.run(workload, this_span)));
             match res {
                 Ok(Ok(sample)) if rep > 0 => s.push(sample),
-                Ok(Ok(_)) => {}
+                Ok(Ok(warm_up)) => s.ops_with_warmup += warm_up.ops,
                 Ok(Err(e)) => s.note = Some(format!("failed: {e}")),
                 Err(_) => s.note = Some("failed: panicked (message above)".into()),
             }
@@ -695,8 +695,12 @@ impl<F: Future> Batch<F> {
     /// A join of `futs`; resolves to their outputs in order.
     pub fn new(futs: Vec<F>) -> Self {
         let n = futs.len();
+        // Built at its exact size: collecting `Option<F>` in place into the
+        // `Vec<F>`'s allocation would reallocate it on every batch.
+        let mut slots = Vec::with_capacity(n);
+        slots.extend(futs.into_iter().map(Some));
         Self {
-            futs: Box::into_pin(futs.into_iter().map(Some).collect()),
+            futs: Box::into_pin(slots.into_boxed_slice()),
             outs: (0..n).map(|_| None).collect(),
             left: n,
         }

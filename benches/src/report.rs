@@ -28,6 +28,10 @@ pub struct Series {
     pub reported: Vec<(u64, Option<u64>)>,
     /// Why the contender has no figures (skipped or failed).
     pub note: Option<String>,
+    /// Operations of every run, the warm-up included: what an instruction
+    /// count of the whole process (callgrind) is divided by.
+    #[serde(default)]
+    pub ops_with_warmup: u64,
 }
 
 impl Series {
@@ -41,11 +45,13 @@ impl Series {
             lat_ns: Vec::new(),
             reported: Vec::new(),
             note: None,
+            ops_with_warmup: 0,
         }
     }
 
     /// Adds one measured repetition.
     pub fn push(&mut self, s: Sample) {
+        self.ops_with_warmup += s.ops;
         let secs = s.elapsed.as_secs_f64().max(1e-9);
         self.ops_per_s.push(s.ops as f64 / secs);
         self.mb_per_s.push(s.bytes as f64 / secs / 1e6);
@@ -90,6 +96,7 @@ impl Series {
             p99_ns: self.latency(99.0),
             reps: self.ops_per_s.clone(),
             note: self.note.clone(),
+            ops_with_warmup: self.ops_with_warmup,
         }
     }
 }
@@ -124,6 +131,8 @@ struct Summary {
     p99_ns: Option<u64>,
     reps: Vec<f64>,
     note: Option<String>,
+    /// Operations of every run, the warm-up included (see [`Series`]).
+    ops_with_warmup: u64,
 }
 
 /// The JSON file of one workload.

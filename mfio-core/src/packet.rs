@@ -10,11 +10,17 @@
 //! Dropping the [`Packet`] before completion never frees memory a backend may
 //! still touch: the buffer lives in shared state kept alive by every view, and
 //! a backend that registered a [`CancelHandler`] is asked to cancel.
+//!
+//! A finished packet's state is kept by its thread for the next packet of
+//! the same buffer type (up to a few hundred per thread), so a steady stream
+//! of operations allocates nothing per packet; only a state no view holds
+//! any more is reused.
 
-use std::cell::UnsafeCell;
+use std::any::{Any, TypeId};
+use std::cell::{RefCell, UnsafeCell};
 use std::fmt;
 use std::marker::PhantomData;
-use std::mem::MaybeUninit;
+use std::mem::{ManuallyDrop, MaybeUninit};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -166,9 +172,113 @@ struct Header {
     is_read: bool,
 }
 
+/// `#[repr(C)]` with the header first: a view finds the header at the
+/// address of whatever state it holds, without a virtual call.
+#[repr(C)]
 struct State<B> {
     header: Header,
     buf: UnsafeCell<Option<B>>,
+}
+
+impl Header {
+    fn new(ptr: *mut u8, len: usize, is_read: bool) -> Self {
+        Self {
+            ptr,
+            len,
+            pending: AtomicUsize::new(1),
+            short_at: AtomicUsize::new(len),
+            error: Mutex::new(None),
+            waker: AtomicWaker::new(),
+            flags: AtomicU8::new(0),
+            hook: Mutex::new(None),
+            is_read,
+        }
+    }
+}
+
+/// Most packet states a thread keeps for reuse.
+const SPARE_STATES: usize = 256;
+/// How many of the most recent spares a new packet looks through for one
+/// of its own buffer type (a program alternating a few types finds its own).
+const SPARE_SEARCH: usize = 8;
+
+thread_local! {
+    /// Packet states of finished packets, for the next packets of this
+    /// thread: an operation then costs no allocation. Kept only while no
+    /// view holds them (so nothing else can see the reuse). States of other
+    /// buffer types are left alone; with none of its type near the top, a
+    /// packet allocates its own.
+    static SPARE: RefCell<Vec<Spare>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A spare state and its type, compared without a virtual call.
+struct Spare {
+    ty: TypeId,
+    state: Arc<dyn Any + Send + Sync>,
+}
+
+impl<B: Send + 'static> State<B> {
+    /// A state for `buf`: the thread's last spare if it has this type, else
+    /// a new allocation.
+    fn for_buf(mut buf: B, region: impl FnOnce(&mut B) -> (*mut u8, usize), is_read: bool) -> Arc<Self> {
+        let spare = SPARE
+            .try_with(|s| {
+                let mut s = s.try_borrow_mut().ok()?;
+                let ty = TypeId::of::<Self>();
+                let from_top = s.iter().rev().take(SPARE_SEARCH).position(|a| a.ty == ty)?;
+                let at = s.len() - 1 - from_top;
+                let raw = Arc::into_raw(s.swap_remove(at).state);
+                // SAFETY: the spare was pushed as an `Arc<Self>` (its type id
+                // says so); this gives the same allocation its concrete type
+                // back, as `Arc::downcast` does after the same check.
+                Some(unsafe { Arc::from_raw(raw.cast::<Self>()) })
+            })
+            .ok()
+            .flatten();
+        let (ptr, len) = region(&mut buf);
+        if let Some(mut state) = spare {
+            if let Some(fresh) = Arc::get_mut(&mut state) {
+                // `recycle` emptied what can hold anything (waker, hook,
+                // error, buffer); the rest is set here.
+                let h = &mut fresh.header;
+                h.ptr = ptr;
+                h.len = len;
+                *h.pending.get_mut() = 1;
+                *h.short_at.get_mut() = len;
+                *h.flags.get_mut() = 0;
+                h.is_read = is_read;
+                *fresh.buf.get_mut() = Some(buf);
+                return state;
+            }
+        }
+        Arc::new(State {
+            header: Header::new(ptr, len, is_read),
+            buf: UnsafeCell::new(Some(buf)),
+        })
+    }
+
+    /// Keeps a finished state for reuse if nothing else refers to it any
+    /// more (no view: the backend is done with it).
+    fn recycle(mut state: Arc<Self>) {
+        let Some(unique) = Arc::get_mut(&mut state) else { return };
+        // Nothing of the finished operation stays reachable from the pool:
+        // not its buffer, nor a waker, a cancel handler or an error.
+        *unique.buf.get_mut() = None;
+        let h = &mut unique.header;
+        h.waker = AtomicWaker::new();
+        *h.hook.get_mut() = None;
+        *h.error.get_mut() = None;
+        let _ = SPARE.try_with(|s| {
+            if let Ok(mut s) = s.try_borrow_mut() {
+                if s.len() < SPARE_STATES {
+                    s.push(Spare {
+                        ty: TypeId::of::<Self>(),
+                        state,
+                    });
+                }
+            }
+        });
+    }
 }
 
 // SAFETY: `buf` is only touched by the owning `Packet` once `pending` is zero
@@ -178,15 +288,11 @@ unsafe impl<B: Send> Sync for State<B> {}
 // SAFETY: as above; the raw pointer in the header points into `buf`.
 unsafe impl<B: Send> Send for State<B> {}
 
-trait Body: Send + Sync {
-    fn header(&self) -> &Header;
-}
+/// What a view keeps alive: the state of any buffer type. Only
+/// [`State`] implements it, which is what [`PacketView::header`] relies on.
+trait Body: Send + Sync {}
 
-impl<B: Send> Body for State<B> {
-    fn header(&self) -> &Header {
-        &self.header
-    }
-}
+impl<B: Send> Body for State<B> {}
 
 impl Header {
     fn record(&self, start: usize, n: usize, len: usize, err: Option<Error>) {
@@ -245,7 +351,8 @@ impl Header {
 /// The caller's side of an I/O operation: owns the buffer until the backend
 /// completes every view, then yields a [`PacketOutcome`] and the buffer.
 pub struct Packet<D: Direction, B: PacketBuf<D>> {
-    state: Arc<State<B>>,
+    /// Taken only in `drop`, to be recycled.
+    state: ManuallyDrop<Arc<State<B>>>,
     view: Option<PacketView<D>>,
     claimed: bool,
 }
@@ -253,31 +360,18 @@ pub struct Packet<D: Direction, B: PacketBuf<D>> {
 impl<D: Direction, B: PacketBuf<D>> Packet<D, B> {
     /// Wraps `buf` in a packet. Reads fill `buf` from its start up to its
     /// capacity; writes send its initialised bytes.
-    pub fn new(mut buf: B) -> Self {
-        let (ptr, len) = buf.region();
-        let state = Arc::new(State {
-            header: Header {
-                ptr,
-                len,
-                pending: AtomicUsize::new(1),
-                short_at: AtomicUsize::new(len),
-                error: Mutex::new(None),
-                waker: AtomicWaker::new(),
-                flags: AtomicU8::new(0),
-                hook: Mutex::new(None),
-                is_read: D::IS_READ,
-            },
-            buf: UnsafeCell::new(Some(buf)),
-        });
+    pub fn new(buf: B) -> Self {
+        let state = State::for_buf(buf, |b| b.region(), D::IS_READ);
+        let len = state.header.len;
         let view = PacketView {
-            body: state.clone(),
+            body: Arc::clone(&state) as Arc<dyn Body>,
             start: 0,
             len,
             done: false,
             _dir: PhantomData,
         };
         Self {
-            state,
+            state: ManuallyDrop::new(state),
             view: Some(view),
             claimed: false,
         }
@@ -351,6 +445,18 @@ impl<D: Direction, B: PacketBuf<D>> Packet<D, B> {
 
 impl<D: Direction, B: PacketBuf<D>> Drop for Packet<D, B> {
     fn drop(&mut self) {
+        self.release();
+        // SAFETY: `state` is not used after this; `drop` runs once.
+        let state = unsafe { ManuallyDrop::take(&mut self.state) };
+        State::recycle(state);
+    }
+}
+
+impl<D: Direction, B: PacketBuf<D>> Packet<D, B> {
+    /// The caller lets go: an unsent view counts as aborted, and an
+    /// operation still in flight is asked to cancel (a completed, unclaimed
+    /// read hands its bytes back).
+    fn release(&mut self) {
         // The unsent view (if any) is dropped first and counts as aborted.
         drop(self.view.take());
         if self.claimed {
@@ -461,7 +567,11 @@ pub struct PacketView<D: Direction> {
 
 impl<D: Direction> PacketView<D> {
     fn header(&self) -> &Header {
-        self.body.header()
+        // SAFETY: every body is a `State<_>` (the only `Body`), which is
+        // `#[repr(C)]` with its header first, so the trait object's data
+        // pointer is the header's address; `body` keeps it alive as long
+        // as `self`.
+        unsafe { &*Arc::as_ptr(&self.body).cast::<Header>() }
     }
 
     /// Offset of this view from the start of its packet.
@@ -807,6 +917,78 @@ mod tests {
             .is_cancelled());
         drop(v);
         assert!(rec.0.lock().is_empty());
+    }
+
+    fn state_addr<D: Direction, B: PacketBuf<D>>(p: &Packet<D, B>) -> usize {
+        Arc::as_ptr(&*p.state) as usize
+    }
+
+    #[test]
+    fn finished_state_is_reused_by_the_next_packet_of_its_type_only() {
+        let mut first = read_packet(4);
+        first.take_view().expect("view").complete_from(b"abcd");
+        let addr = state_addr(&first);
+        assert_eq!(first.try_take().expect("done").1, b"abcd");
+        drop(first);
+        // Another buffer type does not take it (and does not disturb it).
+        let other: Packet<Write, bytes::Bytes> = Packet::new(bytes::Bytes::from_static(b"xy"));
+        assert_ne!(state_addr(&other), addr);
+        drop(other);
+        let mut second = read_packet(8);
+        assert_eq!(state_addr(&second), addr, "the spare state was reused");
+        // Reused, it starts afresh: length, pending view, no error, no bytes.
+        assert_eq!(second.len(), 8);
+        assert!(!second.is_complete());
+        second.take_view().expect("view").complete_from(b"12");
+        let (out, buf) = second.try_take().expect("done");
+        assert_eq!(
+            (out.transferred(), out.error().is_none(), buf.as_slice()),
+            (2, true, &b"12"[..])
+        );
+    }
+
+    #[test]
+    fn state_still_held_by_a_view_is_never_reused() {
+        let mut p = read_packet(4);
+        let v = p.take_view().expect("view");
+        let addr = state_addr(&p);
+        drop(p); // in flight: the view keeps the state
+        let mut q = read_packet(4);
+        assert_ne!(state_addr(&q), addr);
+        v.complete_from(b"late");
+        q.take_view().expect("view").complete_from(b"ok");
+        assert_eq!(q.try_take().expect("done").1, b"ok");
+    }
+
+    #[test]
+    fn a_spare_state_keeps_no_waker_handler_or_buffer_alive() {
+        let flag = Arc::new(Flag(AtomicBool::new(false)));
+        let waker = Waker::from(flag.clone());
+        let mut cx = Context::from_waker(&waker);
+        let rec = Arc::new(Recorder(Mutex::new(Vec::new())));
+        let data = Arc::new([7u8; 3]);
+        let mut p: Packet<Write, ArcBytes> = Packet::new(ArcBytes(data.clone()));
+        let v = p.take_view().expect("view");
+        v.set_cancel_handler(rec.clone(), 1).expect("register");
+        assert!(p.poll_complete(&mut cx).is_pending());
+        v.complete(3);
+        drop(waker);
+        drop(p); // completed, never claimed: recycled with its buffer inside
+        assert_eq!(Arc::strong_count(&flag), 1, "the waker was let go");
+        assert_eq!(Arc::strong_count(&rec), 1, "the cancel handler was let go");
+        assert_eq!(Arc::strong_count(&data), 1, "the buffer was dropped");
+    }
+
+    /// A buffer that shares its bytes, so the test can see when it is dropped.
+    struct ArcBytes(Arc<[u8; 3]>);
+    // SAFETY: the bytes live in the `Arc`'s allocation, initialised and never moved or mutated.
+    unsafe impl IoBuf for ArcBytes {
+        fn as_buf_ptr(&self) -> *const u8 {
+            self.0.as_ptr()
+        }
+        fn buf_len(&self) -> usize {
+            3
+        }
     }
 
     #[test]

@@ -174,22 +174,37 @@ impl UringEngine {
     /// Moves backlog operations into the submission queue (or the fallback pool).
     fn fill(&self, core: &mut Core) -> usize {
         let mut pushed = 0;
-        release_syncs(&mut core.held_syncs, &mut core.backlog);
-        while let Some(op) = core.backlog.pop_front() {
+        let Core {
+            ring,
+            inflight,
+            backlog,
+            fallback_backlog,
+            held_syncs,
+            fallback_held,
+            recv_queues,
+            unsubmitted,
+            fixed,
+            generation,
+        } = core;
+        release_syncs(held_syncs, backlog);
+        // One view of the submission queue for the whole step: the kernel's
+        // head is read once and the new tail published once, when it drops.
+        let mut sq = ring.submission();
+        while let Some(op) = backlog.pop_front() {
             if !op::handles(&self.supported, &op) {
-                core.fallback_backlog.push_back(op);
+                fallback_backlog.push_back(op);
                 continue;
             }
             if op.waits_for_writes() {
-                core.held_syncs.push(op);
+                held_syncs.push(op);
                 continue;
             }
-            if core.ring.submission().is_full() {
-                core.backlog.push_front(op);
+            if sq.is_full() {
+                backlog.push_front(op);
                 break;
             }
             if let Request::Recv(recv) = &op {
-                if let Some(waiting) = core.recv_queues.get_mut(&(Arc::as_ptr(&recv.sock) as usize)) {
+                if let Some(waiting) = recv_queues.get_mut(&(Arc::as_ptr(&recv.sock) as usize)) {
                     // Another receive on this socket is in the ring: queue behind it.
                     waiting.push_back(op);
                     continue;
@@ -197,50 +212,46 @@ impl UringEngine {
             }
             let op = match op::split_large(op) {
                 (op, Some(rest)) => {
-                    core.backlog.push_front(rest);
+                    backlog.push_front(rest);
                     op
                 }
                 (op, None) => op,
             };
-            let key = core.inflight.vacant_key();
-            core.generation = core.generation.wrapping_add(1);
-            let user_data = (u64::from(core.generation) << 32) | key as u64;
-            let fixed = FixedBuffers {
-                ranges: &core.fixed,
-                supported: self.supported.fixed(),
-            };
+            let key = inflight.vacant_key();
+            *generation = generation.wrapping_add(1);
+            let user_data = (u64::from(*generation) << 32) | key as u64;
             let cx = Prepare {
                 user_data,
                 cancels: &self.cancels,
-                fixed,
+                fixed: FixedBuffers {
+                    ranges: fixed,
+                    supported: self.supported.fixed(),
+                },
             };
-            let Some((entry, inflight)) = op::prepare(op, core.generation, &cx) else {
+            let Some((entry, prepared)) = op::prepare(op, *generation, &cx) else {
                 continue; // completed already (e.g. cancelled before it was sent)
             };
             // SAFETY: every buffer, path and statx struct the entry points at is
-            // owned by `inflight`, which stays in the slab until this entry's
+            // owned by `prepared`, which stays in the slab until this entry's
             // completion is reaped (or is leaked if the kernel never lets go).
-            if unsafe { core.ring.submission().push(&entry) }.is_err() {
+            if unsafe { sq.push(&entry) }.is_err() {
                 // Checked `is_full` above; keep the operation and retry later.
-                core.backlog.push_front(inflight.into_op());
+                backlog.push_front(prepared.into_op());
                 break;
             }
-            if let Some(file) = inflight.written_file() {
+            if let Some(file) = prepared.written_file() {
                 file.write_started();
             }
-            if let Some(sock) = inflight.recv_socket() {
+            if let Some(sock) = prepared.recv_socket() {
                 // Only now, with its entry in the ring, does the socket have a
                 // receive in flight (one served from kept bytes never got here).
-                core.recv_queues.insert(sock, VecDeque::new());
+                recv_queues.insert(sock, VecDeque::new());
             }
-            let key = core.inflight.insert(inflight);
-            core.unsubmitted.push_back(key);
+            unsubmitted.push_back(inflight.insert(prepared));
             pushed += 1;
         }
-        pushed
-            + self
-                .fallback
-                .dispatch(&mut core.fallback_backlog, &mut core.fallback_held)
+        drop(sq);
+        pushed + self.fallback.dispatch(fallback_backlog, fallback_held)
     }
 
     /// Records the calling thread as the submitter of the entries the last
