@@ -393,6 +393,12 @@ impl<D: Direction, B: PacketBuf<D>> Packet<D, B> {
         self.view.take()
     }
 
+    /// Puts back the view [`take_view`](Self::take_view) gave, when the
+    /// backend handed it back unsent (its queue was full).
+    pub(crate) fn restore_view(&mut self, view: PacketView<D>) {
+        self.view = Some(view);
+    }
+
     /// True once every view has been completed or dropped.
     pub fn is_complete(&self) -> bool {
         self.state.header.is_complete()

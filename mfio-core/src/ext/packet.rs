@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use crate::io::PacketIo;
-use crate::packet::{Direction, Packet, PacketBuf, PacketOutcome, PacketView};
+use crate::packet::{Direction, Packet, PacketBuf, PacketOutcome};
 
 /// An operation in progress, without the handle it runs on: sends its packet
 /// (waiting for room if the backend is full), then waits for the outcome.
@@ -13,17 +13,19 @@ use crate::packet::{Direction, Packet, PacketBuf, PacketOutcome, PacketView};
 /// Dropping it before completion cancels the packet (see [`Packet`]).
 #[derive(Debug)]
 pub struct PendingIo<D: Direction, P, B: PacketBuf<D>> {
-    // Declared before `packet` so an unsent view is dropped (aborted) first.
-    unsent: Option<(P, PacketView<D>)>,
+    /// Where to send the packet, until a backend accepted it. The unsent
+    /// view stays in the packet (which drops it, as aborted, first).
+    unsent: Option<P>,
     packet: Packet<D, B>,
 }
 
 impl<D: Direction, P, B: PacketBuf<D>> PendingIo<D, P, B> {
     /// An operation that will send `buf` at `param`.
     pub fn new(param: P, buf: B) -> Self {
-        let mut packet = Packet::new(buf);
-        let unsent = packet.take_view().map(|view| (param, view));
-        Self { unsent, packet }
+        Self {
+            unsent: Some(param),
+            packet: Packet::new(buf),
+        }
     }
 
     /// True once the packet has been accepted by the backend.
@@ -37,11 +39,13 @@ impl<D: Direction, P, B: PacketBuf<D>> PendingIo<D, P, B> {
     where
         T: PacketIo<D, P> + ?Sized,
     {
-        while let Some((param, view)) = self.unsent.take() {
+        while let Some(param) = self.unsent.take() {
+            let Some(view) = self.packet.take_view() else { break };
             match io.try_send_io(param, view) {
                 Ok(()) => {}
                 Err(full) => {
-                    self.unsent = Some((full.param, full.view));
+                    self.unsent = Some(full.param);
+                    self.packet.restore_view(full.view);
                     if io.poll_send_ready(cx).is_pending() {
                         return Poll::Pending;
                     }
