@@ -270,20 +270,13 @@ where
             ))
         }
     }
-    let start = Instant::now();
     Window {
         slots: Box::into_pin((0..bufs.len()).map(|_| None).collect()),
         started: vec![None; bufs.len()],
         free: bufs,
         op,
         pos,
-        block: pace.block,
-        deadline: start + pace.span,
-        stopping: false,
-        issued: 0,
-        error: None,
-        out: Sample::default(),
-        start,
+        tally: Tally::new(pace),
     }
     .await
 }
@@ -295,13 +288,7 @@ struct Window<'p, B, F, Fut> {
     free: Vec<B>,
     op: F,
     pos: &'p mut Positions,
-    block: usize,
-    deadline: Instant,
-    stopping: bool,
-    issued: u64,
-    error: Option<io::Error>,
-    out: Sample,
-    start: Instant,
+    tally: Tally,
 }
 
 impl<B, F, Fut> Future for Window<'_, B, F, Fut>
@@ -322,10 +309,9 @@ where
             // polled in place and dropped in place (the slot set to `None`).
             let slots = unsafe { this.slots.as_mut().get_unchecked_mut() };
             for (i, slot) in slots.iter_mut().enumerate() {
-                if slot.is_none() && !this.stopping {
+                if slot.is_none() && !this.tally.stopping {
                     let Some(buf) = this.free.pop() else { continue };
-                    this.started[i] = (this.issued % LATENCY_EVERY == 0).then(Instant::now);
-                    this.issued += 1;
+                    this.started[i] = this.tally.issue();
                     *slot = Some((this.op)(this.pos.next_pos(), buf));
                 }
                 let Some(fut) = slot.as_mut() else { continue };
@@ -337,28 +323,10 @@ where
                 *slot = None;
                 progressed = true;
                 this.free.push(buf);
-                if let Some(t0) = this.started[i].take() {
-                    this.out.lat_ns.push(t0.elapsed().as_nanos() as u64);
-                }
-                match expect_len(res, this.block) {
-                    Ok(()) => this.out.ops += 1,
-                    Err(e) => {
-                        this.error.get_or_insert(e);
-                        this.stopping = true;
-                    }
-                }
-                if this.out.ops % OPS_PER_CHECK as u64 == 0 && Instant::now() >= this.deadline {
-                    this.stopping = true;
-                }
+                this.tally.finish(res, this.started[i].take());
             }
-            if this.stopping && slots.iter().all(Option::is_none) {
-                if let Some(e) = this.error.take() {
-                    return Poll::Ready(Err(e));
-                }
-                let mut out = std::mem::take(&mut this.out);
-                out.elapsed = this.start.elapsed();
-                out.bytes = out.ops * this.block as u64;
-                return Poll::Ready(Ok(out));
+            if this.tally.stopping && slots.iter().all(Option::is_none) {
+                return Poll::Ready(this.tally.end());
             }
             if !progressed {
                 return Poll::Pending;
@@ -367,7 +335,8 @@ where
     }
 }
 
-/// What the join styles other than the window count as they go.
+/// What the async loops count as they go: operations, sampled latencies,
+/// the first error, and whether to stop issuing.
 struct Tally {
     out: Sample,
     block: usize,
@@ -417,13 +386,15 @@ impl Tally {
         !self.stopping
     }
 
-    fn end(mut self) -> io::Result<Sample> {
+    /// The sample (or the first error) once everything issued finished.
+    fn end(&mut self) -> io::Result<Sample> {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        self.out.elapsed = self.start.elapsed();
-        self.out.bytes = self.out.ops * self.block as u64;
-        Ok(self.out)
+        let mut out = std::mem::take(&mut self.out);
+        out.elapsed = self.start.elapsed();
+        out.bytes = out.ops * self.block as u64;
+        Ok(out)
     }
 }
 

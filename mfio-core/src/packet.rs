@@ -218,9 +218,9 @@ struct Spare {
 }
 
 impl<B: Send + 'static> State<B> {
-    /// A state for `buf`: the thread's last spare if it has this type, else
-    /// a new allocation.
-    fn for_buf(mut buf: B, region: impl FnOnce(&mut B) -> (*mut u8, usize), is_read: bool) -> Arc<Self> {
+    /// A state for `buf`, whose region is `len` bytes at `ptr`: one of the
+    /// thread's recent spares of this type, else a new allocation.
+    fn for_buf(buf: B, ptr: *mut u8, len: usize, is_read: bool) -> Arc<Self> {
         let spare = SPARE
             .try_with(|s| {
                 let mut s = s.try_borrow_mut().ok()?;
@@ -235,7 +235,6 @@ impl<B: Send + 'static> State<B> {
             })
             .ok()
             .flatten();
-        let (ptr, len) = region(&mut buf);
         if let Some(mut state) = spare {
             if let Some(fresh) = Arc::get_mut(&mut state) {
                 // `recycle` emptied what can hold anything (waker, hook,
@@ -360,9 +359,10 @@ pub struct Packet<D: Direction, B: PacketBuf<D>> {
 impl<D: Direction, B: PacketBuf<D>> Packet<D, B> {
     /// Wraps `buf` in a packet. Reads fill `buf` from its start up to its
     /// capacity; writes send its initialised bytes.
-    pub fn new(buf: B) -> Self {
-        let state = State::for_buf(buf, |b| b.region(), D::IS_READ);
-        let len = state.header.len;
+    pub fn new(mut buf: B) -> Self {
+        // The region does not move with `buf` (the `IoBuf` contract).
+        let (ptr, len) = buf.region();
+        let state = State::for_buf(buf, ptr, len, D::IS_READ);
         let view = PacketView {
             body: Arc::clone(&state) as Arc<dyn Body>,
             start: 0,
