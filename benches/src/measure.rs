@@ -500,6 +500,35 @@ where
     tally.end()
 }
 
+/// Joins long-running futures (connections, lanes) in `style`: each loops
+/// over its own operations, and the style decides how their wake-ups reach
+/// them. Outputs come back in the order of `lanes`.
+///
+/// # Errors
+/// `Unsupported` for [`JoinStyle::JoinSet`]: lanes borrow the workload and
+/// cannot be spawned.
+pub async fn join_lanes<F: Future>(style: JoinStyle, lanes: Vec<F>) -> io::Result<Vec<F::Output>> {
+    use futures::stream::{self, FuturesUnordered, StreamExt};
+    let n = lanes.len().max(1);
+    let numbered = lanes
+        .into_iter()
+        .enumerate()
+        .map(|(i, lane)| async move { (i, lane.await) });
+    let mut done: Vec<(usize, F::Output)> = match style {
+        JoinStyle::Window => Batch::new(numbered.collect()).await,
+        JoinStyle::Unordered => numbered.collect::<FuturesUnordered<_>>().collect().await,
+        JoinStyle::Buffered => stream::iter(numbered).buffer_unordered(n).collect().await,
+        JoinStyle::JoinSet => {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the JoinSet style spawns its operations; lanes borrow the workload",
+            ))
+        }
+    };
+    done.sort_unstable_by_key(|(i, _)| *i);
+    Ok(done.into_iter().map(|(_, out)| out).collect())
+}
+
 /// The many-files loop: `depth` whole-file loads in flight, each returning
 /// the bytes it read; an operation is one chunk of `chunk` bytes; latencies
 /// are per file.

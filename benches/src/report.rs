@@ -207,10 +207,12 @@ pub fn print_workload(rows: &[Series], latency_label: &str) -> String {
             continue;
         }
         let (lo, hi) = min_max(&s.ops_per_s);
-        let ratio = |o: Option<&Series>| o.map_or(f64::NAN, |o| s.median_ops() / o.median_ops());
+        // A table with no peer in it (every row mfio's) shows a dash.
+        let ratio =
+            |o: Option<&Series>| o.map_or_else(|| "–".into(), |o| format!("{:.2}×", s.median_ops() / o.median_ops()));
         let _ = writeln!(
             t,
-            "  {:<26} {:>10} {:>19} {:>9.1} {:>10} {:>10} {:>7.2}× {:>7.2}× {:>7.2}×",
+            "  {:<26} {:>10} {:>19} {:>9.1} {:>10} {:>10} {:>8} {:>8} {:>8}",
             s.contender,
             human_rate(s.median_ops()),
             format!("{}–{}", human_rate(lo), human_rate(hi)),

@@ -8,7 +8,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use crate::contenders::{compio, mfio, monoio, tokio};
-use crate::measure::{keep_only, Batch, Contender, Sample, Titled, LATENCY_EVERY};
+use crate::measure::{join_lanes, keep_only, Contender, JoinStyle, Sample, Titled, LATENCY_EVERY};
 
 /// Settings of `tcp`.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,6 +32,11 @@ pub struct TcpArgs {
     /// written `=name` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// How the many-connection ping-pongs await their connections, each
+    /// style a workload of its own (`join-set` is for file workloads only:
+    /// a connection's loop borrows the workload and cannot be spawned).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "window,unordered,buffered")]
+    pub joins: Vec<JoinStyle>,
 }
 
 impl Default for TcpArgs {
@@ -43,6 +48,7 @@ impl Default for TcpArgs {
             reps: 5,
             rep_ms: 150,
             only: Vec::new(),
+            joins: vec![JoinStyle::Window, JoinStyle::Unordered, JoinStyle::Buffered],
         }
     }
 }
@@ -58,6 +64,8 @@ pub struct TcpJob {
     pub conns: usize,
     /// One-way bulk transfer instead of ping-pong.
     pub bulk: bool,
+    /// How the connections' loops are awaited together.
+    pub join: JoinStyle,
 }
 
 /// The workloads of `args`.
@@ -65,12 +73,26 @@ pub fn jobs(args: &TcpArgs) -> Vec<TcpJob> {
     let mut out = Vec::new();
     for &size in &args.sizes {
         for &conns in &args.conns {
-            out.push(TcpJob {
-                title: format!("tcp ping-pong {size} B × {conns} conn"),
+            let title = format!("tcp ping-pong {size} B × {conns} conn");
+            let job = |title, join| TcpJob {
+                title,
                 size,
                 conns,
                 bulk: false,
-            });
+                join,
+            };
+            // One connection is one loop: no join to vary.
+            let joins: Vec<JoinStyle> = args
+                .joins
+                .iter()
+                .copied()
+                .filter(|&j| j != JoinStyle::JoinSet)
+                .collect();
+            if conns <= 1 || joins.is_empty() {
+                out.push(job(title, JoinStyle::Window));
+            } else {
+                out.extend(joins.iter().map(|&j| job(format!("{title}, {}", j.name()), j)));
+            }
         }
     }
     out.push(TcpJob {
@@ -78,6 +100,7 @@ pub fn jobs(args: &TcpArgs) -> Vec<TcpJob> {
         size: args.bulk_chunk,
         conns: 1,
         bulk: true,
+        join: JoinStyle::Window,
     });
     out
 }
@@ -148,11 +171,13 @@ where
     }
 }
 
-/// Runs a ping-pong over connected `(client, server)` pairs for `span`.
+/// Runs a ping-pong over connected `(client, server)` pairs for `span`, the
+/// clients (and the servers) joined in the `join` style.
 pub async fn ping_pong<C, S, RF, RFut, EF, EFut>(
     pairs: Vec<(C, S)>,
     size: usize,
     span: Duration,
+    join: JoinStyle,
     rtt: RF,
     echo: EF,
 ) -> io::Result<Sample>
@@ -168,7 +193,8 @@ where
         .into_iter()
         .map(|(c, s)| (client(c, size, deadline, &rtt), server(s, size, &echo)))
         .unzip();
-    let (done, served) = futures::future::join(Batch::new(clients), Batch::new(servers)).await;
+    let (done, served) = futures::future::join(join_lanes(join, clients), join_lanes(join, servers)).await;
+    let (done, served) = (done?, served?);
     let elapsed = start.elapsed();
     let mut out = Sample {
         elapsed,
@@ -266,7 +292,7 @@ where
             .ok_or_else(|| io::Error::other("no connection"))?;
         return bulk(c, s, job.size, span, send, recv).await;
     }
-    ping_pong(pairs, job.size, span, rtt, echo).await
+    ping_pong(pairs, job.size, span, job.join, rtt, echo).await
 }
 
 /// Loopback on an ephemeral port.

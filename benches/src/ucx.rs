@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::contenders::{mfio, mfio_ucx, ucx_perftest};
-use crate::measure::{keep_only, Batch, Contender, Positions, Sample, Titled, LATENCY_EVERY};
+use crate::measure::{join_lanes, keep_only, Contender, JoinStyle, Positions, Sample, Titled, LATENCY_EVERY};
 
 /// How the two peers of a workload reach each other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -99,6 +99,7 @@ impl ServeArgs {
             size: self.size,
             window: self.window,
             recv_window: self.recv_window,
+            join: JoinStyle::Window,
         }
     }
 }
@@ -119,12 +120,21 @@ pub struct UcxJob {
     /// Receives the server keeps posted in the one-way runs, each with a
     /// buffer of its own.
     pub recv_window: usize,
+    /// How the client awaits the operations (or lanes) it keeps in flight.
+    pub join: JoinStyle,
 }
 
 impl UcxJob {
     /// Payload bytes one operation moves one way.
     pub fn bytes(&self) -> u64 {
         self.size as u64
+    }
+
+    /// Why a contender whose figure does not depend on the join style
+    /// (`ucx_perftest`, one stream written one message at a time) skips
+    /// this job: it runs only in the window table.
+    pub fn style_independent(&self) -> Option<String> {
+        (self.join != JoinStyle::Window).then(|| "skipped: no join style (see the window table)".into())
     }
 }
 
@@ -166,6 +176,11 @@ pub struct UcxArgs {
     /// written `=name` (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// How mfio's client awaits the sends or ranges it keeps in flight in the
+    /// one-way and remote-read runs, each style a workload of its own
+    /// (`join-set` is for file workloads only).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "window,unordered,buffered")]
+    pub joins: Vec<JoinStyle>,
 }
 
 impl Default for UcxArgs {
@@ -182,6 +197,7 @@ impl Default for UcxArgs {
             rep_ms: 150,
             spin_us: Vec::new(),
             only: Vec::new(),
+            joins: vec![JoinStyle::Window, JoinStyle::Unordered, JoinStyle::Buffered],
         }
     }
 }
@@ -205,6 +221,27 @@ pub fn jobs(args: &UcxArgs) -> Vec<UcxJob> {
             size,
             window,
             recv_window: args.recv_window.unwrap_or(window).max(1),
+            join: JoinStyle::Window,
+        };
+        // A run with operations in flight, once per join style.
+        let joins: Vec<JoinStyle> = args
+            .joins
+            .iter()
+            .copied()
+            .filter(|&j| j != JoinStyle::JoinSet)
+            .collect();
+        let styled = |job: UcxJob| -> Vec<UcxJob> {
+            if job.window <= 1 || joins.is_empty() {
+                return vec![job];
+            }
+            joins
+                .iter()
+                .map(|&join| UcxJob {
+                    title: format!("{}, {}", job.title, join.name()),
+                    join,
+                    ..job.clone()
+                })
+                .collect()
         };
         for &size in &args.lat_sizes {
             let title = format!("ucx {t} tag ping-pong {}", crate::size_label(size));
@@ -217,14 +254,14 @@ pub fn jobs(args: &UcxArgs) -> Vec<UcxJob> {
                 .map_or(String::new(), |r| format!(", {r} receives posted"));
             let s = crate::size_label(size);
             let title = format!("ucx {t} tag bandwidth {s}, {w} in flight{posted}");
-            out.push(job(title, Pattern::TagStream, size, w));
+            out.extend(styled(job(title, Pattern::TagStream, size, w)));
             let title = format!("ucx {t} am bandwidth {s}, {w} in flight{posted}");
-            out.push(job(title, Pattern::AmStream, size, w));
+            out.extend(styled(job(title, Pattern::AmStream, size, w)));
         }
         if args.range > 0 {
             let (size, w) = (args.range, args.window);
             let title = format!("ucx {t} remote read {} ranges, {w} in flight", crate::size_label(size));
-            out.push(job(title, Pattern::RemoteRead, size, w));
+            out.extend(styled(job(title, Pattern::RemoteRead, size, w)));
         }
     }
     out
@@ -345,7 +382,7 @@ where
             Ok::<_, io::Error>((n, lat))
         }
     };
-    let lanes = Batch::new(bufs.into_iter().enumerate().map(lane).collect()).await;
+    let lanes = join_lanes(job.join, bufs.into_iter().enumerate().map(lane).collect()).await?;
     let mut out = Sample {
         elapsed: start.elapsed(),
         ..Sample::default()

@@ -350,8 +350,10 @@ impl Contender<UcxJob> for Mfio {
         format!("mfio {} tcp", self.kind.name())
     }
 
-    fn skip_reason(&self, _job: &UcxJob) -> Option<String> {
-        unbuilt(&self.rt)
+    fn skip_reason(&self, job: &UcxJob) -> Option<String> {
+        // One stream written one message at a time: nothing to join.
+        let one_stream = matches!(job.pattern, Pattern::TagStream | Pattern::AmStream);
+        unbuilt(&self.rt).or_else(|| job.style_independent().filter(|_| one_stream))
     }
 
     fn run(&mut self, job: &UcxJob, span: Duration) -> io::Result<Sample> {

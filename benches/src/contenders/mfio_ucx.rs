@@ -14,7 +14,7 @@ use mfio_backends::{Composite, OpenOptions, Runtime};
 use mfio_core::{BufResult, IoBackendExt, IoRead, IoWrite, PacketIoExt};
 use mfio_net::ucx::{AmSend, Context, Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
-use crate::measure::{drive_ops, Contender, JoinStyle, Pace, Positions, Sample, LATENCY_EVERY};
+use crate::measure::{drive_ops, Contender, Pace, Positions, Sample, LATENCY_EVERY};
 use crate::ucx::{check_range, read_lanes, remote_file, touched, Pattern, Transport, UcxJob, REMOTE_FILE_LEN};
 
 /// How the workers wait for the peer.
@@ -259,7 +259,7 @@ async fn one_way(worker: &Worker, ep: &Endpoint, job: &UcxJob, span: Duration) -
         span,
         block: job.size,
         sync_every: None,
-        join: JoinStyle::Window,
+        join: job.join,
     };
     let start = Instant::now();
     let nothing = || async { Ok(()) };

@@ -134,6 +134,9 @@ impl Contender<UcxJob> for UcxPerftest {
         if let Err(e) = &self.installed {
             return Some(e.clone());
         }
+        if let Some(why) = job.style_independent() {
+            return Some(why);
+        }
         if self.setup == Setup::Asleep && job.pattern != Pattern::PingPong {
             return Some("wake-up latency is measured by the ping-pong only".into());
         }
