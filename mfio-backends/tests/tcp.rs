@@ -195,6 +195,56 @@ fn short_read_returns_what_is_there(rt: &Runtime, _tmp: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A send goes out at once when the socket's buffer has room (partly, when
+/// it has less room than the send), and waits, queued, while the buffer is
+/// full: it completes only once the peer reads, and every byte arrives in
+/// order.
+fn a_send_into_a_full_buffer_waits_for_the_reader(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let (listener, addr) = std_listener()?;
+    let s = util::run(rt, TcpStream::connect(rt, addr))?;
+    rustix::net::sockopt::set_socket_send_buffer_size(&s, 64 << 10)?;
+    let (mut peer, _) = listener.accept()?;
+    rustix::net::sockopt::set_socket_recv_buffer_size(&peer, 64 << 10)?;
+    let data = pattern(8 << 20, 11);
+    // Nobody reads yet: the first send fills the buffers and reports how much.
+    let (first, _) = util::run(rt, s.write(data.clone())).into_parts();
+    let mut first = first?;
+    assert!(first > 0 && first < data.len(), "sent {first} of {} bytes", data.len());
+    // Acknowledgements in flight can still free room: top the buffer up
+    // until the kernel refuses, after they have settled.
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(50));
+        let flags = rustix::net::SendFlags::DONTWAIT;
+        while let Ok(n) = rustix::net::send(&s, &data[first..first + 4096], flags) {
+            first += n;
+        }
+    }
+    let reading = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let reading = reading.clone();
+        std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            std::thread::sleep(Duration::from_millis(200));
+            reading.store(true, Ordering::SeqCst);
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got)?;
+            Ok(got)
+        })
+    };
+    // The buffer is full: this send can only complete after the reader starts.
+    let (second, _) = util::run(rt, s.write(data[first..].to_vec())).into_parts();
+    let second = second?;
+    assert!(reading.load(Ordering::SeqCst), "a send completed into a full buffer");
+    assert!(second > 0);
+    util::run(rt, s.write_all(data[first + second..].to_vec())).0?;
+    drop(s);
+    let got = reader.join().expect("reader thread")?;
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the bytes arrived changed or out of order");
+    Ok(())
+}
+
 fn reset_and_closed_peers_are_errors(rt: &Runtime, _tmp: &Path) -> Result<()> {
     let (listener, addr) = std_listener()?;
     let s = util::run(rt, TcpStream::connect(rt, addr))?;
@@ -399,6 +449,7 @@ backend_tests!(
     echo_client_half_close,
     echo_server,
     short_read_returns_what_is_there,
+    a_send_into_a_full_buffer_waits_for_the_reader,
     reset_and_closed_peers_are_errors,
     dropped_reads_lose_no_bytes,
     cancelled_accepts_and_connects_leak_nothing,
