@@ -250,6 +250,7 @@ pub fn contenders(args: &FileArgs) -> Vec<Box<dyn Contender<FileJob>>> {
         Box::new(std_io::PreadLoop),
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Uring)),
         Box::new(mfio::Mfio::with_inline_reads(mfio_backends::BackendKind::Uring, false)),
+        Box::new(mfio::Mfio::busy_polling(Duration::from_micros(50))),
         Box::new(mfio::MfioOnTokio::new()),
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Poll)),
         Box::new(mfio::MfioSync::new()),

@@ -109,6 +109,7 @@ pub fn jobs(args: &TcpArgs) -> Vec<TcpJob> {
 pub fn contenders(args: &TcpArgs) -> Vec<Box<dyn Contender<TcpJob>>> {
     let all: Vec<Box<dyn Contender<TcpJob>>> = vec![
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Uring)),
+        Box::new(mfio::Mfio::busy_polling(Duration::from_micros(50))),
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Poll)),
         Box::new(tokio::Tokio::new()),
         Box::new(compio::Compio::new()),

@@ -56,6 +56,7 @@ pub(crate) struct EngineConfig {
     pub(crate) queue_capacity: usize,
     pub(crate) window: usize,
     pub(crate) inline_cached_reads: bool,
+    pub(crate) busy_poll: Duration,
     pub(crate) uring_without_opcodes: bool,
 }
 
@@ -73,6 +74,7 @@ impl Default for EngineConfig {
             queue_capacity: 4096,
             window: 4096,
             inline_cached_reads: true,
+            busy_poll: Duration::ZERO,
             uring_without_opcodes: false,
         }
     }

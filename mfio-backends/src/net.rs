@@ -121,21 +121,11 @@ macro_rules! socket_io {
         }
 
         impl PacketIo<Write, NoPos> for $ty {
-            /// What fits in the socket's buffer is sent here, without
-            /// blocking and without a trip through the backend; a send that
-            /// finds the buffer full is queued. Sends in flight on one
-            /// socket at the same time are not ordered against each other
-            /// (on io_uring neither are queued ones): await each before the
-            /// next, as `write_all` does.
             fn try_send_io(
                 &self,
                 p: NoPos,
                 view: PacketView<Write>,
             ) -> std::result::Result<(), QueueFull<Write, NoPos>> {
-                if let Some(sent) = crate::blocking::sys::send_now(&self.sock.fd, view.as_slice()) {
-                    view.finish(sent);
-                    return Ok(());
-                }
                 let sock = self.sock.clone();
                 self.rt
                     .try_submit(view, |view| op::Send { sock, view })

@@ -243,6 +243,20 @@ impl RuntimeBuilder {
         self
     }
 
+    /// io_uring only: while operations are in the kernel and nothing else
+    /// is to be done, a driving step watches the completion queue for up
+    /// to this long before it lets the caller sleep (default zero: no
+    /// spin). A completion is then reaped, and its operation's successor
+    /// submitted, as soon as it lands, instead of after the thread is woken
+    /// and scheduled: what keeps a fast device's queue full (fio reaps this
+    /// way). It costs a core while waiting, and a waker fired by something
+    /// other than this runtime is heard only when the spin ends, so keep
+    /// it to tens of microseconds. See BENCHMARKS.md for the measurements.
+    pub fn busy_poll(&mut self, budget: Duration) -> &mut Self {
+        self.config.busy_poll = budget;
+        self
+    }
+
     /// io_uring only: treat every opcode as missing, so every operation runs
     /// on the thread pool that serves kernels without it (default off). This
     /// exists to test that fallback on a kernel that has everything.

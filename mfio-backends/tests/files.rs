@@ -609,15 +609,6 @@ fn every_operation_dropped_mid_flight(rt: &Runtime, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// CPU time this thread has used.
-fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec.
-    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    assert_eq!(r, 0, "clock_gettime");
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
 /// After I/O, waiting idle in `block_on` sleeps instead of spinning on a
 /// descriptor left readable by earlier completions.
 fn idle_wait_costs_no_cpu(rt: &Runtime, dir: &Path) -> Result<()> {
@@ -631,9 +622,9 @@ fn idle_wait_costs_no_cpu(rt: &Runtime, dir: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(500));
         let _ = tx.send(());
     });
-    let cpu_before = thread_cpu_time();
+    let cpu_before = util::thread_cpu_time();
     let _ = util::run(rt, rx);
-    let cpu = thread_cpu_time() - cpu_before;
+    let cpu = util::thread_cpu_time() - cpu_before;
     waker_thread.join().expect("waker thread");
     assert!(
         cpu < Duration::from_millis(100),
@@ -648,7 +639,7 @@ fn idle_wait_costs_no_cpu(rt: &Runtime, dir: &Path) -> Result<()> {
 fn uring_setup_options_all_work() {
     let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     type Configure = fn(&mut mfio_backends::RuntimeBuilder);
-    let configs: [(&str, Configure); 4] = [
+    let configs: [(&str, Configure); 5] = [
         ("plain", |b| {
             b.setup_coop_taskrun(false);
         }),
@@ -660,6 +651,9 @@ fn uring_setup_options_all_work() {
         }),
         ("sqpoll", |b| {
             b.sqpoll(Duration::from_millis(20));
+        }),
+        ("busy_poll", |b| {
+            b.busy_poll(Duration::from_micros(50));
         }),
     ];
     for (name, configure) in configs {

@@ -443,6 +443,51 @@ fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
     Ok(())
 }
 
+/// With a busy-poll budget, a receive that waits long for its bytes gets
+/// them exactly, and the wait spins only for the budget before it sleeps:
+/// the thread uses a small share of the wait's CPU time.
+#[test]
+fn busy_polling_spins_only_for_its_budget() {
+    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let body = || -> Result<()> {
+        use mfio_core::IoBackendExt;
+        let rt = match Runtime::builder()
+            .backend(mfio_backends::BackendKind::Uring)
+            .busy_poll(Duration::from_micros(200))
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("skip: no io_uring here: {e}");
+                return Ok(());
+            }
+        };
+        let (listener, addr) = std_listener()?;
+        let s = rt.block_on(TcpStream::connect(&rt, addr))?;
+        let (mut peer, _) = listener.accept()?;
+        let late = std::thread::spawn(move || -> std::io::Result<()> {
+            std::thread::sleep(Duration::from_millis(500));
+            peer.write_all(b"late bytes")
+        });
+        let cpu_before = util::thread_cpu_time();
+        let (n, got) = rt.block_on(s.read_exact(Vec::with_capacity(10))).into_parts();
+        let cpu = util::thread_cpu_time() - cpu_before;
+        late.join().expect("peer thread")?;
+        n?;
+        assert_eq!(got, b"late bytes");
+        assert!(cpu < Duration::from_millis(100), "a 500 ms wait used {cpu:?} of CPU");
+        Ok(())
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(res) => res.expect("busy-polled receive"),
+        Err(_) => panic!("busy-polled receive hung"),
+    }
+}
+
 backend_tests!(
     connect_send_drop,
     accept_and_receive_to_eof,

@@ -39,6 +39,7 @@ fn buffers(job: &FileJob, n: usize) -> io::Result<Vec<AlignedBuf>> {
 pub struct Mfio {
     kind: BackendKind,
     inline_reads: bool,
+    busy_poll: Duration,
     rt: Built<Runtime>,
 }
 
@@ -51,14 +52,26 @@ impl Mfio {
     /// Builds the runtime of `kind` with inline cached reads on or off (off:
     /// every read goes through the engine, the ring on io_uring).
     pub fn with_inline_reads(kind: BackendKind, on: bool) -> Self {
+        Self::configured(kind, on, Duration::ZERO)
+    }
+
+    /// Builds the io_uring runtime with a busy-poll budget
+    /// (`RuntimeBuilder::busy_poll`).
+    pub fn busy_polling(budget: Duration) -> Self {
+        Self::configured(BackendKind::Uring, true, budget)
+    }
+
+    fn configured(kind: BackendKind, inline_reads: bool, busy_poll: Duration) -> Self {
         let rt = Runtime::builder()
             .backend(kind)
-            .inline_cached_reads(on)
+            .inline_cached_reads(inline_reads)
+            .busy_poll(busy_poll)
             .build()
             .map_err(|e| e.to_string());
         Self {
             kind,
-            inline_reads: on,
+            inline_reads,
+            busy_poll,
             rt,
         }
     }
@@ -99,7 +112,9 @@ async fn ops(file: &File, job: &FileJob, span: Duration) -> io::Result<Sample> {
 
 impl Contender<FileJob> for Mfio {
     fn name(&self) -> String {
-        if self.inline_reads {
+        if !self.busy_poll.is_zero() {
+            format!("mfio {}, busy poll {} µs", self.kind.name(), self.busy_poll.as_micros())
+        } else if self.inline_reads {
             format!("mfio {}", self.kind.name())
         } else {
             format!("mfio {}, ring only", self.kind.name())
@@ -326,7 +341,7 @@ async fn recv(s: TcpStream, b: Vec<u8>) -> (io::Result<usize>, TcpStream, Vec<u8
 
 impl Contender<TcpJob> for Mfio {
     fn name(&self) -> String {
-        format!("mfio {}", self.kind.name())
+        <Self as Contender<FileJob>>::name(self)
     }
 
     fn skip_reason(&self, _job: &TcpJob) -> Option<String> {

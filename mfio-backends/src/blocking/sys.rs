@@ -98,21 +98,6 @@ pub(crate) fn read_cached(fd: &FileFd, pos: u64, view: &mut mfio_core::PacketVie
     (r >= 0 && r as usize == len).then_some(len)
 }
 
-/// Sends what fits in the socket's buffer now (`send(MSG_DONTWAIT |
-/// MSG_NOSIGNAL)`, whatever the socket's blocking mode); `None` if nothing
-/// fits (the send is then queued as usual).
-pub(crate) fn send_now(fd: &OwnedFd, buf: &[u8]) -> Option<Result<usize>> {
-    let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
-    loop {
-        match rustix::net::send(fd, buf, flags) {
-            Ok(n) => return Some(Ok(n)),
-            Err(Errno::INTR) => continue,
-            Err(Errno::AGAIN) => return None,
-            Err(e) => return Some(Err(Error::from(e))),
-        }
-    }
-}
-
 /// `preadv2(fd, iov, 1, offset, RWF_NOWAIT)`. On 64-bit Linux it is the raw
 /// system call: glibc's wrapper is a cancellation point and brackets every
 /// call with two extra calls, a measurable share of a page-cache hit.

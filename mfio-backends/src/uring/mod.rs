@@ -82,6 +82,9 @@ pub(crate) struct UringEngine {
     /// Slots whose files are gone, cleared in the ring at the next step.
     released_slots: Arc<Mailbox<u32>>,
     inline_cached_reads: bool,
+    /// How long a step with nothing to do watches for completions
+    /// ([`RuntimeBuilder::busy_poll`](crate::RuntimeBuilder::busy_poll)).
+    busy_poll: Duration,
     /// This engine, as the threads that submit to it know it (see
     /// [`submitter`]); `None` where requests never belong to a caller's
     /// thread (SQPOLL) or only one thread may ever submit (SINGLE_ISSUER).
@@ -132,6 +135,7 @@ impl UringEngine {
             free_slots: Mutex::new(free_slots),
             released_slots: Arc::new(Mailbox::default()),
             inline_cached_reads: b.inline_cached_reads,
+            busy_poll: b.busy_poll,
             me: track_submitters.then(|| me.clone() as Weak<dyn SubmitterExit>),
         }))
     }
@@ -275,6 +279,30 @@ impl UringEngine {
     }
 
     /// Completes every operation whose completion is in the queue.
+    /// Watches the completion queue (shared memory: no system call until
+    /// something lands) for up to the busy-poll budget; reaps what lands.
+    /// Stops early when new operations are queued.
+    fn watch_completions(&self, core: &mut Core) -> usize {
+        let until = Instant::now() + self.busy_poll;
+        let mut round = 0u32;
+        loop {
+            // Completions waiting as task work need an enter to be posted.
+            if core.ring.submission().taskrun() {
+                if let Err(e) = core.ring.submit() {
+                    tracing::debug!(error = %e, "io_uring_enter for task work failed");
+                }
+            }
+            if !core.ring.completion().is_empty() {
+                return Self::reap(core);
+            }
+            round = round.wrapping_add(1);
+            if round % 32 == 0 && (!self.queue.is_empty() || Instant::now() >= until) {
+                return 0;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     fn reap(core: &mut Core) -> usize {
         let Core {
             ring,
@@ -366,7 +394,10 @@ impl Engine for UringEngine {
                 Err(e) => tracing::warn!(error = %e, "io_uring_enter failed"),
             }
         }
-        let reaped = Self::reap(&mut core);
+        let mut reaped = Self::reap(&mut core);
+        if reaped + took + pushed == 0 && !self.busy_poll.is_zero() && !core.inflight.is_empty() {
+            reaped = self.watch_completions(&mut core);
+        }
         let open = core.inflight.len() < self.window;
         let leftover = !core.backlog.is_empty();
         drop(core);
