@@ -33,9 +33,14 @@ pub struct TcpArgs {
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// How the many-connection ping-pongs await their connections, each
-    /// style a workload of its own (`join-set` is for file workloads only:
-    /// a connection's loop borrows the workload and cannot be spawned).
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "window,unordered,buffered")]
+    /// style a workload of its own (`join-set`: each connection's two ends
+    /// are tokio tasks; tokio-driven contenders only).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "window,unordered,buffered,join-set"
+    )]
     pub joins: Vec<JoinStyle>,
 }
 
@@ -48,7 +53,12 @@ impl Default for TcpArgs {
             reps: 5,
             rep_ms: 150,
             only: Vec::new(),
-            joins: vec![JoinStyle::Window, JoinStyle::Unordered, JoinStyle::Buffered],
+            joins: vec![
+                JoinStyle::Window,
+                JoinStyle::Unordered,
+                JoinStyle::Buffered,
+                JoinStyle::JoinSet,
+            ],
         }
     }
 }
@@ -82,16 +92,10 @@ pub fn jobs(args: &TcpArgs) -> Vec<TcpJob> {
                 join,
             };
             // One connection is one loop: no join to vary.
-            let joins: Vec<JoinStyle> = args
-                .joins
-                .iter()
-                .copied()
-                .filter(|&j| j != JoinStyle::JoinSet)
-                .collect();
-            if conns <= 1 || joins.is_empty() {
+            if conns <= 1 || args.joins.is_empty() {
                 out.push(job(title, JoinStyle::Window));
             } else {
-                out.extend(joins.iter().map(|&j| job(format!("{title}, {}", j.name()), j)));
+                out.extend(args.joins.iter().map(|&j| job(format!("{title}, {}", j.name()), j)));
             }
         }
     }
@@ -110,6 +114,7 @@ pub fn contenders(args: &TcpArgs) -> Vec<Box<dyn Contender<TcpJob>>> {
     let all: Vec<Box<dyn Contender<TcpJob>>> = vec![
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Uring)),
         Box::new(mfio::Mfio::busy_polling(Duration::from_micros(50))),
+        Box::new(mfio::MfioOnTokio::new()),
         Box::new(mfio::Mfio::new(mfio_backends::BackendKind::Poll)),
         Box::new(tokio::Tokio::new()),
         Box::new(compio::Compio::new()),
@@ -213,6 +218,48 @@ where
     Ok(out)
 }
 
+/// [`ping_pong`] in the [`JoinStyle::JoinSet`] style: every client and
+/// every server is a task on the current tokio runtime.
+///
+/// # Errors
+/// The first failed connection, or a task that panicked.
+pub async fn ping_pong_spawned<C, S, RF, RFut, EF, EFut>(
+    pairs: Vec<(C, S)>,
+    size: usize,
+    span: Duration,
+    rtt: RF,
+    echo: EF,
+) -> io::Result<Sample>
+where
+    C: Send + 'static,
+    S: Send + 'static,
+    RF: Fn(C, Vec<u8>) -> RFut + Copy + Send + Sync + 'static,
+    RFut: Future<Output = (io::Result<()>, C, Vec<u8>)> + Send,
+    EF: Fn(S, Vec<u8>) -> EFut + Copy + Send + Sync + 'static,
+    EFut: Future<Output = (io::Result<()>, S, Vec<u8>)> + Send,
+{
+    let start = Instant::now();
+    let deadline = start + span;
+    let mut clients = ::tokio::task::JoinSet::new();
+    let mut servers = ::tokio::task::JoinSet::new();
+    for (c, s) in pairs {
+        clients.spawn(async move { client(c, size, deadline, &rtt).await });
+        servers.spawn(async move { server(s, size, &echo).await });
+    }
+    let mut out = Sample::default();
+    while let Some(done) = clients.join_next().await {
+        let (n, lat) = done.map_err(io::Error::other)??;
+        out.ops += n;
+        out.lat_ns.extend(lat);
+    }
+    while let Some(served) = servers.join_next().await {
+        served.map_err(io::Error::other)??;
+    }
+    out.elapsed = start.elapsed();
+    out.bytes = out.ops * 2 * size as u64;
+    Ok(out)
+}
+
 /// One-way bulk transfer: `send` writes one chunk, until `span` is over,
 /// then the sender is dropped; `recv` reads until the end and counts bytes.
 pub async fn bulk<C, S, WF, WFut, RF, RFut>(
@@ -299,6 +346,13 @@ where
 /// Loopback on an ephemeral port.
 pub fn loopback() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+impl TcpJob {
+    /// Why a contender that cannot spawn tokio tasks skips this job.
+    pub fn unspawnable(&self) -> Option<String> {
+        (self.join == JoinStyle::JoinSet).then(|| "skipped: JoinSet spawns tokio tasks".into())
+    }
 }
 
 impl Titled for TcpJob {

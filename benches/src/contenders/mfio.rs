@@ -14,7 +14,7 @@ use crate::measure::LATENCY_EVERY;
 use crate::measure::{
     drive_blocking, drive_files, drive_files_blocking, drive_join_set, drive_ops, Contender, JoinStyle, Sample,
 };
-use crate::tcp::{loopback, session, TcpJob};
+use crate::tcp::{loopback, ping_pong_spawned, session, TcpJob};
 use crate::ucx::{check_range, read_lanes, remote_file, touched, Pattern, UcxJob, REMOTE_FILE_LEN};
 
 fn options(job: &FileJob) -> OpenOptions {
@@ -344,8 +344,8 @@ impl Contender<TcpJob> for Mfio {
         <Self as Contender<FileJob>>::name(self)
     }
 
-    fn skip_reason(&self, _job: &TcpJob) -> Option<String> {
-        unbuilt(&self.rt)
+    fn skip_reason(&self, job: &TcpJob) -> Option<String> {
+        unbuilt(&self.rt).or_else(|| job.unspawnable())
     }
 
     fn run(&mut self, job: &TcpJob, span: Duration) -> io::Result<Sample> {
@@ -354,6 +354,32 @@ impl Contender<TcpJob> for Mfio {
             let p = pairs(rt, job.conns).await?;
             session(p, job, span, round_trip, echo, send, recv).await
         })
+    }
+}
+
+impl Contender<TcpJob> for MfioOnTokio {
+    fn name(&self) -> String {
+        "mfio uring on tokio".into()
+    }
+
+    fn skip_reason(&self, _job: &TcpJob) -> Option<String> {
+        unbuilt(&self.rt)
+    }
+
+    /// Every style, the `JoinSet` one with each connection's two ends
+    /// spawned as tokio tasks.
+    fn run(&mut self, job: &TcpJob, span: Duration) -> io::Result<Sample> {
+        use mfio_integration::Tokio;
+        let (host, rt) = ready(&mut self.rt)?;
+        let rt = &*rt;
+        host.block_on(Tokio::run(rt, async {
+            let p = pairs(rt, job.conns).await?;
+            if job.join == JoinStyle::JoinSet {
+                ping_pong_spawned(p, job.size, span, round_trip, echo).await
+            } else {
+                session(p, job, span, round_trip, echo, send, recv).await
+            }
+        }))
     }
 }
 

@@ -37,25 +37,44 @@ macro_rules! file_contender {
 /// `Contender<TcpJob>` for a runtime struct with a `rt: Built<_>` field
 /// whose `block_on` runs the module's `pairs(n)` and stream calls
 /// `round_trip`, `echo`, `send`, `recv`.
+/// With `spawn`, the runtime is tokio's and the `JoinSet` style runs (the
+/// ping-pong's two ends as tasks); otherwise that style is skipped.
 macro_rules! tcp_contender {
     ($ty:ty, $name:expr) => {
+        tcp_contender!(
+            $ty,
+            $name,
+            |job: &$crate::tcp::TcpJob| job.unspawnable(),
+            |p, job, span| { $crate::tcp::session(p, job, span, round_trip, echo, send, recv).await }
+        );
+    };
+    ($ty:ty, $name:expr, spawn) => {
+        tcp_contender!($ty, $name, |_job: &$crate::tcp::TcpJob| None, |p, job, span| {
+            if job.join == $crate::measure::JoinStyle::JoinSet {
+                $crate::tcp::ping_pong_spawned(p, job.size, span, round_trip, echo).await
+            } else {
+                $crate::tcp::session(p, job, span, round_trip, echo, send, recv).await
+            }
+        });
+    };
+    ($ty:ty, $name:expr, $skip:expr, |$p:ident, $job:ident, $span:ident| $body:expr) => {
         impl $crate::measure::Contender<$crate::tcp::TcpJob> for $ty {
             fn name(&self) -> String {
                 $name.into()
             }
 
-            fn skip_reason(&self, _job: &$crate::tcp::TcpJob) -> Option<String> {
-                $crate::contenders::unbuilt(&self.rt)
+            fn skip_reason(&self, job: &$crate::tcp::TcpJob) -> Option<String> {
+                $crate::contenders::unbuilt(&self.rt).or_else(|| ($skip)(job))
             }
 
             fn run(
                 &mut self,
-                job: &$crate::tcp::TcpJob,
-                span: std::time::Duration,
+                $job: &$crate::tcp::TcpJob,
+                $span: std::time::Duration,
             ) -> std::io::Result<$crate::measure::Sample> {
                 $crate::contenders::ready(&mut self.rt)?.block_on(async {
-                    let p = pairs(job.conns).await?;
-                    $crate::tcp::session(p, job, span, round_trip, echo, send, recv).await
+                    let $p = pairs($job.conns).await?;
+                    $body
                 })
             }
         }

@@ -144,4 +144,4 @@ async fn recv(mut s: TcpStream, mut b: Vec<u8>) -> (io::Result<usize>, TcpStream
     (r, s, b)
 }
 
-tcp_contender!(Tokio, "tokio");
+tcp_contender!(Tokio, "tokio", spawn);
