@@ -12,6 +12,10 @@
 //! the system MPI, and [`mpi::MpiComm`] the communicator; it also sends and
 //! receives tagged messages as packets.
 //!
+//! [`algo`] holds collective algorithms written over any point-to-point
+//! [`transport::Transport`] (so far an in-process one): the start of the
+//! library that will implement [`Communicator`] without MPI.
+//!
 //! ```
 //! # #[cfg(feature = "mpi")]
 //! # fn main() -> mfio_core::Result<()> {
@@ -41,6 +45,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod algo;
 pub mod check;
 pub mod comm;
 pub mod element;
@@ -48,6 +53,7 @@ pub mod element;
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub mod mpi;
 pub mod reduce;
+pub mod transport;
 
 /// The README's examples (mfio-core's, mfio-coll's), compiled and run as
 /// doctests here, the crate that depends on both, so they cannot rot.

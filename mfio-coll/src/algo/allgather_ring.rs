@@ -1,0 +1,33 @@
+//! Ring allgather: every rank's block travels once around the ring; in
+//! step `s` each rank passes on the block it received in step `s - 1`.
+//! n - 1 steps, each moving one block: bandwidth-optimal.
+
+use mfio_core::Result;
+
+use crate::element::Element;
+use crate::transport::{CollId, Transport};
+
+/// Gathers every rank's `send` into every rank's `recv`, in rank order:
+/// `recv` holds size × `send.len()` elements.
+///
+/// # Errors
+/// `InvalidInput` if `recv` has another length; `InvalidData` if ranks'
+/// blocks differ in length; what the transport reports.
+pub async fn allgather_ring<T: Element>(t: &dyn Transport, id: CollId, send: &[T], recv: &mut [T]) -> Result<()> {
+    let (n, r, b) = (t.size(), t.rank(), send.len());
+    if Some(recv.len()) != b.checked_mul(n) {
+        return Err(crate::check::invalid(format!(
+            "allgather: recv holds {} elements, {n} ranks × {b} expected",
+            recv.len()
+        )));
+    }
+    recv[r * b..(r + 1) * b].copy_from_slice(send);
+    let (right, left) = ((r + 1) % n, (r + n - 1) % n);
+    for s in 0..n.saturating_sub(1) {
+        let (out, into) = ((r + n - s) % n, (r + 2 * n - s - 1) % n);
+        let key = id.key(s as u32, 0);
+        let incoming = super::exchange(t, right, left, key, &recv[out * b..(out + 1) * b], b).await?;
+        recv[into * b..(into + 1) * b].copy_from_slice(&incoming);
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! [`Inbox`]: the messages a rank received and has not yet taken, by
+//! sender and key, and the receives waiting for them.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::task::{Context, Poll, Waker};
+
+use mfio_core::Result;
+use parking_lot::Mutex;
+
+use super::{rank_gone, Key};
+use crate::comm::Rank;
+
+/// Messages that arrived before their receive, by `(sender, key)`; a
+/// receive takes the oldest one for its pair, or waits for it.
+#[derive(Default)]
+pub struct Inbox {
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    slots: HashMap<(Rank, Key), Slot>,
+    /// Senders that left: a receive from one of them with nothing
+    /// waiting fails instead of waiting forever.
+    gone: HashSet<Rank>,
+}
+
+#[derive(Default)]
+struct Slot {
+    arrived: VecDeque<Vec<u8>>,
+    waker: Option<Waker>,
+}
+
+impl Inbox {
+    /// An empty inbox.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Files a message from `from` under `key`, and wakes its receive if
+    /// one waits.
+    pub fn deliver(&self, from: Rank, key: Key, data: Vec<u8>) {
+        let waker = {
+            let mut st = self.state.lock();
+            let slot = st.slots.entry((from, key)).or_default();
+            slot.arrived.push_back(data);
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Takes the oldest message from `from` under `key`, or registers
+    /// `cx`'s waker to hear when one arrives.
+    ///
+    /// # Errors
+    /// `ConnectionAborted` if nothing waits and `from` left ([`close`](Self::close)).
+    pub fn poll_take(&self, from: Rank, key: Key, cx: &mut Context<'_>) -> Poll<Result<Vec<u8>>> {
+        let mut st = self.state.lock();
+        if let Some(slot) = st.slots.get_mut(&(from, key)) {
+            if let Some(data) = slot.arrived.pop_front() {
+                if slot.arrived.is_empty() {
+                    st.slots.remove(&(from, key));
+                }
+                return Poll::Ready(Ok(data));
+            }
+        }
+        if st.gone.contains(&from) {
+            return Poll::Ready(Err(rank_gone(from, key)));
+        }
+        let slot = st.slots.entry((from, key)).or_default();
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Poll::Pending
+    }
+
+    /// Marks `from` as gone: receives waiting on it, now and later, fail
+    /// unless its message is already here.
+    pub fn close(&self, from: Rank) {
+        let wakers: Vec<Waker> = {
+            let mut st = self.state.lock();
+            st.gone.insert(from);
+            st.slots
+                .iter_mut()
+                .filter(|((r, _), _)| *r == from)
+                .filter_map(|(_, slot)| slot.waker.take())
+                .collect()
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Messages waiting for a receive.
+    pub fn waiting(&self) -> usize {
+        self.state.lock().slots.values().map(|s| s.arrived.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    fn key(step: u32) -> Key {
+        Key {
+            comm: 1,
+            seq: 2,
+            step,
+            chunk: 0,
+        }
+    }
+
+    #[test]
+    fn early_messages_wait_for_their_key_in_order() {
+        let inbox = Inbox::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        inbox.deliver(3, key(1), b"second step".to_vec());
+        inbox.deliver(3, key(0), b"first".to_vec());
+        inbox.deliver(3, key(0), b"again".to_vec());
+        assert_eq!(inbox.waiting(), 3);
+        assert!(inbox.poll_take(2, key(0), &mut cx).is_pending(), "another sender's key");
+        let take = |k| match inbox.poll_take(3, k, &mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(Ok(d)) => d,
+            other => panic!("expected a message, got {other:?}"),
+        };
+        assert_eq!(take(key(0)), b"first");
+        assert_eq!(take(key(0)), b"again");
+        assert_eq!(take(key(1)), b"second step");
+        assert_eq!(inbox.waiting(), 0);
+    }
+
+    #[test]
+    fn a_receive_from_a_rank_that_left_fails_unless_its_message_is_here() {
+        let inbox = Inbox::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        inbox.deliver(1, key(0), vec![7]);
+        inbox.close(1);
+        assert!(matches!(inbox.poll_take(1, key(0), &mut cx), Poll::Ready(Ok(d)) if d == [7]));
+        match inbox.poll_take(1, key(1), &mut cx) {
+            Poll::Ready(Err(e)) => {
+                assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted);
+                assert!(e.to_string().contains("rank 1"), "{e}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+}

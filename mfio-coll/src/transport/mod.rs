@@ -1,0 +1,134 @@
+//! [`Transport`]: tagged point-to-point messages between the ranks of a
+//! group, the one thing the collective algorithms ([`crate::algo`]) use.
+//!
+//! Every message carries a [`Key`]: the communicator, the collective's
+//! sequence number on it, the algorithm's step and the chunk. A receive
+//! names the key (and the sender) it wants; a message that arrives before
+//! its receive waits in the receiver's [`Inbox`] under its key, so an early
+//! message is never dropped and back-to-back collectives never take each
+//! other's messages. A receive states the exact length it expects, and a
+//! message of any other length is an `InvalidData` error naming the sender,
+//! the key and both lengths.
+//!
+//! Implementations: [`local::LocalTransport`] (ranks as threads of one
+//! process, with an optional scrambled completion order for property
+//! tests). TCP, UCX and MPI point-to-point transports are not written yet.
+
+mod inbox;
+pub mod local;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use mfio_core::{BufResult, Error};
+
+use crate::comm::Rank;
+
+pub use inbox::Inbox;
+
+/// What identifies a message: the communicator, the collective's sequence
+/// number on it, the algorithm step and the chunk within the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    /// The communicator (every rank numbers its communicators alike).
+    pub comm: u32,
+    /// The collective's sequence number on the communicator.
+    pub seq: u32,
+    /// The algorithm's step.
+    pub step: u32,
+    /// The chunk within the step (pipelined and segmented algorithms).
+    pub chunk: u32,
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "comm {} collective {} step {} chunk {}",
+            self.comm, self.seq, self.step, self.chunk
+        )
+    }
+}
+
+/// One collective on one communicator: the part of its messages' keys that
+/// every step shares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CollId {
+    /// The communicator.
+    pub comm: u32,
+    /// The collective's sequence number on it.
+    pub seq: u32,
+}
+
+impl CollId {
+    /// The key of `chunk` of `step` of this collective.
+    pub fn key(self, step: u32, chunk: u32) -> Key {
+        Key {
+            comm: self.comm,
+            seq: self.seq,
+            step,
+            chunk,
+        }
+    }
+}
+
+/// A transport operation in flight: resolves to its result and the buffer
+/// it took.
+pub type TransportFuture = Pin<Box<dyn Future<Output = BufResult<(), Vec<u8>>> + Send>>;
+
+/// Tagged point-to-point messages between the ranks `0..size` of a group.
+///
+/// Both operations take an owned buffer and give it back, on success and on
+/// failure alike. Messages between one pair of ranks under different keys
+/// may arrive in any order; the [`Key`] says which is which.
+pub trait Transport: Send + Sync {
+    /// This rank.
+    fn rank(&self) -> Rank;
+
+    /// The number of ranks.
+    fn size(&self) -> usize;
+
+    /// Sends `data` to rank `to` under `key`; resolves once the buffer may
+    /// be reused (the bytes are with the transport or the peer).
+    ///
+    /// # Errors
+    /// `InvalidInput` for a rank outside the group; the transport's error
+    /// if the peer is gone.
+    fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture;
+
+    /// Receives the message rank `from` sent under `key` into `buf`, whose
+    /// length is the length expected.
+    ///
+    /// # Errors
+    /// - `InvalidInput` for a rank outside the group.
+    /// - `InvalidData` if the message has another length (see
+    ///   [`wrong_length`]); the message is consumed and `buf` unchanged.
+    /// - The transport's error if the sender is gone before it sent.
+    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture;
+}
+
+/// The error of a receive whose message has `got` bytes where `want` were
+/// expected.
+pub fn wrong_length(from: Rank, key: Key, got: usize, want: usize) -> Error {
+    Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("message from rank {from} ({key}) has {got} bytes, {want} expected"),
+    )
+}
+
+/// The error of an operation naming a rank outside a group of `size`.
+pub fn no_such_rank(rank: Rank, size: usize) -> Error {
+    Error::new(
+        std::io::ErrorKind::InvalidInput,
+        format!("rank {rank} is outside the group of {size}"),
+    )
+}
+
+/// The error of a receive from a rank that left the group.
+pub fn rank_gone(rank: Rank, key: Key) -> Error {
+    Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        format!("rank {rank} left before it sent its message ({key})"),
+    )
+}

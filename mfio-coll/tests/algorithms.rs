@@ -1,0 +1,291 @@
+//! The collective algorithms over the in-process transport, against a
+//! sequential reference: every algorithm × ranks 1..=9 × lengths up to
+//! 10 000 (uneven blocks included), with operations completing in a
+//! scrambled order; bit-identical floating-point results on every rank;
+//! back-to-back collectives; wrong lengths and ranks that leave.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::executor::block_on;
+use mfio_coll::algo;
+use mfio_coll::transport::local::LocalTransport;
+use mfio_coll::transport::{CollId, Transport};
+use mfio_coll::ReduceOp;
+use proptest::prelude::*;
+
+/// The collective every test runs under.
+const ID: CollId = CollId { comm: 1, seq: 0 };
+
+/// Runs `body` on every rank of a scrambled group of `n`, each on a thread
+/// of its own; the outputs in rank order. A rank that does not finish in
+/// 60 s fails the test (a hang is a failure).
+fn run_group<O, F>(n: usize, seed: u64, body: F) -> Vec<O>
+where
+    O: Send + 'static,
+    F: Fn(LocalTransport) -> O + Send + Sync + 'static,
+{
+    let body = Arc::new(body);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for t in LocalTransport::scrambled_group(n, seed) {
+        let (tx, body) = (tx.clone(), body.clone());
+        std::thread::spawn(move || {
+            let rank = t.rank();
+            let _ = tx.send((rank, body(t)));
+        });
+    }
+    drop(tx);
+    let mut out: Vec<Option<O>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        let (rank, o) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("a rank of {n} hung or panicked"));
+        out[rank] = Some(o);
+    }
+    out.into_iter().map(|o| o.expect("every rank answered")).collect()
+}
+
+/// Rank `r`'s input of length `len`: values that differ by rank and index.
+fn input(r: usize, len: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| {
+            (r as u32 + 1)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add(i as u32 * 40_503)
+        })
+        .collect()
+}
+
+/// Affine maps `x -> a·x + b` (wrapping): composing them is associative
+/// but not commutative, so a wrong operand order shows.
+fn affine(r: usize, len: usize) -> Vec<[u64; 2]> {
+    (0..len)
+        .map(|i| [(r as u64) * 2 + 3 + i as u64, (r as u64 + 7) * 1_000_003 + i as u64])
+        .collect()
+}
+
+/// `acc = incoming ∘ acc`: first `incoming`'s map, then `acc`'s.
+fn compose() -> ReduceOp<[u64; 2]> {
+    ReduceOp::custom(false, |incoming: &[[u64; 2]], acc: &mut [[u64; 2]]| {
+        for (a, x) in acc.iter_mut().zip(incoming) {
+            *a = [x[0].wrapping_mul(a[0]), a[0].wrapping_mul(x[1]).wrapping_add(a[1])];
+        }
+    })
+}
+
+/// The sequential reference: `v0 ∘ v1 ∘ … ∘ v(n-1)`, element-wise.
+fn reference<T: mfio_coll::Element>(inputs: &[Vec<T>], op: &ReduceOp<T>) -> Vec<T> {
+    let mut acc = inputs.last().cloned().unwrap_or_default();
+    for v in inputs.iter().rev().skip(1) {
+        op.apply(v, &mut acc);
+    }
+    acc
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Allreduce {
+    Ring,
+    RecursiveDoubling,
+}
+
+fn allreduce<T: mfio_coll::Element>(
+    which: Allreduce,
+    t: &LocalTransport,
+    buf: &mut [T],
+    op: &ReduceOp<T>,
+) -> mfio_core::Result<()> {
+    block_on(match which {
+        Allreduce::Ring => futures::future::Either::Left(algo::allreduce_ring(t, ID, buf, op)),
+        Allreduce::RecursiveDoubling => {
+            futures::future::Either::Right(algo::allreduce_recursive_doubling(t, ID, buf, op))
+        }
+    })
+}
+
+fn cases() -> ProptestConfig {
+    ProptestConfig {
+        cases: 40,
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn allreduce_matches_the_sequential_reduction(
+        n in 1usize..=9, len in 0usize..=10_000, seed: u64, rd: bool,
+    ) {
+        let which = if rd { Allreduce::RecursiveDoubling } else { Allreduce::Ring };
+        let inputs: Vec<Vec<u32>> = (0..n).map(|r| input(r, len)).collect();
+        let want = reference(&inputs, &ReduceOp::Sum);
+        let got = run_group(n, seed, move |t| {
+            let mut buf = input(t.rank(), len);
+            allreduce(which, &t, &mut buf, &ReduceOp::Sum).map(|()| buf)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            let buf = res.unwrap_or_else(|e| panic!("{which:?} rank {r}: {e}"));
+            prop_assert!(buf == want, "{:?}: rank {} of {} differs at length {}", which, r, n, len);
+        }
+    }
+
+    #[test]
+    fn recursive_doubling_keeps_rank_order_for_non_commutative_operations(
+        n in 1usize..=9, len in 0usize..=2_000, seed: u64,
+    ) {
+        let inputs: Vec<Vec<[u64; 2]>> = (0..n).map(|r| affine(r, len)).collect();
+        let want = reference(&inputs, &compose());
+        let got = run_group(n, seed, move |t| {
+            let mut buf = affine(t.rank(), len);
+            allreduce(Allreduce::RecursiveDoubling, &t, &mut buf, &compose()).map(|()| buf)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            prop_assert!(res.expect("allreduce") == want, "rank {} of {}", r, n);
+        }
+    }
+
+    #[test]
+    fn floating_point_results_are_bit_identical_on_every_rank(
+        n in 2usize..=9, len in 1usize..=3_000, seed: u64, rd: bool,
+    ) {
+        let which = if rd { Allreduce::RecursiveDoubling } else { Allreduce::Ring };
+        let got = run_group(n, seed, move |t| {
+            // Magnitudes far apart: the sum depends on the order of additions.
+            let mut buf: Vec<f64> = (0..len)
+                .map(|i| ((t.rank() * 7919 + i * 104_729) % 1000) as f64 * 10f64.powi((t.rank() % 5) as i32 * 4 - 8))
+                .collect();
+            allreduce(which, &t, &mut buf, &ReduceOp::Sum).map(|()| buf.iter().map(|x| x.to_bits()).collect::<Vec<u64>>())
+        });
+        let first = got[0].as_ref().expect("rank 0").clone();
+        for (r, res) in got.into_iter().enumerate() {
+            prop_assert!(res.expect("allreduce") == first, "{:?}: rank {} of {} has other bits", which, r, n);
+        }
+    }
+
+    #[test]
+    fn bcast_copies_the_roots_buffer_everywhere(
+        n in 1usize..=9, len in 0usize..=10_000, root_pick: usize, seed: u64,
+    ) {
+        let root = root_pick % n;
+        let want = input(root, len);
+        let got = run_group(n, seed, move |t| {
+            let mut buf = if t.rank() == root { input(root, len) } else { vec![0; len] };
+            block_on(algo::bcast_binomial(&t, ID, &mut buf, root)).map(|()| buf)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            prop_assert!(res.expect("bcast") == want, "rank {} of {} (root {})", r, n, root);
+        }
+    }
+
+    #[test]
+    fn reduce_gives_the_root_the_rank_ordered_reduction(
+        n in 1usize..=9, len in 0usize..=2_000, root_pick: usize, seed: u64,
+    ) {
+        let root = root_pick % n;
+        let inputs: Vec<Vec<[u64; 2]>> = (0..n).map(|r| affine(r, len)).collect();
+        let want = reference(&inputs, &compose());
+        let got = run_group(n, seed, move |t| {
+            let mut buf = affine(t.rank(), len);
+            block_on(algo::reduce_binomial(&t, ID, &mut buf, &compose(), root)).map(|()| buf)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            let buf = res.expect("reduce");
+            if r == root {
+                prop_assert!(buf == want, "root {} of {}", root, n);
+            }
+        }
+    }
+
+    #[test]
+    fn allgather_collects_every_block_in_rank_order(
+        n in 1usize..=9, len in 0usize..=1_200, seed: u64,
+    ) {
+        let want: Vec<u32> = (0..n).flat_map(|r| input(r, len)).collect();
+        let got = run_group(n, seed, move |t| {
+            let mut recv = vec![0u32; len * n];
+            block_on(algo::allgather_ring(&t, ID, &input(t.rank(), len), &mut recv)).map(|()| recv)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            prop_assert!(res.expect("allgather") == want, "rank {} of {}", r, n);
+        }
+    }
+}
+
+/// No rank leaves the barrier before every rank entered it.
+#[test]
+fn nobody_leaves_the_barrier_early() {
+    for n in 1..=9 {
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let seen = run_group(n, n as u64, {
+            let arrived = arrived.clone();
+            move |t| {
+                // The last rank is late.
+                if t.rank() + 1 == t.size() {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                arrived.fetch_add(1, Ordering::SeqCst);
+                block_on(algo::barrier_dissemination(&t, ID)).map(|()| arrived.load(Ordering::SeqCst))
+            }
+        });
+        for (r, s) in seen.into_iter().enumerate() {
+            assert_eq!(s.expect("barrier"), n, "rank {r} of {n} left early");
+        }
+    }
+}
+
+/// A thousand broadcasts in a row from a root that never waits: each
+/// keeps its own messages (identity by sequence number).
+#[test]
+fn back_to_back_broadcasts_keep_their_messages_apart() {
+    let got = run_group(4, 9, |t| {
+        block_on(async {
+            let mut seen = Vec::new();
+            for seq in 0..1000u32 {
+                let id = CollId { comm: 1, seq };
+                let mut buf = if t.rank() == 2 { vec![seq; 3] } else { vec![0; 3] };
+                algo::bcast_binomial(&t, id, &mut buf, 2).await?;
+                seen.push(buf[0] + buf[2]);
+            }
+            Ok::<_, mfio_core::Error>(seen)
+        })
+    });
+    let want: Vec<u32> = (0..1000).map(|s| 2 * s).collect();
+    for (r, res) in got.into_iter().enumerate() {
+        assert_eq!(res.expect("broadcasts"), want, "rank {r}");
+    }
+}
+
+/// A receive whose message has another length fails with `InvalidData`
+/// naming the sender; a rank that leaves makes the others' receives from
+/// it fail, not hang; an operation that needs commutativity refuses one
+/// that lacks it.
+#[test]
+fn mismatches_and_departures_are_errors() {
+    let got = run_group(3, 5, |t| {
+        // Rank 1 brings one element fewer.
+        let mut buf = vec![1u32; if t.rank() == 1 { 9 } else { 10 }];
+        block_on(algo::allreduce_ring(&t, ID, &mut buf, &ReduceOp::Sum))
+    });
+    // The rank that gets the short block says so; the others fail or
+    // finish, none hangs.
+    let mismatch = got
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .find(|e| e.kind() == std::io::ErrorKind::InvalidData)
+        .unwrap_or_else(|| panic!("no rank saw the length mismatch: {got:?}"));
+    assert!(mismatch.to_string().contains("expected"), "{mismatch}");
+
+    let mut group = LocalTransport::group(2);
+    let stays = group.remove(0);
+    drop(group);
+    let mut buf = vec![0u8; 4];
+    let err = block_on(algo::bcast_binomial(&stays, ID, &mut buf, 1)).expect_err("rank 1 left");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+    assert!(err.to_string().contains("rank 1"), "{err}");
+
+    let err = block_on(algo::allreduce_ring(&stays, ID, &mut [[1u64, 2]], &compose())).expect_err("needs commutative");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let err = block_on(algo::bcast_binomial(&stays, ID, &mut buf, 2)).expect_err("no rank 2");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+}
