@@ -212,6 +212,148 @@ proptest! {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Bcast {
+    Binomial,
+    ScatterAllgather,
+    Chain(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Allgather {
+    Ring,
+    Bruck,
+    RecursiveDoubling,
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn every_bcast_copies_the_roots_buffer(
+        n in 1usize..=9, len in 0usize..=10_000, root_pick: usize, seed: u64, which in 0u8..3, chunk in 1usize..=4_000,
+    ) {
+        let root = root_pick % n;
+        let which = match which { 0 => Bcast::Binomial, 1 => Bcast::ScatterAllgather, _ => Bcast::Chain(chunk) };
+        let want = input(root, len);
+        let got = run_group(n, seed, move |t| {
+            let mut buf = if t.rank() == root { input(root, len) } else { vec![0; len] };
+            let res = block_on(async {
+                match which {
+                    Bcast::Binomial => algo::bcast_binomial(&t, ID, &mut buf, root).await,
+                    Bcast::ScatterAllgather => algo::bcast_scatter_allgather(&t, ID, &mut buf, root).await,
+                    Bcast::Chain(c) => algo::bcast_chain(&t, ID, &mut buf, root, c).await,
+                }
+            });
+            res.map(|()| buf)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            prop_assert!(res.expect("bcast") == want, "{:?}: rank {} of {} (root {})", which, r, n, root);
+        }
+    }
+
+    #[test]
+    fn every_allgather_collects_the_blocks_in_rank_order(
+        n in 1usize..=9, len in 0usize..=1_200, seed: u64, which in 0u8..3,
+    ) {
+        let which = match which { 0 => Allgather::Ring, 1 => Allgather::Bruck, _ => Allgather::RecursiveDoubling };
+        // Recursive doubling takes powers of two only (others: below).
+        let n = if matches!(which, Allgather::RecursiveDoubling) { 1 << (n % 4) } else { n };
+        let want: Vec<u32> = (0..n).flat_map(|r| input(r, len)).collect();
+        let got = run_group(n, seed, move |t| {
+            let mut recv = vec![0u32; len * n];
+            let send = input(t.rank(), len);
+            let res = block_on(async {
+                match which {
+                    Allgather::Ring => algo::allgather_ring(&t, ID, &send, &mut recv).await,
+                    Allgather::Bruck => algo::allgather_bruck(&t, ID, &send, &mut recv).await,
+                    Allgather::RecursiveDoubling => algo::allgather_recursive_doubling(&t, ID, &send, &mut recv).await,
+                }
+            });
+            res.map(|()| recv)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            prop_assert!(res.expect("allgather") == want, "{:?}: rank {} of {}", which, r, n);
+        }
+    }
+
+    #[test]
+    fn scatter_and_gather_move_each_block_to_and_from_its_rank(
+        n in 1usize..=9, len in 0usize..=1_200, root_pick: usize, seed: u64, binomial: bool,
+    ) {
+        let root = root_pick % n;
+        let whole: Vec<u32> = (0..n).flat_map(|r| input(r, len)).collect();
+        let got = run_group(n, seed, move |t| {
+            let r = t.rank();
+            let whole: Vec<u32> = (0..n).flat_map(|r| input(r, len)).collect();
+            let send = if r == root { whole } else { Vec::new() };
+            let mut mine = vec![0u32; len];
+            let mut back = if r == root { vec![0u32; len * n] } else { Vec::new() };
+            let res = block_on(async {
+                if binomial {
+                    algo::scatter_binomial(&t, ID, &send, &mut mine, root).await?;
+                    algo::gather_binomial(&t, CollId { comm: 1, seq: 1 }, &mine, &mut back, root).await
+                } else {
+                    algo::scatter_linear(&t, ID, &send, &mut mine, root).await?;
+                    algo::gather_linear(&t, CollId { comm: 1, seq: 1 }, &mine, &mut back, root).await
+                }
+            });
+            res.map(|()| (mine, back))
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            let (mine, back) = res.expect("scatter and gather");
+            prop_assert!(mine == input(r, len), "rank {} of {} got another block (root {})", r, n, root);
+            if r == root {
+                prop_assert!(back == whole, "the root gathered other blocks");
+            }
+        }
+    }
+
+    #[test]
+    fn alltoall_transposes_the_blocks(n in 1usize..=9, len in 0usize..=600, seed: u64) {
+        let got = run_group(n, seed, move |t| {
+            let r = t.rank();
+            // Block d of rank r: input(r * n + d).
+            let send: Vec<u32> = (0..n).flat_map(|d| input(r * n + d, len)).collect();
+            let mut recv = vec![0u32; send.len()];
+            block_on(algo::alltoall_pairwise(&t, ID, &send, &mut recv)).map(|()| recv)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            let want: Vec<u32> = (0..n).flat_map(|s| input(s * n + r, len)).collect();
+            prop_assert!(res.expect("alltoall") == want, "rank {} of {}", r, n);
+        }
+    }
+
+    #[test]
+    fn reduce_scatter_gives_each_rank_its_reduced_block(n in 1usize..=9, len in 0usize..=1_200, seed: u64) {
+        let inputs: Vec<Vec<u32>> = (0..n).map(|r| input(r, len * n)).collect();
+        let whole = reference(&inputs, &ReduceOp::Sum);
+        let got = run_group(n, seed, move |t| {
+            let mut send = input(t.rank(), len * n);
+            let mut recv = vec![0u32; len];
+            block_on(algo::reduce_scatter_block_ring(&t, ID, &mut send, &mut recv, &ReduceOp::Sum)).map(|()| recv)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            prop_assert!(res.expect("reduce_scatter_block") == whole[r * len..(r + 1) * len], "rank {} of {}", r, n);
+        }
+    }
+}
+
+/// Recursive-doubling allgather refuses a rank count that is not a power of
+/// two before sending anything.
+#[test]
+fn recursive_doubling_allgather_needs_a_power_of_two() {
+    let got = run_group(3, 1, |t| {
+        let mut recv = vec![0u8; 3];
+        block_on(algo::allgather_recursive_doubling(&t, ID, &[1], &mut recv))
+    });
+    for res in got {
+        let err = res.expect_err("3 ranks");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("power-of-two"), "{err}");
+    }
+}
+
 /// No rank leaves the barrier before every rank entered it.
 #[test]
 fn nobody_leaves_the_barrier_early() {

@@ -15,12 +15,7 @@ use crate::transport::{CollId, Transport};
 /// blocks differ in length; what the transport reports.
 pub async fn allgather_ring<T: Element>(t: &dyn Transport, id: CollId, send: &[T], recv: &mut [T]) -> Result<()> {
     let (n, r, b) = (t.size(), t.rank(), send.len());
-    if Some(recv.len()) != b.checked_mul(n) {
-        return Err(crate::check::invalid(format!(
-            "allgather: recv holds {} elements, {n} ranks × {b} expected",
-            recv.len()
-        )));
-    }
+    super::check_gathered("allgather", recv.len(), n, b)?;
     recv[r * b..(r + 1) * b].copy_from_slice(send);
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
     for s in 0..n.saturating_sub(1) {

@@ -1,15 +1,21 @@
 //! Collective algorithms over any [`Transport`], one module per algorithm.
-//! Each is an async function over a rank's own buffer; it sees only the
+//! Each is an async function over a rank's own buffers; it sees only the
 //! transport, and every message it sends is keyed by its [`CollId`], its
 //! step and its chunk.
 //!
 //! Written so far:
 //! - barrier: [`barrier_dissemination`];
-//! - bcast: [`bcast_binomial`];
+//! - bcast: [`bcast_binomial`] (short messages), [`bcast_scatter_allgather`]
+//!   (van de Geijn, long messages), [`bcast_chain`] (pipelined chain);
 //! - reduce: [`reduce_binomial`];
 //! - allreduce: [`allreduce_ring`] (bandwidth-optimal, any length) and
 //!   [`allreduce_recursive_doubling`] (latency-optimal, any rank count);
-//! - allgather: [`allgather_ring`].
+//! - reduce_scatter_block: [`reduce_scatter_block_ring`];
+//! - allgather: [`allgather_ring`], [`allgather_bruck`] (any rank count),
+//!   [`allgather_recursive_doubling`] (powers of two);
+//! - scatter and gather: [`scatter_linear`], [`scatter_binomial`],
+//!   [`gather_linear`], [`gather_binomial`];
+//! - alltoall: [`alltoall_pairwise`].
 //!
 //! Every rank's result of an allreduce is bit-identical, floating point
 //! included: each element is reduced in one order and that result is what
@@ -17,27 +23,43 @@
 //! then passed around; recursive doubling: both partners of a step combine
 //! the same two operands, lower ranks' first).
 //!
-//! Not written yet: Rabenseifner and the segmented ring (allreduce), van de
-//! Geijn and the pipelined chain (bcast), Bruck and recursive doubling
-//! (allgather), reduce_scatter_block, scatter(v)/gather(v), alltoall(v),
-//! and the `Communicator` built from them with an adaptive choice.
+//! Not written yet: Rabenseifner and the segmented ring (allreduce),
+//! recursive halving (reduce_scatter_block), Bruck alltoall, the `v`
+//! variants, scan and exscan, and the `Communicator` built from these with
+//! an adaptive choice.
 //!
 //! [`Transport`]: crate::transport::Transport
 //! [`CollId`]: crate::transport::CollId
 
+mod allgather_bruck;
+mod allgather_rd;
 mod allgather_ring;
 mod allreduce_rd;
 mod allreduce_ring;
+mod alltoall_pairwise;
 mod barrier;
 mod bcast_binomial;
+mod bcast_chain;
+mod bcast_scatter_allgather;
+mod gather;
 mod reduce_binomial;
+mod reduce_scatter_ring;
+mod scatter;
 
+pub use allgather_bruck::allgather_bruck;
+pub use allgather_rd::allgather_recursive_doubling;
 pub use allgather_ring::allgather_ring;
 pub use allreduce_rd::allreduce_recursive_doubling;
 pub use allreduce_ring::allreduce_ring;
+pub use alltoall_pairwise::alltoall_pairwise;
 pub use barrier::barrier_dissemination;
 pub use bcast_binomial::bcast_binomial;
+pub use bcast_chain::bcast_chain;
+pub use bcast_scatter_allgather::bcast_scatter_allgather;
+pub use gather::{gather_binomial, gather_linear};
 pub use reduce_binomial::reduce_binomial;
+pub use reduce_scatter_ring::reduce_scatter_block_ring;
+pub use scatter::{scatter_binomial, scatter_linear};
 
 use mfio_core::Result;
 
@@ -113,6 +135,52 @@ fn check_op<T: Element>(op: &ReduceOp<T>, needs_commutative: Option<&str>) -> Re
             "{algo} reorders operands: it needs a commutative operation"
         ))),
         _ => Ok(()),
+    }
+}
+
+/// `InvalidInput` unless a gathered buffer of `len` elements holds `n`
+/// blocks of `b`.
+fn check_gathered(what: &str, len: usize, n: usize, b: usize) -> Result<()> {
+    if Some(len) == b.checked_mul(n) {
+        Ok(())
+    } else {
+        Err(crate::check::invalid(format!(
+            "{what}: the buffer holds {len} elements, {n} ranks × {b} expected"
+        )))
+    }
+}
+
+/// The binomial tree over relative ranks `0..n`, rooted at 0: the parent of
+/// `v` is `v` without its lowest set bit, and the subtree of `v` is the
+/// ranks `v..v + span(v)`, contiguous.
+#[derive(Debug, Clone, Copy)]
+struct Binomial {
+    n: usize,
+}
+
+impl Binomial {
+    /// The parent of relative rank `v` (`None` for the root).
+    fn parent(self, v: usize) -> Option<usize> {
+        (v != 0).then(|| v - (1 << v.trailing_zeros()))
+    }
+
+    /// How many ranks the subtree of `v` holds.
+    fn span(self, v: usize) -> usize {
+        let whole = if v == 0 { self.n } else { 1 << v.trailing_zeros() };
+        whole.min(self.n - v)
+    }
+
+    /// The children of `v`, nearest first (`v + 1`, `v + 2`, `v + 4`, …).
+    fn children(self, v: usize) -> impl DoubleEndedIterator<Item = usize> {
+        let top = if v == 0 {
+            self.n.next_power_of_two()
+        } else {
+            1 << v.trailing_zeros()
+        };
+        let n = self.n;
+        (0..top.trailing_zeros())
+            .map(move |k| v + (1 << k))
+            .filter(move |&c| c < n)
     }
 }
 
