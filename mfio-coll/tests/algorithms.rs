@@ -87,6 +87,15 @@ fn reference<T: mfio_coll::Element>(inputs: &[Vec<T>], op: &ReduceOp<T>) -> Vec<
 enum Allreduce {
     Ring,
     RecursiveDoubling,
+    Rabenseifner,
+}
+
+fn allreduce_kind(pick: u8) -> Allreduce {
+    match pick % 3 {
+        0 => Allreduce::Ring,
+        1 => Allreduce::RecursiveDoubling,
+        _ => Allreduce::Rabenseifner,
+    }
 }
 
 fn allreduce<T: mfio_coll::Element>(
@@ -95,10 +104,11 @@ fn allreduce<T: mfio_coll::Element>(
     buf: &mut [T],
     op: &ReduceOp<T>,
 ) -> mfio_core::Result<()> {
-    block_on(match which {
-        Allreduce::Ring => futures::future::Either::Left(algo::allreduce_ring(t, ID, buf, op)),
-        Allreduce::RecursiveDoubling => {
-            futures::future::Either::Right(algo::allreduce_recursive_doubling(t, ID, buf, op))
+    block_on(async {
+        match which {
+            Allreduce::Ring => algo::allreduce_ring(t, ID, buf, op).await,
+            Allreduce::RecursiveDoubling => algo::allreduce_recursive_doubling(t, ID, buf, op).await,
+            Allreduce::Rabenseifner => algo::allreduce_rabenseifner(t, ID, buf, op).await,
         }
     })
 }
@@ -115,9 +125,9 @@ proptest! {
 
     #[test]
     fn allreduce_matches_the_sequential_reduction(
-        n in 1usize..=9, len in 0usize..=10_000, seed: u64, rd: bool,
+        n in 1usize..=9, len in 0usize..=10_000, seed: u64, pick: u8,
     ) {
-        let which = if rd { Allreduce::RecursiveDoubling } else { Allreduce::Ring };
+        let which = allreduce_kind(pick);
         let inputs: Vec<Vec<u32>> = (0..n).map(|r| input(r, len)).collect();
         let want = reference(&inputs, &ReduceOp::Sum);
         let got = run_group(n, seed, move |t| {
@@ -147,9 +157,9 @@ proptest! {
 
     #[test]
     fn floating_point_results_are_bit_identical_on_every_rank(
-        n in 2usize..=9, len in 1usize..=3_000, seed: u64, rd: bool,
+        n in 2usize..=9, len in 1usize..=3_000, seed: u64, pick: u8,
     ) {
-        let which = if rd { Allreduce::RecursiveDoubling } else { Allreduce::Ring };
+        let which = allreduce_kind(pick);
         let got = run_group(n, seed, move |t| {
             // Magnitudes far apart: the sum depends on the order of additions.
             let mut buf: Vec<f64> = (0..len)
@@ -310,13 +320,18 @@ proptest! {
     }
 
     #[test]
-    fn alltoall_transposes_the_blocks(n in 1usize..=9, len in 0usize..=600, seed: u64) {
+    fn alltoall_transposes_the_blocks(n in 1usize..=9, len in 0usize..=600, seed: u64, bruck: bool) {
         let got = run_group(n, seed, move |t| {
             let r = t.rank();
             // Block d of rank r: input(r * n + d).
             let send: Vec<u32> = (0..n).flat_map(|d| input(r * n + d, len)).collect();
             let mut recv = vec![0u32; send.len()];
-            block_on(algo::alltoall_pairwise(&t, ID, &send, &mut recv)).map(|()| recv)
+            let res = if bruck {
+                block_on(algo::alltoall_bruck(&t, ID, &send, &mut recv))
+            } else {
+                block_on(algo::alltoall_pairwise(&t, ID, &send, &mut recv))
+            };
+            res.map(|()| recv)
         });
         for (r, res) in got.into_iter().enumerate() {
             let want: Vec<u32> = (0..n).flat_map(|s| input(s * n + r, len)).collect();
@@ -325,16 +340,52 @@ proptest! {
     }
 
     #[test]
-    fn reduce_scatter_gives_each_rank_its_reduced_block(n in 1usize..=9, len in 0usize..=1_200, seed: u64) {
+    fn reduce_scatter_gives_each_rank_its_reduced_block(
+        n in 1usize..=9, len in 0usize..=1_200, seed: u64, halving: bool,
+    ) {
         let inputs: Vec<Vec<u32>> = (0..n).map(|r| input(r, len * n)).collect();
         let whole = reference(&inputs, &ReduceOp::Sum);
         let got = run_group(n, seed, move |t| {
             let mut send = input(t.rank(), len * n);
             let mut recv = vec![0u32; len];
-            block_on(algo::reduce_scatter_block_ring(&t, ID, &mut send, &mut recv, &ReduceOp::Sum)).map(|()| recv)
+            let res = if halving {
+                block_on(algo::reduce_scatter_block_halving(&t, ID, &mut send, &mut recv, &ReduceOp::Sum))
+            } else {
+                block_on(algo::reduce_scatter_block_ring(&t, ID, &mut send, &mut recv, &ReduceOp::Sum))
+            };
+            res.map(|()| recv)
         });
         for (r, res) in got.into_iter().enumerate() {
             prop_assert!(res.expect("reduce_scatter_block") == whole[r * len..(r + 1) * len], "rank {} of {}", r, n);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(cases())]
+
+    #[test]
+    fn scans_give_each_rank_its_rank_ordered_prefix(
+        n in 1usize..=9, len in 0usize..=2_000, seed: u64, exclusive: bool,
+    ) {
+        let inputs: Vec<Vec<[u64; 2]>> = (0..n).map(|r| affine(r, len)).collect();
+        let got = run_group(n, seed, move |t| {
+            let mut buf = affine(t.rank(), len);
+            let res = if exclusive {
+                block_on(algo::exscan_recursive_doubling(&t, ID, &mut buf, &compose()))
+            } else {
+                block_on(algo::scan_recursive_doubling(&t, ID, &mut buf, &compose()))
+            };
+            res.map(|()| buf)
+        });
+        for (r, res) in got.into_iter().enumerate() {
+            let buf = res.expect("scan");
+            let want = match (exclusive, r) {
+                (true, 0) => affine(0, len),
+                (true, _) => reference(&inputs[..r], &compose()),
+                (false, _) => reference(&inputs[..=r], &compose()),
+            };
+            prop_assert!(buf == want, "exclusive {}: rank {} of {}", exclusive, r, n);
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use mfio_core::Result;
 
+use super::fold::Fold;
 use crate::element::Element;
 use crate::reduce::ReduceOp;
 use crate::transport::{CollId, Transport};
@@ -26,34 +27,15 @@ pub async fn allreduce_recursive_doubling<T: Element>(
 ) -> Result<()> {
     super::check_op(op, None)?;
     let (n, r) = (t.size(), t.rank());
-    let pow = if n.is_power_of_two() {
-        n
-    } else {
-        n.next_power_of_two() / 2
-    };
-    let extra = n - pow;
-    let fold = id.key(0, 0);
-    // Fold: ranks below 2·extra pair up; the odd one of each pair goes on.
-    let virt = if r < 2 * extra {
-        if r % 2 == 0 {
-            super::send(t, r + 1, fold, buf).await?;
-            None
-        } else {
-            let lower = super::recv::<T>(t, r - 1, fold, buf.len()).await?;
-            op.apply(&lower, buf);
-            Some(r / 2)
-        }
-    } else {
-        Some(r - extra)
-    };
-    let real = |v: usize| if v < extra { 2 * v + 1 } else { v + extra };
-    if let Some(v) = virt {
+    let fold = Fold::of(n);
+    fold.fold_in(t, id.key(0, 0), buf, op).await?;
+    if let Some(v) = fold.virt(r) {
         let mut mask = 1;
         let mut step = 1;
-        while mask < pow {
+        while mask < fold.pow {
             let partner = v ^ mask;
             let key = id.key(step, 0);
-            let theirs = super::exchange(t, real(partner), real(partner), key, buf, buf.len()).await?;
+            let theirs = super::exchange(t, fold.real(partner), fold.real(partner), key, buf, buf.len()).await?;
             if partner < v {
                 op.apply(&theirs, buf);
             } else {
@@ -64,13 +46,6 @@ pub async fn allreduce_recursive_doubling<T: Element>(
         }
     }
     // Unfold: the folded ranks get the result from their partner.
-    let unfold = id.key(u32::MAX, 0);
-    if r < 2 * extra {
-        if r % 2 == 0 {
-            super::recv_into(t, r + 1, unfold, buf).await?;
-        } else {
-            super::send(t, r - 1, unfold, buf).await?;
-        }
-    }
+    fold.hand_out(t, id.key(u32::MAX, 0), buf).await?;
     Ok(())
 }

@@ -17,14 +17,7 @@ use crate::transport::{CollId, Transport};
 /// the transport reports.
 pub async fn alltoall_pairwise<T: Element>(t: &dyn Transport, id: CollId, send: &[T], recv: &mut [T]) -> Result<()> {
     let (n, r) = (t.size(), t.rank());
-    if send.len() != recv.len() || send.len() % n != 0 {
-        return Err(crate::check::invalid(format!(
-            "alltoall: send ({}) and recv ({}) must hold the same number of elements, a multiple of {n} ranks",
-            send.len(),
-            recv.len()
-        )));
-    }
-    let b = send.len() / n;
+    let b = super::alltoall_block(send.len(), recv.len(), n)?;
     recv[r * b..(r + 1) * b].copy_from_slice(&send[r * b..(r + 1) * b]);
     for s in 1..n {
         let (to, from) = ((r + s) % n, (r + n - s) % n);

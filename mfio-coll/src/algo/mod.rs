@@ -8,14 +8,18 @@
 //! - bcast: [`bcast_binomial`] (short messages), [`bcast_scatter_allgather`]
 //!   (van de Geijn, long messages), [`bcast_chain`] (pipelined chain);
 //! - reduce: [`reduce_binomial`];
-//! - allreduce: [`allreduce_ring`] (bandwidth-optimal, any length) and
-//!   [`allreduce_recursive_doubling`] (latency-optimal, any rank count);
-//! - reduce_scatter_block: [`reduce_scatter_block_ring`];
+//! - allreduce: [`allreduce_ring`] (bandwidth-optimal, any length),
+//!   [`allreduce_recursive_doubling`] (latency-optimal, any rank count) and
+//!   [`allreduce_rabenseifner`] (recursive halving, then doubling);
+//! - reduce_scatter_block: [`reduce_scatter_block_ring`],
+//!   [`reduce_scatter_block_halving`];
 //! - allgather: [`allgather_ring`], [`allgather_bruck`] (any rank count),
 //!   [`allgather_recursive_doubling`] (powers of two);
 //! - scatter and gather: [`scatter_linear`], [`scatter_binomial`],
 //!   [`gather_linear`], [`gather_binomial`];
-//! - alltoall: [`alltoall_pairwise`].
+//! - alltoall: [`alltoall_pairwise`], [`alltoall_bruck`];
+//! - scan and exscan: [`scan_recursive_doubling`],
+//!   [`exscan_recursive_doubling`].
 //!
 //! Every rank's result of an allreduce is bit-identical, floating point
 //! included: each element is reduced in one order and that result is what
@@ -23,10 +27,8 @@
 //! then passed around; recursive doubling: both partners of a step combine
 //! the same two operands, lower ranks' first).
 //!
-//! Not written yet: Rabenseifner and the segmented ring (allreduce),
-//! recursive halving (reduce_scatter_block), Bruck alltoall, the `v`
-//! variants, scan and exscan, and the `Communicator` built from these with
-//! an adaptive choice.
+//! Not written yet: the segmented ring (allreduce), the `v` variants, and
+//! the `Communicator` built from these with an adaptive choice.
 //!
 //! [`Transport`]: crate::transport::Transport
 //! [`CollId`]: crate::transport::CollId
@@ -34,23 +36,30 @@
 mod allgather_bruck;
 mod allgather_rd;
 mod allgather_ring;
+mod allreduce_rabenseifner;
 mod allreduce_rd;
 mod allreduce_ring;
+mod alltoall_bruck;
 mod alltoall_pairwise;
 mod barrier;
 mod bcast_binomial;
 mod bcast_chain;
 mod bcast_scatter_allgather;
+mod fold;
 mod gather;
 mod reduce_binomial;
+mod reduce_scatter_halving;
 mod reduce_scatter_ring;
+mod scan;
 mod scatter;
 
 pub use allgather_bruck::allgather_bruck;
 pub use allgather_rd::allgather_recursive_doubling;
 pub use allgather_ring::allgather_ring;
+pub use allreduce_rabenseifner::allreduce_rabenseifner;
 pub use allreduce_rd::allreduce_recursive_doubling;
 pub use allreduce_ring::allreduce_ring;
+pub use alltoall_bruck::alltoall_bruck;
 pub use alltoall_pairwise::alltoall_pairwise;
 pub use barrier::barrier_dissemination;
 pub use bcast_binomial::bcast_binomial;
@@ -58,7 +67,9 @@ pub use bcast_chain::bcast_chain;
 pub use bcast_scatter_allgather::bcast_scatter_allgather;
 pub use gather::{gather_binomial, gather_linear};
 pub use reduce_binomial::reduce_binomial;
+pub use reduce_scatter_halving::reduce_scatter_block_halving;
 pub use reduce_scatter_ring::reduce_scatter_block_ring;
+pub use scan::{exscan_recursive_doubling, scan_recursive_doubling};
 pub use scatter::{scatter_binomial, scatter_linear};
 
 use mfio_core::Result;
@@ -148,6 +159,20 @@ fn check_gathered(what: &str, len: usize, n: usize, b: usize) -> Result<()> {
             "{what}: the buffer holds {len} elements, {n} ranks × {b} expected"
         )))
     }
+}
+
+/// The block of an alltoall whose `send` and `recv` hold `send_len` and
+/// `recv_len` elements over `n` ranks.
+///
+/// # Errors
+/// `InvalidInput` unless both hold the same number, a multiple of `n`.
+fn alltoall_block(send_len: usize, recv_len: usize, n: usize) -> Result<usize> {
+    if send_len != recv_len || send_len % n != 0 {
+        return Err(crate::check::invalid(format!(
+            "alltoall: send ({send_len}) and recv ({recv_len}) must hold the same number of elements, a multiple of {n} ranks"
+        )));
+    }
+    Ok(send_len / n)
 }
 
 /// The binomial tree over relative ranks `0..n`, rooted at 0: the parent of
