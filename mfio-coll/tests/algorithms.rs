@@ -88,13 +88,15 @@ enum Allreduce {
     Ring,
     RecursiveDoubling,
     Rabenseifner,
+    SegmentedRing(usize),
 }
 
 fn allreduce_kind(pick: u8) -> Allreduce {
-    match pick % 3 {
+    match pick % 4 {
         0 => Allreduce::Ring,
         1 => Allreduce::RecursiveDoubling,
-        _ => Allreduce::Rabenseifner,
+        2 => Allreduce::Rabenseifner,
+        _ => Allreduce::SegmentedRing(1 + usize::from(pick) * 37),
     }
 }
 
@@ -109,6 +111,7 @@ fn allreduce<T: mfio_coll::Element>(
             Allreduce::Ring => algo::allreduce_ring(t, ID, buf, op).await,
             Allreduce::RecursiveDoubling => algo::allreduce_recursive_doubling(t, ID, buf, op).await,
             Allreduce::Rabenseifner => algo::allreduce_rabenseifner(t, ID, buf, op).await,
+            Allreduce::SegmentedRing(segment) => algo::allreduce_segmented_ring(t, ID, buf, op, segment).await,
         }
     })
 }

@@ -20,6 +20,37 @@ use crate::transport::{CollId, Transport};
 /// length mismatch; what the transport reports.
 pub async fn allreduce_ring<T: Element>(t: &dyn Transport, id: CollId, buf: &mut [T], op: &ReduceOp<T>) -> Result<()> {
     super::check_op(op, Some("ring allreduce"))?;
+    ring(t, id, 0, buf, op).await
+}
+
+/// The segmented (pipelined) ring: `buf` cut into segments of `segment`
+/// elements (at least 1), each reduced by its own ring, all at once. The
+/// steps of one segment overlap those of the others, so a rank adds one
+/// segment while the next is still arriving: for long messages. Every rank
+/// ends with the same result, bit for bit.
+///
+/// # Errors
+/// As [`allreduce_ring`].
+pub async fn allreduce_segmented_ring<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    buf: &mut [T],
+    op: &ReduceOp<T>,
+    segment: usize,
+) -> Result<()> {
+    super::check_op(op, Some("segmented ring allreduce"))?;
+    let rings = buf
+        .chunks_mut(segment.max(1))
+        .enumerate()
+        .map(|(i, part)| ring(t, id, i as u32, part, op));
+    for res in futures_util::future::join_all(rings).await {
+        res?;
+    }
+    Ok(())
+}
+
+/// One ring over `buf`, its messages keyed with chunk `chunk`.
+async fn ring<T: Element>(t: &dyn Transport, id: CollId, chunk: u32, buf: &mut [T], op: &ReduceOp<T>) -> Result<()> {
     let (n, r) = (t.size(), t.rank());
     if n == 1 {
         return Ok(());
@@ -31,7 +62,7 @@ pub async fn allreduce_ring<T: Element>(t: &dyn Transport, id: CollId, buf: &mut
     for s in 0..n - 1 {
         let out = super::block(len, n, (r + n - s) % n);
         let into = super::block(len, n, (r + 2 * n - s - 1) % n);
-        let key = id.key(s as u32, 0);
+        let key = id.key(s as u32, chunk);
         let incoming = super::exchange(t, right, left, key, &buf[out], into.len()).await?;
         op.apply(&incoming, &mut buf[into]);
     }
@@ -39,7 +70,7 @@ pub async fn allreduce_ring<T: Element>(t: &dyn Transport, id: CollId, buf: &mut
     for s in 0..n - 1 {
         let out = super::block(len, n, (r + 1 + n - s) % n);
         let into = super::block(len, n, (r + n - s) % n);
-        let key = id.key((n - 1 + s) as u32, 0);
+        let key = id.key((n - 1 + s) as u32, chunk);
         let incoming = super::exchange(t, right, left, key, &buf[out], into.len()).await?;
         buf[into].copy_from_slice(&incoming);
     }

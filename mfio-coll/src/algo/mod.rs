@@ -9,6 +9,7 @@
 //!   (van de Geijn, long messages), [`bcast_chain`] (pipelined chain);
 //! - reduce: [`reduce_binomial`];
 //! - allreduce: [`allreduce_ring`] (bandwidth-optimal, any length),
+//!   [`allreduce_segmented_ring`] (pipelined segments, long messages),
 //!   [`allreduce_recursive_doubling`] (latency-optimal, any rank count) and
 //!   [`allreduce_rabenseifner`] (recursive halving, then doubling);
 //! - reduce_scatter_block: [`reduce_scatter_block_ring`],
@@ -27,8 +28,8 @@
 //! then passed around; recursive doubling: both partners of a step combine
 //! the same two operands, lower ranks' first).
 //!
-//! Not written yet: the segmented ring (allreduce), the `v` variants, and
-//! the `Communicator` built from these with an adaptive choice.
+//! Not written yet: the `v` variants, and the `Communicator` built from
+//! these with an adaptive choice.
 //!
 //! [`Transport`]: crate::transport::Transport
 //! [`CollId`]: crate::transport::CollId
@@ -58,7 +59,7 @@ pub use allgather_rd::allgather_recursive_doubling;
 pub use allgather_ring::allgather_ring;
 pub use allreduce_rabenseifner::allreduce_rabenseifner;
 pub use allreduce_rd::allreduce_recursive_doubling;
-pub use allreduce_ring::allreduce_ring;
+pub use allreduce_ring::{allreduce_ring, allreduce_segmented_ring};
 pub use alltoall_bruck::alltoall_bruck;
 pub use alltoall_pairwise::alltoall_pairwise;
 pub use barrier::barrier_dissemination;
