@@ -112,19 +112,6 @@ impl FileJob {
         }
     }
 
-    /// Why an async contender that cannot spawn tokio tasks skips this job.
-    pub fn unspawnable(&self) -> Option<String> {
-        (self.join == JoinStyle::JoinSet).then(|| "skipped: JoinSet spawns tokio tasks".into())
-    }
-
-    /// Why a blocking contender (or one with its own queue, fio) skips this
-    /// job: its figure does not depend on the join style, so it runs only in
-    /// the window table. The `pread` loop runs in every table, as the ratio
-    /// every style is read against.
-    pub fn style_independent(&self) -> Option<String> {
-        (self.join != JoinStyle::Window).then(|| "skipped: no join style (see the window table)".into())
-    }
-
     /// Open flags beyond read/write for std-based opens.
     pub fn custom_flags(&self) -> i32 {
         if self.direct {

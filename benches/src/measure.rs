@@ -93,6 +93,19 @@ pub enum JoinStyle {
 }
 
 impl JoinStyle {
+    /// Why a contender that cannot spawn tokio tasks skips a workload in
+    /// this style.
+    pub fn unspawnable(self) -> Option<String> {
+        (self == JoinStyle::JoinSet).then(|| "skipped: JoinSet spawns tokio tasks".into())
+    }
+
+    /// Why a contender whose figure does not depend on the join style (a
+    /// blocking loop, a tool with its own queue) skips a workload in this
+    /// style: it runs only in the window table.
+    pub fn style_independent(self) -> Option<String> {
+        (self != JoinStyle::Window).then(|| "skipped: no join style (see the window table)".into())
+    }
+
     /// Name in workload titles.
     pub fn name(self) -> &'static str {
         match self {

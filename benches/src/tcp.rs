@@ -200,10 +200,22 @@ where
         .map(|(c, s)| (client(c, size, deadline, &rtt), server(s, size, &echo)))
         .unzip();
     let (done, served) = futures::future::join(join_lanes(join, clients), join_lanes(join, servers)).await;
-    let (done, served) = (done?, served?);
-    let elapsed = start.elapsed();
+    ping_pong_sample(start, size, done?, served?)
+}
+
+/// The sample of a ping-pong that started at `start`: every client's
+/// `(round trips, sampled latencies)`, every server's end.
+///
+/// # Errors
+/// The first failed client, then the first failed server.
+fn ping_pong_sample(
+    start: Instant,
+    size: usize,
+    done: Vec<io::Result<(u64, Vec<u64>)>>,
+    served: Vec<io::Result<()>>,
+) -> io::Result<Sample> {
     let mut out = Sample {
-        elapsed,
+        elapsed: start.elapsed(),
         ..Sample::default()
     };
     for r in done {
@@ -246,18 +258,19 @@ where
         clients.spawn(async move { client(c, size, deadline, &rtt).await });
         servers.spawn(async move { server(s, size, &echo).await });
     }
-    let mut out = Sample::default();
-    while let Some(done) = clients.join_next().await {
-        let (n, lat) = done.map_err(io::Error::other)??;
-        out.ops += n;
-        out.lat_ns.extend(lat);
+    let done = outputs(clients).await;
+    let served = outputs(servers).await;
+    ping_pong_sample(start, size, done, served)
+}
+
+/// The outputs of a set's tasks as they end; a task that panicked is its
+/// connection's error.
+async fn outputs<T: 'static>(mut set: ::tokio::task::JoinSet<io::Result<T>>) -> Vec<io::Result<T>> {
+    let mut out = Vec::with_capacity(set.len());
+    while let Some(joined) = set.join_next().await {
+        out.push(joined.map_err(io::Error::other).and_then(|r| r));
     }
-    while let Some(served) = servers.join_next().await {
-        served.map_err(io::Error::other)??;
-    }
-    out.elapsed = start.elapsed();
-    out.bytes = out.ops * 2 * size as u64;
-    Ok(out)
+    out
 }
 
 /// One-way bulk transfer: `send` writes one chunk, until `span` is over,
@@ -346,13 +359,6 @@ where
 /// Loopback on an ephemeral port.
 pub fn loopback() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([127, 0, 0, 1], 0))
-}
-
-impl TcpJob {
-    /// Why a contender that cannot spawn tokio tasks skips this job.
-    pub fn unspawnable(&self) -> Option<String> {
-        (self.join == JoinStyle::JoinSet).then(|| "skipped: JoinSet spawns tokio tasks".into())
-    }
 }
 
 impl Titled for TcpJob {

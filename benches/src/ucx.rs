@@ -129,13 +129,6 @@ impl UcxJob {
     pub fn bytes(&self) -> u64 {
         self.size as u64
     }
-
-    /// Why a contender whose figure does not depend on the join style
-    /// (`ucx_perftest`, one stream written one message at a time) skips
-    /// this job: it runs only in the window table.
-    pub fn style_independent(&self) -> Option<String> {
-        (self.join != JoinStyle::Window).then(|| "skipped: no join style (see the window table)".into())
-    }
 }
 
 /// Settings of `ucx`.

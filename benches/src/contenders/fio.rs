@@ -115,7 +115,7 @@ impl Contender<FileJob> for Fio {
         if let Err(e) = &self.version {
             return Some(format!("fio not found ({e}); install it: apt-get install fio"));
         }
-        if let Some(why) = job.style_independent() {
+        if let Some(why) = job.join.style_independent() {
             return Some(why);
         }
         (job.kind == Kind::ManyFiles)

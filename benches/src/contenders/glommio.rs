@@ -83,7 +83,7 @@ impl Contender<FileJob> for Glommio {
     }
 
     fn skip_reason(&self, job: &FileJob) -> Option<String> {
-        if let Some(why) = unbuilt(&self.ex).or_else(|| job.unspawnable()) {
+        if let Some(why) = unbuilt(&self.ex).or_else(|| job.join.unspawnable()) {
             return Some(why);
         }
         (job.direct && job.kind != Kind::Read).then(|| "skipped: direct writes not benchmarked".into())

@@ -104,7 +104,7 @@ impl Contender<FileJob> for Memflow {
         if let Err(e) = &self.rt {
             return Some(format!("runtime failed to build: {e}"));
         }
-        if let Some(why) = job.unspawnable() {
+        if let Some(why) = job.join.unspawnable() {
             return Some(why);
         }
         if job.direct {

@@ -122,7 +122,7 @@ impl Contender<FileJob> for Mfio {
     }
 
     fn skip_reason(&self, job: &FileJob) -> Option<String> {
-        unbuilt(&self.rt).or_else(|| job.unspawnable())
+        unbuilt(&self.rt).or_else(|| job.join.unspawnable())
     }
 
     fn run(&mut self, job: &FileJob, span: Duration) -> io::Result<Sample> {
@@ -241,7 +241,7 @@ impl Contender<FileJob> for MfioSync {
     }
 
     fn skip_reason(&self, job: &FileJob) -> Option<String> {
-        unbuilt(&self.rt).or_else(|| job.style_independent())
+        unbuilt(&self.rt).or_else(|| job.join.style_independent())
     }
 
     fn run(&mut self, job: &FileJob, span: Duration) -> io::Result<Sample> {
@@ -345,7 +345,7 @@ impl Contender<TcpJob> for Mfio {
     }
 
     fn skip_reason(&self, job: &TcpJob) -> Option<String> {
-        unbuilt(&self.rt).or_else(|| job.unspawnable())
+        unbuilt(&self.rt).or_else(|| job.join.unspawnable())
     }
 
     fn run(&mut self, job: &TcpJob, span: Duration) -> io::Result<Sample> {
@@ -394,7 +394,7 @@ impl Contender<UcxJob> for Mfio {
     fn skip_reason(&self, job: &UcxJob) -> Option<String> {
         // One stream written one message at a time: nothing to join.
         let one_stream = matches!(job.pattern, Pattern::TagStream | Pattern::AmStream);
-        unbuilt(&self.rt).or_else(|| job.style_independent().filter(|_| one_stream))
+        unbuilt(&self.rt).or_else(|| job.join.style_independent().filter(|_| one_stream))
     }
 
     fn run(&mut self, job: &UcxJob, span: Duration) -> io::Result<Sample> {

@@ -13,7 +13,7 @@ macro_rules! file_contender {
             }
 
             fn skip_reason(&self, job: &$crate::files::FileJob) -> Option<String> {
-                $crate::contenders::unbuilt(&self.rt).or_else(|| job.unspawnable())
+                $crate::contenders::unbuilt(&self.rt).or_else(|| job.join.unspawnable())
             }
 
             fn run(
@@ -44,7 +44,7 @@ macro_rules! tcp_contender {
         tcp_contender!(
             $ty,
             $name,
-            |job: &$crate::tcp::TcpJob| job.unspawnable(),
+            |job: &$crate::tcp::TcpJob| job.join.unspawnable(),
             |p, job, span| { $crate::tcp::session(p, job, span, round_trip, echo, send, recv).await }
         );
     };

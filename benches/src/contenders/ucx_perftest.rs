@@ -134,7 +134,7 @@ impl Contender<UcxJob> for UcxPerftest {
         if let Err(e) = &self.installed {
             return Some(e.clone());
         }
-        if let Some(why) = job.style_independent() {
+        if let Some(why) = job.join.style_independent() {
             return Some(why);
         }
         if self.setup == Setup::Asleep && job.pattern != Pattern::PingPong {

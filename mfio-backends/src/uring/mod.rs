@@ -278,7 +278,6 @@ impl UringEngine {
         }
     }
 
-    /// Completes every operation whose completion is in the queue.
     /// Watches the completion queue (shared memory: no system call until
     /// something lands) for up to the busy-poll budget; reaps what lands.
     /// Stops early when new operations are queued.
@@ -303,6 +302,7 @@ impl UringEngine {
         }
     }
 
+    /// Completes every operation whose completion is in the queue.
     fn reap(core: &mut Core) -> usize {
         let Core {
             ring,

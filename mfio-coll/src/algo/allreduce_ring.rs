@@ -66,13 +66,8 @@ async fn ring<T: Element>(t: &dyn Transport, id: CollId, chunk: u32, buf: &mut [
         let incoming = super::exchange(t, right, left, key, &buf[out], into.len()).await?;
         op.apply(&incoming, &mut buf[into]);
     }
-    // Allgather: in step s, send complete block r + 1 - s, take block r - s.
-    for s in 0..n - 1 {
-        let out = super::block(len, n, (r + 1 + n - s) % n);
-        let into = super::block(len, n, (r + n - s) % n);
-        let key = id.key((n - 1 + s) as u32, chunk);
-        let incoming = super::exchange(t, right, left, key, &buf[out], into.len()).await?;
-        buf[into].copy_from_slice(&incoming);
-    }
+    // Allgather: block r + 1 is complete here; pass the blocks around.
+    let around = (right, left);
+    super::ring_pass_blocks(t, buf, n, (r + 1) % n, around, |s| id.key((n - 1 + s) as u32, chunk)).await?;
     Ok(())
 }

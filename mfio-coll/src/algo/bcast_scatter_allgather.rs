@@ -29,7 +29,10 @@ pub async fn bcast_scatter_allgather<T: Element>(
     // Elements of blocks [first, first + count) (relative block numbers).
     let range =
         |first: usize, count: usize| super::block(len, n, first).start..super::block(len, n, first + count - 1).end;
-    let tree = super::Binomial { n };
+    let tree = super::Tree {
+        n,
+        shape: super::Shape::Binomial,
+    };
     // Scatter: receive this subtree's blocks, hand each child its part.
     let scatter = id.key(0, 0);
     if let Some(parent) = tree.parent(rel) {
@@ -37,20 +40,14 @@ pub async fn bcast_scatter_allgather<T: Element>(
     }
     let sends: Vec<_> = tree
         .children(rel)
-        .rev()
+        .into_iter()
         .map(|child| super::send(t, real(child), scatter, &buf[range(child, tree.span(child))]))
         .collect();
     for res in futures_util::future::join_all(sends).await {
         res?;
     }
     // Ring allgather of the blocks, in relative ranks.
-    let (right, left) = (real((rel + 1) % n), real((rel + n - 1) % n));
-    for s in 0..n.saturating_sub(1) {
-        let out = super::block(len, n, (rel + n - s) % n);
-        let into = super::block(len, n, (rel + 2 * n - s - 1) % n);
-        let key = id.key(1 + s as u32, 0);
-        let incoming = super::exchange(t, right, left, key, &buf[out], into.len()).await?;
-        buf[into].copy_from_slice(&incoming);
-    }
+    let around = (real((rel + 1) % n), real((rel + n - 1) % n));
+    super::ring_pass_blocks(t, buf, n, rel, around, |s| id.key(1 + s as u32, 0)).await?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use mfio_core::Result;
 
+use super::{Shape, Tree};
 use crate::comm::Rank;
 use crate::element::Element;
 use crate::transport::{CollId, Transport};
@@ -22,22 +23,7 @@ pub async fn gather_linear<T: Element>(
     recv: &mut [T],
     root: Rank,
 ) -> Result<()> {
-    let (n, r, b) = (t.size(), t.rank(), send.len());
-    crate::check::rank("root", root, n)?;
-    let key = id.key(0, 0);
-    if r != root {
-        return super::send(t, root, key, send).await;
-    }
-    super::check_gathered("gather", recv.len(), n, b)?;
-    let recvs = (0..n)
-        .filter(|&from| from != root)
-        .map(|from| async move { super::recv::<T>(t, from, key, b).await.map(|block| (from, block)) });
-    for res in futures_util::future::join_all(recvs).await {
-        let (from, block) = res?;
-        recv[from * b..(from + 1) * b].copy_from_slice(&block);
-    }
-    recv[root * b..(root + 1) * b].copy_from_slice(send);
-    Ok(())
+    gather(t, id, send, recv, root, Shape::Flat).await
 }
 
 /// [`gather_linear`]'s result through a binomial tree: a rank collects its
@@ -53,6 +39,20 @@ pub async fn gather_binomial<T: Element>(
     recv: &mut [T],
     root: Rank,
 ) -> Result<()> {
+    gather(t, id, send, recv, root, Shape::Binomial).await
+}
+
+/// Gather up a tree of `shape`: a rank receives its children's subtrees
+/// (all at once), puts them after its own block, and sends the lot to its
+/// parent; the root puts the blocks in rank order.
+async fn gather<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    send: &[T],
+    recv: &mut [T],
+    root: Rank,
+    shape: Shape,
+) -> Result<()> {
     let (n, r, b) = (t.size(), t.rank(), send.len());
     crate::check::rank("root", root, n)?;
     if r == root {
@@ -61,14 +61,17 @@ pub async fn gather_binomial<T: Element>(
     let rel = (r + n - root) % n;
     let real = |v: usize| (v + root) % n;
     let key = id.key(0, 0);
-    let tree = super::Binomial { n };
+    let tree = Tree { n, shape };
+    let parts = tree
+        .children(rel)
+        .into_iter()
+        .map(|child| super::recv::<T>(t, real(child), key, tree.span(child) * b));
     // The blocks of relative ranks [rel, rel + span), in order: this rank's,
     // then each child's subtree, nearest child first.
     let mut held = Vec::with_capacity(tree.span(rel) * b);
     held.extend_from_slice(send);
-    for child in tree.children(rel) {
-        let part = super::recv::<T>(t, real(child), key, tree.span(child) * b).await?;
-        held.extend_from_slice(&part);
+    for part in futures_util::future::join_all(parts).await {
+        held.extend_from_slice(&part?);
     }
     if let Some(parent) = tree.parent(rel) {
         return super::send(t, real(parent), key, &held).await;

@@ -118,6 +118,29 @@ async fn exchange<T: Element>(
     got
 }
 
+/// The allgather half of a ring: every rank starts with block `held`
+/// complete (blocks as [`block`] cuts `buf` in `n`) and, in n - 1 steps,
+/// passes on the block it got last while taking the next from `left`;
+/// step `s` is keyed `key(s)`. Afterwards every block is complete on every
+/// rank.
+async fn ring_pass_blocks<T: Element>(
+    t: &dyn Transport,
+    buf: &mut [T],
+    n: usize,
+    held: usize,
+    (right, left): (Rank, Rank),
+    key: impl Fn(usize) -> Key,
+) -> Result<()> {
+    let len = buf.len();
+    for s in 0..n.saturating_sub(1) {
+        let out = block(len, n, (held + n - s) % n);
+        let into = block(len, n, (held + 2 * n - s - 1) % n);
+        let incoming = exchange(t, right, left, key(s), &buf[out], into.len()).await?;
+        buf[into].copy_from_slice(&incoming);
+    }
+    Ok(())
+}
+
 /// `acc = acc ∘ higher`, where `higher` holds the values of higher ranks
 /// (the order a non-commutative operation needs).
 fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], mut higher: Vec<T>) {
@@ -176,37 +199,60 @@ fn alltoall_block(send_len: usize, recv_len: usize, n: usize) -> Result<usize> {
     Ok(send_len / n)
 }
 
-/// The binomial tree over relative ranks `0..n`, rooted at 0: the parent of
-/// `v` is `v` without its lowest set bit, and the subtree of `v` is the
-/// ranks `v..v + span(v)`, contiguous.
+/// A tree over relative ranks `0..n`, rooted at 0, whose subtrees are
+/// contiguous: the subtree of `v` is the ranks `v..v + span(v)`.
 #[derive(Debug, Clone, Copy)]
-struct Binomial {
+struct Tree {
     n: usize,
+    shape: Shape,
 }
 
-impl Binomial {
+/// How a [`Tree`] branches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// Every rank is a child of the root (linear algorithms).
+    Flat,
+    /// The parent of `v` is `v` without its lowest set bit.
+    Binomial,
+}
+
+impl Tree {
     /// The parent of relative rank `v` (`None` for the root).
     fn parent(self, v: usize) -> Option<usize> {
-        (v != 0).then(|| v - (1 << v.trailing_zeros()))
+        match self.shape {
+            _ if v == 0 => None,
+            Shape::Flat => Some(0),
+            Shape::Binomial => Some(v - (1 << v.trailing_zeros())),
+        }
     }
 
     /// How many ranks the subtree of `v` holds.
     fn span(self, v: usize) -> usize {
-        let whole = if v == 0 { self.n } else { 1 << v.trailing_zeros() };
-        whole.min(self.n - v)
+        match self.shape {
+            _ if v == 0 => self.n,
+            Shape::Flat => 1,
+            Shape::Binomial => (1 << v.trailing_zeros()).min(self.n - v),
+        }
     }
 
-    /// The children of `v`, nearest first (`v + 1`, `v + 2`, `v + 4`, …).
-    fn children(self, v: usize) -> impl DoubleEndedIterator<Item = usize> {
-        let top = if v == 0 {
-            self.n.next_power_of_two()
-        } else {
-            1 << v.trailing_zeros()
-        };
-        let n = self.n;
-        (0..top.trailing_zeros())
-            .map(move |k| v + (1 << k))
-            .filter(move |&c| c < n)
+    /// The children of `v`, nearest first: their subtrees follow `v`'s own
+    /// rank back to back.
+    fn children(self, v: usize) -> Vec<usize> {
+        match self.shape {
+            Shape::Flat if v == 0 => (1..self.n).collect(),
+            Shape::Flat => Vec::new(),
+            Shape::Binomial => {
+                let top = if v == 0 {
+                    self.n.next_power_of_two()
+                } else {
+                    1 << v.trailing_zeros()
+                };
+                (0..top.trailing_zeros())
+                    .map(|k| v + (1 << k))
+                    .filter(|&c| c < self.n)
+                    .collect()
+            }
+        }
     }
 }
 

@@ -6,6 +6,7 @@
 
 use mfio_core::Result;
 
+use super::{Shape, Tree};
 use crate::comm::Rank;
 use crate::element::Element;
 use crate::transport::{CollId, Transport};
@@ -24,21 +25,7 @@ pub async fn scatter_linear<T: Element>(
     recv: &mut [T],
     root: Rank,
 ) -> Result<()> {
-    let (n, r, b) = (t.size(), t.rank(), recv.len());
-    crate::check::rank("root", root, n)?;
-    let key = id.key(0, 0);
-    if r != root {
-        return super::recv_into(t, root, key, recv).await;
-    }
-    super::check_gathered("scatter", send.len(), n, b)?;
-    let sends = (0..n)
-        .filter(|&to| to != root)
-        .map(|to| super::send(t, to, key, &send[to * b..(to + 1) * b]));
-    for res in futures_util::future::join_all(sends).await {
-        res?;
-    }
-    recv.copy_from_slice(&send[root * b..(root + 1) * b]);
-    Ok(())
+    scatter(t, id, send, recv, root, Shape::Flat).await
 }
 
 /// [`scatter_linear`]'s result through a binomial tree: a rank receives its
@@ -53,14 +40,27 @@ pub async fn scatter_binomial<T: Element>(
     recv: &mut [T],
     root: Rank,
 ) -> Result<()> {
+    scatter(t, id, send, recv, root, Shape::Binomial).await
+}
+
+/// Scatter down a tree of `shape`: a rank gets its subtree's blocks from
+/// its parent (the root has them all) and sends each child its part.
+async fn scatter<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    send: &[T],
+    recv: &mut [T],
+    root: Rank,
+    shape: Shape,
+) -> Result<()> {
     let (n, r, b) = (t.size(), t.rank(), recv.len());
     crate::check::rank("root", root, n)?;
     let rel = (r + n - root) % n;
     let real = |v: usize| (v + root) % n;
     let key = id.key(0, 0);
-    let tree = super::Binomial { n };
+    let tree = Tree { n, shape };
     // The blocks of this rank's subtree, in relative order: [rel, rel + span).
-    let mut held: Vec<T> = match tree.parent(rel) {
+    let held: Vec<T> = match tree.parent(rel) {
         None => {
             super::check_gathered("scatter", send.len(), n, b)?;
             // Relative order: the root's blocks rotated so relative rank v's comes v-th.
@@ -70,21 +70,13 @@ pub async fn scatter_binomial<T: Element>(
         }
         Some(parent) => super::recv::<T>(t, real(parent), key, tree.span(rel) * b).await?,
     };
-    let parts: Vec<(usize, Vec<T>)> = tree
-        .children(rel)
-        .rev()
-        .map(|child| {
-            let from = (child - rel) * b;
-            (child, held[from..from + tree.span(child) * b].to_vec())
-        })
-        .collect();
-    let sends = parts
-        .iter()
-        .map(|(child, part)| super::send(t, real(*child), key, part));
+    let sends = tree.children(rel).into_iter().map(|child| {
+        let from = (child - rel) * b;
+        super::send(t, real(child), key, &held[from..from + tree.span(child) * b])
+    });
     for res in futures_util::future::join_all(sends).await {
         res?;
     }
-    held.truncate(b);
-    recv.copy_from_slice(&held);
+    recv.copy_from_slice(&held[..b]);
     Ok(())
 }
