@@ -151,6 +151,12 @@ impl Ctx {
 }
 
 fn ok<B>(r: CollResult<B>, what: &str) -> Result<B, String> {
+    if std::env::var_os("MFIO_MPI_TRACE").is_some() {
+        eprintln!(
+            "done: {what} (rank {})",
+            std::env::var("OMPI_COMM_WORLD_RANK").unwrap_or_default()
+        );
+    }
     let (res, bufs) = r.into_parts();
     res.map_err(|e| format!("{what}: {e}"))?;
     Ok(bufs)
@@ -374,69 +380,89 @@ fn collectives_of<T: Value>(cx: &Ctx, len: usize, form: Form, salt: u64) -> Outc
             Some(d)
         })
         .collect();
-    let layout = Counts {
-        counts: counts.clone(),
-        displs: displs.clone(),
-    };
-    let total = displs.last().copied().unwrap_or(0) + counts.last().copied().unwrap_or(0) + 1;
-    let mine = data::<T>(rank, counts[rank], salt);
-    let filler = T::make(12345);
-    let mut want_v = vec![filler; total];
-    for q in 0..size {
-        want_v[displs[q]..displs[q] + counts[q]].copy_from_slice(&data::<T>(q, counts[q], salt));
-    }
-    let send_v = if rank == root { want_v.clone() } else { Vec::new() };
-    let (_, r) = ok(
-        cx.go(
-            form,
-            || w.scatterv(send_v.clone(), &layout, vec![T::zeroed(); counts[rank]], root),
-            || w.blocking_scatterv(send_v.clone(), &layout, vec![T::zeroed(); counts[rank]], root),
-        ),
-        &what("scatterv"),
+    rooted_v::<T>(cx, form, &Counts { counts, displs }, salt, root, &what("v"))?;
+    // alltoallv: rank p sends (p + q) % 3 + len/2 elements to rank q.
+    alltoallv_of::<T>(
+        cx,
+        form,
+        |p, q| if len == 0 { 0 } else { (p + q) % 3 + len / 2 },
+        salt,
+        &what("alltoallv"),
     )?;
-    ensure!(r == mine, "{}: wrong part", what("scatterv"));
-    let recv_v = if rank == root { vec![filler; total] } else { Vec::new() };
+
+    ok(
+        cx.go(form, || w.barrier(), || mfio_core::BufResult(w.blocking_barrier(), ())),
+        &what("barrier"),
+    )?;
+    Ok(())
+}
+
+/// scatterv, gatherv and allgatherv of blocks laid out by `layout` (rank
+/// q's block holds `data(q)`; the gaps keep a filler), checked exactly.
+fn rooted_v<T: Value>(cx: &Ctx, form: Form, layout: &Counts, salt: u64, root: usize, label: &str) -> Outcome {
+    let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
+    let (counts, displs) = (&layout.counts, &layout.displs);
+    let total = (0..size).map(|q| displs[q] + counts[q]).max().unwrap_or(0) + 1;
+    let filler = T::make(12345);
+    let mut whole = vec![filler; total];
+    for q in 0..size {
+        whole[displs[q]..displs[q] + counts[q]].copy_from_slice(&data::<T>(q, counts[q], salt));
+    }
+    let mine = data::<T>(rank, counts[rank], salt);
+    let send = if rank == root { whole.clone() } else { Vec::new() };
     let (_, r) = ok(
         cx.go(
             form,
-            || w.gatherv(mine.clone(), recv_v.clone(), &layout, root),
-            || w.blocking_gatherv(mine.clone(), recv_v.clone(), &layout, root),
+            || w.scatterv(send.clone(), layout, vec![T::zeroed(); counts[rank]], root),
+            || w.blocking_scatterv(send.clone(), layout, vec![T::zeroed(); counts[rank]], root),
         ),
-        &what("gatherv"),
+        &format!("{label}: scatterv"),
+    )?;
+    ensure!(r == mine, "{label}: scatterv: wrong part");
+    let recv = if rank == root { vec![filler; total] } else { Vec::new() };
+    let (_, r) = ok(
+        cx.go(
+            form,
+            || w.gatherv(mine.clone(), recv.clone(), layout, root),
+            || w.blocking_gatherv(mine.clone(), recv.clone(), layout, root),
+        ),
+        &format!("{label}: gatherv"),
     )?;
     ensure!(
-        if rank == root { r == want_v } else { r.is_empty() },
-        "{}: wrong result",
-        what("gatherv")
+        if rank == root { r == whole } else { r.is_empty() },
+        "{label}: gatherv: wrong result"
     );
     let (_, r) = ok(
         cx.go(
             form,
-            || w.allgatherv(mine.clone(), vec![filler; total], &layout),
-            || w.blocking_allgatherv(mine.clone(), vec![filler; total], &layout),
+            || w.allgatherv(mine.clone(), vec![filler; total], layout),
+            || w.blocking_allgatherv(mine.clone(), vec![filler; total], layout),
         ),
-        &what("allgatherv"),
+        &format!("{label}: allgatherv"),
     )?;
-    ensure!(r == want_v, "{}: wrong result", what("allgatherv"));
+    ensure!(r == whole, "{label}: allgatherv: wrong result");
+    Ok(())
+}
 
-    // alltoallv: rank p sends (p + q) % 3 + len/2 elements to rank q.
-    let n = |p: usize, q: usize| if len == 0 { 0 } else { (p + q) % 3 + len / 2 };
+/// alltoallv where rank p sends `n(p, q)` elements to rank q, checked
+/// exactly.
+fn alltoallv_of<T: Value>(cx: &Ctx, form: Form, n: impl Fn(usize, usize) -> usize, salt: u64, label: &str) -> Outcome {
+    let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
     let send_layout = Counts::packed((0..size).map(|q| n(rank, q)).collect());
     let recv_layout = Counts::packed((0..size).map(|p| n(p, rank)).collect());
     let payload = |p: usize| data::<T>(p, send_layout_total(p, size, &n), salt);
-    let send_a = payload(rank);
-    let mut want_av = Vec::new();
+    let mut want = Vec::new();
     for p in 0..size {
         let from = Counts::packed((0..size).map(|q| n(p, q)).collect());
         let d = from.displs[rank];
-        want_av.extend_from_slice(&payload(p)[d..d + from.counts[rank]]);
+        want.extend_from_slice(&payload(p)[d..d + from.counts[rank]]);
     }
     let (_, r) = ok(
         cx.go(
             form,
             || {
                 w.alltoallv(
-                    send_a.clone(),
+                    payload(rank),
                     &send_layout,
                     vec![T::zeroed(); recv_layout.total()],
                     &recv_layout,
@@ -444,21 +470,16 @@ fn collectives_of<T: Value>(cx: &Ctx, len: usize, form: Form, salt: u64) -> Outc
             },
             || {
                 w.blocking_alltoallv(
-                    send_a.clone(),
+                    payload(rank),
                     &send_layout,
                     vec![T::zeroed(); recv_layout.total()],
                     &recv_layout,
                 )
             },
         ),
-        &what("alltoallv"),
+        label,
     )?;
-    ensure!(r == want_av, "{}: wrong result", what("alltoallv"));
-
-    ok(
-        cx.go(form, || w.barrier(), || mfio_core::BufResult(w.blocking_barrier(), ())),
-        &what("barrier"),
-    )?;
+    ensure!(r == want, "{label}: wrong result");
     Ok(())
 }
 
@@ -745,6 +766,86 @@ fn point_to_point(cx: &Ctx) -> Outcome {
     match rres {
         Err(e) if e.is_truncated() => {}
         other => return Err(format!("a 100-byte message into 10 bytes gave {other:?}")),
+    }
+    // Beyond MAX_COUNT bytes a message, and a receive buffer, is one
+    // element of a made type: shorter messages still land with their
+    // length, longer ones are truncations.
+    for (tag, sent_len, capacity) in [(20, 5_000, 9_000), (21, 100, 9_000), (22, 9_000, 5_000)] {
+        let payload = data::<u8>(rank, sent_len, tag);
+        let s = w.send(next, tag as u32, payload);
+        let r = w.recv(Source::Rank(prev), TagMatch::Any, Vec::with_capacity(capacity));
+        let ((sent, _), BufResult(rres, got)) = cx.mpi.block_on(async { futures::join!(s, r) });
+        sent.result().map_err(|e| format!("{sent_len}-byte send: {e}"))?;
+        match rres {
+            Ok(info) if sent_len <= capacity => ensure!(
+                info.len == sent_len && info.tag == tag as u32 && got == data::<u8>(prev, sent_len, tag),
+                "{sent_len} bytes into {capacity}: got {info:?}, {} bytes",
+                got.len()
+            ),
+            Err(e) if sent_len > capacity && e.is_truncated() => {}
+            other => return Err(format!("{sent_len} bytes into {capacity} gave {other:?}")),
+        }
+    }
+    ok(cx.mpi.block_on(w.barrier()), "barrier")?;
+    Ok(())
+}
+
+/// Counts beyond one MPI count (MAX_COUNT here): `v` variants whose
+/// blocks are long for some ranks and short for others, displacements
+/// beyond one count (the blocks packed into a copy), reduce-scatter blocks
+/// reduced rank by rank.
+fn large_counts(cx: &Ctx) -> Outcome {
+    let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
+    let root = size / 2;
+    let gapped = |counts: Vec<usize>, gap: usize| {
+        let displs = counts
+            .iter()
+            .scan(0, |at, &c| {
+                let d = *at;
+                *at += c + gap;
+                Some(d)
+            })
+            .collect();
+        Counts { counts, displs }
+    };
+    for form in [Form::Async, Form::Blocking] {
+        let what = |op: &str| format!("{op} {form:?}");
+        // Long blocks for even ranks, short ones for odd ranks, each
+        // followed by a gap.
+        let mixed = gapped(
+            (0..size)
+                .map(|q| if q % 2 == 0 { MAX_COUNT + 904 } else { 3 })
+                .collect(),
+            5,
+        );
+        rooted_v::<u32>(cx, form, &mixed, 40, root, &what("mixed"))?;
+        // alltoallv: long between ranks of equal parity, short otherwise.
+        let n = |p: usize, q: usize| if (p + q) % 2 == 0 { MAX_COUNT + 17 } else { 2 };
+        alltoallv_of::<u16>(cx, form, n, 41, &what("mixed alltoallv"))?;
+        // Short blocks far apart: displacements beyond MAX_COUNT, so the
+        // blocks that stay in the call are packed into a copy.
+        let far = gapped(vec![1_000; size], 5_000);
+        rooted_v::<u64>(cx, form, &far, 42, root, &what("far"))?;
+        // Lengths sharing no factor, far apart.
+        let odd = gapped((0..size).map(|q| 900 + q).collect(), 4_099);
+        rooted_v::<i8>(cx, form, &odd, 44, root, &what("odd"))?;
+
+        // reduce_scatter_block with blocks beyond one count.
+        let len = MAX_COUNT + 3;
+        let (_, got) = ok(
+            cx.go(
+                form,
+                || w.reduce_scatter_block(data::<i64>(rank, len * size, 43), vec![0; len], ReduceOp::Sum),
+                || w.blocking_reduce_scatter_block(data::<i64>(rank, len * size, 43), vec![0; len], ReduceOp::Sum),
+            ),
+            &what("long reduce_scatter_block"),
+        )?;
+        let full = reduce_ref(&ReduceOp::Sum, 0..size, len * size, 43);
+        ensure!(
+            got[..] == full[rank * len..(rank + 1) * len],
+            "{}: wrong block",
+            what("long reduce_scatter_block")
+        );
     }
     ok(cx.mpi.block_on(w.barrier()), "barrier")?;
     Ok(())
@@ -1072,8 +1173,9 @@ fn main() {
         }
     };
     let cx = Ctx { mpi, world };
-    let cases: [Case; 11] = [
+    let cases: [Case; 12] = [
         ("every_collective", every_collective),
+        ("large_counts", large_counts),
         ("every_operation", every_operation),
         ("custom_operations", custom_operations),
         ("concurrency", concurrency),

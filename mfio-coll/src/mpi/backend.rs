@@ -130,8 +130,9 @@ impl MpiBuilder {
     }
 
     /// The most MPI elements one request carries (`i32::MAX`, MPI's
-    /// limit, by default). Element-wise collectives longer than this are
-    /// split into several requests; a smaller value exercises that path.
+    /// limit, by default). Longer operations are split or described by
+    /// datatypes made for them (see "Large counts" in the module docs); a
+    /// smaller value exercises those paths.
     #[must_use]
     pub fn max_count(mut self, max_count: usize) -> Self {
         self.max_count = max_count.clamp(1, i32::MAX as usize);
@@ -167,6 +168,7 @@ impl MpiBuilder {
         let provided = if initialised {
             sys::query_thread().map_err(|c| mpi_error(c, "MPI_Query_thread"))?
         } else {
+            keep_self_messages_in_bounds();
             // SAFETY: MPI is neither initialised nor finalised, and the
             // LIVE lock keeps other mfio threads out.
             let provided =
@@ -229,6 +231,23 @@ static LIVE: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
 
 /// Refuses to run against an MPI library other than the one whose header
 /// the shim (and `mpi-sys`) were compiled with.
+/// Open MPI 4.1's loopback transport (`btl self`) copies a message a rank
+/// sends itself with its RDMA put or get whole, beyond a shorter receive
+/// buffer: a truncated receive of more than its eager limit (1 KiB)
+/// corrupts the heap (valgrind shows the write past the buffer). Without
+/// put and get it sends such messages in fragments, which honour the
+/// buffer and report the truncation. Set before `MPI_Init` unless the user
+/// chose the flags; a process that initialised MPI itself keeps its own.
+fn keep_self_messages_in_bounds() {
+    const FLAGS: &str = "OMPI_MCA_btl_self_flags";
+    if sys::header_implementation() == "Open MPI" && std::env::var_os(FLAGS).is_none() {
+        // MPI is not initialised yet, so no thread of MPI's reads the
+        // environment; a process starts MPI before its own threads, as MPI
+        // asks of it.
+        std::env::set_var(FLAGS, "send,inplace");
+    }
+}
+
 fn check_implementation() -> Result<()> {
     let header = sys::header_implementation();
     let library = sys::library_version();

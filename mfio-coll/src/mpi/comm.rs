@@ -45,6 +45,9 @@ impl CommHandle {
 pub struct MpiComm {
     pub(crate) mpi: Mpi,
     pub(crate) handle: CommHandle,
+    /// A private duplicate carrying the blocks of `v` variants too long for
+    /// one MPI count, as messages that can never meet the user's.
+    bulk: CommHandle,
     rank: Rank,
     size: usize,
     pub(crate) tag_ub: u32,
@@ -66,6 +69,15 @@ fn not_here(what: &str) -> Error {
     )
 }
 
+/// A communicator just made: its handles and what it is.
+struct Fresh {
+    comm: Comm,
+    bulk: Comm,
+    rank: Rank,
+    size: usize,
+    tag_ub: u32,
+}
+
 impl MpiComm {
     /// A duplicate of `parent` (which stays the caller's).
     pub(crate) fn dup_of(shared: &Arc<Shared>, parent: Comm) -> Result<Self> {
@@ -80,33 +92,43 @@ impl MpiComm {
         Ok(Self::wrap(shared, made))
     }
 
-    /// Rank, size and tag bound of a fresh communicator (freed on failure).
-    fn describe(comm: Comm) -> Result<(Comm, Rank, usize, u32)> {
+    /// Rank, size, tag bound and bulk twin of a fresh communicator (freed
+    /// on failure).
+    fn describe(comm: Comm) -> Result<Fresh> {
         // SAFETY: `comm` is live; the caller holds the state on an
         // allowed thread.
         let described = unsafe { sys::comm_rank_size(comm).and_then(|rs| sys::tag_ub(comm).map(|ub| (rs, ub))) };
+        let described = described
+            .map_err(|code| mpi_error(code, "MPI_Comm_rank"))
+            .and_then(|d| {
+                // SAFETY: as above.
+                let bulk = unsafe { sys::comm_dup(comm) }.map_err(|c| mpi_error(c, "MPI_Comm_dup"))?;
+                Ok((d, bulk))
+            });
         match described {
-            Ok(((rank, size), ub)) => Ok((
+            Ok((((rank, size), ub), bulk)) => Ok(Fresh {
                 comm,
-                usize::try_from(rank).unwrap_or(0),
-                usize::try_from(size).unwrap_or(0),
-                u32::try_from(ub).unwrap_or(0),
-            )),
-            Err(code) => {
+                bulk,
+                rank: usize::try_from(rank).unwrap_or(0),
+                size: usize::try_from(size).unwrap_or(0),
+                tag_ub: u32::try_from(ub).unwrap_or(0),
+            }),
+            Err(err) => {
                 // SAFETY: made by the caller and not handed out.
                 let _ = unsafe { sys::comm_free(comm) };
-                Err(mpi_error(code, "MPI_Comm_rank"))
+                Err(err)
             }
         }
     }
 
-    fn wrap(shared: &Arc<Shared>, (comm, rank, size, tag_ub): (Comm, Rank, usize, u32)) -> Self {
+    fn wrap(shared: &Arc<Shared>, f: Fresh) -> Self {
         Self {
             mpi: Mpi { shared: shared.clone() },
-            handle: CommHandle(comm),
-            rank,
-            size,
-            tag_ub,
+            handle: CommHandle(f.comm),
+            bulk: CommHandle(f.bulk),
+            rank: f.rank,
+            size: f.size,
+            tag_ub: f.tag_ub,
         }
     }
 
@@ -128,7 +150,7 @@ impl MpiComm {
             Err((err, bufs)) => return CollFuture::ready(BufResult(Err(err), bufs)),
         };
         let (done, fut) = completion::<CollResult<B>>();
-        let comm = self.handle;
+        let (comm, bulk) = (self.handle, self.bulk);
         self.mpi.shared.submit(move |_shared, st, finished| {
             let mut bufs = bufs;
             let p = match plan(st, &mut bufs) {
@@ -144,21 +166,26 @@ impl MpiComm {
                 done: Some(done),
                 panicked: p.panicked,
                 _keep: p.keep,
+                unpack: p.unpack,
                 name,
             };
             let mut calls = std::iter::once(p.first).chain(p.more);
+            let mut messages = p.messages.into_iter();
             st.post(
                 Box::new(work),
                 p.handles,
                 false,
                 |_| {
-                    calls.next().map(|call| {
+                    if let Some(call) = calls.next() {
                         // SAFETY: the buffers and count lists the call
                         // points into live in the record (`CollWork`)
                         // until the request finishes; the types and ops
                         // are live; the state is held on an allowed thread.
-                        unsafe { call.start(comm.raw()) }.map_err(|c| mpi_error(c, "MPI non-blocking collective"))
-                    })
+                        let started = unsafe { call.start(comm.raw()) };
+                        return Some(started.map_err(|c| mpi_error(c, "MPI non-blocking collective")));
+                    }
+                    // SAFETY: as above, for the message's block.
+                    messages.next().map(|m| unsafe { m.start(bulk.raw()) })
                 },
                 finished,
             );
@@ -178,11 +205,14 @@ impl MpiComm {
             Ok(p) => p,
             Err((err, bufs)) => return BufResult(Err(err), bufs),
         };
-        let comm = self.handle;
+        let (comm, bulk) = (self.handle, self.bulk);
         let multiple = shared.level == ThreadLevel::Multiple;
         let result = shared.with_state(|st| -> Result<()> {
             let p = plan(st, &mut bufs)?;
             let run = || -> Result<()> {
+                if !p.messages.is_empty() {
+                    return run_with_messages(&p, comm, bulk);
+                }
                 for call in std::iter::once(&p.first).chain(&p.more) {
                     // SAFETY: the buffers and lists the call points into
                     // live until it returns; this thread may call MPI.
@@ -198,6 +228,9 @@ impl MpiComm {
                 run()
             };
             let panicked = p.panicked.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
+            if let (Ok(()), Some(unpack)) = (&result, &p.unpack) {
+                unpack.run();
+            }
             free_now(p.handles);
             result.and(if panicked { Err(user_op::panicked()) } else { Ok(()) })
         });
@@ -206,6 +239,43 @@ impl MpiComm {
             None => BufResult(Err(not_here("collective")), bufs),
         }
     }
+}
+
+/// Runs a plan with messages to completion: the messages start first,
+/// then the calls run in their blocking form (a blocking collective never
+/// matches a non-blocking one, and a rank with no message of its own makes
+/// the blocking calls), then the messages are waited for. No rank waits
+/// for a message before it has entered every call, so none can wait on
+/// another that is still outside one.
+fn run_with_messages(p: &Plan, comm: CommHandle, bulk: CommHandle) -> Result<()> {
+    let mut reqs = Vec::with_capacity(p.messages.len());
+    let mut result = Ok(());
+    for m in &p.messages {
+        // SAFETY: the blocks live until every request is waited for below;
+        // this thread may call MPI.
+        match unsafe { m.start(bulk.raw()) } {
+            Ok(req) => reqs.push(req),
+            Err(err) => {
+                result = Err(err);
+                break;
+            }
+        }
+    }
+    if result.is_ok() {
+        for call in std::iter::once(&p.first).chain(&p.more) {
+            // SAFETY: the buffers and lists the call points into live
+            // until it returns; this thread may call MPI.
+            if let Err(c) = unsafe { call.run(comm.raw()) } {
+                result = Err(mpi_error(c, "MPI collective"));
+                break;
+            }
+        }
+    }
+    // What started must finish before the buffers go back, even after a
+    // failure.
+    // SAFETY: every request is active; this thread may call MPI.
+    let waited = unsafe { sys::wait_all(&mut reqs) }.map_err(|c| mpi_error(c, "MPI_Waitall"));
+    result.and(waited)
 }
 
 fn free_now(handles: Vec<Handle>) {
@@ -240,9 +310,251 @@ pub(crate) struct Plan {
     /// The first call, and those after it (a split collective).
     first: Call,
     more: Vec<Call>,
+    /// Blocks too long for one count, as messages on the bulk twin.
+    messages: Vec<Message>,
+    /// Blocks received into a packed copy, moved into place once done.
+    unpack: Option<Unpack>,
     handles: Vec<Handle>,
     keep: Vec<Vec<c_int>>,
     panicked: Option<Arc<AtomicBool>>,
+}
+
+/// Which way a message goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    Send,
+    Recv,
+}
+
+/// One block of a `v` variant sent or received as a message: one element
+/// of a datatype made for it (so any length fits), to or from `peer`.
+struct Message {
+    dir: Dir,
+    buf: *mut c_void,
+    ty: Datatype,
+    count: c_int,
+    peer: c_int,
+}
+
+impl Message {
+    /// Starts it on `comm` (the bulk twin).
+    ///
+    /// # Safety
+    /// As for [`Call::start`], for the block at `buf`.
+    unsafe fn start(&self, comm: Comm) -> Result<sys::Request> {
+        // Every block of one collective travels with this tag; the bulk
+        // twin carries nothing else, and MPI keeps the messages of one
+        // pair in order, as the collectives are.
+        const TAG: c_int = 0;
+        // SAFETY: upheld by the caller.
+        unsafe {
+            match self.dir {
+                Dir::Send => sys::isend(self.buf, (self.count, self.ty), self.peer, TAG, comm)
+                    .map_err(|c| mpi_error(c, "MPI_Isend")),
+                Dir::Recv => sys::irecv(self.buf, (self.count, self.ty), self.peer, TAG, comm)
+                    .map_err(|c| mpi_error(c, "MPI_Irecv")),
+            }
+        }
+    }
+}
+
+/// Handles made while planning, freed unless the plan takes them (a plan
+/// that fails halfway leaks nothing).
+struct Made(Vec<Handle>);
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        free_now(std::mem::take(&mut self.0));
+    }
+}
+
+/// One side of a `v`-variant call as MPI sees it: the buffer the call
+/// points at (the caller's, or a packed copy), a datatype, and the counts
+/// and displacements.
+struct List {
+    buf: *mut c_void,
+    ty: Datatype,
+    counts: Vec<c_int>,
+    displs: Vec<c_int>,
+}
+
+impl List {
+    /// The side of a rank for which the list is not significant.
+    fn unused(ty: Datatype) -> Self {
+        List {
+            buf: sys::buffer_mut(std::ptr::null_mut(), 0),
+            ty,
+            counts: Vec::new(),
+            displs: Vec::new(),
+        }
+    }
+}
+
+/// Blocks received into a packed copy, to be moved to their places in the
+/// caller's buffer once the collective is done.
+struct Unpack {
+    packed: Vec<u8>,
+    /// `(offset in packed, destination, bytes)` per block.
+    moves: Vec<(usize, *mut u8, usize)>,
+}
+
+// SAFETY: the destinations point into the collective's own buffers, which
+// the record holds, and are written only by `run`, once MPI is done.
+unsafe impl Send for Unpack {}
+
+impl Unpack {
+    fn run(&self) {
+        for &(from, to, len) in &self.moves {
+            // SAFETY: `to` holds `len` bytes of the caller's buffer (the
+            // layout was checked against it), `packed` holds the block at
+            // `from`, and MPI has finished writing both.
+            unsafe { std::ptr::copy_nonoverlapping(self.packed.as_ptr().add(from), to, len) };
+        }
+    }
+}
+
+/// The `v`-variant blocks too long for the MPI call, sent as messages.
+///
+/// A block of more than `max / size` items leaves the call (count 0 there)
+/// and travels as one message on the bulk twin: its length is known to both
+/// of its ends, so both decide alike, and the blocks left in the call then
+/// fit one count even packed together. Where their displacements do not fit
+/// a count, that side packs them into a copy.
+struct Blocks<'a> {
+    max: usize,
+    limit: usize,
+    messages: Vec<Message>,
+    unpack: Option<Unpack>,
+    made: &'a mut Made,
+}
+
+impl Blocks<'_> {
+    /// The plan of `first`, these messages, and what was made for them.
+    fn into_plan(self, first: Call, keep: Vec<Vec<c_int>>) -> Plan {
+        Plan {
+            first,
+            more: Vec::new(),
+            messages: self.messages,
+            unpack: self.unpack,
+            handles: std::mem::take(&mut self.made.0),
+            keep,
+            panicked: None,
+        }
+    }
+
+    fn new(max: usize, size: usize, made: &mut Made) -> Blocks<'_> {
+        Blocks {
+            max,
+            limit: (max / size.max(1)).max(1),
+            messages: Vec::new(),
+            unpack: None,
+            made,
+        }
+    }
+
+    /// A block of `len` elements at `buf`, one side's single count in the
+    /// call, exchanged with every rank of `peers`: its MPI count and type.
+    fn single<T: Element>(
+        &mut self,
+        st: &mut State,
+        what: &str,
+        (buf, len): (*mut c_void, usize),
+        dir: Dir,
+        peers: std::ops::Range<usize>,
+    ) -> Result<(c_int, Datatype)> {
+        let (base, per) = datatype::flat::<T>(st)?;
+        if let Some(items) = len.checked_mul(per).filter(|&n| n <= self.limit) {
+            let count = c_int::try_from(items).map_err(|_| invalid(format!("{what}: too many elements")))?;
+            return Ok((count, base));
+        }
+        let b = datatype::block::<T>(st, what, len, self.limit)?;
+        self.made.0.extend(b.made);
+        for peer in peers {
+            let peer = c_int::try_from(peer).map_err(|_| invalid("rank too large for MPI"))?;
+            self.messages.push(Message {
+                dir,
+                buf,
+                ty: b.ty,
+                count: b.count,
+                peer,
+            });
+        }
+        Ok((0, base))
+    }
+
+    /// One side's list (a block per rank in `buf`, laid out by `layout`,
+    /// checked against it): the long blocks as messages, the rest as the
+    /// call's counts.
+    fn list<T: Element>(
+        &mut self,
+        st: &mut State,
+        what: &str,
+        buf: *mut c_void,
+        layout: &Counts,
+        dir: Dir,
+    ) -> Result<List> {
+        let (ty, per) = datatype::flat::<T>(st)?;
+        let elem = std::mem::size_of::<T>();
+        let mut kept = Vec::with_capacity(layout.counts.len());
+        for (peer, (&count, &displ)) in layout.counts.iter().zip(&layout.displs).enumerate() {
+            // SAFETY (pointer arithmetic): the layout was checked against
+            // the buffer, so the block lies inside it.
+            let at = buf.cast::<u8>().wrapping_add(displ * elem);
+            if count.checked_mul(per).is_some_and(|n| n <= self.limit) {
+                kept.push((count, displ, at));
+            } else {
+                self.single::<T>(st, what, (at.cast(), count), dir, peer..peer + 1)?;
+                kept.push((0, 0, at));
+            }
+        }
+        let as_int = |n: usize| c_int::try_from(n).map_err(|_| invalid(format!("{what}: too many elements")));
+        let fits = kept
+            .iter()
+            .all(|&(c, d, _)| c == 0 || d.checked_mul(per).is_some_and(|n| n <= self.max));
+        if fits {
+            return Ok(List {
+                buf,
+                ty,
+                counts: kept.iter().map(|k| as_int(k.0 * per)).collect::<Result<_>>()?,
+                displs: kept
+                    .iter()
+                    .map(|k| as_int(if k.0 == 0 { 0 } else { k.1 * per }))
+                    .collect::<Result<_>>()?,
+            });
+        }
+        // Far apart: the kept blocks (at most `limit` items each) packed
+        // back to back in a copy, which then fits one count.
+        let total: usize = kept.iter().map(|k| k.0).sum();
+        let mut packed = vec![0u8; total * elem];
+        let (mut counts, mut displs, mut moves) = (Vec::new(), Vec::new(), Vec::new());
+        let mut at = 0;
+        for &(c, _, from) in &kept {
+            counts.push(as_int(c * per)?);
+            displs.push(as_int(at * per)?);
+            if c > 0 {
+                moves.push((at * elem, from, c * elem));
+            }
+            at += c;
+        }
+        let packed_ptr = packed.as_mut_ptr().cast::<c_void>();
+        match dir {
+            Dir::Send => {
+                for &(off, from, len) in &moves {
+                    // SAFETY: `from` holds `len` bytes of the caller's
+                    // send buffer; `packed` was sized for every block.
+                    unsafe { std::ptr::copy_nonoverlapping(from, packed.as_mut_ptr().add(off), len) };
+                }
+                self.made.0.push(Handle::Held(Box::new(packed)));
+            }
+            Dir::Recv => self.unpack = Some(Unpack { packed, moves }),
+        }
+        Ok(List {
+            buf: sys::buffer_mut(packed_ptr, total),
+            ty,
+            counts,
+            displs,
+        })
+    }
 }
 
 /// A collective in flight: its buffers and what its calls point into.
@@ -252,6 +564,7 @@ struct CollWork<B> {
     done: Option<Completer<CollResult<B>>>,
     panicked: Option<Arc<AtomicBool>>,
     _keep: Vec<Vec<c_int>>,
+    unpack: Option<Unpack>,
     name: &'static str,
 }
 
@@ -259,6 +572,9 @@ impl<B: Send + Default> Finish for CollWork<B> {
     fn finish(self: Box<Self>, result: Result<()>, _status: &sys::Status) {
         let panicked = self.panicked.as_ref().is_some_and(|p| p.load(Ordering::Acquire));
         let result = result.and(if panicked { Err(user_op::panicked()) } else { Ok(()) });
+        if let (Ok(()), Some(unpack)) = (&result, &self.unpack) {
+            unpack.run();
+        }
         if let Some(done) = self.done {
             done.complete(Ok(BufResult(result, self.bufs)));
         }
@@ -372,22 +688,74 @@ fn plan_elementwise<T: Element>(
     recv: *mut c_void,
     len: usize,
 ) -> Result<Plan> {
-    let (ty, per, mpi_op, custom) = match op {
-        Some(op) => {
-            let r = reduction(st, op)?;
-            (r.ty, r.per, r.op, r.custom)
-        }
+    let r = match op {
+        Some(op) => reduction(st, op)?,
         None => {
             let (ty, per) = datatype::flat::<T>(st)?;
-            (ty, per, sys::null_op(), None)
+            Reduction {
+                ty,
+                per,
+                op: sys::null_op(),
+                custom: None,
+            }
         }
     };
+    let mut calls = Calls::default();
+    elementwise_calls::<T>(&r, max_count, kind, send, recv, len, &mut calls)?;
+    Ok(calls.plan(r.custom))
+}
+
+/// The calls of a collective, in the order every rank starts them.
+#[derive(Default)]
+struct Calls {
+    first: Option<Call>,
+    more: Vec<Call>,
+}
+
+impl Calls {
+    fn push(&mut self, call: Call) {
+        if self.first.is_none() {
+            self.first = Some(call);
+        } else {
+            self.more.push(call);
+        }
+    }
+
+    /// The plan of these calls (at least one), with a custom reduction's
+    /// handles and panic flag.
+    fn plan(self, custom: Option<user_op::Custom>) -> Plan {
+        let (handles, panicked) = match custom {
+            Some(c) => (c.handles, Some(c.panicked)),
+            None => (Vec::new(), None),
+        };
+        Plan {
+            first: self.first.unwrap_or(Call::Barrier {}),
+            more: self.more,
+            messages: Vec::new(),
+            unpack: None,
+            handles,
+            keep: Vec::new(),
+            panicked,
+        }
+    }
+}
+
+/// The calls of an element-wise collective over `len` elements: one, or
+/// several of at most `max_count` MPI items each.
+fn elementwise_calls<T: Element>(
+    r: &Reduction,
+    max_count: usize,
+    kind: Elementwise,
+    send: Option<*const c_void>,
+    recv: *mut c_void,
+    len: usize,
+    calls: &mut Calls,
+) -> Result<()> {
+    let (ty, per, mpi_op) = (r.ty, r.per, r.op);
     let items = len
         .checked_mul(per)
         .ok_or_else(|| invalid("buffer too large for MPI"))?;
     let item_bytes = std::mem::size_of::<T>() / per.max(1);
-    let mut first = None;
-    let mut more = Vec::new();
     let mut at = 0usize;
     loop {
         let n = (items - at).min(max_count);
@@ -398,7 +766,7 @@ fn plan_elementwise<T: Element>(
         let s = send.map(|p| p.cast::<u8>().wrapping_add(off).cast::<c_void>());
         let s = sys::send_or_in_place(s);
         let r = recv.cast::<u8>().wrapping_add(off).cast::<c_void>();
-        let call = match kind {
+        calls.push(match kind {
             Elementwise::Bcast(root) => Call::Bcast {
                 buf: r,
                 count,
@@ -434,29 +802,12 @@ fn plan_elementwise<T: Element>(
                 ty,
                 op: mpi_op,
             },
-        };
-        if first.is_none() {
-            first = Some(call);
-        } else {
-            more.push(call);
-        }
+        });
         at += n;
         if at >= items {
-            break;
+            return Ok(());
         }
     }
-    let (handles, panicked) = match custom {
-        Some(c) => (c.handles, Some(c.panicked)),
-        None => (Vec::new(), None),
-    };
-    let first = first.ok_or_else(|| invalid("a collective of no calls"))?;
-    Ok(Plan {
-        first,
-        more,
-        handles,
-        keep: Vec::new(),
-        panicked,
-    })
 }
 
 fn root_arg(root: Rank, size: usize) -> Result<c_int> {
@@ -505,6 +856,8 @@ fn single(call: Call, keep: Vec<Vec<c_int>>) -> Plan {
     Plan {
         first: call,
         more: Vec::new(),
+        messages: Vec::new(),
+        unpack: None,
         handles: Vec::new(),
         keep,
         panicked: None,
@@ -738,25 +1091,37 @@ impl MpiComm {
                 Ok(())
             }
         );
+        let root_rank = root;
         let root = root_arg(root, size).unwrap_or(0);
         let layout = if is_root { layout.clone() } else { Counts::default() };
+        let max = self.max_count();
         prepared(bufs, move |st, (send, recv)| {
-            let (ty, per) = datatype::flat::<T>(st)?;
-            let counts = datatype::counts("send counts", &layout.counts, per)?;
-            let displs = datatype::counts("send displacements", &layout.displs, per)?;
-            let n = datatype::count("recv", recv.len(), per)?;
-            Ok(single(
-                Call::Scatterv {
-                    send: ptr(send),
-                    counts: counts.as_ptr(),
-                    displs: displs.as_ptr(),
-                    recv: mut_ptr(recv),
-                    recv_count: n,
-                    ty,
-                    root,
-                },
-                vec![counts, displs],
-            ))
+            let mut made = Made(Vec::new());
+            let mut blocks = Blocks::new(max, size, &mut made);
+            let (recv_count, recv_ty) = blocks.single::<T>(
+                st,
+                "recv",
+                (mut_ptr(recv), recv.len()),
+                Dir::Recv,
+                root_rank..root_rank + 1,
+            )?;
+            let list = if is_root {
+                let base = ptr(send).cast_mut();
+                blocks.list::<T>(st, "send", base, &layout, Dir::Send)?
+            } else {
+                List::unused(recv_ty)
+            };
+            let call = Call::Scatterv {
+                send: list.buf,
+                counts: list.counts.as_ptr(),
+                displs: list.displs.as_ptr(),
+                send_ty: list.ty,
+                recv: mut_ptr(recv),
+                recv_count,
+                recv_ty,
+                root,
+            };
+            Ok(blocks.into_plan(call, vec![list.counts, list.displs]))
         })
     }
 
@@ -833,34 +1198,45 @@ impl MpiComm {
                 Ok(())
             }
         );
+        let root_rank = root;
         let root = if all { 0 } else { root_arg(root, size).unwrap_or(0) };
         let layout = if is_root { layout.clone() } else { Counts::default() };
+        let max = self.max_count();
         prepared(bufs, move |st, (send, recv)| {
-            let (ty, per) = datatype::flat::<T>(st)?;
-            let counts = datatype::counts("recv counts", &layout.counts, per)?;
-            let displs = datatype::counts("recv displacements", &layout.displs, per)?;
-            let n = datatype::count("send", send.len(), per)?;
+            let mut made = Made(Vec::new());
+            let mut blocks = Blocks::new(max, size, &mut made);
+            let to = if all { 0..size } else { root_rank..root_rank + 1 };
+            let (send_count, send_ty) =
+                blocks.single::<T>(st, "send", (ptr(send).cast_mut(), send.len()), Dir::Send, to)?;
+            let list = if is_root {
+                blocks.list::<T>(st, "recv", mut_ptr(recv), &layout, Dir::Recv)?
+            } else {
+                List::unused(send_ty)
+            };
+            let (recv, counts, displs, recv_ty) = (list.buf, list.counts.as_ptr(), list.displs.as_ptr(), list.ty);
             let call = if all {
                 Call::Allgatherv {
                     send: ptr(send),
-                    send_count: n,
-                    recv: mut_ptr(recv),
-                    counts: counts.as_ptr(),
-                    displs: displs.as_ptr(),
-                    ty,
+                    send_count,
+                    send_ty,
+                    recv,
+                    counts,
+                    displs,
+                    recv_ty,
                 }
             } else {
                 Call::Gatherv {
                     send: ptr(send),
-                    send_count: n,
-                    recv: mut_ptr(recv),
-                    counts: counts.as_ptr(),
-                    displs: displs.as_ptr(),
-                    ty,
+                    send_count,
+                    send_ty,
+                    recv,
+                    counts,
+                    displs,
+                    recv_ty,
                     root,
                 }
             };
-            Ok(single(call, vec![counts, displs]))
+            Ok(blocks.into_plan(call, vec![list.counts, list.displs]))
         })
     }
 
@@ -918,24 +1294,23 @@ impl MpiComm {
             ),
         );
         let (sl, rl) = (send_layout.clone(), recv_layout.clone());
+        let max = self.max_count();
         prepared(bufs, move |st, (send, recv)| {
-            let (ty, per) = datatype::flat::<T>(st)?;
-            let sc = datatype::counts("send counts", &sl.counts, per)?;
-            let sd = datatype::counts("send displacements", &sl.displs, per)?;
-            let rc = datatype::counts("recv counts", &rl.counts, per)?;
-            let rd = datatype::counts("recv displacements", &rl.displs, per)?;
-            Ok(single(
-                Call::Alltoallv {
-                    send: ptr(send),
-                    send_counts: sc.as_ptr(),
-                    send_displs: sd.as_ptr(),
-                    recv: mut_ptr(recv),
-                    recv_counts: rc.as_ptr(),
-                    recv_displs: rd.as_ptr(),
-                    ty,
-                },
-                vec![sc, sd, rc, rd],
-            ))
+            let mut made = Made(Vec::new());
+            let mut blocks = Blocks::new(max, size, &mut made);
+            let s = blocks.list::<T>(st, "send", ptr(send).cast_mut(), &sl, Dir::Send)?;
+            let r = blocks.list::<T>(st, "recv", mut_ptr(recv), &rl, Dir::Recv)?;
+            let call = Call::Alltoallv {
+                send: s.buf,
+                send_counts: s.counts.as_ptr(),
+                send_displs: s.displs.as_ptr(),
+                send_ty: s.ty,
+                recv: r.buf,
+                recv_counts: r.counts.as_ptr(),
+                recv_displs: r.displs.as_ptr(),
+                recv_ty: r.ty,
+            };
+            Ok(blocks.into_plan(call, vec![s.counts, s.displs, r.counts, r.displs]))
         })
     }
 
@@ -951,26 +1326,41 @@ impl MpiComm {
             bufs,
             check::len("send", bufs.0.len(), bufs.1.len().saturating_mul(size))
         );
+        let (max, rank) = (self.max_count(), self.rank);
         prepared(bufs, move |st, (send, recv)| {
             let r = reduction(st, &op)?;
-            let n = datatype::count("recv", recv.len(), r.per)?;
-            let (handles, panicked) = match r.custom {
-                Some(c) => (c.handles, Some(c.panicked)),
-                None => (Vec::new(), None),
-            };
-            Ok(Plan {
-                first: Call::ReduceScatterBlock {
+            let len = recv.len();
+            let mut calls = Calls::default();
+            match len.checked_mul(r.per).filter(|&n| n <= max) {
+                Some(items) => calls.push(Call::ReduceScatterBlock {
                     send: ptr(send),
                     recv: mut_ptr(recv),
-                    count: n,
+                    count: c_int::try_from(items).map_err(|_| invalid("recv: too many elements"))?,
                     ty: r.ty,
                     op: r.op,
-                },
-                more: Vec::new(),
-                handles,
-                keep: Vec::new(),
-                panicked,
-            })
+                }),
+                // Longer than one count: each rank's block is reduced to
+                // it, one split reduce per rank (the blocks of a split
+                // reduce-scatter would not be contiguous).
+                None => {
+                    for to in 0..size {
+                        // SAFETY (pointer arithmetic): the send buffer
+                        // holds `size` blocks of `len`.
+                        let block = ptr(send)
+                            .cast::<u8>()
+                            .wrapping_add(to * len * std::mem::size_of::<T>())
+                            .cast();
+                        let into = if to == rank {
+                            mut_ptr(recv)
+                        } else {
+                            mut_ptr::<T>(&mut [])
+                        };
+                        let root = c_int::try_from(to).map_err(|_| invalid("rank too large for MPI"))?;
+                        elementwise_calls::<T>(&r, max, Elementwise::Reduce(root), Some(block), into, len, &mut calls)?;
+                    }
+                }
+            }
+            Ok(calls.plan(r.custom))
         })
     }
 
@@ -990,7 +1380,7 @@ impl MpiComm {
         let made = self
             .mpi
             .shared
-            .with_state(|_| -> Result<Option<(Comm, Rank, usize, u32)>> {
+            .with_state(|_| -> Result<Option<Fresh>> {
                 let comm = match color {
                     // SAFETY: `parent` is live (we hold it); this thread
                     // may call MPI and holds the state.

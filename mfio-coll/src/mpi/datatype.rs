@@ -142,25 +142,3 @@ pub(crate) fn block<T: Element>(st: &mut State, what: &str, elems: usize, max: u
         made: Some(Handle::Type(big)),
     })
 }
-
-/// `elems` elements of `per` MPI items each as an MPI count.
-///
-/// # Errors
-/// `InvalidInput` naming `what` if it exceeds `i32::MAX` (callers that can
-/// split do so before).
-pub(crate) fn count(what: &str, elems: usize, per: usize) -> Result<c_int> {
-    elems
-        .checked_mul(per)
-        .and_then(|n| c_int::try_from(n).ok())
-        .ok_or_else(|| {
-            invalid(format!(
-                "{what}: {elems} elements exceed MPI's count limit (i32::MAX items per call); \
-                 this operation is not split on MPI 3.1"
-            ))
-        })
-}
-
-/// A `v`-variant list (counts or displacements, in elements) as MPI counts.
-pub(crate) fn counts(what: &str, list: &[usize], per: usize) -> Result<Vec<c_int>> {
-    list.iter().map(|&n| count(what, n, per)).collect()
-}

@@ -26,16 +26,36 @@
 //!   handles dropped) on other threads are forwarded to it and run at its
 //!   next driving step, so that thread must drive the backend.
 //!
+//! The blocking form of a collective makes MPI's blocking call when its
+//! thread may call MPI and no timeout is set; otherwise it waits for the
+//! non-blocking call. MPI never matches a blocking collective with a
+//! non-blocking one, so every rank of a communicator must choose alike:
+//! the same timeout setting everywhere and, under `Funneled`, blocking
+//! forms called from the same kind of thread on every rank.
+//!
 //! # Large counts
-//! Open MPI 4.1 implements MPI 3.1, without the `_c` large-count calls.
-//! Element-wise collectives (`bcast`, `reduce`, `allreduce`, `scan`,
-//! `exscan`) longer than `i32::MAX` MPI items are split into several
-//! requests that complete together. `scatter`, `gather`, `allgather` and
-//! `alltoall` send such a per-rank block as one element of a datatype made
-//! for the call. The `v` variants, `reduce_scatter_block` and messages
-//! refuse such counts with `InvalidInput` (they take per-rank counts or
-//! displacements that one made type cannot express, or a predefined
-//! reduction that applies to predefined types only).
+//! Open MPI 4.1 implements MPI 3.1, without the `_c` large-count calls, so
+//! counts beyond `i32::MAX` MPI items take other shapes, each decided by
+//! every rank from what it knows itself (ranks never disagree on the
+//! shape):
+//! - element-wise collectives (`bcast`, `reduce`, `allreduce`, `scan`,
+//!   `exscan`) are split into several requests that complete together;
+//! - `reduce_scatter_block` becomes one split `reduce` to each rank (its
+//!   chunks would not be contiguous);
+//! - `scatter`, `gather`, `allgather` and `alltoall` send each per-rank
+//!   block as one element of a datatype made for the call;
+//! - in the `v` variants, a block longer than the limit leaves the MPI
+//!   call (count 0 there) and travels as one message on a private
+//!   duplicate of the communicator; both of its ends know its length.
+//!   Displacements beyond the limit are counted in a larger unit (the
+//!   greatest common divisor of that side's counts and displacements); a
+//!   layout no unit brings under the limit is refused with `InvalidInput`
+//!   naming it, by the rank that holds it;
+//! - a message is one element of a datatype made for it; a receive buffer
+//!   beyond the limit likewise, and it takes any shorter message.
+//!
+//! [`MpiBuilder::max_count`] lowers the limit, which is how the tests
+//! reach every one of these paths.
 
 mod backend;
 mod comm;

@@ -8,6 +8,15 @@
 //! a message already, the message is kept and the next matching receive
 //! takes it, as it is when a receive completes and its caller drops it
 //! unclaimed. Nothing is lost.
+//!
+//! A message or receive buffer beyond MPI's count limit is one element of
+//! a datatype made for it, so lengths are not limited.
+//!
+//! Open MPI 4.1's loopback transport writes a message a rank sends itself
+//! past a shorter receive buffer when the message exceeds 1 KiB. When mfio
+//! initialises MPI it turns that transport's RDMA off
+//! (`OMPI_MCA_btl_self_flags=send,inplace`, unless set already); a program
+//! that initialises MPI itself should set it too.
 
 use std::ffi::c_int;
 use std::sync::Arc;
@@ -21,7 +30,7 @@ use mfio_core::{
 
 use super::backend::{mpi_error, Done, Finish};
 use super::comm::MpiComm;
-use super::sys;
+use super::{datatype, sys};
 use crate::check::{self, invalid};
 use crate::comm::{Rank, Tag};
 
@@ -121,7 +130,7 @@ impl MpiComm {
         report: Option<Completer<RecvInfo>>,
     ) {
         let (any_source, any_tag, _) = sys::wildcards();
-        let checked = (|| -> Result<(c_int, c_int, c_int)> {
+        let checked = (|| -> Result<(c_int, c_int)> {
             let s = match source {
                 Source::Rank(r) => self.check_peer("source", r)?,
                 Source::Any => any_source,
@@ -130,11 +139,9 @@ impl MpiComm {
                 TagMatch::Tag(t) => self.check_tag(t)?,
                 TagMatch::Any => any_tag,
             };
-            let len = c_int::try_from(view.len())
-                .map_err(|_| invalid("receive buffer exceeds MPI's count limit (i32::MAX bytes)"))?;
-            Ok((s, t, len))
+            Ok((s, t))
         })();
-        let (s, t, len) = match checked {
+        let (s, t) = match checked {
             Ok(v) => v,
             Err(err) => return fail_recv(view, report, err),
         };
@@ -158,7 +165,14 @@ impl MpiComm {
         }
         let comm = self.handle;
         let cancels = shared.cancels.clone();
+        let max = shared.max_count;
         shared.submit(move |_, st, done| {
+            // A buffer beyond one count is one element of a type made for
+            // it; MPI matches it with a message of any shorter length.
+            let block = match datatype::block::<u8>(st, "receive buffer", view.len(), max) {
+                Ok(b) => b,
+                Err(err) => return fail_recv(view, report, err),
+            };
             let token = st.next_token();
             if view.set_cancel_handler(cancels, token).is_err() {
                 done.push(Done::now(
@@ -172,14 +186,17 @@ impl MpiComm {
             let mut once = true;
             st.post(
                 work,
-                Vec::new(),
+                block.made.into_iter().collect(),
                 true,
                 |_| {
                     std::mem::take(&mut once).then(|| {
-                        // SAFETY: the view (in the record) owns `len`
-                        // writable bytes at `ptr` until the request
-                        // finishes; the state is held on an allowed thread.
-                        unsafe { sys::irecv(ptr, len, s, t, comm.raw()) }.map_err(|c| mpi_error(c, "MPI_Irecv"))
+                        // SAFETY: the view (in the record) owns the
+                        // writable bytes at `ptr` the block describes until
+                        // the request finishes; the type lives as long (a
+                        // handle of the record); the state is held on an
+                        // allowed thread.
+                        unsafe { sys::irecv(ptr, (block.count, block.ty), s, t, comm.raw()) }
+                            .map_err(|c| mpi_error(c, "MPI_Irecv"))
                     })
                 },
                 done,
@@ -287,14 +304,12 @@ impl PacketIo<Write, (Rank, Tag)> for MpiComm {
         (rank, tag): (Rank, Tag),
         view: PacketView<Write>,
     ) -> std::result::Result<(), QueueFull<Write, (Rank, Tag)>> {
-        let checked = (|| -> Result<(c_int, c_int, c_int)> {
+        let checked = (|| -> Result<(c_int, c_int)> {
             let dest = self.check_peer("destination", rank)?;
             let tag = self.check_tag(tag)?;
-            let len = c_int::try_from(view.len())
-                .map_err(|_| invalid("message exceeds MPI's count limit (i32::MAX bytes)"))?;
-            Ok((dest, tag, len))
+            Ok((dest, tag))
         })();
-        let (dest, tag, len) = match checked {
+        let (dest, tag) = match checked {
             Ok(v) => v,
             Err(err) => {
                 view.fail(err);
@@ -302,19 +317,29 @@ impl PacketIo<Write, (Rank, Tag)> for MpiComm {
             }
         };
         let comm = self.handle;
+        let max = self.mpi.shared.max_count;
         self.mpi.shared.submit(move |_, st, done| {
+            // A message beyond one count is one element of a type made for
+            // it: one message still, whatever its length.
+            let block = match datatype::block::<u8>(st, "message", view.len(), max) {
+                Ok(b) => b,
+                Err(err) => return view.fail(err),
+            };
             let ptr = sys::buffer(view.as_slice().as_ptr().cast(), view.len());
             let mut once = true;
             st.post(
                 Box::new(SendWork { view }),
-                Vec::new(),
+                block.made.into_iter().collect(),
                 false,
                 |_| {
                     std::mem::take(&mut once).then(|| {
-                        // SAFETY: the view (in the record) keeps `len`
-                        // readable bytes at `ptr` until the request
-                        // finishes; the state is held on an allowed thread.
-                        unsafe { sys::isend(ptr, len, dest, tag, comm.raw()) }.map_err(|c| mpi_error(c, "MPI_Isend"))
+                        // SAFETY: the view (in the record) keeps the
+                        // readable bytes at `ptr` the block describes until
+                        // the request finishes; the type lives as long (a
+                        // handle of the record); the state is held on an
+                        // allowed thread.
+                        unsafe { sys::isend(ptr, (block.count, block.ty), dest, tag, comm.raw()) }
+                            .map_err(|c| mpi_error(c, "MPI_Isend"))
                     })
                 },
                 done,

@@ -600,23 +600,28 @@ collectives! { comm;
         => "allreduce", MPI_Allreduce, MPI_Iallreduce (send, recv, count, ty, op, comm);
     Scatter { send: Send, send_count: c_int, recv: Recv, recv_count: c_int, ty: Datatype, root: c_int }
         => "scatter", MPI_Scatter, MPI_Iscatter (send, send_count, ty, recv, recv_count, ty, root, comm);
-    Scatterv { send: Send, counts: Counts, displs: Counts, recv: Recv, recv_count: c_int, ty: Datatype, root: c_int }
-        => "scatterv", MPI_Scatterv, MPI_Iscatterv (send, counts, displs, ty, recv, recv_count, ty, root, comm);
+    Scatterv {
+        send: Send, counts: Counts, displs: Counts, send_ty: Datatype, recv: Recv, recv_count: c_int, recv_ty: Datatype,
+        root: c_int
+    } => "scatterv", MPI_Scatterv, MPI_Iscatterv (send, counts, displs, send_ty, recv, recv_count, recv_ty, root, comm);
     Gather { send: Send, send_count: c_int, recv: Recv, recv_count: c_int, ty: Datatype, root: c_int }
         => "gather", MPI_Gather, MPI_Igather (send, send_count, ty, recv, recv_count, ty, root, comm);
-    Gatherv { send: Send, send_count: c_int, recv: Recv, counts: Counts, displs: Counts, ty: Datatype, root: c_int }
-        => "gatherv", MPI_Gatherv, MPI_Igatherv (send, send_count, ty, recv, counts, displs, ty, root, comm);
+    Gatherv {
+        send: Send, send_count: c_int, send_ty: Datatype, recv: Recv, counts: Counts, displs: Counts, recv_ty: Datatype,
+        root: c_int
+    } => "gatherv", MPI_Gatherv, MPI_Igatherv (send, send_count, send_ty, recv, counts, displs, recv_ty, root, comm);
     Allgather { send: Send, send_count: c_int, recv: Recv, recv_count: c_int, ty: Datatype }
         => "allgather", MPI_Allgather, MPI_Iallgather (send, send_count, ty, recv, recv_count, ty, comm);
-    Allgatherv { send: Send, send_count: c_int, recv: Recv, counts: Counts, displs: Counts, ty: Datatype }
-        => "allgatherv", MPI_Allgatherv, MPI_Iallgatherv (send, send_count, ty, recv, counts, displs, ty, comm);
+    Allgatherv {
+        send: Send, send_count: c_int, send_ty: Datatype, recv: Recv, counts: Counts, displs: Counts, recv_ty: Datatype
+    } => "allgatherv", MPI_Allgatherv, MPI_Iallgatherv (send, send_count, send_ty, recv, counts, displs, recv_ty, comm);
     Alltoall { send: Send, send_count: c_int, recv: Recv, recv_count: c_int, ty: Datatype }
         => "alltoall", MPI_Alltoall, MPI_Ialltoall (send, send_count, ty, recv, recv_count, ty, comm);
     Alltoallv {
-        send: Send, send_counts: Counts, send_displs: Counts,
-        recv: Recv, recv_counts: Counts, recv_displs: Counts, ty: Datatype
+        send: Send, send_counts: Counts, send_displs: Counts, send_ty: Datatype,
+        recv: Recv, recv_counts: Counts, recv_displs: Counts, recv_ty: Datatype
     } => "alltoallv", MPI_Alltoallv, MPI_Ialltoallv
-        (send, send_counts, send_displs, ty, recv, recv_counts, recv_displs, ty, comm);
+        (send, send_counts, send_displs, send_ty, recv, recv_counts, recv_displs, recv_ty, comm);
     ReduceScatterBlock { send: Send, recv: Recv, count: c_int, ty: Datatype, op: Op }
         => "reduce_scatter_block", MPI_Reduce_scatter_block, MPI_Ireduce_scatter_block
         (send, recv, count, ty, op, comm);
@@ -626,40 +631,63 @@ collectives! { comm;
         => "exscan", MPI_Exscan, MPI_Iexscan (send, recv, count, ty, op, comm);
 }
 
-/// `MPI_Isend` of `len` bytes.
+/// `MPI_Isend` of `count` elements of `ty`.
 ///
 /// # Safety
 /// As for [`Call::start`].
 pub(crate) unsafe fn isend(
     buf: *const c_void,
-    len: c_int,
+    (count, ty): (c_int, Datatype),
     dest: c_int,
     tag: c_int,
     comm: Comm,
 ) -> Result<Request, Code> {
     let mut req = MaybeUninit::uninit();
     // SAFETY: upheld by the caller.
-    check(unsafe { ffi::MPI_Isend(buf, len, builtin(Primitive::U8), dest, tag, comm, req.as_mut_ptr()) })?;
+    check(unsafe { ffi::MPI_Isend(buf, count, ty, dest, tag, comm, req.as_mut_ptr()) })?;
     // SAFETY: written by the successful call.
     Ok(unsafe { req.assume_init() })
 }
 
-/// `MPI_Irecv` of up to `len` bytes.
+/// `MPI_Irecv` of up to `count` elements of `ty`.
 ///
 /// # Safety
 /// As for [`Call::start`].
 pub(crate) unsafe fn irecv(
     buf: *mut c_void,
-    len: c_int,
+    (count, ty): (c_int, Datatype),
     source: c_int,
     tag: c_int,
     comm: Comm,
 ) -> Result<Request, Code> {
     let mut req = MaybeUninit::uninit();
     // SAFETY: upheld by the caller.
-    check(unsafe { ffi::MPI_Irecv(buf, len, builtin(Primitive::U8), source, tag, comm, req.as_mut_ptr()) })?;
+    check(unsafe { ffi::MPI_Irecv(buf, count, ty, source, tag, comm, req.as_mut_ptr()) })?;
     // SAFETY: written by the successful call.
     Ok(unsafe { req.assume_init() })
+}
+
+/// `MPI_Waitall` over `reqs` (all become null): the first failure, if any.
+///
+/// # Safety
+/// Every request in `reqs` is active or null; the thread may call MPI.
+pub(crate) unsafe fn wait_all(reqs: &mut [Request]) -> Result<(), Code> {
+    let mut statuses = vec![empty_status(); reqs.len()];
+    let count = c_int::try_from(reqs.len()).map_err(|_| Code(-1))?;
+    // SAFETY: both arrays hold `count` entries; upheld by the caller.
+    let rc = unsafe { ffi::MPI_Waitall(count, reqs.as_mut_ptr(), statuses.as_mut_ptr()) };
+    match check(rc) {
+        Err(code) if class(code) == Class::InStatus => {
+            // SAFETY: a constant defined by the shim.
+            let success = unsafe { mfio_mpi_success };
+            statuses
+                .iter()
+                .map(|s| s.MPI_ERROR)
+                .find(|&e| e != success && class(Code(e)) != Class::Pending)
+                .map_or(Ok(()), |e| Err(Code(e)))
+        }
+        other => other,
+    }
 }
 
 /// `MPI_Cancel`.
@@ -682,16 +710,19 @@ pub(crate) fn status_fields(s: &Status) -> (c_int, c_int, c_int) {
     (s.MPI_SOURCE, s.MPI_TAG, s.MPI_ERROR)
 }
 
-/// Whether the request behind `s` was cancelled, and the bytes received.
+/// Whether the request behind `s` was cancelled, and the bytes received
+/// (counted in bytes whatever type received them, and in 64 bits: a
+/// message may exceed `i32::MAX` bytes).
 pub(crate) fn status_cancelled_count(s: &Status) -> (bool, Option<usize>) {
     let mut flag = 0;
-    let mut count = 0;
+    let mut count: ffi::MPI_Count = 0;
     // SAFETY: `s` is a status MPI filled; both calls only read it.
-    unsafe {
+    let rc = unsafe {
         ffi::MPI_Test_cancelled(s, &mut flag);
-        ffi::MPI_Get_count(s, builtin(Primitive::U8), &mut count);
-    }
-    (flag != 0, usize::try_from(count).ok())
+        ffi::MPI_Get_elements_x(s, builtin(Primitive::U8), &mut count)
+    };
+    let count = check(rc).ok().and_then(|()| usize::try_from(count).ok());
+    (flag != 0, count)
 }
 
 /// `MPI_Testsome` over `reqs`: the indices of those that completed, with
