@@ -359,6 +359,18 @@ impl TcpListener {
 }
 
 impl TcpStream {
+    /// Takes over a connected `std::net::TcpStream` (one made with blocking
+    /// calls, say with a connect timeout), driven by `rt` from now on.
+    ///
+    /// # Errors
+    /// The OS error of registering it with the backend (`epoll_ctl`).
+    pub fn from_std(rt: &Runtime, stream: std::net::TcpStream) -> Result<Self> {
+        Ok(Self {
+            rt: rt.clone(),
+            sock: rt.register_socket(OwnedFd::from(stream))?,
+        })
+    }
+
     /// Connects to `addr`.
     pub fn connect(rt: &Runtime, addr: SocketAddr) -> TcpConnect {
         TcpConnect::start(rt, new_socket(family_of(&addr)), Ok(SocketAddrAny::from(addr)))

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use mfio_backends::{Runtime, TcpListener, TcpStream, UdpSocket, UnixListener, UnixStream};
-use mfio_core::{IoBackend, IoReadStream, IoWriteStream, Result};
+use mfio_core::{BufResult, IoBackend, IoReadStream, IoWriteStream, Result};
 use util::{open_fds, pattern};
 
 const CONCURRENT: usize = 8;
@@ -62,6 +62,41 @@ fn connect_send_drop(rt: &Runtime, _tmp: &Path) -> Result<()> {
     let got = server.join().expect("server thread")?;
     assert!(got[0] == expect, "the dropped stream lost bytes");
     assert!(got[1..].iter().all(|g| *g == small), "a concurrent stream lost bytes");
+    Ok(())
+}
+
+/// A std stream connected with blocking calls, taken over by the runtime:
+/// bytes flow both ways, exactly, and end of stream arrives.
+fn taken_over_std_stream(rt: &Runtime, _tmp: &Path) -> Result<()> {
+    let fds = open_fds();
+    let (listener, addr) = std_listener()?;
+    let peer = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let (mut s, _) = listener.accept()?;
+        s.write_all(&pattern(200_000, 7))?;
+        s.shutdown(Shutdown::Write)?;
+        let mut got = Vec::new();
+        s.read_to_end(&mut got)?;
+        Ok(got)
+    });
+    let std_stream = StdStream::connect_timeout(&addr, Duration::from_secs(10))?;
+    let s = TcpStream::from_std(rt, std_stream)?;
+    assert_eq!(s.peer_addr()?, addr);
+    let (got, rest) = util::run(rt, async {
+        s.write_all(pattern(300_000, 8)).await.0?;
+        let BufResult(res, got) = s.read_exact(Vec::with_capacity(200_000)).await;
+        res?;
+        let BufResult(res, rest) = s.read_to_end(Vec::new()).await;
+        res?;
+        Ok::<_, mfio_core::Error>((got, rest))
+    })?;
+    drop(s);
+    assert!(got == pattern(200_000, 7), "the bytes the peer sent");
+    assert!(rest.is_empty(), "end of stream after the peer's bytes");
+    assert!(
+        peer.join().expect("peer thread")? == pattern(300_000, 8),
+        "the bytes sent to the peer"
+    );
+    assert_eq!(open_fds(), fds, "the stream's descriptor was closed");
     Ok(())
 }
 
@@ -490,6 +525,7 @@ fn busy_polling_spins_only_for_its_budget() {
 
 backend_tests!(
     connect_send_drop,
+    taken_over_std_stream,
     accept_and_receive_to_eof,
     echo_client_half_close,
     echo_server,

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod every_algorithm;
+
+use every_algorithm::{affine, collect_ranks, compose, reference};
 use futures::executor::block_on;
 use mfio_coll::algo;
 use mfio_coll::transport::local::LocalTransport;
@@ -36,51 +39,12 @@ where
         });
     }
     drop(tx);
-    let mut out: Vec<Option<O>> = (0..n).map(|_| None).collect();
-    for _ in 0..n {
-        let (rank, o) = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("a rank of {n} hung or panicked"));
-        out[rank] = Some(o);
-    }
-    out.into_iter().map(|o| o.expect("every rank answered")).collect()
+    collect_ranks(rx, n)
 }
 
 /// Rank `r`'s input of length `len`: values that differ by rank and index.
 fn input(r: usize, len: usize) -> Vec<u32> {
-    (0..len)
-        .map(|i| {
-            (r as u32 + 1)
-                .wrapping_mul(2_654_435_761)
-                .wrapping_add(i as u32 * 40_503)
-        })
-        .collect()
-}
-
-/// Affine maps `x -> a·x + b` (wrapping): composing them is associative
-/// but not commutative, so a wrong operand order shows.
-fn affine(r: usize, len: usize) -> Vec<[u64; 2]> {
-    (0..len)
-        .map(|i| [(r as u64) * 2 + 3 + i as u64, (r as u64 + 7) * 1_000_003 + i as u64])
-        .collect()
-}
-
-/// `acc = incoming ∘ acc`: first `incoming`'s map, then `acc`'s.
-fn compose() -> ReduceOp<[u64; 2]> {
-    ReduceOp::custom(false, |incoming: &[[u64; 2]], acc: &mut [[u64; 2]]| {
-        for (a, x) in acc.iter_mut().zip(incoming) {
-            *a = [x[0].wrapping_mul(a[0]), a[0].wrapping_mul(x[1]).wrapping_add(a[1])];
-        }
-    })
-}
-
-/// The sequential reference: `v0 ∘ v1 ∘ … ∘ v(n-1)`, element-wise.
-fn reference<T: mfio_coll::Element>(inputs: &[Vec<T>], op: &ReduceOp<T>) -> Vec<T> {
-    let mut acc = inputs.last().cloned().unwrap_or_default();
-    for v in inputs.iter().rev().skip(1) {
-        op.apply(v, &mut acc);
-    }
-    acc
+    every_algorithm::input(r, len, 0)
 }
 
 #[derive(Debug, Clone, Copy)]

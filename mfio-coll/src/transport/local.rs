@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use mfio_core::BufResult;
 use parking_lot::Mutex;
 
-use super::{no_such_rank, wrong_length, Inbox, Key, Transport, TransportFuture};
+use super::{fill_exact, no_such_rank, Inbox, Key, Transport, TransportFuture};
 use crate::comm::Rank;
 
 /// One rank of a group made by [`LocalTransport::group`]. Dropping it
@@ -124,14 +124,7 @@ impl Transport for LocalTransport {
                 return BufResult(Err(no_such_rank(from, size)), buf);
             }
             let taken = std::future::poll_fn(|cx| inboxes[me].poll_take(from, key, cx)).await;
-            let res = match taken {
-                Ok(data) if data.len() == buf.len() => {
-                    buf.copy_from_slice(&data);
-                    Ok(())
-                }
-                Ok(data) => Err(wrong_length(from, key, data.len(), buf.len())),
-                Err(e) => Err(e),
-            };
+            let res = fill_exact(from, key, taken, &mut buf);
             BufResult(res, buf)
         })
     }

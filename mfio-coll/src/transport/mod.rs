@@ -10,12 +10,21 @@
 //! message of any other length is an `InvalidData` error naming the sender,
 //! the key and both lengths.
 //!
-//! Implementations: [`local::LocalTransport`] (ranks as threads of one
-//! process, with an optional scrambled completion order for property
-//! tests). TCP, UCX and MPI point-to-point transports are not written yet.
+//! Implementations:
+//! - [`local::LocalTransport`]: ranks as threads of one process, with an
+//!   optional scrambled completion order for property tests;
+//! - [`tcp::TcpTransport`] (feature `tcp`): ranks as processes joined by
+//!   TCP on an mfio-backends runtime, connected by [`bootstrap::Bootstrap`]
+//!   from the launcher's environment.
+//!
+//! UCX and MPI point-to-point transports are not written yet.
 
+#[cfg(feature = "tcp")]
+pub mod bootstrap;
 mod inbox;
 pub mod local;
+#[cfg(feature = "tcp")]
+pub mod tcp;
 
 use std::fmt;
 use std::future::Future;
@@ -115,6 +124,24 @@ pub fn wrong_length(from: Rank, key: Key, got: usize, want: usize) -> Error {
         std::io::ErrorKind::InvalidData,
         format!("message from rank {from} ({key}) has {got} bytes, {want} expected"),
     )
+}
+
+/// Copies a message `from` sent under `key` into `buf`, which must have
+/// its length ([`wrong_length`] otherwise, `buf` unchanged).
+pub(crate) fn fill_exact(
+    from: Rank,
+    key: Key,
+    taken: mfio_core::Result<Vec<u8>>,
+    buf: &mut [u8],
+) -> mfio_core::Result<()> {
+    match taken {
+        Ok(data) if data.len() == buf.len() => {
+            buf.copy_from_slice(&data);
+            Ok(())
+        }
+        Ok(data) => Err(wrong_length(from, key, data.len(), buf.len())),
+        Err(e) => Err(e),
+    }
 }
 
 /// The error of an operation naming a rank outside a group of `size`.

@@ -1,0 +1,331 @@
+//! [`TcpTransport`]: the ranks of a job as processes joined by TCP, one
+//! connection per pair of ranks ([`Bootstrap`](super::bootstrap::Bootstrap)
+//! makes them), driven by an mfio-backends [`Runtime`] (io_uring or poll).
+//!
+//! A message is a frame: its [`Key`] and length (24 bytes, little-endian),
+//! then its bytes. Each connection has one reader, which files every frame
+//! in the [`Inbox`] under its sender and key, and one writer at a time
+//! (frames never interleave). The readers make progress whenever any send
+//! or receive of the transport is polled, so a rank reads while it waits
+//! for anything, and never stops reading while the other end sends.
+//!
+//! A connection that ends or fails closes its rank: receives from it fail
+//! with an error naming it (`ConnectionAborted`), unless its message came
+//! first. Keepalive probes and `TCP_USER_TIMEOUT` turn a peer that vanished
+//! without closing (a cut link, a frozen host) into such an error within
+//! the configured timeout.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+
+use futures_util::lock::Mutex as AsyncMutex;
+use mfio_backends::{Runtime, TcpStream};
+use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result};
+use parking_lot::Mutex;
+
+use super::{fill_exact, no_such_rank, Inbox, Key, Transport, TransportFuture};
+use crate::comm::Rank;
+
+/// Bytes of a frame header: comm, seq, step, chunk (u32 each), length (u64).
+const HEADER: usize = 24;
+
+/// Messages up to this many bytes go out with their header in one write.
+const COALESCE: usize = 64 << 10;
+
+/// One rank's end of a group joined by TCP.
+pub struct TcpTransport {
+    rank: Rank,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inbox: Inbox,
+    /// Per rank: its connection's writer (`None` at this rank).
+    writers: Vec<Option<Writer>>,
+    /// Per rank: its connection's reader while it reads.
+    readers: Mutex<Vec<Option<ReadLoop>>>,
+    /// Everyone waiting on the transport, woken when a reader can go on.
+    waiting: Arc<WakeAll>,
+}
+
+struct Writer {
+    stream: Arc<TcpStream>,
+    lock: AsyncMutex<()>,
+}
+
+type ReadLoop = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A waker that wakes every waker registered since it last fired.
+#[derive(Default)]
+struct WakeAll {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl WakeAll {
+    fn register(&self, waker: &Waker) {
+        let mut ws = self.wakers.lock();
+        if !ws.iter().any(|w| w.will_wake(waker)) {
+            ws.push(waker.clone());
+        }
+    }
+}
+
+impl Wake for WakeAll {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let ws = std::mem::take(&mut *self.wakers.lock());
+        for w in ws {
+            w.wake();
+        }
+    }
+}
+
+/// How a [`TcpTransport`]'s connections detect a peer that vanished.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// A connection with unacknowledged data for this long fails
+    /// (`TCP_USER_TIMEOUT`), as does an idle one whose keepalive probes go
+    /// unanswered for about as long.
+    pub timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn set_liveness(stream: &std::net::TcpStream, live: Liveness) -> Result<()> {
+    use rustix::net::sockopt;
+    let secs = live.timeout.as_secs().clamp(1, 3600);
+    let probe = Duration::from_secs((secs / 4).max(1));
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, probe)?;
+    sockopt::set_tcp_keepintvl(stream, probe)?;
+    sockopt::set_tcp_keepcnt(stream, 3)?;
+    let ms = u32::try_from(live.timeout.as_millis()).unwrap_or(u32::MAX).max(1);
+    sockopt::set_tcp_user_timeout(stream, ms)?;
+    Ok(())
+}
+
+impl TcpTransport {
+    /// This rank's transport over `links` (one connected stream per other
+    /// rank, `None` at `rank`, as [`Bootstrap::connect`] returns them),
+    /// driven by `rt`.
+    ///
+    /// # Errors
+    /// `InvalidInput` if `links` does not have exactly one stream per other
+    /// rank; the OS error of setting the sockets up.
+    ///
+    /// [`Bootstrap::connect`]: super::bootstrap::Bootstrap::connect
+    pub fn new(rt: &Runtime, rank: Rank, links: Vec<Option<std::net::TcpStream>>, live: Liveness) -> Result<Self> {
+        let size = links.len();
+        if rank >= size || links.iter().enumerate().any(|(r, l)| l.is_some() == (r == rank)) {
+            return Err(Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("links: rank {rank} of {size} needs one stream per other rank and none to itself"),
+            ));
+        }
+        let mut streams = Vec::with_capacity(size);
+        for link in links {
+            match link {
+                None => streams.push(None),
+                Some(s) => {
+                    set_liveness(&s, live)?;
+                    s.set_nodelay(true)?;
+                    streams.push(Some(Arc::new(TcpStream::from_std(rt, s)?)));
+                }
+            }
+        }
+        let shared = Arc::new(Shared {
+            inbox: Inbox::new(),
+            writers: streams
+                .iter()
+                .map(|s| {
+                    s.as_ref().map(|stream| Writer {
+                        stream: stream.clone(),
+                        lock: AsyncMutex::new(()),
+                    })
+                })
+                .collect(),
+            readers: Mutex::new(Vec::new()),
+            waiting: Arc::default(),
+        });
+        // The readers hold the shared state weakly: dropping the transport
+        // drops them, which closes the connections.
+        let readers = streams
+            .into_iter()
+            .enumerate()
+            .map(|(peer, s)| s.map(|stream| read_loop(peer, stream, Arc::downgrade(&shared))))
+            .collect();
+        *shared.readers.lock() = readers;
+        Ok(Self { rank, shared })
+    }
+
+    /// Runs the readers that can make progress; registers `cx` to hear when
+    /// more can.
+    fn drive(shared: &Shared, cx: &mut Context<'_>) {
+        shared.waiting.register(cx.waker());
+        // Whoever holds the readers polls them for everyone; the others'
+        // wakers are registered and fire when a reader can go on.
+        let Some(mut readers) = shared.readers.try_lock() else {
+            return;
+        };
+        let waker = Waker::from(shared.waiting.clone());
+        let mut rcx = Context::from_waker(&waker);
+        for slot in readers.iter_mut() {
+            if let Some(reader) = slot {
+                if reader.as_mut().poll(&mut rcx).is_ready() {
+                    *slot = None;
+                }
+            }
+        }
+    }
+}
+
+/// Reads frames from `peer` until its connection ends, filing each in the
+/// inbox; then closes the peer.
+fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>) -> ReadLoop {
+    Box::pin(async move {
+        let reason = loop {
+            let BufResult(res, header) = stream.read_exact(Vec::with_capacity(HEADER)).await;
+            if let Err(e) = res {
+                break e;
+            }
+            let word = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+            let key = Key {
+                comm: word(0),
+                seq: word(4),
+                step: word(8),
+                chunk: word(12),
+            };
+            let mut len_bytes = [0u8; 8];
+            len_bytes.copy_from_slice(&header[16..24]);
+            let Ok(len) = usize::try_from(u64::from_le_bytes(len_bytes)) else {
+                break Error::new(std::io::ErrorKind::InvalidData, "a frame longer than memory");
+            };
+            let mut data = Vec::new();
+            if data.try_reserve_exact(len).is_err() {
+                break Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    format!("no memory for a {len}-byte message ({key})"),
+                );
+            }
+            let BufResult(res, data) = stream.read_exact(data).await;
+            if let Err(e) = res {
+                break e;
+            }
+            let Some(shared) = shared.upgrade() else { return };
+            shared.inbox.deliver(peer, key, data);
+        };
+        tracing::debug!(peer, error = %reason, "mfio-coll TCP: connection to rank ended");
+        if let Some(shared) = shared.upgrade() {
+            shared.inbox.close(peer);
+        }
+    })
+}
+
+/// A transport future that keeps the readers going whenever it is polled.
+struct Driven<F> {
+    shared: Arc<Shared>,
+    inner: Pin<Box<F>>,
+}
+
+impl<F: Future> Future for Driven<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        TcpTransport::drive(&self.shared, cx);
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+fn header(key: Key, len: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER + len.min(COALESCE));
+    for w in [key.comm, key.seq, key.step, key.chunk] {
+        h.extend_from_slice(&w.to_le_bytes());
+    }
+    h.extend_from_slice(&(len as u64).to_le_bytes());
+    h
+}
+
+impl Transport for TcpTransport {
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.shared.writers.len()
+    }
+
+    fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
+        let size = self.size();
+        if to >= size {
+            return Box::pin(std::future::ready(BufResult(Err(no_such_rank(to, size)), data)));
+        }
+        if to == self.rank {
+            self.shared.inbox.deliver(to, key, data.clone());
+            return Box::pin(std::future::ready(BufResult(Ok(()), data)));
+        }
+        let shared = self.shared.clone();
+        let inner = {
+            let shared = shared.clone();
+            async move {
+                let Some(w) = &shared.writers[to] else {
+                    return BufResult(Err(no_such_rank(to, size)), data);
+                };
+                let _turn = w.lock.lock().await;
+                let mut frame = header(key, data.len());
+                let res = if data.len() <= COALESCE {
+                    frame.extend_from_slice(&data);
+                    w.stream.write_all(frame).await.0
+                } else {
+                    match w.stream.write_all(frame).await.0 {
+                        Ok(()) => {
+                            let BufResult(res, back) = w.stream.write_all(data).await;
+                            return BufResult(res.map_err(|e| sending(to, key, e)), back);
+                        }
+                        Err(e) => Err(e),
+                    }
+                };
+                BufResult(res.map_err(|e| sending(to, key, e)), data)
+            }
+        };
+        Box::pin(Driven {
+            shared,
+            inner: Box::pin(inner),
+        })
+    }
+
+    fn recv(&self, from: Rank, key: Key, mut buf: Vec<u8>) -> TransportFuture {
+        let size = self.size();
+        if from >= size {
+            return Box::pin(std::future::ready(BufResult(Err(no_such_rank(from, size)), buf)));
+        }
+        let shared = self.shared.clone();
+        let inner = {
+            let shared = shared.clone();
+            async move {
+                let taken = std::future::poll_fn(|cx| shared.inbox.poll_take(from, key, cx)).await;
+                let res = fill_exact(from, key, taken, &mut buf);
+                BufResult(res, buf)
+            }
+        };
+        Box::pin(Driven {
+            shared,
+            inner: Box::pin(inner),
+        })
+    }
+}
+
+fn sending(to: Rank, key: Key, e: Error) -> Error {
+    Error::new(e.kind(), format!("sending to rank {to} ({key}): {e}"))
+}

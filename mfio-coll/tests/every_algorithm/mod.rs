@@ -1,0 +1,258 @@
+//! Every collective algorithm once over a given transport, each result
+//! checked exactly against a sequential reference the rank computes for
+//! itself (every rank's input is a function of its rank). Shared by the
+//! transport tests, in-process and under `mpiexec`.
+
+// Each test binary that includes this module uses a part of it.
+#![allow(dead_code)]
+
+use mfio_coll::algo;
+use mfio_coll::transport::{CollId, Transport};
+use mfio_coll::ReduceOp;
+
+/// Rank `r`'s input of length `len` (salted by the collective).
+pub fn input(r: usize, len: usize, salt: u32) -> Vec<u32> {
+    (0..len)
+        .map(|i| {
+            (r as u32 + 1)
+                .wrapping_mul(2_654_435_761)
+                .wrapping_add((i as u32).wrapping_mul(40_503))
+                .wrapping_add(salt.wrapping_mul(97))
+        })
+        .collect()
+}
+
+/// Affine maps `x -> a·x + b`: composing them is associative but not
+/// commutative, so an operand out of rank order shows.
+pub fn affine(r: usize, len: usize) -> Vec<[u64; 2]> {
+    (0..len)
+        .map(|i| [(r as u64) * 2 + 3 + i as u64, (r as u64 + 7) * 1_000_003 + i as u64])
+        .collect()
+}
+
+/// `acc = incoming ∘ acc`: first `incoming`'s map, then `acc`'s.
+pub fn compose() -> ReduceOp<[u64; 2]> {
+    ReduceOp::custom(false, |incoming: &[[u64; 2]], acc: &mut [[u64; 2]]| {
+        for (a, x) in acc.iter_mut().zip(incoming) {
+            *a = [x[0].wrapping_mul(a[0]), a[0].wrapping_mul(x[1]).wrapping_add(a[1])];
+        }
+    })
+}
+
+/// The sequential reference: the reduction of `inputs` in rank order.
+pub fn reference<T: mfio_coll::Element>(inputs: &[Vec<T>], op: &ReduceOp<T>) -> Vec<T> {
+    let mut acc = inputs.last().cloned().unwrap_or_default();
+    for v in inputs.iter().rev().skip(1) {
+        op.apply(v, &mut acc);
+    }
+    acc
+}
+
+/// The outputs of `n` rank threads, sent as `(rank, output)` on `rx`, in
+/// rank order. A rank that does not answer within 60 s fails the test (a
+/// hang is a failure).
+pub fn collect_ranks<O>(rx: std::sync::mpsc::Receiver<(usize, O)>, n: usize) -> Vec<O> {
+    let mut out: Vec<Option<O>> = (0..n).map(|_| None).collect();
+    for _ in 0..n {
+        let (rank, o) = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("a rank of {n} hung or panicked"));
+        out[rank] = Some(o);
+    }
+    out.into_iter().map(|o| o.expect("every rank answered")).collect()
+}
+
+macro_rules! ensure {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+));
+        }
+    };
+}
+
+/// Numbers the collectives of one communicator.
+pub struct Seq {
+    comm: u32,
+    next: u32,
+}
+
+impl Seq {
+    /// Collectives on communicator `comm`, from sequence number 0.
+    pub fn new(comm: u32) -> Self {
+        Self { comm, next: 0 }
+    }
+
+    /// The next collective's id.
+    pub fn next(&mut self) -> CollId {
+        let id = CollId {
+            comm: self.comm,
+            seq: self.next,
+        };
+        self.next += 1;
+        id
+    }
+}
+
+fn fail(what: &str) -> impl Fn(mfio_core::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Runs every algorithm with `len` elements per rank (per block for the
+/// block-wise ones), checking each result.
+pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Result<(), String> {
+    let (rank, n) = (t.rank(), t.size());
+    let sum = ReduceOp::<u32>::Sum;
+    let all: Vec<Vec<u32>> = (0..n).map(|r| input(r, len, len as u32)).collect();
+    let total = reference(&all, &sum);
+    let root = n / 2;
+
+    for which in 0..4 {
+        let mut buf = all[rank].clone();
+        let id = seq.next();
+        let name = [
+            "allreduce ring",
+            "allreduce segmented ring",
+            "allreduce recursive doubling",
+            "allreduce Rabenseifner",
+        ][which];
+        match which {
+            0 => algo::allreduce_ring(t, id, &mut buf, &sum).await,
+            1 => algo::allreduce_segmented_ring(t, id, &mut buf, &sum, 777).await,
+            2 => algo::allreduce_recursive_doubling(t, id, &mut buf, &sum).await,
+            _ => algo::allreduce_rabenseifner(t, id, &mut buf, &sum).await,
+        }
+        .map_err(fail(name))?;
+        ensure!(buf == total, "{name}: wrong sum on rank {rank}");
+    }
+
+    // reduce to a root
+    let mut buf = all[rank].clone();
+    algo::reduce_binomial(t, seq.next(), &mut buf, &sum, root)
+        .await
+        .map_err(fail("reduce binomial"))?;
+    ensure!(rank != root || buf == total, "reduce binomial: wrong sum at the root");
+
+    // bcast from a root
+    let from_root = input(root, len, 7);
+    for which in 0..3 {
+        let mut buf = if rank == root { from_root.clone() } else { vec![0; len] };
+        let id = seq.next();
+        let name = ["bcast binomial", "bcast scatter-allgather", "bcast chain"][which];
+        match which {
+            0 => algo::bcast_binomial(t, id, &mut buf, root).await,
+            1 => algo::bcast_scatter_allgather(t, id, &mut buf, root).await,
+            _ => algo::bcast_chain(t, id, &mut buf, root, 1000).await,
+        }
+        .map_err(fail(name))?;
+        ensure!(buf == from_root, "{name}: wrong data on rank {rank}");
+    }
+
+    // reduce_scatter_block: blocks of len
+    let wide: Vec<Vec<u32>> = (0..n).map(|r| input(r, len * n, 11)).collect();
+    let wide_total = reference(&wide, &sum);
+    for which in 0..2 {
+        let mut send = wide[rank].clone();
+        let mut recv = vec![0; len];
+        let id = seq.next();
+        let name = ["reduce_scatter_block ring", "reduce_scatter_block halving"][which];
+        match which {
+            0 => algo::reduce_scatter_block_ring(t, id, &mut send, &mut recv, &sum).await,
+            _ => algo::reduce_scatter_block_halving(t, id, &mut send, &mut recv, &sum).await,
+        }
+        .map_err(fail(name))?;
+        ensure!(
+            recv[..] == wide_total[rank * len..(rank + 1) * len],
+            "{name}: wrong block on rank {rank}"
+        );
+    }
+
+    // allgather
+    let gathered: Vec<u32> = all.concat();
+    for which in 0..3 {
+        if which == 2 && !n.is_power_of_two() {
+            continue;
+        }
+        let mut recv = vec![0; len * n];
+        let id = seq.next();
+        let name = ["allgather ring", "allgather Bruck", "allgather recursive doubling"][which];
+        match which {
+            0 => algo::allgather_ring(t, id, &all[rank], &mut recv).await,
+            1 => algo::allgather_bruck(t, id, &all[rank], &mut recv).await,
+            _ => algo::allgather_recursive_doubling(t, id, &all[rank], &mut recv).await,
+        }
+        .map_err(fail(name))?;
+        ensure!(recv == gathered, "{name}: wrong result on rank {rank}");
+    }
+
+    // scatter and gather, linear and binomial
+    let spread = input(root, len * n, 13);
+    for which in 0..2 {
+        let mut recv = vec![0; len];
+        let send = if rank == root { spread.clone() } else { Vec::new() };
+        let id = seq.next();
+        let name = ["scatter linear", "scatter binomial"][which];
+        match which {
+            0 => algo::scatter_linear(t, id, &send, &mut recv, root).await,
+            _ => algo::scatter_binomial(t, id, &send, &mut recv, root).await,
+        }
+        .map_err(fail(name))?;
+        ensure!(
+            recv[..] == spread[rank * len..(rank + 1) * len],
+            "{name}: wrong part on rank {rank}"
+        );
+    }
+    for which in 0..2 {
+        let mut recv = if rank == root { vec![0; len * n] } else { Vec::new() };
+        let id = seq.next();
+        let name = ["gather linear", "gather binomial"][which];
+        match which {
+            0 => algo::gather_linear(t, id, &all[rank], &mut recv, root).await,
+            _ => algo::gather_binomial(t, id, &all[rank], &mut recv, root).await,
+        }
+        .map_err(fail(name))?;
+        ensure!(rank != root || recv == gathered, "{name}: wrong result at the root");
+    }
+
+    // alltoall: block q of rank p's send goes to rank q
+    let outgoing: Vec<Vec<u32>> = (0..n).map(|r| input(r, len * n, 17)).collect();
+    let want: Vec<u32> = (0..n)
+        .flat_map(|p| outgoing[p][rank * len..(rank + 1) * len].to_vec())
+        .collect();
+    for which in 0..2 {
+        let mut recv = vec![0; len * n];
+        let id = seq.next();
+        let name = ["alltoall pairwise", "alltoall Bruck"][which];
+        match which {
+            0 => algo::alltoall_pairwise(t, id, &outgoing[rank], &mut recv).await,
+            _ => algo::alltoall_bruck(t, id, &outgoing[rank], &mut recv).await,
+        }
+        .map_err(fail(name))?;
+        ensure!(recv == want, "{name}: wrong result on rank {rank}");
+    }
+
+    // scan and exscan, with a non-commutative operation
+    let maps: Vec<Vec<[u64; 2]>> = (0..n).map(|r| affine(r, len)).collect();
+    let mut buf = maps[rank].clone();
+    algo::scan_recursive_doubling(t, seq.next(), &mut buf, &compose())
+        .await
+        .map_err(fail("scan"))?;
+    ensure!(
+        buf == reference(&maps[..=rank], &compose()),
+        "scan: wrong prefix on rank {rank}"
+    );
+    let mut buf = maps[rank].clone();
+    algo::exscan_recursive_doubling(t, seq.next(), &mut buf, &compose())
+        .await
+        .map_err(fail("exscan"))?;
+    let want = if rank == 0 {
+        maps[0].clone()
+    } else {
+        reference(&maps[..rank], &compose())
+    };
+    ensure!(buf == want, "exscan: wrong prefix on rank {rank}");
+
+    algo::barrier_dissemination(t, seq.next())
+        .await
+        .map_err(fail("barrier"))?;
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The TCP transport across processes: each process is one rank, its rank
+//! and size from the launcher's environment (`mpiexec` sets
+//! `OMPI_COMM_WORLD_RANK`/`SIZE`; no MPI is used), rank 0's address from
+//! `MFIO_COLL_ROOT`. `scripts/test` runs it under `scripts/mpirun` with 2,
+//! 3 and 4 ranks, on io_uring and on poll (`MFIO_BACKEND`).
+//!
+//! Every algorithm at several lengths is checked exactly; then 1 000
+//! back-to-back broadcasts from a fast root, 8 concurrent allreduces, and
+//! two communicators interleaved. `MFIO_TCP_CASE=early-exit`: the last
+//! rank leaves right after connecting, and every other rank must fail with
+//! an error naming it within the bound (exit status 0 only then).
+//!
+//! Run alone (no launcher variables) it is one rank.
+
+mod every_algorithm;
+
+use std::time::{Duration, Instant};
+
+use every_algorithm::{every_algorithm, input, Seq};
+use futures::future::join_all;
+use mfio_backends::Runtime;
+use mfio_coll::algo;
+use mfio_coll::transport::bootstrap::{Bootstrap, ROOT_VAR};
+use mfio_coll::transport::tcp::{Liveness, TcpTransport};
+use mfio_coll::transport::{CollId, Transport};
+use mfio_coll::ReduceOp;
+use mfio_core::{BufResult, IoBackendExt};
+
+/// How long the whole run may take before the rank gives up.
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn run(rt: &Runtime, t: &TcpTransport) -> Result<(), String> {
+    let (rank, size) = (t.rank(), t.size());
+    let mut seq = Seq::new(1);
+    for len in [0, 1, 1000, 100_003] {
+        rt.block_on(every_algorithm(t, &mut seq, len))
+            .map_err(|e| format!("every algorithm, len {len}: {e}"))?;
+    }
+    // A fast root: later broadcasts' messages arrive early.
+    for s in 0..1000u32 {
+        let want = input(0, 17, s);
+        let mut buf = if rank == 0 { want.clone() } else { vec![0; 17] };
+        rt.block_on(algo::bcast_binomial(t, CollId { comm: 2, seq: s }, &mut buf, 0))
+            .map_err(|e| format!("bcast {s}: {e}"))?;
+        if buf != want {
+            return Err(format!("bcast {s}: wrong data"));
+        }
+    }
+    // Eight collectives at once, and a second communicator interleaved.
+    let mut bufs: Vec<Vec<u32>> = (0..8).map(|c| input(rank, 3000 + c, c as u32)).collect();
+    let mut other = input(rank, 999, 77);
+    let outcomes = rt.block_on(async {
+        let concurrent = join_all(bufs.iter_mut().enumerate().map(|(c, buf)| async move {
+            algo::allreduce_recursive_doubling(t, CollId { comm: 3, seq: c as u32 }, buf, &ReduceOp::Sum).await
+        }));
+        let interleaved = algo::allreduce_ring(t, CollId { comm: 4, seq: 0 }, &mut other, &ReduceOp::Sum);
+        futures::join!(concurrent, interleaved)
+    });
+    let (concurrent, interleaved) = outcomes;
+    for (c, o) in concurrent.into_iter().enumerate() {
+        o.map_err(|e| format!("concurrent allreduce {c}: {e}"))?;
+        let mut want = input(0, 3000 + c, c as u32);
+        for r in 1..size {
+            ReduceOp::Sum.apply(&input(r, 3000 + c, c as u32), &mut want);
+        }
+        if bufs[c] != want {
+            return Err(format!("concurrent allreduce {c}: wrong sum"));
+        }
+    }
+    interleaved.map_err(|e| format!("second communicator: {e}"))?;
+    let mut want = input(0, 999, 77);
+    for r in 1..size {
+        ReduceOp::Sum.apply(&input(r, 999, 77), &mut want);
+    }
+    if other != want {
+        return Err("second communicator: wrong sum".into());
+    }
+    rt.block_on(algo::barrier_dissemination(t, CollId { comm: 5, seq: 1 }))
+        .map_err(|e| format!("final barrier: {e}"))
+}
+
+/// The last rank leaves; the others must hear of it, by name, in time.
+fn early_exit(rt: &Runtime, t: TcpTransport) -> Result<(), String> {
+    let (rank, size) = (t.rank(), t.size());
+    if size < 2 {
+        return Ok(());
+    }
+    if rank == size - 1 {
+        drop(t);
+        std::process::exit(0);
+    }
+    let start = Instant::now();
+    let lost = size - 1;
+    // A receive from the rank that left names it.
+    let key = CollId { comm: 9, seq: 0 }.key(0, 0);
+    let BufResult(res, _) = rt.block_on(t.recv(lost, key, vec![0; 8]));
+    match res {
+        Err(e) if e.to_string().contains(&format!("rank {lost}")) => {}
+        other => return Err(format!("a receive from the departed rank {lost} gave {other:?}")),
+    }
+    // A collective with it fails too (the error may name a rank that
+    // failed before this one heard of the departure).
+    let mut buf = vec![1u32; 1000];
+    let res = rt.block_on(algo::allreduce_ring(
+        &t,
+        CollId { comm: 9, seq: 1 },
+        &mut buf,
+        &ReduceOp::Sum,
+    ));
+    match res {
+        Err(e) => eprintln!("rank {rank}: as expected after {:?}: {e}", start.elapsed()),
+        Ok(()) => return Err(format!("an allreduce without rank {lost} succeeded")),
+    }
+    if start.elapsed() > Duration::from_secs(30) {
+        return Err(format!("noticed only after {:?}", start.elapsed()));
+    }
+    Ok(())
+}
+
+fn main() {
+    let watchdog = std::thread::spawn(|| {
+        std::thread::sleep(LIMIT);
+        eprintln!("tcp_ranks: no result within {LIMIT:?}");
+        std::process::exit(4);
+    });
+    drop(watchdog);
+    let boot = match Bootstrap::from_env() {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && std::env::var_os(ROOT_VAR).is_none() => {
+            // Alone: one rank, nobody to meet.
+            let root = "127.0.0.1:0".parse().expect("loopback");
+            Bootstrap::new(0, 1, root).expect("one rank")
+        }
+        Err(e) => {
+            eprintln!("tcp_ranks: {e}");
+            std::process::exit(2);
+        }
+    };
+    let (rank, size) = (boot.rank(), boot.size());
+    let rt = match Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("rank {rank}: runtime: {e}");
+            std::process::exit(2);
+        }
+    };
+    let made = boot
+        .connect()
+        .and_then(|links| TcpTransport::new(&rt, rank, links, Liveness::default()));
+    let t = match made {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("rank {rank}/{size}: bootstrap: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = if std::env::var("MFIO_TCP_CASE").as_deref() == Ok("early-exit") {
+        early_exit(&rt, t)
+    } else {
+        let start = Instant::now();
+        let r = run(&rt, &t);
+        if r.is_ok() && rank == 0 {
+            println!(
+                "tcp_ranks: {size} ranks on {:?}: every algorithm, 1000 broadcasts, concurrent and interleaved \
+                 collectives ... ok in {:.2?}",
+                rt.kind(),
+                start.elapsed()
+            );
+        }
+        r
+    };
+    if let Err(e) = result {
+        eprintln!("rank {rank}/{size}: FAILED: {e}");
+        std::process::exit(1);
+    }
+}

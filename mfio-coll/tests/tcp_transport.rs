@@ -1,0 +1,207 @@
+//! The TCP transport with ranks as threads of this process, each with its
+//! own mfio runtime (io_uring and poll), bootstrapped over loopback: every
+//! algorithm at several lengths, back-to-back broadcasts from a fast root,
+//! concurrent collectives on one transport, a wrong length, and a rank
+//! that leaves. `tcp_ranks` runs the same algorithms as processes under
+//! `mpiexec`.
+
+mod every_algorithm;
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use every_algorithm::{collect_ranks, every_algorithm, input, Seq};
+use futures::future::join_all;
+use mfio_backends::{BackendKind, Runtime};
+use mfio_coll::algo;
+use mfio_coll::transport::bootstrap::Bootstrap;
+use mfio_coll::transport::tcp::{Liveness, TcpTransport};
+use mfio_coll::transport::{CollId, Key, Transport};
+use mfio_coll::ReduceOp;
+use mfio_core::{BufResult, IoBackendExt};
+
+/// A free loopback port for rank 0 to listen on.
+fn free_root() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+/// Runs `body` on every rank of a group of `n` joined by TCP, each rank a
+/// thread with its own runtime of `kind`; the outputs in rank order. A
+/// rank that does not finish within 60 s fails the test.
+fn run_group<O, F>(n: usize, kind: BackendKind, body: F) -> Vec<O>
+where
+    O: Send + 'static,
+    F: Fn(&Runtime, TcpTransport) -> O + Send + Sync + 'static,
+{
+    let root = free_root();
+    let body = Arc::new(body);
+    let (tx, rx) = std::sync::mpsc::channel();
+    for rank in 0..n {
+        let (tx, body) = (tx.clone(), body.clone());
+        std::thread::spawn(move || {
+            let rt = Runtime::builder().backend(kind).build().expect("runtime");
+            let links = Bootstrap::new(rank, n, root)
+                .expect("bootstrap")
+                .timeout(Duration::from_secs(30))
+                .connect()
+                .expect("connect");
+            let t = TcpTransport::new(&rt, rank, links, Liveness::default()).expect("transport");
+            let _ = tx.send((rank, body(&rt, t)));
+        });
+    }
+    drop(tx);
+    collect_ranks(rx, n)
+}
+
+const KINDS: [BackendKind; 2] = [BackendKind::Uring, BackendKind::Poll];
+
+#[test]
+fn every_algorithm_over_tcp() {
+    for kind in KINDS {
+        for n in 1..=4 {
+            let results = run_group(n, kind, |rt, t| {
+                let mut seq = Seq::new(1);
+                for len in [0, 1, 1000, 100_003] {
+                    rt.block_on(every_algorithm(&t, &mut seq, len))
+                        .map_err(|e| format!("len {len}: {e}"))?;
+                }
+                Ok::<(), String>(())
+            });
+            for (rank, r) in results.into_iter().enumerate() {
+                if let Err(e) = r {
+                    panic!("{kind:?}, {n} ranks, rank {rank}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// A root that broadcasts 1 000 times without waiting: the messages of
+/// later broadcasts arrive early and wait under their own keys.
+#[test]
+fn back_to_back_broadcasts_from_a_fast_root() {
+    for kind in KINDS {
+        let results = run_group(3, kind, |rt, t| {
+            for seq in 0..1000u32 {
+                let want = input(0, 17, seq);
+                let mut buf = if t.rank() == 0 { want.clone() } else { vec![0; 17] };
+                rt.block_on(algo::bcast_binomial(&t, CollId { comm: 2, seq }, &mut buf, 0))
+                    .map_err(|e| format!("bcast {seq}: {e}"))?;
+                if buf != want {
+                    return Err(format!("bcast {seq}: wrong data"));
+                }
+            }
+            Ok::<(), String>(())
+        });
+        for r in results {
+            r.unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        }
+    }
+}
+
+/// Eight allreduces in flight at once on one transport.
+#[test]
+fn concurrent_collectives_on_one_transport() {
+    for kind in KINDS {
+        let results = run_group(3, kind, |rt, t| {
+            let mut bufs: Vec<Vec<u32>> = (0..8).map(|c| input(t.rank(), 5000 + c, c as u32)).collect();
+            let sum = ReduceOp::Sum;
+            let t = &t;
+            let outcomes = rt.block_on(join_all(bufs.iter_mut().enumerate().map(|(c, buf)| {
+                let sum = sum.clone();
+                async move { algo::allreduce_ring(t, CollId { comm: 3, seq: c as u32 }, buf, &sum).await }
+            })));
+            for (c, o) in outcomes.into_iter().enumerate() {
+                o.map_err(|e| format!("allreduce {c}: {e}"))?;
+                let mut want = input(0, 5000 + c, c as u32);
+                for r in 1..3 {
+                    ReduceOp::Sum.apply(&input(r, 5000 + c, c as u32), &mut want);
+                }
+                if bufs[c] != want {
+                    return Err(format!("allreduce {c}: wrong sum"));
+                }
+            }
+            Ok::<(), String>(())
+        });
+        for r in results {
+            r.unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        }
+    }
+}
+
+/// A message of another length than the receive expects is `InvalidData`
+/// naming the sender; one to a rank outside the group is `InvalidInput`.
+#[test]
+fn wrong_lengths_and_ranks_are_errors() {
+    let results = run_group(2, BackendKind::Poll, |rt, t| {
+        let key = Key {
+            comm: 4,
+            seq: 0,
+            step: 0,
+            chunk: 0,
+        };
+        if t.rank() == 1 {
+            let BufResult(res, _) = rt.block_on(t.send(0, key, vec![1, 2, 3, 4, 5]));
+            res.map_err(|e| e.to_string())?;
+            let BufResult(res, _) = rt.block_on(t.send(2, key, vec![1]));
+            return match res {
+                Err(e) if e.kind() == ErrorKind::InvalidInput => Ok(()),
+                other => Err(format!("a send to rank 2 of 2 gave {other:?}")),
+            };
+        }
+        let BufResult(res, buf) = rt.block_on(t.recv(1, key, vec![0; 4]));
+        match res {
+            Err(e) if e.kind() == ErrorKind::InvalidData && e.to_string().contains("rank 1") => {}
+            other => return Err(format!("a 5-byte message into 4 gave {other:?}")),
+        }
+        if buf != [0; 4] {
+            return Err("the receive buffer changed".into());
+        }
+        Ok(())
+    });
+    for r in results {
+        r.unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// A rank that leaves mid-collective: the others' receives from it fail
+/// with an error naming it, promptly.
+#[test]
+fn a_rank_that_leaves_is_named() {
+    for kind in KINDS {
+        let results = run_group(3, kind, |rt, t| {
+            if t.rank() == 2 {
+                drop(t);
+                return Ok(());
+            }
+            let start = Instant::now();
+            let mut buf = vec![0u32; 10];
+            let res = rt.block_on(algo::allreduce_ring(
+                &t,
+                CollId { comm: 5, seq: 0 },
+                &mut buf,
+                &ReduceOp::Sum,
+            ));
+            match res {
+                Err(e) if e.to_string().contains("rank 2") => {}
+                Err(e) if t.rank() == 0 && e.to_string().contains("rank 1") => {}
+                other => {
+                    return Err(format!(
+                        "rank {}: a collective with rank 2 gone gave {other:?}",
+                        t.rank()
+                    ))
+                }
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                return Err(format!("rank {} took {:?} to notice", t.rank(), start.elapsed()));
+            }
+            Ok::<(), String>(())
+        });
+        for r in results {
+            r.unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        }
+    }
+}
