@@ -9,6 +9,10 @@
 //! two communicators interleaved. `MFIO_TCP_CASE=early-exit`: the last
 //! rank leaves right after connecting, and every other rank must fail with
 //! an error naming it within the bound (exit status 0 only then).
+//! `MFIO_TCP_CASE=until-cut`: allreduces until the network fails
+//! (`scripts/netns-test` cuts rank `MFIO_TCP_LOST`'s link); the others must
+//! name the lost rank. `MFIO_TCP_TIMEOUT_MS` sets the transport's liveness
+//! timeout.
 //!
 //! Run alone (no launcher variables) it is one rank.
 
@@ -117,6 +121,40 @@ fn early_exit(rt: &Runtime, t: TcpTransport) -> Result<(), String> {
     Ok(())
 }
 
+/// Collectives until the network fails: every rank runs allreduces until
+/// one fails (the test cuts rank `MFIO_TCP_LOST`'s link meanwhile). The
+/// others must name the lost rank; then each keeps its connections open a
+/// moment, so that no rank's error is about another's exit.
+fn until_cut(rt: &Runtime, t: &TcpTransport) -> Result<(), String> {
+    let rank = t.rank();
+    let lost: usize = std::env::var("MFIO_TCP_LOST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or("MFIO_TCP_LOST names no rank")?;
+    let start = Instant::now();
+    let mut seq = 0u32;
+    let err = loop {
+        let mut buf = input(rank, 1000, seq);
+        let res = rt.block_on(algo::allreduce_ring(
+            t,
+            CollId { comm: 10, seq },
+            &mut buf,
+            &ReduceOp::Sum,
+        ));
+        if let Err(e) = res {
+            break e;
+        }
+        seq += 1;
+    };
+    eprintln!("rank {rank}: after {seq} allreduces and {:?}: {err}", start.elapsed());
+    std::thread::sleep(Duration::from_secs(3));
+    if rank == lost || err.to_string().contains(&format!("rank {lost}")) {
+        Ok(())
+    } else {
+        Err(format!("the error does not name the lost rank {lost}: {err}"))
+    }
+}
+
 fn main() {
     let watchdog = std::thread::spawn(|| {
         std::thread::sleep(LIMIT);
@@ -144,9 +182,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // MFIO_TCP_TIMEOUT_MS: how soon a vanished peer is noticed.
+    let live = match std::env::var("MFIO_TCP_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
+        Some(ms) => Liveness {
+            timeout: Duration::from_millis(ms),
+        },
+        None => Liveness::default(),
+    };
     let made = boot
         .connect()
-        .and_then(|links| TcpTransport::new(&rt, rank, links, Liveness::default()));
+        .and_then(|links| TcpTransport::new(&rt, rank, links, live));
     let t = match made {
         Ok(t) => t,
         Err(e) => {
@@ -154,8 +199,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let result = if std::env::var("MFIO_TCP_CASE").as_deref() == Ok("early-exit") {
+    let case = std::env::var("MFIO_TCP_CASE").unwrap_or_default();
+    let result = if case == "early-exit" {
         early_exit(&rt, t)
+    } else if case == "until-cut" {
+        until_cut(&rt, &t)
     } else {
         let start = Instant::now();
         let r = run(&rt, &t);

@@ -8,7 +8,7 @@
 mod every_algorithm;
 
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,14 @@ use mfio_coll::transport::{CollId, Key, Transport};
 use mfio_coll::ReduceOp;
 use mfio_core::{BufResult, IoBackendExt};
 
-/// A free loopback port for rank 0 to listen on.
+/// A loopback address for rank 0, below the kernel's ephemeral ports
+/// (32768 and up) so that no connection's own end takes it meanwhile, and
+/// distinct for each group this process makes.
 fn free_root() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = 10_000 + (std::process::id() % 200) as u16 * 50;
+    SocketAddr::from(([127, 0, 0, 1], base + NEXT.fetch_add(1, Ordering::Relaxed) % 50))
 }
 
 /// Runs `body` on every rank of a group of `n` joined by TCP, each rank a
@@ -202,6 +206,65 @@ fn a_rank_that_leaves_is_named() {
         });
         for r in results {
             r.unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+        }
+    }
+}
+
+/// A rank lost without a goodbye (its connection to rank 0 just ends; the
+/// one to rank 1 stays open and silent): rank 0 sees it, breaks the group
+/// and tells rank 1, whose receive from rank 0 — which will never send —
+/// fails naming the lost rank.
+#[test]
+fn a_lost_rank_is_named_by_ranks_that_never_talked_to_it() {
+    for kind in KINDS {
+        let root = free_root();
+        let key = Key {
+            comm: 6,
+            seq: 0,
+            step: 0,
+            chunk: 0,
+        };
+        let (heard, wait_heard) = std::sync::mpsc::channel::<()>();
+        let lost = std::thread::spawn(move || {
+            let mut links = Bootstrap::new(2, 3, root)
+                .expect("bootstrap")
+                .connect()
+                .expect("connect");
+            drop(links[0].take());
+            // Silent towards rank 1 until it has heard.
+            let _ = wait_heard.recv_timeout(Duration::from_secs(30));
+        });
+        let ranks: Vec<_> = (0..2)
+            .map(|rank| {
+                std::thread::spawn(move || -> Result<(), String> {
+                    let rt = Runtime::builder().backend(kind).build().map_err(|e| e.to_string())?;
+                    let links = Bootstrap::new(rank, 3, root)
+                        .and_then(|b| b.connect())
+                        .map_err(|e| e.to_string())?;
+                    let t = TcpTransport::new(&rt, rank, links, Liveness::default()).map_err(|e| e.to_string())?;
+                    let start = Instant::now();
+                    // Rank 0 waits on the lost rank, rank 1 on rank 0.
+                    let from = if rank == 0 { 2 } else { 0 };
+                    let BufResult(res, _) = rt.block_on(t.recv(from, key, vec![0; 4]));
+                    match res {
+                        Err(e)
+                            if e.kind() == ErrorKind::ConnectionAborted && e.to_string().contains("rank 2 is gone") => {
+                        }
+                        other => return Err(format!("rank {rank}: {other:?}")),
+                    }
+                    if start.elapsed() > Duration::from_secs(4) {
+                        return Err(format!("rank {rank} took {:?}", start.elapsed()));
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        let outcomes: Vec<_> = ranks.into_iter().map(|r| r.join()).collect();
+        drop(heard);
+        lost.join().expect("lost rank");
+        for (rank, r) in outcomes.into_iter().enumerate() {
+            r.unwrap_or_else(|_| panic!("rank {rank} panicked"))
+                .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
         }
     }
 }

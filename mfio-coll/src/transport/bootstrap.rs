@@ -178,12 +178,7 @@ impl Bootstrap {
     /// Rank 0: takes one connection from every other rank on the root
     /// address, then sends each the table of listening addresses.
     fn gather_table(&self, deadline: Instant, links: &mut [Option<TcpStream>]) -> Result<()> {
-        let listener = TcpListener::bind(self.root).map_err(|e| {
-            Error::new(
-                e.kind(),
-                format!("rank 0 cannot listen on {} ({ROOT_VAR}): {e}", self.root),
-            )
-        })?;
+        let listener = bind_until(self.root, deadline)?;
         let mut addrs = vec![self.root; self.size];
         let found = accept_ranks(&listener, self.size, self.size - 1, deadline, links, |r| r > 0)?;
         for (rank, addr) in found {
@@ -193,6 +188,25 @@ impl Bootstrap {
             write_table(s, &addrs)?;
         }
         Ok(())
+    }
+}
+
+/// Listens on `addr`, trying again until `deadline` while it is in use (a
+/// previous job's socket on its way out, another program for a moment).
+fn bind_until(addr: SocketAddr, deadline: Instant) -> Result<TcpListener> {
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) if e.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    e.kind(),
+                    format!("rank 0 cannot listen on {addr} ({ROOT_VAR}): {e}"),
+                ))
+            }
+        }
     }
 }
 
@@ -208,6 +222,13 @@ fn connect_until(addr: SocketAddr, deadline: Instant, peer: Rank) -> Result<TcpS
             ));
         }
         match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(1))) {
+            // Connecting to a free port of this host can land on the very
+            // port the kernel picked for this end (a TCP self-connection):
+            // that is nobody, so try again.
+            Ok(s) if s.local_addr().ok() == Some(addr) => {
+                drop(s);
+                std::thread::sleep(Duration::from_millis(20).min(left));
+            }
             Ok(s) => {
                 s.set_nodelay(true)?;
                 return Ok(s);
@@ -378,10 +399,13 @@ fn read_table(s: &mut TcpStream, size: usize, deadline: Instant) -> Result<Vec<S
 mod tests {
     use super::*;
 
-    /// A free loopback port (bound, then released).
+    /// A loopback address for rank 0 below the kernel's ephemeral ports
+    /// (32768 and up), so no connection's own end can take it.
     fn free_root() -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
+        use std::sync::atomic::{AtomicU16, Ordering};
+        static NEXT: AtomicU16 = AtomicU16::new(0);
+        let base = 20_000 + (std::process::id() % 500) as u16 * 20;
+        SocketAddr::from(([127, 0, 0, 1], base + NEXT.fetch_add(1, Ordering::Relaxed) % 20))
     }
 
     #[test]

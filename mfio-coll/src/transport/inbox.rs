@@ -23,6 +23,9 @@ struct State {
     /// Senders that left: a receive from one of them with nothing
     /// waiting fails instead of waiting forever.
     gone: HashSet<Rank>,
+    /// Why the group broke (a rank lost), if it did: every receive with
+    /// nothing waiting fails with it.
+    broken: Option<String>,
 }
 
 #[derive(Default)]
@@ -69,6 +72,12 @@ impl Inbox {
         if st.gone.contains(&from) {
             return Poll::Ready(Err(rank_gone(from, key)));
         }
+        if let Some(why) = &st.broken {
+            return Poll::Ready(Err(mfio_core::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!("{why}; the message from rank {from} ({key}) will not come"),
+            )));
+        }
         let slot = st.slots.entry((from, key)).or_default();
         match &slot.waker {
             Some(w) if w.will_wake(cx.waker()) => {}
@@ -88,6 +97,20 @@ impl Inbox {
                 .filter(|((r, _), _)| *r == from)
                 .filter_map(|(_, slot)| slot.waker.take())
                 .collect()
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// Marks the group as broken because of `why` (a rank lost): every
+    /// receive with nothing waiting fails with it, now and later. The first
+    /// reason stays.
+    pub fn poison(&self, why: String) {
+        let wakers: Vec<Waker> = {
+            let mut st = self.state.lock();
+            st.broken.get_or_insert(why);
+            st.slots.values_mut().filter_map(|slot| slot.waker.take()).collect()
         };
         for w in wakers {
             w.wake();
@@ -131,6 +154,25 @@ mod tests {
         assert_eq!(take(key(0)), b"again");
         assert_eq!(take(key(1)), b"second step");
         assert_eq!(inbox.waiting(), 0);
+    }
+
+    #[test]
+    fn a_broken_group_fails_every_receive_with_its_reason() {
+        let inbox = Inbox::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        inbox.deliver(0, key(0), vec![1]);
+        assert!(inbox.poll_take(0, key(1), &mut cx).is_pending());
+        inbox.poison("rank 2 is gone".into());
+        assert!(matches!(inbox.poll_take(0, key(0), &mut cx), Poll::Ready(Ok(d)) if d == [1]));
+        for k in [key(1), key(2)] {
+            match inbox.poll_take(0, k, &mut cx) {
+                Poll::Ready(Err(e)) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionAborted);
+                    assert!(e.to_string().contains("rank 2 is gone"), "{e}");
+                }
+                other => panic!("expected an error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -82,6 +82,10 @@ impl CollId {
     }
 }
 
+/// The communicator id a transport keeps for its own messages (a peer's
+/// goodbye, news of a lost rank); a send under it is refused.
+pub const CONTROL_COMM: u32 = u32::MAX;
+
 /// A transport operation in flight: resolves to its result and the buffer
 /// it took.
 pub type TransportFuture = Pin<Box<dyn Future<Output = BufResult<(), Vec<u8>>> + Send>>;

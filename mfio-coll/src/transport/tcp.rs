@@ -9,11 +9,16 @@
 //! or receive of the transport is polled, so a rank reads while it waits
 //! for anything, and never stops reading while the other end sends.
 //!
-//! A connection that ends or fails closes its rank: receives from it fail
-//! with an error naming it (`ConnectionAborted`), unless its message came
-//! first. Keepalive probes and `TCP_USER_TIMEOUT` turn a peer that vanished
-//! without closing (a cut link, a frozen host) into such an error within
-//! the configured timeout.
+//! A rank that drops its transport says goodbye first: receives from it
+//! then fail with an error naming it, and the rest of the group goes on. A
+//! connection that ends without a goodbye, or fails, means the rank is
+//! lost: the group is broken, so every receive with nothing waiting fails
+//! (`ConnectionAborted`) with an error naming the lost rank, and the other
+//! ranks are told too (a control frame under [`CONTROL_COMM`]), so a rank
+//! waiting on a live peer that gave up because of the loss hears the cause
+//! rather than waiting. Keepalive probes and `TCP_USER_TIMEOUT` turn a peer
+//! that vanished without closing (a cut link, a frozen host) into such a
+//! failure within the configured timeout.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +31,7 @@ use mfio_backends::{Runtime, TcpStream};
 use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result};
 use parking_lot::Mutex;
 
-use super::{fill_exact, no_such_rank, Inbox, Key, Transport, TransportFuture};
+use super::{fill_exact, no_such_rank, Inbox, Key, Transport, TransportFuture, CONTROL_COMM};
 use crate::comm::Rank;
 
 /// Bytes of a frame header: comm, seq, step, chunk (u32 each), length (u64).
@@ -35,6 +40,11 @@ const HEADER: usize = 24;
 /// Messages up to this many bytes go out with their header in one write.
 const COALESCE: usize = 64 << 10;
 
+/// Control frames (key.comm = [`CONTROL_COMM`]): key.seq says which.
+const GOODBYE: u32 = 0;
+/// key.step is the lost rank; the payload says why.
+const LOST: u32 = 1;
+
 /// One rank's end of a group joined by TCP.
 pub struct TcpTransport {
     rank: Rank,
@@ -42,21 +52,80 @@ pub struct TcpTransport {
 }
 
 struct Shared {
+    rank: Rank,
     inbox: Inbox,
     /// Per rank: its connection's writer (`None` at this rank).
-    writers: Vec<Option<Writer>>,
-    /// Per rank: its connection's reader while it reads.
-    readers: Mutex<Vec<Option<ReadLoop>>>,
-    /// Everyone waiting on the transport, woken when a reader can go on.
+    writers: Vec<Option<Arc<Writer>>>,
+    /// The connections' readers, and notices to other ranks in flight.
+    tasks: Mutex<Vec<Task>>,
+    /// Notices a reader queued (it cannot add to `tasks` while polled).
+    queued: Mutex<Vec<Task>>,
+    /// Everyone waiting on the transport, woken when a task can go on.
     waiting: Arc<WakeAll>,
 }
 
+impl Drop for Shared {
+    /// Says goodbye on every connection, so the peers know this rank left
+    /// on purpose. No operation writes now (each holds the state); a notice
+    /// still in flight keeps its connection without a goodbye.
+    fn drop(&mut self) {
+        let frame = header(
+            Key {
+                comm: CONTROL_COMM,
+                seq: GOODBYE,
+                step: 0,
+                chunk: 0,
+            },
+            0,
+        );
+        for w in self.writers.iter().flatten() {
+            w.send_now(&frame);
+        }
+    }
+}
+
+/// One connection's sending side: one frame at a time.
 struct Writer {
     stream: Arc<TcpStream>,
     lock: AsyncMutex<()>,
 }
 
-type ReadLoop = Pin<Box<dyn Future<Output = ()> + Send>>;
+impl Writer {
+    /// Writes a small control frame from this thread, unless a write is in
+    /// progress on the connection (then `false`). Waits at most a second
+    /// for room in the socket: a connection that takes nothing for that
+    /// long is dead anyway.
+    fn send_now(&self, frame: &[u8]) -> bool {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use rustix::io::Errno;
+        use rustix::net::SendFlags;
+        let Some(_turn) = self.lock.try_lock() else {
+            return false;
+        };
+        let fd = std::os::fd::AsFd::as_fd(&*self.stream);
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut sent = 0;
+        while sent < frame.len() {
+            match rustix::net::send(fd, &frame[sent..], SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+                Ok(n) => sent += n,
+                Err(Errno::INTR) => {}
+                Err(Errno::AGAIN) if std::time::Instant::now() < deadline => {
+                    let mut fds = [PollFd::new(&fd, PollFlags::OUT)];
+                    let wait = Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 10_000_000,
+                    };
+                    let _ = poll(&mut fds, Some(&wait));
+                }
+                Err(_) => break,
+            }
+        }
+        true
+    }
+}
+
+/// Background work of the transport, run by whoever polls it.
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A waker that wakes every waker registered since it last fired.
 #[derive(Default)]
@@ -146,17 +215,21 @@ impl TcpTransport {
             }
         }
         let shared = Arc::new(Shared {
+            rank,
             inbox: Inbox::new(),
             writers: streams
                 .iter()
                 .map(|s| {
-                    s.as_ref().map(|stream| Writer {
-                        stream: stream.clone(),
-                        lock: AsyncMutex::new(()),
+                    s.as_ref().map(|stream| {
+                        Arc::new(Writer {
+                            stream: stream.clone(),
+                            lock: AsyncMutex::new(()),
+                        })
                     })
                 })
                 .collect(),
-            readers: Mutex::new(Vec::new()),
+            tasks: Mutex::new(Vec::new()),
+            queued: Mutex::new(Vec::new()),
             waiting: Arc::default(),
         });
         // The readers hold the shared state weakly: dropping the transport
@@ -164,36 +237,39 @@ impl TcpTransport {
         let readers = streams
             .into_iter()
             .enumerate()
-            .map(|(peer, s)| s.map(|stream| read_loop(peer, stream, Arc::downgrade(&shared))))
+            .filter_map(|(peer, s)| s.map(|stream| read_loop(peer, stream, Arc::downgrade(&shared))))
             .collect();
-        *shared.readers.lock() = readers;
+        *shared.tasks.lock() = readers;
         Ok(Self { rank, shared })
     }
 
-    /// Runs the readers that can make progress; registers `cx` to hear when
-    /// more can.
+    /// Runs the readers and notices that can make progress; registers `cx`
+    /// to hear when more can.
     fn drive(shared: &Shared, cx: &mut Context<'_>) {
         shared.waiting.register(cx.waker());
-        // Whoever holds the readers polls them for everyone; the others'
-        // wakers are registered and fire when a reader can go on.
-        let Some(mut readers) = shared.readers.try_lock() else {
+        // Whoever holds the tasks polls them for everyone; the others'
+        // wakers are registered and fire when a task can go on.
+        let Some(mut tasks) = shared.tasks.try_lock() else {
             return;
         };
         let waker = Waker::from(shared.waiting.clone());
-        let mut rcx = Context::from_waker(&waker);
-        for slot in readers.iter_mut() {
-            if let Some(reader) = slot {
-                if reader.as_mut().poll(&mut rcx).is_ready() {
-                    *slot = None;
-                }
+        let mut tcx = Context::from_waker(&waker);
+        loop {
+            tasks.retain_mut(|task| task.as_mut().poll(&mut tcx).is_pending());
+            // Notices the readers queued just now start at once.
+            let queued = std::mem::take(&mut *shared.queued.lock());
+            if queued.is_empty() {
+                break;
             }
+            tasks.extend(queued);
         }
     }
 }
 
 /// Reads frames from `peer` until its connection ends, filing each in the
-/// inbox; then closes the peer.
-fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>) -> ReadLoop {
+/// inbox. A goodbye closes the peer; an end without one (or news from the
+/// peer of a lost rank) breaks the group.
+fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>) -> Task {
     Box::pin(async move {
         let reason = loop {
             let BufResult(res, header) = stream.read_exact(Vec::with_capacity(HEADER)).await;
@@ -224,11 +300,59 @@ fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>
                 break e;
             }
             let Some(shared) = shared.upgrade() else { return };
-            shared.inbox.deliver(peer, key, data);
+            if key.comm != CONTROL_COMM {
+                shared.inbox.deliver(peer, key, data);
+                continue;
+            }
+            match key.seq {
+                GOODBYE => {
+                    tracing::debug!(peer, "mfio-coll TCP: rank said goodbye");
+                    shared.inbox.close(peer);
+                    return;
+                }
+                LOST => {
+                    let lost = key.step as Rank;
+                    let why = String::from_utf8_lossy(&data);
+                    shared
+                        .inbox
+                        .poison(format!("rank {lost} is gone (rank {peer} lost it: {why})"));
+                }
+                _ => {}
+            }
         };
-        tracing::debug!(peer, error = %reason, "mfio-coll TCP: connection to rank ended");
-        if let Some(shared) = shared.upgrade() {
-            shared.inbox.close(peer);
+        tracing::debug!(peer, error = %reason, "mfio-coll TCP: rank lost");
+        let Some(shared) = shared.upgrade() else { return };
+        shared.inbox.poison(format!("rank {peer} is gone: {reason}"));
+        // The others hear of it: a rank waiting on a peer that gives up
+        // because of the loss learns the cause.
+        let why = reason.to_string().into_bytes();
+        let notices = shared
+            .writers
+            .iter()
+            .enumerate()
+            .filter(|&(r, w)| r != peer && w.is_some());
+        let mut queued = shared.queued.lock();
+        for (to, w) in notices {
+            let Some(w) = w.clone() else { continue };
+            let key = Key {
+                comm: CONTROL_COMM,
+                seq: LOST,
+                step: peer as u32,
+                chunk: shared.rank as u32,
+            };
+            let mut frame = header(key, why.len());
+            frame.extend_from_slice(&why);
+            // At once where the connection is free, so the news goes out
+            // even if this rank gives up and leaves right after.
+            if w.send_now(&frame) {
+                continue;
+            }
+            queued.push(Box::pin(async move {
+                let _turn = w.lock.lock().await;
+                if let Err(e) = w.stream.write_all(frame).await.0 {
+                    tracing::debug!(to, error = %e, "mfio-coll TCP: could not tell a rank of a loss");
+                }
+            }));
         }
     })
 }
@@ -270,6 +394,13 @@ impl Transport for TcpTransport {
         let size = self.size();
         if to >= size {
             return Box::pin(std::future::ready(BufResult(Err(no_such_rank(to, size)), data)));
+        }
+        if key.comm == CONTROL_COMM {
+            let err = Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("communicator id {CONTROL_COMM} is the transport's own"),
+            );
+            return Box::pin(std::future::ready(BufResult(Err(err), data)));
         }
         if to == self.rank {
             self.shared.inbox.deliver(to, key, data.clone());
