@@ -28,8 +28,11 @@
 //! then passed around; recursive doubling: both partners of a step combine
 //! the same two operands, lower ranks' first).
 //!
-//! Not written yet: the `v` variants, and the `Communicator` built from
-//! these with an adaptive choice.
+//! - the `v` variants, linear: [`scatterv_linear`], [`gatherv_linear`],
+//!   [`allgatherv_linear`], [`alltoallv_pairwise`].
+//!
+//! [`TransportComm`] is the [`Communicator`](crate::Communicator) built from
+//! them: per call it picks an algorithm from a [`Tuning`] table.
 //!
 //! [`Transport`]: crate::transport::Transport
 //! [`CollId`]: crate::transport::CollId
@@ -46,6 +49,7 @@ mod barrier;
 mod bcast_binomial;
 mod bcast_chain;
 mod bcast_scatter_allgather;
+mod comm;
 mod fold;
 mod gather;
 mod reduce_binomial;
@@ -53,6 +57,8 @@ mod reduce_scatter_halving;
 mod reduce_scatter_ring;
 mod scan;
 mod scatter;
+pub mod tuning;
+mod v;
 
 pub use allgather_bruck::allgather_bruck;
 pub use allgather_rd::allgather_recursive_doubling;
@@ -66,12 +72,15 @@ pub use barrier::barrier_dissemination;
 pub use bcast_binomial::bcast_binomial;
 pub use bcast_chain::bcast_chain;
 pub use bcast_scatter_allgather::bcast_scatter_allgather;
+pub use comm::TransportComm;
 pub use gather::{gather_binomial, gather_linear};
 pub use reduce_binomial::reduce_binomial;
 pub use reduce_scatter_halving::reduce_scatter_block_halving;
 pub use reduce_scatter_ring::reduce_scatter_block_ring;
 pub use scan::{exscan_recursive_doubling, scan_recursive_doubling};
 pub use scatter::{scatter_binomial, scatter_linear};
+pub use tuning::Tuning;
+pub use v::{allgatherv_linear, alltoallv_pairwise, gatherv_linear, scatterv_linear};
 
 use mfio_core::Result;
 

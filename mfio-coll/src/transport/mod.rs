@@ -17,10 +17,13 @@
 //!   TCP on an mfio-backends runtime, connected by [`bootstrap::Bootstrap`]
 //!   from the launcher's environment.
 //!
-//! UCX and MPI point-to-point transports are not written yet.
+//! [`group::SubGroup`] numbers some ranks of a transport as a group of their
+//! own (a split communicator's). UCX and MPI point-to-point transports are
+//! not written yet.
 
 #[cfg(feature = "tcp")]
 pub mod bootstrap;
+pub mod group;
 mod inbox;
 pub mod local;
 #[cfg(feature = "tcp")]

@@ -1,0 +1,438 @@
+//! [`TransportComm`]: the [`Communicator`] API over any [`Transport`],
+//! each collective run by an algorithm of this module's parent, chosen per
+//! call from a [`Tuning`] table by collective, rank count and message size
+//! (the choice is logged at `debug` level through `tracing`).
+//!
+//! A collective's messages flow while its future is polled (or while its
+//! blocking form runs): a future dropped before it completes leaves the
+//! other ranks waiting for this rank's part, until it leaves the group.
+//! Every rank must use the same tuning table, so that all choose alike.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use mfio_core::{block_on, BufResult, Error, IoBackend, Result};
+
+use super::tuning::{Algorithm, Collective, Tuning};
+use crate::check::{self, invalid};
+use crate::comm::{CollFuture, Communicator, Counts, Pair, Rank};
+use crate::element::Element;
+use crate::reduce::ReduceOp;
+use crate::transport::group::SubGroup;
+use crate::transport::{CollId, Transport, CONTROL_COMM};
+
+/// Bytes a pipelined algorithm moves per message (segments of the
+/// segmented ring, chunks of the chain).
+const PIPELINE_BYTES: usize = 256 << 10;
+
+/// A communicator whose collectives are algorithms over a transport,
+/// driven by `backend` in their blocking forms (the runtime the transport
+/// runs on, for TCP).
+pub struct TransportComm<B> {
+    backend: B,
+    /// This communicator's ranks, numbered from 0.
+    transport: Arc<dyn Transport>,
+    /// The transport every communicator made from this one shares, and the
+    /// ranks of it this one has (index = this communicator's rank).
+    base: Arc<dyn Transport>,
+    members: Arc<[Rank]>,
+    id: u32,
+    seq: AtomicU32,
+    /// The lowest communicator id no communicator of this rank has (on the
+    /// base transport).
+    next_free: Arc<AtomicU32>,
+    tuning: Arc<Tuning>,
+}
+
+impl<B> std::fmt::Debug for TransportComm<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportComm")
+            .field("rank", &self.transport.rank())
+            .field("size", &self.transport.size())
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn elems_per<T>(bytes: usize) -> usize {
+    (bytes / size_of::<T>().max(1)).max(1)
+}
+
+fn bytes_of<T>(elems: usize) -> u64 {
+    (elems as u64).saturating_mul(size_of::<T>() as u64)
+}
+
+impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
+    /// The communicator of every rank of `transport` (communicator id 0),
+    /// with the built-in tuning table.
+    pub fn new(backend: B, transport: impl Transport + 'static) -> Self {
+        let base: Arc<dyn Transport> = Arc::new(transport);
+        let members: Arc<[Rank]> = (0..base.size()).collect();
+        Self {
+            backend,
+            transport: base.clone(),
+            base,
+            members,
+            id: 0,
+            seq: AtomicU32::new(0),
+            next_free: Arc::new(AtomicU32::new(1)),
+            tuning: Arc::new(Tuning::builtin()),
+        }
+    }
+
+    /// This communicator with `tuning` (communicators made from it inherit
+    /// it). Every rank must use the same table.
+    #[must_use]
+    pub fn with_tuning(mut self, tuning: Tuning) -> Self {
+        self.tuning = Arc::new(tuning);
+        self
+    }
+
+    /// The table the algorithms are chosen from.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    /// The transport this communicator's ranks talk over.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    /// The id of the next collective.
+    fn next(&self) -> CollId {
+        CollId {
+            comm: self.id,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// The algorithm for a call, from the table (logged).
+    fn choose(&self, collective: Collective, bytes: u64) -> Algorithm {
+        let ranks = self.transport.size();
+        let algorithm = self.tuning.choose(collective, ranks, bytes);
+        tracing::debug!(
+            collective = collective.name(),
+            ranks,
+            bytes,
+            algorithm = algorithm.name(),
+            "mfio-coll: algorithm chosen"
+        );
+        algorithm
+    }
+
+    /// Runs `body` over this communicator's transport with a fresh id;
+    /// the buffers come back with its outcome.
+    fn run<Bufs, F>(&self, bufs: Bufs, body: F) -> CollFuture<Bufs>
+    where
+        Bufs: Default + Send + 'static,
+        F: for<'a> FnOnce(&'a dyn Transport, CollId, &'a mut Bufs) -> futures_util::future::BoxFuture<'a, Result<()>>
+            + Send
+            + 'static,
+    {
+        let (t, id) = (self.transport.clone(), self.next());
+        CollFuture::boxed(async move {
+            let mut bufs = bufs;
+            let res = body(&*t, id, &mut bufs).await;
+            BufResult(res, bufs)
+        })
+    }
+
+    /// The allreduce of `buf` in place, by the algorithm the table names
+    /// (recursive doubling for an operation that is not commutative: it
+    /// keeps rank order).
+    fn allreduce_algorithm<T: Element>(&self, len: usize, op: &ReduceOp<T>) -> Algorithm {
+        let chosen = self.choose(Collective::Allreduce, bytes_of::<T>(len));
+        if op.is_commutative() {
+            chosen
+        } else {
+            Algorithm::RecursiveDoubling
+        }
+    }
+}
+
+async fn allreduce_with<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    buf: &mut [T],
+    op: &ReduceOp<T>,
+    algorithm: Algorithm,
+) -> Result<()> {
+    match algorithm {
+        Algorithm::Ring => super::allreduce_ring(t, id, buf, op).await,
+        Algorithm::SegmentedRing => {
+            super::allreduce_segmented_ring(t, id, buf, op, elems_per::<T>(PIPELINE_BYTES)).await
+        }
+        Algorithm::Rabenseifner => super::allreduce_rabenseifner(t, id, buf, op).await,
+        _ => super::allreduce_recursive_doubling(t, id, buf, op).await,
+    }
+}
+
+impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportComm<B> {
+    type Backend = B;
+
+    fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    fn rank(&self) -> Rank {
+        self.transport.rank()
+    }
+
+    fn size(&self) -> usize {
+        self.transport.size()
+    }
+
+    fn dup(&self) -> Result<Self> {
+        self.split(Some(0), 0)?
+            .ok_or_else(|| Error::new(std::io::ErrorKind::Other, "a duplicate left this rank out"))
+    }
+
+    /// One allgather of every rank's color, key and lowest free
+    /// communicator id: the new communicators take the highest of those
+    /// ids, which no member uses for another communicator.
+    fn split(&self, color: Option<u32>, key: i32) -> Result<Option<Self>> {
+        if let Some(c) = color.filter(|&c| c > i32::MAX as u32) {
+            return Err(invalid(format!("color {c} exceeds i32::MAX")));
+        }
+        let n = self.size();
+        let mine = [
+            color.map_or(0, |c| u64::from(c) + 1),
+            u64::from(key as u32),
+            u64::from(self.next_free.load(Ordering::Relaxed)),
+        ];
+        let mut all = vec![[0u64; 3]; n];
+        let (t, id) = (self.transport.clone(), self.next());
+        block_on(&self.backend, super::allgather_bruck(&*t, id, &[mine], &mut all))?;
+        let agreed = all.iter().map(|e| e[2]).max().unwrap_or(0);
+        let new_id = u32::try_from(agreed)
+            .ok()
+            .filter(|&i| i < CONTROL_COMM)
+            .ok_or_else(|| Error::new(std::io::ErrorKind::Other, "no communicator ids left"))?;
+        self.next_free.fetch_max(new_id + 1, Ordering::Relaxed);
+        if color.is_none() {
+            return Ok(None);
+        }
+        let mut group: Vec<(i32, Rank)> = (0..n)
+            .filter(|&r| all[r][0] == mine[0])
+            .map(|r| (all[r][1] as u32 as i32, r))
+            .collect();
+        group.sort_unstable();
+        let members: Arc<[Rank]> = group.iter().map(|&(_, r)| self.members[r]).collect();
+        let sub = SubGroup::new(self.base.clone(), members.clone())
+            .ok_or_else(|| Error::new(std::io::ErrorKind::Other, "split: this rank is not in its own group"))?;
+        Ok(Some(Self {
+            backend: self.backend.clone(),
+            transport: Arc::new(sub),
+            base: self.base.clone(),
+            members,
+            id: new_id,
+            seq: AtomicU32::new(0),
+            next_free: self.next_free.clone(),
+            tuning: self.tuning.clone(),
+        }))
+    }
+
+    fn barrier(&self) -> CollFuture<()> {
+        self.run((), |t, id, _| Box::pin(super::barrier_dissemination(t, id)))
+    }
+
+    fn bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> CollFuture<Vec<T>> {
+        let algorithm = self.choose(Collective::Bcast, bytes_of::<T>(buf.len()));
+        self.run(buf, move |t, id, buf| {
+            Box::pin(async move {
+                match algorithm {
+                    Algorithm::ScatterAllgather => super::bcast_scatter_allgather(t, id, buf, root).await,
+                    Algorithm::Chain => super::bcast_chain(t, id, buf, root, elems_per::<T>(PIPELINE_BYTES)).await,
+                    _ => super::bcast_binomial(t, id, buf, root).await,
+                }
+            })
+        })
+    }
+
+    fn reduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollFuture<Pair<T>> {
+        let _ = self.choose(Collective::Reduce, bytes_of::<T>(send.len()));
+        let is_root = root == self.rank();
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                if is_root {
+                    check::len("recv", recv.len(), send.len())?;
+                }
+                let mut acc = send.clone();
+                super::reduce_binomial(t, id, &mut acc, &op, root).await?;
+                if is_root {
+                    recv.copy_from_slice(&acc);
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn reduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollFuture<Vec<T>> {
+        let _ = self.choose(Collective::Reduce, bytes_of::<T>(buf.len()));
+        let is_root = root == self.rank();
+        self.run(buf, move |t, id, buf| {
+            Box::pin(async move {
+                let mut acc = buf.clone();
+                super::reduce_binomial(t, id, &mut acc, &op, root).await?;
+                if is_root {
+                    buf.copy_from_slice(&acc);
+                }
+                Ok(())
+            })
+        })
+    }
+
+    fn allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
+        let algorithm = self.allreduce_algorithm(send.len(), &op);
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                check::len("recv", recv.len(), send.len())?;
+                recv.copy_from_slice(send);
+                allreduce_with(t, id, recv, &op, algorithm).await
+            })
+        })
+    }
+
+    fn allreduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>) -> CollFuture<Vec<T>> {
+        let algorithm = self.allreduce_algorithm(buf.len(), &op);
+        self.run(buf, move |t, id, buf| {
+            Box::pin(async move { allreduce_with(t, id, buf, &op, algorithm).await })
+        })
+    }
+
+    fn scatter<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
+        let algorithm = self.choose(Collective::Scatter, bytes_of::<T>(recv.len()));
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                match algorithm {
+                    Algorithm::Linear => super::scatter_linear(t, id, send, recv, root).await,
+                    _ => super::scatter_binomial(t, id, send, recv, root).await,
+                }
+            })
+        })
+    }
+
+    fn scatterv<T: Element>(&self, send: Vec<T>, layout: &Counts, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
+        let layout = layout.clone();
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move { super::scatterv_linear(t, id, send, &layout, recv, root).await })
+        })
+    }
+
+    fn gather<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
+        let algorithm = self.choose(Collective::Gather, bytes_of::<T>(send.len()));
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                match algorithm {
+                    Algorithm::Linear => super::gather_linear(t, id, send, recv, root).await,
+                    _ => super::gather_binomial(t, id, send, recv, root).await,
+                }
+            })
+        })
+    }
+
+    fn gatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts, root: Rank) -> CollFuture<Pair<T>> {
+        let layout = layout.clone();
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move { super::gatherv_linear(t, id, send, recv, &layout, root).await })
+        })
+    }
+
+    fn allgather<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollFuture<Pair<T>> {
+        let mut algorithm = self.choose(Collective::Allgather, bytes_of::<T>(send.len()));
+        if algorithm == Algorithm::RecursiveDoubling && !self.size().is_power_of_two() {
+            algorithm = Algorithm::Bruck;
+        }
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                match algorithm {
+                    Algorithm::Bruck => super::allgather_bruck(t, id, send, recv).await,
+                    Algorithm::RecursiveDoubling => super::allgather_recursive_doubling(t, id, send, recv).await,
+                    _ => super::allgather_ring(t, id, send, recv).await,
+                }
+            })
+        })
+    }
+
+    fn allgatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts) -> CollFuture<Pair<T>> {
+        let layout = layout.clone();
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move { super::allgatherv_linear(t, id, send, recv, &layout).await })
+        })
+    }
+
+    fn alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollFuture<Pair<T>> {
+        let block = send.len() / self.size().max(1);
+        let algorithm = self.choose(Collective::Alltoall, bytes_of::<T>(block));
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                match algorithm {
+                    Algorithm::Bruck => super::alltoall_bruck(t, id, send, recv).await,
+                    _ => super::alltoall_pairwise(t, id, send, recv).await,
+                }
+            })
+        })
+    }
+
+    fn alltoallv<T: Element>(
+        &self,
+        send: Vec<T>,
+        send_layout: &Counts,
+        recv: Vec<T>,
+        recv_layout: &Counts,
+    ) -> CollFuture<Pair<T>> {
+        let (sl, rl) = (send_layout.clone(), recv_layout.clone());
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move { super::alltoallv_pairwise(t, id, send, &sl, recv, &rl).await })
+        })
+    }
+
+    fn reduce_scatter_block<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
+        let algorithm = self.choose(Collective::ReduceScatterBlock, bytes_of::<T>(recv.len()));
+        let (rank, n) = (self.rank(), self.size());
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                check::len("send", send.len(), recv.len().saturating_mul(n))?;
+                let mut scratch = send.clone();
+                if !op.is_commutative() {
+                    // In rank order: the whole vector reduced, then this
+                    // rank's block taken.
+                    super::allreduce_recursive_doubling(t, id, &mut scratch, &op).await?;
+                    let b = recv.len();
+                    recv.copy_from_slice(&scratch[rank * b..(rank + 1) * b]);
+                    return Ok(());
+                }
+                match algorithm {
+                    Algorithm::Halving => super::reduce_scatter_block_halving(t, id, &mut scratch, recv, &op).await,
+                    _ => super::reduce_scatter_block_ring(t, id, &mut scratch, recv, &op).await,
+                }
+            })
+        })
+    }
+
+    fn scan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                check::len("recv", recv.len(), send.len())?;
+                recv.copy_from_slice(send);
+                super::scan_recursive_doubling(t, id, recv, &op).await
+            })
+        })
+    }
+
+    /// Rank 0's `recv` comes back unchanged (MPI leaves it undefined).
+    fn exscan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
+        let rank = self.rank();
+        self.run((send, recv), move |t, id, (send, recv)| {
+            Box::pin(async move {
+                check::len("recv", recv.len(), send.len())?;
+                let mut acc = send.clone();
+                super::exscan_recursive_doubling(t, id, &mut acc, &op).await?;
+                if rank != 0 {
+                    recv.copy_from_slice(&acc);
+                }
+                Ok(())
+            })
+        })
+    }
+}

@@ -1,0 +1,234 @@
+//! The `Communicator` API over transports (`TransportComm`): every
+//! collective, element type, length and form — the same checks the MPI
+//! backend passes — with every algorithm the tuning tables can name, over
+//! the in-process transport (scrambled completion order) and over TCP;
+//! `dup` and `split`; a tuning file; a bad table.
+
+#[macro_use]
+mod communicator;
+mod every_algorithm;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use communicator::{collectives_of, data, ok, reduce_ref, Form, Outcome, Sample};
+use every_algorithm::collect_ranks;
+use mfio_backends::{BackendKind, Runtime};
+use mfio_coll::algo::tuning::{Algorithm, Collective, Rule};
+use mfio_coll::algo::{TransportComm, Tuning};
+use mfio_coll::transport::bootstrap::Bootstrap;
+use mfio_coll::transport::local::LocalTransport;
+use mfio_coll::transport::tcp::{Liveness, TcpTransport};
+use mfio_coll::{Communicator, ReduceOp};
+
+/// Runs `body` on every rank of a group of `n` (threads, each with its own
+/// runtime), over the scrambled in-process transport or TCP; the outcomes
+/// in rank order, each bounded by 60 s.
+fn run_group<F>(n: usize, tcp: bool, body: F) -> Vec<Outcome>
+where
+    F: Fn(TransportComm<Runtime>) -> Outcome + Send + Sync + 'static,
+{
+    static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let body = Arc::new(body);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let root = SocketAddr::from((
+        [127, 0, 0, 1],
+        12_000 + (std::process::id() % 200) as u16 * 40 + PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 40,
+    ));
+    let mut locals: Vec<Option<LocalTransport>> = if tcp {
+        (0..n).map(|_| None).collect()
+    } else {
+        LocalTransport::scrambled_group(n, n as u64 * 7919)
+            .into_iter()
+            .map(Some)
+            .collect()
+    };
+    for (rank, local) in locals.iter_mut().enumerate() {
+        let (tx, body) = (tx.clone(), body.clone());
+        let local = local.take();
+        std::thread::spawn(move || {
+            let out = (|| -> Outcome {
+                let rt = Runtime::builder()
+                    .backend(BackendKind::Poll)
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                let comm = match local {
+                    Some(t) => TransportComm::new(rt.clone(), t),
+                    None => {
+                        let links = Bootstrap::new(rank, n, root)
+                            .map(|b| b.timeout(Duration::from_secs(30)))
+                            .and_then(|b| b.connect())
+                            .map_err(|e| e.to_string())?;
+                        let t = TcpTransport::new(&rt, rank, links, Liveness::default()).map_err(|e| e.to_string())?;
+                        TransportComm::new(rt.clone(), t)
+                    }
+                };
+                body(comm)
+            })();
+            let _ = tx.send((rank, out));
+        });
+    }
+    drop(tx);
+    collect_ranks(rx, n)
+}
+
+fn all_ok(what: &str, outcomes: Vec<Outcome>) {
+    for (rank, o) in outcomes.into_iter().enumerate() {
+        if let Err(e) = o {
+            panic!("{what}, rank {rank}: {e}");
+        }
+    }
+}
+
+/// Every collective, through every form, for several element types.
+fn every_collective(w: &TransportComm<Runtime>, lengths: &[usize]) -> Outcome {
+    let mut salt = 0;
+    for form in [Form::Async, Form::Blocking] {
+        for &len in lengths {
+            salt += 1;
+            collectives_of::<_, u8>(w, len, form, salt)?;
+            collectives_of::<_, i32>(w, len, form, salt)?;
+            collectives_of::<_, f64>(w, len, form, salt)?;
+            collectives_of::<_, [u16; 3]>(w, len, form, salt)?;
+            collectives_of::<_, Sample>(w, len, form, salt)?;
+        }
+    }
+    Ok(())
+}
+
+/// Tables that pick, for every collective, its `k`-th algorithm (wrapping),
+/// so that between them every algorithm runs.
+fn table_picking(k: usize) -> Tuning {
+    let rules = Collective::all()
+        .map(|c| {
+            let algos: Vec<Algorithm> = Algorithm::for_collective(c).collect();
+            Rule {
+                collective: c,
+                max_ranks: None,
+                max_bytes: None,
+                algorithm: algos[k % algos.len()],
+            }
+        })
+        .collect();
+    Tuning::new(rules).expect("every rule applies")
+}
+
+#[test]
+fn every_collective_with_every_algorithm_in_process() {
+    for n in 1..=5 {
+        for k in 0..4 {
+            all_ok(
+                &format!("{n} ranks, table {k}"),
+                run_group(n, false, move |w| {
+                    let w = w.with_tuning(table_picking(k));
+                    every_collective(&w, &[0, 1, 1031])
+                }),
+            );
+        }
+    }
+}
+
+#[test]
+fn every_collective_over_tcp_with_the_builtin_table() {
+    for n in [2, 3] {
+        all_ok(
+            &format!("TCP, {n} ranks"),
+            run_group(n, true, |w| every_collective(&w, &[0, 1, 1031, 100_000])),
+        );
+    }
+}
+
+/// `split` by parity, ordered by descending key; collectives in each half
+/// and on a `dup` of the parent, interleaved, never mix.
+#[test]
+fn split_and_dup_make_communicators_that_never_mix() {
+    for tcp in [false, true] {
+        all_ok(
+            &format!("split (tcp: {tcp})"),
+            run_group(5, tcp, |w| {
+                let (rank, size) = (w.rank(), w.size());
+                let half = w
+                    .split(Some((rank % 2) as u32), -(rank as i32))
+                    .map_err(|e| e.to_string())?
+                    .ok_or("split left this rank out")?;
+                let peers: Vec<usize> = (0..size).filter(|r| r % 2 == rank % 2).rev().collect();
+                ensure!(half.size() == peers.len(), "half of {} ranks", half.size());
+                ensure!(peers[half.rank()] == rank, "rank {} in the half", half.rank());
+                let dup = w.dup().map_err(|e| e.to_string())?;
+                ensure!(dup.size() == size && dup.rank() == rank, "dup");
+                let none = w.split(None, 0).map_err(|e| e.to_string())?;
+                ensure!(none.is_none(), "split(None) made a communicator");
+                // Interleaved: start both, then wait in the other order.
+                let a = half.allreduce_in_place(data::<i64>(rank, 777, 3), ReduceOp::Sum);
+                let b = dup.allreduce_in_place(data::<i64>(rank, 555, 4), ReduceOp::Sum);
+                let got_b = ok(w.wait(b), "dup allreduce")?;
+                let got_a = ok(w.wait(a), "half allreduce")?;
+                let mut want_a = data::<i64>(peers[0], 777, 3);
+                for &p in &peers[1..] {
+                    ReduceOp::Sum.apply(&data::<i64>(p, 777, 3), &mut want_a);
+                }
+                ensure!(got_a == want_a, "half allreduce: wrong sum");
+                ensure!(
+                    got_b == reduce_ref(&ReduceOp::Sum, 0..size, 555, 4),
+                    "dup allreduce: wrong sum"
+                );
+                Ok(())
+            }),
+        );
+    }
+}
+
+/// A non-commutative custom operation is reduced in rank order whatever
+/// the table says (the commutative-only algorithms are not used for it).
+#[test]
+fn non_commutative_operations_keep_rank_order() {
+    all_ok(
+        "non-commutative",
+        run_group(4, false, |w| {
+            let w = w.with_tuning(table_picking(0));
+            let rank = w.rank();
+            // Affine maps x -> a·x + b; composition is not commutative.
+            let compose = ReduceOp::custom(false, |inc: &[[u64; 2]], acc: &mut [[u64; 2]]| {
+                for (a, x) in acc.iter_mut().zip(inc) {
+                    *a = [x[0].wrapping_mul(a[0]), a[0].wrapping_mul(x[1]).wrapping_add(a[1])];
+                }
+            });
+            let map = |r: usize| vec![[r as u64 * 2 + 3, r as u64 + 7]; 9];
+            let want = {
+                let mut acc = map(3);
+                for r in (0..3).rev() {
+                    compose.apply(&map(r), &mut acc);
+                }
+                acc
+            };
+            let got = ok(w.wait(w.allreduce_in_place(map(rank), compose.clone())), "allreduce")?;
+            ensure!(got == want, "allreduce: not in rank order");
+            let big: Vec<[u64; 2]> = (0..4).flat_map(|_| map(rank)).collect();
+            let (_, block) = ok(
+                w.wait(w.reduce_scatter_block(big, vec![[0, 0]; 9], compose.clone())),
+                "reduce_scatter_block",
+            )?;
+            ensure!(block == want, "reduce_scatter_block: not in rank order");
+            Ok(())
+        }),
+    );
+}
+
+/// A tuning file written, read back and used; a broken one refused with
+/// its path and line.
+#[test]
+fn tuning_files_round_trip_and_errors_name_the_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("tuning.txt");
+    let table = table_picking(1);
+    std::fs::write(&path, table.to_string()).expect("write");
+    assert_eq!(Tuning::load(&path).expect("load"), table);
+    std::fs::write(&path, "allreduce * * ring\nbcast 4 nope binomial\n").expect("write");
+    let err = Tuning::load(&path).expect_err("a broken table");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    let text = err.to_string();
+    assert!(text.contains("tuning.txt") && text.contains("line 2"), "{text}");
+    let missing = Tuning::load(&dir.path().join("none.txt")).expect_err("no file");
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+}
