@@ -105,16 +105,26 @@ impl Inbox {
 
     /// Marks the group as broken because of `why` (a rank lost): every
     /// receive with nothing waiting fails with it, now and later. The first
-    /// reason stays.
-    pub fn poison(&self, why: String) {
-        let wakers: Vec<Waker> = {
+    /// reason stays; returns whether this was it.
+    pub fn poison(&self, why: String) -> bool {
+        let (first, wakers): (bool, Vec<Waker>) = {
             let mut st = self.state.lock();
+            let first = st.broken.is_none();
             st.broken.get_or_insert(why);
-            st.slots.values_mut().filter_map(|slot| slot.waker.take()).collect()
+            (
+                first,
+                st.slots.values_mut().filter_map(|slot| slot.waker.take()).collect(),
+            )
         };
         for w in wakers {
             w.wake();
         }
+        first
+    }
+
+    /// Whether `from` left ([`close`](Self::close)).
+    pub fn is_gone(&self, from: Rank) -> bool {
+        self.state.lock().gone.contains(&from)
     }
 
     /// Messages waiting for a receive.

@@ -23,6 +23,8 @@
 
 #[cfg(feature = "tcp")]
 pub mod bootstrap;
+#[cfg(any(feature = "tcp", feature = "mpi"))]
+pub(crate) mod driven;
 pub mod group;
 mod inbox;
 pub mod local;

@@ -20,17 +20,14 @@
 //! that vanished without closing (a cut link, a frozen host) into such a
 //! failure within the configured timeout.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use futures_util::lock::Mutex as AsyncMutex;
 use mfio_backends::{Runtime, TcpStream};
 use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result};
-use parking_lot::Mutex;
 
+use super::driven::{Background, Driven, Task};
 use super::{fill_exact, no_such_rank, Inbox, Key, Transport, TransportFuture, CONTROL_COMM};
 use crate::comm::Rank;
 
@@ -57,11 +54,7 @@ struct Shared {
     /// Per rank: its connection's writer (`None` at this rank).
     writers: Vec<Option<Arc<Writer>>>,
     /// The connections' readers, and notices to other ranks in flight.
-    tasks: Mutex<Vec<Task>>,
-    /// Notices a reader queued (it cannot add to `tasks` while polled).
-    queued: Mutex<Vec<Task>>,
-    /// Everyone waiting on the transport, woken when a task can go on.
-    waiting: Arc<WakeAll>,
+    background: Arc<Background>,
 }
 
 impl Drop for Shared {
@@ -121,37 +114,6 @@ impl Writer {
             }
         }
         true
-    }
-}
-
-/// Background work of the transport, run by whoever polls it.
-type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// A waker that wakes every waker registered since it last fired.
-#[derive(Default)]
-struct WakeAll {
-    wakers: Mutex<Vec<Waker>>,
-}
-
-impl WakeAll {
-    fn register(&self, waker: &Waker) {
-        let mut ws = self.wakers.lock();
-        if !ws.iter().any(|w| w.will_wake(waker)) {
-            ws.push(waker.clone());
-        }
-    }
-}
-
-impl Wake for WakeAll {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let ws = std::mem::take(&mut *self.wakers.lock());
-        for w in ws {
-            w.wake();
-        }
     }
 }
 
@@ -228,41 +190,18 @@ impl TcpTransport {
                     })
                 })
                 .collect(),
-            tasks: Mutex::new(Vec::new()),
-            queued: Mutex::new(Vec::new()),
-            waiting: Arc::default(),
+            background: Arc::default(),
         });
         // The readers hold the shared state weakly: dropping the transport
         // drops them, which closes the connections.
-        let readers = streams
-            .into_iter()
-            .enumerate()
-            .filter_map(|(peer, s)| s.map(|stream| read_loop(peer, stream, Arc::downgrade(&shared))))
-            .collect();
-        *shared.tasks.lock() = readers;
-        Ok(Self { rank, shared })
-    }
-
-    /// Runs the readers and notices that can make progress; registers `cx`
-    /// to hear when more can.
-    fn drive(shared: &Shared, cx: &mut Context<'_>) {
-        shared.waiting.register(cx.waker());
-        // Whoever holds the tasks polls them for everyone; the others'
-        // wakers are registered and fire when a task can go on.
-        let Some(mut tasks) = shared.tasks.try_lock() else {
-            return;
-        };
-        let waker = Waker::from(shared.waiting.clone());
-        let mut tcx = Context::from_waker(&waker);
-        loop {
-            tasks.retain_mut(|task| task.as_mut().poll(&mut tcx).is_pending());
-            // Notices the readers queued just now start at once.
-            let queued = std::mem::take(&mut *shared.queued.lock());
-            if queued.is_empty() {
-                break;
+        for (peer, s) in streams.into_iter().enumerate() {
+            if let Some(stream) = s {
+                shared
+                    .background
+                    .spawn(read_loop(peer, stream, Arc::downgrade(&shared)));
             }
-            tasks.extend(queued);
         }
+        Ok(Self { rank, shared })
     }
 }
 
@@ -321,54 +260,49 @@ fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>
             }
         };
         tracing::debug!(peer, error = %reason, "mfio-coll TCP: rank lost");
-        let Some(shared) = shared.upgrade() else { return };
-        shared.inbox.poison(format!("rank {peer} is gone: {reason}"));
-        // The others hear of it: a rank waiting on a peer that gives up
-        // because of the loss learns the cause.
-        let why = reason.to_string().into_bytes();
-        let notices = shared
+        if let Some(shared) = shared.upgrade() {
+            shared.lost(peer, &reason.to_string());
+        }
+    })
+}
+
+impl Shared {
+    /// Rank `peer` is lost (its connection failed, or a receive waited for
+    /// a message it left without sending): the group is broken. Every
+    /// receive with nothing waiting fails naming it, and the other ranks
+    /// hear of it, so a rank waiting on a live peer that gives up because
+    /// of the loss learns the cause. Once per group.
+    fn lost(&self, peer: Rank, why: &str) {
+        if !self.inbox.poison(format!("rank {peer} is gone: {why}")) {
+            return;
+        }
+        let notices = self
             .writers
             .iter()
             .enumerate()
             .filter(|&(r, w)| r != peer && w.is_some());
-        let mut queued = shared.queued.lock();
         for (to, w) in notices {
             let Some(w) = w.clone() else { continue };
             let key = Key {
                 comm: CONTROL_COMM,
                 seq: LOST,
                 step: peer as u32,
-                chunk: shared.rank as u32,
+                chunk: self.rank as u32,
             };
             let mut frame = header(key, why.len());
-            frame.extend_from_slice(&why);
+            frame.extend_from_slice(why.as_bytes());
             // At once where the connection is free, so the news goes out
             // even if this rank gives up and leaves right after.
             if w.send_now(&frame) {
                 continue;
             }
-            queued.push(Box::pin(async move {
+            self.background.spawn(Box::pin(async move {
                 let _turn = w.lock.lock().await;
                 if let Err(e) = w.stream.write_all(frame).await.0 {
                     tracing::debug!(to, error = %e, "mfio-coll TCP: could not tell a rank of a loss");
                 }
             }));
         }
-    })
-}
-
-/// A transport future that keeps the readers going whenever it is polled.
-struct Driven<F> {
-    shared: Arc<Shared>,
-    inner: Pin<Box<F>>,
-}
-
-impl<F: Future> Future for Driven<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        TcpTransport::drive(&self.shared, cx);
-        self.inner.as_mut().poll(cx)
     }
 }
 
@@ -431,7 +365,7 @@ impl Transport for TcpTransport {
             }
         };
         Box::pin(Driven {
-            shared,
+            background: shared.background.clone(),
             inner: Box::pin(inner),
         })
     }
@@ -446,12 +380,19 @@ impl Transport for TcpTransport {
             let shared = shared.clone();
             async move {
                 let taken = std::future::poll_fn(|cx| shared.inbox.poll_take(from, key, cx)).await;
+                if let Err(e) = &taken {
+                    // Waiting for a message its sender left without
+                    // sending: the collective cannot finish anywhere.
+                    if shared.inbox.is_gone(from) {
+                        shared.lost(from, &e.to_string());
+                    }
+                }
                 let res = fill_exact(from, key, taken, &mut buf);
                 BufResult(res, buf)
             }
         };
         Box::pin(Driven {
-            shared,
+            background: shared.background.clone(),
             inner: Box::pin(inner),
         })
     }
