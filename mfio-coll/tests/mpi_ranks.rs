@@ -18,9 +18,12 @@ use std::time::{Duration, Instant};
 
 #[macro_use]
 mod communicator;
+mod every_algorithm;
 
 use communicator::{alltoallv_of, collectives_of, data, go, ok, reduce_ref, rooted_v, Form, Outcome, Sample, Value};
-use mfio_coll::mpi::{Mpi, MpiComm, Progress, Source, TagMatch, ThreadLevel};
+use every_algorithm::{every_algorithm, Seq};
+use mfio_coll::algo::TransportComm;
+use mfio_coll::mpi::{Mpi, MpiComm, MpiTransport, Progress, Source, TagMatch, ThreadLevel};
 use mfio_coll::{element, CollResult, Communicator, Counts, ReduceOp};
 use mfio_core::{BufResult, IoBackend, IoBackendExt, Packet, PacketIo, PacketIoExt, Read};
 
@@ -62,6 +65,30 @@ fn every_collective(cx: &Ctx) -> Outcome {
             collectives_of::<_, f64>(&cx.world, len, form, salt)?;
             collectives_of::<_, [u16; 3]>(&cx.world, len, form, salt)?;
             collectives_of::<_, Sample>(&cx.world, len, form, salt)?;
+        }
+    }
+    Ok(())
+}
+
+/// The collective algorithms over MPI point-to-point: each algorithm on its
+/// own, then every collective of the `Communicator` API through
+/// `TransportComm` with the built-in table.
+fn over_mpi_transport(cx: &Ctx) -> Outcome {
+    let t = MpiTransport::new(&cx.world).map_err(|e| format!("MpiTransport: {e}"))?;
+    let mut seq = Seq::new(1);
+    for len in [0, 1, 1000, 100_003] {
+        cx.mpi
+            .block_on(every_algorithm(&t, &mut seq, len))
+            .map_err(|e| format!("every algorithm, len {len}: {e}"))?;
+    }
+    let comm = TransportComm::new(cx.mpi.clone(), t);
+    let mut salt = 100;
+    for form in [Form::Async, Form::Blocking] {
+        for len in [0, 1, 1031, 40_000] {
+            salt += 1;
+            collectives_of::<_, u32>(&comm, len, form, salt)?;
+            collectives_of::<_, f64>(&comm, len, form, salt)?;
+            collectives_of::<_, Sample>(&comm, len, form, salt)?;
         }
     }
     Ok(())
@@ -736,8 +763,9 @@ fn main() {
         }
     };
     let cx = Ctx { mpi, world };
-    let cases: [Case; 12] = [
+    let cases: [Case; 13] = [
         ("every_collective", every_collective),
+        ("over_mpi_transport", over_mpi_transport),
         ("large_counts", large_counts),
         ("every_operation", every_operation),
         ("custom_operations", custom_operations),

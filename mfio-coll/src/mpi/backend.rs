@@ -848,6 +848,12 @@ impl Drop for Shared {
         while !st.reqs.is_empty() && Instant::now() < deadline {
             self.test(&mut st, &mut done);
         }
+        // The finished ones complete now: finishing reads their statuses
+        // through MPI (a receive asks whether it was cancelled), which
+        // must happen before MPI_Finalize.
+        for d in done.drain(..) {
+            d.complete();
+        }
         let leftover = !st.reqs.is_empty();
         if leftover {
             // MPI may still write their buffers: never free them.
@@ -872,10 +878,6 @@ impl Drop for Shared {
             }
         }
         *live = Weak::new();
-        drop(live);
-        for d in done {
-            d.complete();
-        }
     }
 }
 

@@ -62,8 +62,10 @@ mod comm;
 mod datatype;
 mod p2p;
 mod sys;
+mod transport;
 mod user_op;
 
 pub use backend::{Mpi, MpiBuilder, Progress, ThreadLevel};
 pub use comm::MpiComm;
 pub use p2p::{RecvFrom, RecvInfo, RecvReport, Source, TagMatch};
+pub use transport::MpiTransport;

@@ -18,8 +18,9 @@
 //!   from the launcher's environment.
 //!
 //! [`group::SubGroup`] numbers some ranks of a transport as a group of their
-//! own (a split communicator's). UCX and MPI point-to-point transports are
-//! not written yet.
+//! own (a split communicator's). The MPI backend's point-to-point messages
+//! are a transport too (`mpi::MpiTransport`). A UCX transport is not
+//! written yet.
 
 #[cfg(feature = "tcp")]
 pub mod bootstrap;
@@ -133,6 +134,36 @@ pub fn wrong_length(from: Rank, key: Key, got: usize, want: usize) -> Error {
         std::io::ErrorKind::InvalidData,
         format!("message from rank {from} ({key}) has {got} bytes, {want} expected"),
     )
+}
+
+/// Bytes of a frame header on a byte transport: comm, seq, step, chunk
+/// (u32 each, little-endian), then the message's length (u64).
+pub(crate) const FRAME_HEADER: usize = 24;
+
+/// A frame header for a message of `len` bytes under `key`, with room for
+/// `room` more bytes after it.
+pub(crate) fn frame_header(key: Key, len: usize, room: usize) -> Vec<u8> {
+    let mut h = Vec::with_capacity(FRAME_HEADER + room);
+    for w in [key.comm, key.seq, key.step, key.chunk] {
+        h.extend_from_slice(&w.to_le_bytes());
+    }
+    h.extend_from_slice(&(len as u64).to_le_bytes());
+    h
+}
+
+/// The key and length a frame header (the first [`FRAME_HEADER`] bytes of
+/// `bytes`) holds; `None` if `bytes` is shorter or the length does not fit
+/// in memory.
+pub(crate) fn parse_frame_header(bytes: &[u8]) -> Option<(Key, usize)> {
+    let word = |i: usize| Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?));
+    let key = Key {
+        comm: word(0)?,
+        seq: word(4)?,
+        step: word(8)?,
+        chunk: word(12)?,
+    };
+    let len = u64::from_le_bytes(bytes.get(16..FRAME_HEADER)?.try_into().ok()?);
+    Some((key, usize::try_from(len).ok()?))
 }
 
 /// Copies a message `from` sent under `key` into `buf`, which must have

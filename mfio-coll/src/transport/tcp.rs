@@ -28,11 +28,11 @@ use mfio_backends::{Runtime, TcpStream};
 use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result};
 
 use super::driven::{Background, Driven, Task};
-use super::{fill_exact, no_such_rank, Inbox, Key, Transport, TransportFuture, CONTROL_COMM};
+use super::{
+    fill_exact, frame_header, no_such_rank, parse_frame_header, Inbox, Key, Transport, TransportFuture, CONTROL_COMM,
+    FRAME_HEADER,
+};
 use crate::comm::Rank;
-
-/// Bytes of a frame header: comm, seq, step, chunk (u32 each), length (u64).
-const HEADER: usize = 24;
 
 /// Messages up to this many bytes go out with their header in one write.
 const COALESCE: usize = 64 << 10;
@@ -211,20 +211,11 @@ impl TcpTransport {
 fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>) -> Task {
     Box::pin(async move {
         let reason = loop {
-            let BufResult(res, header) = stream.read_exact(Vec::with_capacity(HEADER)).await;
+            let BufResult(res, header) = stream.read_exact(Vec::with_capacity(FRAME_HEADER)).await;
             if let Err(e) = res {
                 break e;
             }
-            let word = |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-            let key = Key {
-                comm: word(0),
-                seq: word(4),
-                step: word(8),
-                chunk: word(12),
-            };
-            let mut len_bytes = [0u8; 8];
-            len_bytes.copy_from_slice(&header[16..24]);
-            let Ok(len) = usize::try_from(u64::from_le_bytes(len_bytes)) else {
+            let Some((key, len)) = parse_frame_header(&header) else {
                 break Error::new(std::io::ErrorKind::InvalidData, "a frame longer than memory");
             };
             let mut data = Vec::new();
@@ -307,12 +298,7 @@ impl Shared {
 }
 
 fn header(key: Key, len: usize) -> Vec<u8> {
-    let mut h = Vec::with_capacity(HEADER + len.min(COALESCE));
-    for w in [key.comm, key.seq, key.step, key.chunk] {
-        h.extend_from_slice(&w.to_le_bytes());
-    }
-    h.extend_from_slice(&(len as u64).to_le_bytes());
-    h
+    frame_header(key, len, len.min(COALESCE))
 }
 
 impl Transport for TcpTransport {

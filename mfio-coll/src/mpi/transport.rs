@@ -1,0 +1,185 @@
+//! [`MpiTransport`]: MPI point-to-point messages as a [`Transport`], so the
+//! collective algorithms (and [`TransportComm`](crate::algo::TransportComm))
+//! run over MPI, driven by the MPI backend like any other operation.
+//!
+//! The transport talks on a private duplicate of the communicator it is
+//! made from. A message is a frame (its [`Key`] and length, 24 bytes, then
+//! up to 16 KiB of it) under one tag, and the rest of a longer message as a
+//! second message under another; MPI keeps each sender's messages of one
+//! tag in order, so the rest always follows its frame. One receive of any
+//! source takes frames and files them in the [`Inbox`] by sender and key.
+
+use std::sync::{Arc, Weak};
+
+use mfio_core::{BufResult, Error, Result};
+
+use super::comm::MpiComm;
+use super::p2p::{Source, TagMatch};
+use crate::comm::{Communicator, Rank, Tag};
+use crate::transport::driven::{Background, Driven};
+use crate::transport::{
+    fill_exact, frame_header, no_such_rank, parse_frame_header, Inbox, Key, Transport, TransportFuture, FRAME_HEADER,
+};
+
+/// Tag of frames (header and the start of the message).
+const FRAME: Tag = 1;
+/// Tag of the rest of a message longer than [`INLINE`].
+const BULK: Tag = 2;
+/// Bytes of a message that travel in its frame.
+const INLINE: usize = 16 << 10;
+
+/// One rank's end of MPI point-to-point as a [`Transport`].
+pub struct MpiTransport {
+    rank: Rank,
+    size: usize,
+    comm: Arc<MpiComm>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    inbox: Inbox,
+    background: Arc<Background>,
+}
+
+impl std::fmt::Debug for MpiTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpiTransport")
+            .field("rank", &self.rank)
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MpiTransport {
+    /// A transport over the ranks of `comm`, on a duplicate of it (so its
+    /// messages never meet `comm`'s). Collective: every rank of `comm`
+    /// calls it.
+    ///
+    /// # Errors
+    /// What `MPI_Comm_dup` reports.
+    pub fn new(comm: &MpiComm) -> Result<Self> {
+        let comm = Arc::new(comm.dup()?);
+        let shared = Arc::new(Shared {
+            inbox: Inbox::new(),
+            background: Arc::default(),
+        });
+        shared
+            .background
+            .spawn(Box::pin(read_frames(comm.clone(), Arc::downgrade(&shared))));
+        Ok(Self {
+            rank: comm.rank(),
+            size: comm.size(),
+            comm,
+            shared,
+        })
+    }
+}
+
+fn malformed(from: Rank, what: &str) -> Error {
+    Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("a malformed message from rank {from} ({what})"),
+    )
+}
+
+/// Takes frames from any rank (and the rest of each long message from its
+/// sender) and files them in the inbox, until MPI fails a receive: then
+/// the group is broken, and every receive waiting fails with the reason.
+async fn read_frames(comm: Arc<MpiComm>, shared: Weak<Shared>) {
+    let reason = loop {
+        let BufResult(res, frame) = comm
+            .recv(
+                Source::Any,
+                TagMatch::Tag(FRAME),
+                Vec::with_capacity(FRAME_HEADER + INLINE),
+            )
+            .await;
+        let info = match res {
+            Ok(info) => info,
+            Err(e) => break e,
+        };
+        let from = info.source;
+        let Some((key, len)) = parse_frame_header(&frame) else {
+            break malformed(from, "a frame shorter than its header, or longer than memory");
+        };
+        let data = if len <= INLINE {
+            if frame.len() != FRAME_HEADER + len {
+                break malformed(from, "a frame of another length than it says");
+            }
+            frame[FRAME_HEADER..].to_vec()
+        } else {
+            let mut rest = Vec::new();
+            if rest.try_reserve_exact(len).is_err() {
+                break Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    format!("no memory for a {len}-byte message from rank {from} ({key})"),
+                );
+            }
+            let BufResult(res, rest) = comm.recv(Source::Rank(from), TagMatch::Tag(BULK), rest).await;
+            match res {
+                Ok(i) if i.len == len => rest,
+                Ok(_) => break malformed(from, "a message of another length than its frame says"),
+                Err(e) => break e,
+            }
+        };
+        let Some(shared) = shared.upgrade() else { return };
+        shared.inbox.deliver(from, key, data);
+    };
+    tracing::debug!(error = %reason, "mfio-coll MPI transport: a receive failed");
+    if let Some(shared) = shared.upgrade() {
+        shared.inbox.poison(format!("the MPI transport failed: {reason}"));
+    }
+}
+
+impl Transport for MpiTransport {
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
+        if to >= self.size {
+            return Box::pin(std::future::ready(BufResult(Err(no_such_rank(to, self.size)), data)));
+        }
+        if to == self.rank {
+            self.shared.inbox.deliver(to, key, data.clone());
+            return Box::pin(std::future::ready(BufResult(Ok(()), data)));
+        }
+        let comm = self.comm.clone();
+        let inner = async move {
+            let mut frame = frame_header(key, data.len(), data.len().min(INLINE));
+            if data.len() <= INLINE {
+                frame.extend_from_slice(&data);
+                let (outcome, _) = comm.send(to, FRAME, frame).await;
+                return BufResult(outcome.result().map(drop), data);
+            }
+            // Both posted in one poll, so the rest follows its frame.
+            let ((framed, _), (rest, data)) =
+                futures_util::future::join(comm.send(to, FRAME, frame), comm.send(to, BULK, data)).await;
+            BufResult(framed.result().and(rest.result()).map(drop), data)
+        };
+        Box::pin(Driven {
+            background: self.shared.background.clone(),
+            inner: Box::pin(inner),
+        })
+    }
+
+    fn recv(&self, from: Rank, key: Key, mut buf: Vec<u8>) -> TransportFuture {
+        if from >= self.size {
+            return Box::pin(std::future::ready(BufResult(Err(no_such_rank(from, self.size)), buf)));
+        }
+        let shared = self.shared.clone();
+        let inner = async move {
+            let taken = std::future::poll_fn(|cx| shared.inbox.poll_take(from, key, cx)).await;
+            let res = fill_exact(from, key, taken, &mut buf);
+            BufResult(res, buf)
+        };
+        Box::pin(Driven {
+            background: self.shared.background.clone(),
+            inner: Box::pin(inner),
+        })
+    }
+}
