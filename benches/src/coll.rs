@@ -1,20 +1,30 @@
 //! Collectives over MPI: mfio's MPI backend (async under `block_on`, and
 //! its blocking form) beside the same MPI calls made directly (the blocking
-//! call, and the non-blocking call with an `MPI_Test` loop), for allreduce,
-//! bcast and allgather, with 2 and 3 ranks.
+//! call, and the non-blocking call with an `MPI_Test` loop), and mfio's own
+//! algorithms over transports (TCP, MPI point-to-point): the adaptive
+//! communicator and each algorithm on its own; for allreduce, bcast and
+//! allgather, with 2 and 3 ranks. `--tune FILE` writes the tuning table
+//! the measured medians make (the fastest algorithm per collective, rank
+//! count and size, over `--tune-transport`), which `MFIO_COLL_TUNING` hands
+//! to the adaptive communicator.
 //!
 //! `mfio-bench coll` launches itself under `mpiexec` once per rank count
 //! (the hidden `coll-rank` subcommand). Every rank runs every contender in
 //! interleaved repetitions; a repetition's time is the slowest rank's, and
 //! rank 0 writes the series to a file the parent reports from.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use mfio_coll::mpi::{Mpi, MpiComm, Progress, ThreadLevel};
+use mfio_backends::Runtime;
+use mfio_coll::algo::tuning::{Algorithm, Collective, Rule};
+use mfio_coll::algo::{TransportComm, Tuning};
+use mfio_coll::mpi::{Mpi, MpiComm, MpiTransport, Progress, ThreadLevel};
+use mfio_coll::transport::bootstrap::connect_pairs;
+use mfio_coll::transport::tcp::{Liveness, TcpTransport};
 use mfio_coll::{Communicator, ReduceOp};
-use mfio_core::IoBackendExt;
 
 use crate::contenders::mpi_direct::Direct;
 use crate::measure::Sample;
@@ -32,6 +42,15 @@ pub enum Op {
 }
 
 impl Op {
+    /// The collective a tuning table knows it as.
+    fn collective(self) -> Collective {
+        match self {
+            Op::Allreduce => Collective::Allreduce,
+            Op::Bcast => Collective::Bcast,
+            Op::Allgather => Collective::Allgather,
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Op::Allreduce => "allreduce",
@@ -74,6 +93,37 @@ pub struct CollArgs {
     /// The launcher.
     #[arg(long, default_value = "mpiexec")]
     pub mpiexec: String,
+    /// Transports mfio's own algorithms run over.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,mpi")]
+    pub transports: Vec<Kind>,
+    /// Only the adaptive communicator over each transport, not each
+    /// algorithm on its own.
+    #[arg(long)]
+    pub only_adaptive: bool,
+    /// Writes the tuning table the medians make to this file.
+    #[arg(long)]
+    pub tune: Option<PathBuf>,
+    /// The transport whose algorithms' medians make the table.
+    #[arg(long, value_enum, default_value = "tcp")]
+    pub tune_transport: Kind,
+}
+
+/// The transports mfio's algorithms run over here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Kind {
+    /// TCP over loopback (addresses exchanged by MPI_Allgather).
+    Tcp,
+    /// MPI point-to-point on the MPI backend.
+    Mpi,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Tcp => "TCP",
+            Kind::Mpi => "MPI p2p",
+        }
+    }
 }
 
 impl Default for CollArgs {
@@ -88,6 +138,10 @@ impl Default for CollArgs {
             spin_us: 10_000,
             progress_thread: false,
             mpiexec: "mpiexec".into(),
+            transports: vec![Kind::Tcp, Kind::Mpi],
+            only_adaptive: false,
+            tune: None,
+            tune_transport: Kind::Tcp,
         }
     }
 }
@@ -138,7 +192,85 @@ pub fn run(args: &CollArgs) -> Result<Vec<Vec<Series>>, String> {
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", results.display()))?;
         all.append(&mut series);
     }
+    if let Some(path) = &args.tune {
+        let table = tuning_from(args, &all)?;
+        let text = format!(
+            "# mfio-coll tuning table, measured by `mfio-bench coll --tune` over {} \
+             ({} ranks, {} to {} bytes)\n# the fastest algorithm per collective, rank count and size (median ops/s)\n{table}",
+            args.tune_transport.label(),
+            args.ranks.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            args.sizes.iter().min().copied().unwrap_or(0),
+            args.sizes.iter().max().copied().unwrap_or(0),
+        );
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!(
+            "tuning table written to {} (set MFIO_COLL_TUNING to use it):\n{table}",
+            path.display()
+        );
+    }
     Ok(all)
+}
+
+/// The table the medians make: for each collective, rank count (ascending;
+/// the largest covers any count) and size (ascending; the largest covers
+/// any size), the algorithm over the tuning transport with the most
+/// operations per second. Sizes in a row with the same winner share a
+/// rule.
+fn tuning_from(args: &CollArgs, all: &[Vec<Series>]) -> Result<Tuning, String> {
+    let prefix = format!("{}: ", args.tune_transport.label());
+    let mut ranks = args.ranks.clone();
+    ranks.sort_unstable();
+    let mut sizes = args.sizes.clone();
+    sizes.sort_unstable();
+    // The workloads come in job order: rank counts as given, then each op,
+    // then each size as given.
+    let at = |r: usize, op: Op, bytes: usize| -> Option<&Vec<Series>> {
+        let job = args.ranks.iter().position(|&x| x == r)?;
+        let o = args.ops.iter().position(|&x| x == op)?;
+        let s = args.sizes.iter().position(|&x| x == bytes)?;
+        all.get((job * args.ops.len() + o) * args.sizes.len() + s)
+    };
+    let mut rules = Vec::new();
+    for &op in &args.ops {
+        for (ri, &r) in ranks.iter().enumerate() {
+            let mut row: Vec<(usize, Algorithm)> = Vec::new();
+            for &bytes in &sizes {
+                let Some(workload) = at(r, op, bytes) else { continue };
+                let best = workload
+                    .iter()
+                    .filter_map(|s| {
+                        Some((
+                            s.contender.strip_prefix(&prefix)?.parse::<Algorithm>().ok()?,
+                            s.median_ops(),
+                        ))
+                    })
+                    .filter(|(_, ops)| ops.is_finite() && *ops > 0.0)
+                    .max_by(|a, b| a.1.total_cmp(&b.1));
+                let Some((algo, _)) = best else {
+                    return Err(format!(
+                        "--tune: no algorithm over {} measured for {} at {bytes} bytes, {r} ranks",
+                        args.tune_transport.label(),
+                        op.name()
+                    ));
+                };
+                match row.last_mut() {
+                    Some(last) if last.1 == algo => last.0 = bytes,
+                    _ => row.push((bytes, algo)),
+                }
+            }
+            let last_rank = ri + 1 == ranks.len();
+            let n = row.len();
+            for (i, (bytes, algo)) in row.into_iter().enumerate() {
+                rules.push(Rule {
+                    collective: op.collective(),
+                    max_ranks: (!last_rank).then_some(r),
+                    max_bytes: (i + 1 < n).then_some(bytes as u64),
+                    algorithm: algo,
+                });
+            }
+        }
+    }
+    Tuning::new(rules).map_err(|e| format!("--tune: {e}"))
 }
 
 fn rank_args(a: &CollArgs) -> Vec<String> {
@@ -165,16 +297,156 @@ fn rank_args(a: &CollArgs) -> Vec<String> {
     if a.progress_thread {
         out.push("--progress-thread".into());
     }
+    let kinds: Vec<&str> = a
+        .transports
+        .iter()
+        .map(|k| match k {
+            Kind::Tcp => "tcp",
+            Kind::Mpi => "mpi",
+        })
+        .collect();
+    if !kinds.is_empty() {
+        out.push("--transports".into());
+        out.push(kinds.join(","));
+    }
+    if a.only_adaptive {
+        out.push("--only-adaptive".into());
+    }
     out
 }
 
-/// The contenders, in the order they run within a repetition.
-const CONTENDERS: [&str; 4] = [
-    "mfio MPI async (block_on)",
-    "mfio MPI blocking",
-    "MPI blocking call",
-    "MPI non-blocking + test loop",
-];
+/// Who runs a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    /// mfio's MPI backend, async under `block_on`.
+    MfioAsync,
+    /// mfio's MPI backend, blocking form.
+    MfioBlocking,
+    /// The blocking MPI call, made directly.
+    MpiBlocking,
+    /// The non-blocking MPI call and an `MPI_Test` loop, made directly.
+    MpiNonblocking,
+    /// mfio's adaptive communicator over a transport.
+    Adaptive(Kind),
+    /// One of mfio's algorithms over a transport.
+    Fixed(Kind, Algorithm),
+}
+
+impl Who {
+    fn name(self) -> String {
+        match self {
+            Who::MfioAsync => "mfio MPI async (block_on)".into(),
+            Who::MfioBlocking => "mfio MPI blocking".into(),
+            Who::MpiBlocking => "MPI blocking call".into(),
+            Who::MpiNonblocking => "MPI non-blocking + test loop".into(),
+            Who::Adaptive(k) => format!("mfio adaptive over {}", k.label()),
+            Who::Fixed(k, a) => format!("{}: {}", k.label(), a.name()),
+        }
+    }
+}
+
+/// The contenders of `op` over `size` ranks, in the order they run within
+/// a repetition (the same on every rank).
+fn contenders(a: &CollArgs, op: Op, size: usize) -> Vec<Who> {
+    let mut out = vec![Who::MfioAsync, Who::MfioBlocking, Who::MpiBlocking, Who::MpiNonblocking];
+    for &k in &a.transports {
+        out.push(Who::Adaptive(k));
+        if a.only_adaptive {
+            continue;
+        }
+        for algo in Algorithm::for_collective(op.collective()) {
+            // Recursive-doubling allgather needs a power of two.
+            if op == Op::Allgather && algo == Algorithm::RecursiveDoubling && !size.is_power_of_two() {
+                continue;
+            }
+            out.push(Who::Fixed(k, algo));
+        }
+    }
+    out
+}
+
+/// mfio's communicators over one transport: the adaptive one and one per
+/// algorithm (each a duplicate told to use only it).
+struct OverTransport<B> {
+    adaptive: TransportComm<B>,
+    fixed: Vec<((Collective, Algorithm), TransportComm<B>)>,
+}
+
+impl<B: mfio_core::IoBackend + Clone + Send + Sync + 'static> OverTransport<B> {
+    fn new(base: TransportComm<B>, a: &CollArgs, adaptive: &Tuning) -> Result<Self, String> {
+        let dup = |c: &TransportComm<B>| c.dup().map_err(|e| format!("dup: {e}"));
+        let mut fixed = Vec::new();
+        if !a.only_adaptive {
+            for op in &a.ops {
+                let c = op.collective();
+                for algo in Algorithm::for_collective(c) {
+                    let only = Tuning::new(vec![Rule {
+                        collective: c,
+                        max_ranks: None,
+                        max_bytes: None,
+                        algorithm: algo,
+                    }])
+                    .map_err(|e| e.to_string())?;
+                    fixed.push(((c, algo), dup(&base)?.with_tuning(only)));
+                }
+            }
+        }
+        Ok(Self {
+            adaptive: dup(&base)?.with_tuning(adaptive.clone()),
+            fixed,
+        })
+    }
+
+    fn get(&self, who: Who, op: Op) -> Option<&TransportComm<B>> {
+        match who {
+            Who::Adaptive(_) => Some(&self.adaptive),
+            Who::Fixed(_, algo) => self
+                .fixed
+                .iter()
+                .find(|((c, a), _)| *c == op.collective() && *a == algo)
+                .map(|(_, comm)| comm),
+            _ => None,
+        }
+    }
+}
+
+/// Everything a rank runs its calls with.
+struct Ctx {
+    mpi: Mpi,
+    world: MpiComm,
+    direct: Direct,
+    tcp: Option<OverTransport<Runtime>>,
+    p2p: Option<OverTransport<Mpi>>,
+}
+
+/// The TCP transport among the job's ranks: each listens on loopback and
+/// the addresses go round by `MPI_Allgather`.
+fn tcp_transport(world: &MpiComm, rt: &Runtime) -> Result<TcpTransport, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listen: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    let ip = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let mut mine = ip.octets().to_vec();
+    mine.extend_from_slice(&addr.port().to_le_bytes());
+    let size = world.size();
+    let (res, (_, all)) = world.blocking_allgather(mine, vec![0u8; 18 * size]).into_parts();
+    res.map_err(|e| format!("address allgather: {e}"))?;
+    let table: Vec<SocketAddr> = all
+        .chunks(18)
+        .map(|c| {
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&c[..16]);
+            let ip = Ipv6Addr::from(ip);
+            let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+            SocketAddr::new(ip, u16::from_le_bytes([c[16], c[17]]))
+        })
+        .collect();
+    let links = connect_pairs(world.rank(), &listener, &table, Duration::from_secs(60))
+        .map_err(|e| format!("TCP links: {e}"))?;
+    TcpTransport::new(rt, world.rank(), links, Liveness::default()).map_err(|e| format!("TCP transport: {e}"))
+}
 
 /// One rank of a `coll` job.
 pub fn rank(args: &RankArgs) -> Result<(), String> {
@@ -196,32 +468,54 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
     let world = mpi.world().map_err(|e| format!("world: {e}"))?;
     let direct = Direct::new().map_err(|e| format!("direct MPI: {e}"))?;
     let (rank, size) = (world.rank(), world.size());
+    let adaptive = Tuning::from_env().map_err(|e| e.to_string())?;
+    let tcp = if a.transports.contains(&Kind::Tcp) {
+        let rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+        let t = tcp_transport(&world, &rt)?;
+        Some(OverTransport::new(TransportComm::new(rt, t), a, &adaptive)?)
+    } else {
+        None
+    };
+    let p2p = if a.transports.contains(&Kind::Mpi) {
+        let t = MpiTransport::new(&world).map_err(|e| format!("MPI transport: {e}"))?;
+        Some(OverTransport::new(TransportComm::new(mpi.clone(), t), a, &adaptive)?)
+    } else {
+        None
+    };
+    let cx = Ctx {
+        mpi,
+        world,
+        direct,
+        tcp,
+        p2p,
+    };
     let mut workloads = Vec::new();
     for &op in &a.ops {
+        let who = contenders(a, op, size);
         for &bytes in &a.sizes {
             let title = format!(
                 "coll {} {}, {size} ranks (Open MPI, {:?}{})",
                 op.name(),
                 crate::size_label(bytes),
-                mpi.thread_level(),
+                cx.mpi.thread_level(),
                 if a.progress_thread { ", progress thread" } else { "" }
             );
             let calls = (a.rep_bytes / bytes.max(1)).clamp(3, 2000);
-            let mut rows: Vec<Series> = CONTENDERS.iter().map(|c| Series::new(&title, c)).collect();
+            let mut rows: Vec<Series> = who.iter().map(|w| Series::new(&title, &w.name())).collect();
             let mut bufs = Bufs::new(op, bytes, size);
-            // One unmeasured round warms every path (and MPI's connections).
-            for (i, _) in CONTENDERS.iter().enumerate() {
-                bufs.call(i, &mpi, &world, &direct)?;
+            // One unmeasured round warms every path (and the connections).
+            for &w in &who {
+                bufs.call(w, &cx)?;
             }
             for _ in 0..a.reps {
-                for (i, row) in rows.iter_mut().enumerate() {
-                    direct.barrier();
+                for (&w, row) in who.iter().zip(rows.iter_mut()) {
+                    cx.direct.barrier();
                     let start = Instant::now();
                     for _ in 0..calls {
-                        bufs.call(i, &mpi, &world, &direct)?;
+                        bufs.call(w, &cx)?;
                     }
                     let mine = start.elapsed().as_secs_f64();
-                    let slowest = direct.max(mine);
+                    let slowest = cx.direct.max(mine);
                     row.push(Sample {
                         elapsed: Duration::from_secs_f64(slowest),
                         ops: calls as u64,
@@ -263,51 +557,69 @@ impl Bufs {
         }
     }
 
-    /// One call of contender `i`.
-    fn call(&mut self, i: usize, mpi: &Mpi, world: &MpiComm, direct: &Direct) -> Result<(), String> {
-        let fail = |e: mfio_core::Error| format!("{}: {e}", CONTENDERS[i]);
-        match (self.op, i) {
-            (Op::Allreduce, 0 | 1) => {
+    /// One call of `who`.
+    fn call(&mut self, who: Who, cx: &Ctx) -> Result<(), String> {
+        let fail = |e: mfio_core::Error| format!("{}: {e}", who.name());
+        match who {
+            Who::MfioAsync | Who::MfioBlocking => self.on(&cx.world, who == Who::MfioBlocking).map_err(fail),
+            Who::MpiBlocking | Who::MpiNonblocking => {
+                let nonblocking = who == Who::MpiNonblocking;
+                let done = match self.op {
+                    Op::Allreduce => cx.direct.allreduce_f64(&self.f_send, &mut self.f_recv, nonblocking),
+                    Op::Bcast => cx.direct.bcast(&mut self.b_send, nonblocking),
+                    Op::Allgather => cx.direct.allgather(&self.b_send, &mut self.b_recv, nonblocking),
+                };
+                done.map_err(|code| format!("{}: MPI error {code}", who.name()))
+            }
+            Who::Adaptive(Kind::Tcp) | Who::Fixed(Kind::Tcp, _) => {
+                let comm = cx.tcp.as_ref().and_then(|t| t.get(who, self.op));
+                let comm = comm.ok_or_else(|| format!("{}: not set up", who.name()))?;
+                self.on(comm, false).map_err(fail)
+            }
+            Who::Adaptive(Kind::Mpi) | Who::Fixed(Kind::Mpi, _) => {
+                let comm = cx.p2p.as_ref().and_then(|t| t.get(who, self.op));
+                let comm = comm.ok_or_else(|| format!("{}: not set up", who.name()))?;
+                self.on(comm, false).map_err(fail)
+            }
+        }
+    }
+
+    /// One collective on `comm`, async (waited for through its backend) or
+    /// in its blocking form.
+    fn on<C: Communicator>(&mut self, comm: &C, blocking: bool) -> mfio_core::Result<()> {
+        match self.op {
+            Op::Allreduce => {
                 let (s, r) = (std::mem::take(&mut self.f_send), std::mem::take(&mut self.f_recv));
-                let out = if i == 0 {
-                    mpi.block_on(world.allreduce(s, r, ReduceOp::Sum))
+                let out = if blocking {
+                    comm.blocking_allreduce(s, r, ReduceOp::Sum)
                 } else {
-                    world.blocking_allreduce(s, r, ReduceOp::Sum)
+                    comm.wait(comm.allreduce(s, r, ReduceOp::Sum))
                 };
                 let (res, (s, r)) = out.into_parts();
                 (self.f_send, self.f_recv) = (s, r);
-                res.map_err(fail)
+                res
             }
-            (Op::Bcast, 0 | 1) => {
+            Op::Bcast => {
                 let b = std::mem::take(&mut self.b_send);
-                let out = if i == 0 {
-                    mpi.block_on(world.bcast(b, 0))
+                let out = if blocking {
+                    comm.blocking_bcast(b, 0)
                 } else {
-                    world.blocking_bcast(b, 0)
+                    comm.wait(comm.bcast(b, 0))
                 };
                 let (res, b) = out.into_parts();
                 self.b_send = b;
-                res.map_err(fail)
+                res
             }
-            (Op::Allgather, 0 | 1) => {
+            Op::Allgather => {
                 let (s, r) = (std::mem::take(&mut self.b_send), std::mem::take(&mut self.b_recv));
-                let out = if i == 0 {
-                    mpi.block_on(world.allgather(s, r))
+                let out = if blocking {
+                    comm.blocking_allgather(s, r)
                 } else {
-                    world.blocking_allgather(s, r)
+                    comm.wait(comm.allgather(s, r))
                 };
                 let (res, (s, r)) = out.into_parts();
                 (self.b_send, self.b_recv) = (s, r);
-                res.map_err(fail)
-            }
-            (op, _) => {
-                let nonblocking = i == 3;
-                let done = match op {
-                    Op::Allreduce => direct.allreduce_f64(&self.f_send, &mut self.f_recv, nonblocking),
-                    Op::Bcast => direct.bcast(&mut self.b_send, nonblocking),
-                    Op::Allgather => direct.allgather(&self.b_send, &mut self.b_recv, nonblocking),
-                };
-                done.map_err(|code| format!("{}: MPI error {code}", CONTENDERS[i]))
+                res
             }
         }
     }

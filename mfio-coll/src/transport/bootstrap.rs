@@ -164,7 +164,7 @@ impl Bootstrap {
         let table = read_table(&mut root, self.size, deadline)?;
         links[0] = Some(root);
         // The ranks below connect to this one's listener; this one
-        // connects to those below.
+        // connects to those below (rank 0: done above).
         for (peer, addr) in table.iter().enumerate().take(self.rank).skip(1) {
             let mut s = connect_until(*addr, deadline, peer)?;
             write_hello(&mut s, self.rank, self.size, None)?;
@@ -189,6 +189,35 @@ impl Bootstrap {
         }
         Ok(())
     }
+}
+
+/// Connects every pair of ranks when the table of listening addresses is
+/// known already (exchanged by another means, such as an `MPI_Allgather`
+/// under the MPI backend): this rank listens on `listener` (its entry in
+/// `table`), connects to the ranks below it and accepts those above. One
+/// stream per other rank (index = rank; `None` at `rank`).
+///
+/// # Errors
+/// As [`Bootstrap::connect`]; `InvalidInput` if `rank` is outside `table`.
+pub fn connect_pairs(
+    rank: Rank,
+    listener: &TcpListener,
+    table: &[SocketAddr],
+    timeout: Duration,
+) -> Result<Vec<Option<TcpStream>>> {
+    let size = table.len();
+    if rank >= size {
+        return Err(invalid(format!("rank {rank} is outside a table of {size} ranks")));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut links: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
+    for (peer, addr) in table.iter().enumerate().take(rank) {
+        let mut s = connect_until(*addr, deadline, peer)?;
+        write_hello(&mut s, rank, size, None)?;
+        links[peer] = Some(s);
+    }
+    accept_ranks(listener, size, size - rank - 1, deadline, &mut links, |r| r > rank)?;
+    Ok(links)
 }
 
 /// Listens on `addr`, trying again until `deadline` while it is in use (a
