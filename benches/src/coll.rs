@@ -13,7 +13,7 @@
 //! interleaved repetitions; a repetition's time is the slowest rank's, and
 //! rank 0 writes the series to a file the parent reports from.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -21,9 +21,8 @@ use std::time::{Duration, Instant};
 use mfio_backends::Runtime;
 use mfio_coll::algo::tuning::{Algorithm, Collective, Rule};
 use mfio_coll::algo::{TransportComm, Tuning};
-use mfio_coll::mpi::{Mpi, MpiComm, MpiTransport, Progress, ThreadLevel};
-use mfio_coll::transport::bootstrap::connect_pairs;
-use mfio_coll::transport::tcp::{Liveness, TcpTransport};
+use mfio_coll::mpi::{tcp_transport, Mpi, MpiComm, MpiTransport, Progress, ThreadLevel};
+use mfio_coll::transport::tcp::Liveness;
 use mfio_coll::{Communicator, ReduceOp};
 
 use crate::contenders::mpi_direct::Direct;
@@ -419,35 +418,6 @@ struct Ctx {
     p2p: Option<OverTransport<Mpi>>,
 }
 
-/// The TCP transport among the job's ranks: each listens on loopback and
-/// the addresses go round by `MPI_Allgather`.
-fn tcp_transport(world: &MpiComm, rt: &Runtime) -> Result<TcpTransport, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| format!("listen: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
-    let mut mine = ip.octets().to_vec();
-    mine.extend_from_slice(&addr.port().to_le_bytes());
-    let size = world.size();
-    let (res, (_, all)) = world.blocking_allgather(mine, vec![0u8; 18 * size]).into_parts();
-    res.map_err(|e| format!("address allgather: {e}"))?;
-    let table: Vec<SocketAddr> = all
-        .chunks(18)
-        .map(|c| {
-            let mut ip = [0u8; 16];
-            ip.copy_from_slice(&c[..16]);
-            let ip = Ipv6Addr::from(ip);
-            let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-            SocketAddr::new(ip, u16::from_le_bytes([c[16], c[17]]))
-        })
-        .collect();
-    let links = connect_pairs(world.rank(), &listener, &table, Duration::from_secs(60))
-        .map_err(|e| format!("TCP links: {e}"))?;
-    TcpTransport::new(rt, world.rank(), links, Liveness::default()).map_err(|e| format!("TCP transport: {e}"))
-}
-
 /// One rank of a `coll` job.
 pub fn rank(args: &RankArgs) -> Result<(), String> {
     let a = &args.coll;
@@ -471,7 +441,9 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
     let adaptive = Tuning::from_env().map_err(|e| e.to_string())?;
     let tcp = if a.transports.contains(&Kind::Tcp) {
         let rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
-        let t = tcp_transport(&world, &rt)?;
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        let t = tcp_transport(&world, &rt, loopback, Liveness::default(), Duration::from_secs(60))
+            .map_err(|e| format!("TCP transport: {e}"))?;
         Some(OverTransport::new(TransportComm::new(rt, t), a, &adaptive)?)
     } else {
         None

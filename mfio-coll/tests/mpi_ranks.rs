@@ -94,6 +94,27 @@ fn over_mpi_transport(cx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// The TCP transport bootstrapped over MPI (listening addresses exchanged
+/// by `MPI_Allgather`): each algorithm, then every collective through
+/// `TransportComm`.
+fn over_tcp_via_mpi(cx: &Ctx) -> Outcome {
+    let rt = mfio_backends::Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+    let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+    let live = mfio_coll::transport::tcp::Liveness::default();
+    let t = mfio_coll::mpi::tcp_transport(&cx.world, &rt, loopback, live, Duration::from_secs(30))
+        .map_err(|e| format!("TCP transport: {e}"))?;
+    let mut seq = Seq::new(1);
+    for len in [0, 1, 100_003] {
+        rt.block_on(every_algorithm(&t, &mut seq, len))
+            .map_err(|e| format!("every algorithm over TCP, len {len}: {e}"))?;
+    }
+    let comm = TransportComm::new(rt, t);
+    for form in [Form::Async, Form::Blocking] {
+        collectives_of::<_, u32>(&comm, 1031, form, 200)?;
+    }
+    Ok(())
+}
+
 /// The predefined operations on integers and floats, against the
 /// reference.
 fn every_operation(cx: &Ctx) -> Outcome {
@@ -763,9 +784,10 @@ fn main() {
         }
     };
     let cx = Ctx { mpi, world };
-    let cases: [Case; 13] = [
+    let cases: [Case; 14] = [
         ("every_collective", every_collective),
         ("over_mpi_transport", over_mpi_transport),
+        ("over_tcp_via_mpi", over_tcp_via_mpi),
         ("large_counts", large_counts),
         ("every_operation", every_operation),
         ("custom_operations", custom_operations),

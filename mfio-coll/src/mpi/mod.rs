@@ -68,4 +68,6 @@ mod user_op;
 pub use backend::{Mpi, MpiBuilder, Progress, ThreadLevel};
 pub use comm::MpiComm;
 pub use p2p::{RecvFrom, RecvInfo, RecvReport, Source, TagMatch};
+#[cfg(feature = "tcp")]
+pub use transport::tcp_transport;
 pub use transport::MpiTransport;

@@ -28,6 +28,51 @@ const BULK: Tag = 2;
 /// Bytes of a message that travel in its frame.
 const INLINE: usize = 16 << 10;
 
+/// The TCP transport among the ranks of `comm`, bootstrapped over MPI:
+/// each rank listens on `ip` (port chosen by the system), the listening
+/// addresses go round by one `MPI_Allgather`, then every pair of ranks
+/// connects ([`connect_pairs`](crate::transport::bootstrap::connect_pairs)).
+/// Collective.
+///
+/// # Errors
+/// The OS error of listening; what the allgather reports; as
+/// `connect_pairs` and [`TcpTransport::new`](crate::transport::tcp::TcpTransport::new).
+#[cfg(feature = "tcp")]
+pub fn tcp_transport(
+    comm: &MpiComm,
+    rt: &mfio_backends::Runtime,
+    ip: std::net::IpAddr,
+    live: crate::transport::tcp::Liveness,
+    timeout: std::time::Duration,
+) -> Result<crate::transport::tcp::TcpTransport> {
+    use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+    const ENTRY: usize = 18;
+    let listener = std::net::TcpListener::bind((ip, 0))?;
+    let addr = listener.local_addr()?;
+    let v6 = match addr.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    let mut mine = v6.octets().to_vec();
+    mine.extend_from_slice(&addr.port().to_le_bytes());
+    let (res, (_, all)) = comm
+        .blocking_allgather(mine, vec![0u8; ENTRY * comm.size()])
+        .into_parts();
+    res?;
+    let table: Vec<SocketAddr> = all
+        .chunks(ENTRY)
+        .map(|c| {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&c[..16]);
+            let ip = Ipv6Addr::from(octets);
+            let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+            SocketAddr::new(ip, u16::from_le_bytes([c[16], c[17]]))
+        })
+        .collect();
+    let links = crate::transport::bootstrap::connect_pairs(comm.rank(), &listener, &table, timeout)?;
+    crate::transport::tcp::TcpTransport::new(rt, comm.rank(), links, live)
+}
+
 /// One rank's end of MPI point-to-point as a [`Transport`].
 pub struct MpiTransport {
     rank: Rank,
