@@ -138,10 +138,12 @@ pub fn wrong_length(from: Rank, key: Key, got: usize, want: usize) -> Error {
 
 /// Bytes of a frame header on a byte transport: comm, seq, step, chunk
 /// (u32 each, little-endian), then the message's length (u64).
+#[cfg(any(feature = "tcp", feature = "mpi"))]
 pub(crate) const FRAME_HEADER: usize = 24;
 
 /// A frame header for a message of `len` bytes under `key`, with room for
 /// `room` more bytes after it.
+#[cfg(any(feature = "tcp", feature = "mpi"))]
 pub(crate) fn frame_header(key: Key, len: usize, room: usize) -> Vec<u8> {
     let mut h = Vec::with_capacity(FRAME_HEADER + room);
     for w in [key.comm, key.seq, key.step, key.chunk] {
@@ -154,6 +156,7 @@ pub(crate) fn frame_header(key: Key, len: usize, room: usize) -> Vec<u8> {
 /// The key and length a frame header (the first [`FRAME_HEADER`] bytes of
 /// `bytes`) holds; `None` if `bytes` is shorter or the length does not fit
 /// in memory.
+#[cfg(any(feature = "tcp", feature = "mpi"))]
 pub(crate) fn parse_frame_header(bytes: &[u8]) -> Option<(Key, usize)> {
     let word = |i: usize| Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?));
     let key = Key {
