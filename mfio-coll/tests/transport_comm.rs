@@ -8,6 +8,7 @@
 mod communicator;
 mod every_algorithm;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -231,4 +232,39 @@ fn tuning_files_round_trip_and_errors_name_the_line() {
     assert!(text.contains("tuning.txt") && text.contains("line 2"), "{text}");
     let missing = Tuning::load(&dir.path().join("none.txt")).expect_err("no file");
     assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+}
+
+/// A collective every rank drops midway (each after a different amount of
+/// progress) leaves the communicator usable: its late messages wait under
+/// its own key and never meet a later collective's.
+#[test]
+fn a_collective_dropped_midway_leaves_later_ones_intact() {
+    for tcp in [false, true] {
+        all_ok(
+            &format!("drop mid-flight (tcp: {tcp})"),
+            run_group(4, tcp, |w| {
+                let rank = w.rank();
+                let mut fut = w.allreduce_in_place(data::<u64>(rank, 300_000, 5), ReduceOp::Sum);
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                for _ in 0..rank * 3 {
+                    if std::pin::Pin::new(&mut fut).poll(&mut cx).is_ready() {
+                        break;
+                    }
+                }
+                drop(fut);
+                ok(w.wait(w.barrier()), "barrier after the drop")?;
+                for salt in 0..3 {
+                    let got = ok(
+                        w.wait(w.allreduce_in_place(data::<u64>(rank, 1000, salt), ReduceOp::Sum)),
+                        "allreduce after the drop",
+                    )?;
+                    ensure!(
+                        got == reduce_ref(&ReduceOp::Sum, 0..4, 1000, salt),
+                        "allreduce {salt} after the drop: wrong sum"
+                    );
+                }
+                Ok(())
+            }),
+        );
+    }
 }
