@@ -56,10 +56,15 @@ impl Counts {
 
 /// The future of a collective: resolves to its [`CollResult`].
 ///
-/// Collectives start when called, not when first polled: the ranks of a
-/// communicator must call its collectives in the same order, and that order
-/// is the order of the calls even if the futures are polled in another.
-#[must_use = "the collective runs anyway; its result and buffers come back only through this future"]
+/// A collective's order is fixed when it is called, not when first polled:
+/// the ranks of a communicator must call its collectives in the same order,
+/// and that order is the order of the calls even if the futures are polled
+/// in another. The MPI backend also starts the collective at the call (it
+/// runs even if the future is dropped); a
+/// [`TransportComm`](crate::algo::TransportComm)'s moves its messages
+/// while its future is polled, so a future dropped before it completes
+/// leaves the other ranks waiting for this rank's part.
+#[must_use = "the collective's result and buffers come back only through this future"]
 pub struct CollFuture<B> {
     inner: Inner<B>,
 }

@@ -26,6 +26,8 @@ struct State {
     /// Why the group broke (a rank lost), if it did: every receive with
     /// nothing waiting fails with it.
     broken: Option<String>,
+    /// Waiting to hear that a sender left or the group broke.
+    ending: Vec<Waker>,
 }
 
 #[derive(Default)]
@@ -92,11 +94,14 @@ impl Inbox {
         let wakers: Vec<Waker> = {
             let mut st = self.state.lock();
             st.gone.insert(from);
-            st.slots
-                .iter_mut()
-                .filter(|((r, _), _)| *r == from)
-                .filter_map(|(_, slot)| slot.waker.take())
-                .collect()
+            let mut wakers: Vec<Waker> = std::mem::take(&mut st.ending);
+            wakers.extend(
+                st.slots
+                    .iter_mut()
+                    .filter(|((r, _), _)| *r == from)
+                    .filter_map(|(_, slot)| slot.waker.take()),
+            );
+            wakers
         };
         for w in wakers {
             w.wake();
@@ -111,15 +116,30 @@ impl Inbox {
             let mut st = self.state.lock();
             let first = st.broken.is_none();
             st.broken.get_or_insert(why);
-            (
-                first,
-                st.slots.values_mut().filter_map(|slot| slot.waker.take()).collect(),
-            )
+            let mut wakers: Vec<Waker> = std::mem::take(&mut st.ending);
+            wakers.extend(st.slots.values_mut().filter_map(|slot| slot.waker.take()));
+            (first, wakers)
         };
         for w in wakers {
             w.wake();
         }
         first
+    }
+
+    /// Ready once `from` left or the group broke, with the group's reason
+    /// if it broke.
+    pub fn poll_ended(&self, from: Rank, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        let mut st = self.state.lock();
+        if let Some(why) = &st.broken {
+            return Poll::Ready(Some(why.clone()));
+        }
+        if st.gone.contains(&from) {
+            return Poll::Ready(None);
+        }
+        if !st.ending.iter().any(|w| w.will_wake(cx.waker())) {
+            st.ending.push(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Whether `from` left ([`close`](Self::close)).

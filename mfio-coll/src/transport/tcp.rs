@@ -333,21 +333,33 @@ impl Transport for TcpTransport {
                 let Some(w) = &shared.writers[to] else {
                     return BufResult(Err(no_such_rank(to, size)), data);
                 };
-                let _turn = w.lock.lock().await;
+                let turn = w.lock.lock().await;
                 let mut frame = header(key, data.len());
-                let res = if data.len() <= COALESCE {
+                let (res, data) = if data.len() <= COALESCE {
                     frame.extend_from_slice(&data);
-                    w.stream.write_all(frame).await.0
+                    (w.stream.write_all(frame).await.0, data)
                 } else {
                     match w.stream.write_all(frame).await.0 {
-                        Ok(()) => {
-                            let BufResult(res, back) = w.stream.write_all(data).await;
-                            return BufResult(res.map_err(|e| sending(to, key, e)), back);
-                        }
-                        Err(e) => Err(e),
+                        Ok(()) => w.stream.write_all(data).await.into_parts(),
+                        Err(e) => (Err(e), data),
                     }
                 };
-                BufResult(res.map_err(|e| sending(to, key, e)), data)
+                drop(turn);
+                let Err(e) = res else {
+                    return BufResult(Ok(()), data);
+                };
+                // The peer's connection failed. What it said before it went
+                // (news of a lost rank, a goodbye) is still to be read:
+                // until its reader has taken it, the cause is unknown.
+                let why = std::future::poll_fn(|cx| shared.inbox.poll_ended(to, cx)).await;
+                let err = match why {
+                    Some(why) => Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        format!("{why}; sending to rank {to} ({key}) failed: {e}"),
+                    ),
+                    None => sending(to, key, e),
+                };
+                BufResult(Err(err), data)
             }
         };
         Box::pin(Driven {
