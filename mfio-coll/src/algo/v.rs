@@ -8,7 +8,7 @@
 use futures_util::future::{join, join_all};
 use mfio_core::Result;
 
-use super::{recv, send};
+use super::{recv, recv_into, send};
 use crate::check::{self, Overlap};
 use crate::comm::{Counts, Rank};
 use crate::element::Element;
@@ -62,9 +62,7 @@ pub async fn scatterv_linear<T: Element>(
     check::rank("root", root, n)?;
     let key = id.key(0, 0);
     if me != root {
-        let got = recv::<T>(t, root, key, recv_buf.len()).await?;
-        recv_buf.copy_from_slice(&got);
-        return Ok(());
+        return recv_into(t, root, key, recv_buf).await;
     }
     check::layout(
         "send",

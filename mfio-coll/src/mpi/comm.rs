@@ -209,17 +209,7 @@ impl MpiComm {
         let multiple = shared.level == ThreadLevel::Multiple;
         let result = shared.with_state(|st| -> Result<()> {
             let p = plan(st, &mut bufs)?;
-            let run = || -> Result<()> {
-                if !p.messages.is_empty() {
-                    return run_with_messages(&p, comm, bulk);
-                }
-                for call in std::iter::once(&p.first).chain(&p.more) {
-                    // SAFETY: the buffers and lists the call points into
-                    // live until it returns; this thread may call MPI.
-                    unsafe { call.run(comm.raw()) }.map_err(|c| mpi_error(c, "MPI collective"))?;
-                }
-                Ok(())
-            };
+            let run = || run_plan(&p, comm, bulk);
             // Under Multiple, other threads post and drive meanwhile;
             // below it, MPI calls must not overlap, so the lock stays held.
             let result = if multiple {
@@ -241,13 +231,13 @@ impl MpiComm {
     }
 }
 
-/// Runs a plan with messages to completion: the messages start first,
-/// then the calls run in their blocking form (a blocking collective never
-/// matches a non-blocking one, and a rank with no message of its own makes
-/// the blocking calls), then the messages are waited for. No rank waits
-/// for a message before it has entered every call, so none can wait on
-/// another that is still outside one.
-fn run_with_messages(p: &Plan, comm: CommHandle, bulk: CommHandle) -> Result<()> {
+/// Runs a plan to completion with MPI's blocking calls. A plan with
+/// messages starts them first, makes the calls, then waits for the
+/// messages: a blocking collective never matches a non-blocking one (and a
+/// rank with no message of its own makes the blocking calls), and no rank
+/// waits for a message before it has entered every call, so none can wait
+/// on another that is still outside one.
+fn run_plan(p: &Plan, comm: CommHandle, bulk: CommHandle) -> Result<()> {
     let mut reqs = Vec::with_capacity(p.messages.len());
     let mut result = Ok(());
     for m in &p.messages {
@@ -270,6 +260,9 @@ fn run_with_messages(p: &Plan, comm: CommHandle, bulk: CommHandle) -> Result<()>
                 break;
             }
         }
+    }
+    if reqs.is_empty() {
+        return result;
     }
     // What started must finish before the buffers go back, even after a
     // failure.

@@ -163,15 +163,7 @@ impl Bootstrap {
         write_hello(&mut root, self.rank, self.size, Some(listener.local_addr()?))?;
         let table = read_table(&mut root, self.size, deadline)?;
         links[0] = Some(root);
-        // The ranks below connect to this one's listener; this one
-        // connects to those below (rank 0: done above).
-        for (peer, addr) in table.iter().enumerate().take(self.rank).skip(1) {
-            let mut s = connect_until(*addr, deadline, peer)?;
-            write_hello(&mut s, self.rank, self.size, None)?;
-            links[peer] = Some(s);
-        }
-        let above = self.size - self.rank - 1;
-        accept_ranks(&listener, self.size, above, deadline, &mut links, |r| r > self.rank)?;
+        link_pairs(self.rank, &listener, &table, deadline, &mut links)?;
         Ok(links)
     }
 
@@ -209,15 +201,31 @@ pub fn connect_pairs(
     if rank >= size {
         return Err(invalid(format!("rank {rank} is outside a table of {size} ranks")));
     }
-    let deadline = Instant::now() + timeout;
     let mut links: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
+    link_pairs(rank, listener, table, Instant::now() + timeout, &mut links)?;
+    Ok(links)
+}
+
+/// Connects to every rank below `rank` not linked yet (their listeners are
+/// in `table`), then accepts every rank above on `listener`.
+fn link_pairs(
+    rank: Rank,
+    listener: &TcpListener,
+    table: &[SocketAddr],
+    deadline: Instant,
+    links: &mut [Option<TcpStream>],
+) -> Result<()> {
+    let size = table.len();
     for (peer, addr) in table.iter().enumerate().take(rank) {
+        if links[peer].is_some() {
+            continue;
+        }
         let mut s = connect_until(*addr, deadline, peer)?;
         write_hello(&mut s, rank, size, None)?;
         links[peer] = Some(s);
     }
-    accept_ranks(listener, size, size - rank - 1, deadline, &mut links, |r| r > rank)?;
-    Ok(links)
+    accept_ranks(listener, size, size - rank - 1, deadline, links, |r| r > rank)?;
+    Ok(())
 }
 
 /// Listens on `addr`, trying again until `deadline` while it is in use (a
