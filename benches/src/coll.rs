@@ -1,7 +1,7 @@
 //! Collectives over MPI: mfio's MPI backend (async under `block_on`, and
 //! its blocking form) beside the same MPI calls made directly (the blocking
 //! call, and the non-blocking call with an `MPI_Test` loop), and mfio's own
-//! algorithms over transports (TCP, MPI point-to-point): the adaptive
+//! algorithms over transports (TCP, UCX, MPI point-to-point): the adaptive
 //! communicator and each algorithm on its own; for allreduce, bcast and
 //! allgather, with 2 and 3 ranks. `--tune FILE` writes the tuning table
 //! the measured medians make (the fastest algorithm per collective, rank
@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 use mfio_backends::Runtime;
 use mfio_coll::algo::tuning::{Algorithm, Collective, Rule};
 use mfio_coll::algo::{TransportComm, Tuning};
-use mfio_coll::mpi::{tcp_transport, Mpi, MpiComm, MpiTransport, Progress, ThreadLevel};
+use mfio_coll::mpi::{tcp_transport, ucx_transport, Mpi, MpiComm, MpiTransport, Progress, ThreadLevel};
 use mfio_coll::transport::tcp::Liveness;
 use mfio_coll::{Communicator, ReduceOp};
+use mfio_net::ucx::Worker;
 
 use crate::contenders::mpi_direct::Direct;
 use crate::measure::Sample;
@@ -93,7 +94,7 @@ pub struct CollArgs {
     #[arg(long, default_value = "mpiexec")]
     pub mpiexec: String,
     /// Transports mfio's own algorithms run over.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,mpi")]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "tcp,ucx,mpi")]
     pub transports: Vec<Kind>,
     /// Only the adaptive communicator over each transport, not each
     /// algorithm on its own.
@@ -103,7 +104,7 @@ pub struct CollArgs {
     #[arg(long)]
     pub tune: Option<PathBuf>,
     /// The transport whose algorithms' medians make the table.
-    #[arg(long, value_enum, default_value = "tcp")]
+    #[arg(long, value_enum, default_value = "ucx")]
     pub tune_transport: Kind,
 }
 
@@ -114,6 +115,9 @@ pub enum Kind {
     Tcp,
     /// MPI point-to-point on the MPI backend.
     Mpi,
+    /// UCX tag messages on mfio-net (worker addresses exchanged by
+    /// MPI_Allgather; the wire UCX picks, `UCX_TLS`).
+    Ucx,
 }
 
 impl Kind {
@@ -121,6 +125,7 @@ impl Kind {
         match self {
             Kind::Tcp => "TCP",
             Kind::Mpi => "MPI p2p",
+            Kind::Ucx => "UCX",
         }
     }
 }
@@ -137,10 +142,10 @@ impl Default for CollArgs {
             spin_us: 10_000,
             progress_thread: false,
             mpiexec: "mpiexec".into(),
-            transports: vec![Kind::Tcp, Kind::Mpi],
+            transports: vec![Kind::Tcp, Kind::Ucx, Kind::Mpi],
             only_adaptive: false,
             tune: None,
-            tune_transport: Kind::Tcp,
+            tune_transport: Kind::Ucx,
         }
     }
 }
@@ -302,6 +307,7 @@ fn rank_args(a: &CollArgs) -> Vec<String> {
         .map(|k| match k {
             Kind::Tcp => "tcp",
             Kind::Mpi => "mpi",
+            Kind::Ucx => "ucx",
         })
         .collect();
     if !kinds.is_empty() {
@@ -409,13 +415,15 @@ impl<B: mfio_core::IoBackend + Clone + Send + Sync + 'static> OverTransport<B> {
     }
 }
 
-/// Everything a rank runs its calls with.
+/// Everything a rank runs its calls with. Dropped in field order: the
+/// direct calls' communicator is freed while mfio still holds MPI open.
 struct Ctx {
-    mpi: Mpi,
-    world: MpiComm,
     direct: Direct,
     tcp: Option<OverTransport<Runtime>>,
+    ucx: Option<OverTransport<Worker>>,
     p2p: Option<OverTransport<Mpi>>,
+    world: MpiComm,
+    mpi: Mpi,
 }
 
 /// One rank of a `coll` job.
@@ -448,6 +456,15 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
     } else {
         None
     };
+    let ucx = if a.transports.contains(&Kind::Ucx) {
+        let worker = mfio_net::ucx::Context::new()
+            .and_then(|c| c.worker())
+            .map_err(|e| format!("UCX worker: {e}"))?;
+        let t = ucx_transport(&world, &worker).map_err(|e| format!("UCX transport: {e}"))?;
+        Some(OverTransport::new(TransportComm::new(worker, t), a, &adaptive)?)
+    } else {
+        None
+    };
     let p2p = if a.transports.contains(&Kind::Mpi) {
         let t = MpiTransport::new(&world).map_err(|e| format!("MPI transport: {e}"))?;
         Some(OverTransport::new(TransportComm::new(mpi.clone(), t), a, &adaptive)?)
@@ -459,6 +476,7 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
         world,
         direct,
         tcp,
+        ucx,
         p2p,
     };
     let mut workloads = Vec::new();
@@ -545,6 +563,11 @@ impl Bufs {
             }
             Who::Adaptive(Kind::Tcp) | Who::Fixed(Kind::Tcp, _) => {
                 let comm = cx.tcp.as_ref().and_then(|t| t.get(who, self.op));
+                let comm = comm.ok_or_else(|| format!("{}: not set up", who.name()))?;
+                self.on(comm, false).map_err(fail)
+            }
+            Who::Adaptive(Kind::Ucx) | Who::Fixed(Kind::Ucx, _) => {
+                let comm = cx.ucx.as_ref().and_then(|t| t.get(who, self.op));
                 let comm = comm.ok_or_else(|| format!("{}: not set up", who.name()))?;
                 self.on(comm, false).map_err(fail)
             }

@@ -115,6 +115,35 @@ fn over_tcp_via_mpi(cx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// The UCX transport bootstrapped over MPI (worker addresses exchanged by
+/// `MPI_Allgather`), on the UCX transports `UCX_TLS` names (`scripts/test`
+/// runs it over shared memory and over TCP): each algorithm, then every
+/// collective through `TransportComm`.
+fn over_ucx_via_mpi(cx: &Ctx) -> Outcome {
+    let worker = mfio_net::ucx::Context::builder()
+        .set("KEEPALIVE_INTERVAL", "1s")
+        .build()
+        .and_then(|c| c.worker())
+        .map_err(|e| format!("UCX worker: {e}"))?;
+    let t = mfio_coll::mpi::ucx_transport(&cx.world, &worker).map_err(|e| format!("UCX transport: {e}"))?;
+    let mut seq = Seq::new(1);
+    for len in [0, 1, 1000, 100_003] {
+        worker
+            .block_on(every_algorithm(&t, &mut seq, len))
+            .map_err(|e| format!("every algorithm over UCX, len {len}: {e}"))?;
+    }
+    let comm = TransportComm::new(worker, t);
+    let mut salt = 300;
+    for form in [Form::Async, Form::Blocking] {
+        for len in [0, 1, 1031, 40_000] {
+            salt += 1;
+            collectives_of::<_, u32>(&comm, len, form, salt)?;
+            collectives_of::<_, f64>(&comm, len, form, salt)?;
+        }
+    }
+    Ok(())
+}
+
 /// The predefined operations on integers and floats, against the
 /// reference.
 fn every_operation(cx: &Ctx) -> Outcome {
@@ -784,10 +813,11 @@ fn main() {
         }
     };
     let cx = Ctx { mpi, world };
-    let cases: [Case; 14] = [
+    let cases: [Case; 15] = [
         ("every_collective", every_collective),
         ("over_mpi_transport", over_mpi_transport),
         ("over_tcp_via_mpi", over_tcp_via_mpi),
+        ("over_ucx_via_mpi", over_ucx_via_mpi),
         ("large_counts", large_counts),
         ("every_operation", every_operation),
         ("custom_operations", custom_operations),

@@ -1,11 +1,13 @@
 //! The `Communicator` API over transports (`TransportComm`): every
 //! collective, element type, length and form — the same checks the MPI
 //! backend passes — with every algorithm the tuning tables can name, over
-//! the in-process transport (scrambled completion order) and over TCP;
+//! the in-process transport (scrambled completion order), over TCP and
+//! over UCX;
 //! `dup` and `split`; a tuning file; a bad table.
 
 #[macro_use]
 mod communicator;
+mod driver;
 mod every_algorithm;
 
 use std::future::Future;
@@ -14,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use communicator::{collectives_of, data, ok, reduce_ref, Form, Outcome, Sample};
+use driver::Driver;
 use every_algorithm::collect_ranks;
 use mfio_backends::{BackendKind, Runtime};
 use mfio_coll::algo::tuning::{Algorithm, Collective, Rule};
@@ -21,14 +24,27 @@ use mfio_coll::algo::{TransportComm, Tuning};
 use mfio_coll::transport::bootstrap::Bootstrap;
 use mfio_coll::transport::local::LocalTransport;
 use mfio_coll::transport::tcp::{Liveness, TcpTransport};
+use mfio_coll::transport::ucx::UcxTransport;
 use mfio_coll::{Communicator, ReduceOp};
+use mfio_net::ucx::Context;
+
+/// What joins the ranks of a test group.
+#[derive(Debug, Clone, Copy)]
+enum Wire {
+    /// The in-process transport, completions scrambled.
+    Local,
+    /// TCP on loopback, each rank on its own runtime.
+    Tcp,
+    /// UCX with these transports (`UCX_TLS`), each rank on its own worker.
+    Ucx(&'static str),
+}
 
 /// Runs `body` on every rank of a group of `n` (threads, each with its own
-/// runtime), over the scrambled in-process transport or TCP; the outcomes
-/// in rank order, each bounded by 60 s.
-fn run_group<F>(n: usize, tcp: bool, body: F) -> Vec<Outcome>
+/// runtime or worker) joined by `wire`; the outcomes in rank order, each
+/// bounded by 60 s.
+fn run_group<F>(n: usize, wire: Wire, body: F) -> Vec<Outcome>
 where
-    F: Fn(TransportComm<Runtime>) -> Outcome + Send + Sync + 'static,
+    F: Fn(TransportComm<Driver>) -> Outcome + Send + Sync + 'static,
 {
     static PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let body = Arc::new(body);
@@ -37,33 +53,42 @@ where
         [127, 0, 0, 1],
         12_000 + (std::process::id() % 200) as u16 * 40 + PORT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 40,
     ));
-    let mut locals: Vec<Option<LocalTransport>> = if tcp {
-        (0..n).map(|_| None).collect()
-    } else {
-        LocalTransport::scrambled_group(n, n as u64 * 7919)
+    let mut locals: Vec<Option<LocalTransport>> = match wire {
+        Wire::Local => LocalTransport::scrambled_group(n, n as u64 * 7919)
             .into_iter()
             .map(Some)
-            .collect()
+            .collect(),
+        _ => (0..n).map(|_| None).collect(),
     };
     for (rank, local) in locals.iter_mut().enumerate() {
         let (tx, body) = (tx.clone(), body.clone());
         let local = local.take();
         std::thread::spawn(move || {
             let out = (|| -> Outcome {
-                let rt = Runtime::builder()
-                    .backend(BackendKind::Poll)
-                    .build()
-                    .map_err(|e| e.to_string())?;
-                let comm = match local {
-                    Some(t) => TransportComm::new(rt.clone(), t),
-                    None => {
-                        let links = Bootstrap::new(rank, n, root)
-                            .map(|b| b.timeout(Duration::from_secs(30)))
-                            .and_then(|b| b.connect())
-                            .map_err(|e| e.to_string())?;
+                let boot = || {
+                    Bootstrap::new(rank, n, root)
+                        .map(|b| b.timeout(Duration::from_secs(30)))
+                        .map_err(|e| e.to_string())
+                };
+                let comm = match (wire, local) {
+                    (Wire::Local, Some(t)) => TransportComm::new(Driver::Rt(runtime()?), t),
+                    (Wire::Tcp, _) => {
+                        let rt = runtime()?;
+                        let links = boot()?.connect().map_err(|e| e.to_string())?;
                         let t = TcpTransport::new(&rt, rank, links, Liveness::default()).map_err(|e| e.to_string())?;
-                        TransportComm::new(rt.clone(), t)
+                        TransportComm::new(Driver::Rt(rt), t)
                     }
+                    (Wire::Ucx(tls), _) => {
+                        let worker = Context::builder()
+                            .set("TLS", tls)
+                            .set("KEEPALIVE_INTERVAL", "1s")
+                            .build()
+                            .and_then(|c| c.worker())
+                            .map_err(|e| e.to_string())?;
+                        let t = UcxTransport::bootstrap(&worker, &boot()?).map_err(|e| e.to_string())?;
+                        TransportComm::new(Driver::Ucx(worker), t)
+                    }
+                    (Wire::Local, None) => return Err("no in-process transport".into()),
                 };
                 body(comm)
             })();
@@ -72,6 +97,13 @@ where
     }
     drop(tx);
     collect_ranks(rx, n)
+}
+
+fn runtime() -> Result<Runtime, String> {
+    Runtime::builder()
+        .backend(BackendKind::Poll)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 fn all_ok(what: &str, outcomes: Vec<Outcome>) {
@@ -83,7 +115,7 @@ fn all_ok(what: &str, outcomes: Vec<Outcome>) {
 }
 
 /// Every collective, through every form, for several element types.
-fn every_collective(w: &TransportComm<Runtime>, lengths: &[usize]) -> Outcome {
+fn every_collective(w: &TransportComm<Driver>, lengths: &[usize]) -> Outcome {
     let mut salt = 0;
     for form in [Form::Async, Form::Blocking] {
         for &len in lengths {
@@ -121,7 +153,7 @@ fn every_collective_with_every_algorithm_in_process() {
         for k in 0..4 {
             all_ok(
                 &format!("{n} ranks, table {k}"),
-                run_group(n, false, move |w| {
+                run_group(n, Wire::Local, move |w| {
                     let w = w.with_tuning(table_picking(k));
                     every_collective(&w, &[0, 1, 1031])
                 }),
@@ -135,7 +167,17 @@ fn every_collective_over_tcp_with_the_builtin_table() {
     for n in [2, 3] {
         all_ok(
             &format!("TCP, {n} ranks"),
-            run_group(n, true, |w| every_collective(&w, &[0, 1, 1031, 100_000])),
+            run_group(n, Wire::Tcp, |w| every_collective(&w, &[0, 1, 1031, 100_000])),
+        );
+    }
+}
+
+#[test]
+fn every_collective_over_ucx_with_the_builtin_table() {
+    for (n, tls) in [(2, "sm,self"), (3, "tcp")] {
+        all_ok(
+            &format!("UCX {tls}, {n} ranks"),
+            run_group(n, Wire::Ucx(tls), |w| every_collective(&w, &[0, 1, 1031, 100_000])),
         );
     }
 }
@@ -144,10 +186,10 @@ fn every_collective_over_tcp_with_the_builtin_table() {
 /// and on a `dup` of the parent, interleaved, never mix.
 #[test]
 fn split_and_dup_make_communicators_that_never_mix() {
-    for tcp in [false, true] {
+    for wire in [Wire::Local, Wire::Tcp, Wire::Ucx("sm,self")] {
         all_ok(
-            &format!("split (tcp: {tcp})"),
-            run_group(5, tcp, |w| {
+            &format!("split ({wire:?})"),
+            run_group(5, wire, |w| {
                 let (rank, size) = (w.rank(), w.size());
                 let half = w
                     .split(Some((rank % 2) as u32), -(rank as i32))
@@ -186,7 +228,7 @@ fn split_and_dup_make_communicators_that_never_mix() {
 fn non_commutative_operations_keep_rank_order() {
     all_ok(
         "non-commutative",
-        run_group(4, false, |w| {
+        run_group(4, Wire::Local, |w| {
             let w = w.with_tuning(table_picking(0));
             let rank = w.rank();
             // Affine maps x -> a·x + b; composition is not commutative.
@@ -239,10 +281,10 @@ fn tuning_files_round_trip_and_errors_name_the_line() {
 /// its own key and never meet a later collective's.
 #[test]
 fn a_collective_dropped_midway_leaves_later_ones_intact() {
-    for tcp in [false, true] {
+    for wire in [Wire::Local, Wire::Tcp, Wire::Ucx("tcp")] {
         all_ok(
-            &format!("drop mid-flight (tcp: {tcp})"),
-            run_group(4, tcp, |w| {
+            &format!("drop mid-flight ({wire:?})"),
+            run_group(4, wire, |w| {
                 let rank = w.rank();
                 let mut fut = w.allreduce_in_place(data::<u64>(rank, 300_000, 5), ReduceOp::Sum);
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

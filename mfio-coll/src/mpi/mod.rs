@@ -70,4 +70,6 @@ pub use comm::MpiComm;
 pub use p2p::{RecvFrom, RecvInfo, RecvReport, Source, TagMatch};
 #[cfg(feature = "tcp")]
 pub use transport::tcp_transport;
+#[cfg(feature = "ucx")]
+pub use transport::ucx_transport;
 pub use transport::MpiTransport;

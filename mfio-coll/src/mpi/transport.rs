@@ -16,10 +16,8 @@ use mfio_core::{BufResult, Error, Result};
 use super::comm::MpiComm;
 use super::p2p::{Source, TagMatch};
 use crate::comm::{Communicator, Rank, Tag};
-use crate::transport::driven::{Background, Driven};
-use crate::transport::{
-    fill_exact, frame_header, no_such_rank, parse_frame_header, Inbox, Key, Transport, TransportFuture, FRAME_HEADER,
-};
+use crate::transport::linked::{self, Core, Linked};
+use crate::transport::{frame_header, parse_frame_header, Key, Transport, TransportFuture, FRAME_HEADER};
 
 /// Tag of frames (header and the start of the message).
 const FRAME: Tag = 1;
@@ -73,6 +71,45 @@ pub fn tcp_transport(
     crate::transport::tcp::TcpTransport::new(rt, comm.rank(), links, live)
 }
 
+/// The UCX transport among the ranks of `comm`, on `worker`: the worker
+/// addresses go round by two `MPI_Allgather`s (their lengths, then the
+/// addresses padded to the longest), then every rank connects to every
+/// other. Collective.
+///
+/// # Errors
+/// What the allgathers report; as [`UcxTransport::new`](crate::transport::ucx::UcxTransport::new).
+#[cfg(feature = "ucx")]
+pub fn ucx_transport(comm: &MpiComm, worker: &mfio_net::ucx::Worker) -> Result<crate::transport::ucx::UcxTransport> {
+    let mine = worker.address();
+    let mine = mine.as_bytes();
+    let size = comm.size();
+    let (res, (_, lens)) = comm
+        .blocking_allgather(vec![mine.len() as u64], vec![0u64; size])
+        .into_parts();
+    res?;
+    let longest = lens.iter().copied().max().unwrap_or(0);
+    let longest = usize::try_from(longest)
+        .ok()
+        .filter(|&n| n <= crate::transport::bootstrap::MAX_EXCHANGE)
+        .ok_or_else(|| {
+            Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("a worker address of {longest} bytes"),
+            )
+        })?;
+    let mut padded = mine.to_vec();
+    padded.resize(longest, 0);
+    let (res, (_, all)) = comm.blocking_allgather(padded, vec![0u8; longest * size]).into_parts();
+    res?;
+    let blobs = all
+        .chunks(longest.max(1))
+        .zip(&lens)
+        .map(|(c, &n)| c[..(n as usize).min(c.len())].to_vec())
+        .collect();
+    let addresses = crate::transport::ucx::addresses_of(blobs)?;
+    crate::transport::ucx::UcxTransport::new(worker, comm.rank(), &addresses)
+}
+
 /// One rank's end of MPI point-to-point as a [`Transport`].
 pub struct MpiTransport {
     rank: Rank,
@@ -82,8 +119,7 @@ pub struct MpiTransport {
 }
 
 struct Shared {
-    inbox: Inbox,
-    background: Arc<Background>,
+    core: Core,
 }
 
 impl std::fmt::Debug for MpiTransport {
@@ -105,10 +141,10 @@ impl MpiTransport {
     pub fn new(comm: &MpiComm) -> Result<Self> {
         let comm = Arc::new(comm.dup()?);
         let shared = Arc::new(Shared {
-            inbox: Inbox::new(),
-            background: Arc::default(),
+            core: Core::new(comm.rank(), comm.size()),
         });
         shared
+            .core
             .background
             .spawn(Box::pin(read_frames(comm.clone(), Arc::downgrade(&shared))));
         Ok(Self {
@@ -168,11 +204,23 @@ async fn read_frames(comm: Arc<MpiComm>, shared: Weak<Shared>) {
             }
         };
         let Some(shared) = shared.upgrade() else { return };
-        shared.inbox.deliver(from, key, data);
+        shared.core.inbox.deliver(from, key, data);
     };
     tracing::debug!(error = %reason, "mfio-coll MPI transport: a receive failed");
     if let Some(shared) = shared.upgrade() {
-        shared.inbox.poison(format!("the MPI transport failed: {reason}"));
+        shared.core.inbox.poison(format!("the MPI transport failed: {reason}"));
+    }
+}
+
+impl Linked for Shared {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// MPI has no goodbye: a rank is lost only when MPI fails, which the
+    /// reader reports for the whole group.
+    fn lost(&self, peer: Rank, why: &str) {
+        self.core.inbox.poison(format!("rank {peer} is gone: {why}"));
     }
 }
 
@@ -186,15 +234,12 @@ impl Transport for MpiTransport {
     }
 
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
-        if to >= self.size {
-            return Box::pin(std::future::ready(BufResult(Err(no_such_rank(to, self.size)), data)));
-        }
-        if to == self.rank {
-            self.shared.inbox.deliver(to, key, data.clone());
-            return Box::pin(std::future::ready(BufResult(Ok(()), data)));
-        }
+        let data = match linked::check_send(&*self.shared, to, key, data) {
+            Ok(data) => data,
+            Err(done) => return done,
+        };
         let comm = self.comm.clone();
-        let inner = async move {
+        linked::driven(&*self.shared, async move {
             let mut frame = frame_header(key, data.len(), data.len().min(INLINE));
             if data.len() <= INLINE {
                 frame.extend_from_slice(&data);
@@ -205,26 +250,10 @@ impl Transport for MpiTransport {
             let ((framed, _), (rest, data)) =
                 futures_util::future::join(comm.send(to, FRAME, frame), comm.send(to, BULK, data)).await;
             BufResult(framed.result().and(rest.result()).map(drop), data)
-        };
-        Box::pin(Driven {
-            background: self.shared.background.clone(),
-            inner: Box::pin(inner),
         })
     }
 
-    fn recv(&self, from: Rank, key: Key, mut buf: Vec<u8>) -> TransportFuture {
-        if from >= self.size {
-            return Box::pin(std::future::ready(BufResult(Err(no_such_rank(from, self.size)), buf)));
-        }
-        let shared = self.shared.clone();
-        let inner = async move {
-            let taken = std::future::poll_fn(|cx| shared.inbox.poll_take(from, key, cx)).await;
-            let res = fill_exact(from, key, taken, &mut buf);
-            BufResult(res, buf)
-        };
-        Box::pin(Driven {
-            background: self.shared.background.clone(),
-            inner: Box::pin(inner),
-        })
+    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
+        linked::recv(self.shared.clone(), from, key, buf)
     }
 }

@@ -206,6 +206,54 @@ pub fn connect_pairs(
     Ok(links)
 }
 
+/// The most bytes [`exchange`] passes per rank: written whole before
+/// anything is read, so it must fit in the sockets' buffers.
+pub const MAX_EXCHANGE: usize = 32 << 10;
+
+/// Gives `mine` to every other rank over `links` (as [`Bootstrap::connect`]
+/// returns them) and takes theirs: every rank's bytes, in rank order
+/// (`mine` at `rank`). Every rank of the job calls it; each waits at most
+/// `timeout` for the others.
+///
+/// # Errors
+/// `InvalidInput` for `mine` longer than [`MAX_EXCHANGE`] or `rank` without
+/// its place in `links`; `TimedOut` naming a rank whose bytes did not come
+/// in time; `InvalidData` for a peer that sent too many; the OS error of
+/// the connection.
+pub fn exchange(links: &mut [Option<TcpStream>], rank: Rank, mine: &[u8], timeout: Duration) -> Result<Vec<Vec<u8>>> {
+    if mine.len() > MAX_EXCHANGE || rank >= links.len() || links[rank].is_some() {
+        return Err(invalid(format!(
+            "an exchange of {} bytes from rank {rank} of {} (at most {MAX_EXCHANGE} bytes, no link to itself)",
+            mine.len(),
+            links.len()
+        )));
+    }
+    let deadline = Instant::now() + timeout;
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(mine.len() as u64).to_le_bytes());
+    out.extend_from_slice(mine);
+    for s in links.iter_mut().flatten() {
+        s.write_all(&out)?;
+    }
+    let mut all = Vec::with_capacity(links.len());
+    for (peer, link) in links.iter_mut().enumerate() {
+        let Some(s) = link else {
+            all.push(mine.to_vec());
+            continue;
+        };
+        let name = |e: Error| Error::new(e.kind(), format!("waiting for rank {peer}'s bootstrap bytes: {e}"));
+        if read_n(s, MAGIC.len(), deadline).map_err(name)? != MAGIC {
+            return Err(malformed("exchange"));
+        }
+        let len = read_u64(s, deadline).map_err(name)?;
+        if len > MAX_EXCHANGE as u64 {
+            return Err(malformed("an exchange longer than allowed"));
+        }
+        all.push(read_n(s, len as usize, deadline).map_err(name)?);
+    }
+    Ok(all)
+}
+
 /// Connects to every rank below `rank` not linked yet (their listeners are
 /// in `table`), then accepts every rank above on `listener`.
 fn link_pairs(

@@ -142,6 +142,11 @@ impl Inbox {
         Poll::Pending
     }
 
+    /// Whether the group broke ([`poison`](Self::poison)).
+    pub fn is_broken(&self) -> bool {
+        self.state.lock().broken.is_some()
+    }
+
     /// Whether `from` left ([`close`](Self::close)).
     pub fn is_gone(&self, from: Rank) -> bool {
         self.state.lock().gone.contains(&from)

@@ -15,22 +15,28 @@
 //!   optional scrambled completion order for property tests;
 //! - [`tcp::TcpTransport`] (feature `tcp`): ranks as processes joined by
 //!   TCP on an mfio-backends runtime, connected by [`bootstrap::Bootstrap`]
-//!   from the launcher's environment.
+//!   from the launcher's environment;
+//! - [`ucx::UcxTransport`] (feature `ucx`): ranks as UCX workers (mfio-net),
+//!   over shared memory, TCP, InfiniBand or whatever UCX finds, their
+//!   addresses exchanged by [`bootstrap`] or an `MPI_Allgather`.
 //!
 //! [`group::SubGroup`] numbers some ranks of a transport as a group of their
 //! own (a split communicator's). The MPI backend's point-to-point messages
-//! are a transport too (`mpi::MpiTransport`). A UCX transport is not
-//! written yet.
+//! are a transport too (`mpi::MpiTransport`).
 
-#[cfg(feature = "tcp")]
+#[cfg(any(feature = "tcp", feature = "ucx"))]
 pub mod bootstrap;
-#[cfg(any(feature = "tcp", feature = "mpi"))]
+#[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
 pub(crate) mod driven;
 pub mod group;
 mod inbox;
+#[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
+pub(crate) mod linked;
 pub mod local;
 #[cfg(feature = "tcp")]
 pub mod tcp;
+#[cfg(feature = "ucx")]
+pub mod ucx;
 
 use std::fmt;
 use std::future::Future;
@@ -138,12 +144,12 @@ pub fn wrong_length(from: Rank, key: Key, got: usize, want: usize) -> Error {
 
 /// Bytes of a frame header on a byte transport: comm, seq, step, chunk
 /// (u32 each, little-endian), then the message's length (u64).
-#[cfg(any(feature = "tcp", feature = "mpi"))]
+#[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
 pub(crate) const FRAME_HEADER: usize = 24;
 
 /// A frame header for a message of `len` bytes under `key`, with room for
 /// `room` more bytes after it.
-#[cfg(any(feature = "tcp", feature = "mpi"))]
+#[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
 pub(crate) fn frame_header(key: Key, len: usize, room: usize) -> Vec<u8> {
     let mut h = Vec::with_capacity(FRAME_HEADER + room);
     for w in [key.comm, key.seq, key.step, key.chunk] {
@@ -156,7 +162,7 @@ pub(crate) fn frame_header(key: Key, len: usize, room: usize) -> Vec<u8> {
 /// The key and length a frame header (the first [`FRAME_HEADER`] bytes of
 /// `bytes`) holds; `None` if `bytes` is shorter or the length does not fit
 /// in memory.
-#[cfg(any(feature = "tcp", feature = "mpi"))]
+#[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
 pub(crate) fn parse_frame_header(bytes: &[u8]) -> Option<(Key, usize)> {
     let word = |i: usize| Some(u32::from_le_bytes(bytes.get(i..i + 4)?.try_into().ok()?));
     let key = Key {

@@ -27,10 +27,10 @@ use futures_util::lock::Mutex as AsyncMutex;
 use mfio_backends::{Runtime, TcpStream};
 use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result};
 
-use super::driven::{Background, Driven, Task};
+use super::driven::Task;
+use super::linked::{self, Core, Linked};
 use super::{
-    fill_exact, frame_header, no_such_rank, parse_frame_header, Inbox, Key, Transport, TransportFuture, CONTROL_COMM,
-    FRAME_HEADER,
+    frame_header, no_such_rank, parse_frame_header, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER,
 };
 use crate::comm::Rank;
 
@@ -49,12 +49,11 @@ pub struct TcpTransport {
 }
 
 struct Shared {
-    rank: Rank,
-    inbox: Inbox,
+    /// Rank, size, inbox, and the connections' readers and notices to
+    /// other ranks in flight.
+    core: Core,
     /// Per rank: its connection's writer (`None` at this rank).
     writers: Vec<Option<Arc<Writer>>>,
-    /// The connections' readers, and notices to other ranks in flight.
-    background: Arc<Background>,
 }
 
 impl Drop for Shared {
@@ -177,8 +176,7 @@ impl TcpTransport {
             }
         }
         let shared = Arc::new(Shared {
-            rank,
-            inbox: Inbox::new(),
+            core: Core::new(rank, size),
             writers: streams
                 .iter()
                 .map(|s| {
@@ -190,13 +188,13 @@ impl TcpTransport {
                     })
                 })
                 .collect(),
-            background: Arc::default(),
         });
         // The readers hold the shared state weakly: dropping the transport
         // drops them, which closes the connections.
         for (peer, s) in streams.into_iter().enumerate() {
             if let Some(stream) = s {
                 shared
+                    .core
                     .background
                     .spawn(read_loop(peer, stream, Arc::downgrade(&shared)));
             }
@@ -231,19 +229,20 @@ fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>
             }
             let Some(shared) = shared.upgrade() else { return };
             if key.comm != CONTROL_COMM {
-                shared.inbox.deliver(peer, key, data);
+                shared.core.inbox.deliver(peer, key, data);
                 continue;
             }
             match key.seq {
                 GOODBYE => {
                     tracing::debug!(peer, "mfio-coll TCP: rank said goodbye");
-                    shared.inbox.close(peer);
+                    shared.core.inbox.close(peer);
                     return;
                 }
                 LOST => {
                     let lost = key.step as Rank;
                     let why = String::from_utf8_lossy(&data);
                     shared
+                        .core
                         .inbox
                         .poison(format!("rank {lost} is gone (rank {peer} lost it: {why})"));
                 }
@@ -257,14 +256,18 @@ fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>
     })
 }
 
-impl Shared {
+impl Linked for Shared {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
     /// Rank `peer` is lost (its connection failed, or a receive waited for
     /// a message it left without sending): the group is broken. Every
     /// receive with nothing waiting fails naming it, and the other ranks
     /// hear of it, so a rank waiting on a live peer that gives up because
     /// of the loss learns the cause. Once per group.
     fn lost(&self, peer: Rank, why: &str) {
-        if !self.inbox.poison(format!("rank {peer} is gone: {why}")) {
+        if !self.core.inbox.poison(format!("rank {peer} is gone: {why}")) {
             return;
         }
         let notices = self
@@ -278,7 +281,7 @@ impl Shared {
                 comm: CONTROL_COMM,
                 seq: LOST,
                 step: peer as u32,
-                chunk: self.rank as u32,
+                chunk: self.core.rank as u32,
             };
             let mut frame = header(key, why.len());
             frame.extend_from_slice(why.as_bytes());
@@ -287,7 +290,7 @@ impl Shared {
             if w.send_now(&frame) {
                 continue;
             }
-            self.background.spawn(Box::pin(async move {
+            self.core.background.spawn(Box::pin(async move {
                 let _turn = w.lock.lock().await;
                 if let Err(e) = w.stream.write_all(frame).await.0 {
                     tracing::debug!(to, error = %e, "mfio-coll TCP: could not tell a rank of a loss");
@@ -311,91 +314,39 @@ impl Transport for TcpTransport {
     }
 
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
-        let size = self.size();
-        if to >= size {
-            return Box::pin(std::future::ready(BufResult(Err(no_such_rank(to, size)), data)));
-        }
-        if key.comm == CONTROL_COMM {
-            let err = Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("communicator id {CONTROL_COMM} is the transport's own"),
-            );
-            return Box::pin(std::future::ready(BufResult(Err(err), data)));
-        }
-        if to == self.rank {
-            self.shared.inbox.deliver(to, key, data.clone());
-            return Box::pin(std::future::ready(BufResult(Ok(()), data)));
-        }
-        let shared = self.shared.clone();
-        let inner = {
-            let shared = shared.clone();
-            async move {
-                let Some(w) = &shared.writers[to] else {
-                    return BufResult(Err(no_such_rank(to, size)), data);
-                };
-                let turn = w.lock.lock().await;
-                let mut frame = header(key, data.len());
-                let (res, data) = if data.len() <= COALESCE {
-                    frame.extend_from_slice(&data);
-                    (w.stream.write_all(frame).await.0, data)
-                } else {
-                    match w.stream.write_all(frame).await.0 {
-                        Ok(()) => w.stream.write_all(data).await.into_parts(),
-                        Err(e) => (Err(e), data),
-                    }
-                };
-                drop(turn);
-                let Err(e) = res else {
-                    return BufResult(Ok(()), data);
-                };
-                // The peer's connection failed. What it said before it went
-                // (news of a lost rank, a goodbye) is still to be read:
-                // until its reader has taken it, the cause is unknown.
-                let why = std::future::poll_fn(|cx| shared.inbox.poll_ended(to, cx)).await;
-                let err = match why {
-                    Some(why) => Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        format!("{why}; sending to rank {to} ({key}) failed: {e}"),
-                    ),
-                    None => sending(to, key, e),
-                };
-                BufResult(Err(err), data)
-            }
+        let data = match linked::check_send(&*self.shared, to, key, data) {
+            Ok(data) => data,
+            Err(done) => return done,
         };
-        Box::pin(Driven {
-            background: shared.background.clone(),
-            inner: Box::pin(inner),
-        })
-    }
-
-    fn recv(&self, from: Rank, key: Key, mut buf: Vec<u8>) -> TransportFuture {
-        let size = self.size();
-        if from >= size {
-            return Box::pin(std::future::ready(BufResult(Err(no_such_rank(from, size)), buf)));
-        }
         let shared = self.shared.clone();
-        let inner = {
-            let shared = shared.clone();
-            async move {
-                let taken = std::future::poll_fn(|cx| shared.inbox.poll_take(from, key, cx)).await;
-                if let Err(e) = &taken {
-                    // Waiting for a message its sender left without
-                    // sending: the collective cannot finish anywhere.
-                    if shared.inbox.is_gone(from) {
-                        shared.lost(from, &e.to_string());
-                    }
+        linked::driven(&*self.shared, async move {
+            let Some(w) = &shared.writers[to] else {
+                return BufResult(Err(no_such_rank(to, shared.writers.len())), data);
+            };
+            let turn = w.lock.lock().await;
+            let mut frame = header(key, data.len());
+            let (res, data) = if data.len() <= COALESCE {
+                frame.extend_from_slice(&data);
+                (w.stream.write_all(frame).await.0, data)
+            } else {
+                match w.stream.write_all(frame).await.0 {
+                    Ok(()) => w.stream.write_all(data).await.into_parts(),
+                    Err(e) => (Err(e), data),
                 }
-                let res = fill_exact(from, key, taken, &mut buf);
-                BufResult(res, buf)
-            }
-        };
-        Box::pin(Driven {
-            background: shared.background.clone(),
-            inner: Box::pin(inner),
+            };
+            drop(turn);
+            let Err(e) = res else {
+                return BufResult(Ok(()), data);
+            };
+            // The peer's connection failed. What it said before it went
+            // (news of a lost rank, a goodbye) is still to be read: until
+            // its reader has taken it, the cause is unknown.
+            let why = std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await;
+            BufResult(Err(linked::send_failed(to, key, why, e)), data)
         })
     }
-}
 
-fn sending(to: Rank, key: Key, e: Error) -> Error {
-    Error::new(e.kind(), format!("sending to rank {to} ({key}): {e}"))
+    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
+        linked::recv(self.shared.clone(), from, key, buf)
+    }
 }

@@ -1,31 +1,40 @@
-//! The TCP transport across processes: each process is one rank, its rank
-//! and size from the launcher's environment (`mpiexec` sets
-//! `OMPI_COMM_WORLD_RANK`/`SIZE`; no MPI is used), rank 0's address from
-//! `MFIO_COLL_ROOT`. `scripts/test` runs it under `scripts/mpirun` with 2,
-//! 3 and 4 ranks, on io_uring and on poll (`MFIO_BACKEND`).
+//! The transports across processes, bootstrapped from the environment:
+//! each process is one rank, its rank and size from the launcher
+//! (`mpiexec` sets `OMPI_COMM_WORLD_RANK`/`SIZE`; no MPI is used), rank
+//! 0's address from `MFIO_COLL_ROOT`. `MFIO_COLL_TRANSPORT` picks the
+//! transport: `tcp` (the default; on io_uring or poll, `MFIO_BACKEND`) or
+//! `ucx` (on the UCX transports `UCX_TLS` names, worker addresses
+//! exchanged over the bootstrap's connections). `scripts/test` runs it
+//! under `scripts/mpirun` with 2, 3 and 4 ranks.
 //!
 //! Every algorithm at several lengths is checked exactly; then 1 000
 //! back-to-back broadcasts from a fast root, 8 concurrent allreduces, and
-//! two communicators interleaved. `MFIO_TCP_CASE=early-exit`: the last
+//! two communicators interleaved. `MFIO_RANKS_CASE=early-exit`: the last
 //! rank leaves right after connecting, and every other rank must fail with
 //! an error naming it within the bound (exit status 0 only then).
-//! `MFIO_TCP_CASE=until-cut`: allreduces until the network fails
-//! (`scripts/netns-test` cuts rank `MFIO_TCP_LOST`'s link); the others must
-//! name the lost rank. `MFIO_TCP_TIMEOUT_MS` sets the transport's liveness
-//! timeout.
+//! `MFIO_RANKS_CASE=killed`: the last rank is killed (`SIGKILL`, no
+//! goodbye) mid-collective, and every other rank must fail with an error
+//! naming it within the bound. `MFIO_RANKS_CASE=until-cut`: allreduces
+//! until the network fails (`scripts/netns-test` cuts rank
+//! `MFIO_RANKS_LOST`'s link); the others must name the lost rank.
+//! `MFIO_TCP_TIMEOUT_MS` sets the TCP transport's liveness timeout;
+//! `UCX_KEEPALIVE_INTERVAL` UCX's (1 s unless set).
 //!
 //! Run alone (no launcher variables) it is one rank.
 
+mod driver;
 mod every_algorithm;
 
 use std::time::{Duration, Instant};
 
+use driver::Driver;
 use every_algorithm::{every_algorithm, input, Seq};
 use futures::future::join_all;
 use mfio_backends::Runtime;
 use mfio_coll::algo;
 use mfio_coll::transport::bootstrap::{Bootstrap, ROOT_VAR};
 use mfio_coll::transport::tcp::{Liveness, TcpTransport};
+use mfio_coll::transport::ucx::UcxTransport;
 use mfio_coll::transport::{CollId, Transport};
 use mfio_coll::ReduceOp;
 use mfio_core::{BufResult, IoBackendExt};
@@ -33,7 +42,19 @@ use mfio_core::{BufResult, IoBackendExt};
 /// How long the whole run may take before the rank gives up.
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn run(rt: &Runtime, t: &TcpTransport) -> Result<(), String> {
+impl Driver {
+    fn name(&self) -> String {
+        match self {
+            Driver::Rt(rt) => format!("TCP on {:?}", rt.kind()),
+            Driver::Ucx(_) => format!(
+                "UCX ({})",
+                std::env::var("UCX_TLS").unwrap_or_else(|_| "UCX_TLS unset".into())
+            ),
+        }
+    }
+}
+
+fn run(rt: &Driver, t: &dyn Transport) -> Result<(), String> {
     let (rank, size) = (t.rank(), t.size());
     let mut seq = Seq::new(1);
     for len in [0, 1, 1000, 100_003] {
@@ -84,7 +105,7 @@ fn run(rt: &Runtime, t: &TcpTransport) -> Result<(), String> {
 }
 
 /// The last rank leaves; the others must hear of it, by name, in time.
-fn early_exit(rt: &Runtime, t: TcpTransport) -> Result<(), String> {
+fn early_exit(rt: &Driver, t: Box<dyn Transport>) -> Result<(), String> {
     let (rank, size) = (t.rank(), t.size());
     if size < 2 {
         return Ok(());
@@ -106,7 +127,7 @@ fn early_exit(rt: &Runtime, t: TcpTransport) -> Result<(), String> {
     // gives up because of it tells the others why).
     let mut buf = vec![1u32; 1000];
     let res = rt.block_on(algo::allreduce_ring(
-        &t,
+        &*t,
         CollId { comm: 9, seq: 1 },
         &mut buf,
         &ReduceOp::Sum,
@@ -124,18 +145,23 @@ fn early_exit(rt: &Runtime, t: TcpTransport) -> Result<(), String> {
 }
 
 /// Collectives until the network fails: every rank runs allreduces until
-/// one fails (the test cuts rank `MFIO_TCP_LOST`'s link meanwhile). The
-/// others must name the lost rank; then each keeps its connections open a
-/// moment, so that no rank's error is about another's exit.
-fn until_cut(rt: &Runtime, t: &TcpTransport) -> Result<(), String> {
+/// one fails (the test cuts rank `MFIO_RANKS_LOST`'s link meanwhile, or,
+/// with `kill_after`, that rank kills itself after so many). The others
+/// must name the lost rank; then each keeps its connections open a moment,
+/// so that no rank's error is about another's exit.
+fn until_cut(rt: &Driver, t: &dyn Transport, kill_after: Option<u32>) -> Result<(), String> {
     let rank = t.rank();
-    let lost: usize = std::env::var("MFIO_TCP_LOST")
+    let lost: usize = std::env::var("MFIO_RANKS_LOST")
         .ok()
         .and_then(|v| v.parse().ok())
-        .ok_or("MFIO_TCP_LOST names no rank")?;
+        .ok_or("MFIO_RANKS_LOST names no rank")?;
     let start = Instant::now();
     let mut seq = 0u32;
     let err = loop {
+        if rank == lost && kill_after == Some(seq) {
+            // SAFETY: kill(2) on this process; nothing runs after it.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
         let mut buf = input(rank, 1000, seq);
         let res = rt.block_on(algo::allreduce_ring(
             t,
@@ -157,10 +183,40 @@ fn until_cut(rt: &Runtime, t: &TcpTransport) -> Result<(), String> {
     }
 }
 
+/// The TCP transport on a runtime (`MFIO_BACKEND`); `MFIO_TCP_TIMEOUT_MS`
+/// says how soon a vanished peer is noticed.
+fn tcp(boot: &Bootstrap) -> Result<(Driver, Box<dyn Transport>), String> {
+    let rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
+    let live = match std::env::var("MFIO_TCP_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
+        Some(ms) => Liveness {
+            timeout: Duration::from_millis(ms),
+        },
+        None => Liveness::default(),
+    };
+    let links = boot.connect().map_err(|e| e.to_string())?;
+    let t = TcpTransport::new(&rt, boot.rank(), links, live).map_err(|e| e.to_string())?;
+    Ok((Driver::Rt(rt), Box::new(t)))
+}
+
+/// The UCX transport on a worker of a context configured from `UCX_*`
+/// (keepalive every second unless `UCX_KEEPALIVE_INTERVAL` says).
+fn ucx(boot: &Bootstrap) -> Result<(Driver, Box<dyn Transport>), String> {
+    let mut context = mfio_net::ucx::Context::builder();
+    if std::env::var_os("UCX_KEEPALIVE_INTERVAL").is_none() {
+        context = context.set("KEEPALIVE_INTERVAL", "1s");
+    }
+    let worker = context
+        .build()
+        .and_then(|c| c.worker())
+        .map_err(|e| format!("UCX worker: {e}"))?;
+    let t = UcxTransport::bootstrap(&worker, boot).map_err(|e| e.to_string())?;
+    Ok((Driver::Ucx(worker), Box::new(t)))
+}
+
 fn main() {
     let watchdog = std::thread::spawn(|| {
         std::thread::sleep(LIMIT);
-        eprintln!("tcp_ranks: no result within {LIMIT:?}");
+        eprintln!("env_ranks: no result within {LIMIT:?}");
         std::process::exit(4);
     });
     drop(watchdog);
@@ -172,52 +228,42 @@ fn main() {
             Bootstrap::new(0, 1, root).expect("one rank")
         }
         Err(e) => {
-            eprintln!("tcp_ranks: {e}");
+            eprintln!("env_ranks: {e}");
             std::process::exit(2);
         }
     };
     let (rank, size) = (boot.rank(), boot.size());
-    let rt = match Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("rank {rank}: runtime: {e}");
-            std::process::exit(2);
-        }
+    let made = match std::env::var("MFIO_COLL_TRANSPORT").as_deref() {
+        Ok("ucx") => ucx(&boot),
+        Ok("tcp") | Err(_) => tcp(&boot),
+        Ok(other) => Err(format!("MFIO_COLL_TRANSPORT={other}: tcp or ucx")),
     };
-    // MFIO_TCP_TIMEOUT_MS: how soon a vanished peer is noticed.
-    let live = match std::env::var("MFIO_TCP_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
-        Some(ms) => Liveness {
-            timeout: Duration::from_millis(ms),
-        },
-        None => Liveness::default(),
-    };
-    let made = boot
-        .connect()
-        .and_then(|links| TcpTransport::new(&rt, rank, links, live));
-    let t = match made {
-        Ok(t) => t,
+    let (rt, t) = match made {
+        Ok(made) => made,
         Err(e) => {
             eprintln!("rank {rank}/{size}: bootstrap: {e}");
             std::process::exit(1);
         }
     };
-    let case = std::env::var("MFIO_TCP_CASE").unwrap_or_default();
-    let result = if case == "early-exit" {
-        early_exit(&rt, t)
-    } else if case == "until-cut" {
-        until_cut(&rt, &t)
-    } else {
-        let start = Instant::now();
-        let r = run(&rt, &t);
-        if r.is_ok() && rank == 0 {
-            println!(
-                "tcp_ranks: {size} ranks on {:?}: every algorithm, 1000 broadcasts, concurrent and interleaved \
-                 collectives ... ok in {:.2?}",
-                rt.kind(),
-                start.elapsed()
-            );
+    let case = std::env::var("MFIO_RANKS_CASE").unwrap_or_default();
+    let result = match case.as_str() {
+        "early-exit" => early_exit(&rt, t),
+        "until-cut" => until_cut(&rt, &*t, None),
+        // The victim dies after a few collectives.
+        "killed" => until_cut(&rt, &*t, Some(20)),
+        _ => {
+            let start = Instant::now();
+            let r = run(&rt, &*t);
+            if r.is_ok() && rank == 0 {
+                println!(
+                    "env_ranks: {size} ranks, {}: every algorithm, 1000 broadcasts, concurrent and interleaved \
+                     collectives ... ok in {:.2?}",
+                    rt.name(),
+                    start.elapsed()
+                );
+            }
+            r
         }
-        r
     };
     if let Err(e) = result {
         eprintln!("rank {rank}/{size}: FAILED: {e}");

@@ -1,0 +1,130 @@
+//! What the transports over a wire (TCP, UCX, MPI point-to-point) share:
+//! an [`Inbox`] filled by background work ([`Background`]), the checks
+//! every send makes before its wire, the receive that takes from the inbox,
+//! and how a send to a rank that is gone is reported.
+
+use std::sync::Arc;
+
+use mfio_core::{BufResult, Error};
+
+use super::driven::{Background, Driven};
+use super::{fill_exact, no_such_rank, Inbox, Key, TransportFuture, CONTROL_COMM};
+use crate::comm::Rank;
+
+/// What every wire transport keeps: where this rank is, what it received,
+/// and the work that receives it.
+pub(crate) struct Core {
+    /// This rank.
+    pub(crate) rank: Rank,
+    /// The number of ranks.
+    pub(crate) size: usize,
+    /// The messages received and not yet taken.
+    pub(crate) inbox: Inbox,
+    /// The readers and notices of the wire.
+    pub(crate) background: Arc<Background>,
+}
+
+impl Core {
+    /// Rank `rank` of `size`, nothing received yet.
+    pub(crate) fn new(rank: Rank, size: usize) -> Self {
+        Self {
+            rank,
+            size,
+            inbox: Inbox::new(),
+            background: Arc::default(),
+        }
+    }
+}
+
+/// A rank's side of a group joined by a wire.
+pub(crate) trait Linked: Send + Sync + 'static {
+    /// The state every wire transport keeps.
+    fn core(&self) -> &Core;
+    /// Rank `peer` is lost because of `why`: the group is broken (and the
+    /// other ranks told, where the wire can).
+    fn lost(&self, peer: Rank, why: &str);
+}
+
+/// A future that is ready at once.
+pub(crate) fn ready(res: mfio_core::Result<()>, buf: Vec<u8>) -> TransportFuture {
+    Box::pin(std::future::ready(BufResult(res, buf)))
+}
+
+/// The send checks before the wire: a rank outside the group and the
+/// transport's own communicator id are refused, and a message to this rank
+/// goes straight to its inbox. `Ok(data)` if the message is for the wire.
+pub(crate) fn check_send<L: Linked + ?Sized>(
+    link: &L,
+    to: Rank,
+    key: Key,
+    data: Vec<u8>,
+) -> std::result::Result<Vec<u8>, TransportFuture> {
+    let core = link.core();
+    if to >= core.size {
+        return Err(ready(Err(no_such_rank(to, core.size)), data));
+    }
+    if key.comm == CONTROL_COMM {
+        let err = Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("communicator id {CONTROL_COMM} is the transport's own"),
+        );
+        return Err(ready(Err(err), data));
+    }
+    if to == core.rank {
+        core.inbox.deliver(to, key, data.clone());
+        return Err(ready(Ok(()), data));
+    }
+    Ok(data)
+}
+
+/// The error of a send to `to` that failed with `e`; `why` is the group's
+/// reason if it broke (a lost rank), which says more than the wire.
+#[cfg(any(feature = "tcp", feature = "ucx"))]
+pub(crate) fn send_failed(to: Rank, key: Key, why: Option<String>, e: Error) -> Error {
+    match why {
+        Some(why) => Error::new(
+            std::io::ErrorKind::ConnectionAborted,
+            format!("{why}; sending to rank {to} ({key}) failed: {e}"),
+        ),
+        None => Error::new(e.kind(), format!("sending to rank {to} ({key}): {e}")),
+    }
+}
+
+/// The receive of every wire transport: takes the message `from` sent under
+/// `key` from the inbox into `buf` (its length expected). Waiting for a
+/// message its sender left without sending means the collective cannot
+/// finish anywhere: that sender is lost.
+pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, mut buf: Vec<u8>) -> TransportFuture {
+    let core = link.core();
+    if from >= core.size {
+        return ready(Err(no_such_rank(from, core.size)), buf);
+    }
+    let background = core.background.clone();
+    let inner = async move {
+        let inbox = &link.core().inbox;
+        let taken = std::future::poll_fn(|cx| inbox.poll_take(from, key, cx)).await;
+        if let Err(e) = &taken {
+            if inbox.is_gone(from) {
+                link.lost(from, &e.to_string());
+            }
+        }
+        let res = fill_exact(from, key, taken, &mut buf);
+        BufResult(res, buf)
+    };
+    Box::pin(Driven {
+        background,
+        inner: Box::pin(inner),
+    })
+}
+
+/// `inner` (a send on the wire) as a transport operation, which runs the
+/// wire's background work whenever it is polled.
+pub(crate) fn driven<L: Linked + ?Sized>(
+    link: &L,
+    inner: impl std::future::Future<Output = BufResult<(), Vec<u8>>> + Send + 'static,
+) -> TransportFuture {
+    Box::pin(Driven {
+        background: link.core().background.clone(),
+        inner: Box::pin(inner),
+    })
+}

@@ -1,0 +1,433 @@
+//! [`UcxTransport`]: the ranks of a job as UCX workers (mfio-net), joined
+//! by one endpoint per pair of ranks, made from worker addresses that the
+//! ranks exchange through [`Bootstrap`](super::bootstrap::Bootstrap) (no MPI) or an `MPI_Allgather`
+//! (`mpi::ucx_transport`). UCX picks the wire: shared memory within a host,
+//! TCP, InfiniBand or RoCE between hosts (`UCX_TLS`).
+//!
+//! A message is a UCX tag message: a frame (its [`Key`] and length, 24
+//! bytes, then the message if it is at most 16 KiB) whose tag names the
+//! sender. A longer message's bytes follow as a second tag message whose
+//! tag names the sender and the message's number, which its frame's tag
+//! carries too, so the receiver takes exactly that one. One receive of
+//! frames from every rank files them in the [`Inbox`] by sender and key,
+//! and receives each long message's bytes as soon as its frame is in, so a
+//! send completes without waiting for the receiving rank's collective to
+//! get there (as over TCP and MPI).
+//!
+//! Each pair of ranks also shares a stream on its endpoint, which carries
+//! nothing but a rank's goodbye. A rank that drops its transport sends a
+//! goodbye frame and that byte, then closes its endpoints: receives from
+//! it fail with an error naming it, and the rest of the group goes on. A
+//! stream that ends without a goodbye, or fails (UCX's keepalive noticed
+//! the peer is dead: `UCX_KEEPALIVE_INTERVAL` says how soon), means the
+//! rank is lost: the group is broken, every receive with nothing waiting
+//! fails naming it, and the other ranks are told, as over TCP.
+//!
+//! The transport's operations run on its worker: drive the worker
+//! (`block_on`, or a host runtime) while they are pending.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::task::Context;
+use std::time::{Duration, Instant};
+
+use mfio_core::{BufResult, Error, IoBackend, IoReadStream, IoWrite, IoWriteStream, Result};
+use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
+
+use super::driven::Task;
+use super::linked::{self, Core, Linked};
+use super::{frame_header, parse_frame_header, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER};
+use crate::comm::Rank;
+
+/// Bytes of a message that travel in its frame.
+const INLINE: usize = 16 << 10;
+
+/// The top 16 bits of a frame's tag ("mf") and of a long message's rest
+/// ("mb"); then 16 bits of sender, then 32 of the message's number.
+const FRAME: u64 = 0x6D66;
+const BULK: u64 = 0x6D62;
+const KIND_MASK: u64 = 0xFFFF << 48;
+
+/// The most ranks a group may have (the sender's bits of a tag).
+pub const MAX_RANKS: usize = 1 << 16;
+
+/// Control frames (key.comm = [`CONTROL_COMM`]): key.seq says which.
+const GOODBYE: u32 = 0;
+/// key.step is the lost rank; the payload says why.
+const LOST: u32 = 1;
+
+/// The stream byte of a rank that leaves on purpose.
+const LEAVING: u8 = b'G';
+
+/// How long dropping a transport waits for its goodbyes to leave and for
+/// the peers' to come.
+const GOODBYE_WAIT: Duration = Duration::from_secs(1);
+
+fn tag(kind: u64, sender: Rank, number: u32) -> u64 {
+    (kind << 48) | ((sender as u64) << 32) | u64::from(number)
+}
+
+/// One rank's end of a group joined by UCX.
+pub struct UcxTransport {
+    rank: Rank,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for UcxTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UcxTransport")
+            .field("rank", &self.rank)
+            .field("size", &self.shared.eps.len())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    /// Rank, size, inbox, and the background work: the receive of frames,
+    /// long messages' rest, the streams' watchers, notices to other ranks.
+    core: Core,
+    worker: Worker,
+    /// Per rank: the endpoint to it (`None` at this rank).
+    eps: Vec<Option<Arc<Endpoint>>>,
+    /// Per rank: the number of the next long message to it.
+    next_long: Vec<AtomicU32>,
+}
+
+impl UcxTransport {
+    /// This rank's transport on `worker`, connected to every other rank of
+    /// `addresses` (every rank's worker address, in rank order; this
+    /// rank's own entry is not used). Every rank makes its transport with
+    /// the same table.
+    ///
+    /// Set `UCX_KEEPALIVE_INTERVAL` (or the context's `KEEPALIVE_INTERVAL`)
+    /// to how soon a dead peer must be noticed.
+    ///
+    /// # Errors
+    /// `InvalidInput` for a rank outside the table or a table of more than
+    /// [`MAX_RANKS`]; what UCX reports connecting.
+    pub fn new(worker: &Worker, rank: Rank, addresses: &[WorkerAddress]) -> Result<Self> {
+        let size = addresses.len();
+        if rank >= size || size > MAX_RANKS {
+            return Err(Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("rank {rank} of a table of {size} worker addresses (at most {MAX_RANKS} ranks)"),
+            ));
+        }
+        let mut eps = Vec::with_capacity(size);
+        for (peer, address) in addresses.iter().enumerate() {
+            if peer == rank {
+                eps.push(None);
+                continue;
+            }
+            let ep = worker
+                .connect(address)
+                .map_err(|e| Error::new(e.kind(), format!("connecting to rank {peer}: {e}")))?;
+            eps.push(Some(Arc::new(ep)));
+        }
+        let shared = Arc::new(Shared {
+            core: Core::new(rank, size),
+            worker: worker.clone(),
+            eps,
+            next_long: (0..size).map(|_| AtomicU32::new(0)).collect(),
+        });
+        // Held weakly: dropping the transport drops them.
+        let weak = Arc::downgrade(&shared);
+        shared
+            .core
+            .background
+            .spawn(receive_frames(worker.clone(), weak.clone()));
+        for (peer, ep) in shared.eps.iter().enumerate() {
+            if let Some(ep) = ep {
+                shared.core.background.spawn(watch(peer, ep.clone(), weak.clone()));
+            }
+        }
+        Ok(Self { rank, shared })
+    }
+
+    /// This rank's transport on `worker`, the ranks' worker addresses
+    /// exchanged over the connections `boot` makes (which are closed
+    /// afterwards). Every rank of the job calls it.
+    ///
+    /// # Errors
+    /// As [`Bootstrap::connect`](super::bootstrap::Bootstrap::connect) and
+    /// [`exchange`](super::bootstrap::exchange); a malformed address from
+    /// a peer; as [`new`](Self::new).
+    pub fn bootstrap(worker: &Worker, boot: &super::bootstrap::Bootstrap) -> Result<Self> {
+        let mut links = boot.connect()?;
+        let blobs = super::bootstrap::exchange(&mut links, boot.rank(), worker.address().as_bytes(), boot.deadline())?;
+        let addresses = addresses_of(blobs)?;
+        Self::new(worker, boot.rank(), &addresses)
+    }
+
+    /// The worker the transport's operations run on.
+    pub fn worker(&self) -> &Worker {
+        &self.shared.worker
+    }
+}
+
+impl Drop for UcxTransport {
+    /// Says goodbye to every peer (a frame, then the stream byte, so the
+    /// frames sent before it are all in when the stream ends), and takes
+    /// the peers' goodbyes while they come, for at most a second:
+    /// a frame that arrives after the worker stopped taking frames stays
+    /// in UCX, which warns of it when the worker goes. The endpoints then
+    /// close after flushing (operations still in flight keep them
+    /// open until they finish).
+    fn drop(&mut self) {
+        let this = &*self.shared;
+        let frame = frame_header(control_key(GOODBYE, 0), 0, 0);
+        let mut pending: Vec<TransportFuture> = Vec::new();
+        for ep in this.eps.iter().flatten() {
+            let (ep, frame, sender) = (ep.clone(), frame.clone(), this.core.rank);
+            pending.push(Box::pin(async move {
+                let (sent, frame) = ep.write_at(Tag(tag(FRAME, sender, 0)), frame).await.into_parts();
+                if sent.is_ok() {
+                    let _ = ep.write_all(vec![LEAVING]).await;
+                }
+                BufResult(sent.map(drop), frame)
+            }));
+        }
+        let deadline = Instant::now() + GOODBYE_WAIT;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let peers_left = |inbox: &super::Inbox| (0..this.eps.len()).all(|r| r == this.core.rank || inbox.is_gone(r));
+        while Instant::now() < deadline {
+            pending.retain_mut(|f| f.as_mut().poll(&mut cx).is_pending());
+            this.core.background.drive(&mut cx);
+            if pending.is_empty() && (peers_left(&this.core.inbox) || this.core.inbox.is_broken()) {
+                break;
+            }
+            if !this.worker.drive().progress {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+    }
+}
+
+/// The worker addresses in `blobs` (one per rank, as peers sent them).
+///
+/// # Errors
+/// `InvalidData` naming the rank whose blob is not a worker address.
+pub(crate) fn addresses_of(blobs: Vec<Vec<u8>>) -> Result<Vec<WorkerAddress>> {
+    blobs
+        .iter()
+        .enumerate()
+        .map(|(r, b)| {
+            WorkerAddress::from_bytes(b).map_err(|e| {
+                Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("rank {r} sent no worker address: {e}"),
+                )
+            })
+        })
+        .collect()
+}
+
+fn control_key(what: u32, step: u32) -> Key {
+    Key {
+        comm: CONTROL_COMM,
+        seq: what,
+        step,
+        chunk: 0,
+    }
+}
+
+fn malformed(from: Rank, what: &str) -> Error {
+    Error::new(
+        std::io::ErrorKind::InvalidData,
+        format!("a malformed message from rank {from} ({what})"),
+    )
+}
+
+/// Takes frames from every rank and files them in the inbox (a long
+/// message's frame starts the receive of its rest), until UCX fails the
+/// receive or a frame is malformed: then the group is broken.
+fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
+    Box::pin(async move {
+        let frames = TagMatch {
+            tag: FRAME << 48,
+            mask: KIND_MASK,
+        };
+        let mut frame = Vec::with_capacity(FRAME_HEADER + INLINE);
+        let reason = loop {
+            frame.clear();
+            let BufResult(res, buf) = worker.tag_recv(frames, frame).await;
+            frame = buf;
+            let info = match res {
+                Ok(info) => info,
+                Err(e) => break e,
+            };
+            let from = ((info.tag >> 32) & 0xFFFF) as Rank;
+            let number = info.tag as u32;
+            let Some(shared) = shared.upgrade() else { return };
+            if from >= shared.eps.len() || from == shared.core.rank {
+                break malformed(from, "a sender outside the group");
+            }
+            let Some((key, len)) = parse_frame_header(&frame) else {
+                break malformed(from, "a frame shorter than its header, or longer than memory");
+            };
+            if key.comm == CONTROL_COMM {
+                match key.seq {
+                    GOODBYE => {
+                        tracing::debug!(from, "mfio-coll UCX: rank said goodbye");
+                        shared.core.inbox.close(from);
+                    }
+                    LOST => {
+                        let why = String::from_utf8_lossy(&frame[FRAME_HEADER..]);
+                        shared
+                            .core
+                            .inbox
+                            .poison(format!("rank {} is gone (rank {from} lost it: {why})", key.step));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if len > INLINE {
+                let rest = receive_rest(worker.clone(), Arc::downgrade(&shared), from, key, len, number);
+                shared.core.background.spawn(rest);
+                continue;
+            }
+            if frame.len() != FRAME_HEADER + len {
+                break malformed(from, "a frame of another length than it says");
+            }
+            shared.core.inbox.deliver(from, key, frame[FRAME_HEADER..].to_vec());
+        };
+        tracing::debug!(error = %reason, "mfio-coll UCX: the receive of frames failed");
+        if let Some(shared) = shared.upgrade() {
+            shared.core.inbox.poison(format!("the UCX transport failed: {reason}"));
+        }
+    })
+}
+
+/// Receives the rest of a long message (message `number` from `from`) and
+/// files it under `key`.
+fn receive_rest(worker: Worker, shared: Weak<Shared>, from: Rank, key: Key, len: usize, number: u32) -> Task {
+    Box::pin(async move {
+        let mut rest = Vec::new();
+        let failure = if rest.try_reserve_exact(len).is_err() {
+            Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!("no memory for a {len}-byte message from rank {from} ({key})"),
+            )
+        } else {
+            let BufResult(res, rest) = worker.tag_recv(TagMatch::exact(tag(BULK, from, number)), rest).await;
+            match res {
+                Ok(info) if info.len == len => {
+                    if let Some(shared) = shared.upgrade() {
+                        shared.core.inbox.deliver(from, key, rest);
+                    }
+                    return;
+                }
+                Ok(_) => malformed(from, "a message of another length than its frame says"),
+                Err(e) => e,
+            }
+        };
+        if let Some(shared) = shared.upgrade() {
+            shared.lost(from, &failure.to_string());
+        }
+    })
+}
+
+/// Watches the stream to `peer`: a goodbye byte then its end is a rank that
+/// left on purpose (its goodbye frame closes it in the inbox); an end
+/// without one, or a failure, is a rank lost.
+fn watch(peer: Rank, ep: Arc<Endpoint>, shared: Weak<Shared>) -> Task {
+    Box::pin(async move {
+        let mut leaving = false;
+        let why = loop {
+            let BufResult(res, got) = ep.read(Vec::with_capacity(16)).await;
+            match res {
+                Ok(0) if leaving => return,
+                Ok(0) => break "its connection ended without a goodbye".to_string(),
+                Ok(_) => leaving |= got.contains(&LEAVING),
+                Err(e) => break e.to_string(),
+            }
+        };
+        tracing::debug!(peer, %why, "mfio-coll UCX: rank lost");
+        if let Some(shared) = shared.upgrade() {
+            shared.lost(peer, &why);
+        }
+    })
+}
+
+impl Linked for Shared {
+    fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Rank `peer` is lost: the group is broken, every receive with nothing
+    /// waiting fails naming it, and the other ranks hear of it. Once per
+    /// group.
+    fn lost(&self, peer: Rank, why: &str) {
+        if !self.core.inbox.poison(format!("rank {peer} is gone: {why}")) {
+            return;
+        }
+        let mut frame = frame_header(control_key(LOST, peer as u32), why.len(), why.len());
+        frame.extend_from_slice(why.as_bytes());
+        for (to, ep) in self.eps.iter().enumerate() {
+            let Some(ep) = ep.clone().filter(|_| to != peer) else {
+                continue;
+            };
+            let (frame, sender) = (frame.clone(), self.core.rank);
+            // Started by the drive that runs this, so it is posted at once.
+            self.core.background.spawn(Box::pin(async move {
+                if let Err(e) = ep.write_at(Tag(tag(FRAME, sender, 0)), frame).await.0 {
+                    tracing::debug!(to, error = %e, "mfio-coll UCX: could not tell a rank of a loss");
+                }
+            }));
+        }
+    }
+}
+
+impl Transport for UcxTransport {
+    fn rank(&self) -> Rank {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.shared.eps.len()
+    }
+
+    fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
+        let data = match linked::check_send(&*self.shared, to, key, data) {
+            Ok(data) => data,
+            Err(done) => return done,
+        };
+        let shared = self.shared.clone();
+        linked::driven(&*self.shared, async move {
+            let Some(ep) = shared.eps[to].clone() else {
+                return BufResult(Err(super::no_such_rank(to, shared.eps.len())), data);
+            };
+            let me = shared.core.rank;
+            let (res, data) = if data.len() <= INLINE {
+                let mut frame = frame_header(key, data.len(), data.len());
+                frame.extend_from_slice(&data);
+                (ep.write_at(Tag(tag(FRAME, me, 0)), frame).await.0.map(drop), data)
+            } else {
+                let number = shared.next_long[to].fetch_add(1, Ordering::Relaxed);
+                let frame = frame_header(key, data.len(), 0);
+                let (framed, BufResult(rest, data)) = futures_util::future::join(
+                    ep.write_at(Tag(tag(FRAME, me, number)), frame),
+                    ep.write_at(Tag(tag(BULK, me, number)), data),
+                )
+                .await;
+                (framed.0.and(rest).map(drop), data)
+            };
+            let Err(e) = res else {
+                return BufResult(Ok(()), data);
+            };
+            // A failed endpoint: once its end is understood (a goodbye, or
+            // news of a lost rank), say why.
+            let why = if ep.is_failed() {
+                std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await
+            } else {
+                None
+            };
+            BufResult(Err(linked::send_failed(to, key, why, e)), data)
+        })
+    }
+
+    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
+        linked::recv(self.shared.clone(), from, key, buf)
+    }
+}
