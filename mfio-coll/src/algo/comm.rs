@@ -130,9 +130,17 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
             + 'static,
     {
         let (t, id) = (self.transport.clone(), self.next());
+        // Made here, so that a future dropped before its first poll forgets
+        // the collective too.
+        let abandon = Abandon {
+            t: t.clone(),
+            id,
+            finished: false,
+        };
         CollFuture::boxed(async move {
             let mut bufs = bufs;
             let res = body(&*t, id, &mut bufs).await;
+            abandon.finished();
             BufResult(res, bufs)
         })
     }
@@ -146,6 +154,29 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
             chosen
         } else {
             Algorithm::RecursiveDoubling
+        }
+    }
+}
+
+/// Tells the transport that a collective was dropped before it finished,
+/// so that its messages are not kept for ever ([`Transport::forget`]).
+struct Abandon {
+    t: Arc<dyn Transport>,
+    id: CollId,
+    finished: bool,
+}
+
+impl Abandon {
+    /// The collective finished: nothing to forget.
+    fn finished(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Abandon {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.t.forget(self.id);
         }
     }
 }

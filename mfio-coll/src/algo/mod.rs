@@ -94,21 +94,64 @@ async fn send<T: Element>(t: &dyn Transport, to: Rank, key: Key, data: &[T]) -> 
     t.send(to, key, bytemuck::cast_slice(data).to_vec()).await.0
 }
 
-/// Receives `n` elements from `from` under `key`.
-async fn recv<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> Result<Vec<T>> {
+/// Receives the bytes of `n` elements from `from` under `key`.
+async fn recv_bytes<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> Result<Vec<u8>> {
     let bytes = n.checked_mul(size_of::<T>()).ok_or_else(|| too_long(n))?;
+    // Zeroed pages nobody touches: the transport hands back the message's
+    // own buffer rather than copying into this one.
     let (res, buf) = t.recv(from, key, vec![0u8; bytes]).await.into_parts();
-    res?;
-    // A byte vector need not be aligned for `T`: copied into one that is.
-    let mut out = vec![T::zeroed(); n];
-    bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&buf);
-    Ok(out)
+    res.map(|()| buf)
+}
+
+/// Elements received: the message's own bytes seen as `T`, or an aligned
+/// copy of them where the message's buffer is not aligned for `T`.
+enum Received<T> {
+    Bytes(Vec<u8>),
+    Copied(Vec<T>),
+}
+
+impl<T: Element> std::ops::Deref for Received<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            // Alignment and length were checked when it was made.
+            Received::Bytes(b) => bytemuck::cast_slice(b),
+            Received::Copied(v) => v,
+        }
+    }
+}
+
+impl<T: Element> Received<T> {
+    fn new(buf: Vec<u8>) -> Self {
+        if bytemuck::try_cast_slice::<u8, T>(&buf).is_ok() {
+            return Received::Bytes(buf);
+        }
+        let mut out = vec![T::zeroed(); buf.len() / size_of::<T>().max(1)];
+        bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&buf);
+        Received::Copied(out)
+    }
+
+    /// The elements as a vector of their own.
+    fn into_vec(self) -> Vec<T> {
+        match self {
+            Received::Bytes(b) => bytemuck::cast_slice(&b).to_vec(),
+            Received::Copied(v) => v,
+        }
+    }
+}
+
+/// Receives `n` elements from `from` under `key`, without copying them
+/// where the message's buffer is aligned for `T` (the allocator's usual
+/// alignment is enough for every element type).
+async fn recv<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> Result<Received<T>> {
+    recv_bytes::<T>(t, from, key, n).await.map(Received::new)
 }
 
 /// Receives `into.len()` elements from `from` under `key` into `into`.
 async fn recv_into<T: Element>(t: &dyn Transport, from: Rank, key: Key, into: &mut [T]) -> Result<()> {
-    let got = recv::<T>(t, from, key, into.len()).await?;
-    into.copy_from_slice(&got);
+    let buf = recv_bytes::<T>(t, from, key, into.len()).await?;
+    bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(&buf);
     Ok(())
 }
 
@@ -121,7 +164,7 @@ async fn exchange<T: Element>(
     key: Key,
     data: &[T],
     n: usize,
-) -> Result<Vec<T>> {
+) -> Result<Received<T>> {
     let (sent, got) = futures_util::future::join(send(t, to, key, data), recv::<T>(t, from, key, n)).await;
     sent?;
     got
@@ -152,7 +195,8 @@ async fn ring_pass_blocks<T: Element>(
 
 /// `acc = acc ∘ higher`, where `higher` holds the values of higher ranks
 /// (the order a non-commutative operation needs).
-fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], mut higher: Vec<T>) {
+fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], higher: Received<T>) {
+    let mut higher = higher.into_vec();
     op.apply(acc, &mut higher);
     acc.copy_from_slice(&higher);
 }

@@ -46,7 +46,7 @@ async fn prefix<T: Element>(t: &dyn Transport, id: CollId, buf: &mut [T], op: &R
                     op.apply(&lower, &mut acc);
                     acc
                 }
-                None => lower,
+                None => lower.into_vec(),
             });
         }
         dist *= 2;

@@ -68,7 +68,9 @@ async fn scatter<T: Element>(
                 .flat_map(|v| send[real(v) * b..(real(v) + 1) * b].iter().copied())
                 .collect()
         }
-        Some(parent) => super::recv::<T>(t, real(parent), key, tree.span(rel) * b).await?,
+        Some(parent) => super::recv::<T>(t, real(parent), key, tree.span(rel) * b)
+            .await?
+            .into_vec(),
     };
     let sends = tree.children(rel).into_iter().map(|child| {
         let from = (child - rel) * b;

@@ -17,7 +17,7 @@ use super::comm::MpiComm;
 use super::p2p::{Source, TagMatch};
 use crate::comm::{Communicator, Rank, Tag};
 use crate::transport::linked::{self, Core, Linked};
-use crate::transport::{frame_header, parse_frame_header, Key, Transport, TransportFuture, FRAME_HEADER};
+use crate::transport::{frame_header, parse_frame_header, CollId, Key, Transport, TransportFuture, FRAME_HEADER};
 
 /// Tag of frames (header and the start of the message).
 const FRAME: Tag = 1;
@@ -251,6 +251,14 @@ impl Transport for MpiTransport {
                 futures_util::future::join(comm.send(to, FRAME, frame), comm.send(to, BULK, data)).await;
             BufResult(framed.result().and(rest.result()).map(drop), data)
         })
+    }
+
+    fn forget(&self, coll: CollId) {
+        self.shared.core.inbox.forget(coll.comm, coll.seq);
+    }
+
+    fn unclaimed(&self) -> usize {
+        self.shared.core.inbox.waiting()
     }
 
     fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {

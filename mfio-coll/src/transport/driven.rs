@@ -10,21 +10,33 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 
 use parking_lot::Mutex;
+use slab::Slab;
 
 /// A piece of background work.
 pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// A waker that wakes every waker registered since it last fired.
+/// A waker that wakes the waker of every operation still registered: one
+/// slot per pending operation, taken back when the operation goes, so the
+/// set never outgrows the operations in flight (however rarely it fires).
 #[derive(Default)]
 struct WakeAll {
-    wakers: Mutex<Vec<Waker>>,
+    wakers: Mutex<Slab<Waker>>,
 }
 
 impl WakeAll {
-    fn register(&self, waker: &Waker) {
+    /// Registers `waker` in `slot` (taking a slot the first time).
+    fn register(&self, waker: &Waker, slot: &mut Option<usize>) {
         let mut ws = self.wakers.lock();
-        if !ws.iter().any(|w| w.will_wake(waker)) {
-            ws.push(waker.clone());
+        match slot.and_then(|k| ws.get_mut(k)) {
+            Some(w) if w.will_wake(waker) => {}
+            Some(w) => w.clone_from(waker),
+            None => *slot = Some(ws.insert(waker.clone())),
+        }
+    }
+
+    fn release(&self, slot: Option<usize>) {
+        if let Some(k) = slot {
+            self.wakers.lock().try_remove(k);
         }
     }
 }
@@ -35,7 +47,7 @@ impl Wake for WakeAll {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let ws = std::mem::take(&mut *self.wakers.lock());
+        let ws: Vec<Waker> = self.wakers.lock().iter().map(|(_, w)| w.clone()).collect();
         for w in ws {
             w.wake();
         }
@@ -57,10 +69,11 @@ impl Background {
         self.queued.lock().push(task);
     }
 
-    /// Runs the work that can make progress; registers `cx` to hear when
-    /// more can. Whoever holds the work polls it for everyone.
-    pub(crate) fn drive(&self, cx: &mut Context<'_>) {
-        self.waiting.register(cx.waker());
+    /// Runs the work that can make progress; registers `cx` in `slot` (an
+    /// operation's own, released by [`release`](Self::release)) to hear
+    /// when more can. Whoever holds the work polls it for everyone.
+    pub(crate) fn drive(&self, cx: &mut Context<'_>, slot: &mut Option<usize>) {
+        self.waiting.register(cx.waker(), slot);
         let Some(mut tasks) = self.tasks.try_lock() else {
             return;
         };
@@ -75,20 +88,109 @@ impl Background {
             }
         }
     }
+
+    /// Gives back a slot [`drive`](Self::drive) took.
+    pub(crate) fn release(&self, slot: Option<usize>) {
+        self.waiting.release(slot);
+    }
 }
 
 /// An operation of a transport that runs the transport's background work
 /// whenever it is polled.
 pub(crate) struct Driven<F> {
-    pub(crate) background: Arc<Background>,
-    pub(crate) inner: Pin<Box<F>>,
+    background: Arc<Background>,
+    inner: Pin<Box<F>>,
+    /// Its waker's slot among the background work's waiters.
+    slot: Option<usize>,
+}
+
+impl<F> Driven<F> {
+    /// `inner`, running `background` whenever it is polled.
+    pub(crate) fn new(background: Arc<Background>, inner: F) -> Self {
+        Self {
+            background,
+            inner: Box::pin(inner),
+            slot: None,
+        }
+    }
 }
 
 impl<F: Future> Future for Driven<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.background.drive(cx);
-        self.inner.as_mut().poll(cx)
+        let this = &mut *self;
+        this.background.drive(cx, &mut this.slot);
+        let out = this.inner.as_mut().poll(cx);
+        if out.is_ready() {
+            this.background.release(this.slot.take());
+        }
+        out
+    }
+}
+
+impl<F> Drop for Driven<F> {
+    fn drop(&mut self) {
+        self.background.release(self.slot.take());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A waker of its own (distinct from every other) that counts wakes.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn waiters_never_outnumber_the_operations_in_flight() {
+        let background = Arc::new(Background::default());
+        // Background work that never progresses: the waiters' set is
+        // never emptied by a wake.
+        background.spawn(Box::pin(std::future::pending()));
+        let mut pending = Vec::new();
+        for i in 0..1000 {
+            let count = Arc::new(Count(AtomicUsize::new(0)));
+            let waker = Waker::from(count);
+            let mut cx = Context::from_waker(&waker);
+            let mut op = Box::pin(Driven::new(background.clone(), std::future::ready(i)));
+            assert_eq!(op.as_mut().poll(&mut cx), Poll::Ready(i));
+            // Half of them pending for a while, then dropped unfinished.
+            let mut waiting = Box::pin(Driven::new(background.clone(), std::future::pending::<()>()));
+            assert!(waiting.as_mut().poll(&mut cx).is_pending());
+            if i % 2 == 0 {
+                pending.push(waiting);
+            }
+        }
+        assert_eq!(background.waiting.wakers.lock().len(), 500, "one per pending operation");
+        drop(pending);
+        assert_eq!(background.waiting.wakers.lock().len(), 0);
+    }
+
+    #[test]
+    fn progress_wakes_every_pending_operation() {
+        let background = Arc::new(Background::default());
+        let counts: Vec<Arc<Count>> = (0..3).map(|_| Arc::new(Count(AtomicUsize::new(0)))).collect();
+        let mut ops: Vec<_> = counts
+            .iter()
+            .map(|c| {
+                let mut op = Box::pin(Driven::new(background.clone(), std::future::pending::<()>()));
+                let waker = Waker::from(c.clone());
+                assert!(op.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+                op
+            })
+            .collect();
+        Waker::from(background.waiting.clone()).wake();
+        for c in &counts {
+            assert_eq!(c.0.load(Ordering::Relaxed), 1);
+        }
+        ops.clear();
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mfio_core::BufResult;
 
-use super::{no_such_rank, Key, Transport, TransportFuture};
+use super::{no_such_rank, CollId, Key, Transport, TransportFuture};
 use crate::comm::Rank;
 
 /// Ranks `members` of `base` (in that order) as ranks `0..members.len()`.
@@ -51,5 +51,13 @@ impl Transport for SubGroup {
             Some(r) => self.base.recv(r, key, buf),
             None => Box::pin(std::future::ready(BufResult(Err(no_such_rank(from, self.size())), buf))),
         }
+    }
+
+    fn forget(&self, coll: CollId) {
+        self.base.forget(coll);
+    }
+
+    fn unclaimed(&self) -> usize {
+        self.base.unclaimed()
     }
 }

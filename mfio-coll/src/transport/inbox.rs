@@ -28,6 +28,9 @@ struct State {
     broken: Option<String>,
     /// Waiting to hear that a sender left or the group broke.
     ending: Vec<Waker>,
+    /// Collectives (communicator, sequence number) this rank abandoned:
+    /// their messages are dropped on arrival.
+    forgotten: HashSet<(u32, u32)>,
 }
 
 #[derive(Default)]
@@ -47,6 +50,9 @@ impl Inbox {
     pub fn deliver(&self, from: Rank, key: Key, data: Vec<u8>) {
         let waker = {
             let mut st = self.state.lock();
+            if st.forgotten.contains(&(key.comm, key.seq)) {
+                return;
+            }
             let slot = st.slots.entry((from, key)).or_default();
             slot.arrived.push_back(data);
             slot.waker.take()
@@ -142,6 +148,15 @@ impl Inbox {
         Poll::Pending
     }
 
+    /// Drops the messages of collective `seq` on communicator `comm`, now
+    /// and when they arrive: this rank abandoned it, so nothing will take
+    /// them.
+    pub fn forget(&self, comm: u32, seq: u32) {
+        let mut st = self.state.lock();
+        st.forgotten.insert((comm, seq));
+        st.slots.retain(|(_, key), _| (key.comm, key.seq) != (comm, seq));
+    }
+
     /// Whether the group broke ([`poison`](Self::poison)).
     pub fn is_broken(&self) -> bool {
         self.state.lock().broken.is_some()
@@ -189,6 +204,25 @@ mod tests {
         assert_eq!(take(key(0)), b"again");
         assert_eq!(take(key(1)), b"second step");
         assert_eq!(inbox.waiting(), 0);
+    }
+
+    #[test]
+    fn a_forgotten_collective_keeps_none_of_its_messages() {
+        let inbox = Inbox::new();
+        let other = Key { seq: 3, ..key(0) };
+        inbox.deliver(1, key(0), vec![1]);
+        inbox.deliver(1, key(1), vec![2]);
+        inbox.deliver(1, other, vec![3]);
+        inbox.forget(1, 2);
+        assert_eq!(inbox.waiting(), 1, "only the other collective's message stays");
+        inbox.deliver(2, key(5), vec![4]);
+        assert_eq!(
+            inbox.waiting(),
+            1,
+            "a late message of the forgotten collective is dropped"
+        );
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(matches!(inbox.poll_take(1, other, &mut cx), Poll::Ready(Ok(d)) if d == [3]));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use mfio_core::{BufResult, Error};
 
 use super::driven::{Background, Driven};
-use super::{fill_exact, no_such_rank, Inbox, Key, TransportFuture, CONTROL_COMM};
+use super::{no_such_rank, take_exact, Inbox, Key, TransportFuture, CONTROL_COMM};
 use crate::comm::Rank;
 
 /// What every wire transport keeps: where this rank is, what it received,
@@ -94,7 +94,7 @@ pub(crate) fn send_failed(to: Rank, key: Key, why: Option<String>, e: Error) -> 
 /// `key` from the inbox into `buf` (its length expected). Waiting for a
 /// message its sender left without sending means the collective cannot
 /// finish anywhere: that sender is lost.
-pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, mut buf: Vec<u8>) -> TransportFuture {
+pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
     let core = link.core();
     if from >= core.size {
         return ready(Err(no_such_rank(from, core.size)), buf);
@@ -108,13 +108,9 @@ pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, mut buf: Vec<u
                 link.lost(from, &e.to_string());
             }
         }
-        let res = fill_exact(from, key, taken, &mut buf);
-        BufResult(res, buf)
+        take_exact(from, key, taken, buf)
     };
-    Box::pin(Driven {
-        background,
-        inner: Box::pin(inner),
-    })
+    Box::pin(Driven::new(background, inner))
 }
 
 /// `inner` (a send on the wire) as a transport operation, which runs the
@@ -123,8 +119,5 @@ pub(crate) fn driven<L: Linked + ?Sized>(
     link: &L,
     inner: impl std::future::Future<Output = BufResult<(), Vec<u8>>> + Send + 'static,
 ) -> TransportFuture {
-    Box::pin(Driven {
-        background: link.core().background.clone(),
-        inner: Box::pin(inner),
-    })
+    Box::pin(Driven::new(link.core().background.clone(), inner))
 }

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use mfio_core::BufResult;
 use parking_lot::Mutex;
 
-use super::{fill_exact, no_such_rank, Inbox, Key, Transport, TransportFuture};
+use super::{no_such_rank, take_exact, CollId, Inbox, Key, Transport, TransportFuture};
 use crate::comm::Rank;
 
 /// One rank of a group made by [`LocalTransport::group`]. Dropping it
@@ -114,7 +114,15 @@ impl Transport for LocalTransport {
         })
     }
 
-    fn recv(&self, from: Rank, key: Key, mut buf: Vec<u8>) -> TransportFuture {
+    fn forget(&self, coll: CollId) {
+        self.inboxes[self.rank].forget(coll.comm, coll.seq);
+    }
+
+    fn unclaimed(&self) -> usize {
+        self.inboxes[self.rank].waiting()
+    }
+
+    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
         let yields = Yield { left: self.yields() };
         let (me, inboxes) = (self.rank, self.inboxes.clone());
         Box::pin(async move {
@@ -124,8 +132,7 @@ impl Transport for LocalTransport {
                 return BufResult(Err(no_such_rank(from, size)), buf);
             }
             let taken = std::future::poll_fn(|cx| inboxes[me].poll_take(from, key, cx)).await;
-            let res = fill_exact(from, key, taken, &mut buf);
-            BufResult(res, buf)
+            take_exact(from, key, taken, buf)
         })
     }
 }

@@ -122,8 +122,10 @@ pub trait Transport: Send + Sync {
     /// if the peer is gone.
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture;
 
-    /// Receives the message rank `from` sent under `key` into `buf`, whose
-    /// length is the length expected.
+    /// Receives the message rank `from` sent under `key`; `buf`'s length
+    /// is the length expected. The buffer it resolves with holds the
+    /// message: `buf` itself, or (to spare a copy) the buffer the message
+    /// arrived in, of the same length.
     ///
     /// # Errors
     /// - `InvalidInput` for a rank outside the group.
@@ -131,6 +133,15 @@ pub trait Transport: Send + Sync {
     ///   [`wrong_length`]); the message is consumed and `buf` unchanged.
     /// - The transport's error if the sender is gone before it sent.
     fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture;
+
+    /// This rank abandoned collective `coll` (its future was dropped): its
+    /// messages, waiting or still to come, are dropped rather than kept
+    /// for a receive that will never come.
+    fn forget(&self, coll: CollId);
+
+    /// Messages received and not yet taken (early ones, and any nobody
+    /// will take: a leak shows here).
+    fn unclaimed(&self) -> usize;
 }
 
 /// The error of a receive whose message has `got` bytes where `want` were
@@ -175,21 +186,19 @@ pub(crate) fn parse_frame_header(bytes: &[u8]) -> Option<(Key, usize)> {
     Some((key, usize::try_from(len).ok()?))
 }
 
-/// Copies a message `from` sent under `key` into `buf`, which must have
-/// its length ([`wrong_length`] otherwise, `buf` unchanged).
-pub(crate) fn fill_exact(
+/// A receive's outcome from the message `from` sent under `key`: the
+/// message's own buffer if it has `buf`'s length (no copy: `buf` is
+/// dropped), else [`wrong_length`] with `buf` unchanged.
+pub(crate) fn take_exact(
     from: Rank,
     key: Key,
     taken: mfio_core::Result<Vec<u8>>,
-    buf: &mut [u8],
-) -> mfio_core::Result<()> {
+    buf: Vec<u8>,
+) -> BufResult<(), Vec<u8>> {
     match taken {
-        Ok(data) if data.len() == buf.len() => {
-            buf.copy_from_slice(&data);
-            Ok(())
-        }
-        Ok(data) => Err(wrong_length(from, key, data.len(), buf.len())),
-        Err(e) => Err(e),
+        Ok(data) if data.len() == buf.len() => BufResult(Ok(()), data),
+        Ok(data) => BufResult(Err(wrong_length(from, key, data.len(), buf.len())), buf),
+        Err(e) => BufResult(Err(e), buf),
     }
 }
 

@@ -30,7 +30,7 @@ use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result};
 use super::driven::Task;
 use super::linked::{self, Core, Linked};
 use super::{
-    frame_header, no_such_rank, parse_frame_header, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER,
+    frame_header, no_such_rank, parse_frame_header, CollId, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER,
 };
 use crate::comm::Rank;
 
@@ -344,6 +344,14 @@ impl Transport for TcpTransport {
             let why = std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await;
             BufResult(Err(linked::send_failed(to, key, why, e)), data)
         })
+    }
+
+    fn forget(&self, coll: CollId) {
+        self.shared.core.inbox.forget(coll.comm, coll.seq);
+    }
+
+    fn unclaimed(&self) -> usize {
+        self.shared.core.inbox.waiting()
     }
 
     fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {

@@ -24,7 +24,9 @@
 //! fails naming it, and the other ranks are told, as over TCP.
 //!
 //! The transport's operations run on its worker: drive the worker
-//! (`block_on`, or a host runtime) while they are pending.
+//! (`block_on`, or a host runtime) while they are pending. It takes every
+//! tag message whose top 16 bits are `0x6D66` or `0x6D62`; other traffic
+//! on the same worker must leave those tags alone.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
@@ -36,7 +38,7 @@ use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use super::driven::Task;
 use super::linked::{self, Core, Linked};
-use super::{frame_header, parse_frame_header, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER};
+use super::{frame_header, parse_frame_header, CollId, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER};
 use crate::comm::Rank;
 
 /// Bytes of a message that travel in its frame.
@@ -189,10 +191,11 @@ impl Drop for UcxTransport {
         }
         let deadline = Instant::now() + GOODBYE_WAIT;
         let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut slot = None;
         let peers_left = |inbox: &super::Inbox| (0..this.eps.len()).all(|r| r == this.core.rank || inbox.is_gone(r));
         while Instant::now() < deadline {
             pending.retain_mut(|f| f.as_mut().poll(&mut cx).is_pending());
-            this.core.background.drive(&mut cx);
+            this.core.background.drive(&mut cx, &mut slot);
             if pending.is_empty() && (peers_left(&this.core.inbox) || this.core.inbox.is_broken()) {
                 break;
             }
@@ -200,6 +203,7 @@ impl Drop for UcxTransport {
                 std::thread::sleep(Duration::from_micros(200));
             }
         }
+        this.core.background.release(slot);
     }
 }
 
@@ -283,6 +287,9 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
                 continue;
             }
             if len > INLINE {
+                if frame.len() != FRAME_HEADER {
+                    break malformed(from, "a long message's frame carrying bytes");
+                }
                 let rest = receive_rest(worker.clone(), Arc::downgrade(&shared), from, key, len, number);
                 shared.core.background.spawn(rest);
                 continue;
@@ -425,6 +432,14 @@ impl Transport for UcxTransport {
             };
             BufResult(Err(linked::send_failed(to, key, why, e)), data)
         })
+    }
+
+    fn forget(&self, coll: CollId) {
+        self.shared.core.inbox.forget(coll.comm, coll.seq);
+    }
+
+    fn unclaimed(&self) -> usize {
+        self.shared.core.inbox.waiting()
     }
 
     fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
