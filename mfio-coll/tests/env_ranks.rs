@@ -37,7 +37,7 @@ use mfio_coll::transport::tcp::{Liveness, TcpTransport};
 use mfio_coll::transport::ucx::UcxTransport;
 use mfio_coll::transport::{CollId, Transport};
 use mfio_coll::ReduceOp;
-use mfio_core::{BufResult, IoBackendExt};
+use mfio_core::IoBackendExt;
 
 /// How long the whole run may take before the rank gives up.
 const LIMIT: Duration = Duration::from_secs(120);
@@ -118,8 +118,7 @@ fn early_exit(rt: &Driver, t: Box<dyn Transport>) -> Result<(), String> {
     let lost = size - 1;
     // A receive from the rank that left names it.
     let key = CollId { comm: 9, seq: 0 }.key(0, 0);
-    let BufResult(res, _) = rt.block_on(t.recv(lost, key, vec![0; 8]));
-    match res {
+    match rt.block_on(t.recv(lost, key, 8)) {
         Err(e) if e.to_string().contains(&format!("rank {lost}")) => {}
         other => return Err(format!("a receive from the departed rank {lost} gave {other:?}")),
     }

@@ -89,54 +89,67 @@ use crate::element::Element;
 use crate::reduce::ReduceOp;
 use crate::transport::{Key, Transport};
 
-/// Sends `data` to `to` under `key`.
+/// Sends `data` to `to` under `key`, from a buffer the transport may have
+/// kept (and gets back).
 async fn send<T: Element>(t: &dyn Transport, to: Rank, key: Key, data: &[T]) -> Result<()> {
-    t.send(to, key, bytemuck::cast_slice(data).to_vec()).await.0
+    let bytes: &[u8] = bytemuck::cast_slice(data);
+    let mut buf = t.buffer(bytes.len())?;
+    buf.extend_from_slice(bytes);
+    let (res, buf) = t.send(to, key, buf).await.into_parts();
+    t.recycle(buf);
+    res
 }
 
 /// Receives the bytes of `n` elements from `from` under `key`.
 async fn recv_bytes<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> Result<Vec<u8>> {
     let bytes = n.checked_mul(size_of::<T>()).ok_or_else(|| too_long(n))?;
-    // Zeroed pages nobody touches: the transport hands back the message's
-    // own buffer rather than copying into this one.
-    let (res, buf) = t.recv(from, key, vec![0u8; bytes]).await.into_parts();
-    res.map(|()| buf)
+    t.recv(from, key, bytes).await
 }
 
-/// Elements received: the message's own bytes seen as `T`, or an aligned
-/// copy of them where the message's buffer is not aligned for `T`.
-enum Received<T> {
-    Bytes(Vec<u8>),
+/// Elements received: the message's own bytes seen as `T` (given back to
+/// the transport when dropped), or an aligned copy of them where the
+/// message's buffer is not aligned for `T`.
+enum Received<'t, T> {
+    Bytes(Vec<u8>, &'t dyn Transport),
     Copied(Vec<T>),
 }
 
-impl<T: Element> std::ops::Deref for Received<T> {
+impl<T: Element> std::ops::Deref for Received<'_, T> {
     type Target = [T];
 
     fn deref(&self) -> &[T] {
         match self {
             // Alignment and length were checked when it was made.
-            Received::Bytes(b) => bytemuck::cast_slice(b),
+            Received::Bytes(b, _) => bytemuck::cast_slice(b),
             Received::Copied(v) => v,
         }
     }
 }
 
-impl<T: Element> Received<T> {
-    fn new(buf: Vec<u8>) -> Self {
+impl<'t, T: Element> Received<'t, T> {
+    fn new(buf: Vec<u8>, t: &'t dyn Transport) -> Self {
         if bytemuck::try_cast_slice::<u8, T>(&buf).is_ok() {
-            return Received::Bytes(buf);
+            return Received::Bytes(buf, t);
         }
         let mut out = vec![T::zeroed(); buf.len() / size_of::<T>().max(1)];
         bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&buf);
+        t.recycle(buf);
         Received::Copied(out)
     }
 
     /// The elements as a vector of their own.
-    fn into_vec(self) -> Vec<T> {
-        match self {
-            Received::Bytes(b) => bytemuck::cast_slice(&b).to_vec(),
-            Received::Copied(v) => v,
+    fn into_vec(mut self) -> Vec<T> {
+        match &mut self {
+            Received::Bytes(b, _) => bytemuck::cast_slice(b).to_vec(),
+            Received::Copied(v) => std::mem::take(v),
+        }
+    }
+}
+
+impl<T> Drop for Received<'_, T> {
+    fn drop(&mut self) {
+        if let Received::Bytes(b, t) = self {
+            t.recycle(std::mem::take(b));
         }
     }
 }
@@ -144,27 +157,28 @@ impl<T: Element> Received<T> {
 /// Receives `n` elements from `from` under `key`, without copying them
 /// where the message's buffer is aligned for `T` (the allocator's usual
 /// alignment is enough for every element type).
-async fn recv<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> Result<Received<T>> {
-    recv_bytes::<T>(t, from, key, n).await.map(Received::new)
+async fn recv<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> Result<Received<'_, T>> {
+    recv_bytes::<T>(t, from, key, n).await.map(|b| Received::new(b, t))
 }
 
 /// Receives `into.len()` elements from `from` under `key` into `into`.
 async fn recv_into<T: Element>(t: &dyn Transport, from: Rank, key: Key, into: &mut [T]) -> Result<()> {
     let buf = recv_bytes::<T>(t, from, key, into.len()).await?;
     bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(&buf);
+    t.recycle(buf);
     Ok(())
 }
 
 /// Sends `data` to `to` and receives `n` elements from `from`, both under
 /// `key`, at the same time (a ring or pairwise step).
-async fn exchange<T: Element>(
-    t: &dyn Transport,
+async fn exchange<'t, T: Element>(
+    t: &'t dyn Transport,
     to: Rank,
     from: Rank,
     key: Key,
     data: &[T],
     n: usize,
-) -> Result<Received<T>> {
+) -> Result<Received<'t, T>> {
     let (sent, got) = futures_util::future::join(send(t, to, key, data), recv::<T>(t, from, key, n)).await;
     sent?;
     got
@@ -195,7 +209,7 @@ async fn ring_pass_blocks<T: Element>(
 
 /// `acc = acc ∘ higher`, where `higher` holds the values of higher ranks
 /// (the order a non-commutative operation needs).
-fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], higher: Received<T>) {
+fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], higher: Received<'_, T>) {
     let mut higher = higher.into_vec();
     op.apply(acc, &mut higher);
     acc.copy_from_slice(&higher);

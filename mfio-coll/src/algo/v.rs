@@ -33,7 +33,7 @@ fn place<T: Element>(
     layout: &Counts,
     (me, own): (Rank, &[T]),
     froms: &[Rank],
-    got: Vec<Result<super::Received<T>>>,
+    got: Vec<Result<super::Received<'_, T>>>,
 ) -> Result<()> {
     recv_buf[region(layout, me)].copy_from_slice(own);
     for (&r, block) in froms.iter().zip(got) {

@@ -17,7 +17,9 @@ use super::comm::MpiComm;
 use super::p2p::{Source, TagMatch};
 use crate::comm::{Communicator, Rank, Tag};
 use crate::transport::linked::{self, Core, Linked};
-use crate::transport::{frame_header, parse_frame_header, CollId, Key, Transport, TransportFuture, FRAME_HEADER};
+use crate::transport::{
+    frame_header, parse_frame_header, CollId, Key, RecvFuture, Transport, TransportFuture, FRAME_HEADER,
+};
 
 /// Tag of frames (header and the start of the message).
 const FRAME: Tag = 1;
@@ -189,13 +191,11 @@ async fn read_frames(comm: Arc<MpiComm>, shared: Weak<Shared>) {
             }
             frame[FRAME_HEADER..].to_vec()
         } else {
-            let mut rest = Vec::new();
-            if rest.try_reserve_exact(len).is_err() {
-                break Error::new(
-                    std::io::ErrorKind::OutOfMemory,
-                    format!("no memory for a {len}-byte message from rank {from} ({key})"),
-                );
-            }
+            let rest = match shared.upgrade().map(|s| s.core.pool.take(len)) {
+                Some(Ok(rest)) => rest,
+                Some(Err(e)) => break Error::new(e.kind(), format!("{e} from rank {from} ({key})")),
+                None => return,
+            };
             let BufResult(res, rest) = comm.recv(Source::Rank(from), TagMatch::Tag(BULK), rest).await;
             match res {
                 Ok(i) if i.len == len => rest,
@@ -261,7 +261,15 @@ impl Transport for MpiTransport {
         self.shared.core.inbox.waiting()
     }
 
-    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
-        linked::recv(self.shared.clone(), from, key, buf)
+    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
+        linked::recv(self.shared.clone(), from, key, len)
+    }
+
+    fn buffer(&self, len: usize) -> Result<Vec<u8>> {
+        self.shared.core.pool.take(len)
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        self.shared.core.pool.put(buf);
     }
 }

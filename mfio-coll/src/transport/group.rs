@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mfio_core::BufResult;
 
-use super::{no_such_rank, CollId, Key, Transport, TransportFuture};
+use super::{no_such_rank, CollId, Key, RecvFuture, Transport, TransportFuture};
 use crate::comm::Rank;
 
 /// Ranks `members` of `base` (in that order) as ranks `0..members.len()`.
@@ -46,11 +46,19 @@ impl Transport for SubGroup {
         }
     }
 
-    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
+    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
         match self.base_rank(from) {
-            Some(r) => self.base.recv(r, key, buf),
-            None => Box::pin(std::future::ready(BufResult(Err(no_such_rank(from, self.size())), buf))),
+            Some(r) => self.base.recv(r, key, len),
+            None => Box::pin(std::future::ready(Err(no_such_rank(from, self.size())))),
         }
+    }
+
+    fn buffer(&self, len: usize) -> mfio_core::Result<Vec<u8>> {
+        self.base.buffer(len)
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        self.base.recycle(buf);
     }
 
     fn forget(&self, coll: CollId) {

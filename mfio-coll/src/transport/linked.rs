@@ -8,7 +8,8 @@ use std::sync::Arc;
 use mfio_core::{BufResult, Error};
 
 use super::driven::{Background, Driven};
-use super::{no_such_rank, take_exact, Inbox, Key, TransportFuture, CONTROL_COMM};
+use super::pool::BufPool;
+use super::{exact, no_such_rank, Inbox, Key, RecvFuture, TransportFuture, CONTROL_COMM};
 use crate::comm::Rank;
 
 /// What every wire transport keeps: where this rank is, what it received,
@@ -22,6 +23,8 @@ pub(crate) struct Core {
     pub(crate) inbox: Inbox,
     /// The readers and notices of the wire.
     pub(crate) background: Arc<Background>,
+    /// Long messages' buffers, for reuse.
+    pub(crate) pool: BufPool,
 }
 
 impl Core {
@@ -32,6 +35,7 @@ impl Core {
             size,
             inbox: Inbox::new(),
             background: Arc::default(),
+            pool: BufPool::default(),
         }
     }
 }
@@ -94,10 +98,10 @@ pub(crate) fn send_failed(to: Rank, key: Key, why: Option<String>, e: Error) -> 
 /// `key` from the inbox into `buf` (its length expected). Waiting for a
 /// message its sender left without sending means the collective cannot
 /// finish anywhere: that sender is lost.
-pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
+pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, len: usize) -> RecvFuture {
     let core = link.core();
     if from >= core.size {
-        return ready(Err(no_such_rank(from, core.size)), buf);
+        return Box::pin(std::future::ready(Err(no_such_rank(from, core.size))));
     }
     let background = core.background.clone();
     let inner = async move {
@@ -108,7 +112,7 @@ pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, buf: Vec<u8>) 
                 link.lost(from, &e.to_string());
             }
         }
-        take_exact(from, key, taken, buf)
+        exact(from, key, taken, len)
     };
     Box::pin(Driven::new(background, inner))
 }

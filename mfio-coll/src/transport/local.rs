@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use mfio_core::BufResult;
 use parking_lot::Mutex;
 
-use super::{no_such_rank, take_exact, CollId, Inbox, Key, Transport, TransportFuture};
+use super::{exact, no_such_rank, CollId, Inbox, Key, RecvFuture, Transport, TransportFuture};
 use crate::comm::Rank;
 
 /// One rank of a group made by [`LocalTransport::group`]. Dropping it
@@ -122,17 +122,17 @@ impl Transport for LocalTransport {
         self.inboxes[self.rank].waiting()
     }
 
-    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
+    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
         let yields = Yield { left: self.yields() };
         let (me, inboxes) = (self.rank, self.inboxes.clone());
         Box::pin(async move {
             yields.await;
             let size = inboxes.len();
             if from >= size {
-                return BufResult(Err(no_such_rank(from, size)), buf);
+                return Err(no_such_rank(from, size));
             }
             let taken = std::future::poll_fn(|cx| inboxes[me].poll_take(from, key, cx)).await;
-            take_exact(from, key, taken, buf)
+            exact(from, key, taken, len)
         })
     }
 }

@@ -33,6 +33,7 @@ mod inbox;
 #[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
 pub(crate) mod linked;
 pub mod local;
+pub mod pool;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 #[cfg(feature = "ucx")]
@@ -98,9 +99,11 @@ impl CollId {
 /// goodbye, news of a lost rank); a send under it is refused.
 pub const CONTROL_COMM: u32 = u32::MAX;
 
-/// A transport operation in flight: resolves to its result and the buffer
-/// it took.
+/// A send in flight: resolves to its result and the buffer it took.
 pub type TransportFuture = Pin<Box<dyn Future<Output = BufResult<(), Vec<u8>>> + Send>>;
+
+/// A receive in flight: resolves to the message.
+pub type RecvFuture = Pin<Box<dyn Future<Output = mfio_core::Result<Vec<u8>>> + Send>>;
 
 /// Tagged point-to-point messages between the ranks `0..size` of a group.
 ///
@@ -122,17 +125,30 @@ pub trait Transport: Send + Sync {
     /// if the peer is gone.
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture;
 
-    /// Receives the message rank `from` sent under `key`; `buf`'s length
-    /// is the length expected. The buffer it resolves with holds the
-    /// message: `buf` itself, or (to spare a copy) the buffer the message
-    /// arrived in, of the same length.
+    /// Receives the message rank `from` sent under `key`, which must be
+    /// `len` bytes long: the buffer it arrived in, handed over (no copy).
     ///
     /// # Errors
     /// - `InvalidInput` for a rank outside the group.
     /// - `InvalidData` if the message has another length (see
-    ///   [`wrong_length`]); the message is consumed and `buf` unchanged.
+    ///   [`wrong_length`]); the message is consumed.
     /// - The transport's error if the sender is gone before it sent.
-    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture;
+    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture;
+
+    /// An empty buffer with room for `len` bytes, for a message to send:
+    /// one the transport kept ([`recycle`](Self::recycle)) where it can.
+    ///
+    /// # Errors
+    /// `OutOfMemory` if there is no room.
+    fn buffer(&self, len: usize) -> mfio_core::Result<Vec<u8>> {
+        pool::BufPool::default().take(len)
+    }
+
+    /// Gives back a buffer a message came in or went out in, for
+    /// [`buffer`](Self::buffer) and the transport's receives to reuse.
+    fn recycle(&self, buf: Vec<u8>) {
+        drop(buf);
+    }
 
     /// This rank abandoned collective `coll` (its future was dropped): its
     /// messages, waiting or still to come, are dropped rather than kept
@@ -186,19 +202,13 @@ pub(crate) fn parse_frame_header(bytes: &[u8]) -> Option<(Key, usize)> {
     Some((key, usize::try_from(len).ok()?))
 }
 
-/// A receive's outcome from the message `from` sent under `key`: the
-/// message's own buffer if it has `buf`'s length (no copy: `buf` is
-/// dropped), else [`wrong_length`] with `buf` unchanged.
-pub(crate) fn take_exact(
-    from: Rank,
-    key: Key,
-    taken: mfio_core::Result<Vec<u8>>,
-    buf: Vec<u8>,
-) -> BufResult<(), Vec<u8>> {
+/// The message `from` sent under `key` if it is `len` bytes long, else
+/// [`wrong_length`].
+pub(crate) fn exact(from: Rank, key: Key, taken: mfio_core::Result<Vec<u8>>, len: usize) -> mfio_core::Result<Vec<u8>> {
     match taken {
-        Ok(data) if data.len() == buf.len() => BufResult(Ok(()), data),
-        Ok(data) => BufResult(Err(wrong_length(from, key, data.len(), buf.len())), buf),
-        Err(e) => BufResult(Err(e), buf),
+        Ok(data) if data.len() == len => Ok(data),
+        Ok(data) => Err(wrong_length(from, key, data.len(), len)),
+        Err(e) => Err(e),
     }
 }
 

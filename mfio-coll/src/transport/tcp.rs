@@ -25,12 +25,13 @@ use std::time::Duration;
 
 use futures_util::lock::Mutex as AsyncMutex;
 use mfio_backends::{Runtime, TcpStream};
-use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result};
+use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result, Slice};
 
 use super::driven::Task;
 use super::linked::{self, Core, Linked};
 use super::{
-    frame_header, no_such_rank, parse_frame_header, CollId, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER,
+    frame_header, no_such_rank, parse_frame_header, CollId, Key, RecvFuture, Transport, TransportFuture, CONTROL_COMM,
+    FRAME_HEADER,
 };
 use crate::comm::Rank;
 
@@ -216,14 +217,14 @@ fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>
             let Some((key, len)) = parse_frame_header(&header) else {
                 break Error::new(std::io::ErrorKind::InvalidData, "a frame longer than memory");
             };
-            let mut data = Vec::new();
-            if data.try_reserve_exact(len).is_err() {
-                break Error::new(
-                    std::io::ErrorKind::OutOfMemory,
-                    format!("no memory for a {len}-byte message ({key})"),
-                );
-            }
-            let BufResult(res, data) = stream.read_exact(data).await;
+            let data = match shared.upgrade().map(|s| s.core.pool.take(len)) {
+                Some(Ok(data)) => data,
+                Some(Err(e)) => break Error::new(e.kind(), format!("{e} ({key})")),
+                None => return,
+            };
+            // A kept buffer may be larger: exactly the message is read.
+            let BufResult(res, data) = stream.read_exact(Slice::new(data, 0, len)).await;
+            let data = data.into_inner();
             if let Err(e) = res {
                 break e;
             }
@@ -354,7 +355,15 @@ impl Transport for TcpTransport {
         self.shared.core.inbox.waiting()
     }
 
-    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
-        linked::recv(self.shared.clone(), from, key, buf)
+    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
+        linked::recv(self.shared.clone(), from, key, len)
+    }
+
+    fn buffer(&self, len: usize) -> Result<Vec<u8>> {
+        self.shared.core.pool.take(len)
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        self.shared.core.pool.put(buf);
     }
 }

@@ -38,7 +38,9 @@ use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use super::driven::Task;
 use super::linked::{self, Core, Linked};
-use super::{frame_header, parse_frame_header, CollId, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER};
+use super::{
+    frame_header, parse_frame_header, CollId, Key, RecvFuture, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER,
+};
 use crate::comm::Rank;
 
 /// Bytes of a message that travel in its frame.
@@ -310,23 +312,24 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
 /// files it under `key`.
 fn receive_rest(worker: Worker, shared: Weak<Shared>, from: Rank, key: Key, len: usize, number: u32) -> Task {
     Box::pin(async move {
-        let mut rest = Vec::new();
-        let failure = if rest.try_reserve_exact(len).is_err() {
-            Error::new(
-                std::io::ErrorKind::OutOfMemory,
-                format!("no memory for a {len}-byte message from rank {from} ({key})"),
-            )
-        } else {
-            let BufResult(res, rest) = worker.tag_recv(TagMatch::exact(tag(BULK, from, number)), rest).await;
-            match res {
-                Ok(info) if info.len == len => {
-                    if let Some(shared) = shared.upgrade() {
-                        shared.core.inbox.deliver(from, key, rest);
+        let taken = match shared.upgrade() {
+            Some(shared) => shared.core.pool.take(len),
+            None => return,
+        };
+        let failure = match taken {
+            Err(e) => Error::new(e.kind(), format!("{e} from rank {from} ({key})")),
+            Ok(rest) => {
+                let BufResult(res, rest) = worker.tag_recv(TagMatch::exact(tag(BULK, from, number)), rest).await;
+                match res {
+                    Ok(info) if info.len == len => {
+                        if let Some(shared) = shared.upgrade() {
+                            shared.core.inbox.deliver(from, key, rest);
+                        }
+                        return;
                     }
-                    return;
+                    Ok(_) => malformed(from, "a message of another length than its frame says"),
+                    Err(e) => e,
                 }
-                Ok(_) => malformed(from, "a message of another length than its frame says"),
-                Err(e) => e,
             }
         };
         if let Some(shared) = shared.upgrade() {
@@ -442,7 +445,15 @@ impl Transport for UcxTransport {
         self.shared.core.inbox.waiting()
     }
 
-    fn recv(&self, from: Rank, key: Key, buf: Vec<u8>) -> TransportFuture {
-        linked::recv(self.shared.clone(), from, key, buf)
+    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
+        linked::recv(self.shared.clone(), from, key, len)
+    }
+
+    fn buffer(&self, len: usize) -> Result<Vec<u8>> {
+        self.shared.core.pool.take(len)
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        self.shared.core.pool.put(buf);
     }
 }
