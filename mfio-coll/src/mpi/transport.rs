@@ -7,7 +7,7 @@
 //! up to 16 KiB of it) under one tag, and the rest of a longer message as a
 //! second message under another; MPI keeps each sender's messages of one
 //! tag in order, so the rest always follows its frame. One receive of any
-//! source takes frames and files them in the [`Inbox`] by sender and key.
+//! source takes frames and files them in the [`Inbox`](crate::transport::Inbox) by sender and key.
 
 use std::sync::{Arc, Weak};
 
@@ -17,9 +17,7 @@ use super::comm::MpiComm;
 use super::p2p::{Source, TagMatch};
 use crate::comm::{Communicator, Rank, Tag};
 use crate::transport::linked::{self, Core, Linked};
-use crate::transport::{
-    frame_header, parse_frame_header, CollId, Key, RecvFuture, Transport, TransportFuture, FRAME_HEADER,
-};
+use crate::transport::{frame_header, parse_frame_header, Key, Transport, TransportFuture, FRAME_HEADER};
 
 /// Tag of frames (header and the start of the message).
 const FRAME: Tag = 1;
@@ -253,23 +251,5 @@ impl Transport for MpiTransport {
         })
     }
 
-    fn forget(&self, coll: CollId) {
-        self.shared.core.inbox.forget(coll.comm, coll.seq);
-    }
-
-    fn unclaimed(&self) -> usize {
-        self.shared.core.inbox.waiting()
-    }
-
-    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
-        linked::recv(self.shared.clone(), from, key, len)
-    }
-
-    fn buffer(&self, len: usize) -> Result<Vec<u8>> {
-        self.shared.core.pool.take(len)
-    }
-
-    fn recycle(&self, buf: Vec<u8>) {
-        self.shared.core.pool.put(buf);
-    }
+    crate::transport::linked::core_methods!();
 }

@@ -125,3 +125,36 @@ pub(crate) fn driven<L: Linked + ?Sized>(
 ) -> TransportFuture {
     Box::pin(Driven::new(link.core().background.clone(), inner))
 }
+
+/// The [`Transport`](super::Transport) methods every wire transport takes
+/// from its [`Core`] (in an impl whose `self.shared` is an `Arc` of its
+/// [`Linked`] state): receive, buffers, forgetting.
+macro_rules! core_methods {
+    () => {
+        fn forget(&self, coll: $crate::transport::CollId) {
+            self.shared.core.inbox.forget(coll.comm, coll.seq);
+        }
+
+        fn unclaimed(&self) -> usize {
+            self.shared.core.inbox.waiting()
+        }
+
+        fn recv(
+            &self,
+            from: $crate::comm::Rank,
+            key: $crate::transport::Key,
+            len: usize,
+        ) -> $crate::transport::RecvFuture {
+            $crate::transport::linked::recv(self.shared.clone(), from, key, len)
+        }
+
+        fn buffer(&self, len: usize) -> mfio_core::Result<Vec<u8>> {
+            self.shared.core.pool.take(len)
+        }
+
+        fn recycle(&self, buf: Vec<u8>) {
+            self.shared.core.pool.put(buf);
+        }
+    };
+}
+pub(crate) use core_methods;

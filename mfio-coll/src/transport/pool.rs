@@ -12,7 +12,8 @@ const MAX_BUFS: usize = 16;
 /// …holding at most this many bytes between them.
 const MAX_BYTES: usize = 256 << 20;
 
-/// Empty buffers of at least [`MIN_KEPT`] bytes' capacity, for reuse.
+/// Empty buffers of at least 64 KiB capacity, for reuse (at most 16 of
+/// them, 256 MiB together).
 #[derive(Default)]
 pub struct BufPool {
     bufs: Mutex<Vec<Vec<u8>>>,

@@ -4,7 +4,7 @@
 //!
 //! A message is a frame: its [`Key`] and length (24 bytes, little-endian),
 //! then its bytes. Each connection has one reader, which files every frame
-//! in the [`Inbox`] under its sender and key, and one writer at a time
+//! in the [`Inbox`](super::Inbox) under its sender and key, and one writer at a time
 //! (frames never interleave). The readers make progress whenever any send
 //! or receive of the transport is polled, so a rank reads while it waits
 //! for anything, and never stops reading while the other end sends.
@@ -30,8 +30,7 @@ use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result, Slice};
 use super::driven::Task;
 use super::linked::{self, Core, Linked};
 use super::{
-    frame_header, no_such_rank, parse_frame_header, CollId, Key, RecvFuture, Transport, TransportFuture, CONTROL_COMM,
-    FRAME_HEADER,
+    frame_header, no_such_rank, parse_frame_header, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER,
 };
 use crate::comm::Rank;
 
@@ -347,23 +346,5 @@ impl Transport for TcpTransport {
         })
     }
 
-    fn forget(&self, coll: CollId) {
-        self.shared.core.inbox.forget(coll.comm, coll.seq);
-    }
-
-    fn unclaimed(&self) -> usize {
-        self.shared.core.inbox.waiting()
-    }
-
-    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
-        linked::recv(self.shared.clone(), from, key, len)
-    }
-
-    fn buffer(&self, len: usize) -> Result<Vec<u8>> {
-        self.shared.core.pool.take(len)
-    }
-
-    fn recycle(&self, buf: Vec<u8>) {
-        self.shared.core.pool.put(buf);
-    }
+    crate::transport::linked::core_methods!();
 }

@@ -9,7 +9,7 @@
 //! sender. A longer message's bytes follow as a second tag message whose
 //! tag names the sender and the message's number, which its frame's tag
 //! carries too, so the receiver takes exactly that one. One receive of
-//! frames from every rank files them in the [`Inbox`] by sender and key,
+//! frames from every rank files them in the [`Inbox`](super::Inbox) by sender and key,
 //! and receives each long message's bytes as soon as its frame is in, so a
 //! send completes without waiting for the receiving rank's collective to
 //! get there (as over TCP and MPI).
@@ -38,9 +38,7 @@ use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use super::driven::Task;
 use super::linked::{self, Core, Linked};
-use super::{
-    frame_header, parse_frame_header, CollId, Key, RecvFuture, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER,
-};
+use super::{frame_header, parse_frame_header, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER};
 use crate::comm::Rank;
 
 /// Bytes of a message that travel in its frame.
@@ -437,23 +435,5 @@ impl Transport for UcxTransport {
         })
     }
 
-    fn forget(&self, coll: CollId) {
-        self.shared.core.inbox.forget(coll.comm, coll.seq);
-    }
-
-    fn unclaimed(&self) -> usize {
-        self.shared.core.inbox.waiting()
-    }
-
-    fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
-        linked::recv(self.shared.clone(), from, key, len)
-    }
-
-    fn buffer(&self, len: usize) -> Result<Vec<u8>> {
-        self.shared.core.pool.take(len)
-    }
-
-    fn recycle(&self, buf: Vec<u8>) {
-        self.shared.core.pool.put(buf);
-    }
+    crate::transport::linked::core_methods!();
 }
