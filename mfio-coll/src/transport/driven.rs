@@ -1,13 +1,13 @@
 //! [`Background`]: a transport's own work (readers of incoming messages,
 //! notices to other ranks), which has no task of its own: whoever polls
-//! any of the transport's operations runs it ([`Driven`]). A waker shared
+//! any of the transport's operations runs it ([`driven`]). A waker shared
 //! by that work wakes every task waiting on the transport when it can go
 //! on, so the work never stalls while anyone waits.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Wake, Waker};
 
 use parking_lot::Mutex;
 use slab::Slab;
@@ -95,41 +95,28 @@ impl Background {
     }
 }
 
-/// An operation of a transport that runs the transport's background work
-/// whenever it is polled.
-pub(crate) struct Driven<F> {
+/// `inner` (an operation of a transport) made to run the transport's
+/// background work whenever it is polled.
+pub(crate) async fn driven<F: Future>(background: Arc<Background>, inner: F) -> F::Output {
+    let mut waiter = Waiter { background, slot: None };
+    let mut inner = std::pin::pin!(inner);
+    std::future::poll_fn(|cx| {
+        waiter.background.drive(cx, &mut waiter.slot);
+        inner.as_mut().poll(cx)
+    })
+    .await
+    // The slot goes back with `waiter`: when the operation finishes, or
+    // when it is dropped unfinished.
+}
+
+/// An operation's slot among the background work's waiters, given back
+/// when dropped.
+struct Waiter {
     background: Arc<Background>,
-    inner: Pin<Box<F>>,
-    /// Its waker's slot among the background work's waiters.
     slot: Option<usize>,
 }
 
-impl<F> Driven<F> {
-    /// `inner`, running `background` whenever it is polled.
-    pub(crate) fn new(background: Arc<Background>, inner: F) -> Self {
-        Self {
-            background,
-            inner: Box::pin(inner),
-            slot: None,
-        }
-    }
-}
-
-impl<F: Future> Future for Driven<F> {
-    type Output = F::Output;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        let this = &mut *self;
-        this.background.drive(cx, &mut this.slot);
-        let out = this.inner.as_mut().poll(cx);
-        if out.is_ready() {
-            this.background.release(this.slot.take());
-        }
-        out
-    }
-}
-
-impl<F> Drop for Driven<F> {
+impl Drop for Waiter {
     fn drop(&mut self) {
         self.background.release(self.slot.take());
     }
@@ -138,6 +125,7 @@ impl<F> Drop for Driven<F> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::task::Poll;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A waker of its own (distinct from every other) that counts wakes.
@@ -160,10 +148,10 @@ mod tests {
             let count = Arc::new(Count(AtomicUsize::new(0)));
             let waker = Waker::from(count);
             let mut cx = Context::from_waker(&waker);
-            let mut op = Box::pin(Driven::new(background.clone(), std::future::ready(i)));
+            let mut op = Box::pin(driven(background.clone(), std::future::ready(i)));
             assert_eq!(op.as_mut().poll(&mut cx), Poll::Ready(i));
             // Half of them pending for a while, then dropped unfinished.
-            let mut waiting = Box::pin(Driven::new(background.clone(), std::future::pending::<()>()));
+            let mut waiting = Box::pin(driven(background.clone(), std::future::pending::<()>()));
             assert!(waiting.as_mut().poll(&mut cx).is_pending());
             if i % 2 == 0 {
                 pending.push(waiting);
@@ -181,7 +169,7 @@ mod tests {
         let mut ops: Vec<_> = counts
             .iter()
             .map(|c| {
-                let mut op = Box::pin(Driven::new(background.clone(), std::future::pending::<()>()));
+                let mut op = Box::pin(driven(background.clone(), std::future::pending::<()>()));
                 let waker = Waker::from(c.clone());
                 assert!(op.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
                 op

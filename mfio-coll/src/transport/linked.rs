@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use mfio_core::{BufResult, Error};
 
-use super::driven::{Background, Driven};
+use super::driven::{self, Background};
 use super::pool::BufPool;
 use super::{exact, no_such_rank, Inbox, Key, RecvFuture, TransportFuture, CONTROL_COMM};
 use crate::comm::Rank;
@@ -114,7 +114,7 @@ pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, len: usize) ->
         }
         exact(from, key, taken, len)
     };
-    Box::pin(Driven::new(background, inner))
+    Box::pin(driven::driven(background, inner))
 }
 
 /// `inner` (a send on the wire) as a transport operation, which runs the
@@ -123,7 +123,7 @@ pub(crate) fn driven<L: Linked + ?Sized>(
     link: &L,
     inner: impl std::future::Future<Output = BufResult<(), Vec<u8>>> + Send + 'static,
 ) -> TransportFuture {
-    Box::pin(Driven::new(link.core().background.clone(), inner))
+    Box::pin(driven::driven(link.core().background.clone(), inner))
 }
 
 /// The [`Transport`](super::Transport) methods every wire transport takes
