@@ -21,6 +21,9 @@ pub(crate) type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 #[derive(Default)]
 struct WakeAll {
     wakers: Mutex<Slab<Waker>>,
+    /// The list the wakers are copied into to be woken outside the lock,
+    /// kept so that firing does not allocate.
+    firing: Mutex<Vec<Waker>>,
 }
 
 impl WakeAll {
@@ -47,10 +50,13 @@ impl Wake for WakeAll {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        let ws: Vec<Waker> = self.wakers.lock().iter().map(|(_, w)| w.clone()).collect();
-        for w in ws {
+        // Woken outside the slots' lock: a waker may register again.
+        let mut firing = std::mem::take(&mut *self.firing.lock());
+        firing.extend(self.wakers.lock().iter().map(|(_, w)| w.clone()));
+        for w in firing.drain(..) {
             w.wake();
         }
+        *self.firing.lock() = firing;
     }
 }
 
@@ -125,8 +131,8 @@ impl Drop for Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::task::Poll;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Poll;
 
     /// A waker of its own (distinct from every other) that counts wakes.
     struct Count(AtomicUsize);
