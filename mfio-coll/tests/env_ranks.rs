@@ -8,8 +8,9 @@
 //! under `scripts/mpirun` with 2, 3 and 4 ranks.
 //!
 //! Every algorithm at several lengths is checked exactly; then 1 000
-//! back-to-back broadcasts from a fast root, 8 concurrent allreduces, and
-//! two communicators interleaved. `MFIO_RANKS_CASE=early-exit`: the last
+//! back-to-back broadcasts from a fast root, 8 concurrent allreduces, two
+//! communicators interleaved, and a collective dropped midway (nothing of
+//! it may be kept). `MFIO_RANKS_CASE=early-exit`: the last
 //! rank leaves right after connecting, and every other rank must fail with
 //! an error naming it within the bound (exit status 0 only then).
 //! `MFIO_RANKS_CASE=killed`: the last rank is killed (`SIGKILL`, no
@@ -28,7 +29,7 @@ mod every_algorithm;
 use std::time::{Duration, Instant};
 
 use driver::Driver;
-use every_algorithm::{every_algorithm, input, Seq};
+use every_algorithm::{drop_mid_flight, every_algorithm, input, nothing_kept, Seq};
 use futures::future::join_all;
 use mfio_backends::Runtime;
 use mfio_coll::algo;
@@ -100,8 +101,10 @@ fn run(rt: &Driver, t: &dyn Transport) -> Result<(), String> {
     if other != want {
         return Err("second communicator: wrong sum".into());
     }
+    drop_mid_flight(rt, t, 6)?;
     rt.block_on(algo::barrier_dissemination(t, CollId { comm: 5, seq: 1 }))
-        .map_err(|e| format!("final barrier: {e}"))
+        .map_err(|e| format!("final barrier: {e}"))?;
+    nothing_kept(t)
 }
 
 /// The last rank leaves; the others must hear of it, by name, in time.

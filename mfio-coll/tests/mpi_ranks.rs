@@ -81,6 +81,7 @@ fn over_mpi_transport(cx: &Ctx) -> Outcome {
             .block_on(every_algorithm(&t, &mut seq, len))
             .map_err(|e| format!("every algorithm, len {len}: {e}"))?;
     }
+    every_algorithm::drop_mid_flight(&cx.mpi, &t, 9)?;
     let comm = TransportComm::new(cx.mpi.clone(), t);
     let mut salt = 100;
     for form in [Form::Async, Form::Blocking] {
@@ -91,7 +92,10 @@ fn over_mpi_transport(cx: &Ctx) -> Outcome {
             collectives_of::<_, Sample>(&comm, len, form, salt)?;
         }
     }
-    Ok(())
+    // The last collective: afterwards nothing may be left (the dropped
+    // collective's messages included).
+    comm.blocking_barrier().map_err(|e| format!("final barrier: {e}"))?;
+    every_algorithm::nothing_kept(&**comm.transport())
 }
 
 /// The TCP transport bootstrapped over MPI (listening addresses exchanged
@@ -132,6 +136,7 @@ fn over_ucx_via_mpi(cx: &Ctx) -> Outcome {
             .block_on(every_algorithm(&t, &mut seq, len))
             .map_err(|e| format!("every algorithm over UCX, len {len}: {e}"))?;
     }
+    every_algorithm::drop_mid_flight(&worker, &t, 9)?;
     let comm = TransportComm::new(worker, t);
     let mut salt = 300;
     for form in [Form::Async, Form::Blocking] {
@@ -141,7 +146,10 @@ fn over_ucx_via_mpi(cx: &Ctx) -> Outcome {
             collectives_of::<_, f64>(&comm, len, form, salt)?;
         }
     }
-    Ok(())
+    // The last collective: afterwards nothing may be left (the dropped
+    // collective's messages included).
+    comm.blocking_barrier().map_err(|e| format!("final barrier: {e}"))?;
+    every_algorithm::nothing_kept(&**comm.transport())
 }
 
 /// The predefined operations on integers and floats, against the

@@ -256,3 +256,57 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
         .map_err(fail("barrier"))?;
     Ok(())
 }
+
+/// A collective every rank drops midway, each after a different amount of
+/// progress (rank r polls it 3·r times), on communicator `comm`: the
+/// transport is told to forget it, as `TransportComm` does. Later
+/// collectives must be right; [`nothing_kept`] at the end of the run then
+/// shows that none of the dropped one's messages stayed.
+pub fn drop_mid_flight<B: mfio_core::IoBackend>(driver: &B, t: &dyn Transport, comm: u32) -> Result<(), String> {
+    use mfio_core::IoBackendExt;
+    let (rank, size) = (t.rank(), t.size());
+    let dropped = CollId { comm, seq: 0 };
+    {
+        let mut buf = input(rank, 300_000, 5);
+        let mut fut = std::pin::pin!(algo::allreduce_ring(t, dropped, &mut buf, &ReduceOp::Sum));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..rank * 3 {
+            if std::future::Future::poll(fut.as_mut(), &mut cx).is_ready() {
+                break;
+            }
+            driver.drive();
+        }
+    }
+    t.forget(dropped);
+    for s in 1..4u32 {
+        let mut buf = input(rank, 1000, s);
+        driver
+            .block_on(algo::allreduce_recursive_doubling(
+                t,
+                CollId { comm, seq: s },
+                &mut buf,
+                &ReduceOp::Sum,
+            ))
+            .map_err(|e| format!("allreduce {s} after the drop: {e}"))?;
+        let mut want = input(0, 1000, s);
+        for r in 1..size {
+            ReduceOp::Sum.apply(&input(r, 1000, s), &mut want);
+        }
+        if buf != want {
+            return Err(format!("allreduce {s} after the drop: wrong sum"));
+        }
+    }
+    Ok(())
+}
+
+/// No message left in the transport. Call it after the run's last
+/// collective on `t` (a barrier: once it is done here, every message for
+/// this rank has been taken), so that nothing can be early.
+pub fn nothing_kept(t: &dyn Transport) -> Result<(), String> {
+    match t.unclaimed() {
+        0 => Ok(()),
+        left => Err(format!(
+            "{left} messages kept after the last collective (a dropped one's?)"
+        )),
+    }
+}
