@@ -104,14 +104,16 @@ impl Inbox {
                 return Poll::Ready(Ok(data));
             }
         }
-        if st.gone.contains(&from) {
-            return Poll::Ready(Err(rank_gone(from, key)));
-        }
+        // A broken group's reason first: a sender that left after the loss
+        // (it gave up because of it) is not the cause.
         if let Some(why) = &st.broken {
             return Poll::Ready(Err(mfio_core::Error::new(
                 std::io::ErrorKind::ConnectionAborted,
                 format!("{why}; the message from rank {from} ({key}) will not come"),
             )));
+        }
+        if st.gone.contains(&from) {
+            return Poll::Ready(Err(rank_gone(from, key)));
         }
         let slot = st.slots.entry((from, key)).or_default();
         match &slot.waker {
@@ -250,6 +252,18 @@ mod tests {
         );
         let mut cx = Context::from_waker(Waker::noop());
         assert!(matches!(inbox.poll_take(1, other, &mut cx), Poll::Ready(Ok(d)) if d == [3]));
+    }
+
+    #[test]
+    fn a_sender_that_left_after_the_group_broke_is_not_named_the_cause() {
+        let inbox = Inbox::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        inbox.poison("rank 2 is gone".into());
+        inbox.close(0);
+        match inbox.poll_take(0, key(0), &mut cx) {
+            Poll::Ready(Err(e)) => assert!(e.to_string().contains("rank 2 is gone"), "{e}"),
+            other => panic!("expected an error, got {other:?}"),
+        }
     }
 
     #[test]

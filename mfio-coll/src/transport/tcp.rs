@@ -203,30 +203,89 @@ impl TcpTransport {
     }
 }
 
+/// Bytes a reader takes from its connection at once: every frame in them
+/// (short messages come several to a read) is filed without another read.
+const READ_AHEAD: usize = 64 << 10;
+
+/// The bytes read from a connection and not yet parsed.
+struct ReadAhead {
+    buf: Vec<u8>,
+    /// Where the unparsed bytes start.
+    start: usize,
+}
+
+impl ReadAhead {
+    fn unparsed(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Reads more (whatever the connection has, up to the room left),
+    /// after moving the unparsed bytes to the front.
+    async fn fill(&mut self, stream: &TcpStream) -> Result<()> {
+        self.buf.drain(..self.start);
+        self.start = 0;
+        let len = self.buf.len();
+        let buf = std::mem::take(&mut self.buf);
+        let BufResult(res, buf) = stream.read(Slice::new(buf, len, READ_AHEAD)).await;
+        self.buf = buf.into_inner();
+        match res? {
+            0 => Err(Error::new(std::io::ErrorKind::UnexpectedEof, "the connection ended")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next frame's key and message, reading as needed; a long message
+    /// is read straight into a buffer of the transport's pool. `None` once
+    /// the transport is gone.
+    async fn frame(&mut self, stream: &TcpStream, shared: &std::sync::Weak<Shared>) -> Result<Option<(Key, Vec<u8>)>> {
+        while self.unparsed().len() < FRAME_HEADER {
+            self.fill(stream).await?;
+        }
+        let Some((key, len)) = parse_frame_header(self.unparsed()) else {
+            return Err(Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a frame longer than memory",
+            ));
+        };
+        self.start += FRAME_HEADER;
+        if len <= READ_AHEAD - FRAME_HEADER {
+            while self.unparsed().len() < len {
+                self.fill(stream).await?;
+            }
+            let data = self.unparsed()[..len].to_vec();
+            self.start += len;
+            return Ok(Some((key, data)));
+        }
+        // Not held while reading: a dropped transport's reader must end.
+        let Some(taken) = shared.upgrade().map(|s| s.core.pool.take(len)) else {
+            return Ok(None);
+        };
+        let mut data = taken.map_err(|e| Error::new(e.kind(), format!("{e} ({key})")))?;
+        let have = self.unparsed().len().min(len);
+        data.extend_from_slice(&self.unparsed()[..have]);
+        self.start += have;
+        // A kept buffer may be larger: exactly the message is read.
+        let BufResult(res, data) = stream.read_exact(Slice::new(data, have, len)).await;
+        res?;
+        Ok(Some((key, data.into_inner())))
+    }
+}
+
 /// Reads frames from `peer` until its connection ends, filing each in the
 /// inbox. A goodbye closes the peer; an end without one (or news from the
 /// peer of a lost rank) breaks the group.
 fn read_loop(peer: Rank, stream: Arc<TcpStream>, shared: std::sync::Weak<Shared>) -> Task {
     Box::pin(async move {
+        let mut ahead = ReadAhead {
+            buf: Vec::with_capacity(READ_AHEAD),
+            start: 0,
+        };
         let reason = loop {
-            let BufResult(res, header) = stream.read_exact(Vec::with_capacity(FRAME_HEADER)).await;
-            if let Err(e) = res {
-                break e;
-            }
-            let Some((key, len)) = parse_frame_header(&header) else {
-                break Error::new(std::io::ErrorKind::InvalidData, "a frame longer than memory");
+            let (key, data) = match ahead.frame(&stream, &shared).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return,
+                Err(e) => break e,
             };
-            let data = match shared.upgrade().map(|s| s.core.pool.take(len)) {
-                Some(Ok(data)) => data,
-                Some(Err(e)) => break Error::new(e.kind(), format!("{e} ({key})")),
-                None => return,
-            };
-            // A kept buffer may be larger: exactly the message is read.
-            let BufResult(res, data) = stream.read_exact(Slice::new(data, 0, len)).await;
-            let data = data.into_inner();
-            if let Err(e) = res {
-                break e;
-            }
             let Some(shared) = shared.upgrade() else { return };
             if key.comm != CONTROL_COMM {
                 shared.core.inbox.deliver(peer, key, data);
