@@ -83,7 +83,8 @@ pub struct CollArgs {
     /// The thread level mfio asks MPI for.
     #[arg(long, value_enum, default_value = "multiple")]
     pub thread_level: Level,
-    /// How long mfio's backend spins on pending requests, in µs.
+    /// How long mfio's MPI backend and UCX worker spin on pending
+    /// operations before they sleep, in µs.
     #[arg(long, default_value_t = 10_000)]
     pub spin_us: u64,
     /// Let a progress thread of the backend test and spin (the caller
@@ -457,8 +458,13 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
         None
     };
     let ucx = if a.transports.contains(&Kind::Ucx) {
+        // The same bounded spin before sleeping as the MPI backend's.
         let worker = mfio_net::ucx::Context::new()
-            .and_then(|c| c.worker())
+            .and_then(|c| {
+                mfio_net::ucx::Worker::builder(&c)
+                    .spin(Duration::from_micros(a.spin_us))
+                    .build()
+            })
             .map_err(|e| format!("UCX worker: {e}"))?;
         let t = ucx_transport(&world, &worker).map_err(|e| format!("UCX transport: {e}"))?;
         Some(OverTransport::new(TransportComm::new(worker, t), a, &adaptive)?)

@@ -377,8 +377,14 @@ impl Shared {
                     }
                 }
                 round = round.wrapping_add(1);
-                if round % SPINS_PER_CLOCK == 0 && Instant::now() >= deadline {
-                    break;
+                if round % SPINS_PER_CLOCK == 0 {
+                    if Instant::now() >= deadline {
+                        break;
+                    }
+                    // The peer this waits for may share the core (more
+                    // ranks than cores): let it run rather than spin its
+                    // time away. Costs a system call where nobody waits.
+                    std::thread::yield_now();
                 }
                 // Let a thread waiting to post go first.
                 parking_lot::MutexGuard::bump(st);
