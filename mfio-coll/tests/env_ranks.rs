@@ -29,8 +29,7 @@ mod every_algorithm;
 use std::time::{Duration, Instant};
 
 use driver::Driver;
-use every_algorithm::{drop_mid_flight, every_algorithm, input, nothing_kept, Seq};
-use futures::future::join_all;
+use every_algorithm::{drop_mid_flight, every_algorithm, input, nothing_kept, under_load, Seq};
 use mfio_backends::Runtime;
 use mfio_coll::algo;
 use mfio_coll::transport::bootstrap::{Bootstrap, ROOT_VAR};
@@ -56,51 +55,12 @@ impl Driver {
 }
 
 fn run(rt: &Driver, t: &dyn Transport) -> Result<(), String> {
-    let (rank, size) = (t.rank(), t.size());
     let mut seq = Seq::new(1);
     for len in [0, 1, 1000, 100_003] {
         rt.block_on(every_algorithm(t, &mut seq, len))
             .map_err(|e| format!("every algorithm, len {len}: {e}"))?;
     }
-    // A fast root: later broadcasts' messages arrive early.
-    for s in 0..1000u32 {
-        let want = input(0, 17, s);
-        let mut buf = if rank == 0 { want.clone() } else { vec![0; 17] };
-        rt.block_on(algo::bcast_binomial(t, CollId { comm: 2, seq: s }, &mut buf, 0))
-            .map_err(|e| format!("bcast {s}: {e}"))?;
-        if buf != want {
-            return Err(format!("bcast {s}: wrong data"));
-        }
-    }
-    // Eight collectives at once, and a second communicator interleaved.
-    let mut bufs: Vec<Vec<u32>> = (0..8).map(|c| input(rank, 3000 + c, c as u32)).collect();
-    let mut other = input(rank, 999, 77);
-    let outcomes = rt.block_on(async {
-        let concurrent = join_all(bufs.iter_mut().enumerate().map(|(c, buf)| async move {
-            algo::allreduce_recursive_doubling(t, CollId { comm: 3, seq: c as u32 }, buf, &ReduceOp::Sum).await
-        }));
-        let interleaved = algo::allreduce_ring(t, CollId { comm: 4, seq: 0 }, &mut other, &ReduceOp::Sum);
-        futures::join!(concurrent, interleaved)
-    });
-    let (concurrent, interleaved) = outcomes;
-    for (c, o) in concurrent.into_iter().enumerate() {
-        o.map_err(|e| format!("concurrent allreduce {c}: {e}"))?;
-        let mut want = input(0, 3000 + c, c as u32);
-        for r in 1..size {
-            ReduceOp::Sum.apply(&input(r, 3000 + c, c as u32), &mut want);
-        }
-        if bufs[c] != want {
-            return Err(format!("concurrent allreduce {c}: wrong sum"));
-        }
-    }
-    interleaved.map_err(|e| format!("second communicator: {e}"))?;
-    let mut want = input(0, 999, 77);
-    for r in 1..size {
-        ReduceOp::Sum.apply(&input(r, 999, 77), &mut want);
-    }
-    if other != want {
-        return Err("second communicator: wrong sum".into());
-    }
+    under_load(rt, t)?;
     drop_mid_flight(rt, t, 6)?;
     rt.block_on(algo::barrier_dissemination(t, CollId { comm: 5, seq: 1 }))
         .map_err(|e| format!("final barrier: {e}"))?;

@@ -81,6 +81,7 @@ fn over_mpi_transport(cx: &Ctx) -> Outcome {
             .block_on(every_algorithm(&t, &mut seq, len))
             .map_err(|e| format!("every algorithm, len {len}: {e}"))?;
     }
+    every_algorithm::under_load(&cx.mpi, &t)?;
     every_algorithm::drop_mid_flight(&cx.mpi, &t, 9)?;
     let comm = TransportComm::new(cx.mpi.clone(), t);
     let mut salt = 100;
@@ -136,6 +137,7 @@ fn over_ucx_via_mpi(cx: &Ctx) -> Outcome {
             .block_on(every_algorithm(&t, &mut seq, len))
             .map_err(|e| format!("every algorithm over UCX, len {len}: {e}"))?;
     }
+    every_algorithm::under_load(&worker, &t)?;
     every_algorithm::drop_mid_flight(&worker, &t, 9)?;
     let comm = TransportComm::new(worker, t);
     let mut salt = 300;

@@ -310,3 +310,53 @@ pub fn nothing_kept(t: &dyn Transport) -> Result<(), String> {
         )),
     }
 }
+
+/// Collectives under load, on communicators 2, 3 and 4: 1 000 broadcasts
+/// back to back from a fast root (later broadcasts' messages arrive early),
+/// then eight allreduces at once with a second communicator's interleaved.
+pub fn under_load<B: mfio_core::IoBackend>(driver: &B, t: &dyn Transport) -> Result<(), String> {
+    use futures::future::join_all;
+    use mfio_core::IoBackendExt;
+    let (rank, size) = (t.rank(), t.size());
+    // A fast root: later broadcasts' messages arrive early.
+    for s in 0..1000u32 {
+        let want = input(0, 17, s);
+        let mut buf = if rank == 0 { want.clone() } else { vec![0; 17] };
+        driver
+            .block_on(algo::bcast_binomial(t, CollId { comm: 2, seq: s }, &mut buf, 0))
+            .map_err(|e| format!("bcast {s}: {e}"))?;
+        if buf != want {
+            return Err(format!("bcast {s}: wrong data"));
+        }
+    }
+    // Eight collectives at once, and a second communicator interleaved.
+    let mut bufs: Vec<Vec<u32>> = (0..8).map(|c| input(rank, 3000 + c, c as u32)).collect();
+    let mut other = input(rank, 999, 77);
+    let outcomes = driver.block_on(async {
+        let concurrent = join_all(bufs.iter_mut().enumerate().map(|(c, buf)| async move {
+            algo::allreduce_recursive_doubling(t, CollId { comm: 3, seq: c as u32 }, buf, &ReduceOp::Sum).await
+        }));
+        let interleaved = algo::allreduce_ring(t, CollId { comm: 4, seq: 0 }, &mut other, &ReduceOp::Sum);
+        futures::join!(concurrent, interleaved)
+    });
+    let (concurrent, interleaved) = outcomes;
+    for (c, o) in concurrent.into_iter().enumerate() {
+        o.map_err(|e| format!("concurrent allreduce {c}: {e}"))?;
+        let mut want = input(0, 3000 + c, c as u32);
+        for r in 1..size {
+            ReduceOp::Sum.apply(&input(r, 3000 + c, c as u32), &mut want);
+        }
+        if bufs[c] != want {
+            return Err(format!("concurrent allreduce {c}: wrong sum"));
+        }
+    }
+    interleaved.map_err(|e| format!("second communicator: {e}"))?;
+    let mut want = input(0, 999, 77);
+    for r in 1..size {
+        ReduceOp::Sum.apply(&input(r, 999, 77), &mut want);
+    }
+    if other != want {
+        return Err("second communicator: wrong sum".into());
+    }
+    Ok(())
+}
