@@ -760,6 +760,28 @@ fn early_exit(cx: &Ctx) -> Outcome {
     ))
 }
 
+/// Allreduces over MPI point-to-point (`MpiTransport`) until the last rank
+/// kills itself (`SIGKILL`) in the middle of them. Open MPI 4.1 has no
+/// fault tolerance: the launcher ends the job and names the rank, which
+/// `scripts/test` checks (in bounded time, no hang).
+fn killed_over_transport(cx: &Ctx) -> Outcome {
+    let t = MpiTransport::new(&cx.world).map_err(|e| format!("MpiTransport: {e}"))?;
+    let (rank, size) = (cx.rank(), cx.size());
+    for seq in 0u32.. {
+        if rank == size - 1 && seq == 20 {
+            eprintln!("rank {rank} kills itself on purpose");
+            // SAFETY: kill(2) on this process; nothing runs after it.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+        let mut buf = every_algorithm::input(rank, 1000, seq);
+        let id = mfio_coll::transport::CollId { comm: 1, seq };
+        cx.mpi
+            .block_on(mfio_coll::algo::allreduce_ring(&t, id, &mut buf, &ReduceOp::Sum))
+            .map_err(|e| format!("rank {rank}: allreduce {seq} over MPI point-to-point: {e}"))?;
+    }
+    Ok(())
+}
+
 /// One rank finalises and leaves; the others, in a collective with it,
 /// must get `TimedOut` from the backend's timeout.
 fn early_finalize(cx: Ctx) -> Outcome {
@@ -849,6 +871,11 @@ fn main() {
     }
     if only.as_deref() == Some("early-exit") {
         let r = early_exit(&cx);
+        eprintln!("{r:?}");
+        std::process::exit(1);
+    }
+    if only.as_deref() == Some("killed-over-transport") {
+        let r = killed_over_transport(&cx);
         eprintln!("{r:?}");
         std::process::exit(1);
     }
