@@ -2,7 +2,7 @@
 //! own mfio runtime (io_uring and poll), bootstrapped over loopback: every
 //! algorithm at several lengths, back-to-back broadcasts from a fast root,
 //! concurrent collectives on one transport, a wrong length, and a rank
-//! that leaves. `tcp_ranks` runs the same algorithms as processes under
+//! that leaves. `env_ranks` runs the same algorithms as processes under
 //! `mpiexec`.
 
 mod every_algorithm;
