@@ -112,8 +112,6 @@ pub fn ucx_transport(comm: &MpiComm, worker: &mfio_net::ucx::Worker) -> Result<c
 
 /// One rank's end of MPI point-to-point as a [`Transport`].
 pub struct MpiTransport {
-    rank: Rank,
-    size: usize,
     comm: Arc<MpiComm>,
     shared: Arc<Shared>,
 }
@@ -125,8 +123,8 @@ struct Shared {
 impl std::fmt::Debug for MpiTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MpiTransport")
-            .field("rank", &self.rank)
-            .field("size", &self.size)
+            .field("rank", &self.shared.core.rank)
+            .field("size", &self.shared.core.size)
             .finish_non_exhaustive()
     }
 }
@@ -147,12 +145,7 @@ impl MpiTransport {
             .core
             .background
             .spawn(Box::pin(read_frames(comm.clone(), Arc::downgrade(&shared))));
-        Ok(Self {
-            rank: comm.rank(),
-            size: comm.size(),
-            comm,
-            shared,
-        })
+        Ok(Self { comm, shared })
     }
 }
 
@@ -223,14 +216,6 @@ impl Linked for Shared {
 }
 
 impl Transport for MpiTransport {
-    fn rank(&self) -> Rank {
-        self.rank
-    }
-
-    fn size(&self) -> usize {
-        self.size
-    }
-
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
         let data = match linked::check_send(&*self.shared, to, key, data) {
             Ok(data) => data,

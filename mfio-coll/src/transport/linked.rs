@@ -128,9 +128,17 @@ pub(crate) fn driven<L: Linked + ?Sized>(
 
 /// The [`Transport`](super::Transport) methods every wire transport takes
 /// from its [`Core`] (in an impl whose `self.shared` is an `Arc` of its
-/// [`Linked`] state): receive, buffers, forgetting.
+/// [`Linked`] state): rank and size, receive, buffers, forgetting.
 macro_rules! core_methods {
     () => {
+        fn rank(&self) -> $crate::comm::Rank {
+            self.shared.core.rank
+        }
+
+        fn size(&self) -> usize {
+            self.shared.core.size
+        }
+
         fn forget(&self, coll: $crate::transport::CollId) {
             self.shared.core.inbox.forget(coll.comm, coll.seq);
         }

@@ -44,7 +44,6 @@ const LOST: u32 = 1;
 
 /// One rank's end of a group joined by TCP.
 pub struct TcpTransport {
-    rank: Rank,
     shared: Arc<Shared>,
 }
 
@@ -199,7 +198,7 @@ impl TcpTransport {
                     .spawn(read_loop(peer, stream, Arc::downgrade(&shared)));
             }
         }
-        Ok(Self { rank, shared })
+        Ok(Self { shared })
     }
 }
 
@@ -364,14 +363,6 @@ fn header(key: Key, len: usize) -> Vec<u8> {
 }
 
 impl Transport for TcpTransport {
-    fn rank(&self) -> Rank {
-        self.rank
-    }
-
-    fn size(&self) -> usize {
-        self.shared.writers.len()
-    }
-
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
         let data = match linked::check_send(&*self.shared, to, key, data) {
             Ok(data) => data,

@@ -71,15 +71,14 @@ fn tag(kind: u64, sender: Rank, number: u32) -> u64 {
 
 /// One rank's end of a group joined by UCX.
 pub struct UcxTransport {
-    rank: Rank,
     shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for UcxTransport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UcxTransport")
-            .field("rank", &self.rank)
-            .field("size", &self.shared.eps.len())
+            .field("rank", &self.shared.core.rank)
+            .field("size", &self.shared.core.size)
             .finish_non_exhaustive()
     }
 }
@@ -143,7 +142,7 @@ impl UcxTransport {
                 shared.core.background.spawn(watch(peer, ep.clone(), weak.clone()));
             }
         }
-        Ok(Self { rank, shared })
+        Ok(Self { shared })
     }
 
     /// This rank's transport on `worker`, the ranks' worker addresses
@@ -388,14 +387,6 @@ impl Linked for Shared {
 }
 
 impl Transport for UcxTransport {
-    fn rank(&self) -> Rank {
-        self.rank
-    }
-
-    fn size(&self) -> usize {
-        self.shared.eps.len()
-    }
-
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
         let data = match linked::check_send(&*self.shared, to, key, data) {
             Ok(data) => data,
