@@ -75,7 +75,17 @@ impl Layout {
     /// `Some((p, n))` if a value is exactly `n` primitives `p` back to
     /// back (a primitive, or arrays of one): the predefined reduction
     /// operations apply to it element-wise.
+    #[inline]
     pub fn homogeneous(&self) -> Option<(Primitive, usize)> {
+        // The primitive case inlines, so a collective of a primitive type
+        // pays nothing for its layout.
+        match self {
+            Layout::Primitive(p) => Some((*p, 1)),
+            _ => self.homogeneous_compound(),
+        }
+    }
+
+    fn homogeneous_compound(&self) -> Option<(Primitive, usize)> {
         match self {
             Layout::Primitive(p) => Some((*p, 1)),
             Layout::Array(inner, len) => inner.homogeneous().map(|(p, n)| (p, n.saturating_mul(*len))),
@@ -119,6 +129,7 @@ pub trait Element: bytemuck::Pod + Send + Sync + 'static {
 macro_rules! primitive {
     ($($t:ty => $p:ident),* $(,)?) => {$(
         impl Element for $t {
+            #[inline]
             fn layout() -> Layout {
                 Layout::Primitive(Primitive::$p)
             }

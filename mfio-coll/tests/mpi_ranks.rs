@@ -12,6 +12,7 @@
 
 use std::fmt::Debug;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -75,16 +76,28 @@ fn every_collective(cx: &Ctx) -> Outcome {
 /// `TransportComm` with the built-in table.
 fn over_mpi_transport(cx: &Ctx) -> Outcome {
     let t = MpiTransport::new(&cx.world).map_err(|e| format!("MpiTransport: {e}"))?;
+    over_transport(cx.mpi.clone(), t, "MPI point-to-point", 100)
+}
+
+/// Over transport `t`, driven by `backend`: each algorithm, the load and
+/// drop-mid-flight tests, then every collective through `TransportComm`
+/// (`u32`, `f64` and a `#[repr(C)]` struct), after which no
+/// message may be left (the dropped collective's included).
+fn over_transport<B, T>(backend: B, t: T, name: &str, salt: u64) -> Outcome
+where
+    B: IoBackend + Clone + Send + Sync + 'static,
+    T: mfio_coll::transport::Transport + 'static,
+{
     let mut seq = Seq::new(1);
     for len in [0, 1, 1000, 100_003] {
-        cx.mpi
+        backend
             .block_on(every_algorithm(&t, &mut seq, len))
-            .map_err(|e| format!("every algorithm, len {len}: {e}"))?;
+            .map_err(|e| format!("every algorithm over {name}, len {len}: {e}"))?;
     }
-    every_algorithm::under_load(&cx.mpi, &t)?;
-    every_algorithm::drop_mid_flight(&cx.mpi, &t, 9)?;
-    let comm = TransportComm::new(cx.mpi.clone(), t);
-    let mut salt = 100;
+    every_algorithm::under_load(&backend, &t)?;
+    every_algorithm::drop_mid_flight(&backend, &t, 9)?;
+    let comm = TransportComm::new(backend, t);
+    let mut salt = salt;
     for form in [Form::Async, Form::Blocking] {
         for len in [0, 1, 1031, 40_000] {
             salt += 1;
@@ -93,8 +106,6 @@ fn over_mpi_transport(cx: &Ctx) -> Outcome {
             collectives_of::<_, Sample>(&comm, len, form, salt)?;
         }
     }
-    // The last collective: afterwards nothing may be left (the dropped
-    // collective's messages included).
     comm.blocking_barrier().map_err(|e| format!("final barrier: {e}"))?;
     every_algorithm::nothing_kept(&**comm.transport())
 }
@@ -131,27 +142,7 @@ fn over_ucx_via_mpi(cx: &Ctx) -> Outcome {
         .and_then(|c| c.worker())
         .map_err(|e| format!("UCX worker: {e}"))?;
     let t = mfio_coll::mpi::ucx_transport(&cx.world, &worker).map_err(|e| format!("UCX transport: {e}"))?;
-    let mut seq = Seq::new(1);
-    for len in [0, 1, 1000, 100_003] {
-        worker
-            .block_on(every_algorithm(&t, &mut seq, len))
-            .map_err(|e| format!("every algorithm over UCX, len {len}: {e}"))?;
-    }
-    every_algorithm::under_load(&worker, &t)?;
-    every_algorithm::drop_mid_flight(&worker, &t, 9)?;
-    let comm = TransportComm::new(worker, t);
-    let mut salt = 300;
-    for form in [Form::Async, Form::Blocking] {
-        for len in [0, 1, 1031, 40_000] {
-            salt += 1;
-            collectives_of::<_, u32>(&comm, len, form, salt)?;
-            collectives_of::<_, f64>(&comm, len, form, salt)?;
-        }
-    }
-    // The last collective: afterwards nothing may be left (the dropped
-    // collective's messages included).
-    comm.blocking_barrier().map_err(|e| format!("final barrier: {e}"))?;
-    every_algorithm::nothing_kept(&**comm.transport())
+    over_transport(worker, t, "UCX", 300)
 }
 
 /// The predefined operations on integers and floats, against the
@@ -515,6 +506,57 @@ fn drop_mid_flight(cx: &Ctx) -> Outcome {
         "allreduce after drops",
     )?;
     ensure!(got == [size as u64; 3], "allreduce after dropped collectives: {got:?}");
+    // A collective polled while the others are late, then dropped: the
+    // backend takes its request over (it stays in flight, its buffers
+    // alive, until the others join), and the next collective pairs up.
+    let settle = |what: &str| -> Outcome {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cx.mpi.in_flight() > 0 {
+            cx.mpi.drive();
+            ensure!(
+                Instant::now() < deadline,
+                "{what}: {} requests stay in flight",
+                cx.mpi.in_flight()
+            );
+        }
+        Ok(())
+    };
+    settle("dropped collectives")?;
+    if rank == 0 && size > 1 {
+        // One MPI call (the tests' count limit splits longer ones).
+        let mut pending = w.allreduce_in_place(vec![1u64; 8], ReduceOp::Sum);
+        let mut ctx = std::task::Context::from_waker(std::task::Waker::noop());
+        for _ in 0..100 {
+            ensure!(
+                Pin::new(&mut pending).poll(&mut ctx).is_pending(),
+                "an allreduce finished before the other ranks joined"
+            );
+        }
+        ensure!(
+            cx.mpi.in_flight() == 1,
+            "{} requests in flight, not 1",
+            cx.mpi.in_flight()
+        );
+        drop(pending);
+        ensure!(
+            cx.mpi.in_flight() == 1,
+            "a dropped collective left the backend ({} requests in flight)",
+            cx.mpi.in_flight()
+        );
+    } else if size > 1 {
+        std::thread::sleep(Duration::from_millis(100));
+        let got = ok(
+            cx.mpi.block_on(w.allreduce_in_place(vec![1u64; 8], ReduceOp::Sum)),
+            "allreduce with a dropped one",
+        )?;
+        ensure!(got.iter().all(|&x| x == size as u64), "allreduce with a dropped one");
+    }
+    let got = ok(
+        cx.mpi.block_on(w.allreduce_in_place(vec![2u64; 3], ReduceOp::Sum)),
+        "allreduce after a dropped one",
+    )?;
+    ensure!(got == [2 * size as u64; 3], "allreduce after a dropped one: {got:?}");
+    settle("a collective dropped while polled")?;
     // A pending receive dropped: cancelled, nothing left in flight for it.
     {
         let mut pending = Box::pin(PacketIoExt::<Read, (usize, u32)>::io(
@@ -529,15 +571,8 @@ fn drop_mid_flight(cx: &Ctx) -> Outcome {
             "a receive with no sender finished"
         );
     }
+    settle("a cancelled receive")?;
     let deadline = Instant::now() + Duration::from_secs(10);
-    while cx.mpi.in_flight() > 0 {
-        cx.mpi.drive();
-        ensure!(
-            Instant::now() < deadline,
-            "a cancelled receive stays in flight ({} requests)",
-            cx.mpi.in_flight()
-        );
-    }
     // A receive that completes after its caller dropped the packet: the
     // message comes back for the next receive.
     let mut packet = Packet::<Read, _>::new(Vec::<u8>::with_capacity(32));
@@ -815,8 +850,13 @@ fn main() {
     let only = std::env::var("MFIO_MPI_CASE").ok();
     let timeout = (only.as_deref() == Some("early-finalize")).then_some(Duration::from_secs(3));
     // MFIO_MPI_PROGRESS=thread runs every case with the progress thread.
+    // MFIO_MPI_SPIN_US sets how long collectives are tested before the
+    // caller may sleep (0: every collective still running after its first
+    // few tests goes to the backend's records).
+    let spin = std::env::var("MFIO_MPI_SPIN_US").ok().and_then(|v| v.parse().ok());
     let progress = Progress {
         thread: std::env::var("MFIO_MPI_PROGRESS").is_ok_and(|v| v == "thread"),
+        spin: spin.map_or(Progress::default().spin, Duration::from_micros),
         ..Progress::default()
     };
     // MFIO_MPI_LEVEL=funneled runs them with MPI_THREAD_FUNNELED.

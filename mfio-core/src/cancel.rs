@@ -29,6 +29,11 @@ impl Cancels {
         })
     }
 
+    /// Whether no cancellation waits to be applied (one atomic load).
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
     /// The tokens requested since the last call, oldest first.
     pub fn take(&self) -> Vec<u64> {
         self.tokens.take()

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::ffi::c_int;
 use std::fmt;
 use std::os::fd::AsFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -200,6 +201,7 @@ impl MpiBuilder {
             signal: Arc::default(),
             progress_thread: Mutex::new(None),
             stop: std::sync::atomic::AtomicBool::new(false),
+            self_tested: AtomicUsize::new(0),
         });
         if self.progress.thread {
             if shared.level < ThreadLevel::Multiple {
@@ -322,7 +324,7 @@ impl Done {
         }
     }
 
-    fn complete(self) {
+    pub(crate) fn complete(self) {
         self.work.finish(self.result, &self.status);
     }
 }
@@ -481,9 +483,25 @@ pub(crate) struct Shared {
     progress_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Tells the progress thread to end.
     stop: std::sync::atomic::AtomicBool,
+    /// Collectives whose futures test their own requests
+    /// ([`SelfTested`](super::self_test::SelfTested)), not yet handed to
+    /// the records.
+    pub(crate) self_tested: AtomicUsize,
 }
 
 impl Shared {
+    /// Whether a collective's future may test its own request while its
+    /// caller spins: any thread may call MPI at any time (`Multiple`), and
+    /// no progress thread tests instead.
+    pub(crate) fn tests_own_requests(&self) -> bool {
+        self.level == ThreadLevel::Multiple && !self.progress.thread
+    }
+
+    /// How long pending requests are tested before the caller may sleep.
+    pub(crate) fn spin(&self) -> Duration {
+        self.progress.spin
+    }
+
     /// Whether this thread may call MPI at the level provided.
     pub(crate) fn may_call_here(&self) -> bool {
         self.level >= ThreadLevel::Serialized || std::thread::current().id() == self.main
@@ -538,6 +556,9 @@ impl Shared {
     }
 
     fn run_deferred(&self, st: &mut State, done: &mut Vec<Done>) -> bool {
+        if self.deferred.is_empty() {
+            return false;
+        }
         let work = self.deferred.take();
         let any = !work.is_empty();
         for w in work {
@@ -679,7 +700,11 @@ impl Shared {
         let now = Instant::now();
         let since = *st.idle_since.get_or_insert(now);
         let spin_until = since + self.progress.spin;
-        if done.is_empty() && now < spin_until {
+        // Collectives that test their own requests keep their callers
+        // polling: a spin here would hold them up until one of the
+        // records finishes.
+        let self_tested = self.self_tested.load(Ordering::Acquire) > 0;
+        if done.is_empty() && now < spin_until && !self_tested {
             // Keep testing for the rest of the spin: a request about to
             // finish costs a wake-up from sleep otherwise.
             let mut round = 0u32;
@@ -722,6 +747,12 @@ impl Shared {
         let Some(mut st) = self.state.try_lock() else {
             return DriveStatus::IDLE;
         };
+        if st.reqs.is_empty() && self.deferred_empty() && self.cancels.is_empty() {
+            // Nothing to test or run (collectives that test their own
+            // requests keep their callers polling).
+            st.idle_since = None;
+            return DriveStatus::IDLE;
+        }
         // The list of finished operations is reused from step to step: one
         // allocation fewer per collective.
         let mut done = std::mem::take(&mut st.spare_done);
@@ -956,7 +987,8 @@ impl Mpi {
     /// MPI requests in flight (a collective split for large counts counts
     /// each part).
     pub fn in_flight(&self) -> usize {
-        self.shared.with_state(|st| st.in_flight()).unwrap_or(0)
+        let own = self.shared.self_tested.load(Ordering::Acquire);
+        self.shared.with_state(|st| st.in_flight()).unwrap_or(0) + own
     }
 }
 

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use mfio_core::completion::{completion, Completer};
 use mfio_core::{BufResult, Error, Result};
 
-use super::backend::{mpi_error, Finish, Handle, Mpi, Shared, State, ThreadLevel};
+use super::backend::{mpi_error, Done, Finish, Handle, Mpi, Shared, State, ThreadLevel};
 use super::datatype;
+use super::self_test::SelfTested;
 use super::sys::{self, Call, Comm, Datatype, Op};
 use super::user_op;
 use crate::check::{self, invalid, Overlap};
@@ -142,53 +143,70 @@ impl MpiComm {
         self.tag_ub
     }
 
-    /// Starts a prepared collective; its future resolves once the backend
+    /// Starts a prepared collective. Where any thread may call MPI, a
+    /// collective of one MPI call gets a future that tests its own request
+    /// ([`SelfTested`]); otherwise its future resolves once the backend
     /// sees every request finish.
     fn start<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollFuture<B> {
         let (bufs, plan) = match prepared {
             Ok(p) => p,
             Err((err, bufs)) => return CollFuture::ready(BufResult(Err(err), bufs)),
         };
+        let (comm, bulk) = (self.handle, self.bulk);
+        let shared = &self.mpi.shared;
+        if shared.tests_own_requests() {
+            let mut finished = Vec::new();
+            let mut bufs = Some(bufs);
+            let started = shared.with_state(|st| {
+                let mut bufs = bufs.take()?;
+                let p = match plan(st, &mut bufs) {
+                    Ok(p) => p,
+                    Err(err) => return Some(CollFuture::ready(BufResult(Err(err), bufs))),
+                };
+                if p.is_one_call() {
+                    // SAFETY: the buffers and count lists the call points
+                    // into move into the future, which hands them to the
+                    // records if it is dropped before the request
+                    // finishes; the state is held; any thread may call MPI.
+                    let started = unsafe { p.first.start(comm.raw()) };
+                    return Some(match started {
+                        Ok(req) => SelfTested::start(shared, req, bufs, p.keep, p.first.name()),
+                        Err(c) => CollFuture::ready(BufResult(Err(mpi_error(c, "MPI non-blocking collective")), bufs)),
+                    });
+                }
+                let (done, fut) = completion::<CollResult<B>>();
+                post_plan(st, p, bufs, done, comm, bulk, &mut finished);
+                Some(CollFuture::waiting(fut))
+            });
+            for d in finished {
+                d.complete();
+            }
+            return match started.flatten() {
+                Some(fut) => {
+                    // A record may have been posted: a sleeping driver
+                    // must start testing.
+                    shared.notifier.notify();
+                    fut
+                }
+                // `tests_own_requests` means any thread may call MPI, so
+                // this is not reached.
+                None => CollFuture::ready(BufResult(Err(not_here("collective")), bufs.unwrap_or_default())),
+            };
+        }
+        self.start_posted(bufs, plan)
+    }
+
+    /// Starts a collective whose requests the backend tests; its future
+    /// resolves once they all finish.
+    fn start_posted<B: Send + Default + 'static>(&self, bufs: B, plan: impl PlanOnce<B>) -> CollFuture<B> {
         let (done, fut) = completion::<CollResult<B>>();
         let (comm, bulk) = (self.handle, self.bulk);
         self.mpi.shared.submit(move |_shared, st, finished| {
             let mut bufs = bufs;
-            let p = match plan(st, &mut bufs) {
-                Ok(p) => p,
-                Err(err) => {
-                    done.complete(Ok(BufResult(Err(err), bufs)));
-                    return;
-                }
-            };
-            let name = p.first.name();
-            let work = CollWork {
-                bufs,
-                done: Some(done),
-                panicked: p.panicked,
-                _keep: p.keep,
-                unpack: p.unpack,
-                name,
-            };
-            let mut calls = std::iter::once(p.first).chain(p.more);
-            let mut messages = p.messages.into_iter();
-            st.post(
-                Box::new(work),
-                p.handles,
-                false,
-                |_| {
-                    if let Some(call) = calls.next() {
-                        // SAFETY: the buffers and count lists the call
-                        // points into live in the record (`CollWork`)
-                        // until the request finishes; the types and ops
-                        // are live; the state is held on an allowed thread.
-                        let started = unsafe { call.start(comm.raw()) };
-                        return Some(started.map_err(|c| mpi_error(c, "MPI non-blocking collective")));
-                    }
-                    // SAFETY: as above, for the message's block.
-                    messages.next().map(|m| unsafe { m.start(bulk.raw()) })
-                },
-                finished,
-            );
+            match plan(st, &mut bufs) {
+                Ok(p) => post_plan(st, p, bufs, done, comm, bulk, finished),
+                Err(err) => done.complete(Ok(BufResult(Err(err), bufs))),
+            }
         });
         CollFuture::waiting(fut)
     }
@@ -229,6 +247,48 @@ impl MpiComm {
             None => BufResult(Err(not_here("collective")), bufs),
         }
     }
+}
+
+/// Starts a plan's requests as one record of the backend, which completes
+/// `done` once they all finish.
+fn post_plan<B: Send + Default + 'static>(
+    st: &mut State,
+    p: Plan,
+    bufs: B,
+    done: Completer<CollResult<B>>,
+    comm: CommHandle,
+    bulk: CommHandle,
+    finished: &mut Vec<Done>,
+) {
+    let name = p.first.name();
+    let work = CollWork {
+        bufs,
+        done: Some(done),
+        panicked: p.panicked,
+        _keep: p.keep,
+        unpack: p.unpack,
+        name,
+    };
+    let mut calls = std::iter::once(p.first).chain(p.more);
+    let mut messages = p.messages.into_iter();
+    st.post(
+        Box::new(work),
+        p.handles,
+        false,
+        |_| {
+            if let Some(call) = calls.next() {
+                // SAFETY: the buffers and count lists the call points into
+                // live in the record (`CollWork`) until the request
+                // finishes; the types and ops are live; the state is held
+                // on an allowed thread.
+                let started = unsafe { call.start(comm.raw()) };
+                return Some(started.map_err(|c| mpi_error(c, "MPI non-blocking collective")));
+            }
+            // SAFETY: as above, for the message's block.
+            messages.next().map(|m| unsafe { m.start(bulk.raw()) })
+        },
+        finished,
+    );
 }
 
 /// Runs a plan to completion with MPI's blocking calls. A plan with
@@ -551,7 +611,7 @@ impl Blocks<'_> {
 }
 
 /// A collective in flight: its buffers and what its calls point into.
-struct CollWork<B> {
+pub(super) struct CollWork<B> {
     bufs: B,
     /// `None` once the caller was told the collective timed out.
     done: Option<Completer<CollResult<B>>>,
@@ -559,6 +619,26 @@ struct CollWork<B> {
     _keep: Vec<Vec<c_int>>,
     unpack: Option<Unpack>,
     name: &'static str,
+}
+
+impl<B> CollWork<B> {
+    /// The record of a one-call collective whose future stops testing it
+    /// ([`SelfTested`]); `done` is `None` if that future is gone.
+    pub(super) fn one_call(
+        bufs: B,
+        done: Option<Completer<CollResult<B>>>,
+        keep: Vec<Vec<c_int>>,
+        name: &'static str,
+    ) -> Self {
+        Self {
+            bufs,
+            done,
+            panicked: None,
+            _keep: keep,
+            unpack: None,
+            name,
+        }
+    }
 }
 
 impl<B: Send + Default> Finish for CollWork<B> {
@@ -837,6 +917,17 @@ macro_rules! checked {
 }
 
 impl Plan {
+    /// Whether the plan is one MPI call and nothing else to run or free
+    /// when it finishes (no split, messages, packed copy, or custom
+    /// reduction).
+    fn is_one_call(&self) -> bool {
+        self.more.is_empty()
+            && self.messages.is_empty()
+            && self.unpack.is_none()
+            && self.handles.is_empty()
+            && self.panicked.is_none()
+    }
+
     /// The plan, also freeing `made` (a datatype made for it) once done.
     fn holding(mut self, made: Option<Handle>) -> Self {
         self.handles.extend(made);

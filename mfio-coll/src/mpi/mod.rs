@@ -15,7 +15,10 @@
 //! driving step calls `MPI_Testsome` once over every pending request; while
 //! requests are pending, the step spins a short while and then asks to be
 //! driven again after a growing pause ([`Progress`]). With nothing pending
-//! the backend sleeps on its eventfd and costs nothing.
+//! the backend sleeps on its eventfd and costs nothing. Under
+//! [`ThreadLevel::Multiple`] a collective of one MPI call is tested by its
+//! own future instead, at each poll (as a C program's `MPI_Test` loop), and
+//! handed to the backend after the spin or if the future is dropped.
 //!
 //! # Thread levels
 //! - [`ThreadLevel::Multiple`]: any thread may submit, drive and drop.
@@ -61,6 +64,7 @@ mod backend;
 mod comm;
 mod datatype;
 mod p2p;
+mod self_test;
 mod sys;
 mod transport;
 mod user_op;

@@ -774,6 +774,34 @@ pub(crate) unsafe fn testsome(
     }
 }
 
+/// What [`test`] found.
+pub(crate) enum Tested {
+    /// The request is still running.
+    Running,
+    /// It finished, with this outcome (an error of the request itself).
+    Finished(Result<(), Code>),
+    /// The call failed and the request is still MPI's.
+    CallFailed(Code),
+}
+
+/// One `MPI_Test` of one request.
+///
+/// # Safety
+/// `req` is active or null, and this thread may call MPI.
+pub(crate) unsafe fn test(req: &mut Request) -> Tested {
+    let mut flag: c_int = 0;
+    // SAFETY: upheld by the caller; `flag` is valid for writes and the
+    // status is ignored.
+    let rc = unsafe { ffi::MPI_Test(req, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+    match check(rc) {
+        Ok(()) if flag == 0 => Tested::Running,
+        Ok(()) => Tested::Finished(Ok(())),
+        // SAFETY: reading a constant mpi-sys exports.
+        Err(code) if *req == unsafe { ffi::RSMPI_REQUEST_NULL } => Tested::Finished(Err(code)),
+        Err(code) => Tested::CallFailed(code),
+    }
+}
+
 /// [`testsome`] over one request, through `MPI_Test`: in Open MPI 4.1 a
 /// `MPI_Testsome` of one request costs twice the instructions of a
 /// `MPI_Test` (callgrind), and one request pending is the common case. An

@@ -1,0 +1,161 @@
+//! [`SelfTested`]: a collective whose future tests its own MPI request
+//! while its caller spins, where any thread may call MPI.
+//!
+//! A short collective finishes within microseconds. Through the backend's
+//! records it would pay a record, a completion and a wake-up on top of
+//! MPI's own cost; tested by its own future it pays one `MPI_Test` per
+//! poll, as a C program's test loop does. The future keeps its caller
+//! polling (it wakes itself) for as long as the backend would spin
+//! ([`Progress::spin`](super::Progress::spin)); after that, or if it is
+//! dropped first, it hands the request and its buffers to the backend's
+//! records, which test it, pause between tests, honour the timeout and
+//! keep the buffers until MPI lets go of them.
+
+use std::ffi::c_int;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use mfio_core::completion::{completion, Completion};
+use mfio_core::BufResult;
+
+use super::backend::{mpi_error, Shared};
+use super::comm::CollWork;
+use super::sys::{self, Tested};
+use crate::comm::{CollFuture, CollResult};
+
+/// How many polls pass between two looks at the clock.
+const POLLS_PER_CLOCK: u32 = 16;
+
+/// A collective of one MPI call, tested by its own future.
+pub(crate) struct SelfTested<B: Send + Default + 'static> {
+    shared: Arc<Shared>,
+    /// The request while this future tests it; `None` once it finished or
+    /// went to the backend's records.
+    req: Option<sys::Request>,
+    /// The buffers the call points into (taken when it finishes or goes to
+    /// the records).
+    bufs: B,
+    /// Count lists the call points into.
+    keep: Vec<Vec<c_int>>,
+    name: &'static str,
+    /// When the clock was first read (a short collective never reads it).
+    since: Option<Instant>,
+    polls: u32,
+    /// The result, once the backend's records test the request.
+    handed_over: Option<Completion<CollResult<B>>>,
+}
+
+// SAFETY: futures of this type exist only where MPI allows any thread to
+// call it at any time (`MPI_THREAD_MULTIPLE`), so the request may be tested
+// from whichever thread polls; the buffers are owned.
+unsafe impl<B: Send + Default + 'static> Send for SelfTested<B> {}
+
+// The future is never pinned structurally: its fields move freely.
+impl<B: Send + Default + 'static> Unpin for SelfTested<B> {}
+
+impl<B: Send + Default + 'static> SelfTested<B> {
+    /// The future of a collective started as `req`, whose call points into
+    /// `bufs` and `keep`.
+    pub(crate) fn start(
+        shared: &Arc<Shared>,
+        req: sys::Request,
+        bufs: B,
+        keep: Vec<Vec<c_int>>,
+        name: &'static str,
+    ) -> CollFuture<B> {
+        shared.self_tested.fetch_add(1, Ordering::AcqRel);
+        CollFuture::boxed(Self {
+            shared: shared.clone(),
+            req: Some(req),
+            bufs,
+            keep,
+            name,
+            since: None,
+            polls: 0,
+            handed_over: None,
+        })
+    }
+
+    /// Gives the request and the buffers to the backend's records; the
+    /// result comes back through `handed_over` if `wanted`.
+    fn hand_over(&mut self, wanted: bool) {
+        let Some(req) = self.req.take() else { return };
+        let done = wanted.then(|| {
+            let (done, fut) = completion();
+            self.handed_over = Some(fut);
+            done
+        });
+        let bufs = std::mem::take(&mut self.bufs);
+        let keep = std::mem::take(&mut self.keep);
+        let work = Box::new(CollWork::one_call(bufs, done, keep, self.name));
+        let req = SendRequest(req);
+        self.shared.submit(move |_, st, finished| {
+            let mut req = Some(req);
+            st.post(work, Vec::new(), false, |_| req.take().map(|r| Ok(r.0)), finished);
+        });
+        // After the post: `in_flight` never misses it in between.
+        self.shared.self_tested.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request moving to the thread that posts it (see `SelfTested`'s
+/// `Send`).
+struct SendRequest(sys::Request);
+
+// SAFETY: as for `SelfTested`.
+unsafe impl Send for SendRequest {}
+
+impl<B: Send + Default + 'static> Future for SelfTested<B> {
+    type Output = CollResult<B>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CollResult<B>> {
+        let this = self.get_mut();
+        if let Some(req) = &mut this.req {
+            // SAFETY: the future's own active request; any thread may call
+            // MPI (see the `Send` impl).
+            match unsafe { sys::test(req) } {
+                Tested::Finished(result) => {
+                    this.req = None;
+                    this.shared.self_tested.fetch_sub(1, Ordering::AcqRel);
+                    let result = result.map_err(|c| mpi_error(c, this.name));
+                    return Poll::Ready(BufResult(result, std::mem::take(&mut this.bufs)));
+                }
+                Tested::Running => {
+                    this.polls = this.polls.wrapping_add(1);
+                    let spinning = this.polls % POLLS_PER_CLOCK != 0
+                        || this.since.get_or_insert_with(Instant::now).elapsed() < this.shared.spin();
+                    if spinning {
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    // Waited as long as the backend spins: it takes over,
+                    // pausing between tests.
+                }
+                Tested::CallFailed(code) => {
+                    tracing::warn!(error = %sys::error_string(code), "MPI_Test failed; the backend's records retry it");
+                }
+            }
+            this.hand_over(true);
+        }
+        match &mut this.handed_over {
+            // A backend that went away with the buffers inside: they are
+            // gone with it, and empty ones come back with the error.
+            Some(c) => Pin::new(c)
+                .poll(cx)
+                .map(|r| r.unwrap_or_else(|e| BufResult(Err(e), B::default()))),
+            None => panic!("a collective's future polled after it completed"),
+        }
+    }
+}
+
+impl<B: Send + Default + 'static> Drop for SelfTested<B> {
+    fn drop(&mut self) {
+        // MPI may still read and write the buffers: the records keep them
+        // until the request finishes.
+        self.hand_over(false);
+    }
+}
