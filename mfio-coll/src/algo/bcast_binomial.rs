@@ -21,9 +21,11 @@ pub async fn bcast_binomial<T: Element>(t: &dyn Transport, id: CollId, buf: &mut
     let real = |v: usize| (v + root) % n;
     let key = id.key(0, 0);
     let mut mask = 1;
+    // The message as it came, passed on to one child without a copy.
+    let mut received = None;
     while mask < n {
         if rel & mask != 0 {
-            super::recv_into(t, real(rel - mask), key, buf).await?;
+            received = Some(super::recv_kept(t, real(rel - mask), key, buf).await?);
             break;
         }
         mask <<= 1;
@@ -33,9 +35,12 @@ pub async fn bcast_binomial<T: Element>(t: &dyn Transport, id: CollId, buf: &mut
     let mut sends = Vec::new();
     while mask > 0 {
         if rel + mask < n {
-            sends.push(super::send(t, real(rel + mask), key, buf));
+            sends.push(super::send_reusing(t, real(rel + mask), key, buf, received.take()));
         }
         mask >>= 1;
+    }
+    if let Some(bytes) = received {
+        t.recycle(bytes);
     }
     for res in futures_util::future::join_all(sends).await {
         res?;

@@ -32,32 +32,38 @@ pub async fn bcast_chain<T: Element>(
     let chunks = len.div_ceil(chunk).max(1);
     let bounds = |c: usize| (c * chunk).min(len)..((c + 1) * chunk).min(len);
     let key = |c: usize| id.key(0, c as u32);
+    // Each chunk's message goes on to the next rank as it came.
+    let mut held: Option<Vec<u8>> = None;
     if rel != 0 {
         let first = bounds(0);
-        super::recv_into(t, prev, key(0), &mut buf[first]).await?;
+        held = Some(super::recv_kept(t, prev, key(0), &mut buf[first]).await?);
     }
     for c in 0..chunks {
         let (this, following) = (bounds(c), bounds(c + 1));
         let receive_next = rel != 0 && c + 1 < chunks;
         let (done, rest) = buf.split_at_mut(this.end);
+        let bytes = held.take();
         let forward = async {
             if has_next {
-                super::send(t, next, key(c), &done[this.clone()]).await
+                super::send_reusing(t, next, key(c), &done[this.clone()], bytes).await
             } else {
+                if let Some(bytes) = bytes {
+                    t.recycle(bytes);
+                }
                 Ok(())
             }
         };
         let take = async {
             if receive_next {
                 let at = following.start - this.end..following.end - this.end;
-                super::recv_into(t, prev, key(c + 1), &mut rest[at]).await
+                super::recv_kept(t, prev, key(c + 1), &mut rest[at]).await.map(Some)
             } else {
-                Ok(())
+                Ok(None)
             }
         };
         let (sent, got) = futures_util::future::join(forward, take).await;
         sent?;
-        got?;
+        held = got?;
     }
     Ok(())
 }

@@ -100,6 +100,25 @@ async fn send<T: Element>(t: &dyn Transport, to: Rank, key: Key, data: &[T]) -> 
     res
 }
 
+/// Sends `data` to `to` under `key`: from `bytes`, the same bytes as a
+/// message received earlier (passed on without another copy), or else
+/// from a copy of `data`.
+async fn send_reusing<T: Element>(
+    t: &dyn Transport,
+    to: Rank,
+    key: Key,
+    data: &[T],
+    bytes: Option<Vec<u8>>,
+) -> Result<()> {
+    let Some(bytes) = bytes else {
+        return send(t, to, key, data).await;
+    };
+    debug_assert_eq!(bytes, bytemuck::cast_slice::<T, u8>(data));
+    let (res, bytes) = t.send(to, key, bytes).await.into_parts();
+    t.recycle(bytes);
+    res
+}
+
 /// Receives the bytes of `n` elements from `from` under `key`.
 async fn recv_bytes<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> Result<Vec<u8>> {
     let bytes = n.checked_mul(size_of::<T>()).ok_or_else(|| too_long(n))?;
@@ -163,10 +182,17 @@ async fn recv<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> 
 
 /// Receives `into.len()` elements from `from` under `key` into `into`.
 async fn recv_into<T: Element>(t: &dyn Transport, from: Rank, key: Key, into: &mut [T]) -> Result<()> {
-    let buf = recv_bytes::<T>(t, from, key, into.len()).await?;
-    bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(&buf);
+    let buf = recv_kept(t, from, key, into).await?;
     t.recycle(buf);
     Ok(())
+}
+
+/// [`recv_into`], keeping the message's buffer, to pass it on with
+/// [`send_reusing`] (the caller gives it back to the transport).
+async fn recv_kept<T: Element>(t: &dyn Transport, from: Rank, key: Key, into: &mut [T]) -> Result<Vec<u8>> {
+    let buf = recv_bytes::<T>(t, from, key, into.len()).await?;
+    bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(&buf);
+    Ok(buf)
 }
 
 /// Sends `data` to `to` and receives `n` elements from `from`, both under
@@ -198,13 +224,37 @@ async fn ring_pass_blocks<T: Element>(
     key: impl Fn(usize) -> Key,
 ) -> Result<()> {
     let len = buf.len();
+    // The block a step receives is the one the next step sends: its
+    // message's buffer goes on as it is.
+    let mut passed_on: Option<Vec<u8>> = None;
     for s in 0..n.saturating_sub(1) {
         let out = block(len, n, (held + n - s) % n);
         let into = block(len, n, (held + 2 * n - s - 1) % n);
-        let incoming = exchange(t, right, left, key(s), &buf[out], into.len()).await?;
-        buf[into].copy_from_slice(&incoming);
+        let (sending, receiving) = split_blocks(buf, out, into);
+        let (sent, got) = futures_util::future::join(
+            send_reusing(t, right, key(s), sending, passed_on.take()),
+            recv_kept(t, left, key(s), receiving),
+        )
+        .await;
+        sent?;
+        passed_on = Some(got?);
+    }
+    if let Some(bytes) = passed_on {
+        t.recycle(bytes);
     }
     Ok(())
+}
+
+/// The disjoint blocks `read` and `write` of `buf`, one to read while the
+/// other is written.
+fn split_blocks<T>(buf: &mut [T], read: std::ops::Range<usize>, write: std::ops::Range<usize>) -> (&[T], &mut [T]) {
+    if read.start >= write.end {
+        let (low, high) = buf.split_at_mut(read.start);
+        (&high[..read.len()], &mut low[write])
+    } else {
+        let (low, high) = buf.split_at_mut(write.start);
+        (&low[read], &mut high[..write.len()])
+    }
 }
 
 /// `acc = acc ∘ higher`, where `higher` holds the values of higher ranks

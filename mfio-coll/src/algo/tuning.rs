@@ -209,18 +209,22 @@ impl Tuning {
         Ok(Self { rules })
     }
 
-    /// The built-in table: the textbook choices (latency-bound algorithms
-    /// for short messages, bandwidth-bound ones for long), for when no
-    /// measured table is at hand.
+    /// The built-in table, for when no measured table is at hand: what
+    /// `mfio-bench coll --tune` chose over UCX with 2 and 3 ranks
+    /// (BENCHMARKS.md), latency-bound algorithms for short messages and
+    /// the ring or the pipelined chain for long ones; Bruck's allgather
+    /// for short messages at other rank counts, where it takes fewer steps.
     pub fn builtin() -> Self {
         const TABLE: &str = "
-            allreduce            *  16384    recursive_doubling
-            allreduce            *  1048576  rabenseifner
-            allreduce            *  *        segmented_ring
+            allreduce            2  1024     recursive_doubling
+            allreduce            2  65536    rabenseifner
+            allreduce            *  65536    recursive_doubling
+            allreduce            *  *        ring
             bcast                *  65536    binomial
-            bcast                2  *        chain
-            bcast                *  *        scatter_allgather
+            bcast                *  *        chain
             reduce               *  *        binomial
+            allgather            2  1024     recursive_doubling
+            allgather            3  *        ring
             allgather            *  32768    bruck
             allgather            *  *        ring
             reduce_scatter_block *  65536    halving
@@ -350,10 +354,12 @@ mod tests {
             assert!(t.rules().iter().any(|r| r.collective == c), "{} has no rule", c.name());
         }
         assert_eq!(t.choose(Collective::Allreduce, 4, 8), Algorithm::RecursiveDoubling);
-        assert_eq!(t.choose(Collective::Allreduce, 4, 1 << 20), Algorithm::Rabenseifner);
-        assert_eq!(t.choose(Collective::Allreduce, 4, 16 << 20), Algorithm::SegmentedRing);
-        assert_eq!(t.choose(Collective::Bcast, 2, 1 << 20), Algorithm::Chain);
-        assert_eq!(t.choose(Collective::Bcast, 3, 1 << 20), Algorithm::ScatterAllgather);
+        assert_eq!(t.choose(Collective::Allreduce, 2, 4096), Algorithm::Rabenseifner);
+        assert_eq!(t.choose(Collective::Allreduce, 4, 1 << 20), Algorithm::Ring);
+        assert_eq!(t.choose(Collective::Bcast, 3, 8), Algorithm::Binomial);
+        assert_eq!(t.choose(Collective::Bcast, 3, 1 << 20), Algorithm::Chain);
+        assert_eq!(t.choose(Collective::Allgather, 3, 8), Algorithm::Ring);
+        assert_eq!(t.choose(Collective::Allgather, 5, 8), Algorithm::Bruck);
     }
 
     #[test]
