@@ -62,7 +62,9 @@ impl ThreadLevel {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
     /// How long driving steps keep testing, without letting the caller
-    /// sleep, once pending requests stop completing (10 ms). MPI moves a
+    /// sleep, once pending requests stop completing (10 ms); also how long
+    /// a collective's future tests its own request (under
+    /// [`ThreadLevel::Multiple`]) before the backend takes it over. MPI moves a
     /// collective's data only inside MPI calls, so a pause stalls every
     /// rank waiting on this one: measured here, a 100 µs spin made a 1 MiB
     /// allreduce 2× slower than MPI's own test loop, 2 ms made it even, and
