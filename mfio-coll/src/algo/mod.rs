@@ -156,6 +156,15 @@ impl<'t, T: Element> Received<'t, T> {
         Received::Copied(out)
     }
 
+    /// The elements, to change in place (the message's own bytes, or the
+    /// aligned copy).
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        match self {
+            Received::Bytes(b, _) => bytemuck::cast_slice_mut(b),
+            Received::Copied(v) => v,
+        }
+    }
+
     /// The elements as a vector of their own.
     fn into_vec(mut self) -> Vec<T> {
         match &mut self {
@@ -259,10 +268,11 @@ fn split_blocks<T>(buf: &mut [T], read: std::ops::Range<usize>, write: std::ops:
 
 /// `acc = acc ∘ higher`, where `higher` holds the values of higher ranks
 /// (the order a non-commutative operation needs).
-fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], higher: Received<'_, T>) {
-    let mut higher = higher.into_vec();
-    op.apply(acc, &mut higher);
-    acc.copy_from_slice(&higher);
+fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], mut higher: Received<'_, T>) {
+    // Combined in the message's own buffer: `higher = acc ∘ higher`.
+    let higher = higher.as_mut_slice();
+    op.apply(acc, higher);
+    acc.copy_from_slice(higher);
 }
 
 fn too_long(n: usize) -> mfio_core::Error {
@@ -379,4 +389,31 @@ fn block(len: usize, n: usize, b: usize) -> std::ops::Range<usize> {
     let (base, extra) = (len / n, len % n);
     let start = b * base + b.min(extra);
     start..start + base + usize::from(b < extra)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_blocks;
+
+    #[test]
+    fn split_blocks_lends_the_two_blocks_asked_for() {
+        let mut buf: Vec<u32> = (0..10).collect();
+        for (read, write) in [
+            (0..3, 3..7),
+            (6..10, 0..2),
+            (4..4, 4..5),
+            (4..5, 4..4),
+            (2..2, 2..2),
+            (0..10, 10..10),
+        ] {
+            let (r, w) = split_blocks(&mut buf, read.clone(), write.clone());
+            assert_eq!(r, &(read.start as u32..read.end as u32).collect::<Vec<_>>()[..]);
+            assert_eq!(w.len(), write.len());
+            w.fill(99);
+            assert!(buf[write.clone()].iter().all(|&x| x == 99));
+            for (i, x) in buf.iter_mut().enumerate() {
+                *x = i as u32;
+            }
+        }
+    }
 }
