@@ -115,9 +115,10 @@ impl<B: Send + Default + 'static> Future for SelfTested<B> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CollResult<B>> {
         let this = self.get_mut();
         if let Some(req) = &mut this.req {
+            let mut status = sys::empty_status();
             // SAFETY: the future's own active request; any thread may call
             // MPI (see the `Send` impl).
-            match unsafe { sys::test(req) } {
+            match unsafe { sys::test(req, &mut status) } {
                 Tested::Finished(result) => {
                     this.req = None;
                     this.shared.self_tested.fetch_sub(1, Ordering::AcqRel);

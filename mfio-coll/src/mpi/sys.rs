@@ -784,15 +784,16 @@ pub(crate) enum Tested {
     CallFailed(Code),
 }
 
-/// One `MPI_Test` of one request.
+/// One `MPI_Test` of one request; `status` gets the finished request's
+/// status.
 ///
 /// # Safety
 /// `req` is active or null, and this thread may call MPI.
-pub(crate) unsafe fn test(req: &mut Request) -> Tested {
+pub(crate) unsafe fn test(req: &mut Request, status: &mut Status) -> Tested {
     let mut flag: c_int = 0;
-    // SAFETY: upheld by the caller; `flag` is valid for writes and the
-    // status is ignored.
-    let rc = unsafe { ffi::MPI_Test(req, &mut flag, ffi::RSMPI_STATUS_IGNORE) };
+    // SAFETY: upheld by the caller; `flag` and `status` are valid for
+    // writes.
+    let rc = unsafe { ffi::MPI_Test(req, &mut flag, status) };
     match check(rc) {
         Ok(()) if flag == 0 => Tested::Running,
         Ok(()) => Tested::Finished(Ok(())),
@@ -811,24 +812,18 @@ pub(crate) unsafe fn test(req: &mut Request) -> Tested {
 /// # Safety
 /// As for [`testsome`]; `indices` and `statuses` are empty.
 unsafe fn test_one(req: &mut Request, indices: &mut Vec<c_int>, statuses: &mut Vec<Status>) -> Result<bool, Code> {
-    let mut flag: c_int = 0;
     let mut status = empty_status();
-    // SAFETY: `req` is active or null (upheld by the caller); `flag` and
-    // `status` are valid for writes.
-    let rc = unsafe { ffi::MPI_Test(req, &mut flag, &mut status) };
-    let failed = check(rc).is_err();
-    if flag == 0 && !failed {
-        return Ok(false);
-    }
-    if failed {
-        // SAFETY: reading a constant mpi-sys exports.
-        if *req != unsafe { ffi::RSMPI_REQUEST_NULL } {
-            // The call failed, not the request, which is still MPI's.
-            return Err(Code(rc));
+    // SAFETY: upheld by the caller.
+    let errors_in_status = match unsafe { test(req, &mut status) } {
+        Tested::Running => return Ok(false),
+        Tested::CallFailed(code) => return Err(code),
+        Tested::Finished(Ok(())) => false,
+        Tested::Finished(Err(code)) => {
+            status.MPI_ERROR = code.0;
+            true
         }
-        status.MPI_ERROR = rc;
-    }
+    };
     indices.push(0);
     statuses.push(status);
-    Ok(failed)
+    Ok(errors_in_status)
 }
