@@ -1,11 +1,12 @@
 //! Ring allgather: every rank's block travels once around the ring; in
 //! step `s` each rank passes on the block it received in step `s - 1`.
-//! n - 1 steps, each moving one block: bandwidth-optimal.
+//! n - 1 steps, each moving one block: bandwidth-optimal. Blocks leave
+//! from the gathered buffer and land in it, where the transport can.
 
 use mfio_core::Result;
 
 use crate::element::Element;
-use crate::transport::{CollId, Transport};
+use crate::transport::{CollId, Lent, Transport};
 
 /// Gathers every rank's `send` into every rank's `recv`, in rank order:
 /// `recv` holds size × `send.len()` elements.
@@ -14,11 +15,24 @@ use crate::transport::{CollId, Transport};
 /// `InvalidInput` if `recv` has another length; `InvalidData` if ranks'
 /// blocks differ in length; what the transport reports.
 pub async fn allgather_ring<T: Element>(t: &dyn Transport, id: CollId, send: &[T], recv: &mut [T]) -> Result<()> {
+    super::check_gathered("allgather", recv.len(), t.size(), send.len())?;
+    let lent = Lent::new(recv.to_vec());
+    let res = allgather_ring_lent(t, id, send, &lent).await;
+    super::give_back(lent, res, recv)
+}
+
+/// [`allgather_ring`] into a lent buffer.
+pub(crate) async fn allgather_ring_lent<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    send: &[T],
+    recv: &Lent<T>,
+) -> Result<()> {
     let (n, r, b) = (t.size(), t.rank(), send.len());
     super::check_gathered("allgather", recv.len(), n, b)?;
-    recv[r * b..(r + 1) * b].copy_from_slice(send);
+    // SAFETY: nothing of `recv` is lent yet.
+    unsafe { recv.slice_mut(r * b..(r + 1) * b) }.copy_from_slice(send);
     // Every block has b elements, so the ring's even cut is the rank order.
     let around = ((r + 1) % n, (r + n - 1) % n);
-    super::ring_pass_blocks(t, recv, n, r, around, |s| id.key(s as u32, 0)).await?;
-    Ok(())
+    super::ring_pass_blocks(t, recv, 0..recv.len(), n, r, around, |s| id.key(s as u32, 0)).await
 }

@@ -3,13 +3,16 @@
 //! blocks around the ring, each rank adding its values, until every block
 //! is complete on one rank; an allgather then passes the complete blocks
 //! around. Each rank sends and receives 2·(n-1)/n of the buffer: the
-//! bandwidth-optimal choice for long messages.
+//! bandwidth-optimal choice for long messages. Blocks leave from the
+//! buffer, and the allgather's land in it, where the transport can.
+
+use std::ops::Range;
 
 use mfio_core::Result;
 
 use crate::element::Element;
 use crate::reduce::ReduceOp;
-use crate::transport::{CollId, Transport};
+use crate::transport::{CollId, Lent, Transport};
 
 /// Reduces every rank's `buf` element-wise; every rank ends with the same
 /// result, bit for bit.
@@ -19,8 +22,20 @@ use crate::transport::{CollId, Transport};
 /// in ring order) or one that does not apply to `T`; `InvalidData` on a
 /// length mismatch; what the transport reports.
 pub async fn allreduce_ring<T: Element>(t: &dyn Transport, id: CollId, buf: &mut [T], op: &ReduceOp<T>) -> Result<()> {
+    let lent = Lent::new(buf.to_vec());
+    let res = allreduce_ring_lent(t, id, &lent, op).await;
+    super::give_back(lent, res, buf)
+}
+
+/// [`allreduce_ring`] over a lent buffer.
+pub(crate) async fn allreduce_ring_lent<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    buf: &Lent<T>,
+    op: &ReduceOp<T>,
+) -> Result<()> {
     super::check_op(op, Some("ring allreduce"))?;
-    ring(t, id, 0, buf, op).await
+    ring(t, id, 0, buf, 0..buf.len(), op).await
 }
 
 /// The segmented (pipelined) ring: `buf` cut into segments of `segment`
@@ -38,36 +53,71 @@ pub async fn allreduce_segmented_ring<T: Element>(
     op: &ReduceOp<T>,
     segment: usize,
 ) -> Result<()> {
+    let lent = Lent::new(buf.to_vec());
+    let res = allreduce_segmented_ring_lent(t, id, &lent, op, segment).await;
+    super::give_back(lent, res, buf)
+}
+
+/// [`allreduce_segmented_ring`] over a lent buffer.
+pub(crate) async fn allreduce_segmented_ring_lent<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    buf: &Lent<T>,
+    op: &ReduceOp<T>,
+    segment: usize,
+) -> Result<()> {
     super::check_op(op, Some("segmented ring allreduce"))?;
-    let rings = buf
-        .chunks_mut(segment.max(1))
-        .enumerate()
-        .map(|(i, part)| ring(t, id, i as u32, part, op));
+    let (len, segment) = (buf.len(), segment.max(1));
+    let rings = (0..len.div_ceil(segment)).map(|i| {
+        let part = i * segment..((i + 1) * segment).min(len);
+        ring(t, id, i as u32, buf, part, op)
+    });
     for res in futures_util::future::join_all(rings).await {
         res?;
     }
     Ok(())
 }
 
-/// One ring over `buf`, its messages keyed with chunk `chunk`.
-async fn ring<T: Element>(t: &dyn Transport, id: CollId, chunk: u32, buf: &mut [T], op: &ReduceOp<T>) -> Result<()> {
+/// One ring over elements `part` of `buf`, its messages keyed with chunk
+/// `chunk` (the rings of other parts may run meanwhile).
+async fn ring<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    chunk: u32,
+    buf: &Lent<T>,
+    part: Range<usize>,
+    op: &ReduceOp<T>,
+) -> Result<()> {
     let (n, r) = (t.size(), t.rank());
     if n == 1 {
         return Ok(());
     }
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
-    let len = buf.len();
+    let len = part.len();
+    let at = |b: usize| {
+        let r = super::block(len, n, b);
+        part.start + r.start..part.start + r.end
+    };
     // Reduce-scatter: in step s, send block r - s, add the left neighbour's
     // block r - s - 1 into ours. After n - 1 steps block r + 1 is complete.
     for s in 0..n - 1 {
-        let out = super::block(len, n, (r + n - s) % n);
-        let into = super::block(len, n, (r + 2 * n - s - 1) % n);
+        let (out, into) = (at((r + n - s) % n), at((r + 2 * n - s - 1) % n));
         let key = id.key(s as u32, chunk);
-        let incoming = super::exchange(t, right, left, key, &buf[out], into.len()).await?;
-        op.apply(&incoming, &mut buf[into]);
+        let (sent, got) = futures_util::future::join(
+            t.send_block(right, key, buf.block(out)),
+            super::recv::<T>(t, left, key, into.len()),
+        )
+        .await;
+        sent?;
+        let incoming = got?;
+        // SAFETY: both operations of the step finished, and the rings of
+        // other parts lend none of this part.
+        op.apply(&incoming, unsafe { buf.slice_mut(into) });
     }
     // Allgather: block r + 1 is complete here; pass the blocks around.
     let around = (right, left);
-    super::ring_pass_blocks(t, buf, n, (r + 1) % n, around, |s| id.key((n - 1 + s) as u32, chunk)).await?;
-    Ok(())
+    super::ring_pass_blocks(t, buf, part.clone(), n, (r + 1) % n, around, |s| {
+        id.key((n - 1 + s) as u32, chunk)
+    })
+    .await
 }

@@ -1,13 +1,14 @@
 //! Pipelined chain broadcast: the ranks form a chain from the root, the
-//! buffer travels in chunks, and each rank passes chunk `c` on while it
-//! receives chunk `c + 1`. With many chunks every link is busy at once:
-//! for long messages on few ranks.
+//! buffer travels in chunks, and each rank passes chunk `c` on as soon as
+//! it is in, while the following chunks arrive. With many chunks every
+//! link is busy at once: for long messages on few ranks. Chunks leave from
+//! the buffer and land in it, where the transport can.
 
 use mfio_core::Result;
 
 use crate::comm::Rank;
 use crate::element::Element;
-use crate::transport::{CollId, Transport};
+use crate::transport::{CollId, Lent, Transport};
 
 /// Copies the root's `buf` into every rank's `buf` (same length on all), in
 /// chunks of `chunk` elements (at least 1).
@@ -22,6 +23,20 @@ pub async fn bcast_chain<T: Element>(
     root: Rank,
     chunk: usize,
 ) -> Result<()> {
+    crate::check::rank("root", root, t.size())?;
+    let lent = Lent::new(buf.to_vec());
+    let res = bcast_chain_lent(t, id, &lent, root, chunk).await;
+    super::give_back(lent, res, buf)
+}
+
+/// [`bcast_chain`] of a lent buffer.
+pub(crate) async fn bcast_chain_lent<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    buf: &Lent<T>,
+    root: Rank,
+    chunk: usize,
+) -> Result<()> {
     let n = t.size();
     crate::check::rank("root", root, n)?;
     let rel = (t.rank() + n - root) % n;
@@ -32,38 +47,23 @@ pub async fn bcast_chain<T: Element>(
     let chunks = len.div_ceil(chunk).max(1);
     let bounds = |c: usize| (c * chunk).min(len)..((c + 1) * chunk).min(len);
     let key = |c: usize| id.key(0, c as u32);
-    // Each chunk's message goes on to the next rank as it came.
-    let mut held: Option<Vec<u8>> = None;
-    if rel != 0 {
-        let first = bounds(0);
-        held = Some(super::recv_kept(t, prev, key(0), &mut buf[first]).await?);
+    // Every chunk's receive is posted at once, into its own part of `buf`,
+    // and a chunk goes on as soon as it is in (so it is never read while
+    // it is being written); the root sends them all at once.
+    let receives: futures_util::stream::FuturesOrdered<_> = match rel {
+        0 => Default::default(),
+        _ => (0..chunks)
+            .map(|c| t.recv_block(prev, key(c), buf.block_mut(bounds(c))))
+            .collect(),
+    };
+    let send = |c: usize| t.send_block(next, key(c), buf.block(bounds(c)));
+    match (rel, has_next) {
+        (0, false) => Ok(()),
+        (0, true) => {
+            let sends = (0..chunks).map(send);
+            futures_util::future::try_join_all(sends).await.map(drop)
+        }
+        (_, true) => super::pipeline(receives, chunks, 0, send).await,
+        (_, false) => super::pipeline(receives, 0, 0, send).await,
     }
-    for c in 0..chunks {
-        let (this, following) = (bounds(c), bounds(c + 1));
-        let receive_next = rel != 0 && c + 1 < chunks;
-        let (done, rest) = buf.split_at_mut(this.end);
-        let bytes = held.take();
-        let forward = async {
-            if has_next {
-                super::send_reusing(t, next, key(c), &done[this.clone()], bytes).await
-            } else {
-                if let Some(bytes) = bytes {
-                    t.recycle(bytes);
-                }
-                Ok(())
-            }
-        };
-        let take = async {
-            if receive_next {
-                let at = following.start - this.end..following.end - this.end;
-                super::recv_kept(t, prev, key(c + 1), &mut rest[at]).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        };
-        let (sent, got) = futures_util::future::join(forward, take).await;
-        sent?;
-        held = got?;
-    }
-    Ok(())
 }

@@ -8,7 +8,7 @@ use mfio_core::Result;
 
 use crate::comm::Rank;
 use crate::element::Element;
-use crate::transport::{CollId, Transport};
+use crate::transport::{CollId, Lent, Transport};
 
 /// Copies the root's `buf` into every rank's `buf` (same length on all).
 ///
@@ -19,6 +19,19 @@ pub async fn bcast_scatter_allgather<T: Element>(
     t: &dyn Transport,
     id: CollId,
     buf: &mut [T],
+    root: Rank,
+) -> Result<()> {
+    crate::check::rank("root", root, t.size())?;
+    let lent = Lent::new(buf.to_vec());
+    let res = bcast_scatter_allgather_lent(t, id, &lent, root).await;
+    super::give_back(lent, res, buf)
+}
+
+/// [`bcast_scatter_allgather`] of a lent buffer.
+pub(crate) async fn bcast_scatter_allgather_lent<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    buf: &Lent<T>,
     root: Rank,
 ) -> Result<()> {
     let n = t.size();
@@ -33,21 +46,22 @@ pub async fn bcast_scatter_allgather<T: Element>(
         n,
         shape: super::Shape::Binomial,
     };
-    // Scatter: receive this subtree's blocks, hand each child its part.
+    // Scatter: receive this subtree's blocks, hand each child its part
+    // (the children's parts are only read meanwhile).
     let scatter = id.key(0, 0);
     if let Some(parent) = tree.parent(rel) {
-        super::recv_into(t, real(parent), scatter, &mut buf[range(rel, tree.span(rel))]).await?;
+        let mine = buf.block_mut(range(rel, tree.span(rel)));
+        t.recv_block(real(parent), scatter, mine).await?;
     }
     let sends: Vec<_> = tree
         .children(rel)
         .into_iter()
-        .map(|child| super::send(t, real(child), scatter, &buf[range(child, tree.span(child))]))
+        .map(|child| t.send_block(real(child), scatter, buf.block(range(child, tree.span(child)))))
         .collect();
     for res in futures_util::future::join_all(sends).await {
         res?;
     }
     // Ring allgather of the blocks, in relative ranks.
     let around = (real((rel + 1) % n), real((rel + n - 1) % n));
-    super::ring_pass_blocks(t, buf, n, rel, around, |s| id.key(1 + s as u32, 0)).await?;
-    Ok(())
+    super::ring_pass_blocks(t, buf, 0..len, n, rel, around, |s| id.key(1 + s as u32, 0)).await
 }

@@ -19,7 +19,7 @@ use crate::comm::{CollFuture, Communicator, Counts, Pair, Rank};
 use crate::element::Element;
 use crate::reduce::ReduceOp;
 use crate::transport::group::SubGroup;
-use crate::transport::{CollId, Transport, CONTROL_COMM};
+use crate::transport::{CollId, Lent, Transport, CONTROL_COMM};
 
 /// Bytes a pipelined algorithm moves per message (segments of the
 /// segmented ring, chunks of the chain).
@@ -184,18 +184,37 @@ impl Drop for Abandon {
 async fn allreduce_with<T: Element>(
     t: &dyn Transport,
     id: CollId,
-    buf: &mut [T],
+    buf: &mut Vec<T>,
     op: &ReduceOp<T>,
     algorithm: Algorithm,
 ) -> Result<()> {
     match algorithm {
-        Algorithm::Ring => super::allreduce_ring(t, id, buf, op).await,
+        Algorithm::Ring => {
+            lending(buf, async |buf| {
+                super::allreduce_ring::allreduce_ring_lent(t, id, buf, op).await
+            })
+            .await
+        }
         Algorithm::SegmentedRing => {
-            super::allreduce_segmented_ring(t, id, buf, op, elems_per::<T>(PIPELINE_BYTES)).await
+            let segment = elems_per::<T>(PIPELINE_BYTES);
+            lending(buf, async |buf| {
+                super::allreduce_ring::allreduce_segmented_ring_lent(t, id, buf, op, segment).await
+            })
+            .await
         }
         Algorithm::Rabenseifner => super::allreduce_rabenseifner(t, id, buf, op).await,
         _ => super::allreduce_recursive_doubling(t, id, buf, op).await,
     }
+}
+
+/// Runs `algo` over `buf` lent to the transport (its blocks leave from it
+/// and land in it without a copy, where the transport can), then puts the
+/// buffer back.
+async fn lending<T: Element>(buf: &mut Vec<T>, algo: impl AsyncFnOnce(&Lent<T>) -> Result<()>) -> Result<()> {
+    let lent = Lent::new(std::mem::take(buf));
+    let res = algo(&lent).await;
+    *buf = lent.finish(&res);
+    res
 }
 
 impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportComm<B> {
@@ -272,8 +291,19 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
         self.run(buf, move |t, id, buf| {
             Box::pin(async move {
                 match algorithm {
-                    Algorithm::ScatterAllgather => super::bcast_scatter_allgather(t, id, buf, root).await,
-                    Algorithm::Chain => super::bcast_chain(t, id, buf, root, elems_per::<T>(PIPELINE_BYTES)).await,
+                    Algorithm::ScatterAllgather => {
+                        lending(buf, async |buf| {
+                            super::bcast_scatter_allgather::bcast_scatter_allgather_lent(t, id, buf, root).await
+                        })
+                        .await
+                    }
+                    Algorithm::Chain => {
+                        let chunk = elems_per::<T>(PIPELINE_BYTES);
+                        lending(buf, async |buf| {
+                            super::bcast_chain::bcast_chain_lent(t, id, buf, root, chunk).await
+                        })
+                        .await
+                    }
                     _ => super::bcast_binomial(t, id, buf, root).await,
                 }
             })
@@ -379,7 +409,12 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                 match algorithm {
                     Algorithm::Bruck => super::allgather_bruck(t, id, send, recv).await,
                     Algorithm::RecursiveDoubling => super::allgather_recursive_doubling(t, id, send, recv).await,
-                    _ => super::allgather_ring(t, id, send, recv).await,
+                    _ => {
+                        lending(recv, async |recv| {
+                            super::allgather_ring::allgather_ring_lent(t, id, send, recv).await
+                        })
+                        .await
+                    }
                 }
             })
         })

@@ -87,7 +87,7 @@ use mfio_core::Result;
 use crate::comm::Rank;
 use crate::element::Element;
 use crate::reduce::ReduceOp;
-use crate::transport::{Key, Transport};
+use crate::transport::{Key, Lent, Transport};
 
 /// Sends `data` to `to` under `key`, from a buffer the transport may have
 /// kept (and gets back).
@@ -219,51 +219,84 @@ async fn exchange<'t, T: Element>(
     got
 }
 
-/// The allgather half of a ring: every rank starts with block `held`
-/// complete (blocks as [`block`] cuts `buf` in `n`) and, in n - 1 steps,
-/// passes on the block it got last while taking the next from `left`;
-/// step `s` is keyed `key(s)`. Afterwards every block is complete on every
-/// rank.
+/// The allgather half of a ring over elements `part` of `buf`: every rank
+/// starts with block `held` complete (blocks as [`block`] cuts `part` in
+/// `n`) and, in n - 1 steps, passes on the block it got last while taking
+/// the next from `left`; step `s` is keyed `key(s)`. Afterwards every
+/// block is complete on every rank.
+///
+/// Every step's receive is posted at once, into its own block of `buf`
+/// (where the transport can, the block lands there without a copy), and a
+/// block goes on as soon as it is in: the ranks do not wait for each other
+/// step by step.
 async fn ring_pass_blocks<T: Element>(
     t: &dyn Transport,
-    buf: &mut [T],
+    buf: &Lent<T>,
+    part: std::ops::Range<usize>,
     n: usize,
     held: usize,
     (right, left): (Rank, Rank),
     key: impl Fn(usize) -> Key,
 ) -> Result<()> {
-    let len = buf.len();
-    // The block a step receives is the one the next step sends: its
-    // message's buffer goes on as it is.
-    let mut passed_on: Option<Vec<u8>> = None;
-    for s in 0..n.saturating_sub(1) {
-        let out = block(len, n, (held + n - s) % n);
-        let into = block(len, n, (held + 2 * n - s - 1) % n);
-        let (sending, receiving) = split_blocks(buf, out, into);
-        let (sent, got) = futures_util::future::join(
-            send_reusing(t, right, key(s), sending, passed_on.take()),
-            recv_kept(t, left, key(s), receiving),
-        )
-        .await;
-        sent?;
-        passed_on = Some(got?);
-    }
-    if let Some(bytes) = passed_on {
-        t.recycle(bytes);
-    }
-    Ok(())
+    let steps = n.saturating_sub(1);
+    let len = part.len();
+    let at = |b: usize| {
+        let r = block(len, n, b);
+        part.start + r.start..part.start + r.end
+    };
+    // Step s sends block held - s and receives block held - s - 1: every
+    // step receives a block of its own, sent on by the next step once it
+    // is in (so never read while it is being written).
+    let receives: futures_util::stream::FuturesOrdered<_> = (0..steps)
+        .map(|s| t.recv_block(left, key(s), buf.block_mut(at((held + 2 * n - s - 1) % n))))
+        .collect();
+    let send = |s: usize| t.send_block(right, key(s), buf.block(at((held + n - s) % n)));
+    pipeline(receives, steps, 1, send).await
 }
 
-/// The disjoint blocks `read` and `write` of `buf`, one to read while the
-/// other is written.
-fn split_blocks<T>(buf: &mut [T], read: std::ops::Range<usize>, write: std::ops::Range<usize>) -> (&[T], &mut [T]) {
-    if read.start >= write.end {
-        let (low, high) = buf.split_at_mut(read.start);
-        (&high[..read.len()], &mut low[write])
-    } else {
-        let (low, high) = buf.split_at_mut(write.start);
-        (&low[read], &mut high[..write.len()])
+/// Runs `receives` (in order) and the sends `send(0..sends)`: the first
+/// `ahead` at once, then send `c + ahead` once receive `c` is in. Returns
+/// at the first error
+/// (the operations still in flight keep their blocks until the transport
+/// lets go of them).
+async fn pipeline<'t>(
+    mut receives: futures_util::stream::FuturesOrdered<crate::transport::BlockFuture<'t>>,
+    sends: usize,
+    ahead: usize,
+    send: impl Fn(usize) -> crate::transport::BlockFuture<'t>,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    use std::task::Poll;
+    let mut sending: futures_util::stream::FuturesUnordered<_> = (0..ahead.min(sends)).map(&send).collect();
+    let mut started = ahead.min(sends);
+    std::future::poll_fn(|cx| loop {
+        while let Poll::Ready(Some(sent)) = sending.poll_next_unpin(cx) {
+            sent?;
+        }
+        match receives.poll_next_unpin(cx) {
+            Poll::Ready(Some(got)) => {
+                got?;
+                if started < sends {
+                    sending.push(send(started));
+                    started += 1;
+                }
+            }
+            Poll::Ready(None) if sending.is_empty() => return Poll::Ready(Ok(())),
+            _ => return Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// The result of an algorithm run over `lent`, a copy of `buf` (the slice
+/// forms of the algorithms that lend their buffer): copied back into `buf`
+/// if it succeeded.
+fn give_back<T: Element>(lent: Lent<T>, res: Result<()>, buf: &mut [T]) -> Result<()> {
+    let back = lent.finish(&res);
+    if res.is_ok() {
+        buf.copy_from_slice(&back);
     }
+    res
 }
 
 /// `acc = acc ∘ higher`, where `higher` holds the values of higher ranks
@@ -389,31 +422,4 @@ fn block(len: usize, n: usize, b: usize) -> std::ops::Range<usize> {
     let (base, extra) = (len / n, len % n);
     let start = b * base + b.min(extra);
     start..start + base + usize::from(b < extra)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_blocks;
-
-    #[test]
-    fn split_blocks_lends_the_two_blocks_asked_for() {
-        let mut buf: Vec<u32> = (0..10).collect();
-        for (read, write) in [
-            (0..3, 3..7),
-            (6..10, 0..2),
-            (4..4, 4..5),
-            (4..5, 4..4),
-            (2..2, 2..2),
-            (0..10, 10..10),
-        ] {
-            let (r, w) = split_blocks(&mut buf, read.clone(), write.clone());
-            assert_eq!(r, &(read.start as u32..read.end as u32).collect::<Vec<_>>()[..]);
-            assert_eq!(w.len(), write.len());
-            w.fill(99);
-            assert!(buf[write.clone()].iter().all(|&x| x == 99));
-            for (i, x) in buf.iter_mut().enumerate() {
-                *x = i as u32;
-            }
-        }
-    }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use mfio_core::BufResult;
 
-use super::{no_such_rank, CollId, Key, RecvFuture, Transport, TransportFuture};
+use super::{no_such_rank, Block, BlockFuture, BlockMut, CollId, Key, RecvFuture, Transport, TransportFuture};
 use crate::comm::Rank;
 
 /// Ranks `members` of `base` (in that order) as ranks `0..members.len()`.
@@ -49,6 +49,20 @@ impl Transport for SubGroup {
     fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
         match self.base_rank(from) {
             Some(r) => self.base.recv(r, key, len),
+            None => Box::pin(std::future::ready(Err(no_such_rank(from, self.size())))),
+        }
+    }
+
+    fn send_block(&self, to: Rank, key: Key, data: Block) -> BlockFuture<'_> {
+        match self.base_rank(to) {
+            Some(r) => self.base.send_block(r, key, data),
+            None => Box::pin(std::future::ready(Err(no_such_rank(to, self.size())))),
+        }
+    }
+
+    fn recv_block(&self, from: Rank, key: Key, into: BlockMut) -> BlockFuture<'_> {
+        match self.base_rank(from) {
+            Some(r) => self.base.recv_block(r, key, into),
             None => Box::pin(std::future::ready(Err(no_such_rank(from, self.size())))),
         }
     }

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 // (SipHash cost 5% of a small allreduce).
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::{rank_gone, Key};
+use super::{rank_gone, BlockMut, Key};
 use crate::comm::Rank;
 
 /// Messages that arrived before their receive, by `(sender, key)`; a
@@ -44,6 +44,20 @@ struct Slot {
     first: Option<Vec<u8>>,
     more: VecDeque<Vec<u8>>,
     waker: Option<Waker>,
+    /// The block the waiting receive wants the message in, for a wire that
+    /// can land it there ([`Inbox::take_claim`]).
+    claim: Option<BlockMut>,
+    /// Messages that landed in their receive's block.
+    landed: usize,
+}
+
+/// What a receive into a block found ([`Inbox::poll_claim`]).
+pub(crate) enum Claimed {
+    /// The message's bytes, for the receive to copy into its block (given
+    /// back with them).
+    Bytes(Vec<u8>, BlockMut),
+    /// The message landed in the block.
+    Landed,
 }
 
 impl Slot {
@@ -62,7 +76,41 @@ impl Slot {
     }
 
     fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.len()
+        usize::from(self.first.is_some()) + self.more.len() + self.landed
+    }
+
+    /// Holds nothing a receive needs: no message, no block.
+    fn is_idle(&self) -> bool {
+        self.first.is_none() && self.claim.is_none() && self.landed == 0
+    }
+}
+
+impl State {
+    /// Why a receive from `from` under `key` that finds nothing waiting
+    /// fails, if it does: the group broke, or `from` left.
+    fn no_message(&self, from: Rank, key: Key) -> Result<()> {
+        // A broken group's reason first: a sender that left after the loss
+        // (it gave up because of it) is not the cause.
+        if let Some(why) = &self.broken {
+            return Err(mfio_core::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                format!("{why}; the message from rank {from} ({key}) will not come"),
+            ));
+        }
+        if self.gone.contains(&from) {
+            return Err(rank_gone(from, key));
+        }
+        Ok(())
+    }
+
+    /// Registers `cx`'s waker in the slot of `from` and `key`.
+    fn wait(&mut self, from: Rank, key: Key, cx: &Context<'_>) -> &mut Slot {
+        let slot = self.slots.entry((from, key)).or_default();
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        slot
     }
 }
 
@@ -98,29 +146,105 @@ impl Inbox {
         let mut st = self.state.lock();
         if let Some(slot) = st.slots.get_mut(&(from, key)) {
             if let Some(data) = slot.pop() {
-                if slot.first.is_none() {
+                if slot.is_idle() {
                     st.slots.remove(&(from, key));
                 }
                 return Poll::Ready(Ok(data));
             }
         }
-        // A broken group's reason first: a sender that left after the loss
-        // (it gave up because of it) is not the cause.
-        if let Some(why) = &st.broken {
-            return Poll::Ready(Err(mfio_core::Error::new(
-                std::io::ErrorKind::ConnectionAborted,
-                format!("{why}; the message from rank {from} ({key}) will not come"),
-            )));
+        st.no_message(from, key)?;
+        st.wait(from, key, cx);
+        Poll::Pending
+    }
+
+    /// As [`poll_take`](Self::poll_take), for a receive into `block`: the
+    /// block is left with the inbox while the receive waits, for the wire
+    /// to land the message in ([`take_claim`](Self::take_claim)); a message
+    /// that came as bytes comes back with the block.
+    ///
+    /// # Errors
+    /// As [`poll_take`](Self::poll_take).
+    pub(crate) fn poll_claim(
+        &self,
+        from: Rank,
+        key: Key,
+        block: &mut Option<BlockMut>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Claimed>> {
+        let mut st = self.state.lock();
+        if let Some(slot) = st.slots.get_mut(&(from, key)) {
+            let found = if slot.landed > 0 {
+                slot.landed -= 1;
+                Some(Claimed::Landed)
+            } else if let Some(b) = block.take().or_else(|| slot.claim.take()) {
+                // A block landing a message meanwhile is not in the slot:
+                // its message comes first, so the bytes wait.
+                match slot.pop() {
+                    Some(data) => Some(Claimed::Bytes(data, b)),
+                    None => {
+                        *block = Some(b);
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            if let Some(found) = found {
+                if slot.is_idle() {
+                    st.slots.remove(&(from, key));
+                }
+                return Poll::Ready(Ok(found));
+            }
         }
-        if st.gone.contains(&from) {
-            return Poll::Ready(Err(rank_gone(from, key)));
-        }
-        let slot = st.slots.entry((from, key)).or_default();
-        match &slot.waker {
-            Some(w) if w.will_wake(cx.waker()) => {}
-            _ => slot.waker = Some(cx.waker().clone()),
+        st.no_message(from, key)?;
+        let slot = st.wait(from, key, cx);
+        if let Some(b) = block.take() {
+            slot.claim = Some(b);
         }
         Poll::Pending
+    }
+
+    /// The block a receive waiting for a `len`-byte message from `from`
+    /// under `key` wants it in, if one waits and no earlier message is
+    /// before it: the wire lands the message there, then calls
+    /// [`land`](Self::land).
+    pub(crate) fn take_claim(&self, from: Rank, key: Key, len: usize) -> Option<BlockMut> {
+        let mut st = self.state.lock();
+        let slot = st.slots.get_mut(&(from, key))?;
+        if slot.first.is_some() || slot.claim.as_ref().is_none_or(|b| b.len() != len) {
+            return None;
+        }
+        slot.claim.take()
+    }
+
+    /// A message from `from` under `key` landed in the block its receive
+    /// left ([`take_claim`](Self::take_claim)): wakes the receive.
+    pub(crate) fn land(&self, from: Rank, key: Key) {
+        let waker = {
+            let mut st = self.state.lock();
+            if st.forgotten.contains(&(key.comm, key.seq)) {
+                return;
+            }
+            let slot = st.slots.entry((from, key)).or_default();
+            slot.landed += 1;
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// A receive into a block went away before its message came: its block
+    /// is not for the wire any more.
+    pub(crate) fn unclaim(&self, from: Rank, key: Key) {
+        let mut st = self.state.lock();
+        if let Some(slot) = st.slots.get_mut(&(from, key)) {
+            slot.claim = None;
+            slot.waker = None;
+            if slot.is_idle() {
+                st.slots.remove(&(from, key));
+            }
+        }
     }
 
     /// Marks `from` as gone: receives waiting on it, now and later, fail
@@ -299,5 +423,44 @@ mod tests {
             }
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_waiting_block_takes_its_message_in_place_or_as_bytes() {
+        use crate::transport::Lent;
+        let inbox = Inbox::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        let lent = Lent::new(vec![0u8; 8]);
+        // Landed in place: the wire takes the block, then says so.
+        let mut block = Some(lent.block_mut(0..4));
+        assert!(inbox.poll_claim(1, key(0), &mut block, &mut cx).is_pending());
+        assert!(block.is_none(), "the block waits with the inbox");
+        assert!(inbox.take_claim(1, key(0), 5).is_none(), "a message of another length");
+        assert!(inbox.take_claim(2, key(0), 4).is_none(), "another sender's");
+        let taken = inbox.take_claim(1, key(0), 4).expect("the waiting block");
+        assert!(inbox.take_claim(1, key(0), 4).is_none(), "taken once");
+        drop(taken);
+        inbox.land(1, key(0));
+        assert!(matches!(
+            inbox.poll_claim(1, key(0), &mut block, &mut cx),
+            Poll::Ready(Ok(Claimed::Landed))
+        ));
+        assert_eq!(inbox.waiting(), 0);
+        // Came as bytes: the block comes back with them.
+        let mut block = Some(lent.block_mut(4..8));
+        assert!(inbox.poll_claim(1, key(1), &mut block, &mut cx).is_pending());
+        inbox.deliver(1, key(1), vec![9; 4]);
+        assert!(inbox.take_claim(1, key(1), 4).is_none(), "bytes are before it");
+        match inbox.poll_claim(1, key(1), &mut block, &mut cx) {
+            Poll::Ready(Ok(Claimed::Bytes(data, b))) => assert_eq!((data, b.len()), (vec![9; 4], 4)),
+            _ => panic!("expected the bytes and the block"),
+        }
+        // A receive that goes first takes its block back.
+        let mut block = Some(lent.block_mut(0..8));
+        assert!(inbox.poll_claim(1, key(2), &mut block, &mut cx).is_pending());
+        inbox.unclaim(1, key(2));
+        assert!(inbox.take_claim(1, key(2), 8).is_none());
+        assert_eq!(inbox.waiting(), 0);
+        assert_eq!(lent.finish(&Ok(())), [0; 8], "no block is lent any more");
     }
 }

@@ -4,12 +4,14 @@
 //! and how a send to a rank that is gone is reported.
 
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
 use mfio_core::{BufResult, Error};
 
 use super::driven::{self, Background};
+use super::inbox::Claimed;
 use super::pool::BufPool;
-use super::{exact, no_such_rank, Inbox, Key, RecvFuture, TransportFuture, CONTROL_COMM};
+use super::{exact, no_such_rank, BlockFuture, BlockMut, Inbox, Key, RecvFuture, TransportFuture, CONTROL_COMM};
 use crate::comm::Rank;
 
 /// What every wire transport keeps: where this rank is, what it received,
@@ -117,6 +119,88 @@ pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, len: usize) ->
     Box::pin(driven::driven(background, inner))
 }
 
+/// The receive into a block of every wire transport: the block waits with
+/// the inbox, and a wire that can ([`Inbox::take_claim`](super::Inbox::take_claim)) lands the
+/// message in it; one that came as bytes is copied in. As [`recv`] when
+/// the message does not come.
+pub(crate) fn recv_block<L: Linked>(link: Arc<L>, from: Rank, key: Key, into: BlockMut) -> BlockFuture<'static> {
+    let core = link.core();
+    if from >= core.size {
+        return Box::pin(std::future::ready(Err(no_such_rank(from, core.size))));
+    }
+    let background = core.background.clone();
+    let len = into.len();
+    // The block goes to the inbox at once, not at the first poll: a message
+    // whose frame the wire takes meanwhile lands in it.
+    let mut block = Some(into);
+    let early = core
+        .inbox
+        .poll_claim(from, key, &mut block, &mut Context::from_waker(Waker::noop()));
+    // Made before the future, so that one dropped unpolled takes its block
+    // back too.
+    let mut claim = Unclaim {
+        link: link.clone(),
+        from,
+        key,
+        block,
+        finished: false,
+    };
+    let inner = async move {
+        let inbox = &link.core().inbox;
+        let mut early = Some(early).filter(Poll::is_ready);
+        let taken = std::future::poll_fn(|cx| match early.take() {
+            Some(found) => found,
+            None => inbox.poll_claim(from, key, &mut claim.block, cx),
+        })
+        .await;
+        claim.finish();
+        match taken {
+            Ok(Claimed::Landed) => Ok(()),
+            Ok(Claimed::Bytes(data, mut block)) => {
+                let data = exact(from, key, Ok(data), len)?;
+                // SAFETY: this receive of `block` is in flight until it
+                // returns; the length is checked.
+                unsafe { block.fill(&data) };
+                link.core().pool.put(data);
+                Ok(())
+            }
+            Err(e) => {
+                if inbox.is_gone(from) {
+                    link.lost(from, &e.to_string());
+                }
+                Err(e)
+            }
+        }
+    };
+    Box::pin(driven::driven(background, inner))
+}
+
+/// Takes a waiting receive's block back from the inbox if the receive goes
+/// first.
+struct Unclaim<L: Linked> {
+    link: Arc<L>,
+    from: Rank,
+    key: Key,
+    /// The block, while the receive has it (not the inbox or the wire).
+    block: Option<BlockMut>,
+    finished: bool,
+}
+
+impl<L: Linked> Unclaim<L> {
+    /// The receive finished: the inbox holds nothing of it.
+    fn finish(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl<L: Linked> Drop for Unclaim<L> {
+    fn drop(&mut self) {
+        if !self.finished && self.block.is_none() {
+            self.link.core().inbox.unclaim(self.from, self.key);
+        }
+    }
+}
+
 /// `inner` (a send on the wire) as a transport operation, which runs the
 /// wire's background work whenever it is polled.
 pub(crate) fn driven<L: Linked + ?Sized>(
@@ -154,6 +238,15 @@ macro_rules! core_methods {
             len: usize,
         ) -> $crate::transport::RecvFuture {
             $crate::transport::linked::recv(self.shared.clone(), from, key, len)
+        }
+
+        fn recv_block(
+            &self,
+            from: $crate::comm::Rank,
+            key: $crate::transport::Key,
+            into: $crate::transport::BlockMut,
+        ) -> $crate::transport::BlockFuture<'_> {
+            $crate::transport::linked::recv_block(self.shared.clone(), from, key, into)
         }
 
         fn buffer(&self, len: usize) -> mfio_core::Result<Vec<u8>> {

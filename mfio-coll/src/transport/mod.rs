@@ -24,6 +24,7 @@
 //! own (a split communicator's). The MPI backend's point-to-point messages
 //! are a transport too (`mpi::MpiTransport`).
 
+pub mod block;
 #[cfg(any(feature = "tcp", feature = "ucx"))]
 pub mod bootstrap;
 #[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
@@ -47,6 +48,7 @@ use mfio_core::{BufResult, Error};
 
 use crate::comm::Rank;
 
+pub use block::{Block, BlockMut, Lent};
 pub use inbox::Inbox;
 
 /// What identifies a message: the communicator, the collective's sequence
@@ -105,6 +107,10 @@ pub type TransportFuture = Pin<Box<dyn Future<Output = BufResult<(), Vec<u8>>> +
 /// A receive in flight: resolves to the message.
 pub type RecvFuture = Pin<Box<dyn Future<Output = mfio_core::Result<Vec<u8>>> + Send>>;
 
+/// A send or receive of a [`Block`] in flight: resolves once the
+/// transport is done with the block.
+pub type BlockFuture<'a> = Pin<Box<dyn Future<Output = mfio_core::Result<()>> + Send + 'a>>;
+
 /// Tagged point-to-point messages between the ranks `0..size` of a group.
 ///
 /// Both operations take an owned buffer and give it back, on success and on
@@ -135,6 +141,33 @@ pub trait Transport: Send + Sync {
     /// - The transport's error if the sender is gone before it sent.
     fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture;
 
+    /// Sends the bytes of `data` (a block of a collective's buffer) to rank
+    /// `to` under `key`, as [`send`](Self::send) would; resolves once the
+    /// transport is done with the block. The receiver cannot tell it from
+    /// a [`send`](Self::send).
+    ///
+    /// What a transport does not do itself is a copy into a [`buffer`](Self::buffer),
+    /// sent with [`send`](Self::send).
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    fn send_block(&self, to: Rank, key: Key, data: Block) -> BlockFuture<'_> {
+        send_block_copied(self, to, key, data)
+    }
+
+    /// Receives the message rank `from` sent under `key` into `into`
+    /// (a block of a collective's buffer), whose length it must have;
+    /// resolves once the transport is done with the block.
+    ///
+    /// What a transport does not do itself is a [`recv`](Self::recv),
+    /// copied into the block.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    fn recv_block(&self, from: Rank, key: Key, into: BlockMut) -> BlockFuture<'_> {
+        recv_block_copied(self, from, key, into)
+    }
+
     /// An empty buffer with room for `len` bytes, for a message to send:
     /// one the transport kept ([`recycle`](Self::recycle)) where it can.
     ///
@@ -158,6 +191,36 @@ pub trait Transport: Send + Sync {
     /// Messages received and not yet taken (early ones, and any nobody
     /// will take: a leak shows here).
     fn unclaimed(&self) -> usize;
+}
+
+/// [`Transport::send_block`] by a copy of the block into a buffer, sent
+/// with [`Transport::send`].
+pub fn send_block_copied<T: Transport + ?Sized>(t: &T, to: Rank, key: Key, data: Block) -> BlockFuture<'_> {
+    let buf = t.buffer(data.len()).map(|mut buf| {
+        // SAFETY: the send of `data` is in flight until this returns.
+        buf.extend_from_slice(unsafe { data.as_bytes() });
+        buf
+    });
+    drop(data);
+    Box::pin(async move {
+        let (res, buf) = t.send(to, key, buf?).await.into_parts();
+        t.recycle(buf);
+        res
+    })
+}
+
+/// [`Transport::recv_block`] by a [`Transport::recv`], copied into the
+/// block.
+pub fn recv_block_copied<T: Transport + ?Sized>(t: &T, from: Rank, key: Key, mut into: BlockMut) -> BlockFuture<'_> {
+    let message = t.recv(from, key, into.len());
+    Box::pin(async move {
+        let bytes = message.await?;
+        // SAFETY: the receive into `into` is in flight until this returns;
+        // `recv` checked the message's length.
+        unsafe { into.fill(&bytes) };
+        t.recycle(bytes);
+        Ok(())
+    })
 }
 
 /// The error of a receive whose message has `got` bytes where `want` were

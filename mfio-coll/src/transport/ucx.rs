@@ -33,12 +33,15 @@ use std::sync::{Arc, Weak};
 use std::task::Context;
 use std::time::{Duration, Instant};
 
-use mfio_core::{BufResult, Error, IoBackend, IoReadStream, IoWrite, IoWriteStream, Result};
+use mfio_core::{BufResult, Error, IoBackend, IoBuf, IoReadStream, IoWrite, IoWriteStream, Result};
 use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use super::driven::Task;
 use super::linked::{self, Core, Linked};
-use super::{frame_header, parse_frame_header, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER};
+use super::{
+    frame_header, parse_frame_header, Block, BlockFuture, BlockMut, Key, Transport, TransportFuture, CONTROL_COMM,
+    FRAME_HEADER,
+};
 use crate::comm::Rank;
 
 /// Bytes of a message that travel in its frame.
@@ -289,7 +292,10 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
                 if frame.len() != FRAME_HEADER {
                     break malformed(from, "a long message's frame carrying bytes");
                 }
-                let rest = receive_rest(worker.clone(), Arc::downgrade(&shared), from, key, len, number);
+                // Into the block of the receive waiting for it, if one
+                // waits: the bytes land where the collective wants them.
+                let into = shared.core.inbox.take_claim(from, key, len);
+                let rest = receive_rest(worker.clone(), Arc::downgrade(&shared), from, key, len, number, into);
                 shared.core.background.spawn(rest);
                 continue;
             }
@@ -305,27 +311,53 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
     })
 }
 
-/// Receives the rest of a long message (message `number` from `from`) and
-/// files it under `key`.
-fn receive_rest(worker: Worker, shared: Weak<Shared>, from: Rank, key: Key, len: usize, number: u32) -> Task {
+/// Receives the rest of a long message (message `number` from `from`):
+/// into `into` (a waiting receive's block) if given, then wakes that
+/// receive; else into a buffer filed under `key`.
+fn receive_rest(
+    worker: Worker,
+    shared: Weak<Shared>,
+    from: Rank,
+    key: Key,
+    len: usize,
+    number: u32,
+    into: Option<BlockMut>,
+) -> Task {
     Box::pin(async move {
-        let taken = match shared.upgrade() {
-            Some(shared) => shared.core.pool.take(len),
-            None => return,
-        };
-        let failure = match taken {
-            Err(e) => Error::new(e.kind(), format!("{e} from rank {from} ({key})")),
-            Ok(rest) => {
-                let BufResult(res, rest) = worker.tag_recv(TagMatch::exact(tag(BULK, from, number)), rest).await;
-                match res {
-                    Ok(info) if info.len == len => {
-                        if let Some(shared) = shared.upgrade() {
-                            shared.core.inbox.deliver(from, key, rest);
-                        }
-                        return;
+        let matching = TagMatch::exact(tag(BULK, from, number));
+        let failure = if let Some(into) = into {
+            let BufResult(res, into) = worker.tag_recv(matching, into).await;
+            // The block goes back before the receive hears of it.
+            drop(into);
+            match res {
+                Ok(info) if info.len == len => {
+                    if let Some(shared) = shared.upgrade() {
+                        shared.core.inbox.land(from, key);
                     }
-                    Ok(_) => malformed(from, "a message of another length than its frame says"),
-                    Err(e) => e,
+                    return;
+                }
+                Ok(_) => malformed(from, "a message of another length than its frame says"),
+                Err(e) => e,
+            }
+        } else {
+            let taken = match shared.upgrade() {
+                Some(shared) => shared.core.pool.take(len),
+                None => return,
+            };
+            match taken {
+                Err(e) => Error::new(e.kind(), format!("{e} from rank {from} ({key})")),
+                Ok(rest) => {
+                    let BufResult(res, rest) = worker.tag_recv(matching, rest).await;
+                    match res {
+                        Ok(info) if info.len == len => {
+                            if let Some(shared) = shared.upgrade() {
+                                shared.core.inbox.deliver(from, key, rest);
+                            }
+                            return;
+                        }
+                        Ok(_) => malformed(from, "a message of another length than its frame says"),
+                        Err(e) => e,
+                    }
                 }
             }
         };
@@ -386,6 +418,42 @@ impl Linked for Shared {
     }
 }
 
+/// Sends `data` to `to` under `key` on `ep`: in its frame if short, else
+/// the frame and then the bytes as a message of their own (`len` bytes:
+/// `data`'s, read only through the endpoint). A failure says why the
+/// endpoint failed, once that is known.
+async fn send_on<B: IoBuf>(shared: &Shared, ep: &Endpoint, to: Rank, key: Key, data: B) -> BufResult<(), B> {
+    let me = shared.core.rank;
+    let len = data.buf_len();
+    let (res, data) = if len <= INLINE {
+        let mut frame = frame_header(key, len, len);
+        // SAFETY: `data`'s promise as an `IoBuf`: `len` initialised bytes,
+        // which the caller does not change while the send is in flight.
+        frame.extend_from_slice(unsafe { std::slice::from_raw_parts(data.as_buf_ptr(), len) });
+        (ep.write_at(Tag(tag(FRAME, me, 0)), frame).await.0.map(drop), data)
+    } else {
+        let number = shared.next_long[to].fetch_add(1, Ordering::Relaxed);
+        let frame = frame_header(key, len, 0);
+        let (framed, BufResult(rest, data)) = futures_util::future::join(
+            ep.write_at(Tag(tag(FRAME, me, number)), frame),
+            ep.write_at(Tag(tag(BULK, me, number)), data),
+        )
+        .await;
+        (framed.0.and(rest).map(drop), data)
+    };
+    let Err(e) = res else {
+        return BufResult(Ok(()), data);
+    };
+    // A failed endpoint: once its end is understood (a goodbye, or news of
+    // a lost rank), say why.
+    let why = if ep.is_failed() {
+        std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await
+    } else {
+        None
+    };
+    BufResult(Err(linked::send_failed(to, key, why, e)), data)
+}
+
 impl Transport for UcxTransport {
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
         let data = match linked::check_send(&*self.shared, to, key, data) {
@@ -394,36 +462,24 @@ impl Transport for UcxTransport {
         };
         let shared = self.shared.clone();
         linked::driven(&*self.shared, async move {
-            let Some(ep) = shared.eps[to].clone() else {
-                return BufResult(Err(super::no_such_rank(to, shared.eps.len())), data);
-            };
-            let me = shared.core.rank;
-            let (res, data) = if data.len() <= INLINE {
-                let mut frame = frame_header(key, data.len(), data.len());
-                frame.extend_from_slice(&data);
-                (ep.write_at(Tag(tag(FRAME, me, 0)), frame).await.0.map(drop), data)
-            } else {
-                let number = shared.next_long[to].fetch_add(1, Ordering::Relaxed);
-                let frame = frame_header(key, data.len(), 0);
-                let (framed, BufResult(rest, data)) = futures_util::future::join(
-                    ep.write_at(Tag(tag(FRAME, me, number)), frame),
-                    ep.write_at(Tag(tag(BULK, me, number)), data),
-                )
-                .await;
-                (framed.0.and(rest).map(drop), data)
-            };
-            let Err(e) = res else {
-                return BufResult(Ok(()), data);
-            };
-            // A failed endpoint: once its end is understood (a goodbye, or
-            // news of a lost rank), say why.
-            let why = if ep.is_failed() {
-                std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await
-            } else {
-                None
-            };
-            BufResult(Err(linked::send_failed(to, key, why, e)), data)
+            match shared.eps[to].clone() {
+                Some(ep) => send_on(&shared, &ep, to, key, data).await,
+                None => BufResult(Err(super::no_such_rank(to, shared.eps.len())), data),
+            }
         })
+    }
+
+    /// A long block leaves from the collective's buffer, without a copy.
+    fn send_block(&self, to: Rank, key: Key, data: Block) -> BlockFuture<'_> {
+        let ep = self.shared.eps.get(to).cloned().flatten();
+        let (Some(ep), false) = (ep, data.len() <= INLINE || key.comm == CONTROL_COMM) else {
+            return super::send_block_copied(self, to, key, data);
+        };
+        let shared = self.shared.clone();
+        let background = self.shared.core.background.clone();
+        Box::pin(super::driven::driven(background, async move {
+            send_on(&shared, &ep, to, key, data).await.0
+        }))
     }
 
     crate::transport::linked::core_methods!();
