@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 
@@ -67,12 +68,29 @@ pub(crate) struct Background {
     /// Work added while `tasks` is being polled (by a task itself).
     queued: Mutex<Vec<Task>>,
     waiting: Arc<WakeAll>,
+    /// Operations being polled: each drives the work queued meanwhile
+    /// before its poll ends ([`driven`]).
+    polling: AtomicUsize,
 }
 
 impl Background {
-    /// Adds work; it starts at the next poll of any operation.
+    /// Adds work. A drive under way, or an operation being polled, starts
+    /// it before it ends; otherwise the operations waiting are woken for
+    /// it. (Not woken from within a poll: a wake there would make the
+    /// caller's next driving step spin for nothing.)
     pub(crate) fn spawn(&self, task: Task) {
         self.queued.lock().push(task);
+        if self.polling.load(Ordering::SeqCst) == 0 {
+            if let Some(idle) = self.tasks.try_lock() {
+                drop(idle);
+                self.waiting.wake_by_ref();
+            }
+        }
+    }
+
+    /// Whether work waits to be started.
+    fn has_queued(&self) -> bool {
+        !self.queued.lock().is_empty()
     }
 
     /// Runs the work that can make progress; registers `cx` in `slot` (an
@@ -93,6 +111,12 @@ impl Background {
                 break;
             }
         }
+        drop(tasks);
+        // Work added between the last look and the lock's release found
+        // the drive under way: wake the operations, one of them starts it.
+        if !self.queued.lock().is_empty() {
+            self.waiting.wake_by_ref();
+        }
     }
 
     /// Gives back a slot [`drive`](Self::drive) took.
@@ -107,8 +131,17 @@ pub(crate) async fn driven<F: Future>(background: Arc<Background>, inner: F) -> 
     let mut waiter = Waiter { background, slot: None };
     let mut inner = std::pin::pin!(inner);
     std::future::poll_fn(|cx| {
-        waiter.background.drive(cx, &mut waiter.slot);
-        inner.as_mut().poll(cx)
+        let background = &*waiter.background;
+        background.drive(cx, &mut waiter.slot);
+        background.polling.fetch_add(1, Ordering::SeqCst);
+        let out = inner.as_mut().poll(cx);
+        background.polling.fetch_sub(1, Ordering::SeqCst);
+        // Work the operation started (the fetch of a long message's bytes)
+        // starts now, not at the next wake.
+        if out.is_pending() && background.has_queued() {
+            background.drive(cx, &mut waiter.slot);
+        }
+        out
     })
     .await
     // The slot goes back with `waiter`: when the operation finishes, or

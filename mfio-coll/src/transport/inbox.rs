@@ -45,13 +45,65 @@ struct Slot {
     more: VecDeque<Vec<u8>>,
     waker: Option<Waker>,
     /// The block the waiting receive wants the message in, for a wire that
-    /// can land it there ([`Inbox::take_claim`]).
+    /// can land it there ([`Inbox::announce`]).
     claim: Option<BlockMut>,
     /// Messages that landed in their receive's block.
     landed: usize,
+    /// Long messages whose bytes wait with the wire for a receive.
+    announced: VecDeque<Announced>,
+}
+
+/// A long message whose frame came before a receive asked for it: its
+/// bytes wait with the wire (the sender's send with them) until one does,
+/// then come straight into the receive's block if it has one. One that
+/// nobody takes (its collective forgotten, the inbox dropped) is fetched
+/// and dropped when it goes, so that its sender's send completes.
+#[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
+pub(crate) struct Announced {
+    len: usize,
+    fetch: Option<Fetch>,
+}
+
+/// Starts the receive of an announced message's bytes: into the block if
+/// given ([`Inbox::land`] when they are in), else into a buffer of the
+/// wire's ([`Inbox::deliver`]).
+type Fetch = Box<dyn FnOnce(Option<BlockMut>) + Send>;
+
+#[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
+impl Announced {
+    /// A message of `len` bytes, whose bytes `fetch` receives.
+    pub(crate) fn new(len: usize, fetch: impl FnOnce(Option<BlockMut>) + Send + 'static) -> Self {
+        Self {
+            len,
+            fetch: Some(Box::new(fetch)),
+        }
+    }
+
+    /// Starts the receive of the bytes: into `into` if it is as long as
+    /// the message, else into a buffer (whose receive then reports the
+    /// length); the block comes back if not taken.
+    fn fetch(mut self, into: Option<BlockMut>) -> Option<BlockMut> {
+        let (into, back) = match into {
+            Some(b) if b.len() == self.len => (Some(b), None),
+            other => (None, other),
+        };
+        if let Some(fetch) = self.fetch.take() {
+            fetch(into);
+        }
+        back
+    }
+}
+
+impl Drop for Announced {
+    fn drop(&mut self) {
+        if let Some(fetch) = self.fetch.take() {
+            fetch(None);
+        }
+    }
 }
 
 /// What a receive into a block found ([`Inbox::poll_claim`]).
+#[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
 pub(crate) enum Claimed {
     /// The message's bytes, for the receive to copy into its block (given
     /// back with them).
@@ -76,12 +128,12 @@ impl Slot {
     }
 
     fn len(&self) -> usize {
-        usize::from(self.first.is_some()) + self.more.len() + self.landed
+        usize::from(self.first.is_some()) + self.more.len() + self.landed + self.announced.len()
     }
 
     /// Holds nothing a receive needs: no message, no block.
     fn is_idle(&self) -> bool {
-        self.first.is_none() && self.claim.is_none() && self.landed == 0
+        self.first.is_none() && self.claim.is_none() && self.landed == 0 && self.announced.is_empty()
     }
 }
 
@@ -151,15 +203,23 @@ impl Inbox {
                 }
                 return Poll::Ready(Ok(data));
             }
+            if let Some(announced) = slot.announced.pop_front() {
+                // Waits for the bytes, asked for now (outside the lock).
+                st.wait(from, key, cx);
+                drop(st);
+                announced.fetch(None);
+                return Poll::Pending;
+            }
         }
         st.no_message(from, key)?;
         st.wait(from, key, cx);
         Poll::Pending
     }
 
+    #[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
     /// As [`poll_take`](Self::poll_take), for a receive into `block`: the
     /// block is left with the inbox while the receive waits, for the wire
-    /// to land the message in ([`take_claim`](Self::take_claim)); a message
+    /// to land the message in ([`announce`](Self::announce)); a message
     /// that came as bytes comes back with the block.
     ///
     /// # Errors
@@ -195,6 +255,19 @@ impl Inbox {
                 }
                 return Poll::Ready(Ok(found));
             }
+            if let Some(announced) = slot.announced.pop_front() {
+                // The bytes, asked for now (outside the lock), come into
+                // the block; the receive waits for them.
+                let into = block.take().or_else(|| slot.claim.take());
+                st.wait(from, key, cx);
+                drop(st);
+                if let Some(back) = announced.fetch(into) {
+                    // Of another length: its bytes come to a buffer, and
+                    // the block waits for them.
+                    self.state.lock().slots.entry((from, key)).or_default().claim = Some(back);
+                }
+                return Poll::Pending;
+            }
         }
         st.no_message(from, key)?;
         let slot = st.wait(from, key, cx);
@@ -204,21 +277,41 @@ impl Inbox {
         Poll::Pending
     }
 
-    /// The block a receive waiting for a `len`-byte message from `from`
-    /// under `key` wants it in, if one waits and no earlier message is
-    /// before it: the wire lands the message there, then calls
-    /// [`land`](Self::land).
-    pub(crate) fn take_claim(&self, from: Rank, key: Key, len: usize) -> Option<BlockMut> {
-        let mut st = self.state.lock();
-        let slot = st.slots.get_mut(&(from, key))?;
-        if slot.first.is_some() || slot.claim.as_ref().is_none_or(|b| b.len() != len) {
-            return None;
+    #[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
+    /// Files a long message from `from` under `key` whose bytes wait with
+    /// the wire: fetched at once into the waiting receive's block if one
+    /// waits with a block of its length, or into a buffer if a receive
+    /// waits without one; else when a receive asks for it. A message of a
+    /// forgotten collective is fetched and dropped.
+    pub(crate) fn announce(&self, from: Rank, key: Key, announced: Announced) {
+        let fetch_now = {
+            let mut st = self.state.lock();
+            if st.forgotten.contains(&(key.comm, key.seq)) {
+                Some((announced, None))
+            } else {
+                let slot = st.slots.entry((from, key)).or_default();
+                let first_in_line = slot.first.is_none() && slot.announced.is_empty();
+                let waits = slot.waker.is_some() || slot.claim.is_some();
+                if first_in_line && waits {
+                    // A block of another length stays: the bytes come to a
+                    // buffer, and the receive reports the length.
+                    let into = slot.claim.take_if(|b| b.len() == announced.len);
+                    Some((announced, into))
+                } else {
+                    slot.announced.push_back(announced);
+                    None
+                }
+            }
+        };
+        if let Some((announced, into)) = fetch_now {
+            // A block taken here is of the message's length.
+            let _ = announced.fetch(into);
         }
-        slot.claim.take()
     }
 
+    #[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
     /// A message from `from` under `key` landed in the block its receive
-    /// left ([`take_claim`](Self::take_claim)): wakes the receive.
+    /// left ([`announce`](Self::announce)): wakes the receive.
     pub(crate) fn land(&self, from: Rank, key: Key) {
         let waker = {
             let mut st = self.state.lock();
@@ -234,6 +327,7 @@ impl Inbox {
         }
     }
 
+    #[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
     /// A receive into a block went away before its message came: its block
     /// is not for the wire any more.
     pub(crate) fn unclaim(&self, from: Rank, key: Key) {
@@ -425,42 +519,71 @@ mod tests {
         }
     }
 
+    /// An announced message whose fetches are recorded: (into a block?, its length).
+    fn announced(len: usize, log: &std::sync::Arc<Mutex<Vec<Option<usize>>>>) -> Announced {
+        let log = log.clone();
+        Announced::new(len, move |into| log.lock().push(into.map(|b| b.len())))
+    }
+
     #[test]
-    fn a_waiting_block_takes_its_message_in_place_or_as_bytes() {
+    fn a_long_message_comes_into_the_waiting_block_or_waits_for_its_receive() {
         use crate::transport::Lent;
         let inbox = Inbox::new();
+        let log = std::sync::Arc::new(Mutex::new(Vec::new()));
         let mut cx = Context::from_waker(Waker::noop());
         let lent = Lent::new(vec![0u8; 8]);
-        // Landed in place: the wire takes the block, then says so.
+        // The receive waits first: the bytes are fetched into its block.
         let mut block = Some(lent.block_mut(0..4));
         assert!(inbox.poll_claim(1, key(0), &mut block, &mut cx).is_pending());
         assert!(block.is_none(), "the block waits with the inbox");
-        assert!(inbox.take_claim(1, key(0), 5).is_none(), "a message of another length");
-        assert!(inbox.take_claim(2, key(0), 4).is_none(), "another sender's");
-        let taken = inbox.take_claim(1, key(0), 4).expect("the waiting block");
-        assert!(inbox.take_claim(1, key(0), 4).is_none(), "taken once");
-        drop(taken);
+        inbox.announce(1, key(0), announced(4, &log));
+        assert_eq!(*log.lock(), [Some(4)], "fetched into the block at once");
         inbox.land(1, key(0));
         assert!(matches!(
             inbox.poll_claim(1, key(0), &mut block, &mut cx),
             Poll::Ready(Ok(Claimed::Landed))
         ));
         assert_eq!(inbox.waiting(), 0);
-        // Came as bytes: the block comes back with them.
+        // The frame comes first: the bytes wait until a receive asks.
+        inbox.announce(1, key(1), announced(4, &log));
+        assert_eq!(log.lock().len(), 1, "nobody asked yet");
+        assert_eq!(inbox.waiting(), 1);
         let mut block = Some(lent.block_mut(4..8));
         assert!(inbox.poll_claim(1, key(1), &mut block, &mut cx).is_pending());
-        inbox.deliver(1, key(1), vec![9; 4]);
-        assert!(inbox.take_claim(1, key(1), 4).is_none(), "bytes are before it");
-        match inbox.poll_claim(1, key(1), &mut block, &mut cx) {
-            Poll::Ready(Ok(Claimed::Bytes(data, b))) => assert_eq!((data, b.len()), (vec![9; 4], 4)),
+        assert_eq!(log.lock()[1], Some(4), "fetched into the block the receive brought");
+        inbox.land(1, key(1));
+        assert!(matches!(
+            inbox.poll_claim(1, key(1), &mut block, &mut cx),
+            Poll::Ready(Ok(Claimed::Landed))
+        ));
+        // A receive without a block has the bytes fetched into a buffer.
+        inbox.announce(2, key(2), announced(4, &log));
+        assert!(inbox.poll_take(2, key(2), &mut cx).is_pending());
+        assert_eq!(log.lock()[2], None);
+        inbox.deliver(2, key(2), vec![5; 4]);
+        assert!(matches!(inbox.poll_take(2, key(2), &mut cx), Poll::Ready(Ok(d)) if d == [5; 4]));
+        // A block of another length: the bytes come as bytes, with the block.
+        let mut block = Some(lent.block_mut(0..8));
+        assert!(inbox.poll_claim(1, key(3), &mut block, &mut cx).is_pending());
+        inbox.announce(1, key(3), announced(5, &log));
+        assert_eq!(log.lock()[3], None, "not into a block of another length");
+        inbox.deliver(1, key(3), vec![1; 5]);
+        match inbox.poll_claim(1, key(3), &mut block, &mut cx) {
+            Poll::Ready(Ok(Claimed::Bytes(data, b))) => assert_eq!((data.len(), b.len()), (5, 8)),
             _ => panic!("expected the bytes and the block"),
         }
         // A receive that goes first takes its block back.
         let mut block = Some(lent.block_mut(0..8));
-        assert!(inbox.poll_claim(1, key(2), &mut block, &mut cx).is_pending());
-        inbox.unclaim(1, key(2));
-        assert!(inbox.take_claim(1, key(2), 8).is_none());
+        assert!(inbox.poll_claim(1, key(4), &mut block, &mut cx).is_pending());
+        inbox.unclaim(1, key(4));
         assert_eq!(inbox.waiting(), 0);
         assert_eq!(lent.finish(&Ok(())), [0; 8], "no block is lent any more");
+        // Nobody takes it (forgotten, or left behind): fetched to be dropped.
+        inbox.announce(3, key(5), announced(4, &log));
+        inbox.forget(1, 2);
+        assert_eq!(log.lock()[4], None, "a forgotten message's bytes are fetched");
+        inbox.announce(3, key(6), announced(4, &log));
+        assert_eq!(log.lock()[5], None, "and a late one's");
+        assert_eq!(inbox.waiting(), 0);
     }
 }

@@ -120,7 +120,7 @@ pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, len: usize) ->
 }
 
 /// The receive into a block of every wire transport: the block waits with
-/// the inbox, and a wire that can ([`Inbox::take_claim`](super::Inbox::take_claim)) lands the
+/// the inbox, and a wire that can ([`Inbox::announce`](super::Inbox::announce)) lands the
 /// message in it; one that came as bytes is copied in. As [`recv`] when
 /// the message does not come.
 pub(crate) fn recv_block<L: Linked>(link: Arc<L>, from: Rank, key: Key, into: BlockMut) -> BlockFuture<'static> {

@@ -9,10 +9,13 @@
 //! sender. A longer message's bytes follow as a second tag message whose
 //! tag names the sender and the message's number, which its frame's tag
 //! carries too, so the receiver takes exactly that one. One receive of
-//! frames from every rank files them in the [`Inbox`](super::Inbox) by sender and key,
-//! and receives each long message's bytes as soon as its frame is in, so a
-//! send completes without waiting for the receiving rank's collective to
-//! get there (as over TCP and MPI).
+//! frames from every rank files them in the [`Inbox`](super::Inbox) by
+//! sender and key. A long message's bytes stay with UCX (the sender's
+//! rendezvous: its send completes when they are taken, as a long MPI send
+//! does) until a receive asks for them, and then land in the receive's
+//! block of the collective's buffer if it brought one
+//! ([`Transport::recv_block`]), without a copy; a message of a forgotten
+//! collective has its bytes taken and dropped.
 //!
 //! Each pair of ranks also shares a stream on its endpoint, which carries
 //! nothing but a rank's goodbye. A rank that drops its transport sends a
@@ -37,6 +40,7 @@ use mfio_core::{BufResult, Error, IoBackend, IoBuf, IoReadStream, IoWrite, IoWri
 use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use super::driven::Task;
+use super::inbox::Announced;
 use super::linked::{self, Core, Linked};
 use super::{
     frame_header, parse_frame_header, Block, BlockFuture, BlockMut, Key, Transport, TransportFuture, CONTROL_COMM,
@@ -292,11 +296,17 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
                 if frame.len() != FRAME_HEADER {
                     break malformed(from, "a long message's frame carrying bytes");
                 }
-                // Into the block of the receive waiting for it, if one
-                // waits: the bytes land where the collective wants them.
-                let into = shared.core.inbox.take_claim(from, key, len);
-                let rest = receive_rest(worker.clone(), Arc::downgrade(&shared), from, key, len, number, into);
-                shared.core.background.spawn(rest);
+                // Its rest waits with UCX (the sender's rendezvous) until a
+                // receive asks for it: then it lands in the receive's block
+                // if it has one, where the collective wants it.
+                let (worker, weak) = (worker.clone(), Arc::downgrade(&shared));
+                let fetch = move |into| {
+                    if let Some(shared) = weak.upgrade() {
+                        let rest = receive_rest(worker, weak, from, key, len, number, into);
+                        shared.core.background.spawn(rest);
+                    }
+                };
+                shared.core.inbox.announce(from, key, Announced::new(len, fetch));
                 continue;
             }
             if frame.len() != FRAME_HEADER + len {
