@@ -63,7 +63,7 @@ pub(crate) async fn bcast_chain_lent<T: Element>(
             let sends = (0..chunks).map(send);
             futures_util::future::try_join_all(sends).await.map(drop)
         }
-        (_, true) => super::pipeline(receives, chunks, 0, send).await,
-        (_, false) => super::pipeline(receives, 0, 0, send).await,
+        (_, true) => super::pipeline(receives, chunks, 0, send, |_, ()| {}).await,
+        (_, false) => super::pipeline(receives, 0, 0, send, |_, ()| {}).await,
     }
 }

@@ -251,31 +251,34 @@ async fn ring_pass_blocks<T: Element>(
         .map(|s| t.recv_block(left, key(s), buf.block_mut(at((held + 2 * n - s - 1) % n))))
         .collect();
     let send = |s: usize| t.send_block(right, key(s), buf.block(at((held + n - s) % n)));
-    pipeline(receives, steps, 1, send).await
+    pipeline(receives, steps, 1, send, |_, ()| {}).await
 }
 
 /// Runs `receives` (in order) and the sends `send(0..sends)`: the first
-/// `ahead` at once, then send `c + ahead` once receive `c` is in. Returns
-/// at the first error
+/// `ahead` at once, then, once receive `c` is in and `arrived(c, its
+/// value)` is done with it, send `c + ahead`. Returns at the first error
 /// (the operations still in flight keep their blocks until the transport
 /// lets go of them).
-async fn pipeline<'t>(
-    mut receives: futures_util::stream::FuturesOrdered<crate::transport::BlockFuture<'t>>,
+async fn pipeline<'t, V, R: std::future::Future<Output = Result<V>> + 't>(
+    mut receives: futures_util::stream::FuturesOrdered<R>,
     sends: usize,
     ahead: usize,
     send: impl Fn(usize) -> crate::transport::BlockFuture<'t>,
+    mut arrived: impl FnMut(usize, V),
 ) -> Result<()> {
     use futures_util::StreamExt;
     use std::task::Poll;
     let mut sending: futures_util::stream::FuturesUnordered<_> = (0..ahead.min(sends)).map(&send).collect();
     let mut started = ahead.min(sends);
+    let mut received = 0;
     std::future::poll_fn(|cx| loop {
         while let Poll::Ready(Some(sent)) = sending.poll_next_unpin(cx) {
             sent?;
         }
         match receives.poll_next_unpin(cx) {
             Poll::Ready(Some(got)) => {
-                got?;
+                arrived(received, got?);
+                received += 1;
                 if started < sends {
                     sending.push(send(started));
                     started += 1;

@@ -71,6 +71,7 @@ type Fetch = Box<dyn FnOnce(Option<BlockMut>) + Send>;
 
 #[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
 impl Announced {
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
     /// A message of `len` bytes, whose bytes `fetch` receives.
     pub(crate) fn new(len: usize, fetch: impl FnOnce(Option<BlockMut>) + Send + 'static) -> Self {
         Self {
@@ -277,7 +278,7 @@ impl Inbox {
         Poll::Pending
     }
 
-    #[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
     /// Files a long message from `from` under `key` whose bytes wait with
     /// the wire: fetched at once into the waiting receive's block if one
     /// waits with a block of its length, or into a buffer if a receive
@@ -309,7 +310,7 @@ impl Inbox {
         }
     }
 
-    #[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
     /// A message from `from` under `key` landed in the block its receive
     /// left ([`announce`](Self::announce)): wakes the receive.
     pub(crate) fn land(&self, from: Rank, key: Key) {
