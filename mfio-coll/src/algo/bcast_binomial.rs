@@ -1,13 +1,14 @@
 //! Binomial-tree broadcast: ranks numbered relative to the root; a rank
 //! receives from the rank that differs in its lowest set bit, then sends to
 //! the ranks below that bit. ⌈log₂ n⌉ steps; the latency-optimal choice for
-//! short messages.
+//! short messages. The message leaves from the buffer and lands in it,
+//! where the transport can.
 
 use mfio_core::Result;
 
 use crate::comm::Rank;
 use crate::element::Element;
-use crate::transport::{CollId, Transport};
+use crate::transport::{CollId, Lent, Transport};
 
 /// Copies the root's `buf` into every rank's `buf` (same length on all).
 ///
@@ -15,35 +16,39 @@ use crate::transport::{CollId, Transport};
 /// `InvalidInput` for a root outside the group; `InvalidData` if this
 /// rank's length differs from the root's; what the transport reports.
 pub async fn bcast_binomial<T: Element>(t: &dyn Transport, id: CollId, buf: &mut [T], root: Rank) -> Result<()> {
+    crate::check::rank("root", root, t.size())?;
+    let lent = Lent::new(buf.to_vec());
+    let res = bcast_binomial_lent(t, id, &lent, root).await;
+    super::give_back(lent, res, buf)
+}
+
+/// [`bcast_binomial`] of a lent buffer.
+pub(crate) async fn bcast_binomial_lent<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    buf: &Lent<T>,
+    root: Rank,
+) -> Result<()> {
     let n = t.size();
     crate::check::rank("root", root, n)?;
     let rel = (t.rank() + n - root) % n;
     let real = |v: usize| (v + root) % n;
     let key = id.key(0, 0);
+    let all = 0..buf.len();
     let mut mask = 1;
-    // The message as it came, passed on to one child without a copy.
-    let mut received = None;
     while mask < n {
         if rel & mask != 0 {
-            received = Some(super::recv_kept(t, real(rel - mask), key, buf).await?);
+            t.recv_block(real(rel - mask), key, buf.block_mut(all.clone())).await?;
             break;
         }
         mask <<= 1;
     }
-    // Children: rel + m for each m below the bit this rank received on.
-    mask >>= 1;
-    let mut sends = Vec::new();
-    while mask > 0 {
-        if rel + mask < n {
-            sends.push(super::send_reusing(t, real(rel + mask), key, buf, received.take()));
-        }
-        mask >>= 1;
-    }
-    if let Some(bytes) = received {
-        t.recycle(bytes);
-    }
-    for res in futures_util::future::join_all(sends).await {
-        res?;
-    }
-    Ok(())
+    // Children: rel + m for each m below the bit this rank received on
+    // (the buffer is only read meanwhile).
+    let children = (0..mask.trailing_zeros())
+        .rev()
+        .map(|k| rel + (1 << k))
+        .filter(|&c| c < n);
+    let sends = children.map(|c| t.send_block(real(c), key, buf.block(all.clone())));
+    futures_util::future::try_join_all(sends).await.map(drop)
 }

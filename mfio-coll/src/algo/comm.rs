@@ -304,7 +304,12 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                         })
                         .await
                     }
-                    _ => super::bcast_binomial(t, id, buf, root).await,
+                    _ => {
+                        lending(buf, async |buf| {
+                            super::bcast_binomial::bcast_binomial_lent(t, id, buf, root).await
+                        })
+                        .await
+                    }
                 }
             })
         })

@@ -100,25 +100,6 @@ async fn send<T: Element>(t: &dyn Transport, to: Rank, key: Key, data: &[T]) -> 
     res
 }
 
-/// Sends `data` to `to` under `key`: from `bytes`, the same bytes as a
-/// message received earlier (passed on without another copy), or else
-/// from a copy of `data`.
-async fn send_reusing<T: Element>(
-    t: &dyn Transport,
-    to: Rank,
-    key: Key,
-    data: &[T],
-    bytes: Option<Vec<u8>>,
-) -> Result<()> {
-    let Some(bytes) = bytes else {
-        return send(t, to, key, data).await;
-    };
-    debug_assert_eq!(bytes, bytemuck::cast_slice::<T, u8>(data));
-    let (res, bytes) = t.send(to, key, bytes).await.into_parts();
-    t.recycle(bytes);
-    res
-}
-
 /// Receives the bytes of `n` elements from `from` under `key`.
 async fn recv_bytes<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> Result<Vec<u8>> {
     let bytes = n.checked_mul(size_of::<T>()).ok_or_else(|| too_long(n))?;
@@ -191,17 +172,10 @@ async fn recv<T: Element>(t: &dyn Transport, from: Rank, key: Key, n: usize) -> 
 
 /// Receives `into.len()` elements from `from` under `key` into `into`.
 async fn recv_into<T: Element>(t: &dyn Transport, from: Rank, key: Key, into: &mut [T]) -> Result<()> {
-    let buf = recv_kept(t, from, key, into).await?;
-    t.recycle(buf);
-    Ok(())
-}
-
-/// [`recv_into`], keeping the message's buffer, to pass it on with
-/// [`send_reusing`] (the caller gives it back to the transport).
-async fn recv_kept<T: Element>(t: &dyn Transport, from: Rank, key: Key, into: &mut [T]) -> Result<Vec<u8>> {
     let buf = recv_bytes::<T>(t, from, key, into.len()).await?;
     bytemuck::cast_slice_mut::<T, u8>(into).copy_from_slice(&buf);
-    Ok(buf)
+    t.recycle(buf);
+    Ok(())
 }
 
 /// Sends `data` to `to` and receives `n` elements from `from`, both under

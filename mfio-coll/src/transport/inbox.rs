@@ -80,18 +80,13 @@ impl Announced {
         }
     }
 
-    /// Starts the receive of the bytes: into `into` if it is as long as
-    /// the message, else into a buffer (whose receive then reports the
-    /// length); the block comes back if not taken.
-    fn fetch(mut self, into: Option<BlockMut>) -> Option<BlockMut> {
-        let (into, back) = match into {
-            Some(b) if b.len() == self.len => (Some(b), None),
-            other => (None, other),
-        };
+    /// Starts the receive of the bytes: into `into` (as long as the
+    /// message) if given, else into a buffer.
+    fn fetch(mut self, into: Option<BlockMut>) {
+        debug_assert!(into.as_ref().is_none_or(|b| b.len() == self.len));
         if let Some(fetch) = self.fetch.take() {
             fetch(into);
         }
-        back
     }
 }
 
@@ -259,14 +254,19 @@ impl Inbox {
             if let Some(announced) = slot.announced.pop_front() {
                 // The bytes, asked for now (outside the lock), come into
                 // the block; the receive waits for them.
-                let into = block.take().or_else(|| slot.claim.take());
+                let into = match block.take().or_else(|| slot.claim.take()) {
+                    Some(b) if b.len() == announced.len => Some(b),
+                    other => {
+                        // Of another length: the bytes come to a buffer,
+                        // and the block waits for them (the receive then
+                        // reports the length).
+                        slot.claim = other;
+                        None
+                    }
+                };
                 st.wait(from, key, cx);
                 drop(st);
-                if let Some(back) = announced.fetch(into) {
-                    // Of another length: its bytes come to a buffer, and
-                    // the block waits for them.
-                    self.state.lock().slots.entry((from, key)).or_default().claim = Some(back);
-                }
+                announced.fetch(into);
                 return Poll::Pending;
             }
         }
@@ -305,8 +305,7 @@ impl Inbox {
             }
         };
         if let Some((announced, into)) = fetch_now {
-            // A block taken here is of the message's length.
-            let _ = announced.fetch(into);
+            announced.fetch(into);
         }
     }
 

@@ -479,10 +479,11 @@ impl Transport for UcxTransport {
         })
     }
 
-    /// A long block leaves from the collective's buffer, without a copy.
+    /// A long block leaves from the collective's buffer, without a copy; a
+    /// short one is copied into its frame straight from it.
     fn send_block(&self, to: Rank, key: Key, data: Block) -> BlockFuture<'_> {
         let ep = self.shared.eps.get(to).cloned().flatten();
-        let (Some(ep), false) = (ep, data.len() <= INLINE || key.comm == CONTROL_COMM) else {
+        let (Some(ep), false) = (ep, key.comm == CONTROL_COMM) else {
             return super::send_block_copied(self, to, key, data);
         };
         let shared = self.shared.clone();
