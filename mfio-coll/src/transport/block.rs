@@ -18,6 +18,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::Arc;
 
+#[cfg(feature = "ucx")]
 use mfio_core::{IoBuf, IoBufMut};
 
 use crate::element::Element;
@@ -56,7 +57,7 @@ unsafe fn free_vec<T>(ptr: *mut u8, len: usize, cap: usize) {
 }
 
 /// A collective's buffer of `T`, lent to transport operations in blocks.
-pub struct Lent<T> {
+pub(crate) struct Lent<T> {
     region: Arc<Region>,
     _elems: PhantomData<T>,
 }
@@ -87,11 +88,6 @@ impl<T: Element> Lent<T> {
     /// Elements in the buffer.
     pub fn len(&self) -> usize {
         self.region.elems.0
-    }
-
-    /// Whether the buffer holds no element.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The buffer back as the caller's vector, after a collective with
@@ -176,8 +172,10 @@ impl<T: Element> Lent<T> {
     }
 }
 
-/// Bytes of a [`Lent`] buffer to send: the memory stays alive while the
-/// block does.
+/// Bytes of a collective's buffer to send ([`Transport::send_block`](super::Transport::send_block)):
+/// the memory stays alive while the block does. Only the algorithms make
+/// blocks; a transport reads one through [`as_bytes`](Self::as_bytes)
+/// while its send is in flight.
 pub struct Block {
     region: Arc<Region>,
     bytes: Range<usize>,
@@ -214,21 +212,46 @@ impl Block {
     }
 }
 
-// SAFETY: the bytes are the region's (initialised elements of plain data),
-// which the `Arc` keeps in place while the block lives.
-unsafe impl IoBuf for Block {
-    fn as_buf_ptr(&self) -> *const u8 {
+impl Block {
+    /// Where the block's bytes start.
+    fn ptr(&self) -> *const u8 {
         // SAFETY: `bytes` lies within the region (`Lent::bytes`).
         unsafe { self.region.ptr.add(self.bytes.start) }
     }
 
-    fn buf_len(&self) -> usize {
-        self.len()
+    /// The block as the buffer of an I/O operation (for a transport of
+    /// this crate, which holds it only while the operation is in flight).
+    #[cfg(feature = "ucx")]
+    pub(crate) fn into_io(self) -> InFlight<Block> {
+        InFlight(self)
     }
 }
 
-/// Bytes of a [`Lent`] buffer to receive into: the memory stays alive
-/// while the block does.
+/// A block handed to an I/O operation: only this crate's transports make
+/// one, and only for an operation the block was given to. (A [`Block`]
+/// itself is no `IoBuf`, so that a transport outside the crate reaches its
+/// bytes only through `unsafe`, under that method's promise.)
+#[cfg(feature = "ucx")]
+pub(crate) struct InFlight<B>(B);
+
+#[cfg(feature = "ucx")]
+// SAFETY: the bytes are the region's (initialised elements of plain data),
+// which the `Arc` keeps in place while the block lives.
+unsafe impl IoBuf for InFlight<Block> {
+    fn as_buf_ptr(&self) -> *const u8 {
+        self.0.ptr()
+    }
+
+    fn buf_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Bytes of a collective's buffer to receive into
+/// ([`Transport::recv_block`](super::Transport::recv_block)): the memory
+/// stays alive while the block does. Only the algorithms make blocks; a
+/// transport writes one through [`fill`](Self::fill) while its receive is
+/// in flight.
 #[derive(Debug)]
 pub struct BlockMut(Block);
 
@@ -255,14 +278,25 @@ impl BlockMut {
         assert_eq!(data.len(), self.len(), "a message of the block's length");
         // SAFETY: in bounds (`Lent::block`, and the length checked); only
         // this receive touches the bytes meanwhile (the caller's promise).
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.as_buf_mut_ptr(), data.len()) }
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.0.ptr().cast_mut(), data.len()) }
     }
 }
 
-// SAFETY: as `Block`'s; the bytes are initialised already (plain data).
-unsafe impl IoBuf for BlockMut {
+#[cfg(feature = "ucx")]
+impl BlockMut {
+    /// The block as the buffer of an I/O operation (for a transport of
+    /// this crate, which holds it only while the operation is in flight).
+    pub(crate) fn into_io(self) -> InFlight<BlockMut> {
+        InFlight(self)
+    }
+}
+
+#[cfg(feature = "ucx")]
+// SAFETY: as `InFlight<Block>`'s; the bytes are initialised already (plain
+// data).
+unsafe impl IoBuf for InFlight<BlockMut> {
     fn as_buf_ptr(&self) -> *const u8 {
-        self.0.as_buf_ptr()
+        self.0 .0.ptr()
     }
 
     fn buf_len(&self) -> usize {
@@ -270,12 +304,13 @@ unsafe impl IoBuf for BlockMut {
     }
 }
 
+#[cfg(feature = "ucx")]
 // SAFETY: the block's bytes lie within the region, which the `Arc` keeps
 // in place; elements of plain data are valid at any bytes, so a partial
 // write leaves them valid, and they are initialised from the start.
-unsafe impl IoBufMut for BlockMut {
+unsafe impl IoBufMut for InFlight<BlockMut> {
     fn as_buf_mut_ptr(&mut self) -> *mut u8 {
-        self.0.as_buf_ptr().cast_mut()
+        self.as_buf_ptr().cast_mut()
     }
 
     fn buf_capacity(&self) -> usize {

@@ -24,7 +24,7 @@
 //! own (a split communicator's). The MPI backend's point-to-point messages
 //! are a transport too (`mpi::MpiTransport`).
 
-pub mod block;
+mod block;
 #[cfg(any(feature = "tcp", feature = "ucx"))]
 pub mod bootstrap;
 #[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
@@ -48,7 +48,8 @@ use mfio_core::{BufResult, Error};
 
 use crate::comm::Rank;
 
-pub use block::{Block, BlockMut, Lent};
+pub(crate) use block::Lent;
+pub use block::{Block, BlockMut};
 pub use inbox::Inbox;
 
 /// What identifies a message: the communicator, the collective's sequence

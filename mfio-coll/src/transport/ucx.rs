@@ -336,7 +336,7 @@ fn receive_rest(
     Box::pin(async move {
         let matching = TagMatch::exact(tag(BULK, from, number));
         let failure = if let Some(into) = into {
-            let BufResult(res, into) = worker.tag_recv(matching, into).await;
+            let BufResult(res, into) = worker.tag_recv(matching, into.into_io()).await;
             // The block goes back before the receive hears of it.
             drop(into);
             match res {
@@ -489,7 +489,7 @@ impl Transport for UcxTransport {
         let shared = self.shared.clone();
         let background = self.shared.core.background.clone();
         Box::pin(super::driven::driven(background, async move {
-            send_on(&shared, &ep, to, key, data).await.0
+            send_on(&shared, &ep, to, key, data.into_io()).await.0
         }))
     }
 
