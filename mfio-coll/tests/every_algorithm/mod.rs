@@ -259,8 +259,9 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
 
 /// A collective every rank drops midway, each after a different amount of
 /// progress (rank r polls it 3·r times), on communicator `comm`: the
-/// transport is told to forget it, as `TransportComm` does. Later
-/// collectives must be right; [`nothing_kept`] at the end of the run then
+/// transport is told to forget it, as `TransportComm` does. Then a long
+/// broadcast from rank 0 that every other rank forgets unpolled: rank 0's
+/// must still finish. Later collectives must be right; [`nothing_kept`] at the end of the run then
 /// shows that none of the dropped one's messages stayed.
 pub fn drop_mid_flight<B: mfio_core::IoBackend>(driver: &B, t: &dyn Transport, comm: u32) -> Result<(), String> {
     use mfio_core::IoBackendExt;
@@ -278,6 +279,18 @@ pub fn drop_mid_flight<B: mfio_core::IoBackend>(driver: &B, t: &dyn Transport, c
         }
     }
     t.forget(dropped);
+    // A long broadcast that only the root runs: the other ranks forget it
+    // without taking part, and the root's sends must still complete (a
+    // forgotten message's bytes are taken and dropped, not left waiting).
+    let unwanted = CollId { comm, seq: 4 };
+    if rank == 0 {
+        let mut long = input(0, 200_000, 4);
+        driver
+            .block_on(algo::bcast_binomial(t, unwanted, &mut long, 0))
+            .map_err(|e| format!("a broadcast the others forgot: {e}"))?;
+    } else {
+        t.forget(unwanted);
+    }
     for s in 1..4u32 {
         let mut buf = input(rank, 1000, s);
         driver
