@@ -100,21 +100,28 @@ async fn ring<T: Element>(
     };
     // Reduce-scatter: in step s, send block r - s, add the left neighbour's
     // block r - s - 1 into ours. After n - 1 steps block r + 1 is complete.
-    // Every step's receive is posted at once; a step's send goes once the
-    // block it sends has the previous step's values added.
+    // A step's send goes once the block it sends has the previous step's
+    // values added (with long blocks every step's receive is posted at
+    // once).
     let (out, into) = (|s: usize| at((r + n - s) % n), |s: usize| at((r + 2 * n - s - 1) % n));
     let key = |s: usize| id.key(s as u32, chunk);
-    let receives: futures_util::stream::FuturesOrdered<_> = (0..n - 1)
-        .map(|s| super::recv::<T>(t, left, key(s), into(s).len()))
-        .collect();
-    let send = |s: usize| t.send_block(right, key(s), buf.block(out(s)));
-    super::pipeline(receives, n - 1, 1, send, |s, incoming| {
-        // SAFETY: block r - s - 1 is sent by step s + 1 only, which starts
-        // after this; the sends in flight read other blocks (r - s and
-        // before), and the rings of other parts lend none of this part.
-        op.apply(&incoming, unsafe { buf.slice_mut(into(s)) });
-    })
-    .await?;
+    let pipeline = super::Pipeline {
+        receives: n - 1,
+        receive: |s: usize| super::recv::<T>(t, left, key(s), into(s).len()),
+        sends: n - 1,
+        ahead: 1,
+        send: |s: usize| t.send_block(right, key(s), buf.block(out(s))),
+        all_at_once: len / n * size_of::<T>() >= super::POST_AHEAD_BYTES,
+    };
+    pipeline
+        .run(|s, incoming| {
+            // SAFETY: block r - s - 1 is sent by step s + 1 only, which
+            // starts after this; the sends in flight read other blocks
+            // (r - s and before), and the rings of other parts lend none of
+            // this part.
+            op.apply(&incoming, unsafe { buf.slice_mut(into(s)) });
+        })
+        .await?;
     // Allgather: block r + 1 is complete here; pass the blocks around.
     let around = (right, left);
     super::ring_pass_blocks(t, buf, part.clone(), n, (r + 1) % n, around, |s| {

@@ -47,23 +47,26 @@ pub(crate) async fn bcast_chain_lent<T: Element>(
     let chunks = len.div_ceil(chunk).max(1);
     let bounds = |c: usize| (c * chunk).min(len)..((c + 1) * chunk).min(len);
     let key = |c: usize| id.key(0, c as u32);
-    // Every chunk's receive is posted at once, into its own part of `buf`,
-    // and a chunk goes on as soon as it is in (so it is never read while
-    // it is being written); the root sends them all at once.
-    let receives: futures_util::stream::FuturesOrdered<_> = match rel {
-        0 => Default::default(),
-        _ => (0..chunks)
-            .map(|c| t.recv_block(prev, key(c), buf.block_mut(bounds(c))))
-            .collect(),
-    };
+    // A chunk goes on as soon as it is in (so it is never read while it is
+    // being written); with long chunks every receive is posted at once, and
+    // the root sends them all at once.
     let send = |c: usize| t.send_block(next, key(c), buf.block(bounds(c)));
-    match (rel, has_next) {
-        (0, false) => Ok(()),
-        (0, true) => {
-            let sends = (0..chunks).map(send);
-            futures_util::future::try_join_all(sends).await.map(drop)
-        }
-        (_, true) => super::pipeline(receives, chunks, 0, send, |_, ()| {}).await,
-        (_, false) => super::pipeline(receives, 0, 0, send, |_, ()| {}).await,
+    if rel == 0 {
+        return match has_next {
+            true => futures_util::future::try_join_all((0..chunks).map(send))
+                .await
+                .map(drop),
+            false => Ok(()),
+        };
     }
+    super::Pipeline {
+        receives: chunks,
+        receive: |c: usize| t.recv_block(prev, key(c), buf.block_mut(bounds(c))),
+        sends: if has_next { chunks } else { 0 },
+        ahead: 0,
+        send,
+        all_at_once: chunk * size_of::<T>() >= super::POST_AHEAD_BYTES,
+    }
+    .run(|_, ()| {})
+    .await
 }

@@ -199,10 +199,10 @@ async fn exchange<'t, T: Element>(
 /// the next from `left`; step `s` is keyed `key(s)`. Afterwards every
 /// block is complete on every rank.
 ///
-/// Every step's receive is posted at once, into its own block of `buf`
-/// (where the transport can, the block lands there without a copy), and a
-/// block goes on as soon as it is in: the ranks do not wait for each other
-/// step by step.
+/// Each step receives into its own block of `buf` (where the transport
+/// can, the block lands there without a copy). With long blocks every
+/// step's receive is posted at once, and a block goes on as soon as it is
+/// in: the ranks do not wait for each other step by step.
 async fn ring_pass_blocks<T: Element>(
     t: &dyn Transport,
     buf: &Lent<T>,
@@ -212,57 +212,115 @@ async fn ring_pass_blocks<T: Element>(
     (right, left): (Rank, Rank),
     key: impl Fn(usize) -> Key,
 ) -> Result<()> {
-    let steps = n.saturating_sub(1);
     let len = part.len();
     let at = |b: usize| {
         let r = block(len, n, b);
         part.start + r.start..part.start + r.end
     };
+    let steps = n.saturating_sub(1);
     // Step s sends block held - s and receives block held - s - 1: every
     // step receives a block of its own, sent on by the next step once it
     // is in (so never read while it is being written).
-    let receives: futures_util::stream::FuturesOrdered<_> = (0..steps)
-        .map(|s| t.recv_block(left, key(s), buf.block_mut(at((held + 2 * n - s - 1) % n))))
-        .collect();
-    let send = |s: usize| t.send_block(right, key(s), buf.block(at((held + n - s) % n)));
-    pipeline(receives, steps, 1, send, |_, ()| {}).await
+    Pipeline {
+        receives: steps,
+        receive: |s: usize| t.recv_block(left, key(s), buf.block_mut(at((held + 2 * n - s - 1) % n))),
+        sends: steps,
+        ahead: 1,
+        send: |s: usize| t.send_block(right, key(s), buf.block(at((held + n - s) % n))),
+        all_at_once: len / n.max(1) * size_of::<T>() >= POST_AHEAD_BYTES,
+    }
+    .run(|_, ()| {})
+    .await
 }
 
-/// Runs `receives` (in order) and the sends `send(0..sends)`: the first
-/// `ahead` at once, then, once receive `c` is in and `arrived(c, its
-/// value)` is done with it, send `c + ahead`. Returns at the first error
-/// (the operations still in flight keep their blocks until the transport
-/// lets go of them).
-async fn pipeline<'t, V, R: std::future::Future<Output = Result<V>> + 't>(
-    mut receives: futures_util::stream::FuturesOrdered<R>,
+/// Bytes per message from which a pipeline posts every receive at once
+/// ([`Pipeline::all_at_once`]): each long message waits for its receive
+/// (a rendezvous), so receives posted early save a round trip each; short
+/// ones arrive in their frames anyway, and posting them early costs more
+/// than it saves.
+const POST_AHEAD_BYTES: usize = 16 << 10;
+
+/// Steps that each receive one message and send one: receive `c` is
+/// `receive(c)`, send `c` is `send(c)`; the first `ahead` sends (0 or 1)
+/// go at once, then send `c + ahead` once receive `c` is in and
+/// `arrived(c, its value)` is done with it.
+struct Pipeline<Rx, Tx> {
+    receives: usize,
+    receive: Rx,
     sends: usize,
     ahead: usize,
-    send: impl Fn(usize) -> crate::transport::BlockFuture<'t>,
-    mut arrived: impl FnMut(usize, V),
-) -> Result<()> {
-    use futures_util::StreamExt;
-    use std::task::Poll;
-    let mut sending: futures_util::stream::FuturesUnordered<_> = (0..ahead.min(sends)).map(&send).collect();
-    let mut started = ahead.min(sends);
-    let mut received = 0;
-    std::future::poll_fn(|cx| loop {
-        while let Poll::Ready(Some(sent)) = sending.poll_next_unpin(cx) {
-            sent?;
+    send: Tx,
+    /// Every receive posted at once (long messages), or each with its step.
+    all_at_once: bool,
+}
+
+impl<'t, V, R, Rx, Tx> Pipeline<Rx, Tx>
+where
+    R: std::future::Future<Output = Result<V>> + 't,
+    Rx: Fn(usize) -> R,
+    Tx: Fn(usize) -> crate::transport::BlockFuture<'t>,
+{
+    /// Runs the steps. Returns at the first error (the operations still in
+    /// flight keep their blocks until the transport lets go of them).
+    async fn run(self, arrived: impl FnMut(usize, V)) -> Result<()> {
+        debug_assert!(self.ahead <= 1);
+        if self.all_at_once {
+            self.run_all_at_once(arrived).await
+        } else {
+            self.run_in_lockstep(arrived).await
         }
-        match receives.poll_next_unpin(cx) {
-            Poll::Ready(Some(got)) => {
-                arrived(received, got?);
-                received += 1;
-                if started < sends {
-                    sending.push(send(started));
+    }
+
+    async fn run_in_lockstep(self, mut arrived: impl FnMut(usize, V)) -> Result<()> {
+        let mut started = 0;
+        for c in 0..self.receives {
+            let sending = (started < (c + self.ahead).min(self.sends)).then(|| (self.send)(started));
+            started += usize::from(sending.is_some());
+            let sent = async {
+                match sending {
+                    Some(s) => s.await,
+                    None => Ok(()),
+                }
+            };
+            let (sent, got) = futures_util::future::join(sent, (self.receive)(c)).await;
+            sent?;
+            arrived(c, got?);
+        }
+        futures_util::future::try_join_all((started..self.sends).map(&self.send))
+            .await
+            .map(drop)
+    }
+
+    async fn run_all_at_once(self, mut arrived: impl FnMut(usize, V)) -> Result<()> {
+        use futures_util::StreamExt;
+        use std::task::Poll;
+        let mut receives: futures_util::stream::FuturesOrdered<R> = (0..self.receives).map(&self.receive).collect();
+        let first = self.ahead.min(self.sends);
+        let mut sending: futures_util::stream::FuturesUnordered<_> = (0..first).map(&self.send).collect();
+        let (mut started, mut received) = (first, 0);
+        std::future::poll_fn(|cx| loop {
+            while let Poll::Ready(Some(sent)) = sending.poll_next_unpin(cx) {
+                sent?;
+            }
+            match receives.poll_next_unpin(cx) {
+                Poll::Ready(Some(got)) => {
+                    arrived(received, got?);
+                    received += 1;
+                    if started < self.sends {
+                        sending.push((self.send)(started));
+                        started += 1;
+                    }
+                }
+                Poll::Ready(None) if started < self.sends => {
+                    sending.push((self.send)(started));
                     started += 1;
                 }
+                Poll::Ready(None) if sending.is_empty() => return Poll::Ready(Ok(())),
+                _ => return Poll::Pending,
             }
-            Poll::Ready(None) if sending.is_empty() => return Poll::Ready(Ok(())),
-            _ => return Poll::Pending,
-        }
-    })
-    .await
+        })
+        .await
+    }
 }
 
 /// The result of an algorithm run over `lent`, a copy of `buf` (the slice

@@ -212,14 +212,17 @@ impl Tuning {
     /// The built-in table, for when no measured table is at hand: what
     /// `mfio-bench coll --tune` chose over UCX with 2 and 3 ranks
     /// (BENCHMARKS.md), latency-bound algorithms for short messages and
-    /// the ring or the pipelined chain for long ones; Bruck's allgather
-    /// for short messages at other rank counts, where it takes fewer steps.
+    /// the ring for long ones; the binomial bcast at every length on 2 and
+    /// 3 ranks (with long messages landing in place it beats the chain
+    /// there), the pipelined chain for long ones on more ranks, where a
+    /// tree sends the whole message log₂ n times; Bruck's allgather for
+    /// short messages at other rank counts, where it takes fewer steps.
     pub fn builtin() -> Self {
         const TABLE: &str = "
-            allreduce            2  1024     recursive_doubling
-            allreduce            2  65536    rabenseifner
             allreduce            *  65536    recursive_doubling
             allreduce            *  *        ring
+            bcast                2  *        binomial
+            bcast                3  *        binomial
             bcast                *  65536    binomial
             bcast                *  *        chain
             reduce               *  *        binomial
@@ -354,10 +357,12 @@ mod tests {
             assert!(t.rules().iter().any(|r| r.collective == c), "{} has no rule", c.name());
         }
         assert_eq!(t.choose(Collective::Allreduce, 4, 8), Algorithm::RecursiveDoubling);
-        assert_eq!(t.choose(Collective::Allreduce, 2, 4096), Algorithm::Rabenseifner);
+        assert_eq!(t.choose(Collective::Allreduce, 2, 4096), Algorithm::RecursiveDoubling);
+        assert_eq!(t.choose(Collective::Allreduce, 2, 1 << 20), Algorithm::Ring);
         assert_eq!(t.choose(Collective::Allreduce, 4, 1 << 20), Algorithm::Ring);
         assert_eq!(t.choose(Collective::Bcast, 3, 8), Algorithm::Binomial);
-        assert_eq!(t.choose(Collective::Bcast, 3, 1 << 20), Algorithm::Chain);
+        assert_eq!(t.choose(Collective::Bcast, 3, 16 << 20), Algorithm::Binomial);
+        assert_eq!(t.choose(Collective::Bcast, 8, 1 << 20), Algorithm::Chain);
         assert_eq!(t.choose(Collective::Allgather, 3, 8), Algorithm::Ring);
         assert_eq!(t.choose(Collective::Allgather, 5, 8), Algorithm::Bruck);
     }

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Wake, Waker};
 
@@ -68,9 +68,14 @@ pub(crate) struct Background {
     /// Work added while `tasks` is being polled (by a task itself).
     queued: Mutex<Vec<Task>>,
     waiting: Arc<WakeAll>,
+    /// `waiting` as the waker the work is polled with (made once).
+    waker: std::sync::OnceLock<Waker>,
     /// Operations being polled: each drives the work queued meanwhile
     /// before its poll ends ([`driven`]).
     polling: AtomicUsize,
+    /// Set after work is queued, cleared before a drive takes the queue:
+    /// a look without the lock.
+    spawned: AtomicBool,
 }
 
 impl Background {
@@ -80,6 +85,7 @@ impl Background {
     /// caller's next driving step spin for nothing.)
     pub(crate) fn spawn(&self, task: Task) {
         self.queued.lock().push(task);
+        self.spawned.store(true, Ordering::SeqCst);
         if self.polling.load(Ordering::SeqCst) == 0 {
             if let Some(idle) = self.tasks.try_lock() {
                 drop(idle);
@@ -90,7 +96,7 @@ impl Background {
 
     /// Whether work waits to be started.
     fn has_queued(&self) -> bool {
-        !self.queued.lock().is_empty()
+        self.spawned.load(Ordering::SeqCst)
     }
 
     /// Runs the work that can make progress; registers `cx` in `slot` (an
@@ -101,20 +107,21 @@ impl Background {
         let Some(mut tasks) = self.tasks.try_lock() else {
             return;
         };
-        let waker = Waker::from(self.waiting.clone());
-        let mut tcx = Context::from_waker(&waker);
+        let waker = self.waker.get_or_init(|| Waker::from(self.waiting.clone()));
+        let mut tcx = Context::from_waker(waker);
         loop {
-            let queued = std::mem::take(&mut *self.queued.lock());
-            tasks.extend(queued);
+            if self.spawned.swap(false, Ordering::SeqCst) {
+                tasks.append(&mut self.queued.lock());
+            }
             tasks.retain_mut(|task| task.as_mut().poll(&mut tcx).is_pending());
-            if self.queued.lock().is_empty() {
+            if !self.spawned.load(Ordering::SeqCst) {
                 break;
             }
         }
         drop(tasks);
         // Work added between the last look and the lock's release found
         // the drive under way: wake the operations, one of them starts it.
-        if !self.queued.lock().is_empty() {
+        if self.spawned.load(Ordering::SeqCst) {
             self.waiting.wake_by_ref();
         }
     }
