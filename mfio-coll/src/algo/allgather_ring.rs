@@ -16,9 +16,7 @@ use crate::transport::{CollId, Lent, Transport};
 /// blocks differ in length; what the transport reports.
 pub async fn allgather_ring<T: Element>(t: &dyn Transport, id: CollId, send: &[T], recv: &mut [T]) -> Result<()> {
     super::check_gathered("allgather", recv.len(), t.size(), send.len())?;
-    let lent = Lent::new(recv.to_vec());
-    let res = allgather_ring_lent(t, id, send, &lent).await;
-    super::give_back(lent, res, recv)
+    super::on_copy(recv, async |lent| allgather_ring_lent(t, id, send, lent).await).await
 }
 
 /// [`allgather_ring`] into a lent buffer.

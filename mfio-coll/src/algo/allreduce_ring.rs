@@ -22,9 +22,7 @@ use crate::transport::{CollId, Lent, Transport};
 /// in ring order) or one that does not apply to `T`; `InvalidData` on a
 /// length mismatch; what the transport reports.
 pub async fn allreduce_ring<T: Element>(t: &dyn Transport, id: CollId, buf: &mut [T], op: &ReduceOp<T>) -> Result<()> {
-    let lent = Lent::new(buf.to_vec());
-    let res = allreduce_ring_lent(t, id, &lent, op).await;
-    super::give_back(lent, res, buf)
+    super::on_copy(buf, async |lent| allreduce_ring_lent(t, id, lent, op).await).await
 }
 
 /// [`allreduce_ring`] over a lent buffer.
@@ -53,9 +51,10 @@ pub async fn allreduce_segmented_ring<T: Element>(
     op: &ReduceOp<T>,
     segment: usize,
 ) -> Result<()> {
-    let lent = Lent::new(buf.to_vec());
-    let res = allreduce_segmented_ring_lent(t, id, &lent, op, segment).await;
-    super::give_back(lent, res, buf)
+    super::on_copy(buf, async |lent| {
+        allreduce_segmented_ring_lent(t, id, lent, op, segment).await
+    })
+    .await
 }
 
 /// [`allreduce_segmented_ring`] over a lent buffer.

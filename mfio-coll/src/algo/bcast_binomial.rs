@@ -17,9 +17,7 @@ use crate::transport::{CollId, Lent, Transport};
 /// rank's length differs from the root's; what the transport reports.
 pub async fn bcast_binomial<T: Element>(t: &dyn Transport, id: CollId, buf: &mut [T], root: Rank) -> Result<()> {
     crate::check::rank("root", root, t.size())?;
-    let lent = Lent::new(buf.to_vec());
-    let res = bcast_binomial_lent(t, id, &lent, root).await;
-    super::give_back(lent, res, buf)
+    super::on_copy(buf, async |lent| bcast_binomial_lent(t, id, lent, root).await).await
 }
 
 /// [`bcast_binomial`] of a lent buffer.

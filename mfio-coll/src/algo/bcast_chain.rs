@@ -24,9 +24,7 @@ pub async fn bcast_chain<T: Element>(
     chunk: usize,
 ) -> Result<()> {
     crate::check::rank("root", root, t.size())?;
-    let lent = Lent::new(buf.to_vec());
-    let res = bcast_chain_lent(t, id, &lent, root, chunk).await;
-    super::give_back(lent, res, buf)
+    super::on_copy(buf, async |lent| bcast_chain_lent(t, id, lent, root, chunk).await).await
 }
 
 /// [`bcast_chain`] of a lent buffer.

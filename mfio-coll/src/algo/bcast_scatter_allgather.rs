@@ -22,9 +22,7 @@ pub async fn bcast_scatter_allgather<T: Element>(
     root: Rank,
 ) -> Result<()> {
     crate::check::rank("root", root, t.size())?;
-    let lent = Lent::new(buf.to_vec());
-    let res = bcast_scatter_allgather_lent(t, id, &lent, root).await;
-    super::give_back(lent, res, buf)
+    super::on_copy(buf, async |lent| bcast_scatter_allgather_lent(t, id, lent, root).await).await
 }
 
 /// [`bcast_scatter_allgather`] of a lent buffer.

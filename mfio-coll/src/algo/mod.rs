@@ -323,10 +323,12 @@ where
     }
 }
 
-/// The result of an algorithm run over `lent`, a copy of `buf` (the slice
-/// forms of the algorithms that lend their buffer): copied back into `buf`
-/// if it succeeded.
-fn give_back<T: Element>(lent: Lent<T>, res: Result<()>, buf: &mut [T]) -> Result<()> {
+/// Runs `algo` over a [`Lent`] copy of `buf` and copies the result back
+/// if it succeeded (the slice forms of the algorithms that lend their
+/// buffer).
+async fn on_copy<T: Element>(buf: &mut [T], algo: impl AsyncFnOnce(&Lent<T>) -> Result<()>) -> Result<()> {
+    let lent = Lent::new(buf.to_vec());
+    let res = algo(&lent).await;
     let back = lent.finish(&res);
     if res.is_ok() {
         buf.copy_from_slice(&back);
