@@ -483,7 +483,6 @@ fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
 /// the thread uses a small share of the wait's CPU time.
 #[test]
 fn busy_polling_spins_only_for_its_budget() {
-    let _serial = util::SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let body = || -> Result<()> {
         use mfio_core::IoBackendExt;
         let rt = match Runtime::builder()
@@ -513,14 +512,7 @@ fn busy_polling_spins_only_for_its_budget() {
         assert!(cpu < Duration::from_millis(100), "a 500 ms wait used {cpu:?} of CPU");
         Ok(())
     };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(body());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(res) => res.expect("busy-polled receive"),
-        Err(_) => panic!("busy-polled receive hung"),
-    }
+    util::serial_within("busy-polled receive", Duration::from_secs(60), body).expect("busy-polled receive");
 }
 
 backend_tests!(

@@ -86,12 +86,33 @@ pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Runs `body` on a thread of its own while holding [`SERIAL`], so every
 /// descriptor it opens (its `block_on` wake descriptor included, which lives
 /// as long as its thread) is closed before another suite counts them.
-/// A panic in `body` is raised again here.
+/// A panic in `body` is raised again here; a body still running after 120 s
+/// is a hang and fails the test.
 pub fn serial<T: Send + 'static>(body: impl FnOnce() -> T + Send + 'static) -> T {
+    serial_within("serial test", Duration::from_secs(120), body)
+}
+
+/// [`serial`] with a hang guard of `limit`. The body's thread is joined
+/// before [`SERIAL`] is released: a thread that outlived its result would
+/// close its descriptors while the next suite counts them.
+pub fn serial_within<T: Send + 'static>(what: &str, limit: Duration, body: impl FnOnce() -> T + Send + 'static) -> T {
     let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    match std::thread::spawn(body).join() {
-        Ok(v) => v,
-        Err(panic) => std::panic::resume_unwind(panic),
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(body());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            if let Err(panic) = worker.join() {
+                std::panic::resume_unwind(panic);
+            }
+            v
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => panic!("{what}: the body ended without a result"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no result within {limit:?} (hang)"),
     }
 }
 
