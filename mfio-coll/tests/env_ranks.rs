@@ -19,7 +19,9 @@
 //! until the network fails (`scripts/netns-test` cuts rank
 //! `MFIO_RANKS_LOST`'s link); the others must name the lost rank.
 //! `MFIO_TCP_TIMEOUT_MS` sets the TCP transport's liveness timeout;
-//! `UCX_KEEPALIVE_INTERVAL` UCX's (1 s unless set).
+//! `UCX_KEEPALIVE_INTERVAL` UCX's (1 s unless set). Over UCX, long
+//! messages must have been read in place where `UCX_TLS` allows `cma`,
+//! unless `MFIO_RANKS_APART` says the ranks are on hosts of their own.
 //!
 //! Run alone (no launcher variables) it is one rank.
 
@@ -29,7 +31,9 @@ mod every_algorithm;
 use std::time::{Duration, Instant};
 
 use driver::Driver;
-use every_algorithm::{drop_mid_flight, every_algorithm, input, nothing_kept, under_load, Seq};
+use every_algorithm::{
+    drop_mid_flight, every_algorithm, input, nothing_kept, receivers_rest_after_a_collective, under_load, Seq,
+};
 use mfio_backends::Runtime;
 use mfio_coll::algo;
 use mfio_coll::transport::bootstrap::{Bootstrap, ROOT_VAR};
@@ -62,6 +66,7 @@ fn run(rt: &Driver, t: &dyn Transport) -> Result<(), String> {
     }
     under_load(rt, t)?;
     drop_mid_flight(rt, t, 6)?;
+    receivers_rest_after_a_collective(rt, t, 7)?;
     rt.block_on(algo::barrier_dissemination(t, CollId { comm: 5, seq: 1 }))
         .map_err(|e| format!("final barrier: {e}"))?;
     nothing_kept(t)
@@ -147,7 +152,7 @@ fn until_cut(rt: &Driver, t: &dyn Transport, kill_after: Option<u32>) -> Result<
 
 /// The TCP transport on a runtime (`MFIO_BACKEND`); `MFIO_TCP_TIMEOUT_MS`
 /// says how soon a vanished peer is noticed.
-fn tcp(boot: &Bootstrap) -> Result<(Driver, Box<dyn Transport>), String> {
+fn tcp(boot: &Bootstrap) -> Result<(Driver, TcpTransport), String> {
     let rt = Runtime::new().map_err(|e| format!("runtime: {e}"))?;
     let live = match std::env::var("MFIO_TCP_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()) {
         Some(ms) => Liveness {
@@ -157,12 +162,12 @@ fn tcp(boot: &Bootstrap) -> Result<(Driver, Box<dyn Transport>), String> {
     };
     let links = boot.connect().map_err(|e| e.to_string())?;
     let t = TcpTransport::new(&rt, boot.rank(), links, live).map_err(|e| e.to_string())?;
-    Ok((Driver::Rt(rt), Box::new(t)))
+    Ok((Driver::Rt(rt), t))
 }
 
 /// The UCX transport on a worker of a context configured from `UCX_*`
 /// (keepalive every second unless `UCX_KEEPALIVE_INTERVAL` says).
-fn ucx(boot: &Bootstrap) -> Result<(Driver, Box<dyn Transport>), String> {
+fn ucx(boot: &Bootstrap) -> Result<(Driver, UcxTransport), String> {
     let mut context = mfio_net::ucx::Context::builder();
     if std::env::var_os("UCX_KEEPALIVE_INTERVAL").is_none() {
         context = context.set("KEEPALIVE_INTERVAL", "1s");
@@ -172,7 +177,49 @@ fn ucx(boot: &Bootstrap) -> Result<(Driver, Box<dyn Transport>), String> {
         .and_then(|c| c.worker())
         .map_err(|e| format!("UCX worker: {e}"))?;
     let t = UcxTransport::bootstrap(&worker, boot).map_err(|e| e.to_string())?;
-    Ok((Driver::Ucx(worker), Box::new(t)))
+    Ok((Driver::Ucx(worker), t))
+}
+
+/// The transport a run is over.
+enum Made {
+    Tcp(TcpTransport),
+    Ucx(UcxTransport),
+}
+
+impl Made {
+    fn as_dyn(&self) -> &dyn Transport {
+        match self {
+            Made::Tcp(t) => t,
+            Made::Ucx(t) => t,
+        }
+    }
+
+    fn boxed(self) -> Box<dyn Transport> {
+        match self {
+            Made::Tcp(t) => Box::new(t),
+            Made::Ucx(t) => Box::new(t),
+        }
+    }
+
+    /// Over UCX, with more than one rank: long messages were read in place
+    /// exactly when the transport list lets UCX use `cma` and the ranks
+    /// share a host (not when `MFIO_RANKS_APART` says each has its own).
+    /// The run sends blocks of up to 400 kB.
+    fn check_single_copy(&self) -> Result<(), String> {
+        let Made::Ucx(t) = self else { return Ok(()) };
+        if t.size() < 2 {
+            return Ok(());
+        }
+        let apart = std::env::var_os("MFIO_RANKS_APART").is_some();
+        let allowed = t.worker().context().allows_transport("cma") && !apart;
+        match (allowed, t.messages_read_in_place()) {
+            (true, 0) => Err("no message was read in place, though UCX_TLS allows cma".into()),
+            (false, n @ 1..) => Err(format!(
+                "{n} messages were read in place, though UCX_TLS leaves out cma or the ranks are apart"
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 fn main() {
@@ -196,8 +243,8 @@ fn main() {
     };
     let (rank, size) = (boot.rank(), boot.size());
     let made = match std::env::var("MFIO_COLL_TRANSPORT").as_deref() {
-        Ok("ucx") => ucx(&boot),
-        Ok("tcp") | Err(_) => tcp(&boot),
+        Ok("ucx") => ucx(&boot).map(|(rt, t)| (rt, Made::Ucx(t))),
+        Ok("tcp") | Err(_) => tcp(&boot).map(|(rt, t)| (rt, Made::Tcp(t))),
         Ok(other) => Err(format!("MFIO_COLL_TRANSPORT={other}: tcp or ucx")),
     };
     let (rt, t) = match made {
@@ -209,13 +256,13 @@ fn main() {
     };
     let case = std::env::var("MFIO_RANKS_CASE").unwrap_or_default();
     let result = match case.as_str() {
-        "early-exit" => early_exit(&rt, t),
-        "until-cut" => until_cut(&rt, &*t, None),
+        "early-exit" => early_exit(&rt, t.boxed()),
+        "until-cut" => until_cut(&rt, t.as_dyn(), None),
         // The victim dies after a few collectives.
-        "killed" => until_cut(&rt, &*t, Some(20)),
+        "killed" => until_cut(&rt, t.as_dyn(), Some(20)),
         _ => {
             let start = Instant::now();
-            let r = run(&rt, &*t);
+            let r = run(&rt, t.as_dyn()).and_then(|()| t.check_single_copy());
             if r.is_ok() && rank == 0 {
                 println!(
                     "env_ranks: {size} ranks, {}: every algorithm, 1000 broadcasts, concurrent and interleaved \

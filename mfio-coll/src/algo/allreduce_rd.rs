@@ -4,13 +4,17 @@
 //! short messages. A rank count that is not a power of two first folds
 //! the extra ranks into their neighbours (even rank 2i hands its values to
 //! 2i + 1) and hands them the result at the end.
+//!
+//! Over a lent buffer ([`allreduce_recursive_doubling_lent`]) each rank's
+//! values leave from the buffer, and the result lands in it, where the
+//! transport can: for long messages.
 
 use mfio_core::Result;
 
 use super::fold::Fold;
 use crate::element::Element;
 use crate::reduce::ReduceOp;
-use crate::transport::{CollId, Transport};
+use crate::transport::{CollId, Lent, Transport};
 
 /// Reduces every rank's `buf` element-wise, in rank order (non-commutative
 /// operations included); every rank ends with the same result, bit for
@@ -26,6 +30,12 @@ pub async fn allreduce_recursive_doubling<T: Element>(
     op: &ReduceOp<T>,
 ) -> Result<()> {
     super::check_op(op, None)?;
+    if size_of_val(buf) >= super::POST_AHEAD_BYTES {
+        return super::on_copy(buf, async |lent| {
+            allreduce_recursive_doubling_lent(t, id, lent, op).await
+        })
+        .await;
+    }
     let (n, r) = (t.size(), t.rank());
     let fold = Fold::of(n);
     fold.fold_in(t, id.key(0, 0), buf, op).await?;
@@ -48,4 +58,43 @@ pub async fn allreduce_recursive_doubling<T: Element>(
     // Unfold: the folded ranks get the result from their partner.
     fold.hand_out(t, id.key(u32::MAX, 0), buf).await?;
     Ok(())
+}
+
+/// [`allreduce_recursive_doubling`] over a lent buffer.
+pub(crate) async fn allreduce_recursive_doubling_lent<T: Element>(
+    t: &dyn Transport,
+    id: CollId,
+    buf: &Lent<T>,
+    op: &ReduceOp<T>,
+) -> Result<()> {
+    super::check_op(op, None)?;
+    let (n, r) = (t.size(), t.rank());
+    let fold = Fold::of(n);
+    fold.fold_in_lent(t, id.key(0, 0), buf, op).await?;
+    if let Some(v) = fold.virt(r) {
+        let all = 0..buf.len();
+        let mut mask = 1;
+        let mut step = 1;
+        while mask < fold.pow {
+            let partner = v ^ mask;
+            let (peer, key) = (fold.real(partner), id.key(step, 0));
+            let (sent, got) = futures_util::future::join(
+                t.send_block(peer, key, buf.block(all.clone())),
+                super::recv::<T>(t, peer, key, buf.len()),
+            )
+            .await;
+            sent?;
+            let theirs = got?;
+            // SAFETY: the send is done: no block of `buf` is lent now.
+            let mine = unsafe { buf.slice_mut(all.clone()) };
+            if partner < v {
+                op.apply(&theirs, mine);
+            } else {
+                super::combine_from_higher(op, mine, theirs);
+            }
+            mask <<= 1;
+            step += 1;
+        }
+    }
+    fold.hand_out_lent(t, id.key(u32::MAX, 0), buf).await
 }

@@ -203,6 +203,14 @@ async fn allreduce_with<T: Element>(
             .await
         }
         Algorithm::Rabenseifner => super::allreduce_rabenseifner(t, id, buf, op).await,
+        // Lending costs short messages more than the copies it saves (the
+        // slice form lends long ones a copy).
+        _ if size_of_val(buf.as_slice()) >= super::POST_AHEAD_BYTES => {
+            lending(buf, async |buf| {
+                super::allreduce_rd::allreduce_recursive_doubling_lent(t, id, buf, op).await
+            })
+            .await
+        }
         _ => super::allreduce_recursive_doubling(t, id, buf, op).await,
     }
 }

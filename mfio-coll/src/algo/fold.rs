@@ -8,7 +8,7 @@ use mfio_core::Result;
 use crate::comm::Rank;
 use crate::element::Element;
 use crate::reduce::ReduceOp;
-use crate::transport::{Key, Transport};
+use crate::transport::{Key, Lent, Transport};
 
 /// The fold of `n` ranks onto the largest power of two not above it.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +96,44 @@ impl Fold {
             super::recv_into(t, r + 1, key, buf).await
         } else {
             super::send(t, r - 1, key, buf).await
+        }
+    }
+    /// [`fold_in`](Self::fold_in) over a lent buffer: the even rank's
+    /// values leave from it.
+    pub(super) async fn fold_in_lent<T: Element>(
+        self,
+        t: &dyn Transport,
+        key: Key,
+        buf: &Lent<T>,
+        op: &ReduceOp<T>,
+    ) -> Result<()> {
+        let r = t.rank();
+        if !self.paired(r) {
+            return Ok(());
+        }
+        let all = 0..buf.len();
+        if r % 2 == 0 {
+            t.send_block(r + 1, key, buf.block(all)).await
+        } else {
+            let lower = super::recv::<T>(t, r - 1, key, buf.len()).await?;
+            // SAFETY: no block of `buf` is lent to an operation here.
+            op.apply(&lower, unsafe { buf.slice_mut(all) });
+            Ok(())
+        }
+    }
+
+    /// [`hand_out`](Self::hand_out) over a lent buffer: the result leaves
+    /// from it and lands in it.
+    pub(super) async fn hand_out_lent<T: Element>(self, t: &dyn Transport, key: Key, buf: &Lent<T>) -> Result<()> {
+        let r = t.rank();
+        if !self.paired(r) {
+            return Ok(());
+        }
+        let all = 0..buf.len();
+        if r % 2 == 0 {
+            t.recv_block(r + 1, key, buf.block_mut(all)).await
+        } else {
+            t.send_block(r - 1, key, buf.block(all)).await
         }
     }
 }

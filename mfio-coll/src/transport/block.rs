@@ -214,7 +214,7 @@ impl Block {
 
 impl Block {
     /// Where the block's bytes start.
-    fn ptr(&self) -> *const u8 {
+    pub(crate) fn ptr(&self) -> *const u8 {
         // SAFETY: `bytes` lies within the region (`Lent::bytes`).
         unsafe { self.region.ptr.add(self.bytes.start) }
     }
@@ -233,6 +233,14 @@ impl Block {
 /// bytes only through `unsafe`, under that method's promise.)
 #[cfg(feature = "ucx")]
 pub(crate) struct InFlight<B>(B);
+
+#[cfg(feature = "ucx")]
+impl<B> InFlight<B> {
+    /// The block back, once no operation holds it.
+    pub(crate) fn into_inner(self) -> B {
+        self.0
+    }
+}
 
 #[cfg(feature = "ucx")]
 // SAFETY: the bytes are the region's (initialised elements of plain data),

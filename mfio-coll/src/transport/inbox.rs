@@ -399,9 +399,18 @@ impl Inbox {
     /// and when they arrive: this rank abandoned it, so nothing will take
     /// them.
     pub fn forget(&self, comm: u32, seq: u32) {
-        let mut st = self.state.lock();
-        st.forgotten.insert((comm, seq));
-        st.slots.retain(|(_, key), _| (key.comm, key.seq) != (comm, seq));
+        let dropped: Vec<Slot> = {
+            let mut st = self.state.lock();
+            st.forgotten.insert((comm, seq));
+            let of_it: Vec<(Rank, Key)> = (st.slots.keys())
+                .filter(|(_, key)| (key.comm, key.seq) == (comm, seq))
+                .copied()
+                .collect();
+            of_it.iter().filter_map(|k| st.slots.remove(k)).collect()
+        };
+        // Dropped outside the lock: an announced message's bytes are
+        // fetched as it drops, and the wire may file them here at once.
+        drop(dropped);
     }
 
     /// Whether the group broke ([`poison`](Self::poison)).
@@ -584,6 +593,52 @@ mod tests {
         assert_eq!(log.lock()[4], None, "a forgotten message's bytes are fetched");
         inbox.announce(3, key(6), announced(4, &log));
         assert_eq!(log.lock()[5], None, "and a late one's");
+        assert_eq!(inbox.waiting(), 0);
+    }
+    /// A wire that fetches at once (single copy within a host) files the
+    /// bytes from within the fetch: the inbox must not hold its lock then.
+    #[test]
+    fn bytes_fetched_at_once_are_filed_from_within_the_fetch() {
+        use crate::transport::Lent;
+        let inbox = std::sync::Arc::new(Inbox::new());
+        let at_once = |from: Rank, k: Key, len: usize| {
+            let inbox = std::sync::Arc::downgrade(&inbox);
+            Announced::new(len, move |into: Option<BlockMut>| {
+                let Some(inbox) = inbox.upgrade() else { return };
+                match into {
+                    Some(mut block) => {
+                        // SAFETY: the block is this receive's, and nothing else touches it.
+                        unsafe { block.fill(&vec![9; len]) };
+                        drop(block);
+                        inbox.land(from, k);
+                    }
+                    None => inbox.deliver(from, k, vec![9; len]),
+                }
+            })
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        let lent = Lent::new(vec![0u8; 8]);
+        // The receive waits: the bytes land as the frame comes.
+        let mut block = Some(lent.block_mut(0..4));
+        assert!(inbox.poll_claim(1, key(0), &mut block, &mut cx).is_pending());
+        inbox.announce(1, key(0), at_once(1, key(0), 4));
+        assert!(matches!(
+            inbox.poll_claim(1, key(0), &mut block, &mut cx),
+            Poll::Ready(Ok(Claimed::Landed))
+        ));
+        // The frame comes first: the bytes land when the receive asks.
+        inbox.announce(1, key(1), at_once(1, key(1), 4));
+        let mut block = Some(lent.block_mut(4..8));
+        let _ = inbox.poll_claim(1, key(1), &mut block, &mut cx);
+        assert!(matches!(
+            inbox.poll_claim(1, key(1), &mut block, &mut cx),
+            Poll::Ready(Ok(Claimed::Landed))
+        ));
+        assert_eq!(lent.finish(&Ok(())), [9; 8]);
+        // Forgotten, before and after the frame: fetched and dropped.
+        inbox.announce(2, key(2), at_once(2, key(2), 4));
+        inbox.forget(1, 2);
+        inbox.announce(2, key(3), at_once(2, key(3), 4));
         assert_eq!(inbox.waiting(), 0);
     }
 }

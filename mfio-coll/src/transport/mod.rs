@@ -35,6 +35,8 @@ mod inbox;
 pub(crate) mod linked;
 pub mod local;
 pub mod pool;
+#[cfg(feature = "ucx")]
+mod single_copy;
 #[cfg(feature = "tcp")]
 pub mod tcp;
 #[cfg(feature = "ucx")]

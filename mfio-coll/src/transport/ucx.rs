@@ -17,6 +17,19 @@
 //! ([`Transport::recv_block`]), without a copy; a message of a forgotten
 //! collective has its bytes taken and dropped.
 //!
+//! Between ranks on one host, a long block
+//! ([`Transport::send_block`]) goes as an offer instead: its frame says
+//! where the bytes are, the receiver reads them straight out of the
+//! sender's memory into its block (`process_vm_readv`, one copy) and
+//! replies with a tag message of its own (top 16 bits `0x6D72`); the send
+//! is done when the reply comes. UCX's own rendezvous would use `cma` for
+//! that, but not on endpoints with peer failure detection, which this
+//! transport needs: there it copies twice, through shared memory. A
+//! receiver that cannot read the sender's memory (another host, or the
+//! kernel refuses) asks for the bytes, which then come as above, and
+//! nothing more is offered to it. Offers are made only if the context's
+//! transport list allows `cma` ([`Context::allows_transport`](mfio_net::ucx::Context::allows_transport)).
+//!
 //! Each pair of ranks also shares a stream on its endpoint, which carries
 //! nothing but a rank's goodbye. A rank that drops its transport sends a
 //! goodbye frame and that byte, then closes its endpoints: receives from
@@ -28,10 +41,10 @@
 //!
 //! The transport's operations run on its worker: drive the worker
 //! (`block_on`, or a host runtime) while they are pending. It takes every
-//! tag message whose top 16 bits are `0x6D66` or `0x6D62`; other traffic
-//! on the same worker must leave those tags alone.
+//! tag message whose top 16 bits are `0x6D66`, `0x6D62` or `0x6D72`; other
+//! traffic on the same worker must leave those tags alone.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::Context;
 use std::time::{Duration, Instant};
@@ -42,6 +55,7 @@ use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 use super::driven::Task;
 use super::inbox::Announced;
 use super::linked::{self, Core, Linked};
+use super::single_copy::{Offer, OFFER_LEN};
 use super::{
     frame_header, parse_frame_header, Block, BlockFuture, BlockMut, Key, Transport, TransportFuture, CONTROL_COMM,
     FRAME_HEADER,
@@ -55,7 +69,17 @@ const INLINE: usize = 16 << 10;
 /// ("mb"); then 16 bits of sender, then 32 of the message's number.
 const FRAME: u64 = 0x6D66;
 const BULK: u64 = 0x6D62;
+/// A receiver's reply to an offer ("mr"): 16 bits of the receiver, then
+/// the message's number; one byte, [`TAKEN`] or [`SEND_IT`].
+const REPLY: u64 = 0x6D72;
 const KIND_MASK: u64 = 0xFFFF << 48;
+
+/// The receiver read an offered message's bytes (or dropped the message):
+/// the sender's send is done.
+const TAKEN: u8 = b'T';
+/// The receiver cannot read the sender's memory: the bytes are to follow
+/// as a message of their own, as when nothing was offered.
+const SEND_IT: u8 = b'S';
 
 /// The most ranks a group may have (the sender's bits of a tag).
 pub const MAX_RANKS: usize = 1 << 16;
@@ -99,6 +123,20 @@ struct Shared {
     eps: Vec<Option<Arc<Endpoint>>>,
     /// Per rank: the number of the next long message to it.
     next_long: Vec<AtomicU32>,
+    /// Whether long blocks are offered to be read in place (the context
+    /// lets UCX use `cma`, and this process knows its host).
+    single_copy: bool,
+    /// Per rank: it could not read an offer (another host, or the kernel
+    /// refused), so nothing more is offered to it.
+    refuses_offers: Vec<AtomicBool>,
+    /// Messages this rank read in place ([`UcxTransport::messages_read_in_place`]).
+    read_in_place: AtomicU64,
+}
+
+impl Shared {
+    fn offers_to(&self, to: Rank) -> bool {
+        self.single_copy && !self.refuses_offers[to].load(Ordering::Relaxed)
+    }
 }
 
 impl UcxTransport {
@@ -137,6 +175,9 @@ impl UcxTransport {
             worker: worker.clone(),
             eps,
             next_long: (0..size).map(|_| AtomicU32::new(0)).collect(),
+            single_copy: worker.context().allows_transport("cma") && Offer::of(std::ptr::null()).is_some(),
+            refuses_offers: (0..size).map(|_| AtomicBool::new(false)).collect(),
+            read_in_place: AtomicU64::new(0),
         });
         // Held weakly: dropping the transport drops them.
         let weak = Arc::downgrade(&shared);
@@ -170,6 +211,14 @@ impl UcxTransport {
     /// The worker the transport's operations run on.
     pub fn worker(&self) -> &Worker {
         &self.shared.worker
+    }
+
+    /// How many messages this rank has read straight out of their senders'
+    /// memory (single copy within a host, see the module docs). None when
+    /// the context's transport list leaves out `cma`, between hosts, or
+    /// where the kernel does not let this process read its peers' memory.
+    pub fn messages_read_in_place(&self) -> u64 {
+        self.shared.read_in_place.load(Ordering::Relaxed)
     }
 }
 
@@ -293,18 +342,30 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
                 continue;
             }
             if len > INLINE {
-                if frame.len() != FRAME_HEADER {
-                    break malformed(from, "a long message's frame carrying bytes");
-                }
-                // Its rest waits with UCX (the sender's rendezvous) until a
-                // receive asks for it: then it lands in the receive's block
-                // if it has one, where the collective wants it.
+                let offer = match frame.len() - FRAME_HEADER {
+                    0 => None,
+                    OFFER_LEN => match Offer::decode(&frame[FRAME_HEADER..]) {
+                        Some(offer) => Some(offer),
+                        None => break malformed(from, "an offer that does not decode"),
+                    },
+                    _ => break malformed(from, "a long message's frame carrying bytes"),
+                };
+                // Its bytes wait with the sender (offered to be read in
+                // place) or with UCX (the sender's rendezvous) until a
+                // receive asks for them: then they land in the receive's
+                // block if it has one, where the collective wants them.
                 let (worker, weak) = (worker.clone(), Arc::downgrade(&shared));
                 let fetch = move |into| {
-                    if let Some(shared) = weak.upgrade() {
-                        let rest = receive_rest(worker, weak, from, key, len, number, into);
-                        shared.core.background.spawn(rest);
-                    }
+                    let Some(shared) = weak.upgrade() else { return };
+                    let into = match offer {
+                        Some(offer) => match shared.take_offered(from, key, len, number, offer, into) {
+                            Ok(()) => return,
+                            Err(into) => into,
+                        },
+                        None => into,
+                    };
+                    let rest = receive_rest(worker, weak, from, key, len, number, into);
+                    shared.core.background.spawn(rest);
                 };
                 shared.core.inbox.announce(from, key, Announced::new(len, fetch));
                 continue;
@@ -399,6 +460,94 @@ fn watch(peer: Rank, ep: Arc<Endpoint>, shared: Weak<Shared>) -> Task {
     })
 }
 
+/// What becomes of an offered message once its reply has left.
+enum Then {
+    /// Nothing (the bytes are still to come).
+    Nothing,
+    /// It landed in its receive's block: wake the receive.
+    Landed(Key),
+    /// It is in a buffer of ours: file it.
+    Bytes(Key, Vec<u8>),
+}
+
+impl Shared {
+    /// Reads the bytes of message `number` from `from` (filed under `key`,
+    /// `len` bytes) where its sender offered them: into `into` if given
+    /// (then wakes its receive), else into a buffer filed under `key`; and
+    /// tells the sender. If they cannot be read here, asks the sender for
+    /// them as a message of their own and gives the block back, for the
+    /// receive of that message.
+    fn take_offered(
+        self: &Arc<Self>,
+        from: Rank,
+        key: Key,
+        len: usize,
+        number: u32,
+        offer: Offer,
+        into: Option<BlockMut>,
+    ) -> std::result::Result<(), Option<BlockMut>> {
+        let refused = match into {
+            Some(block) => {
+                let mut io = block.into_io();
+                match offer.read_into(&mut io, len) {
+                    Ok(()) => {
+                        drop(io);
+                        self.read_in_place.fetch_add(1, Ordering::Relaxed);
+                        self.reply(from, number, TAKEN, Then::Landed(key));
+                        return Ok(());
+                    }
+                    Err(e) => (e, Some(io.into_inner())),
+                }
+            }
+            None => {
+                let mut buf = match self.core.pool.take(len) {
+                    Ok(buf) => buf,
+                    Err(e) => {
+                        self.lost(from, &format!("{e} ({key})"));
+                        return Ok(());
+                    }
+                };
+                buf.clear();
+                match offer.read_into(&mut buf, len) {
+                    Ok(()) => {
+                        self.read_in_place.fetch_add(1, Ordering::Relaxed);
+                        self.reply(from, number, TAKEN, Then::Bytes(key, buf));
+                        return Ok(());
+                    }
+                    Err(e) => (e, None),
+                }
+            }
+        };
+        tracing::debug!(from, error = %refused.0, "mfio-coll UCX: an offered message is read the ordinary way");
+        self.reply(from, number, SEND_IT, Then::Nothing);
+        Err(refused.1)
+    }
+
+    /// Answers `to`'s offer of message `number` with `answer`; once the
+    /// answer has left, does `then`. A receive finishes only after its
+    /// answer left: a rank that then stops driving this transport (it goes
+    /// on with other work) must not leave the sender waiting.
+    fn reply(self: &Arc<Self>, to: Rank, number: u32, answer: u8, then: Then) {
+        let Some(ep) = self.eps.get(to).cloned().flatten() else {
+            return;
+        };
+        let (me, shared) = (self.core.rank, Arc::downgrade(self));
+        // Started by the drive that runs this, so it is posted at once (and
+        // done at once, as a short message usually is).
+        self.core.background.spawn(Box::pin(async move {
+            if let Err(e) = ep.write_at(Tag(tag(REPLY, me, number)), vec![answer]).await.0 {
+                tracing::debug!(to, error = %e, "mfio-coll UCX: could not answer an offer");
+            }
+            let Some(shared) = shared.upgrade() else { return };
+            match then {
+                Then::Nothing => {}
+                Then::Landed(key) => shared.core.inbox.land(to, key),
+                Then::Bytes(key, buf) => shared.core.inbox.deliver(to, key, buf),
+            }
+        }));
+    }
+}
+
 impl Linked for Shared {
     fn core(&self) -> &Core {
         &self.core
@@ -464,6 +613,155 @@ async fn send_on<B: IoBuf>(shared: &Shared, ep: &Endpoint, to: Rank, key: Key, d
     BufResult(Err(linked::send_failed(to, key, why, e)), data)
 }
 
+/// Sends the long block `data` to `to` under `key` as an offer: its frame
+/// says where the bytes are, for `to` to read them in place. Done when `to`
+/// says it read them, or it sent for them and they went.
+///
+/// The offer runs in the background, holding the block, so that a send
+/// dropped meanwhile still keeps the bytes for the reader.
+async fn offer(shared: Arc<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block) -> Result<()> {
+    let outcome = Arc::new(Outcome::default());
+    shared
+        .core
+        .background
+        .spawn(offered(Arc::downgrade(&shared), ep, to, key, data, outcome.clone()));
+    std::future::poll_fn(|cx| outcome.poll(cx)).await
+}
+
+/// Where a task in the background leaves its result for the future that
+/// waits for it.
+#[derive(Default)]
+struct Outcome {
+    state: parking_lot::Mutex<(Option<Result<()>>, Option<std::task::Waker>)>,
+}
+
+impl Outcome {
+    fn set(&self, res: Result<()>) {
+        let waker = {
+            let mut st = self.state.lock();
+            st.0 = Some(res);
+            st.1.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> std::task::Poll<Result<()>> {
+        let mut st = self.state.lock();
+        match st.0.take() {
+            Some(res) => std::task::Poll::Ready(res),
+            None => {
+                if !st.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.1 = Some(cx.waker().clone());
+                }
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+/// The block an offer is about, kept until its reader is done with it. If
+/// the offer ends without hearing that (the group broke, or the transport
+/// went first), the block is never freed: the reader may be alive still.
+struct Offered(Option<Block>);
+
+impl Offered {
+    fn release(&mut self) -> Option<Block> {
+        self.0.take()
+    }
+}
+
+impl Drop for Offered {
+    fn drop(&mut self) {
+        if let Some(block) = self.0.take() {
+            tracing::debug!(len = block.len(), "mfio-coll UCX: an offered block is kept for good");
+            std::mem::forget(block);
+        }
+    }
+}
+
+/// The offer itself (see [`offer`]): the frame with the offer, then the
+/// reply; the bytes as a message of their own if the reply asks for them.
+fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block, outcome: Arc<Outcome>) -> Task {
+    Box::pin(async move {
+        let Some(strong) = shared.upgrade() else { return };
+        let (me, worker) = (strong.core.rank, strong.worker.clone());
+        let number = strong.next_long[to].fetch_add(1, Ordering::Relaxed);
+        let len = data.len();
+        let mut frame = frame_header(key, len, 0);
+        let mut kept = Offered(Some(data));
+        let Some(offer) = kept.0.as_ref().and_then(|b| Offer::of(b.ptr())) else {
+            // Not offered (`single_copy` says this cannot happen).
+            drop(kept.release());
+            let e = Error::new(std::io::ErrorKind::Unsupported, "this process does not know its host");
+            return outcome.set(Err(linked::send_failed(to, key, None, e)));
+        };
+        offer.encode(&mut frame);
+        drop(strong);
+        let reply = worker.tag_recv(TagMatch::exact(tag(REPLY, to, number)), Vec::with_capacity(1));
+        let ended = std::future::poll_fn(|cx| match shared.upgrade() {
+            Some(shared) => shared.core.inbox.poll_ended(to, cx).map(Some),
+            None => std::task::Poll::Ready(None),
+        });
+        let (reply, ended) = (std::pin::pin!(reply), std::pin::pin!(ended));
+        let framed = ep.write_at(Tag(tag(FRAME, me, number)), frame);
+        let (framed, answer) = futures_util::future::join(framed, futures_util::future::select(reply, ended)).await;
+        let res = match (framed.0, answer) {
+            (Err(e), _) => {
+                // The offer never went: nobody reads the bytes.
+                drop(kept.release());
+                let why = match shared.upgrade() {
+                    Some(shared) if ep.is_failed() => {
+                        std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await
+                    }
+                    _ => None,
+                };
+                Err(linked::send_failed(to, key, why, e))
+            }
+            (Ok(_), futures_util::future::Either::Left((BufResult(Ok(_), answer), _))) if answer == [TAKEN] => {
+                drop(kept.release());
+                Ok(())
+            }
+            (Ok(_), futures_util::future::Either::Left((BufResult(Ok(_), answer), _))) if answer == [SEND_IT] => {
+                if let Some(shared) = shared.upgrade() {
+                    shared.refuses_offers[to].store(true, Ordering::Relaxed);
+                }
+                match kept.release() {
+                    Some(data) => {
+                        let rest = ep.write_at(Tag(tag(BULK, me, number)), data.into_io()).await.0;
+                        rest.map(drop).map_err(|e| linked::send_failed(to, key, None, e))
+                    }
+                    None => Ok(()),
+                }
+            }
+            (Ok(_), futures_util::future::Either::Left((BufResult(Ok(_), _), _))) => {
+                Err(malformed(to, "a reply to an offer that says neither taken nor send"))
+            }
+            (Ok(_), futures_util::future::Either::Left((BufResult(Err(e), _), _))) => {
+                Err(linked::send_failed(to, key, None, e))
+            }
+            (Ok(_), futures_util::future::Either::Right((Some(None), _))) => {
+                // It left on purpose: it reads nothing more.
+                drop(kept.release());
+                Err(Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("rank {to} left before it took the message ({key})"),
+                ))
+            }
+            (Ok(_), futures_util::future::Either::Right((Some(Some(why)), _))) => {
+                // The bytes stay offered: the reader may be alive still.
+                Err(Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("{why}; sending to rank {to} ({key}) failed"),
+                ))
+            }
+            (Ok(_), futures_util::future::Either::Right((None, _))) => return,
+        };
+        outcome.set(res);
+    })
+}
+
 impl Transport for UcxTransport {
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
         let data = match linked::check_send(&*self.shared, to, key, data) {
@@ -488,6 +786,9 @@ impl Transport for UcxTransport {
         };
         let shared = self.shared.clone();
         let background = self.shared.core.background.clone();
+        if data.len() > INLINE && shared.offers_to(to) {
+            return Box::pin(super::driven::driven(background, offer(shared, ep, to, key, data)));
+        }
         Box::pin(super::driven::driven(background, async move {
             send_on(&shared, &ep, to, key, data.into_io()).await.0
         }))

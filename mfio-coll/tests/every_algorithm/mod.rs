@@ -312,6 +312,43 @@ pub fn drop_mid_flight<B: mfio_core::IoBackend>(driver: &B, t: &dyn Transport, c
     Ok(())
 }
 
+/// A long broadcast after which every other rank stops driving the
+/// transport for 3 s (as a program does that goes on with other
+/// work): a rank's part is done only when nothing of it waits for its
+/// transport to be driven again, so rank 0's broadcast must finish while
+/// they rest. Then a barrier, on communicator `comm`.
+pub fn receivers_rest_after_a_collective<B: mfio_core::IoBackend>(
+    driver: &B,
+    t: &dyn Transport,
+    comm: u32,
+) -> Result<(), String> {
+    use mfio_core::IoBackendExt;
+    let rank = t.rank();
+    let want = input(0, 300_000, 9);
+    let mut buf = if rank == 0 { want.clone() } else { vec![0; want.len()] };
+    let rest = std::time::Duration::from_secs(3);
+    let start = std::time::Instant::now();
+    driver
+        .block_on(algo::bcast_binomial(t, CollId { comm, seq: 0 }, &mut buf, 0))
+        .map_err(|e| format!("a broadcast before a rest: {e}"))?;
+    if buf != want {
+        return Err("a broadcast before a rest: wrong data".into());
+    }
+    if rank == 0 {
+        if start.elapsed() >= rest && t.size() > 1 {
+            return Err(format!(
+                "rank 0's broadcast took {:?}: it waited for the others' rest",
+                start.elapsed()
+            ));
+        }
+    } else {
+        std::thread::sleep(rest);
+    }
+    driver
+        .block_on(algo::barrier_dissemination(t, CollId { comm, seq: 1 }))
+        .map_err(|e| format!("the barrier after a rest: {e}"))
+}
+
 /// No message left in the transport. Call it after the run's last
 /// collective on `t` (a barrier: once it is done here, every message for
 /// this rank has been taken), so that nothing can be early.

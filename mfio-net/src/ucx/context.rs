@@ -10,6 +10,8 @@ use super::sys;
 
 pub(crate) struct ContextInner {
     pub(crate) handle: sys::ContextH,
+    /// The transport list in force (`TLS` set in code, else `UCX_TLS`).
+    tls: Option<String>,
 }
 
 // SAFETY: the context is created with `mt_workers_shared`, so UCX locks the
@@ -72,6 +74,14 @@ impl Context {
     pub fn worker(&self) -> Result<super::Worker> {
         super::Worker::builder(self).build()
     }
+
+    /// Whether the context's transport list (`TLS` set in code, else
+    /// `UCX_TLS`; unset means every transport) lets UCX use transport
+    /// `name` (`"cma"`, `"tcp"`, …), through its aliases too: `all`, and
+    /// `sm`/`shm` for the shared-memory ones.
+    pub fn allows_transport(&self, name: &str) -> bool {
+        self.inner.tls.as_deref().is_none_or(|tls| allows(tls, name))
+    }
 }
 
 /// Options of a [`Context`].
@@ -119,9 +129,24 @@ impl ContextBuilder {
         }
         let handle = sys::init(&config)?;
         Ok(Context {
-            inner: Arc::new(ContextInner { handle }),
+            inner: Arc::new(ContextInner { handle, tls }),
         })
     }
+}
+
+/// The transports UCX counts as shared memory (`sm`, `shm`).
+const SHARED_MEMORY: [&str; 6] = ["mm", "posix", "sysv", "xpmem", "cma", "knem"];
+
+/// True if the `UCX_TLS` list `tls` lets UCX use transport `name`.
+fn allows(tls: &str, name: &str) -> bool {
+    let (excluding, list) = match tls.strip_prefix('^') {
+        Some(list) => (true, list),
+        None => (false, tls),
+    };
+    let named = list.split(',').map(str::trim).any(|t| {
+        t == name || (!excluding && t == "all") || (matches!(t, "sm" | "shm") && SHARED_MEMORY.contains(&name))
+    });
+    named != excluding
 }
 
 /// True if a `UCX_TLS` list may enable a shared-memory transport.
@@ -133,4 +158,23 @@ fn uses_shared_memory(tls: &str) -> bool {
                 "all" | "sm" | "shm" | "mm" | "posix" | "sysv" | "xpmem" | "cma" | "knem"
             )
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::allows;
+
+    #[test]
+    fn transport_lists_name_transports_and_their_aliases() {
+        assert!(allows("sm,self", "cma"));
+        assert!(allows("shm", "posix"));
+        assert!(allows("all", "tcp"));
+        assert!(allows("tcp,cma", "cma"));
+        assert!(!allows("tcp", "cma"));
+        assert!(!allows("sm,self", "tcp"));
+        assert!(allows("^tcp", "cma"));
+        assert!(!allows("^cma", "cma"));
+        assert!(!allows("^sm", "cma"));
+        assert!(allows("^sm", "tcp"));
+    }
 }
