@@ -98,6 +98,7 @@ impl Fold {
             super::send(t, r - 1, key, buf).await
         }
     }
+
     /// [`fold_in`](Self::fold_in) over a lent buffer: the even rank's
     /// values leave from it.
     pub(super) async fn fold_in_lent<T: Element>(
