@@ -107,8 +107,7 @@ impl Background {
         let Some(mut tasks) = self.tasks.try_lock() else {
             return;
         };
-        let waker = self.waker.get_or_init(|| Waker::from(self.waiting.clone()));
-        let mut tcx = Context::from_waker(waker);
+        let mut tcx = Context::from_waker(self.waker());
         loop {
             if self.spawned.swap(false, Ordering::SeqCst) {
                 tasks.append(&mut self.queued.lock());
@@ -124,6 +123,14 @@ impl Background {
         if self.spawned.load(Ordering::SeqCst) {
             self.waiting.wake_by_ref();
         }
+    }
+
+    /// The waker the work is polled with: it wakes every operation waiting
+    /// on the transport. An operation that registers it where a waker is
+    /// kept until something happens (rather than its own, which differs
+    /// from call to call) keeps one entry there however often it polls.
+    pub(crate) fn waker(&self) -> &Waker {
+        self.waker.get_or_init(|| Waker::from(self.waiting.clone()))
     }
 
     /// Gives back a slot [`drive`](Self::drive) took.
@@ -155,6 +162,53 @@ pub(crate) async fn driven<F: Future>(background: Arc<Background>, inner: F) -> 
     // when it is dropped unfinished.
 }
 
+/// Work an operation does as part of its own poll, woken straight by
+/// what it waits for. If the operation is dropped before the work is
+/// done, the rest of it goes on in the background: the work holds what
+/// must outlive the operation (an offered block its reader may still be
+/// reading).
+#[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+pub(crate) struct InPlace<T: Send + 'static> {
+    work: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    background: Arc<Background>,
+}
+
+#[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+impl<T: Send + 'static> InPlace<T> {
+    /// `work`, done by whoever polls the result, or by `background` once
+    /// the result is dropped unfinished.
+    pub(crate) fn new(background: Arc<Background>, work: Pin<Box<dyn Future<Output = T> + Send>>) -> Self {
+        Self {
+            work: Some(work),
+            background,
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for InPlace<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<T> {
+        // Done work is not polled again ([`driven`] stops at its result).
+        let Some(work) = self.work.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let out = std::task::ready!(work.as_mut().poll(cx));
+        self.work = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for InPlace<T> {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            self.background.spawn(Box::pin(async move {
+                work.await;
+            }));
+        }
+    }
+}
+
 /// An operation's slot among the background work's waiters, given back
 /// when dropped.
 struct Waiter {
@@ -171,7 +225,7 @@ impl Drop for Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::task::Poll;
 
     /// A waker of its own (distinct from every other) that counts wakes.
@@ -206,6 +260,50 @@ mod tests {
         assert_eq!(background.waiting.wakers.lock().len(), 500, "one per pending operation");
         drop(pending);
         assert_eq!(background.waiting.wakers.lock().len(), 0);
+    }
+
+    /// Work that waits until `go` is set, then sets `done`.
+    fn gated(go: Arc<AtomicBool>, done: Arc<AtomicBool>) -> Pin<Box<dyn Future<Output = u32> + Send>> {
+        Box::pin(std::future::poll_fn(move |_| {
+            if go.load(Ordering::SeqCst) {
+                done.store(true, Ordering::SeqCst);
+                Poll::Ready(7)
+            } else {
+                Poll::Pending
+            }
+        }))
+    }
+
+    #[test]
+    fn work_done_in_place_leaves_nothing_behind() {
+        let background = Arc::new(Background::default());
+        let (go, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let mut op = InPlace::new(background.clone(), gated(go.clone(), done.clone()));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut op).poll(&mut cx).is_pending());
+        go.store(true, Ordering::SeqCst);
+        assert_eq!(Pin::new(&mut op).poll(&mut cx), Poll::Ready(7));
+        drop(op);
+        assert!(!background.has_queued(), "finished work is not handed on");
+    }
+
+    #[test]
+    fn work_of_a_dropped_operation_is_finished_in_the_background() {
+        let background = Arc::new(Background::default());
+        let (go, done) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let mut op = InPlace::new(background.clone(), gated(go.clone(), done.clone()));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(Pin::new(&mut op).poll(&mut cx).is_pending());
+        drop(op);
+        assert!(background.has_queued(), "the rest of the work goes to the background");
+        let mut slot = None;
+        background.drive(&mut cx, &mut slot);
+        assert!(!done.load(Ordering::SeqCst));
+        go.store(true, Ordering::SeqCst);
+        background.drive(&mut cx, &mut slot);
+        assert!(done.load(Ordering::SeqCst), "a drive finishes it");
+        assert!(background.tasks.lock().is_empty());
+        background.release(slot);
     }
 
     #[test]

@@ -380,7 +380,9 @@ impl Inbox {
     }
 
     /// Ready once `from` left or the group broke, with the group's reason
-    /// if it broke.
+    /// if it broke. Every waker it is polled with is kept until then: poll
+    /// it with one that stays the same (the background's), or once the
+    /// wire already failed.
     pub fn poll_ended(&self, from: Rank, cx: &mut Context<'_>) -> Poll<Option<String>> {
         let mut st = self.state.lock();
         if let Some(why) = &st.broken {

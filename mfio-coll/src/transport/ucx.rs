@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 use mfio_core::{BufResult, Error, IoBackend, IoBuf, IoReadStream, IoWrite, IoWriteStream, Result};
 use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
-use super::driven::Task;
+use super::driven::{InPlace, Task};
 use super::inbox::Announced;
 use super::linked::{self, Core, Linked};
 use super::single_copy::{Offer, OFFER_LEN};
@@ -531,20 +531,33 @@ impl Shared {
         let Some(ep) = self.eps.get(to).cloned().flatten() else {
             return;
         };
-        let (me, shared) = (self.core.rank, Arc::downgrade(self));
-        // Started by the drive that runs this, so it is posted at once (and
-        // done at once, as a short message usually is).
+        let me = self.core.rank;
+        let mut sent = Box::pin(async move { ep.write_at(Tag(tag(REPLY, me, number)), vec![answer]).await.0 });
+        // Posted now; a message this short has usually left at once, and
+        // then `then` is done without a trip through the background.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if let std::task::Poll::Ready(res) = std::future::Future::poll(sent.as_mut(), &mut cx) {
+            return self.replied(to, res, then);
+        }
+        let shared = Arc::downgrade(self);
         self.core.background.spawn(Box::pin(async move {
-            if let Err(e) = ep.write_at(Tag(tag(REPLY, me, number)), vec![answer]).await.0 {
-                tracing::debug!(to, error = %e, "mfio-coll UCX: could not answer an offer");
-            }
-            let Some(shared) = shared.upgrade() else { return };
-            match then {
-                Then::Nothing => {}
-                Then::Landed(key) => shared.core.inbox.land(to, key),
-                Then::Bytes(key, buf) => shared.core.inbox.deliver(to, key, buf),
+            let res = sent.await;
+            if let Some(shared) = shared.upgrade() {
+                shared.replied(to, res, then);
             }
         }));
+    }
+
+    /// `to` was answered (or could not be): does what waited for it.
+    fn replied(&self, to: Rank, res: Result<usize>, then: Then) {
+        if let Err(e) = res {
+            tracing::debug!(to, error = %e, "mfio-coll UCX: could not answer an offer");
+        }
+        match then {
+            Then::Nothing => {}
+            Then::Landed(key) => self.core.inbox.land(to, key),
+            Then::Bytes(key, buf) => self.core.inbox.deliver(to, key, buf),
+        }
     }
 }
 
@@ -600,65 +613,22 @@ async fn send_on<B: IoBuf>(shared: &Shared, ep: &Endpoint, to: Rank, key: Key, d
         .await;
         (framed.0.and(rest).map(drop), data)
     };
-    let Err(e) = res else {
-        return BufResult(Ok(()), data);
-    };
-    // A failed endpoint: once its end is understood (a goodbye, or news of
-    // a lost rank), say why.
+    match res {
+        Ok(()) => BufResult(Ok(()), data),
+        Err(e) => BufResult(send_failure(shared, ep, to, key, e).await, data),
+    }
+}
+
+/// The error of a send to `to` on `ep` that failed with `e`: if the
+/// endpoint failed, once its end is understood (a goodbye, or news of a
+/// lost rank), it says why.
+async fn send_failure(shared: &Shared, ep: &Endpoint, to: Rank, key: Key, e: Error) -> Result<()> {
     let why = if ep.is_failed() {
         std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await
     } else {
         None
     };
-    BufResult(Err(linked::send_failed(to, key, why, e)), data)
-}
-
-/// Sends the long block `data` to `to` under `key` as an offer: its frame
-/// says where the bytes are, for `to` to read them in place. Done when `to`
-/// says it read them, or it sent for them and they went.
-///
-/// The offer runs in the background, holding the block, so that a send
-/// dropped meanwhile still keeps the bytes for the reader.
-async fn offer(shared: Arc<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block) -> Result<()> {
-    let outcome = Arc::new(Outcome::default());
-    shared
-        .core
-        .background
-        .spawn(offered(Arc::downgrade(&shared), ep, to, key, data, outcome.clone()));
-    std::future::poll_fn(|cx| outcome.poll(cx)).await
-}
-
-/// Where a task in the background leaves its result for the future that
-/// waits for it.
-#[derive(Default)]
-struct Outcome {
-    state: parking_lot::Mutex<(Option<Result<()>>, Option<std::task::Waker>)>,
-}
-
-impl Outcome {
-    fn set(&self, res: Result<()>) {
-        let waker = {
-            let mut st = self.state.lock();
-            st.0 = Some(res);
-            st.1.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
-    }
-
-    fn poll(&self, cx: &mut Context<'_>) -> std::task::Poll<Result<()>> {
-        let mut st = self.state.lock();
-        match st.0.take() {
-            Some(res) => std::task::Poll::Ready(res),
-            None => {
-                if !st.1.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                    st.1 = Some(cx.waker().clone());
-                }
-                std::task::Poll::Pending
-            }
-        }
-    }
+    Err(linked::send_failed(to, key, why, e))
 }
 
 /// The block an offer is about, kept until its reader is done with it. If
@@ -681,11 +651,18 @@ impl Drop for Offered {
     }
 }
 
-/// The offer itself (see [`offer`]): the frame with the offer, then the
-/// reply; the bytes as a message of their own if the reply asks for them.
-fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block, outcome: Arc<Outcome>) -> Task {
+/// Sends the long block `data` to `to` under `key` as an offer: its frame
+/// says where the bytes are, for `to` to read them in place. Done when `to`
+/// says it read them, or it sent for them and they went; if the reply asks
+/// for them, they go as a message of their own.
+///
+/// Run in place by the send ([`InPlace`]): a send dropped before the reply
+/// leaves the rest to the background, which keeps the bytes for the reader.
+fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block) -> InPlaceWork {
     Box::pin(async move {
-        let Some(strong) = shared.upgrade() else { return };
+        let Some(strong) = shared.upgrade() else {
+            return Err(transport_gone(to, key));
+        };
         let (me, worker) = (strong.core.rank, strong.worker.clone());
         let number = strong.next_long[to].fetch_add(1, Ordering::Relaxed);
         let len = data.len();
@@ -695,29 +672,35 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
             // Not offered (`single_copy` says this cannot happen).
             drop(kept.release());
             let e = Error::new(std::io::ErrorKind::Unsupported, "this process does not know its host");
-            return outcome.set(Err(linked::send_failed(to, key, None, e)));
+            return Err(linked::send_failed(to, key, None, e));
         };
         offer.encode(&mut frame);
+        // The end of the group is heard of through the background's waker,
+        // which wakes this offer with every other operation: the inbox
+        // keeps each waker it is polled with until the end, and the
+        // operation's own differs from call to call.
+        let everyone = strong.core.background.waker().clone();
         drop(strong);
         let reply = worker.tag_recv(TagMatch::exact(tag(REPLY, to, number)), Vec::with_capacity(1));
-        let ended = std::future::poll_fn(|cx| match shared.upgrade() {
-            Some(shared) => shared.core.inbox.poll_ended(to, cx).map(Some),
+        let ended = std::future::poll_fn(|_| match shared.upgrade() {
+            Some(shared) => shared
+                .core
+                .inbox
+                .poll_ended(to, &mut Context::from_waker(&everyone))
+                .map(Some),
             None => std::task::Poll::Ready(None),
         });
         let (reply, ended) = (std::pin::pin!(reply), std::pin::pin!(ended));
         let framed = ep.write_at(Tag(tag(FRAME, me, number)), frame);
         let (framed, answer) = futures_util::future::join(framed, futures_util::future::select(reply, ended)).await;
-        let res = match (framed.0, answer) {
+        match (framed.0, answer) {
             (Err(e), _) => {
                 // The offer never went: nobody reads the bytes.
                 drop(kept.release());
-                let why = match shared.upgrade() {
-                    Some(shared) if ep.is_failed() => {
-                        std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await
-                    }
-                    _ => None,
-                };
-                Err(linked::send_failed(to, key, why, e))
+                match shared.upgrade() {
+                    Some(shared) => send_failure(&shared, &ep, to, key, e).await,
+                    None => Err(linked::send_failed(to, key, None, e)),
+                }
             }
             (Ok(_), futures_util::future::Either::Left((BufResult(Ok(_), answer), _))) if answer == [TAKEN] => {
                 drop(kept.release());
@@ -756,10 +739,21 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
                     format!("{why}; sending to rank {to} ({key}) failed"),
                 ))
             }
-            (Ok(_), futures_util::future::Either::Right((None, _))) => return,
-        };
-        outcome.set(res);
+            (Ok(_), futures_util::future::Either::Right((None, _))) => Err(transport_gone(to, key)),
+        }
     })
+}
+
+/// The work of an offer ([`offered`]).
+type InPlaceWork = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
+
+/// The error of a send whose transport was dropped before it finished
+/// (only a send left to the background can see it).
+fn transport_gone(to: Rank, key: Key) -> Error {
+    Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        format!("sending to rank {to} ({key}): the transport was dropped"),
+    )
 }
 
 impl Transport for UcxTransport {
@@ -784,11 +778,13 @@ impl Transport for UcxTransport {
         let (Some(ep), false) = (ep, key.comm == CONTROL_COMM) else {
             return super::send_block_copied(self, to, key, data);
         };
-        let shared = self.shared.clone();
         let background = self.shared.core.background.clone();
-        if data.len() > INLINE && shared.offers_to(to) {
-            return Box::pin(super::driven::driven(background, offer(shared, ep, to, key, data)));
+        if data.len() > INLINE && self.shared.offers_to(to) {
+            let work = offered(Arc::downgrade(&self.shared), ep, to, key, data);
+            let in_place = InPlace::new(background.clone(), work);
+            return Box::pin(super::driven::driven(background, in_place));
         }
+        let shared = self.shared.clone();
         Box::pin(super::driven::driven(background, async move {
             send_on(&shared, &ep, to, key, data.into_io()).await.0
         }))
