@@ -127,11 +127,23 @@ impl IoBackend for Composite {
 
     /// Drains the members that signalled, then drives every member.
     fn drive(&self) -> DriveStatus {
+        self.drive_members(|b| b.drive())
+    }
+
+    /// As [`drive`](Self::drive), with every member's step not spinning.
+    fn drive_now(&self) -> DriveStatus {
+        self.drive_members(|b| b.drive_now())
+    }
+}
+
+impl Composite {
+    /// Drains the members that signalled, then drives each with `step`.
+    fn drive_members(&self, step: impl Fn(&dyn IoBackend) -> DriveStatus) -> DriveStatus {
         self.drain_ready();
         let mut progress = false;
         let mut timeout: Option<Duration> = None;
         for m in &self.members {
-            let s = m.backend.drive();
+            let s = step(&*m.backend);
             progress |= s.progress;
             timeout = match (timeout, s.timeout) {
                 (Some(a), Some(b)) => Some(a.min(b)),

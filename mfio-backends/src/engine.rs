@@ -92,6 +92,10 @@ pub(crate) trait Engine: Send + Sync {
     fn queue(&self) -> &SubmitQueue<Request>;
     fn polling_handle(&self) -> PollingHandle<'_>;
     fn drive(&self) -> DriveStatus;
+    /// As `drive`, without a busy-polling spin ([`IoBackend::drive_now`](mfio_core::IoBackend::drive_now)).
+    fn drive_now(&self) -> DriveStatus {
+        self.drive()
+    }
     fn kind(&self) -> BackendKind;
     /// Prepares a new socket for this backend (non-blocking and registered
     /// for readiness on poll; as it is on io_uring).

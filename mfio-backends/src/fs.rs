@@ -516,6 +516,9 @@ impl IoBackend for File {
     fn drive(&self) -> DriveStatus {
         self.rt.drive()
     }
+    fn drive_now(&self) -> DriveStatus {
+        self.rt.drive_now()
+    }
 }
 
 /// Future of [`Runtime::open`].

@@ -143,6 +143,9 @@ macro_rules! socket_io {
             fn drive(&self) -> DriveStatus {
                 self.rt.drive()
             }
+            fn drive_now(&self) -> DriveStatus {
+                self.rt.drive_now()
+            }
         }
 
         impl AsFd for $ty {

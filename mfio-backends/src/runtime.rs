@@ -123,6 +123,9 @@ impl IoBackend for Runtime {
     fn drive(&self) -> DriveStatus {
         self.engine.drive()
     }
+    fn drive_now(&self) -> DriveStatus {
+        self.engine.drive_now()
+    }
 }
 
 /// Future of an operation that yields a `T` (an opened file, metadata).

@@ -515,6 +515,46 @@ fn busy_polling_spins_only_for_its_budget() {
     util::serial_within("busy-polled receive", Duration::from_secs(60), body).expect("busy-polled receive");
 }
 
+/// A driving step for a caller with work of its own ready to run
+/// (`drive_now`) does not spend the busy-poll budget, however long: with a
+/// receive pending and an hour's budget, it returns, and the receive then
+/// gets its bytes.
+#[test]
+fn a_step_without_a_spin_returns_with_a_receive_pending() {
+    let body = || -> Result<()> {
+        use mfio_core::{IoBackend, IoBackendExt};
+        let rt = match Runtime::builder()
+            .backend(mfio_backends::BackendKind::Uring)
+            .busy_poll(Duration::from_secs(3600))
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("skip: no io_uring here: {e}");
+                return Ok(());
+            }
+        };
+        let (listener, addr) = std_listener()?;
+        let s = rt.block_on(TcpStream::connect(&rt, addr))?;
+        let (mut peer, _) = listener.accept()?;
+        let mut read = std::pin::pin!(s.read_exact(Vec::with_capacity(4)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            std::future::Future::poll(read.as_mut(), &mut cx).is_pending(),
+            "nothing was sent yet"
+        );
+        for _ in 0..3 {
+            rt.drive_now();
+        }
+        peer.write_all(b"ping")?;
+        let (n, got) = rt.block_on(read).into_parts();
+        n?;
+        assert_eq!(got, b"ping");
+        Ok(())
+    };
+    util::serial_within("a step without a spin", Duration::from_secs(60), body).expect("a step without a spin");
+}
+
 backend_tests!(
     connect_send_drop,
     taken_over_std_stream,

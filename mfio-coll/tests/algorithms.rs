@@ -52,14 +52,16 @@ enum Allreduce {
     Ring,
     RecursiveDoubling,
     Rabenseifner,
+    ReduceBcast,
     SegmentedRing(usize),
 }
 
 fn allreduce_kind(pick: u8) -> Allreduce {
-    match pick % 4 {
+    match pick % 5 {
         0 => Allreduce::Ring,
         1 => Allreduce::RecursiveDoubling,
         2 => Allreduce::Rabenseifner,
+        3 => Allreduce::ReduceBcast,
         _ => Allreduce::SegmentedRing(1 + usize::from(pick) * 37),
     }
 }
@@ -75,6 +77,7 @@ fn allreduce<T: mfio_coll::Element>(
             Allreduce::Ring => algo::allreduce_ring(t, ID, buf, op).await,
             Allreduce::RecursiveDoubling => algo::allreduce_recursive_doubling(t, ID, buf, op).await,
             Allreduce::Rabenseifner => algo::allreduce_rabenseifner(t, ID, buf, op).await,
+            Allreduce::ReduceBcast => algo::allreduce_reduce_bcast(t, ID, buf, op).await,
             Allreduce::SegmentedRing(segment) => algo::allreduce_segmented_ring(t, ID, buf, op, segment).await,
         }
     })
@@ -108,17 +111,18 @@ proptest! {
     }
 
     #[test]
-    fn recursive_doubling_keeps_rank_order_for_non_commutative_operations(
-        n in 1usize..=9, len in 0usize..=2_000, seed: u64,
+    fn recursive_doubling_and_reduce_bcast_keep_rank_order_for_non_commutative_operations(
+        n in 1usize..=9, len in 0usize..=2_000, seed: u64, pick: bool,
     ) {
+        let which = if pick { Allreduce::RecursiveDoubling } else { Allreduce::ReduceBcast };
         let inputs: Vec<Vec<[u64; 2]>> = (0..n).map(|r| affine(r, len)).collect();
         let want = reference(&inputs, &compose());
         let got = run_group(n, seed, move |t| {
             let mut buf = affine(t.rank(), len);
-            allreduce(Allreduce::RecursiveDoubling, &t, &mut buf, &compose()).map(|()| buf)
+            allreduce(which, &t, &mut buf, &compose()).map(|()| buf)
         });
         for (r, res) in got.into_iter().enumerate() {
-            prop_assert!(res.expect("allreduce") == want, "rank {} of {}", r, n);
+            prop_assert!(res.expect("allreduce") == want, "{:?}: rank {} of {}", which, r, n);
         }
     }
 

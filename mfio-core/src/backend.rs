@@ -80,6 +80,15 @@ pub trait IoBackend {
 
     /// Runs one non-blocking driving step.
     fn drive(&self) -> DriveStatus;
+
+    /// A driving step for a caller with work of its own ready to run (a
+    /// task that woke itself): as [`drive`](Self::drive), but a backend
+    /// that spins a bounded budget for completions while work is pending
+    /// (UCX, MPI, a busy-polling ring) does not spin, so the caller goes
+    /// on at once. Backends without such a spin need not implement it.
+    fn drive_now(&self) -> DriveStatus {
+        self.drive()
+    }
 }
 
 /// Provided methods on every [`IoBackend`].
@@ -100,6 +109,9 @@ impl<T: IoBackend + ?Sized> IoBackend for &T {
     fn drive(&self) -> DriveStatus {
         (**self).drive()
     }
+    fn drive_now(&self) -> DriveStatus {
+        (**self).drive_now()
+    }
 }
 
 impl<T: IoBackend + ?Sized> IoBackend for Arc<T> {
@@ -108,6 +120,9 @@ impl<T: IoBackend + ?Sized> IoBackend for Arc<T> {
     }
     fn drive(&self) -> DriveStatus {
         (**self).drive()
+    }
+    fn drive_now(&self) -> DriveStatus {
+        (**self).drive_now()
     }
 }
 
@@ -273,7 +288,14 @@ pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Out
                 return out;
             }
         }
-        let status = backend.drive();
+        // A future that woke itself goes on at once: the step does not
+        // spin for completions (it still runs, so a future that keeps
+        // waking itself cannot starve the backend).
+        let status = if wake.woken.load(Ordering::Acquire) {
+            backend.drive_now()
+        } else {
+            backend.drive()
+        };
         if status.progress || wake.woken.load(Ordering::Acquire) {
             continue;
         }

@@ -218,3 +218,57 @@ fn stale_waker_of_an_earlier_block_on_does_not_disturb_later_ones() {
         assert_eq!(block_on(&be, async { 5 }), 5);
     });
 }
+
+/// A backend whose ordinary step spins (as UCX, MPI and a busy-polling
+/// ring do while work is pending) and whose `drive_now` does not; it
+/// counts both.
+#[derive(Default)]
+struct Spinning {
+    inner: Option<MemBackend>,
+    spins: AtomicUsize,
+    now: AtomicUsize,
+}
+
+impl mfio_core::IoBackend for Spinning {
+    fn polling_handle(&self) -> mfio_core::PollingHandle<'_> {
+        self.inner.as_ref().expect("backend").polling_handle()
+    }
+
+    fn drive(&self) -> mfio_core::DriveStatus {
+        self.spins.fetch_add(1, Ordering::SeqCst);
+        // Work is pending elsewhere: report progress so the caller polls
+        // again, as a spin that ended on a completion would.
+        mfio_core::DriveStatus {
+            progress: true,
+            timeout: None,
+        }
+    }
+
+    fn drive_now(&self) -> mfio_core::DriveStatus {
+        self.now.fetch_add(1, Ordering::SeqCst);
+        mfio_core::DriveStatus::IDLE
+    }
+}
+
+#[test]
+fn a_future_that_wakes_itself_is_driven_without_a_spin() {
+    let (spins, now) = util::within(LIMIT, || {
+        let be = Spinning {
+            inner: Some(MemBackend::new().expect("backend")),
+            ..Spinning::default()
+        };
+        // Wakes itself five times, then is done.
+        let mut left = 5;
+        be.block_on(poll_fn(|cx| {
+            if left == 0 {
+                return Poll::Ready(());
+            }
+            left -= 1;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }));
+        (be.spins.load(Ordering::SeqCst), be.now.load(Ordering::SeqCst))
+    });
+    assert_eq!(now, 5, "one step without a spin per self-wake");
+    assert_eq!(spins, 0, "no spinning step while the future was ready to run");
+}

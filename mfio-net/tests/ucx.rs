@@ -642,3 +642,33 @@ fn flush_and_close_write(t: Transport) {
         });
     });
 }
+
+/// A driving step for a caller with work of its own ready to run
+/// (`drive_now`) does not spend the worker's spin, however long: with a
+/// receive pending and an hour's spin, it returns, and the receive then
+/// takes its message.
+#[test]
+fn a_step_without_a_spin_returns_with_a_receive_pending() {
+    within(LIMIT, || {
+        let ctx = util::context(Transport::Sm, false);
+        let a = mfio_net::ucx::Worker::builder(&ctx)
+            .spin(Duration::from_secs(3600))
+            .build()
+            .expect("worker a");
+        let b = ctx.worker().expect("worker b");
+        let ba = b.connect(&a.address()).expect("connect b->a");
+        let mut recv = pin!(a.tag_recv(TagMatch::exact(7), Vec::with_capacity(4)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(recv.as_mut().poll(&mut cx).is_pending(), "nothing was sent yet");
+        for _ in 0..3 {
+            a.drive_now();
+        }
+        let (sent, _) = b.block_on(ba.write_at(Tag(7), b"ping".to_vec())).into_parts();
+        sent.expect("send");
+        let (info, got) = a.block_on(recv).into_parts();
+        assert_eq!(info.expect("receive").len, 4);
+        assert_eq!(got, b"ping");
+        let both = mfio_backends::Composite::new(vec![Box::new(a.clone()), Box::new(b.clone())]).expect("composite");
+        both.block_on(ba.close()).expect("close");
+    });
+}

@@ -92,6 +92,52 @@ pub(crate) struct UringEngine {
 }
 
 impl UringEngine {
+    /// One driving step; with `spin`, the busy-polling budget is spent
+    /// waiting for a completion when the step found nothing.
+    fn step(&self, spin: bool) -> DriveStatus {
+        let Some(mut core) = self.core.try_lock() else {
+            return DriveStatus::IDLE;
+        };
+        let room = self
+            .window
+            .saturating_sub(core.inflight.len() + core.backlog.len() + self.fallback.in_flight());
+        self.release_slots(&mut core);
+        let took = self.queue.take_into(&mut core.backlog, room);
+        let cancels = self.push_cancels(&mut core);
+        let pushed = self.fill(&mut core);
+        // Enter the kernel if there is anything to submit, or completions
+        // waiting as task work (COOP/DEFER_TASKRUN) or in an overflowed queue:
+        // `submit` then asks for them (GETEVENTS).
+        // Entries an earlier enter did not take (EBUSY, EAGAIN) go now.
+        let pending_kernel_work = {
+            let sq = core.ring.submission();
+            sq.taskrun() || sq.cq_overflow() || !sq.is_empty()
+        };
+        if pushed + cancels > 0 || pending_kernel_work {
+            // One io_uring_enter for everything queued in this step. EBUSY
+            // (completion queue overflowing) clears once we reap below.
+            match core.ring.submit() {
+                Ok(_) => self.note_submitter(&mut core),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) => tracing::warn!(error = %e, "io_uring_enter failed"),
+            }
+        }
+        let mut reaped = Self::reap(&mut core);
+        if spin && reaped + took + pushed == 0 && !self.busy_poll.is_zero() && !core.inflight.is_empty() {
+            reaped = self.watch_completions(&mut core);
+        }
+        let open = core.inflight.len() < self.window;
+        let leftover = !core.backlog.is_empty();
+        drop(core);
+        if open && (leftover || !self.queue.is_empty()) {
+            self.notifier.notify();
+        }
+        DriveStatus {
+            progress: took + pushed + reaped > 0,
+            timeout: None,
+        }
+    }
+
     pub(crate) fn new(b: &EngineConfig) -> Result<Arc<Self>> {
         let ring = setup(b)?;
         let notifier = Notifier::new()?;
@@ -367,47 +413,11 @@ impl Engine for UringEngine {
     }
 
     fn drive(&self) -> DriveStatus {
-        let Some(mut core) = self.core.try_lock() else {
-            return DriveStatus::IDLE;
-        };
-        let room = self
-            .window
-            .saturating_sub(core.inflight.len() + core.backlog.len() + self.fallback.in_flight());
-        self.release_slots(&mut core);
-        let took = self.queue.take_into(&mut core.backlog, room);
-        let cancels = self.push_cancels(&mut core);
-        let pushed = self.fill(&mut core);
-        // Enter the kernel if there is anything to submit, or completions
-        // waiting as task work (COOP/DEFER_TASKRUN) or in an overflowed queue:
-        // `submit` then asks for them (GETEVENTS).
-        // Entries an earlier enter did not take (EBUSY, EAGAIN) go now.
-        let pending_kernel_work = {
-            let sq = core.ring.submission();
-            sq.taskrun() || sq.cq_overflow() || !sq.is_empty()
-        };
-        if pushed + cancels > 0 || pending_kernel_work {
-            // One io_uring_enter for everything queued in this step. EBUSY
-            // (completion queue overflowing) clears once we reap below.
-            match core.ring.submit() {
-                Ok(_) => self.note_submitter(&mut core),
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) => tracing::warn!(error = %e, "io_uring_enter failed"),
-            }
-        }
-        let mut reaped = Self::reap(&mut core);
-        if reaped + took + pushed == 0 && !self.busy_poll.is_zero() && !core.inflight.is_empty() {
-            reaped = self.watch_completions(&mut core);
-        }
-        let open = core.inflight.len() < self.window;
-        let leftover = !core.backlog.is_empty();
-        drop(core);
-        if open && (leftover || !self.queue.is_empty()) {
-            self.notifier.notify();
-        }
-        DriveStatus {
-            progress: took + pushed + reaped > 0,
-            timeout: None,
-        }
+        self.step(true)
+    }
+
+    fn drive_now(&self) -> DriveStatus {
+        self.step(false)
     }
 
     fn kind(&self) -> BackendKind {

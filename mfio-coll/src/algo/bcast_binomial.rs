@@ -8,7 +8,7 @@ use mfio_core::Result;
 
 use crate::comm::Rank;
 use crate::element::Element;
-use crate::transport::{CollId, Lent, Transport};
+use crate::transport::{CollId, Key, Lent, Transport};
 
 /// Copies the root's `buf` into every rank's `buf` (same length on all).
 ///
@@ -17,13 +17,13 @@ use crate::transport::{CollId, Lent, Transport};
 /// rank's length differs from the root's; what the transport reports.
 pub async fn bcast_binomial<T: Element>(t: &dyn Transport, id: CollId, buf: &mut [T], root: Rank) -> Result<()> {
     crate::check::rank("root", root, t.size())?;
-    super::on_copy(buf, async |lent| bcast_binomial_lent(t, id, lent, root).await).await
+    super::on_copy(buf, async |lent| bcast_binomial_lent(t, id.key(0, 0), lent, root).await).await
 }
 
-/// [`bcast_binomial`] of a lent buffer.
+/// [`bcast_binomial`] of a lent buffer, every message under `key`.
 pub(crate) async fn bcast_binomial_lent<T: Element>(
     t: &dyn Transport,
-    id: CollId,
+    key: Key,
     buf: &Lent<T>,
     root: Rank,
 ) -> Result<()> {
@@ -31,7 +31,6 @@ pub(crate) async fn bcast_binomial_lent<T: Element>(
     crate::check::rank("root", root, n)?;
     let rel = (t.rank() + n - root) % n;
     let real = |v: usize| (v + root) % n;
-    let key = id.key(0, 0);
     let all = 0..buf.len();
     let mut mask = 1;
     while mask < n {

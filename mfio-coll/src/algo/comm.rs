@@ -203,6 +203,12 @@ async fn allreduce_with<T: Element>(
             .await
         }
         Algorithm::Rabenseifner => super::allreduce_rabenseifner(t, id, buf, op).await,
+        Algorithm::ReduceBcast => {
+            lending(buf, async |buf| {
+                super::allreduce_reduce_bcast::allreduce_reduce_bcast_lent(t, id, buf, op).await
+            })
+            .await
+        }
         // Lending costs short messages more than the copies it saves (the
         // slice form lends long ones a copy).
         _ if size_of_val(buf.as_slice()) >= super::POST_AHEAD_BYTES => {
@@ -314,7 +320,7 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                     }
                     _ => {
                         lending(buf, async |buf| {
-                            super::bcast_binomial::bcast_binomial_lent(t, id, buf, root).await
+                            super::bcast_binomial::bcast_binomial_lent(t, id.key(0, 0), buf, root).await
                         })
                         .await
                     }

@@ -10,8 +10,9 @@
 //! - reduce: [`reduce_binomial`];
 //! - allreduce: [`allreduce_ring`] (bandwidth-optimal, any length),
 //!   [`allreduce_segmented_ring`] (pipelined segments, long messages),
-//!   [`allreduce_recursive_doubling`] (latency-optimal, any rank count) and
-//!   [`allreduce_rabenseifner`] (recursive halving, then doubling);
+//!   [`allreduce_recursive_doubling`] (latency-optimal, any rank count),
+//!   [`allreduce_rabenseifner`] (recursive halving, then doubling) and
+//!   [`allreduce_reduce_bcast`] (binomial reduce, then bcast: few ranks);
 //! - reduce_scatter_block: [`reduce_scatter_block_ring`],
 //!   [`reduce_scatter_block_halving`];
 //! - allgather: [`allgather_ring`], [`allgather_bruck`] (any rank count),
@@ -26,7 +27,8 @@
 //! included: each element is reduced in one order and that result is what
 //! every rank ends with (ring: each block is reduced along the ring once,
 //! then passed around; recursive doubling: both partners of a step combine
-//! the same two operands, lower ranks' first).
+//! the same two operands, lower ranks' first; reduce then bcast: rank 0's
+//! result is the one result).
 //!
 //! - the `v` variants, linear: [`scatterv_linear`], [`gatherv_linear`],
 //!   [`allgatherv_linear`], [`alltoallv_pairwise`].
@@ -42,6 +44,7 @@ mod allgather_rd;
 mod allgather_ring;
 mod allreduce_rabenseifner;
 mod allreduce_rd;
+mod allreduce_reduce_bcast;
 mod allreduce_ring;
 mod alltoall_bruck;
 mod alltoall_pairwise;
@@ -65,6 +68,7 @@ pub use allgather_rd::allgather_recursive_doubling;
 pub use allgather_ring::allgather_ring;
 pub use allreduce_rabenseifner::allreduce_rabenseifner;
 pub use allreduce_rd::allreduce_recursive_doubling;
+pub use allreduce_reduce_bcast::allreduce_reduce_bcast;
 pub use allreduce_ring::{allreduce_ring, allreduce_segmented_ring};
 pub use alltoall_bruck::alltoall_bruck;
 pub use alltoall_pairwise::alltoall_pairwise;

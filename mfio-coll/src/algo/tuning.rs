@@ -54,6 +54,8 @@ pub enum Algorithm {
     RecursiveDoubling,
     /// Recursive halving then doubling (allreduce).
     Rabenseifner,
+    /// Binomial reduce to rank 0, then binomial bcast (allreduce).
+    ReduceBcast,
     /// Recursive halving (reduce_scatter_block).
     Halving,
     /// Binomial tree (bcast, reduce, scatter, gather).
@@ -81,11 +83,12 @@ const COLLECTIVES: [(Collective, &str); 8] = [
     (Collective::Alltoall, "alltoall"),
 ];
 
-const ALGORITHMS: [(Algorithm, &str); 11] = [
+const ALGORITHMS: [(Algorithm, &str); 12] = [
     (Algorithm::Ring, "ring"),
     (Algorithm::SegmentedRing, "segmented_ring"),
     (Algorithm::RecursiveDoubling, "recursive_doubling"),
     (Algorithm::Rabenseifner, "rabenseifner"),
+    (Algorithm::ReduceBcast, "reduce_bcast"),
     (Algorithm::Halving, "halving"),
     (Algorithm::Binomial, "binomial"),
     (Algorithm::ScatterAllgather, "scatter_allgather"),
@@ -120,7 +123,7 @@ impl Algorithm {
         match c {
             C::Allreduce => matches!(
                 self,
-                A::Ring | A::SegmentedRing | A::RecursiveDoubling | A::Rabenseifner
+                A::Ring | A::SegmentedRing | A::RecursiveDoubling | A::Rabenseifner | A::ReduceBcast
             ),
             C::Bcast => matches!(self, A::Binomial | A::ScatterAllgather | A::Chain),
             C::Reduce => matches!(self, A::Binomial),

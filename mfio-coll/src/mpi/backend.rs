@@ -682,7 +682,7 @@ impl Shared {
         }
     }
 
-    fn step(&self, st: &mut parking_lot::MutexGuard<'_, State>, done: &mut Vec<Done>) -> DriveStatus {
+    fn step(&self, st: &mut parking_lot::MutexGuard<'_, State>, done: &mut Vec<Done>, spin: bool) -> DriveStatus {
         let mut progress = self.run_deferred(st, done);
         self.apply_cancels(st);
         if st.timeout.is_some() && !st.records.is_empty() {
@@ -706,7 +706,7 @@ impl Shared {
         // polling: a spin here would hold them up until one of the
         // records finishes.
         let self_tested = self.self_tested.load(Ordering::Acquire) > 0;
-        if done.is_empty() && now < spin_until && !self_tested {
+        if spin && done.is_empty() && now < spin_until && !self_tested {
             // Keep testing for the rest of the spin: a request about to
             // finish costs a wake-up from sleep otherwise.
             let mut round = 0u32;
@@ -742,7 +742,9 @@ impl Shared {
         }
     }
 
-    fn drive(&self) -> DriveStatus {
+    /// One driving step of the caller's; with `spin`, it tests on for the
+    /// rest of the spin when nothing finished.
+    fn drive_step(&self, spin: bool) -> DriveStatus {
         if !self.may_call_here() {
             return DriveStatus::IDLE;
         }
@@ -772,7 +774,7 @@ impl Shared {
                 timeout: None,
             }
         } else {
-            self.step(&mut st, &mut done)
+            self.step(&mut st, &mut done, spin)
         };
         drop(st);
         for d in done.drain(..) {
@@ -826,7 +828,7 @@ fn progress_thread(weak: &Weak<Shared>, signal: &Signal) {
             let wait = if st.reqs.is_empty() && shared.deferred_empty() {
                 Some(Duration::from_millis(50))
             } else {
-                let status = shared.step(&mut st, &mut done);
+                let status = shared.step(&mut st, &mut done, true);
                 status.timeout.filter(|p| !p.is_zero() && !status.progress)
             };
             drop(st);
@@ -1010,7 +1012,11 @@ impl IoBackend for Shared {
     }
 
     fn drive(&self) -> DriveStatus {
-        Shared::drive(self)
+        self.drive_step(true)
+    }
+
+    fn drive_now(&self) -> DriveStatus {
+        self.drive_step(false)
     }
 }
 
@@ -1021,5 +1027,9 @@ impl IoBackend for Mpi {
 
     fn drive(&self) -> DriveStatus {
         self.shared.drive()
+    }
+
+    fn drive_now(&self) -> DriveStatus {
+        self.shared.drive_now()
     }
 }

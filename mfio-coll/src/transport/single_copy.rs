@@ -58,32 +58,49 @@ fn this_host() -> Option<Host> {
     })
 }
 
-/// Where a long message's bytes are: `len` bytes at `address` in process
-/// `pid` on `host`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Offer {
+/// A process as far as reading its memory goes: its host and number,
+/// learned once (a process number costs a system call each time it is
+/// asked for).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Process {
     host: Host,
     pid: u32,
+}
+
+impl Process {
+    /// This process, if `/proc` says which host it is on (else nothing is
+    /// offered).
+    pub(crate) fn this() -> Option<Self> {
+        Some(Self {
+            host: this_host()?,
+            pid: std::process::id(),
+        })
+    }
+
+    /// The offer of the bytes at `address` in this process.
+    pub(crate) fn offer(&self, address: *const u8) -> Offer {
+        Offer {
+            from: *self,
+            address: address as u64,
+        }
+    }
+}
+
+/// Where a long message's bytes are: `len` bytes at `address` in process
+/// `from`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Offer {
+    from: Process,
     address: u64,
 }
 
 impl Offer {
-    /// The offer of the bytes at `address` in this process, if this
-    /// process knows its host.
-    pub(crate) fn of(address: *const u8) -> Option<Self> {
-        Some(Self {
-            host: this_host()?,
-            pid: std::process::id(),
-            address: address as u64,
-        })
-    }
-
     /// Appends the offer's [`OFFER_LEN`] bytes to `out`.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.host.boot_id);
-        out.extend_from_slice(&self.host.pid_namespace.to_le_bytes());
-        out.extend_from_slice(&self.host.net_namespace.to_le_bytes());
-        out.extend_from_slice(&u64::from(self.pid).to_le_bytes());
+        out.extend_from_slice(&self.from.host.boot_id);
+        out.extend_from_slice(&self.from.host.pid_namespace.to_le_bytes());
+        out.extend_from_slice(&self.from.host.net_namespace.to_le_bytes());
+        out.extend_from_slice(&u64::from(self.from.pid).to_le_bytes());
         out.extend_from_slice(&self.address.to_le_bytes());
     }
 
@@ -99,26 +116,29 @@ impl Offer {
                 .map(u64::from_le_bytes)
         };
         Some(Self {
-            host: Host {
-                boot_id: bytes.get(..16)?.try_into().ok()?,
-                pid_namespace: word(16)?,
-                net_namespace: word(24)?,
+            from: Process {
+                host: Host {
+                    boot_id: bytes.get(..16)?.try_into().ok()?,
+                    pid_namespace: word(16)?,
+                    net_namespace: word(24)?,
+                },
+                pid: u32::try_from(word(32)?).ok()?,
             },
-            pid: u32::try_from(word(32)?).ok()?,
             address: word(40)?,
         })
     }
 
     /// Copies the offered bytes into `into`'s first `len` bytes (its
-    /// capacity must be at least `len`). The sender must keep them alive
-    /// and unchanged until it hears that this is done.
+    /// capacity must be at least `len`), in process `reader` (this one).
+    /// The sender must keep them alive and unchanged until it hears that
+    /// this is done.
     ///
     /// # Errors
-    /// `Unsupported` if the sender is on another host (or is this
-    /// process); what the kernel says if it refuses (`PermissionDenied`
-    /// under Yama's `ptrace_scope`), or if the sender is gone.
-    pub(crate) fn read_into<B: IoBufMut>(&self, into: &mut B, len: usize) -> std::io::Result<()> {
-        if Some(self.host) != this_host() || self.pid == std::process::id() {
+    /// `Unsupported` if the sender is on another host (or is `reader`);
+    /// what the kernel says if it refuses (`PermissionDenied` under Yama's
+    /// `ptrace_scope`), or if the sender is gone.
+    pub(crate) fn read_into<B: IoBufMut>(&self, reader: &Process, into: &mut B, len: usize) -> std::io::Result<()> {
+        if self.from.host != reader.host || self.from.pid == reader.pid {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::Unsupported,
                 "the sender is not another process on this host",
@@ -137,7 +157,7 @@ impl Offer {
             // kernel, which checks it against the sender's mappings.
             let n = unsafe {
                 sys::read_remote(
-                    self.pid,
+                    self.from.pid,
                     self.address + done as u64,
                     into.as_buf_mut_ptr().add(done),
                     len - done,
@@ -188,34 +208,33 @@ mod tests {
     #[test]
     fn an_offer_survives_encoding_and_this_process_reads_no_offer_of_its_own() {
         let bytes = [7u8; 64];
-        let Some(offer) = Offer::of(bytes.as_ptr()) else {
+        let Some(me) = Process::this() else {
             eprintln!("skip: no host identity in /proc here");
             return;
         };
+        let offer = me.offer(bytes.as_ptr());
         let mut encoded = Vec::new();
         offer.encode(&mut encoded);
         assert_eq!(encoded.len(), OFFER_LEN);
         let back = Offer::decode(&encoded).expect("decodes");
-        assert_eq!(
-            (back.host, back.pid, back.address),
-            (offer.host, offer.pid, offer.address)
-        );
+        assert_eq!((back.from, back.address), (offer.from, offer.address));
         assert!(Offer::decode(&encoded[1..]).is_none());
         let mut into = Vec::with_capacity(64);
-        let err = back.read_into(&mut into, 64).expect_err("own process");
+        let err = back.read_into(&me, &mut into, 64).expect_err("own process");
         assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
     }
 
     #[test]
     fn an_offer_from_another_host_is_refused() {
         let bytes = [7u8; 8];
-        let Some(mut offer) = Offer::of(bytes.as_ptr()) else {
+        let Some(me) = Process::this() else {
             return;
         };
-        offer.pid = offer.pid.wrapping_add(1);
-        offer.host.net_namespace ^= 1;
+        let mut offer = me.offer(bytes.as_ptr());
+        offer.from.pid = offer.from.pid.wrapping_add(1);
+        offer.from.host.net_namespace ^= 1;
         let mut into = Vec::with_capacity(8);
-        let err = offer.read_into(&mut into, 8).expect_err("another host");
+        let err = offer.read_into(&me, &mut into, 8).expect_err("another host");
         assert_eq!(err.kind(), std::io::ErrorKind::Unsupported);
         assert!(into.is_empty(), "nothing written");
     }

@@ -55,7 +55,7 @@ use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 use super::driven::{InPlace, Task};
 use super::inbox::Announced;
 use super::linked::{self, Core, Linked};
-use super::single_copy::{Offer, OFFER_LEN};
+use super::single_copy::{Offer, Process, OFFER_LEN};
 use super::{
     frame_header, parse_frame_header, Block, BlockFuture, BlockMut, Key, Transport, TransportFuture, CONTROL_COMM,
     FRAME_HEADER,
@@ -123,6 +123,9 @@ struct Shared {
     eps: Vec<Option<Arc<Endpoint>>>,
     /// Per rank: the number of the next long message to it.
     next_long: Vec<AtomicU32>,
+    /// This process, if it knows its host (else it neither offers nor
+    /// reads offers).
+    process: Option<Process>,
     /// Whether long blocks are offered to be read in place (the context
     /// lets UCX use `cma`, and this process knows its host).
     single_copy: bool,
@@ -134,8 +137,11 @@ struct Shared {
 }
 
 impl Shared {
-    fn offers_to(&self, to: Rank) -> bool {
-        self.single_copy && !self.refuses_offers[to].load(Ordering::Relaxed)
+    /// This process, if it offers long blocks to `to`.
+    fn offers_to(&self, to: Rank) -> Option<&Process> {
+        self.process
+            .as_ref()
+            .filter(|_| self.single_copy && !self.refuses_offers[to].load(Ordering::Relaxed))
     }
 }
 
@@ -175,7 +181,8 @@ impl UcxTransport {
             worker: worker.clone(),
             eps,
             next_long: (0..size).map(|_| AtomicU32::new(0)).collect(),
-            single_copy: worker.context().allows_transport("cma") && Offer::of(std::ptr::null()).is_some(),
+            process: Process::this(),
+            single_copy: worker.context().allows_transport("cma"),
             refuses_offers: (0..size).map(|_| AtomicBool::new(false)).collect(),
             read_in_place: AtomicU64::new(0),
         });
@@ -486,10 +493,18 @@ impl Shared {
         offer: Offer,
         into: Option<BlockMut>,
     ) -> std::result::Result<(), Option<BlockMut>> {
+        let Some(me) = self.process.as_ref() else {
+            tracing::debug!(
+                from,
+                "mfio-coll UCX: an offered message is read the ordinary way (no host known)"
+            );
+            self.reply(from, number, SEND_IT, Then::Nothing);
+            return Err(into);
+        };
         let refused = match into {
             Some(block) => {
                 let mut io = block.into_io();
-                match offer.read_into(&mut io, len) {
+                match offer.read_into(me, &mut io, len) {
                     Ok(()) => {
                         drop(io);
                         self.read_in_place.fetch_add(1, Ordering::Relaxed);
@@ -508,7 +523,7 @@ impl Shared {
                     }
                 };
                 buf.clear();
-                match offer.read_into(&mut buf, len) {
+                match offer.read_into(me, &mut buf, len) {
                     Ok(()) => {
                         self.read_in_place.fetch_add(1, Ordering::Relaxed);
                         self.reply(from, number, TAKEN, Then::Bytes(key, buf));
@@ -651,14 +666,15 @@ impl Drop for Offered {
     }
 }
 
-/// Sends the long block `data` to `to` under `key` as an offer: its frame
-/// says where the bytes are, for `to` to read them in place. Done when `to`
+/// Sends the long block `data` to `to` under `key` as `offer` (where the
+/// block is): its frame says where the bytes are, for `to` to read them in
+/// place. Done when `to`
 /// says it read them, or it sent for them and they went; if the reply asks
 /// for them, they go as a message of their own.
 ///
 /// Run in place by the send ([`InPlace`]): a send dropped before the reply
 /// leaves the rest to the background, which keeps the bytes for the reader.
-fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block) -> InPlaceWork {
+fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block, offer: Offer) -> InPlaceWork {
     Box::pin(async move {
         let Some(strong) = shared.upgrade() else {
             return Err(transport_gone(to, key));
@@ -668,12 +684,6 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
         let len = data.len();
         let mut frame = frame_header(key, len, 0);
         let mut kept = Offered(Some(data));
-        let Some(offer) = kept.0.as_ref().and_then(|b| Offer::of(b.ptr())) else {
-            // Not offered (`single_copy` says this cannot happen).
-            drop(kept.release());
-            let e = Error::new(std::io::ErrorKind::Unsupported, "this process does not know its host");
-            return Err(linked::send_failed(to, key, None, e));
-        };
         offer.encode(&mut frame);
         // The end of the group is heard of through the background's waker,
         // which wakes this offer with every other operation: the inbox
@@ -779,8 +789,9 @@ impl Transport for UcxTransport {
             return super::send_block_copied(self, to, key, data);
         };
         let background = self.shared.core.background.clone();
-        if data.len() > INLINE && self.shared.offers_to(to) {
-            let work = offered(Arc::downgrade(&self.shared), ep, to, key, data);
+        let offerer = self.shared.offers_to(to).filter(|_| data.len() > INLINE);
+        if let Some(offer) = offerer.map(|me| me.offer(data.ptr())) {
+            let work = offered(Arc::downgrade(&self.shared), ep, to, key, data, offer);
             let in_place = InPlace::new(background.clone(), work);
             return Box::pin(super::driven::driven(background, in_place));
         }

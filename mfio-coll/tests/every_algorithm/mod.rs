@@ -106,7 +106,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
     let total = reference(&all, &sum);
     let root = n / 2;
 
-    for which in 0..4 {
+    for which in 0..5 {
         let mut buf = all[rank].clone();
         let id = seq.next();
         let name = [
@@ -114,12 +114,14 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
             "allreduce segmented ring",
             "allreduce recursive doubling",
             "allreduce Rabenseifner",
+            "allreduce reduce then bcast",
         ][which];
         match which {
             0 => algo::allreduce_ring(t, id, &mut buf, &sum).await,
             1 => algo::allreduce_segmented_ring(t, id, &mut buf, &sum, 777).await,
             2 => algo::allreduce_recursive_doubling(t, id, &mut buf, &sum).await,
-            _ => algo::allreduce_rabenseifner(t, id, &mut buf, &sum).await,
+            3 => algo::allreduce_rabenseifner(t, id, &mut buf, &sum).await,
+            _ => algo::allreduce_reduce_bcast(t, id, &mut buf, &sum).await,
         }
         .map_err(fail(name))?;
         ensure!(buf == total, "{name}: wrong sum on rank {rank}");

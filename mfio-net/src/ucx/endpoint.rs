@@ -289,6 +289,9 @@ impl IoBackend for Endpoint {
     fn drive(&self) -> DriveStatus {
         self.inner.worker.drive()
     }
+    fn drive_now(&self) -> DriveStatus {
+        self.inner.worker.drive_now()
+    }
 }
 
 impl Worker {

@@ -152,6 +152,9 @@ impl IoBackend for Listener {
     fn drive(&self) -> DriveStatus {
         self.worker.drive()
     }
+    fn drive_now(&self) -> DriveStatus {
+        self.worker.drive_now()
+    }
 }
 
 /// Future of [`Listener::accept`].

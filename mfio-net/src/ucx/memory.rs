@@ -279,6 +279,9 @@ impl IoBackend for RemoteKey {
     fn drive(&self) -> DriveStatus {
         self.inner.ep.worker.drive()
     }
+    fn drive_now(&self) -> DriveStatus {
+        self.inner.ep.worker.drive_now()
+    }
 }
 
 impl IoLen for RemoteKey {

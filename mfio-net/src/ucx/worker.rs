@@ -345,6 +345,7 @@ impl Shared {
     fn step(
         &self,
         st: &mut parking_lot::MutexGuard<'_, State>,
+        spin: bool,
     ) -> (bool, Vec<(InFlight, sys::Finished)>, Option<Duration>) {
         let mut progress = false;
         let mut timeout = None;
@@ -361,7 +362,7 @@ impl Shared {
             progress = true;
         }
         self.collect(st, &mut done);
-        if done.is_empty() && !st.ops.is_empty() && !self.spin.is_zero() {
+        if spin && done.is_empty() && !st.ops.is_empty() && !self.spin.is_zero() {
             let deadline = Instant::now() + self.spin;
             // An idle progress over shared memory costs tens of
             // nanoseconds, a clock read about as much: read it every
@@ -465,11 +466,13 @@ impl Shared {
         }
     }
 
-    fn drive(&self) -> DriveStatus {
+    /// One driving step; with `spin`, it spins for a completion (the
+    /// worker's budget) when nothing finished.
+    fn drive_step(&self, spin: bool) -> DriveStatus {
         let Some(mut st) = self.state.try_lock() else {
             return DriveStatus::IDLE;
         };
-        let (progress, done, timeout) = self.step(&mut st);
+        let (progress, done, timeout) = self.step(&mut st, spin);
         drop(st);
         for (op, finished) in done {
             op::finish(op, finished);
@@ -706,7 +709,11 @@ impl IoBackend for Shared {
     }
 
     fn drive(&self) -> DriveStatus {
-        Shared::drive(self)
+        self.drive_step(true)
+    }
+
+    fn drive_now(&self) -> DriveStatus {
+        self.drive_step(false)
     }
 }
 
@@ -717,6 +724,10 @@ impl IoBackend for Worker {
 
     fn drive(&self) -> DriveStatus {
         self.shared.drive()
+    }
+
+    fn drive_now(&self) -> DriveStatus {
+        self.shared.drive_now()
     }
 }
 
