@@ -668,9 +668,8 @@ impl Drop for Offered {
 
 /// Sends the long block `data` to `to` under `key` as `offer` (where the
 /// block is): its frame says where the bytes are, for `to` to read them in
-/// place. Done when `to`
-/// says it read them, or it sent for them and they went; if the reply asks
-/// for them, they go as a message of their own.
+/// place. Done when `to` says it read them, or it sent for them and they
+/// went; if the reply asks for them, they go as a message of their own.
 ///
 /// Run in place by the send ([`InPlace`]): a send dropped before the reply
 /// leaves the rest to the background, which keeps the bytes for the reader.
