@@ -478,6 +478,27 @@ fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
     Ok(())
 }
 
+/// An io_uring runtime that busy-polls for `budget`, a connection on it and
+/// its peer's end; `None` (said on stderr) where io_uring is not available.
+fn busy_polled_connection(budget: Duration) -> Result<Option<(Runtime, TcpStream, std::net::TcpStream)>> {
+    use mfio_core::IoBackendExt;
+    let rt = match Runtime::builder()
+        .backend(mfio_backends::BackendKind::Uring)
+        .busy_poll(budget)
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skip: no io_uring here: {e}");
+            return Ok(None);
+        }
+    };
+    let (listener, addr) = std_listener()?;
+    let s = rt.block_on(TcpStream::connect(&rt, addr))?;
+    let (peer, _) = listener.accept()?;
+    Ok(Some((rt, s, peer)))
+}
+
 /// With a busy-poll budget, a receive that waits long for its bytes gets
 /// them exactly, and the wait spins only for the budget before it sleeps:
 /// the thread uses a small share of the wait's CPU time.
@@ -485,20 +506,9 @@ fn udp_datagrams(rt: &Runtime, _tmp: &Path) -> Result<()> {
 fn busy_polling_spins_only_for_its_budget() {
     let body = || -> Result<()> {
         use mfio_core::IoBackendExt;
-        let rt = match Runtime::builder()
-            .backend(mfio_backends::BackendKind::Uring)
-            .busy_poll(Duration::from_micros(200))
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("skip: no io_uring here: {e}");
-                return Ok(());
-            }
+        let Some((rt, s, mut peer)) = busy_polled_connection(Duration::from_micros(200))? else {
+            return Ok(());
         };
-        let (listener, addr) = std_listener()?;
-        let s = rt.block_on(TcpStream::connect(&rt, addr))?;
-        let (mut peer, _) = listener.accept()?;
         let late = std::thread::spawn(move || -> std::io::Result<()> {
             std::thread::sleep(Duration::from_millis(500));
             peer.write_all(b"late bytes")
@@ -523,20 +533,9 @@ fn busy_polling_spins_only_for_its_budget() {
 fn a_step_without_a_spin_returns_with_a_receive_pending() {
     let body = || -> Result<()> {
         use mfio_core::{IoBackend, IoBackendExt};
-        let rt = match Runtime::builder()
-            .backend(mfio_backends::BackendKind::Uring)
-            .busy_poll(Duration::from_secs(3600))
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("skip: no io_uring here: {e}");
-                return Ok(());
-            }
+        let Some((rt, s, mut peer)) = busy_polled_connection(Duration::from_secs(3600))? else {
+            return Ok(());
         };
-        let (listener, addr) = std_listener()?;
-        let s = rt.block_on(TcpStream::connect(&rt, addr))?;
-        let (mut peer, _) = listener.accept()?;
         let mut read = std::pin::pin!(s.read_exact(Vec::with_capacity(4)));
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         assert!(
