@@ -178,35 +178,39 @@ macro_rules! arith_float {
 }
 arith_float!(f32, f64);
 
-fn combine_all<P: Arith>(op: &ReduceOp<impl Sized>, incoming: &[P], acc: &mut [P]) {
-    for (a, &x) in acc.iter_mut().zip(incoming) {
-        *a = match op {
-            ReduceOp::Sum => x.add(*a),
-            ReduceOp::Prod => x.mul(*a),
-            // MPI's choice on ties and NaN: keep the incoming value unless
-            // the accumulated one is strictly smaller/larger.
-            ReduceOp::Min => {
-                if *a < x {
-                    *a
-                } else {
-                    x
-                }
+/// `acc[i] = other[i] ∘ acc[i]`, or `acc[i] ∘ other[i]` if `from_right`,
+/// for a predefined operation. Each operation is one expression of the
+/// lower-ranked and the higher-ranked operand, used by both directions, so
+/// a result does not depend on which operand was in the accumulator
+/// (floating point bit for bit, NaN payloads included); and each gets a
+/// loop of its own, which the compiler vectorizes.
+fn combine_all<P: Arith>(op: &ReduceOp<impl Sized>, other: &[P], acc: &mut [P], from_right: bool) {
+    #[inline(always)]
+    fn each<P: Copy>(other: &[P], acc: &mut [P], from_right: bool, lower_higher: impl Fn(P, P) -> P) {
+        if from_right {
+            for (a, &x) in acc.iter_mut().zip(other) {
+                *a = lower_higher(*a, x);
             }
-            ReduceOp::Max => {
-                if *a > x {
-                    *a
-                } else {
-                    x
-                }
+        } else {
+            for (a, &x) in acc.iter_mut().zip(other) {
+                *a = lower_higher(x, *a);
             }
-            ReduceOp::BitAnd => x.bits(*a, |p, q| p & q),
-            ReduceOp::BitOr => x.bits(*a, |p, q| p | q),
-            ReduceOp::BitXor => x.bits(*a, |p, q| p ^ q),
-            ReduceOp::LogicalAnd => P::from_truth(x.truth() && a.truth()),
-            ReduceOp::LogicalOr => P::from_truth(x.truth() || a.truth()),
-            ReduceOp::LogicalXor => P::from_truth(x.truth() != a.truth()),
-            ReduceOp::Custom { .. } => *a,
-        };
+        }
+    }
+    match op {
+        ReduceOp::Sum => each(other, acc, from_right, |l, h| l.add(h)),
+        ReduceOp::Prod => each(other, acc, from_right, |l, h| l.mul(h)),
+        // MPI's choice on ties and NaN: keep the lower-ranked value unless
+        // the higher-ranked one is strictly smaller/larger.
+        ReduceOp::Min => each(other, acc, from_right, |l, h| if h < l { h } else { l }),
+        ReduceOp::Max => each(other, acc, from_right, |l, h| if h > l { h } else { l }),
+        ReduceOp::BitAnd => each(other, acc, from_right, |l, h| l.bits(h, |p, q| p & q)),
+        ReduceOp::BitOr => each(other, acc, from_right, |l, h| l.bits(h, |p, q| p | q)),
+        ReduceOp::BitXor => each(other, acc, from_right, |l, h| l.bits(h, |p, q| p ^ q)),
+        ReduceOp::LogicalAnd => each(other, acc, from_right, |l, h| P::from_truth(l.truth() && h.truth())),
+        ReduceOp::LogicalOr => each(other, acc, from_right, |l, h| P::from_truth(l.truth() || h.truth())),
+        ReduceOp::LogicalXor => each(other, acc, from_right, |l, h| P::from_truth(l.truth() != h.truth())),
+        ReduceOp::Custom { .. } => {}
     }
 }
 
@@ -225,11 +229,35 @@ impl<T: Element> ReduceOp<T> {
             combine(incoming, acc);
             return;
         }
+        self.predefined(incoming, acc, false);
+    }
+
+    /// Combines `higher` into `acc` from the right (`acc[i] = acc[i] ∘
+    /// higher[i]`), each element computed exactly as [`apply`](Self::apply)
+    /// computes it with the operands' places swapped, so the result is the
+    /// same bit for bit. This saves a copy where the accumulator holds the
+    /// lower-ranked operand. `false`, and `acc` untouched, for a custom
+    /// operation (its closure combines from the left only).
+    ///
+    /// # Panics
+    /// As [`apply`](Self::apply).
+    pub(crate) fn apply_from_right(&self, higher: &[T], acc: &mut [T]) -> bool {
+        assert_eq!(higher.len(), acc.len(), "reduction operands differ in length");
+        if let Self::Custom { .. } = self {
+            return false;
+        }
+        self.predefined(higher, acc, true);
+        true
+    }
+
+    /// A predefined operation over `other` and `acc`: `other` on the left,
+    /// or on the right if `from_right`.
+    fn predefined(&self, other: &[T], acc: &mut [T], from_right: bool) {
         let layout = T::layout();
         let Some((prim, _)) = layout.homogeneous().filter(|_| self.applies_to(&layout)) else {
             panic!("{} does not apply to {}", self.name(), std::any::type_name::<T>());
         };
-        let inc: &[u8] = bytemuck::cast_slice(incoming);
+        let inc: &[u8] = bytemuck::cast_slice(other);
         let acc: &mut [u8] = bytemuck::cast_slice_mut(acc);
         macro_rules! go {
             ($t:ty) => {{
@@ -237,7 +265,7 @@ impl<T: Element> ReduceOp<T> {
                 // least as strictly as the primitive, so these casts hold.
                 let inc: &[$t] = bytemuck::cast_slice(inc);
                 let acc: &mut [$t] = bytemuck::cast_slice_mut(acc);
-                combine_all(self, inc, acc)
+                combine_all(self, inc, acc, from_right)
             }};
         }
         use crate::element::Primitive as P;
@@ -274,6 +302,62 @@ mod tests {
         let mut acc = [[0i16, 3], [2, 0]];
         ReduceOp::LogicalOr.apply(&[[0, 0], [0, 9]], &mut acc);
         assert_eq!(acc, [[0, 1], [1, 1]]);
+    }
+
+    #[test]
+    fn combining_from_the_right_is_bit_for_bit_combining_from_the_left_swapped() {
+        // Payload-carrying NaNs, signed zeros and ties: where the operands'
+        // order could show.
+        let nan_a = f64::from_bits(0x7ff8_0000_0000_0001);
+        let nan_b = f64::from_bits(0xfff8_0000_0000_0002);
+        let lower = [nan_a, 0.0, -0.0, 1.0, nan_a, 3.5, f64::INFINITY, 1e308];
+        let higher = [nan_b, -0.0, 0.0, nan_b, 2.0, 3.5, f64::NEG_INFINITY, 1e308];
+        let ops = [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Min, ReduceOp::Max];
+        for op in &ops {
+            let mut from_left = higher;
+            op.apply(&lower, &mut from_left);
+            let mut from_right = lower;
+            assert!(op.apply_from_right(&higher, &mut from_right));
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&from_right), bits(&from_left), "{}", op.name());
+        }
+        let lower = [0u16, 5, 0xF0F0, 0, 7];
+        let higher = [3u16, 0, 0x0FF0, 0, 7];
+        let ops = [
+            ReduceOp::Sum,
+            ReduceOp::Prod,
+            ReduceOp::Min,
+            ReduceOp::Max,
+            ReduceOp::BitAnd,
+            ReduceOp::BitOr,
+            ReduceOp::BitXor,
+            ReduceOp::LogicalAnd,
+            ReduceOp::LogicalOr,
+            ReduceOp::LogicalXor,
+        ];
+        for op in &ops {
+            let mut from_left = higher;
+            op.apply(&lower, &mut from_left);
+            let mut from_right = lower;
+            assert!(op.apply_from_right(&higher, &mut from_right));
+            assert_eq!(from_right, from_left, "{}", op.name());
+        }
+        // Min keeps the lower-ranked operand on a tie: -0.0 and 0.0 compare
+        // equal.
+        let mut acc = [-0.0f64];
+        assert!(ReduceOp::Min.apply_from_right(&[0.0], &mut acc));
+        assert_eq!(acc[0].to_bits(), (-0.0f64).to_bits());
+        let concat = ReduceOp::<u32>::custom(false, |inc, acc| {
+            for (a, x) in acc.iter_mut().zip(inc) {
+                *a += *x * 10;
+            }
+        });
+        let mut acc = [1u32];
+        assert!(
+            !concat.apply_from_right(&[2], &mut acc),
+            "a closure combines from the left only"
+        );
+        assert_eq!(acc, [1], "untouched");
     }
 
     #[test]

@@ -343,7 +343,11 @@ async fn on_copy<T: Element>(buf: &mut [T], algo: impl AsyncFnOnce(&Lent<T>) -> 
 /// `acc = acc ∘ higher`, where `higher` holds the values of higher ranks
 /// (the order a non-commutative operation needs).
 fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], mut higher: Received<'_, T>) {
-    // Combined in the message's own buffer: `higher = acc ∘ higher`.
+    if op.apply_from_right(&higher, acc) {
+        return;
+    }
+    // A custom operation combines from the left only: combined in the
+    // message's own buffer (`higher = acc ∘ higher`), then copied back.
     let higher = higher.as_mut_slice();
     op.apply(acc, higher);
     acc.copy_from_slice(higher);
