@@ -499,20 +499,19 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
             let calls = (a.rep_bytes / bytes.max(1)).clamp(3, 2000);
             let mut rows: Vec<Series> = who.iter().map(|w| Series::new(&title, &w.name())).collect();
             let mut bufs = Bufs::new(op, bytes, size);
-            // Unmeasured calls just before each contender's measured ones:
-            // on this machine kind, the first milliseconds of copying after
-            // other work (another transport's calls, or a pause) run up to
-            // twice as slow (the hypervisor's and DAMON's memory
-            // management; MPI's own calls too), and the contender that
-            // followed the TCP ones paid for it in every repetition.
-            let warm = (calls / 2).max(1);
+            // An unmeasured repetition just before each contender's
+            // measured one: on this machine kind, the first ~25 ms of
+            // copying after other work (another transport's calls, or a
+            // pause) run up to twice as slow (the hypervisor's and DAMON's
+            // memory management; MPI's own calls too), and the contender
+            // that followed the TCP ones paid for it in every repetition.
+            // And each repetition runs the contenders in an order of its
+            // own (the same on every rank), so none always follows the same
+            // one.
             for rep in 0..a.reps {
-                // Each repetition starts one contender further on, so a
-                // contender follows a different one each time.
-                for k in 0..who.len() {
-                    let i = (k + rep) % who.len();
+                for i in shuffled(who.len(), rep as u64) {
                     let w = who[i];
-                    for _ in 0..warm {
+                    for _ in 0..calls {
                         bufs.call(w, &cx)?;
                     }
                     cx.direct.barrier();
@@ -540,6 +539,25 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
         std::fs::write(&args.results, text).map_err(|e| format!("{}: {e}", args.results.display()))?;
     }
     Ok(())
+}
+
+/// `0..n` in an order given by `seed` (Fisher–Yates over splitmix64): the
+/// same on every rank for the same seed.
+fn shuffled(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        order.swap(i, j);
+    }
+    order
 }
 
 /// The buffers of one workload, reused by every call.
