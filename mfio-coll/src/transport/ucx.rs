@@ -501,18 +501,13 @@ impl Shared {
             self.reply(from, number, SEND_IT, Then::Nothing);
             return Err(into);
         };
-        let refused = match into {
+        // Read into the receive's block (which goes back before the
+        // receive hears of it) or into a buffer to file.
+        let (read, landed, block) = match into {
             Some(block) => {
                 let mut io = block.into_io();
-                match offer.read_into(me, &mut io, len) {
-                    Ok(()) => {
-                        drop(io);
-                        self.read_in_place.fetch_add(1, Ordering::Relaxed);
-                        self.reply(from, number, TAKEN, Then::Landed(key));
-                        return Ok(());
-                    }
-                    Err(e) => (e, Some(io.into_inner())),
-                }
+                let read = offer.read_into(me, &mut io, len);
+                (read, Then::Landed(key), Some(io.into_inner()))
             }
             None => {
                 let mut buf = match self.core.pool.take(len) {
@@ -523,19 +518,23 @@ impl Shared {
                     }
                 };
                 buf.clear();
-                match offer.read_into(me, &mut buf, len) {
-                    Ok(()) => {
-                        self.read_in_place.fetch_add(1, Ordering::Relaxed);
-                        self.reply(from, number, TAKEN, Then::Bytes(key, buf));
-                        return Ok(());
-                    }
-                    Err(e) => (e, None),
-                }
+                let read = offer.read_into(me, &mut buf, len);
+                (read, Then::Bytes(key, buf), None)
             }
         };
-        tracing::debug!(from, error = %refused.0, "mfio-coll UCX: an offered message is read the ordinary way");
-        self.reply(from, number, SEND_IT, Then::Nothing);
-        Err(refused.1)
+        match read {
+            Ok(()) => {
+                drop(block);
+                self.read_in_place.fetch_add(1, Ordering::Relaxed);
+                self.reply(from, number, TAKEN, landed);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(from, error = %e, "mfio-coll UCX: an offered message is read the ordinary way");
+                self.reply(from, number, SEND_IT, Then::Nothing);
+                Err(block)
+            }
+        }
     }
 
     /// Answers `to`'s offer of message `number` with `answer`; once the
