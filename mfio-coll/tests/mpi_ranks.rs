@@ -342,6 +342,48 @@ fn split(cx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// `drive_now` is a step without the backend's spin: with a receive
+/// pending that nothing matches yet, it returns even when the spin budget
+/// is an hour (`scripts/test` runs this case alone with `MFIO_MPI_SPIN_US`
+/// set so; a `drive_now` that spun would hang it until the watchdog ends
+/// it). Then the receive gets its bytes.
+fn drive_now_with_a_receive_pending(cx: &Ctx) -> Outcome {
+    let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
+    if size < 2 {
+        return Ok(());
+    }
+    match rank {
+        0 => {
+            let mut recv = std::pin::pin!(w.recv(Source::Rank(1), TagMatch::Tag(31), Vec::with_capacity(8)));
+            let mut task = std::task::Context::from_waker(std::task::Waker::noop());
+            ensure!(
+                recv.as_mut().poll(&mut task).is_pending(),
+                "rank 1 sent before it was told to"
+            );
+            for _ in 0..3 {
+                cx.mpi.drive_now();
+            }
+            let (sent, _) = cx.mpi.block_on(w.send(1, 30, b"go".to_vec()));
+            sent.result().map_err(|e| format!("send go: {e}"))?;
+            let (res, got) = cx.mpi.block_on(recv).into_parts();
+            let info = res.map_err(|e| format!("receive ping: {e}"))?;
+            ensure!(info.len == 4 && got == b"ping", "received {got:?}");
+        }
+        1 => {
+            let (res, got) = cx
+                .mpi
+                .block_on(w.recv(Source::Rank(0), TagMatch::Tag(30), Vec::with_capacity(8)))
+                .into_parts();
+            res.map_err(|e| format!("receive go: {e}"))?;
+            ensure!(got == b"go", "received {got:?}");
+            let (sent, _) = cx.mpi.block_on(w.send(0, 31, b"ping".to_vec()));
+            sent.result().map_err(|e| format!("send ping: {e}"))?;
+        }
+        _ => {}
+    }
+    ok(cx.mpi.block_on(w.barrier()), "barrier after drive_now")
+}
+
 fn point_to_point(cx: &Ctx) -> Outcome {
     let (w, rank, size) = (&cx.world, cx.rank(), cx.size());
     // Everyone sends to rank 0 with tag 100 + rank; rank 0 takes them from
@@ -885,7 +927,7 @@ fn main() {
         }
     };
     let cx = Ctx { mpi, world };
-    let cases: [Case; 15] = [
+    let cases: [Case; 16] = [
         ("every_collective", every_collective),
         ("over_mpi_transport", over_mpi_transport),
         ("over_tcp_via_mpi", over_tcp_via_mpi),
@@ -901,6 +943,7 @@ fn main() {
         ("host_runtimes", host_runtimes),
         ("other_threads", other_threads),
         ("idle_costs_nothing", idle_costs_nothing),
+        ("drive_now_with_a_receive_pending", drive_now_with_a_receive_pending),
     ];
     if only.as_deref() == Some("early-finalize") {
         let r = early_finalize(cx);
