@@ -3,7 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mfio_core::{DriveStatus, Interest, IoBackend, Notifier, OwnedSleeperGuard, PollingHandle, Result};
 use rustix::event::epoll;
@@ -12,6 +12,8 @@ use rustix::event::epoll;
 const OWN_TOKEN: u64 = u64::MAX;
 /// Ready members read per driving step (more are simply driven anyway).
 const EVENTS: usize = 64;
+/// Rounds of a spin between two yields of the core.
+const YIELD_EVERY: u32 = 16;
 
 struct Member {
     backend: Box<dyn IoBackend + Send + Sync>,
@@ -125,14 +127,54 @@ impl IoBackend for Composite {
         PollingHandle::readable(self.epoll.as_fd(), &self.notifier)
     }
 
-    /// Drains the members that signalled, then drives every member.
+    /// Drains the members that signalled, then drives every member. A
+    /// member's own spinning step would wait for a completion of its own
+    /// for up to its budget while the others wait too (a UCX worker with a
+    /// receive pending would hold up a file read for its whole spin): so
+    /// every member gets steps without a spin, round and round, until one
+    /// makes progress or the longest budget a member had is spent.
     fn drive(&self) -> DriveStatus {
-        self.drive_members(|b| b.drive())
+        let budget = self.spin_budget();
+        let status = self.drive_members(|b| b.drive_now());
+        if status.progress || budget.is_zero() {
+            return status;
+        }
+        let deadline = Instant::now() + budget;
+        let mut round = 0u32;
+        loop {
+            let status = self.step_members(|b| b.drive_now());
+            if status.progress || Instant::now() >= deadline {
+                return status;
+            }
+            // A member signalled (a pool thread finished an operation and
+            // woke its task itself, say): let the caller look. The next
+            // step drains the notification.
+            if self.notifier.is_notified() || self.members.iter().any(|m| m.notifier.is_notified()) {
+                return DriveStatus {
+                    progress: true,
+                    timeout: None,
+                };
+            }
+            round = round.wrapping_add(1);
+            if round % YIELD_EVERY == 0 {
+                // A peer this waits for may share the core: let it run.
+                std::thread::yield_now();
+            }
+        }
     }
 
     /// As [`drive`](Self::drive), with every member's step not spinning.
     fn drive_now(&self) -> DriveStatus {
         self.drive_members(|b| b.drive_now())
+    }
+
+    /// The longest budget of a member.
+    fn spin_budget(&self) -> Duration {
+        self.members
+            .iter()
+            .map(|m| m.backend.spin_budget())
+            .max()
+            .unwrap_or(Duration::ZERO)
     }
 }
 
@@ -140,6 +182,11 @@ impl Composite {
     /// Drains the members that signalled, then drives each with `step`.
     fn drive_members(&self, step: impl Fn(&dyn IoBackend) -> DriveStatus) -> DriveStatus {
         self.drain_ready();
+        self.step_members(step)
+    }
+
+    /// Drives each member with `step`.
+    fn step_members(&self, step: impl Fn(&dyn IoBackend) -> DriveStatus) -> DriveStatus {
         let mut progress = false;
         let mut timeout: Option<Duration> = None;
         for m in &self.members {

@@ -96,6 +96,10 @@ pub(crate) trait Engine: Send + Sync {
     fn drive_now(&self) -> DriveStatus {
         self.drive()
     }
+    /// [`IoBackend::spin_budget`](mfio_core::IoBackend::spin_budget).
+    fn spin_budget(&self) -> Duration {
+        Duration::ZERO
+    }
     fn kind(&self) -> BackendKind;
     /// Prepares a new socket for this backend (non-blocking and registered
     /// for readiness on poll; as it is on io_uring).

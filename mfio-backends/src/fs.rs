@@ -519,6 +519,9 @@ impl IoBackend for File {
     fn drive_now(&self) -> DriveStatus {
         self.rt.drive_now()
     }
+    fn spin_budget(&self) -> std::time::Duration {
+        self.rt.spin_budget()
+    }
 }
 
 /// Future of [`Runtime::open`].

@@ -146,6 +146,9 @@ macro_rules! socket_io {
             fn drive_now(&self) -> DriveStatus {
                 self.rt.drive_now()
             }
+            fn spin_budget(&self) -> std::time::Duration {
+                self.rt.spin_budget()
+            }
         }
 
         impl AsFd for $ty {

@@ -126,6 +126,9 @@ impl IoBackend for Runtime {
     fn drive_now(&self) -> DriveStatus {
         self.engine.drive_now()
     }
+    fn spin_budget(&self) -> Duration {
+        self.engine.spin_budget()
+    }
 }
 
 /// Future of an operation that yields a `T` (an opened file, metadata).

@@ -89,6 +89,17 @@ pub trait IoBackend {
     fn drive_now(&self) -> DriveStatus {
         self.drive()
     }
+
+    /// How long a [`drive`](Self::drive) step called now would spin for a
+    /// completion if it found none (zero for a backend that never spins,
+    /// or has nothing pending). A driver of several backends
+    /// (`mfio_backends::Composite`) steps them all with
+    /// [`drive_now`](Self::drive_now) for that long instead of letting one
+    /// member's spin hold up the others. Backends without such a spin need
+    /// not implement it.
+    fn spin_budget(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// Provided methods on every [`IoBackend`].
@@ -112,6 +123,9 @@ impl<T: IoBackend + ?Sized> IoBackend for &T {
     fn drive_now(&self) -> DriveStatus {
         (**self).drive_now()
     }
+    fn spin_budget(&self) -> Duration {
+        (**self).spin_budget()
+    }
 }
 
 impl<T: IoBackend + ?Sized> IoBackend for Arc<T> {
@@ -123,6 +137,9 @@ impl<T: IoBackend + ?Sized> IoBackend for Arc<T> {
     }
     fn drive_now(&self) -> DriveStatus {
         (**self).drive_now()
+    }
+    fn spin_budget(&self) -> Duration {
+        (**self).spin_budget()
     }
 }
 
@@ -155,6 +172,14 @@ impl Notifier {
         if self.sleepers.load(Ordering::SeqCst) > 0 && !self.notified.swap(true, Ordering::SeqCst) {
             let _ = rustix::io::write(&self.efd, &1u64.to_ne_bytes());
         }
+    }
+
+    /// A notification is pending: written to the eventfd and not yet
+    /// consumed ([`clear`](Self::clear), [`drain`](Self::drain)). Only a
+    /// notifier with a sleeper is ever notified. A driver that spins over
+    /// backends it sleeps on watches this to stop when one of them signals.
+    pub fn is_notified(&self) -> bool {
+        self.notified.load(Ordering::SeqCst)
     }
 
     /// Declares the caller a sleeper until the guard drops: from now on

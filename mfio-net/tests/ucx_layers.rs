@@ -6,15 +6,19 @@
 
 mod util;
 
+use std::future::Future as _;
 use std::io::{Read as _, Write as _};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt};
 use mfio_backends::{Composite, OpenOptions, Runtime};
-use mfio_core::{AsyncIo, IoBackendExt, IoCursor, IoRead, IoReadStream, IoWriteStream, NoPos, SyncIoRead, SyncIoWrite};
+use mfio_core::{
+    AsyncIo, IoBackend, IoBackendExt, IoCursor, IoRead, IoReadStream, IoWrite, IoWriteStream, NoPos, SyncIoRead,
+    SyncIoWrite,
+};
 use mfio_integration::{Smol, Tokio};
-use mfio_net::ucx::{Endpoint, Listener, Worker};
+use mfio_net::ucx::{Endpoint, Listener, Tag, TagMatch, Worker};
 use util::{context, pattern, within, Transport};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -231,5 +235,52 @@ fn one_composite_drives_io_uring_and_ucx() {
             assert!(got.1 == data);
         });
         drop((ab, ba));
+    });
+}
+
+/// In a `Composite`, a worker with a receive pending and an hour's spin
+/// does not hold up another member: the composite steps every member
+/// without a spin for the longest budget instead of letting one member
+/// spin through it. File reads by the runtime in the same composite finish
+/// at once (with the worker's own spinning step, the composite's first
+/// step would spin for the hour); then the receive gets its bytes.
+#[test]
+fn a_spinning_member_does_not_hold_up_the_others_of_a_composite() {
+    within(LIMIT, || {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("data");
+        std::fs::write(&path, b"read beside a spinning worker").expect("write file");
+        let runtime = Runtime::new().expect("runtime");
+        let ctx = context(Transport::Sm, false);
+        let a = Worker::builder(&ctx)
+            .spin(Duration::from_secs(3600))
+            .build()
+            .expect("worker a");
+        let b = ctx.worker().expect("worker b");
+        let ba = b.connect(&a.address()).expect("connect b->a");
+        let both = Composite::new(vec![Box::new(runtime.clone()), Box::new(a.clone())]).expect("composite");
+        let mut recv = std::pin::pin!(a.tag_recv(TagMatch::exact(9), Vec::with_capacity(4)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(recv.as_mut().poll(&mut cx).is_pending(), "nothing was sent yet");
+        assert_eq!(
+            both.spin_budget(),
+            Duration::from_secs(3600),
+            "the worker's budget, with a receive pending"
+        );
+        let file = both
+            .block_on(runtime.open(&path, OpenOptions::new().read(true)))
+            .expect("open");
+        for _ in 0..3 {
+            let (res, got) = both.block_on(file.read_at(0, Vec::with_capacity(4))).into_parts();
+            assert_eq!((res.expect("read"), got.as_slice()), (4, &b"read"[..]));
+        }
+        let (sent, _) = b.block_on(ba.write_at(Tag(9), b"pong".to_vec())).into_parts();
+        sent.expect("send");
+        let (info, got) = both.block_on(recv).into_parts();
+        assert_eq!(info.expect("receive").len, 4);
+        assert_eq!(got, b"pong");
+        assert_eq!(both.spin_budget(), Duration::ZERO, "nothing pending");
+        let all = Composite::new(vec![Box::new(a.clone()), Box::new(b.clone())]).expect("composite");
+        all.block_on(ba.close()).expect("close");
     });
 }

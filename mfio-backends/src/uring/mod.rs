@@ -420,6 +420,17 @@ impl Engine for UringEngine {
         self.step(false)
     }
 
+    /// The busy-polling budget, while operations are in flight.
+    fn spin_budget(&self) -> Duration {
+        if self.busy_poll.is_zero() {
+            return Duration::ZERO;
+        }
+        match self.core.try_lock() {
+            Some(core) if !core.inflight.is_empty() => self.busy_poll,
+            _ => Duration::ZERO,
+        }
+    }
+
     fn kind(&self) -> BackendKind {
         BackendKind::Uring
     }

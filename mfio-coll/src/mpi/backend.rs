@@ -742,6 +742,25 @@ impl Shared {
         }
     }
 
+    /// How long a spinning step would spin now: the rest of the spin
+    /// since the backend went idle, while requests are pending (none under
+    /// a progress thread, on a thread that may not call MPI, or while
+    /// collectives test their own requests, as in [`step`](Self::step)).
+    fn spin_left(&self) -> Duration {
+        if self.progress.thread || !self.may_call_here() || self.self_tested.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let Some(st) = self.state.try_lock() else {
+            return Duration::ZERO;
+        };
+        if st.reqs.is_empty() {
+            return Duration::ZERO;
+        }
+        let now = Instant::now();
+        let since = st.idle_since.unwrap_or(now);
+        (since + self.progress.spin).saturating_duration_since(now)
+    }
+
     /// One driving step of the caller's; with `spin`, it tests on for the
     /// rest of the spin when nothing finished.
     fn drive_step(&self, spin: bool) -> DriveStatus {
@@ -1018,6 +1037,10 @@ impl IoBackend for Shared {
     fn drive_now(&self) -> DriveStatus {
         self.drive_step(false)
     }
+
+    fn spin_budget(&self) -> Duration {
+        self.spin_left()
+    }
 }
 
 impl IoBackend for Mpi {
@@ -1031,5 +1054,9 @@ impl IoBackend for Mpi {
 
     fn drive_now(&self) -> DriveStatus {
         self.shared.drive_now()
+    }
+
+    fn spin_budget(&self) -> Duration {
+        self.shared.spin_budget()
     }
 }

@@ -292,6 +292,9 @@ impl IoBackend for Endpoint {
     fn drive_now(&self) -> DriveStatus {
         self.inner.worker.drive_now()
     }
+    fn spin_budget(&self) -> std::time::Duration {
+        self.inner.worker.spin_budget()
+    }
 }
 
 impl Worker {

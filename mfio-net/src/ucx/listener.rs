@@ -155,6 +155,9 @@ impl IoBackend for Listener {
     fn drive_now(&self) -> DriveStatus {
         self.worker.drive_now()
     }
+    fn spin_budget(&self) -> std::time::Duration {
+        self.worker.spin_budget()
+    }
 }
 
 /// Future of [`Listener::accept`].

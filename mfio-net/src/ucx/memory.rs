@@ -282,6 +282,9 @@ impl IoBackend for RemoteKey {
     fn drive_now(&self) -> DriveStatus {
         self.inner.ep.worker.drive_now()
     }
+    fn spin_budget(&self) -> std::time::Duration {
+        self.inner.ep.worker.spin_budget()
+    }
 }
 
 impl IoLen for RemoteKey {

@@ -715,6 +715,14 @@ impl IoBackend for Shared {
     fn drive_now(&self) -> DriveStatus {
         self.drive_step(false)
     }
+
+    /// The worker's spin, while operations are pending.
+    fn spin_budget(&self) -> Duration {
+        match self.state.try_lock() {
+            Some(st) if !st.ops.is_empty() => self.spin,
+            _ => Duration::ZERO,
+        }
+    }
 }
 
 impl IoBackend for Worker {
@@ -728,6 +736,10 @@ impl IoBackend for Worker {
 
     fn drive_now(&self) -> DriveStatus {
         self.shared.drive_now()
+    }
+
+    fn spin_budget(&self) -> Duration {
+        self.shared.spin_budget()
     }
 }
 
