@@ -3,10 +3,15 @@
 //! it is finalised once the last handle and communicator are gone, and
 //! starting it again then is a clear error. A program without the test
 //! harness (one MPI per process); `cargo test` runs it as one rank.
+//! `MFIO_MPI_PROGRESS=thread` runs it with the backend's progress thread,
+//! busy with a collective when the last handle goes: MPI must still be
+//! finalised by the dropping thread, before the drop returns (the thread
+//! once held the last handle for its round and finalised MPI itself, while
+//! `main` went on and exited).
 
 use std::time::{Duration, Instant};
 
-use mfio_coll::mpi::{Mpi, ThreadLevel};
+use mfio_coll::mpi::{Mpi, Progress, ThreadLevel};
 use mfio_coll::{Communicator, ReduceOp};
 use mfio_core::IoBackendExt;
 
@@ -18,26 +23,35 @@ fn check(ok: bool, what: &str) {
 }
 
 fn main() {
-    let mpi = match Mpi::builder().thread_level(ThreadLevel::Funneled).build() {
+    let thread = std::env::var("MFIO_MPI_PROGRESS").is_ok_and(|v| v == "thread");
+    // A progress thread needs Multiple; the second init below asks for the
+    // other level.
+    let (level, other) = if thread {
+        (ThreadLevel::Multiple, ThreadLevel::Funneled)
+    } else {
+        (ThreadLevel::Funneled, ThreadLevel::Multiple)
+    };
+    let progress = Progress {
+        thread,
+        ..Progress::default()
+    };
+    let mpi = match Mpi::builder().thread_level(level).progress(progress).build() {
         Ok(m) => m,
         Err(e) => {
             eprintln!("mpi_lifecycle: MPI init failed: {e}");
             std::process::exit(2);
         }
     };
-    check(
-        mpi.thread_level() == ThreadLevel::Funneled,
-        "the level asked for is reported",
-    );
+    check(mpi.thread_level() == level, "the level asked for is reported");
     check(
         mpi.library_version().starts_with("Open MPI") || mpi.library_version().contains("MPICH"),
         "library version",
     );
 
     // A second init while MPI lives joins it, whatever it asks for.
-    let again = Mpi::builder().thread_level(ThreadLevel::Multiple).build();
+    let again = Mpi::builder().thread_level(other).build();
     check(
-        again.as_ref().is_ok_and(|m| m.thread_level() == ThreadLevel::Funneled),
+        again.as_ref().is_ok_and(|m| m.thread_level() == level),
         "a second init shares the first",
     );
     drop(again);
@@ -59,15 +73,21 @@ fn main() {
         res.is_ok() && sum == [world.size() as u32],
         "a communicator outlives the Mpi handle it came from",
     );
-    // Work left running at the end: a collective nobody awaits. The last
-    // handle waits (bounded) for MPI to finish it before finalising.
+    // Work left running at the end: a collective nobody awaits, which the
+    // last rank joins late, so it is still pending (and a progress thread
+    // busy testing it) when the others drop their last handle. That waits
+    // (bounded) for MPI to finish it before finalising.
+    if world.size() > 1 && world.rank() == world.size() - 1 {
+        std::thread::sleep(Duration::from_millis(300));
+    }
     drop(world.barrier());
     drop(world);
     let start = Instant::now();
     drop(backend);
     check(start.elapsed() < Duration::from_secs(5), "finalising waited too long");
 
-    // Finalised: MPI cannot start again in this process, and says so.
+    // Finalised, by this thread, before the drop returned: MPI cannot
+    // start again in this process, and says so.
     match Mpi::init() {
         Err(e) => check(e.to_string().contains("finalised"), "the error says MPI was finalised"),
         Ok(_) => check(false, "MPI started again after it was finalised"),

@@ -19,7 +19,7 @@ use mfio_core::{DriveStatus, Error, IoBackend, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use slab::Slab;
 
-use super::comm::MpiComm;
+use super::comm::{CommHandles, MpiComm};
 use super::sys::{self, Code};
 
 /// A pause lasts this fraction of the time waited so far.
@@ -157,8 +157,19 @@ impl MpiBuilder {
     ///   this process), or with MPI's message if initialisation failed.
     pub fn build(self) -> Result<Mpi> {
         let mut live = LIVE.lock();
-        if let Some(shared) = live.upgrade() {
-            return Ok(Mpi { shared });
+        loop {
+            if let Some(shared) = live.upgrade() {
+                return Ok(Mpi { shared });
+            }
+            if live.ptr_eq(&Weak::new()) {
+                break;
+            }
+            // The last handle is going and MPI is being shut down on
+            // another thread; it resets `LIVE` when done (with MPI
+            // finalised, or still usable if the process initialised it).
+            drop(live);
+            std::thread::sleep(Duration::from_millis(1));
+            live = LIVE.lock();
         }
         check_implementation()?;
         let (initialised, finalised) = sys::init_state();
@@ -215,13 +226,13 @@ impl MpiBuilder {
                     ),
                 ));
             }
-            let weak = Arc::downgrade(&shared);
-            let signal = shared.signal.clone();
+            let state = shared.clone();
             let handle = std::thread::Builder::new()
                 .name("mfio-mpi-progress".into())
-                .spawn(move || progress_thread(&weak, &signal))?;
+                .spawn(move || progress_thread(&state))?;
             *shared.progress_thread.lock() = Some(handle);
         }
+        let shared = Arc::new(Owner(shared));
         *live = Arc::downgrade(&shared);
         tracing::debug!(level = ?shared.level, owned = !initialised, "MPI initialised");
         Ok(Mpi { shared })
@@ -231,7 +242,9 @@ impl MpiBuilder {
 /// The handle of this process's MPI, if one is alive: MPI can be
 /// initialised only once per process, so every `Mpi::init` while it lives
 /// shares it.
-static LIVE: Mutex<Weak<Shared>> = Mutex::new(Weak::new());
+/// While the last handle shuts MPI down, it points at nothing alive but is
+/// not yet reset.
+static LIVE: Mutex<Weak<Owner>> = Mutex::new(Weak::new());
 
 /// Refuses to run against an MPI library other than the one whose header
 /// the shim (and `mpi-sys`) were compiled with.
@@ -350,6 +363,8 @@ struct Record {
     cancellable: bool,
     work: Box<dyn Finish>,
     handles: Vec<Handle>,
+    /// The communicator its requests run on, kept until they finish.
+    _comm: Arc<CommHandles>,
     /// When its caller hears it timed out (with a timeout configured).
     deadline: Option<Instant>,
 }
@@ -395,6 +410,7 @@ impl State {
         &mut self,
         work: Box<dyn Finish>,
         handles: Vec<Handle>,
+        comm: Arc<CommHandles>,
         cancellable: bool,
         mut start: impl FnMut(usize) -> Option<std::result::Result<sys::Request, Error>>,
         done: &mut Vec<Done>,
@@ -408,6 +424,7 @@ impl State {
             cancellable,
             work,
             handles,
+            _comm: comm,
             deadline,
         });
         let token = (u64::from(self.seq) << 32) | key as u64;
@@ -515,8 +532,7 @@ impl Shared {
     /// it submitted them.
     pub(crate) fn submit(&self, work: impl FnOnce(&Shared, &mut State, &mut Vec<Done>) + Send + 'static) {
         if !self.may_call_here() {
-            self.deferred.push(Box::new(work));
-            self.notifier.notify();
+            self.defer(work);
             return;
         }
         let mut done = Vec::new();
@@ -532,6 +548,16 @@ impl Shared {
         }
         for d in done {
             d.complete();
+        }
+    }
+
+    /// Runs `work` at the next driving step of a thread that may call MPI
+    /// (or at shutdown), never now: the caller may hold the state.
+    pub(crate) fn defer(&self, work: impl FnOnce(&Shared, &mut State, &mut Vec<Done>) + Send + 'static) {
+        self.deferred.push(Box::new(work));
+        self.notifier.notify();
+        if self.progress.thread {
+            self.signal.raise();
         }
     }
 
@@ -832,49 +858,72 @@ impl Signal {
 /// The body of the progress thread: while requests are pending, the same
 /// test-spin-pause schedule a caller's driving step follows, completing
 /// what finishes (which wakes the callers through their wakers); with
-/// nothing pending it waits for a post. It holds the backend only during
-/// a round, never while it waits, so the last handle dropped elsewhere
-/// ends it.
-fn progress_thread(weak: &Weak<Shared>, signal: &Signal) {
+/// nothing pending it waits for a post. It holds the state, never an
+/// [`Owner`]: the last owner is dropped on a user thread, which stops and
+/// joins this thread before it shuts MPI down there. (When this thread
+/// held the last handle for a round, it finalised MPI itself while the
+/// main thread returned from `main`: ranks exited without `MPI_Finalize`.)
+fn progress_thread(shared: &Shared) {
     loop {
-        let wait = {
-            let Some(shared) = weak.upgrade() else { return };
-            if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
-            let mut done = Vec::new();
-            let mut st = shared.state.lock();
-            let wait = if st.reqs.is_empty() && shared.deferred_empty() {
-                Some(Duration::from_millis(50))
-            } else {
-                let status = shared.step(&mut st, &mut done, true);
-                status.timeout.filter(|p| !p.is_zero() && !status.progress)
-            };
-            drop(st);
-            for d in done {
-                d.complete();
-            }
-            wait
+        if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let mut done = Vec::new();
+        let mut st = shared.state.lock();
+        let wait = if st.reqs.is_empty() && shared.deferred_empty() {
+            Some(Duration::from_millis(50))
+        } else {
+            let status = shared.step(&mut st, &mut done, true);
+            status.timeout.filter(|p| !p.is_zero() && !status.progress)
         };
+        drop(st);
+        for d in done {
+            d.complete();
+        }
         if let Some(limit) = wait {
-            signal.wait(limit);
+            shared.signal.wait(limit);
         }
     }
 }
 
-impl Drop for Shared {
+/// The backend as the user's handles hold it ([`Mpi`], communicators, the
+/// futures of collectives): dropping the last one shuts the backend down
+/// and finalises MPI, on the thread that dropped it.
+pub(crate) struct Owner(Arc<Shared>);
+
+impl std::ops::Deref for Owner {
+    type Target = Arc<Shared>;
+
+    fn deref(&self) -> &Arc<Shared> {
+        &self.0
+    }
+}
+
+impl Drop for Owner {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
-        self.signal.raise();
-        if let Some(thread) = self.progress_thread.get_mut().take() {
-            // The thread may hold the last handle itself for a moment; it
-            // then ends on its own once this returns.
+        let shared = &self.0;
+        shared.stop.store(true, std::sync::atomic::Ordering::Release);
+        shared.signal.raise();
+        let thread = shared.progress_thread.lock().take();
+        if let Some(thread) = thread {
+            // A completion run by the progress thread can drop the last
+            // handle (a task dropped elsewhere, held by its waker only);
+            // that thread then shuts down here and ends after its round.
             if thread.thread().id() != std::thread::current().id() {
                 let _ = thread.join();
             }
         }
+        shared.shut_down();
+    }
+}
+
+impl Shared {
+    /// Cancels what can be, waits (bounded) for the rest, frees mfio's MPI
+    /// objects and finalises MPI if mfio initialised it; then a new
+    /// [`Mpi::init`] may start.
+    fn shut_down(&self) {
         let mut live = LIVE.lock();
-        let mut st = std::mem::take(self.state.get_mut());
+        let mut st = std::mem::take(&mut *self.state.lock());
         if !self.may_call_here() {
             // MPI may not be called here; its memory is left to the
             // process's end rather than freed under MPI's feet.
@@ -908,6 +957,9 @@ impl Drop for Shared {
         for d in done.drain(..) {
             d.complete();
         }
+        // The communicators whose last operations just finished are freed
+        // now (those of operations still pending stay with them).
+        self.run_deferred(&mut st, &mut done);
         let leftover = !st.reqs.is_empty();
         if leftover {
             // MPI may still write their buffers: never free them.
@@ -925,8 +977,9 @@ impl Drop for Shared {
         super::user_op::release_keyval();
         if self.finalize && !leftover {
             // SAFETY: the last handle into MPI is going; this thread may
-            // call MPI; every communicator was freed before (each holds
-            // this state alive).
+            // call MPI; every communicator was freed just above (each
+            // `MpiComm` holds an `Owner`, and no request holds one any
+            // more).
             if let Err(code) = unsafe { sys::finalize() } {
                 tracing::error!(error = %sys::error_string(code), "MPI_Finalize failed");
             }
@@ -955,7 +1008,7 @@ impl Drop for Shared {
 /// ```
 #[derive(Clone)]
 pub struct Mpi {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<Owner>,
 }
 
 impl fmt::Debug for Mpi {

@@ -7,12 +7,12 @@
 use std::ffi::{c_int, c_void};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use mfio_core::completion::{completion, Completer};
 use mfio_core::{BufResult, Error, Result};
 
-use super::backend::{mpi_error, Done, Finish, Handle, Mpi, Shared, State, ThreadLevel};
+use super::backend::{mpi_error, Done, Finish, Handle, Mpi, Owner, Shared, State, ThreadLevel};
 use super::datatype;
 use super::self_test::SelfTested;
 use super::sys::{self, Call, Comm, Datatype, Op};
@@ -39,16 +39,49 @@ impl CommHandle {
     }
 }
 
+/// A communicator's MPI handles, its own and its bulk twin, freed once
+/// nothing uses them: the [`MpiComm`] and every operation posted on it hold
+/// them. MPI lets a communicator be freed with operations pending (they
+/// complete normally), but Open MPI 4.1's libnbc goes on sending on the
+/// freed one: a barrier left running when its communicator was dropped, on
+/// 3 ranks, crashed in `mca_pml_ob1_isend`.
+pub(crate) struct CommHandles {
+    pub(crate) comm: CommHandle,
+    pub(crate) bulk: CommHandle,
+    shared: Weak<Shared>,
+}
+
+impl Drop for CommHandles {
+    fn drop(&mut self) {
+        let comms = [self.comm, self.bulk];
+        // Gone: MPI was shut down (its last handle waited for every
+        // operation that held these).
+        let Some(shared) = self.shared.upgrade() else { return };
+        // The last operation may finish under the backend's lock, so the
+        // free waits for the next step.
+        shared.defer(move |_, _, _| {
+            for comm in comms {
+                // SAFETY: the communicator is ours and unused from now
+                // on; the state is held on an allowed thread.
+                if let Err(code) = unsafe { sys::comm_free(comm.raw()) } {
+                    tracing::warn!(error = %sys::error_string(code), "MPI_Comm_free failed");
+                }
+            }
+        });
+    }
+}
+
 /// A communicator: a group of MPI processes, their collectives and their
 /// tagged messages. Made by [`Mpi::world`], [`Communicator::dup`] and
 /// [`Communicator::split`]; each is a duplicate of its parent with
-/// `MPI_ERRORS_RETURN`, freed when dropped.
+/// `MPI_ERRORS_RETURN`, freed once it is dropped and every operation
+/// started on it has finished.
 pub struct MpiComm {
     pub(crate) mpi: Mpi,
-    pub(crate) handle: CommHandle,
-    /// A private duplicate carrying the blocks of `v` variants too long for
-    /// one MPI count, as messages that can never meet the user's.
-    bulk: CommHandle,
+    /// Its MPI handles; `bulk` is a private duplicate carrying the blocks
+    /// of `v` variants too long for one MPI count, as messages that can
+    /// never meet the user's.
+    pub(crate) handles: Arc<CommHandles>,
     rank: Rank,
     size: usize,
     pub(crate) tag_ub: u32,
@@ -81,7 +114,7 @@ struct Fresh {
 
 impl MpiComm {
     /// A duplicate of `parent` (which stays the caller's).
-    pub(crate) fn dup_of(shared: &Arc<Shared>, parent: Comm) -> Result<Self> {
+    pub(crate) fn dup_of(shared: &Arc<Owner>, parent: Comm) -> Result<Self> {
         let made = shared
             .with_state(|_| {
                 // SAFETY: `parent` is live; this thread may call MPI and
@@ -122,11 +155,14 @@ impl MpiComm {
         }
     }
 
-    fn wrap(shared: &Arc<Shared>, f: Fresh) -> Self {
+    fn wrap(shared: &Arc<Owner>, f: Fresh) -> Self {
         Self {
             mpi: Mpi { shared: shared.clone() },
-            handle: CommHandle(f.comm),
-            bulk: CommHandle(f.bulk),
+            handles: Arc::new(CommHandles {
+                comm: CommHandle(f.comm),
+                bulk: CommHandle(f.bulk),
+                shared: Arc::downgrade(shared),
+            }),
             rank: f.rank,
             size: f.size,
             tag_ub: f.tag_ub,
@@ -152,7 +188,7 @@ impl MpiComm {
             Ok(p) => p,
             Err((err, bufs)) => return CollFuture::ready(BufResult(Err(err), bufs)),
         };
-        let (comm, bulk) = (self.handle, self.bulk);
+        let comm = self.handles.comm;
         let shared = &self.mpi.shared;
         if shared.tests_own_requests() {
             let mut finished = Vec::new();
@@ -170,12 +206,12 @@ impl MpiComm {
                     // finishes; the state is held; any thread may call MPI.
                     let started = unsafe { p.first.start(comm.raw()) };
                     return Some(match started {
-                        Ok(req) => SelfTested::start(shared, req, bufs, p.keep, p.first.name()),
+                        Ok(req) => SelfTested::start(shared, &self.handles, req, bufs, p.keep, p.first.name()),
                         Err(c) => CollFuture::ready(BufResult(Err(mpi_error(c, "MPI non-blocking collective")), bufs)),
                     });
                 }
                 let (done, fut) = completion::<CollResult<B>>();
-                post_plan(st, p, bufs, done, comm, bulk, &mut finished);
+                post_plan(st, p, bufs, done, self.handles.clone(), &mut finished);
                 Some(CollFuture::waiting(fut))
             });
             for d in finished {
@@ -200,11 +236,11 @@ impl MpiComm {
     /// resolves once they all finish.
     fn start_posted<B: Send + Default + 'static>(&self, bufs: B, plan: impl PlanOnce<B>) -> CollFuture<B> {
         let (done, fut) = completion::<CollResult<B>>();
-        let (comm, bulk) = (self.handle, self.bulk);
+        let handles = self.handles.clone();
         self.mpi.shared.submit(move |_shared, st, finished| {
             let mut bufs = bufs;
             match plan(st, &mut bufs) {
-                Ok(p) => post_plan(st, p, bufs, done, comm, bulk, finished),
+                Ok(p) => post_plan(st, p, bufs, done, handles, finished),
                 Err(err) => done.complete(Ok(BufResult(Err(err), bufs))),
             }
         });
@@ -223,7 +259,7 @@ impl MpiComm {
             Ok(p) => p,
             Err((err, bufs)) => return BufResult(Err(err), bufs),
         };
-        let (comm, bulk) = (self.handle, self.bulk);
+        let (comm, bulk) = (self.handles.comm, self.handles.bulk);
         let multiple = shared.level == ThreadLevel::Multiple;
         let result = shared.with_state(|st| -> Result<()> {
             let p = plan(st, &mut bufs)?;
@@ -256,10 +292,10 @@ fn post_plan<B: Send + Default + 'static>(
     p: Plan,
     bufs: B,
     done: Completer<CollResult<B>>,
-    comm: CommHandle,
-    bulk: CommHandle,
+    handles: Arc<CommHandles>,
     finished: &mut Vec<Done>,
 ) {
+    let (comm, bulk) = (handles.comm, handles.bulk);
     let name = p.first.name();
     let work = CollWork {
         bufs,
@@ -274,6 +310,7 @@ fn post_plan<B: Send + Default + 'static>(
     st.post(
         Box::new(work),
         p.handles,
+        handles,
         false,
         |_| {
             if let Some(call) = calls.next() {
@@ -1460,7 +1497,7 @@ impl MpiComm {
                 (Some(color), key)
             }
         };
-        let parent = self.handle.0;
+        let parent = self.handles.comm.raw();
         let made = self
             .mpi
             .shared
@@ -1478,21 +1515,6 @@ impl MpiComm {
             })
             .ok_or_else(|| not_here("MPI_Comm_split"))??;
         Ok(made.map(|m| Self::wrap(&self.mpi.shared, m)))
-    }
-}
-
-impl Drop for MpiComm {
-    fn drop(&mut self) {
-        let comm = self.handle;
-        // Requests still running on it finish first: MPI frees a
-        // communicator once its pending operations complete.
-        self.mpi.shared.submit(move |_, _, _| {
-            // SAFETY: the communicator is ours and unused from now on;
-            // the state is held on an allowed thread.
-            if let Err(code) = unsafe { sys::comm_free(comm.raw()) } {
-                tracing::warn!(error = %sys::error_string(code), "MPI_Comm_free failed");
-            }
-        });
     }
 }
 

@@ -163,7 +163,8 @@ impl MpiComm {
             };
             return RecvWork { view, report, returned }.complete(result);
         }
-        let comm = self.handle;
+        let handles = self.handles.clone();
+        let comm = handles.comm;
         let cancels = shared.cancels.clone();
         let max = shared.max_count;
         shared.submit(move |_, st, done| {
@@ -187,6 +188,7 @@ impl MpiComm {
             st.post(
                 work,
                 block.made.into_iter().collect(),
+                handles,
                 true,
                 |_| {
                     std::mem::take(&mut once).then(|| {
@@ -316,7 +318,8 @@ impl PacketIo<Write, (Rank, Tag)> for MpiComm {
                 return Ok(());
             }
         };
-        let comm = self.handle;
+        let handles = self.handles.clone();
+        let comm = handles.comm;
         let max = self.mpi.shared.max_count;
         self.mpi.shared.submit(move |_, st, done| {
             // A message beyond one count is one element of a type made for
@@ -330,6 +333,7 @@ impl PacketIo<Write, (Rank, Tag)> for MpiComm {
             st.post(
                 Box::new(SendWork { view }),
                 block.made.into_iter().collect(),
+                handles,
                 false,
                 |_| {
                     std::mem::take(&mut once).then(|| {

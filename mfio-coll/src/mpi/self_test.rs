@@ -22,8 +22,8 @@ use std::time::Instant;
 use mfio_core::completion::{completion, Completion};
 use mfio_core::BufResult;
 
-use super::backend::{mpi_error, Shared};
-use super::comm::CollWork;
+use super::backend::{mpi_error, Owner};
+use super::comm::{CollWork, CommHandles};
 use super::sys::{self, Tested};
 use crate::comm::{CollFuture, CollResult};
 
@@ -32,7 +32,9 @@ const POLLS_PER_CLOCK: u32 = 16;
 
 /// A collective of one MPI call, tested by its own future.
 pub(crate) struct SelfTested<B: Send + Default + 'static> {
-    shared: Arc<Shared>,
+    shared: Arc<Owner>,
+    /// The communicator the request runs on, kept until it finishes.
+    handles: Arc<CommHandles>,
     /// The request while this future tests it; `None` once it finished or
     /// went to the backend's records.
     req: Option<sys::Request>,
@@ -61,7 +63,8 @@ impl<B: Send + Default + 'static> SelfTested<B> {
     /// The future of a collective started as `req`, whose call points into
     /// `bufs` and `keep`.
     pub(crate) fn start(
-        shared: &Arc<Shared>,
+        shared: &Arc<Owner>,
+        handles: &Arc<CommHandles>,
         req: sys::Request,
         bufs: B,
         keep: Vec<Vec<c_int>>,
@@ -70,6 +73,7 @@ impl<B: Send + Default + 'static> SelfTested<B> {
         shared.self_tested.fetch_add(1, Ordering::AcqRel);
         CollFuture::boxed(Self {
             shared: shared.clone(),
+            handles: handles.clone(),
             req: Some(req),
             bufs,
             keep,
@@ -93,9 +97,17 @@ impl<B: Send + Default + 'static> SelfTested<B> {
         let keep = std::mem::take(&mut self.keep);
         let work = Box::new(CollWork::one_call(bufs, done, keep, self.name));
         let req = SendRequest(req);
+        let handles = self.handles.clone();
         self.shared.submit(move |_, st, finished| {
             let mut req = Some(req);
-            st.post(work, Vec::new(), false, |_| req.take().map(|r| Ok(r.0)), finished);
+            st.post(
+                work,
+                Vec::new(),
+                handles,
+                false,
+                |_| req.take().map(|r| Ok(r.0)),
+                finished,
+            );
         });
         // After the post: `in_flight` never misses it in between.
         self.shared.self_tested.fetch_sub(1, Ordering::AcqRel);
