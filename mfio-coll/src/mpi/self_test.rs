@@ -30,6 +30,12 @@ use crate::comm::{CollFuture, CollResult};
 /// How many polls pass between two looks at the clock.
 const POLLS_PER_CLOCK: u32 = 16;
 
+/// How many tests one poll makes before it yields: a short collective
+/// finishes within a few, and a poll that returns after each one pays the
+/// way out and back through the caller's loop (the task, `block_on`, the
+/// backend's step) per test: 0.25-0.6 µs a collective at 8 B on 2 ranks.
+const TESTS_PER_POLL: u32 = 8;
+
 /// A collective of one MPI call, tested by its own future.
 pub(crate) struct SelfTested<B: Send + Default + 'static> {
     shared: Arc<Owner>,
@@ -128,28 +134,37 @@ impl<B: Send + Default + 'static> Future for SelfTested<B> {
         let this = self.get_mut();
         if let Some(req) = &mut this.req {
             let mut status = sys::empty_status();
-            // SAFETY: the future's own active request; any thread may call
-            // MPI (see the `Send` impl).
-            match unsafe { sys::test(req, &mut status) } {
-                Tested::Finished(result) => {
-                    this.req = None;
-                    this.shared.self_tested.fetch_sub(1, Ordering::AcqRel);
-                    let result = result.map_err(|c| mpi_error(c, this.name));
-                    return Poll::Ready(BufResult(result, std::mem::take(&mut this.bufs)));
-                }
-                Tested::Running => {
-                    this.polls = this.polls.wrapping_add(1);
-                    let spinning = this.polls % POLLS_PER_CLOCK != 0
-                        || this.since.get_or_insert_with(Instant::now).elapsed() < this.shared.spin();
-                    if spinning {
+            let mut tests = 0;
+            loop {
+                // SAFETY: the future's own active request; any thread may
+                // call MPI (see the `Send` impl).
+                match unsafe { sys::test(req, &mut status) } {
+                    Tested::Finished(result) => {
+                        this.req = None;
+                        this.shared.self_tested.fetch_sub(1, Ordering::AcqRel);
+                        let result = result.map_err(|c| mpi_error(c, this.name));
+                        return Poll::Ready(BufResult(result, std::mem::take(&mut this.bufs)));
+                    }
+                    Tested::Running => {
+                        this.polls = this.polls.wrapping_add(1);
+                        let spinning = this.polls % POLLS_PER_CLOCK != 0
+                            || this.since.get_or_insert_with(Instant::now).elapsed() < this.shared.spin();
+                        if !spinning {
+                            // Waited as long as the backend spins: it takes
+                            // over, pausing between tests.
+                            break;
+                        }
+                        tests += 1;
+                        if tests < TESTS_PER_POLL {
+                            continue;
+                        }
                         cx.waker().wake_by_ref();
                         return Poll::Pending;
                     }
-                    // Waited as long as the backend spins: it takes over,
-                    // pausing between tests.
-                }
-                Tested::CallFailed(code) => {
-                    tracing::warn!(error = %sys::error_string(code), "MPI_Test failed; the backend's records retry it");
+                    Tested::CallFailed(code) => {
+                        tracing::warn!(error = %sys::error_string(code), "MPI_Test failed; the backend's records retry it");
+                        break;
+                    }
                 }
             }
             this.hand_over(true);
