@@ -143,7 +143,8 @@ impl IoBackend for Composite {
         let mut round = 0u32;
         loop {
             let status = self.step_members(|b| b.drive_now());
-            if status.progress || Instant::now() >= deadline {
+            // The caller's task woken from another thread goes first too.
+            if status.progress || Instant::now() >= deadline || mfio_core::task_woken() {
                 return status;
             }
             // A member signalled (a pool thread finished an operation and

@@ -554,6 +554,39 @@ fn a_step_without_a_spin_returns_with_a_receive_pending() {
     util::serial_within("a step without a spin", Duration::from_secs(60), body).expect("a step without a spin");
 }
 
+/// A wake from another thread ends the busy poll: with a receive pending
+/// and an hour's budget, a `block_on` whose task another thread wakes
+/// returns when it is woken (it waited for the whole budget before), and
+/// the receive then gets its bytes.
+#[test]
+fn a_wake_from_another_thread_ends_the_busy_poll() {
+    let body = || -> Result<()> {
+        use mfio_core::IoBackendExt;
+        let Some((rt, s, mut peer)) = busy_polled_connection(Duration::from_secs(3600))? else {
+            return Ok(());
+        };
+        let mut read = std::pin::pin!(s.read_exact(Vec::with_capacity(4)));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            std::future::Future::poll(read.as_mut(), &mut cx).is_pending(),
+            "nothing was sent yet"
+        );
+        let (done, woken) = mfio_core::completion::completion::<u8>();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            done.complete(Ok(7));
+        });
+        assert_eq!(rt.block_on(woken)?, 7);
+        waker.join().expect("waking thread");
+        peer.write_all(b"ping")?;
+        let (n, got) = rt.block_on(read).into_parts();
+        n?;
+        assert_eq!(got, b"ping");
+        Ok(())
+    };
+    util::serial_within("a wake ends the busy poll", Duration::from_secs(60), body).expect("a wake ends the busy poll");
+}
+
 backend_tests!(
     connect_send_drop,
     taken_over_std_stream,

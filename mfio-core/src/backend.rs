@@ -304,6 +304,7 @@ pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Out
     // them and finds the wake state unshared again.
     let wake = ReusedWake::take();
     let wake = &wake.0;
+    let _running = Running::enter(wake);
     let waker = Waker::from(wake.clone());
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
@@ -340,7 +341,50 @@ pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Out
     }
 }
 
+/// Whether the task of the [`block_on`] running on this thread (the
+/// innermost, if they nest) was woken since it was last polled.
+///
+/// A driving step that spins for completions looks at this now and then
+/// and ends its spin when it turns true: the wake may come from another
+/// thread (a pool thread's completion, a channel, a timer thread), and the
+/// task should run now, not once the spin is spent. Without it, such a
+/// wake waited for the whole spin (a UCX worker's, the MPI backend's, a
+/// busy-polling ring's: up to the budget the user set). False where no
+/// `block_on` runs (a host runtime drives the backend).
+pub fn task_woken() -> bool {
+    RUNNING
+        .try_with(|r| {
+            let running = r.take();
+            let woken = running.as_ref().is_some_and(|w| w.woken.load(Ordering::Acquire));
+            r.set(running);
+            woken
+        })
+        .unwrap_or(false)
+}
+
+/// Marks a `block_on`'s wake state as the thread's running one until
+/// dropped (then the one it nested in, if any, again).
+struct Running {
+    outer: Option<Arc<BlockOnWake>>,
+}
+
+impl Running {
+    fn enter(wake: &Arc<BlockOnWake>) -> Self {
+        let outer = RUNNING.try_with(|r| r.replace(Some(wake.clone()))).ok().flatten();
+        Self { outer }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let outer = self.outer.take();
+        let _ = RUNNING.try_with(|r| r.set(outer));
+    }
+}
+
 thread_local! {
+    /// The wake state of the `block_on` running on this thread.
+    static RUNNING: std::cell::Cell<Option<Arc<BlockOnWake>>> = const { std::cell::Cell::new(None) };
     /// The wake state of the thread's last `block_on`, reused by the next
     /// one when nothing else holds it (a call that blocks once per
     /// operation otherwise pays an allocation per operation).

@@ -272,3 +272,54 @@ fn a_future_that_wakes_itself_is_driven_without_a_spin() {
     assert_eq!(now, 5, "one step without a spin per self-wake");
     assert_eq!(spins, 0, "no spinning step while the future was ready to run");
 }
+
+/// A backend whose step spins for an hour, as a UCX worker, the MPI
+/// backend or a busy-polling ring with a long budget does while work is
+/// pending, unless the task of the `block_on` driving it was woken.
+struct SpinsAnHour {
+    inner: MemBackend,
+    spins: AtomicUsize,
+}
+
+impl mfio_core::IoBackend for SpinsAnHour {
+    fn polling_handle(&self) -> mfio_core::PollingHandle<'_> {
+        self.inner.polling_handle()
+    }
+
+    fn drive(&self) -> mfio_core::DriveStatus {
+        self.spins.fetch_add(1, Ordering::SeqCst);
+        let until = std::time::Instant::now() + Duration::from_secs(3600);
+        while std::time::Instant::now() < until && !mfio_core::task_woken() {
+            std::hint::spin_loop();
+        }
+        mfio_core::DriveStatus::IDLE
+    }
+
+    fn drive_now(&self) -> mfio_core::DriveStatus {
+        mfio_core::DriveStatus::IDLE
+    }
+}
+
+/// A wake from another thread ends the backend's spin: the task runs
+/// when it is woken, not an hour later.
+#[test]
+fn a_wake_from_another_thread_ends_the_spin() {
+    assert!(!mfio_core::task_woken(), "no block_on runs on this thread");
+    let (got, spins) = util::within(LIMIT, || {
+        let be = SpinsAnHour {
+            inner: MemBackend::new().expect("backend"),
+            spins: AtomicUsize::new(0),
+        };
+        let (done, fut) = mfio_core::completion::completion::<u8>();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            done.complete(Ok(7));
+        });
+        let got = be.block_on(fut).expect("completed");
+        t.join().expect("completer thread");
+        assert!(!mfio_core::task_woken(), "the block_on is over");
+        (got, be.spins.load(Ordering::SeqCst))
+    });
+    assert_eq!(got, 7);
+    assert!(spins >= 1, "the backend never spun");
+}

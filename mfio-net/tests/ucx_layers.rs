@@ -243,7 +243,8 @@ fn one_composite_drives_io_uring_and_ucx() {
 /// without a spin for the longest budget instead of letting one member
 /// spin through it. File reads by the runtime in the same composite finish
 /// at once (with the worker's own spinning step, the composite's first
-/// step would spin for the hour); then the receive gets its bytes.
+/// step would spin for the hour), so does a task woken from another
+/// thread; then the receive gets its bytes.
 #[test]
 fn a_spinning_member_does_not_hold_up_the_others_of_a_composite() {
     within(LIMIT, || {
@@ -274,6 +275,15 @@ fn a_spinning_member_does_not_hold_up_the_others_of_a_composite() {
             let (res, got) = both.block_on(file.read_at(0, Vec::with_capacity(4))).into_parts();
             assert_eq!((res.expect("read"), got.as_slice()), (4, &b"read"[..]));
         }
+        // A task woken from another thread (no member signals) runs when
+        // it is woken, not when the composite's round of steps ends.
+        let (done, woken) = mfio_core::completion::completion::<u8>();
+        let waker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            done.complete(Ok(7));
+        });
+        assert_eq!(both.block_on(woken).expect("woken"), 7);
+        waker.join().expect("waking thread");
         let (sent, _) = b.block_on(ba.write_at(Tag(9), b"pong".to_vec())).into_parts();
         sent.expect("send");
         let (info, got) = both.block_on(recv).into_parts();

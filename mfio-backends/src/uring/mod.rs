@@ -341,7 +341,9 @@ impl UringEngine {
                 return Self::reap(core);
             }
             round = round.wrapping_add(1);
-            if round % 32 == 0 && (!self.queue.is_empty() || Instant::now() >= until) {
+            // New work queued, the budget spent, or the caller's task woken
+            // (from another thread): stop watching.
+            if round % 32 == 0 && (!self.queue.is_empty() || Instant::now() >= until || mfio_core::task_woken()) {
                 return 0;
             }
             std::hint::spin_loop();

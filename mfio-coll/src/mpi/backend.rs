@@ -746,7 +746,9 @@ impl Shared {
                 }
                 round = round.wrapping_add(1);
                 if round % 16 == 0 {
-                    if Instant::now() >= spin_until {
+                    // The caller's task was woken (from another thread):
+                    // it goes first.
+                    if Instant::now() >= spin_until || mfio_core::task_woken() {
                         break;
                     }
                     // Let a thread waiting to post go first.

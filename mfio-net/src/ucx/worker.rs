@@ -379,7 +379,9 @@ impl Shared {
                 }
                 round = round.wrapping_add(1);
                 if round % SPINS_PER_CLOCK == 0 {
-                    if Instant::now() >= deadline {
+                    // The caller's task was woken (from another thread):
+                    // it goes first.
+                    if Instant::now() >= deadline || mfio_core::task_woken() {
                         break;
                     }
                     // The peer this waits for may share the core (more
