@@ -525,31 +525,41 @@ fn busy_polling_spins_only_for_its_budget() {
     util::serial_within("busy-polled receive", Duration::from_secs(60), body).expect("busy-polled receive");
 }
 
+/// A ring with an hour's busy-poll budget and a receive pending (polled
+/// once, so it is in flight); `meanwhile` runs, then the peer sends
+/// `ping` and the receive must get it.
+fn with_a_receive_pending_under_an_hours_busy_poll(meanwhile: impl FnOnce(&Runtime)) -> Result<()> {
+    use mfio_core::IoBackendExt;
+    let Some((rt, s, mut peer)) = busy_polled_connection(Duration::from_secs(3600))? else {
+        return Ok(());
+    };
+    let mut read = std::pin::pin!(s.read_exact(Vec::with_capacity(4)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(
+        std::future::Future::poll(read.as_mut(), &mut cx).is_pending(),
+        "nothing was sent yet"
+    );
+    meanwhile(&rt);
+    peer.write_all(b"ping")?;
+    let (n, got) = rt.block_on(read).into_parts();
+    n?;
+    assert_eq!(got, b"ping");
+    Ok(())
+}
+
 /// A driving step for a caller with work of its own ready to run
 /// (`drive_now`) does not spend the busy-poll budget, however long: with a
 /// receive pending and an hour's budget, it returns, and the receive then
 /// gets its bytes.
 #[test]
 fn a_step_without_a_spin_returns_with_a_receive_pending() {
-    let body = || -> Result<()> {
-        use mfio_core::{IoBackend, IoBackendExt};
-        let Some((rt, s, mut peer)) = busy_polled_connection(Duration::from_secs(3600))? else {
-            return Ok(());
-        };
-        let mut read = std::pin::pin!(s.read_exact(Vec::with_capacity(4)));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(
-            std::future::Future::poll(read.as_mut(), &mut cx).is_pending(),
-            "nothing was sent yet"
-        );
-        for _ in 0..3 {
-            rt.drive_now();
-        }
-        peer.write_all(b"ping")?;
-        let (n, got) = rt.block_on(read).into_parts();
-        n?;
-        assert_eq!(got, b"ping");
-        Ok(())
+    let body = || {
+        with_a_receive_pending_under_an_hours_busy_poll(|rt| {
+            use mfio_core::IoBackend;
+            for _ in 0..3 {
+                rt.drive_now();
+            }
+        })
     };
     util::serial_within("a step without a spin", Duration::from_secs(60), body).expect("a step without a spin");
 }
@@ -560,29 +570,17 @@ fn a_step_without_a_spin_returns_with_a_receive_pending() {
 /// the receive then gets its bytes.
 #[test]
 fn a_wake_from_another_thread_ends_the_busy_poll() {
-    let body = || -> Result<()> {
-        use mfio_core::IoBackendExt;
-        let Some((rt, s, mut peer)) = busy_polled_connection(Duration::from_secs(3600))? else {
-            return Ok(());
-        };
-        let mut read = std::pin::pin!(s.read_exact(Vec::with_capacity(4)));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(
-            std::future::Future::poll(read.as_mut(), &mut cx).is_pending(),
-            "nothing was sent yet"
-        );
-        let (done, woken) = mfio_core::completion::completion::<u8>();
-        let waker = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            done.complete(Ok(7));
-        });
-        assert_eq!(rt.block_on(woken)?, 7);
-        waker.join().expect("waking thread");
-        peer.write_all(b"ping")?;
-        let (n, got) = rt.block_on(read).into_parts();
-        n?;
-        assert_eq!(got, b"ping");
-        Ok(())
+    let body = || {
+        with_a_receive_pending_under_an_hours_busy_poll(|rt| {
+            use mfio_core::IoBackendExt;
+            let (done, woken) = mfio_core::completion::completion::<u8>();
+            let waker = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                done.complete(Ok(7));
+            });
+            assert_eq!(rt.block_on(woken).expect("woken"), 7);
+            waker.join().expect("waking thread");
+        })
     };
     util::serial_within("a wake ends the busy poll", Duration::from_secs(60), body).expect("a wake ends the busy poll");
 }

@@ -643,6 +643,30 @@ fn flush_and_close_write(t: Transport) {
     });
 }
 
+/// Worker `a`, with an hour's spin and a receive of tag 7 pending (polled
+/// once, so UCX holds it); `meanwhile` runs, then worker `b` sends `ping`
+/// and the receive must take it.
+fn with_a_receive_pending_under_an_hours_spin(meanwhile: impl FnOnce(&mfio_net::ucx::Worker)) {
+    let ctx = util::context(Transport::Sm, false);
+    let a = mfio_net::ucx::Worker::builder(&ctx)
+        .spin(Duration::from_secs(3600))
+        .build()
+        .expect("worker a");
+    let b = ctx.worker().expect("worker b");
+    let ba = b.connect(&a.address()).expect("connect b->a");
+    let mut recv = pin!(a.tag_recv(TagMatch::exact(7), Vec::with_capacity(4)));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    assert!(recv.as_mut().poll(&mut cx).is_pending(), "nothing was sent yet");
+    meanwhile(&a);
+    let (sent, _) = b.block_on(ba.write_at(Tag(7), b"ping".to_vec())).into_parts();
+    sent.expect("send");
+    let (info, got) = a.block_on(recv).into_parts();
+    assert_eq!(info.expect("receive").len, 4);
+    assert_eq!(got, b"ping");
+    let both = mfio_backends::Composite::new(vec![Box::new(a.clone()), Box::new(b.clone())]).expect("composite");
+    both.block_on(ba.close()).expect("close");
+}
+
 /// A wake from another thread ends the worker's spin: with a receive
 /// pending and an hour's spin, a `block_on` whose task another thread
 /// wakes returns when it is woken (it waited for the whole spin before),
@@ -650,30 +674,7 @@ fn flush_and_close_write(t: Transport) {
 #[test]
 fn a_wake_from_another_thread_ends_the_spin() {
     within(LIMIT, || {
-        let ctx = util::context(Transport::Sm, false);
-        let a = mfio_net::ucx::Worker::builder(&ctx)
-            .spin(Duration::from_secs(3600))
-            .build()
-            .expect("worker a");
-        let b = ctx.worker().expect("worker b");
-        let ba = b.connect(&a.address()).expect("connect b->a");
-        let mut recv = pin!(a.tag_recv(TagMatch::exact(7), Vec::with_capacity(4)));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(recv.as_mut().poll(&mut cx).is_pending(), "nothing was sent yet");
-        let (done, woken) = mfio_core::completion::completion::<u8>();
-        let waker = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            done.complete(Ok(7));
-        });
-        assert_eq!(a.block_on(woken).expect("woken"), 7);
-        waker.join().expect("waking thread");
-        let (sent, _) = b.block_on(ba.write_at(Tag(7), b"ping".to_vec())).into_parts();
-        sent.expect("send");
-        let (info, got) = a.block_on(recv).into_parts();
-        assert_eq!(info.expect("receive").len, 4);
-        assert_eq!(got, b"ping");
-        let both = mfio_backends::Composite::new(vec![Box::new(a.clone()), Box::new(b.clone())]).expect("composite");
-        both.block_on(ba.close()).expect("close");
+        with_a_receive_pending_under_an_hours_spin(util::wait_for_a_wake_from_another_thread);
     });
 }
 
@@ -684,25 +685,10 @@ fn a_wake_from_another_thread_ends_the_spin() {
 #[test]
 fn a_step_without_a_spin_returns_with_a_receive_pending() {
     within(LIMIT, || {
-        let ctx = util::context(Transport::Sm, false);
-        let a = mfio_net::ucx::Worker::builder(&ctx)
-            .spin(Duration::from_secs(3600))
-            .build()
-            .expect("worker a");
-        let b = ctx.worker().expect("worker b");
-        let ba = b.connect(&a.address()).expect("connect b->a");
-        let mut recv = pin!(a.tag_recv(TagMatch::exact(7), Vec::with_capacity(4)));
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        assert!(recv.as_mut().poll(&mut cx).is_pending(), "nothing was sent yet");
-        for _ in 0..3 {
-            a.drive_now();
-        }
-        let (sent, _) = b.block_on(ba.write_at(Tag(7), b"ping".to_vec())).into_parts();
-        sent.expect("send");
-        let (info, got) = a.block_on(recv).into_parts();
-        assert_eq!(info.expect("receive").len, 4);
-        assert_eq!(got, b"ping");
-        let both = mfio_backends::Composite::new(vec![Box::new(a.clone()), Box::new(b.clone())]).expect("composite");
-        both.block_on(ba.close()).expect("close");
+        with_a_receive_pending_under_an_hours_spin(|a| {
+            for _ in 0..3 {
+                a.drive_now();
+            }
+        });
     });
 }

@@ -277,13 +277,7 @@ fn a_spinning_member_does_not_hold_up_the_others_of_a_composite() {
         }
         // A task woken from another thread (no member signals) runs when
         // it is woken, not when the composite's round of steps ends.
-        let (done, woken) = mfio_core::completion::completion::<u8>();
-        let waker = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            done.complete(Ok(7));
-        });
-        assert_eq!(both.block_on(woken).expect("woken"), 7);
-        waker.join().expect("waking thread");
+        util::wait_for_a_wake_from_another_thread(&both);
         let (sent, _) = b.block_on(ba.write_at(Tag(9), b"pong".to_vec())).into_parts();
         sent.expect("send");
         let (info, got) = both.block_on(recv).into_parts();

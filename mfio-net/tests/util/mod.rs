@@ -220,3 +220,16 @@ pub fn fold(sum: u64, bytes: &[u8]) -> u64 {
         (s.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(0x100_0000_01b3)
     })
 }
+
+/// Blocks on `backend` until a thread of its own completes a future 50 ms
+/// from now, and checks what it got: a task woken from another thread
+/// while the backend may be spinning.
+pub fn wait_for_a_wake_from_another_thread(backend: &impl mfio_core::IoBackend) {
+    let (done, woken) = mfio_core::completion::completion::<u8>();
+    let waker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        done.complete(Ok(7));
+    });
+    assert_eq!(backend.block_on(woken).expect("woken"), 7);
+    waker.join().expect("waking thread");
+}
