@@ -727,12 +727,10 @@ impl Shared {
         }
         let now = Instant::now();
         let since = *st.idle_since.get_or_insert(now);
-        let spin_until = since + self.progress.spin;
-        // Collectives that test their own requests keep their callers
-        // polling: a spin here would hold them up until one of the
-        // records finishes.
-        let self_tested = self.self_tested.load(Ordering::Acquire) > 0;
-        if spin && done.is_empty() && now < spin_until && !self_tested {
+        let spin_until = self
+            .spin_until(since)
+            .filter(|&until| spin && done.is_empty() && now < until);
+        if let Some(spin_until) = spin_until {
             // Keep testing for the rest of the spin: a request about to
             // finish costs a wake-up from sleep otherwise.
             let mut round = 0u32;
@@ -775,7 +773,7 @@ impl Shared {
     /// a progress thread, on a thread that may not call MPI, or while
     /// collectives test their own requests, as in [`step`](Self::step)).
     fn spin_left(&self) -> Duration {
-        if self.progress.thread || !self.may_call_here() || self.self_tested.load(Ordering::Acquire) > 0 {
+        if self.progress.thread || !self.may_call_here() {
             return Duration::ZERO;
         }
         let Some(st) = self.state.try_lock() else {
@@ -785,8 +783,16 @@ impl Shared {
             return Duration::ZERO;
         }
         let now = Instant::now();
-        let since = st.idle_since.unwrap_or(now);
-        (since + self.progress.spin).saturating_duration_since(now)
+        self.spin_until(st.idle_since.unwrap_or(now))
+            .map_or(Duration::ZERO, |until| until.saturating_duration_since(now))
+    }
+
+    /// Until when a step spins when the backend went idle at `since`; none
+    /// while collectives test their own requests: they keep their callers
+    /// polling, and a spin here would hold them up until one of the records
+    /// finishes.
+    fn spin_until(&self, since: Instant) -> Option<Instant> {
+        (self.self_tested.load(Ordering::Acquire) == 0).then(|| since + self.progress.spin)
     }
 
     /// One driving step of the caller's; with `spin`, it tests on for the
