@@ -2,7 +2,10 @@
 //! is checked locally, planned (datatype, operation, MPI calls) with the
 //! backend locked, and started at once; the async form waits for the
 //! backend to see its requests finish, the blocking form calls MPI's
-//! blocking collective directly where the thread level allows.
+//! blocking collective directly where the thread level allows. A
+//! collective of one MPI call over a predefined datatype and operation
+//! (the common short one) needs no plan: under `Multiple` it starts
+//! without the lock, which is most of its cost in mfio.
 
 use std::ffi::{c_int, c_void};
 use std::fmt;
@@ -184,13 +187,27 @@ impl MpiComm {
     /// ([`SelfTested`]); otherwise its future resolves once the backend
     /// sees every request finish.
     fn start<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollFuture<B> {
-        let (bufs, plan) = match prepared {
-            Ok(p) => p,
-            Err((err, bufs)) => return CollFuture::ready(BufResult(Err(err), bufs)),
+        let (bufs, direct, plan) = match prepared {
+            Prepared::Checked { bufs, direct, plan } => (bufs, direct, plan),
+            Prepared::Refused(err, bufs) => return CollFuture::ready(BufResult(Err(err), bufs)),
         };
         let comm = self.handles.comm;
         let shared = &self.mpi.shared;
         if shared.tests_own_requests() {
+            if let Some(call) = direct {
+                // Any thread may call MPI at any time, and the call needs
+                // nothing from the state: the lock would only order it
+                // against other threads' collectives on this communicator,
+                // which MPI leaves to the caller.
+                // SAFETY: the buffers the call points into move into the
+                // future, which hands them to the records if it is dropped
+                // before the request finishes; the communicator lives in
+                // `handles`, which the future holds.
+                return match unsafe { call.start(comm.raw()) } {
+                    Ok(req) => SelfTested::start(shared, &self.handles, req, bufs, Vec::new(), call.name()),
+                    Err(c) => CollFuture::ready(BufResult(Err(mpi_error(c, "MPI non-blocking collective")), bufs)),
+                };
+            }
             let mut finished = Vec::new();
             let mut bufs = Some(bufs);
             let started = shared.with_state(|st| {
@@ -255,12 +272,25 @@ impl MpiComm {
         if !shared.may_call_here() || shared.timeout.is_some() {
             return self.wait(self.start(prepared));
         }
-        let (mut bufs, plan) = match prepared {
-            Ok(p) => p,
-            Err((err, bufs)) => return BufResult(Err(err), bufs),
+        let (mut bufs, direct, plan) = match prepared {
+            Prepared::Checked { bufs, direct, plan } => (bufs, direct, plan),
+            Prepared::Refused(err, bufs) => return BufResult(Err(err), bufs),
         };
         let (comm, bulk) = (self.handles.comm, self.handles.bulk);
         let multiple = shared.level == ThreadLevel::Multiple;
+        if let Some(call) = direct {
+            // SAFETY: the buffers the call points into are held here until
+            // it returns; this thread may call MPI (checked above).
+            let run = || unsafe { call.run(comm.raw()) }.map_err(|c| mpi_error(c, "MPI collective"));
+            // Below Multiple, MPI calls must not overlap: the lock orders
+            // them.
+            let result = if multiple {
+                Some(run())
+            } else {
+                shared.with_state(|_| run())
+            };
+            return BufResult(result.unwrap_or_else(|| Err(not_here("collective"))), bufs);
+        }
         let result = shared.with_state(|st| -> Result<()> {
             let p = plan(st, &mut bufs)?;
             let run = || run_plan(&p, comm, bulk);
@@ -380,6 +410,24 @@ fn free_now(handles: Vec<Handle>) {
     }
 }
 
+/// A collective of one call whose every rank's block is `elems` elements
+/// of `T` (`what` names the buffer), made by `call` from the datatype and
+/// count: direct where they are predefined and one count, else planned
+/// (long blocks as one element of a datatype made for the call).
+fn prepared_blocks<T: Element>(
+    mut bufs: Pair<T>,
+    what: &'static str,
+    elems: usize,
+    max: usize,
+    call: impl Fn(&mut Pair<T>, Datatype, c_int) -> Call + Send + 'static,
+) -> Prepared<Pair<T>, impl PlanOnce<Pair<T>>> {
+    let direct = datatype::predefined::<T>(elems, max).map(|(ty, n)| call(&mut bufs, ty, n));
+    prepared_direct(bufs, direct, move |st, bufs| {
+        let b = datatype::block::<T>(st, what, elems, max)?;
+        Ok(single(call(bufs, b.ty, b.count), Vec::new()).holding(b.made))
+    })
+}
+
 /// A plan, made under the lock from the buffers.
 pub(crate) trait PlanOnce<B>: FnOnce(&mut State, &mut B) -> Result<Plan> + Send + 'static {}
 
@@ -387,10 +435,28 @@ impl<B, F: FnOnce(&mut State, &mut B) -> Result<Plan> + Send + 'static> PlanOnce
 
 /// A collective checked locally: its buffers and its plan, or the error
 /// and the buffers back.
-type Prepared<B, F> = std::result::Result<(B, F), (Error, B)>;
+enum Prepared<B, F> {
+    /// Refused: the error, and the buffers back.
+    Refused(Error, B),
+    /// Checked: the buffers and the plan to make under the lock; `direct`
+    /// is the one MPI call the plan would make when it needs nothing from
+    /// the backend's state (predefined datatype and operation, one
+    /// count), which then starts without the plan or the lock.
+    Checked { bufs: B, direct: Option<Call>, plan: F },
+}
 
 fn prepared<B, F: PlanOnce<B>>(bufs: B, plan: F) -> Prepared<B, F> {
-    Ok((bufs, plan))
+    Prepared::Checked {
+        bufs,
+        direct: None,
+        plan,
+    }
+}
+
+/// As [`prepared`], with the one call the plan would make if known
+/// without the state.
+fn prepared_direct<B, F: PlanOnce<B>>(bufs: B, direct: Option<Call>, plan: F) -> Prepared<B, F> {
+    Prepared::Checked { bufs, direct, plan }
 }
 
 /// A collective ready to start: its MPI calls (several when split), what
@@ -876,48 +942,87 @@ fn elementwise_calls<T: Element>(
         let s = send.map(|p| p.cast::<u8>().wrapping_add(off).cast::<c_void>());
         let s = sys::send_or_in_place(s);
         let r = recv.cast::<u8>().wrapping_add(off).cast::<c_void>();
-        calls.push(match kind {
-            Elementwise::Bcast(root) => Call::Bcast {
-                buf: r,
-                count,
-                ty,
-                root,
-            },
-            Elementwise::Reduce(root) => Call::Reduce {
-                send: s,
-                recv: r,
-                count,
-                ty,
-                op: mpi_op,
-                root,
-            },
-            Elementwise::Allreduce => Call::Allreduce {
-                send: s,
-                recv: r,
-                count,
-                ty,
-                op: mpi_op,
-            },
-            Elementwise::Scan => Call::Scan {
-                send: s,
-                recv: r,
-                count,
-                ty,
-                op: mpi_op,
-            },
-            Elementwise::Exscan => Call::Exscan {
-                send: s,
-                recv: r,
-                count,
-                ty,
-                op: mpi_op,
-            },
-        });
+        calls.push(kind.call(s, r, count, ty, mpi_op));
         at += n;
         if at >= items {
             return Ok(());
         }
     }
+}
+
+impl Elementwise {
+    /// The call over `count` items of `ty` from `send` (or `MPI_IN_PLACE`)
+    /// into `recv`, reduced by `op` where it reduces.
+    fn call(self, send: *const c_void, recv: *mut c_void, count: c_int, ty: Datatype, op: Op) -> Call {
+        match self {
+            Elementwise::Bcast(root) => Call::Bcast {
+                buf: recv,
+                count,
+                ty,
+                root,
+            },
+            Elementwise::Reduce(root) => Call::Reduce {
+                send,
+                recv,
+                count,
+                ty,
+                op,
+                root,
+            },
+            Elementwise::Allreduce => Call::Allreduce {
+                send,
+                recv,
+                count,
+                ty,
+                op,
+            },
+            Elementwise::Scan => Call::Scan {
+                send,
+                recv,
+                count,
+                ty,
+                op,
+            },
+            Elementwise::Exscan => Call::Exscan {
+                send,
+                recv,
+                count,
+                ty,
+                op,
+            },
+        }
+    }
+}
+
+/// Where an element-wise collective goes: `send` (`None`: in place) and
+/// `recv`, `len` elements of `T` each.
+#[derive(Clone, Copy)]
+struct Operands {
+    send: Option<*const c_void>,
+    recv: *mut c_void,
+    len: usize,
+}
+
+fn operands(send: Option<*const c_void>, recv: *mut c_void, len: usize) -> Operands {
+    Operands { send, recv, len }
+}
+
+/// The one call of an element-wise collective, where it needs nothing from
+/// the state: a predefined datatype within one count and a predefined
+/// operation MPI runs itself (see [`plan_elementwise`] for the rest).
+fn direct_elementwise<T: Element>(
+    max_count: usize,
+    kind: Elementwise,
+    op: Option<&ReduceOp<T>>,
+    at: Operands,
+) -> Option<Call> {
+    let (ty, count) = datatype::predefined::<T>(at.len, max_count)?;
+    let op = match op {
+        None => sys::null_op(),
+        Some(op) if runs_in_rust(op) => return None,
+        Some(op) => sys::builtin_op(op)?,
+    };
+    Some(kind.call(sys::send_or_in_place(at.send), at.recv, count, ty, op))
 }
 
 fn root_arg(root: Rank, size: usize) -> Result<c_int> {
@@ -947,7 +1052,7 @@ macro_rules! checked {
             }
         )+
         match failed {
-            Some(err) => return Err((err, $bufs)),
+            Some(err) => return Prepared::Refused(err, $bufs),
             None => $bufs,
         }
     }};
@@ -993,7 +1098,9 @@ impl MpiComm {
     }
 
     fn prep_barrier(&self) -> Prepared<(), impl PlanOnce<()>> {
-        prepared((), |_, _| Ok(single(Call::Barrier {}, Vec::new())))
+        prepared_direct((), Some(Call::Barrier {}), |_, _| {
+            Ok(single(Call::Barrier {}, Vec::new()))
+        })
     }
 
     fn prep_bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> Prepared<Vec<T>, impl PlanOnce<Vec<T>>> {
@@ -1001,7 +1108,15 @@ impl MpiComm {
         let buf = checked!(buf, root_c.as_ref().map(|_| ()).map_err(Error::duplicate));
         let root = root_c.unwrap_or(0);
         let max = self.max_count();
-        prepared(buf, move |st, buf| {
+        let mut buf = buf;
+        let len = buf.len();
+        let direct = direct_elementwise::<T>(
+            max,
+            Elementwise::Bcast(root),
+            None,
+            operands(None, mut_ptr(&mut buf), len),
+        );
+        prepared_direct(buf, direct, move |st, buf| {
             let len = buf.len();
             plan_elementwise::<T>(st, max, Elementwise::Bcast(root), None, None, mut_ptr(buf), len)
         })
@@ -1026,7 +1141,14 @@ impl MpiComm {
         );
         let root = root_arg(root, self.size).unwrap_or(0);
         let max = self.max_count();
-        prepared(bufs, move |st, (send, recv)| {
+        let mut bufs = bufs;
+        let direct = {
+            let (send, recv) = &mut bufs;
+            let recv_ptr = if is_root { mut_ptr(recv) } else { mut_ptr::<T>(&mut []) };
+            let kind = Elementwise::Reduce(root);
+            direct_elementwise(max, kind, Some(&op), operands(Some(ptr(send)), recv_ptr, send.len()))
+        };
+        prepared_direct(bufs, direct, move |st, (send, recv)| {
             // Not significant off the root, but never null: MPICH offsets it.
             let recv_ptr = if is_root { mut_ptr(recv) } else { mut_ptr::<T>(&mut []) };
             let send_ptr = ptr(send);
@@ -1052,7 +1174,20 @@ impl MpiComm {
         let buf = checked!(buf, check::rank("root", root, self.size), check_op(&op));
         let root = root_arg(root, self.size).unwrap_or(0);
         let max = self.max_count();
-        prepared(buf, move |st, buf| {
+        let mut buf = buf;
+        // The MPICH root's copy (below) is part of the plan.
+        let direct = (!is_root || sys::header_implementation() != "MPICH")
+            .then(|| {
+                let len = buf.len();
+                let (send, recv) = if is_root {
+                    (None, mut_ptr(&mut buf))
+                } else {
+                    (Some(ptr(&buf)), mut_ptr::<T>(&mut []))
+                };
+                direct_elementwise(max, Elementwise::Reduce(root), Some(&op), operands(send, recv, len))
+            })
+            .flatten();
+        prepared_direct(buf, direct, move |st, buf| {
             let len = buf.len();
             // MPI_IN_PLACE is the root's send buffer; other ranks send
             // theirs as usual. MPICH 4.0.2's blocking reduce reads from
@@ -1092,7 +1227,17 @@ impl MpiComm {
         let bufs = checked!((send, recv), check_op(&op));
         let bufs = checked!(bufs, check::len("recv", bufs.1.len(), bufs.0.len()));
         let max = self.max_count();
-        prepared(bufs, move |st, (send, recv)| {
+        let mut bufs = bufs;
+        let direct = {
+            let (send, recv) = &mut bufs;
+            direct_elementwise(
+                max,
+                Elementwise::Allreduce,
+                Some(&op),
+                operands(Some(ptr(send)), mut_ptr(recv), send.len()),
+            )
+        };
+        prepared_direct(bufs, direct, move |st, (send, recv)| {
             let len = send.len();
             plan_elementwise(
                 st,
@@ -1111,9 +1256,16 @@ impl MpiComm {
         buf: Vec<T>,
         op: ReduceOp<T>,
     ) -> Prepared<Vec<T>, impl PlanOnce<Vec<T>>> {
-        let buf = checked!(buf, check_op(&op));
+        let mut buf = checked!(buf, check_op(&op));
         let max = self.max_count();
-        prepared(buf, move |st, buf| {
+        let len = buf.len();
+        let direct = direct_elementwise(
+            max,
+            Elementwise::Allreduce,
+            Some(&op),
+            operands(None, mut_ptr(&mut buf), len),
+        );
+        prepared_direct(buf, direct, move |st, buf| {
             let len = buf.len();
             plan_elementwise(st, max, Elementwise::Allreduce, Some(&op), None, mut_ptr(buf), len)
         })
@@ -1132,13 +1284,26 @@ impl MpiComm {
         // MPI leaves rank 0's exclusive-scan result undefined: it lands in
         // a scratch buffer, and the caller's comes back unchanged.
         let scratch = exclusive && self.rank == 0;
-        prepared(bufs, move |st, (send, recv)| {
+        let kind = if exclusive {
+            Elementwise::Exscan
+        } else {
+            Elementwise::Scan
+        };
+        let mut bufs = bufs;
+        // The scratch buffer is part of the plan.
+        let direct = (!scratch)
+            .then(|| {
+                let (send, recv) = &mut bufs;
+                direct_elementwise(
+                    max,
+                    kind,
+                    Some(&op),
+                    operands(Some(ptr(send)), mut_ptr(recv), send.len()),
+                )
+            })
+            .flatten();
+        prepared_direct(bufs, direct, move |st, (send, recv)| {
             let len = send.len();
-            let kind = if exclusive {
-                Elementwise::Exscan
-            } else {
-                Elementwise::Scan
-            };
             if scratch {
                 let mut tmp: Vec<T> = vec![T::zeroed(); len];
                 let mut plan = plan_elementwise(st, max, kind, Some(&op), Some(ptr(send)), mut_ptr(&mut tmp), len)?;
@@ -1168,22 +1333,16 @@ impl MpiComm {
         );
         let root = root_arg(root, size).unwrap_or(0);
         let max = self.max_count();
-        prepared(bufs, move |st, (send, recv)| {
-            let b = datatype::block::<T>(st, "recv", recv.len(), max)?;
-            let send_count = if is_root { b.count } else { 0 };
-            Ok(single(
-                Call::Scatter {
-                    send: ptr(send),
-                    send_count,
-                    recv: mut_ptr(recv),
-                    recv_count: b.count,
-                    ty: b.ty,
-                    root,
-                },
-                Vec::new(),
-            )
-            .holding(b.made))
-        })
+        let call = move |(send, recv): &mut Pair<T>, ty, count| Call::Scatter {
+            send: ptr(send),
+            send_count: if is_root { count } else { 0 },
+            recv: mut_ptr(recv),
+            recv_count: count,
+            ty,
+            root,
+        };
+        let elems = bufs.1.len();
+        prepared_blocks(bufs, "recv", elems, max, call)
     }
 
     fn prep_scatterv<T: Element>(
@@ -1266,11 +1425,9 @@ impl MpiComm {
         );
         let root = if all { 0 } else { root_arg(root, size).unwrap_or(0) };
         let max = self.max_count();
-        prepared(bufs, move |st, (send, recv)| {
-            let b = datatype::block::<T>(st, "send", send.len(), max)?;
-            let (ty, n) = (b.ty, b.count);
+        let call = move |(send, recv): &mut Pair<T>, ty, n| {
             let recv_count = if is_root { n } else { 0 };
-            let call = if all {
+            if all {
                 Call::Allgather {
                     send: ptr(send),
                     send_count: n,
@@ -1287,9 +1444,10 @@ impl MpiComm {
                     ty,
                     root,
                 }
-            };
-            Ok(single(call, Vec::new()).holding(b.made))
-        })
+            }
+        };
+        let elems = bufs.0.len();
+        prepared_blocks(bufs, "send", elems, max, call)
     }
 
     fn prep_gatherv<T: Element>(
@@ -1370,20 +1528,15 @@ impl MpiComm {
             check::len("recv", bufs.1.len(), bufs.0.len()),
         );
         let max = self.max_count();
-        prepared(bufs, move |st, (send, recv)| {
-            let b = datatype::block::<T>(st, "send", send.len() / size.max(1), max)?;
-            Ok(single(
-                Call::Alltoall {
-                    send: ptr(send),
-                    send_count: b.count,
-                    recv: mut_ptr(recv),
-                    recv_count: b.count,
-                    ty: b.ty,
-                },
-                Vec::new(),
-            )
-            .holding(b.made))
-        })
+        let call = |(send, recv): &mut Pair<T>, ty, count| Call::Alltoall {
+            send: ptr(send),
+            send_count: count,
+            recv: mut_ptr(recv),
+            recv_count: count,
+            ty,
+        };
+        let part = bufs.0.len() / size.max(1);
+        prepared_blocks(bufs, "send", part, max, call)
     }
 
     fn prep_alltoallv<T: Element>(
@@ -1448,7 +1601,18 @@ impl MpiComm {
             check::len("send", bufs.0.len(), bufs.1.len().saturating_mul(size))
         );
         let (max, rank) = (self.max_count(), self.rank);
-        prepared(bufs, move |st, (send, recv)| {
+        let mut bufs = bufs;
+        let direct = match (datatype::predefined::<T>(bufs.1.len(), max), sys::builtin_op(&op)) {
+            (Some((ty, count)), Some(mpi_op)) if !runs_in_rust(&op) => Some(Call::ReduceScatterBlock {
+                send: ptr(&bufs.0),
+                recv: mut_ptr(&mut bufs.1),
+                count,
+                ty,
+                op: mpi_op,
+            }),
+            _ => None,
+        };
+        prepared_direct(bufs, direct, move |st, (send, recv)| {
             let r = reduction(st, &op)?;
             let len = recv.len();
             let mut calls = Calls::default();
@@ -1593,5 +1757,73 @@ impl Communicator for MpiComm {
             = prep_reduce_scatter_block(send, recv, op);
         scan / blocking_scan (send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Pair<T> = prep_scan(send, recv, op, false);
         exscan / blocking_exscan (send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> Pair<T> = prep_scan(send, recv, op, true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+    struct Pair2 {
+        a: f64,
+        b: u64,
+    }
+    crate::element!(Pair2 { a, b });
+
+    /// The count and datatype of a direct call, if there is one.
+    fn direct<T: Element>(max: usize, op: ReduceOp<T>, len: usize) -> Option<(c_int, Datatype)> {
+        let (send, mut recv) = (vec![T::zeroed(); len], vec![T::zeroed(); len]);
+        let call = direct_elementwise(
+            max,
+            Elementwise::Allreduce,
+            Some(&op),
+            operands(Some(ptr(&send)), mut_ptr(&mut recv), len),
+        );
+        call.map(|c| match c {
+            Call::Allreduce { count, ty, .. } => (count, ty),
+            other => panic!("an allreduce planned as {}", other.name()),
+        })
+    }
+
+    #[test]
+    fn only_one_call_of_predefined_types_and_operations_skips_the_plan() {
+        let f64_ty = datatype::primitive(crate::element::Primitive::F64);
+        // Counted per primitive, within one count.
+        assert_eq!(direct::<f64>(100, ReduceOp::Sum, 4).map(|d| d.0), Some(4));
+        assert_eq!(direct::<[f64; 3]>(100, ReduceOp::Max, 4).map(|d| d.0), Some(12));
+        assert!(direct::<[f64; 3]>(100, ReduceOp::Max, 4).is_some_and(|d| d.1 == f64_ty));
+        // Beyond one count: split by the plan.
+        assert!(direct::<f64>(3, ReduceOp::Sum, 4).is_none());
+        assert!(direct::<[f64; 3]>(11, ReduceOp::Sum, 4).is_none());
+        // Sums Open MPI would saturate run in Rust; other operations on
+        // the same type stay MPI's.
+        assert!(direct::<u8>(100, ReduceOp::Sum, 4).is_none());
+        assert!(direct::<i16>(100, ReduceOp::Sum, 4).is_none());
+        assert!(direct::<u8>(100, ReduceOp::Max, 4).is_some());
+        // A closure, and a struct (a derived datatype), need the state.
+        let combine: Arc<crate::reduce::CombineFn<f64>> = Arc::new(|inc: &[f64], acc: &mut [f64]| {
+            for (a, i) in acc.iter_mut().zip(inc) {
+                *a += i;
+            }
+        });
+        let custom = ReduceOp::Custom {
+            combine,
+            commutative: true,
+        };
+        assert!(direct::<f64>(100, custom, 4).is_none());
+        let mut structs = vec![Pair2 { a: 0.0, b: 0 }; 2];
+        let bcast = direct_elementwise::<Pair2>(
+            100,
+            Elementwise::Bcast(0),
+            None,
+            operands(None, mut_ptr(&mut structs), 2),
+        );
+        assert!(bcast.is_none());
+        // Empty buffers are one call too (of count 0).
+        assert_eq!(direct::<f64>(100, ReduceOp::Min, 0).map(|d| d.0), Some(0));
     }
 }

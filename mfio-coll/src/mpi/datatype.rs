@@ -27,6 +27,16 @@ pub(crate) fn flat<T: Element>(st: &mut State) -> Result<(Datatype, usize)> {
     }
 }
 
+/// `elems` elements of `T` as a count of a predefined type, where they are
+/// one (homogeneous elements of at most `max` items): what a collective of
+/// one MPI call needs, found without the backend's state.
+#[inline]
+pub(crate) fn predefined<T: Element>(elems: usize, max: usize) -> Option<(Datatype, c_int)> {
+    let (p, per) = T::layout().homogeneous()?;
+    let items = elems.checked_mul(per).filter(|&n| per > 0 && n <= max)?;
+    Some((primitive(p), c_int::try_from(items).ok()?))
+}
+
 /// A datatype of exactly one `T` (a custom reduction sees whole elements).
 pub(crate) fn whole<T: Element>(st: &mut State) -> Result<Datatype> {
     let layout = T::layout();
