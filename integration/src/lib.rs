@@ -15,6 +15,13 @@
 //! other tasks and used there. No extra thread is used by tokio or smol, and
 //! an idle backend costs no CPU: the driver sleeps on the descriptor.
 //!
+//! A backend that spins for completions while work is pending (UCX, MPI, a
+//! busy-polling io_uring ring) spins inside its own driving step under
+//! [`block_on`](mfio_core::block_on). Under tokio and smol that spin would
+//! hold the executor's thread from its other tasks, so their drivers step
+//! such a backend without the spin and yield to the executor between
+//! steps, for as long as the spin would have lasted.
+//!
 //! ```
 //! use mfio_core::mem::MemBackend;
 //! use mfio_core::IoRead;

@@ -4,8 +4,9 @@
 use std::future::Future;
 use std::pin::pin;
 use std::task::Poll;
+use std::time::Instant;
 
-use mfio_core::Result;
+use mfio_core::{IoBackend, Result};
 
 /// Polls `fut` and `driver` together until `fut` completes.
 ///
@@ -26,4 +27,45 @@ pub(crate) async fn with_driver<F: Future>(host: &str, fut: F, driver: impl Futu
         Poll::Pending
     })
     .await
+}
+
+/// A host driver's spin. A backend that spins for completions inside its
+/// driving step ([`IoBackend::spin_budget`]: UCX, MPI, a busy-polling
+/// ring) would hold the executor's thread for its whole budget, from every
+/// other task on it (a current-thread runtime's, smol's `block_on`'s), and
+/// nothing on that thread would see a wake meanwhile. A host driver
+/// instead steps it without a spin ([`IoBackend::drive_now`]) and yields
+/// to the executor between steps, for as long as that budget.
+#[derive(Debug, Default)]
+pub(crate) struct Spin {
+    /// When the spin of the current idle stretch ends.
+    until: Option<Instant>,
+}
+
+impl Spin {
+    /// After a step that made progress: the next idle step starts a new
+    /// spin.
+    pub(crate) fn reset(&mut self) {
+        self.until = None;
+    }
+
+    /// After a step that made no progress: whether to yield and step again
+    /// (the budget is not spent) rather than wait on the descriptor.
+    pub(crate) fn goes_on<B: IoBackend + ?Sized>(&mut self, backend: &B) -> bool {
+        let until = match self.until {
+            Some(until) => until,
+            None => {
+                let budget = backend.spin_budget();
+                if budget.is_zero() {
+                    return false;
+                }
+                *self.until.insert(Instant::now() + budget)
+            }
+        };
+        if Instant::now() < until {
+            return true;
+        }
+        self.until = None;
+        false
+    }
 }

@@ -9,6 +9,7 @@ use async_io::{Async, Timer};
 use mfio_core::{IoBackend, Result};
 
 use crate::fd::BackendFd;
+use crate::run::Spin;
 
 /// Drives mfio backends from smol (any executor on async-io): the backend's
 /// descriptor is registered with async-io's reactor through [`Async`].
@@ -40,9 +41,16 @@ async fn drive<B: IoBackend + ?Sized>(backend: &B) -> Result<()> {
     let notifier = handle.notifier.clone();
     let _sleeper = notifier.sleeper_owned();
     let fd = Async::new(BackendFd(handle.fd.as_raw_fd()))?;
+    let mut spin = Spin::default();
     loop {
-        let status = backend.drive();
+        // Never the spinning step: see `Spin`.
+        let status = backend.drive_now();
         if status.progress {
+            spin.reset();
+            futures_yield().await;
+            continue;
+        }
+        if spin.goes_on(backend) {
             futures_yield().await;
             continue;
         }

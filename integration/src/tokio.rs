@@ -8,6 +8,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::fd::BackendFd;
+use crate::run::Spin;
 
 /// Drives mfio backends from tokio (current-thread or multi-thread): the
 /// backend's descriptor is registered with tokio's reactor through
@@ -52,10 +53,17 @@ async fn drive<B: IoBackend + ?Sized>(backend: &B) -> Result<()> {
     // `AsyncFd` (a local of this function) exists.
     let fd = unsafe { AsyncFd::register_with_interest(BackendFd(handle.fd.as_raw_fd()), Interest::READABLE) }
         .map_err(std::io::Error::from)?;
+    let mut spin = Spin::default();
     loop {
-        let status = backend.drive();
+        // Never the spinning step: see `Spin`.
+        let status = backend.drive_now();
         if status.progress {
+            spin.reset();
             // Let the tasks just woken run, then look again.
+            tokio::task::yield_now().await;
+            continue;
+        }
+        if spin.goes_on(backend) {
             tokio::task::yield_now().await;
             continue;
         }

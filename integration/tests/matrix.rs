@@ -449,7 +449,7 @@ fn mem_single_completion(driver: Driver) -> Result<()> {
     Ok(())
 }
 
-macro_rules! mem_matrix {
+macro_rules! driver_matrix {
     ($($body:ident),* $(,)?) => {
         $(
             mod $body {
@@ -470,7 +470,57 @@ macro_rules! mem_matrix {
     };
 }
 
-mem_matrix!(mem_every_layer, mem_wake_after_backend_dropped, mem_single_completion);
+/// A backend that spins for completions (a busy-polling ring with an
+/// hour's budget and a receive pending) leaves the host's thread to the
+/// tasks on it: a wake from another thread reaches its task at once, and
+/// the task then sends the receive its bytes. Host drivers used to let the
+/// backend spin inside the step, which held the thread for the hour (a
+/// current-thread tokio runtime's, smol's `block_on`'s).
+fn spinning_backend_yields_to_the_host(driver: Driver) -> Result<()> {
+    let rt = match Runtime::builder()
+        .backend(BackendKind::Uring)
+        .busy_poll(Duration::from_secs(3600))
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("skip: no io_uring here: {e}");
+            return Ok(());
+        }
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    drive(driver, &rt, move |rt| async move {
+        let s = TcpStream::connect(&rt, addr).await?;
+        let (mut peer, _) = listener.accept()?;
+        let (tx, rx) = futures::channel::oneshot::channel::<()>();
+        let waking = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = tx.send(());
+        });
+        let send = async move {
+            rx.await.map_err(|_| std::io::Error::other("the waking thread went"))?;
+            std::io::Write::write_all(&mut peer, b"ping")?;
+            Ok::<_, mfio_core::Error>(peer)
+        };
+        let (read, sent) = futures::future::join(s.read_exact(Vec::with_capacity(4)), send).await;
+        let _peer = sent?;
+        let (n, got) = read.into_parts();
+        n?;
+        assert_eq!(got, b"ping");
+        waking
+            .join()
+            .map_err(|_| std::io::Error::other("the waking thread panicked"))?;
+        Ok(())
+    })
+}
+
+driver_matrix!(
+    mem_every_layer,
+    mem_wake_after_backend_dropped,
+    mem_single_completion,
+    spinning_backend_yields_to_the_host,
+);
 
 #[test]
 fn wake_after_backend_dropped_is_harmless() {
