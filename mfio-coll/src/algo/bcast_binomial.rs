@@ -47,5 +47,5 @@ pub(crate) async fn bcast_binomial_lent<T: Element>(
         .map(|k| rel + (1 << k))
         .filter(|&c| c < n);
     let sends = children.map(|c| t.send_block(real(c), key, buf.block(all.clone())));
-    futures_util::future::try_join_all(sends).await.map(drop)
+    super::try_all(sends).await
 }

@@ -51,9 +51,7 @@ pub(crate) async fn bcast_chain_lent<T: Element>(
     let send = |c: usize| t.send_block(next, key(c), buf.block(bounds(c)));
     if rel == 0 {
         return match has_next {
-            true => futures_util::future::try_join_all((0..chunks).map(send))
-                .await
-                .map(drop),
+            true => super::try_all((0..chunks).map(send)).await,
             false => Ok(()),
         };
     }

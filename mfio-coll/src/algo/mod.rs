@@ -290,9 +290,7 @@ where
             sent?;
             arrived(c, got?);
         }
-        futures_util::future::try_join_all((started..self.sends).map(&self.send))
-            .await
-            .map(drop)
+        try_all((started..self.sends).map(&self.send)).await
     }
 
     async fn run_all_at_once(self, mut arrived: impl FnMut(usize, V)) -> Result<()> {
@@ -324,6 +322,21 @@ where
             }
         })
         .await
+    }
+}
+
+/// Awaits every future of `futs` together, until the first error. One
+/// future (a tree's parent of one child, the last send of a pipeline) is
+/// awaited as it is, without the list `try_join_all` allocates.
+async fn try_all<V, F: std::future::Future<Output = Result<V>>>(mut futs: impl Iterator<Item = F>) -> Result<()> {
+    let Some(first) = futs.next() else {
+        return Ok(());
+    };
+    match futs.next() {
+        None => first.await.map(drop),
+        Some(second) => futures_util::future::try_join_all([first, second].into_iter().chain(futs))
+            .await
+            .map(drop),
     }
 }
 
