@@ -823,6 +823,68 @@ fn other_threads(cx: &Ctx) -> Outcome {
     Ok(())
 }
 
+/// Threads that each run short collectives on a communicator of their
+/// own, all at once, each driving the backend while it waits. Under
+/// Multiple these start without the backend's lock, so MPI sees them
+/// concurrently with each other and with the other threads' tests: every
+/// result must still be exact. (Below Multiple one thread calls MPI, and
+/// the other threads' collectives wait for it: `other_threads`.)
+fn threads_on_their_own_communicators(cx: &Ctx) -> Outcome {
+    const THREADS: u64 = 3;
+    const ROUNDS: u64 = 300;
+    if cx.mpi.thread_level() != ThreadLevel::Multiple {
+        if cx.rank() == 0 {
+            println!("threads_on_their_own_communicators: skipped below Multiple");
+        }
+        return Ok(());
+    }
+    let (rank, size) = (cx.rank() as u64, cx.size() as u64);
+    // Made one after another here: a dup is a collective of the world.
+    let comms = (0..THREADS)
+        .map(|_| cx.world.dup().map_err(|e| format!("dup: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = comms
+            .iter()
+            .zip(0u64..)
+            .map(|(comm, t)| {
+                scope.spawn(move || -> Outcome {
+                    for i in 0..ROUNDS {
+                        let v = t * 10_000 + i;
+                        let sum = ok(
+                            comm.wait(comm.allreduce_in_place(vec![v + rank; 2], ReduceOp::Sum)),
+                            "allreduce",
+                        )?;
+                        let want = size * v + size * (size - 1) / 2;
+                        ensure!(
+                            sum == vec![want; 2],
+                            "thread {t}, round {i}: allreduce {sum:?}, not {want}"
+                        );
+                        let root = (i % size) as usize;
+                        let mine = if root as u64 == rank {
+                            vec![(t + i) as u8; 8]
+                        } else {
+                            vec![0; 8]
+                        };
+                        let got = ok(comm.wait(comm.bcast(mine, root)), "bcast")?;
+                        ensure!(got == vec![(t + i) as u8; 8], "thread {t}, round {i}: bcast {got:?}");
+                        if i % 50 == 0 {
+                            let max = ok(
+                                comm.blocking_allreduce_in_place(vec![rank * 7 + i], ReduceOp::Max),
+                                "max",
+                            )?;
+                            ensure!(max == vec![(size - 1) * 7 + i], "thread {t}, round {i}: max {max:?}");
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        runs.into_iter()
+            .try_for_each(|run| run.join().map_err(|_| "a thread panicked".to_owned())?)
+    })
+}
+
 /// A backend with nothing pending sleeps: a thread blocked on it for a
 /// while uses almost no CPU.
 fn idle_costs_nothing(cx: &Ctx) -> Outcome {
@@ -977,7 +1039,7 @@ fn main() {
         }
     };
     let cx = Ctx { mpi, world };
-    let cases: [Case; 17] = [
+    let cases: [Case; 18] = [
         ("every_collective", every_collective),
         ("over_mpi_transport", over_mpi_transport),
         ("over_tcp_via_mpi", over_tcp_via_mpi),
@@ -992,6 +1054,7 @@ fn main() {
         ("bad_input", bad_input),
         ("host_runtimes", host_runtimes),
         ("other_threads", other_threads),
+        ("threads_on_their_own_communicators", threads_on_their_own_communicators),
         ("idle_costs_nothing", idle_costs_nothing),
         ("drive_now_with_a_receive_pending", drive_now_with_a_receive_pending),
         (
