@@ -446,11 +446,7 @@ enum Prepared<B, F> {
 }
 
 fn prepared<B, F: PlanOnce<B>>(bufs: B, plan: F) -> Prepared<B, F> {
-    Prepared::Checked {
-        bufs,
-        direct: None,
-        plan,
-    }
+    prepared_direct(bufs, None, plan)
 }
 
 /// As [`prepared`], with the one call the plan would make if known
@@ -817,6 +813,15 @@ fn reduction<T: Element>(st: &mut State, op: &ReduceOp<T>) -> Result<Reduction> 
     })
 }
 
+/// The predefined operation MPI runs itself for `op` on `T`: none for a
+/// custom one, or one that runs in Rust.
+fn mpi_runs<T: Element>(op: &ReduceOp<T>) -> Option<Op> {
+    if runs_in_rust(op) {
+        return None;
+    }
+    sys::builtin_op(op)
+}
+
 /// Whether MPI calls Rust to reduce with `op` on `T` (a user function).
 fn runs_in_rust<T: Element>(op: &ReduceOp<T>) -> bool {
     matches!(op, ReduceOp::Custom { .. }) || (matches!(op, ReduceOp::Sum) && narrow_integer::<T>())
@@ -1019,8 +1024,7 @@ fn direct_elementwise<T: Element>(
     let (ty, count) = datatype::predefined::<T>(at.len, max_count)?;
     let op = match op {
         None => sys::null_op(),
-        Some(op) if runs_in_rust(op) => return None,
-        Some(op) => sys::builtin_op(op)?,
+        Some(op) => mpi_runs(op)?,
     };
     Some(kind.call(sys::send_or_in_place(at.send), at.recv, count, ty, op))
 }
@@ -1602,8 +1606,8 @@ impl MpiComm {
         );
         let (max, rank) = (self.max_count(), self.rank);
         let mut bufs = bufs;
-        let direct = match (datatype::predefined::<T>(bufs.1.len(), max), sys::builtin_op(&op)) {
-            (Some((ty, count)), Some(mpi_op)) if !runs_in_rust(&op) => Some(Call::ReduceScatterBlock {
+        let direct = match (datatype::predefined::<T>(bufs.1.len(), max), mpi_runs(&op)) {
+            (Some((ty, count)), Some(mpi_op)) => Some(Call::ReduceScatterBlock {
                 send: ptr(&bufs.0),
                 recv: mut_ptr(&mut bufs.1),
                 count,
