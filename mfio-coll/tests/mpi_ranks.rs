@@ -42,6 +42,7 @@ type Case = (&'static str, fn(&Ctx) -> Outcome);
 struct Ctx {
     mpi: Mpi,
     world: MpiComm,
+    progress: Progress,
 }
 
 impl Ctx {
@@ -885,6 +886,95 @@ fn threads_on_their_own_communicators(cx: &Ctx) -> Outcome {
     })
 }
 
+/// A thread whose driving step finds another thread driving is not
+/// forgotten once that thread stops. Per round: on every rank but the
+/// root (each rank in turn), a second thread waits for a broadcast posted
+/// early, driving the backend; this thread runs an allreduce whose reduction (called by MPI
+/// from within a test, with the backend held) takes 100 ms, so the second
+/// thread's steps find the backend busy; then this thread stops driving,
+/// and only after that does the root send the broadcast. Nothing but the
+/// second thread is left to test it. (A step that found the backend busy
+/// once reported idle: the thread slept on a descriptor nothing signals.)
+/// The round is exercised when MPI calls the reduction on this thread,
+/// which is not always so; the rounds make it likely.
+fn a_caller_that_found_the_backend_busy(cx: &Ctx) -> Outcome {
+    const ROUNDS: u8 = 4;
+    const HOLD: Duration = Duration::from_millis(100);
+    if cx.mpi.thread_level() != ThreadLevel::Multiple || cx.size() < 2 {
+        if cx.rank() == 0 {
+            println!("a_caller_that_found_the_backend_busy: skipped below Multiple or with one rank");
+        }
+        return Ok(());
+    }
+    let slow = ReduceOp::<u64>::custom(true, |inc, acc| {
+        std::thread::sleep(HOLD);
+        for (a, x) in acc.iter_mut().zip(inc) {
+            *a += x;
+        }
+    });
+    let late = cx.world.dup().map_err(|e| format!("dup: {e}"))?;
+    for round in 0..ROUNDS {
+        // Which ranks MPI calls the reduction on depends on its algorithm:
+        // each rank is the root in turn.
+        let root = usize::from(round) % cx.size();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let outcome = std::thread::scope(|scope| -> Outcome {
+            if cx.rank() != root {
+                let (mpi, late) = (&cx.mpi, &late);
+                scope.spawn(move || {
+                    let got = mpi.block_on(late.bcast(vec![0u8; 8], root));
+                    let _ = done_tx.send(got);
+                });
+            }
+            // The broadcast's own future gives up testing after the spin,
+            // and the backend's records take it over.
+            std::thread::sleep(cx.progress.spin + Duration::from_millis(30));
+            let sum = ok(
+                cx.mpi
+                    .block_on(cx.world.allreduce_in_place(vec![1u64; 4], slow.clone())),
+                "slow allreduce",
+            )?;
+            ensure!(sum == vec![cx.size() as u64; 4], "round {round}: allreduce {sum:?}");
+            if cx.rank() == root {
+                // Well after the other ranks' reductions ended.
+                std::thread::sleep(HOLD + HOLD / 2);
+                // Non-blocking, as on the other ranks: MPI never matches a
+                // blocking collective with a non-blocking one.
+                let sent = ok(cx.mpi.block_on(late.bcast(vec![round + 1; 8], root)), "bcast")?;
+                ensure!(
+                    sent == vec![round + 1; 8],
+                    "round {round}: the root's buffer came back as {sent:?}"
+                );
+                return Ok(());
+            }
+            // Not driving: the waiting thread must do it.
+            let got = match done_rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(got) => got,
+                Err(_) => {
+                    // Drive for it, so the case ends with its message.
+                    cx.mpi.block_on(std::future::poll_fn(|c| match done_rx.try_recv() {
+                        Ok(_) => std::task::Poll::Ready(()),
+                        Err(_) => {
+                            c.waker().wake_by_ref();
+                            std::task::Poll::Pending
+                        }
+                    }));
+                    return Err(format!(
+                        "round {round}: a broadcast finished only once another thread drove the \
+                         backend again (its waiter slept through it)"
+                    ));
+                }
+            };
+            let got = ok(got, "bcast")?;
+            ensure!(got == vec![round + 1; 8], "round {round}: bcast {got:?}");
+            Ok(())
+        });
+        outcome?;
+        cx.world.blocking_barrier().map_err(|e| format!("barrier: {e}"))?;
+    }
+    Ok(())
+}
+
 /// A backend with nothing pending sleeps: a thread blocked on it for a
 /// while uses almost no CPU.
 fn idle_costs_nothing(cx: &Ctx) -> Outcome {
@@ -1038,8 +1128,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let cx = Ctx { mpi, world };
-    let cases: [Case; 18] = [
+    let cx = Ctx { mpi, world, progress };
+    let cases: [Case; 19] = [
         ("every_collective", every_collective),
         ("over_mpi_transport", over_mpi_transport),
         ("over_tcp_via_mpi", over_tcp_via_mpi),
@@ -1055,6 +1145,10 @@ fn main() {
         ("host_runtimes", host_runtimes),
         ("other_threads", other_threads),
         ("threads_on_their_own_communicators", threads_on_their_own_communicators),
+        (
+            "a_caller_that_found_the_backend_busy",
+            a_caller_that_found_the_backend_busy,
+        ),
         ("idle_costs_nothing", idle_costs_nothing),
         ("drive_now_with_a_receive_pending", drive_now_with_a_receive_pending),
         (

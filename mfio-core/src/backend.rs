@@ -65,13 +65,55 @@ impl DriveStatus {
     };
 }
 
+/// Lets a driving step that finds another thread driving return at once
+/// without losing a wake-up.
+///
+/// The thread driving tests everyone's operations, and completing one wakes
+/// its caller; but it may stop before the other callers' operations finish
+/// (its own did) and never drive again. If what is still in flight would
+/// not signal the backend's descriptor by itself (MPI has none; a UCX
+/// worker signals only once armed), a caller that returned at once and
+/// went to sleep would sleep through its completion. So the caller leaves
+/// a mark ([`missed`](Self::missed)) and the driving thread, once it let
+/// go for good, notifies if it finds one ([`take`](Self::take)): either
+/// the driving thread sees the mark, or the caller's second try finds the
+/// lock free. Other holders of the lock (a thread posting) do not look for
+/// marks, so such a caller also asks to be driven again soon
+/// ([`DriveStatus::timeout`]): the mark makes it prompt, the timeout makes
+/// it certain.
+#[derive(Debug, Default)]
+pub struct MissedDrives {
+    missed: AtomicBool,
+}
+
+impl MissedDrives {
+    /// Called by a step that found the backend's lock taken: leaves the
+    /// mark, then tries once more with `try_lock` (the holder may have let
+    /// go before it could see the mark).
+    pub fn missed<G>(&self, try_lock: impl FnOnce() -> Option<G>) -> Option<G> {
+        self.missed.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        try_lock()
+    }
+
+    /// Called by the driving thread after it let go of the lock: whether a
+    /// step was missed meanwhile (the mark is consumed); if so, and work is
+    /// still in flight, it should [`Notifier::notify`].
+    pub fn take(&self) -> bool {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        self.missed.load(Ordering::Relaxed) && self.missed.swap(false, Ordering::AcqRel)
+    }
+}
+
 /// A backend that can be polled through one file descriptor and driven in steps.
 ///
 /// Contract for implementors:
 /// - [`drive`](Self::drive) submits what was queued, reaps completions and
 ///   wakes their waiters, without blocking. One thread drives at a time: a
 ///   call made while another thread drives returns at once, and the driving
-///   thread calls [`Notifier::notify`] on its way out if it left queued work.
+///   thread calls [`Notifier::notify`] on its way out if it left queued
+///   work, or work in flight whose completion does not signal the
+///   descriptor by itself while a call returned at once ([`MissedDrives`]).
 /// - Work queued from any thread calls [`Notifier::notify`], which costs a
 ///   syscall only if someone sleeps on the handle.
 pub trait IoBackend {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use mfio_core::cancel::Cancels;
 use mfio_core::completion::Completer;
-use mfio_core::{DriveStatus, Error, IoBackend, Notifier, PacketView, PollingHandle, Read, Result};
+use mfio_core::{DriveStatus, Error, IoBackend, MissedDrives, Notifier, PacketView, PollingHandle, Read, Result};
 use parking_lot::Mutex;
 use rustix::event::epoll;
 use slab::Slab;
@@ -44,6 +44,9 @@ pub(crate) const GOODBYE_AM_ID: u16 = MAX_AM_ID + 1;
 const STALE_WAKES: u32 = 3;
 /// The first pause of a stale descriptor; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_micros(500);
+/// How soon a driving step that found the worker locked by another thread
+/// comes back (unless notified sooner).
+const BUSY_RECHECK: Duration = Duration::from_millis(1);
 /// Progress calls of the spin between two reads of the clock.
 const SPINS_PER_CLOCK: u32 = 32;
 /// How often a worker with endpoints or operations is progressed while
@@ -162,6 +165,8 @@ pub(crate) struct Shared {
     /// UCX's event descriptor (owned by UCX).
     efd: std::os::fd::RawFd,
     spin: Duration,
+    /// Driving steps that found the worker locked and returned at once.
+    missed: MissedDrives,
     pub(crate) max_am_header: usize,
     address: WorkerAddress,
     // Last: the context outlives the worker.
@@ -471,13 +476,30 @@ impl Shared {
     /// One driving step; with `spin`, it spins for a completion (the
     /// worker's budget) when nothing finished.
     fn drive_step(&self, spin: bool) -> DriveStatus {
-        let Some(mut st) = self.state.try_lock() else {
-            return DriveStatus::IDLE;
+        // The thread driving may leave the worker unarmed (its step made
+        // progress) and never drive again: a caller that returned at once
+        // would sleep on a descriptor nothing signals. It leaves a mark
+        // the driving thread answers with a notify (`MissedDrives`), and
+        // comes back after a short while in any case (threads posting hold
+        // the lock too, and they do not look for marks).
+        let Some(mut st) = self
+            .state
+            .try_lock()
+            .or_else(|| self.missed.missed(|| self.state.try_lock()))
+        else {
+            return DriveStatus {
+                progress: false,
+                timeout: Some(BUSY_RECHECK),
+            };
         };
         let (progress, done, timeout) = self.step(&mut st, spin);
         drop(st);
         for (op, finished) in done {
             op::finish(op, finished);
+        }
+        // Last, with the worker let go for good.
+        if self.missed.take() {
+            self.notifier.notify();
         }
         DriveStatus { progress, timeout }
     }
@@ -636,6 +658,7 @@ impl WorkerBuilder {
                 epoll,
                 efd: efd_raw,
                 spin: self.spin,
+                missed: MissedDrives::default(),
                 max_am_header,
                 address: WorkerAddress::wrap(&address),
                 context: self.context,
