@@ -81,6 +81,22 @@ impl DriveStatus {
 /// marks, so such a caller also asks to be driven again soon
 /// ([`DriveStatus::timeout`]): the mark makes it prompt, the timeout makes
 /// it certain.
+///
+/// ```
+/// use std::sync::Mutex;
+/// use mfio_core::MissedDrives;
+///
+/// let (state, missed) = (Mutex::new(0u32), MissedDrives::default());
+/// let held = state.lock().unwrap();
+/// // Another thread's step: the state is taken, and still is on its retry.
+/// assert!(state.try_lock().ok().or_else(|| missed.missed(|| state.try_lock().ok())).is_none());
+/// drop(held);
+/// // The driving thread, having let go: someone returned meanwhile, once.
+/// assert!(missed.take());
+/// assert!(!missed.take());
+/// // A retry that finds the lock free drives after all.
+/// assert!(missed.missed(|| state.try_lock().ok()).is_some());
+/// ```
 #[derive(Debug, Default)]
 pub struct MissedDrives {
     missed: AtomicBool,

@@ -34,7 +34,7 @@ use parking_lot::Mutex;
 pub use file::MemFile;
 pub use stream::MemStream;
 
-use crate::backend::{DriveStatus, IoBackend, Notifier, PollingHandle};
+use crate::backend::{DriveStatus, IoBackend, MissedDrives, Notifier, PollingHandle};
 use crate::error::{Error, Result};
 use crate::io::QueueFull;
 use crate::packet::{CancelHandler, Direction, PacketView, Read, Write};
@@ -164,6 +164,7 @@ impl MemBuilder {
             cancelled: Mailbox::default(),
             next_token: AtomicU64::new(1),
             max_in_flight: AtomicUsize::new(0),
+            missed: MissedDrives::default(),
             config,
         });
         Ok(MemBackend { shared })
@@ -298,6 +299,10 @@ impl Done {
     }
 }
 
+/// How soon a driving step that found another thread driving comes back
+/// (unless notified sooner).
+const BUSY_RECHECK: Duration = Duration::from_millis(1);
+
 /// Something parked in the backend: counted against the window.
 enum Parked {
     /// A file completion waiting for its deadline.
@@ -330,6 +335,8 @@ struct Shared {
     cancelled: Mailbox<u64>,
     next_token: AtomicU64,
     max_in_flight: AtomicUsize,
+    /// Driving steps that found `core` taken and returned at once.
+    missed: MissedDrives,
     config: Config,
 }
 
@@ -390,9 +397,20 @@ impl Shared {
 
     fn drive(&self) -> DriveStatus {
         // One driver at a time; a concurrent caller returns at once and the
-        // driver notifies on its way out if it leaves queued work behind.
-        let Some(mut core) = self.core.try_lock() else {
-            return DriveStatus::IDLE;
+        // driver notifies on its way out if it leaves queued work behind,
+        // or if that caller left a mark: the driver may stop before the
+        // caller's delayed completions are due, and nothing signals a
+        // deadline. The caller comes back soon in any case (`stats` takes
+        // the lock too, and does not look for marks).
+        let Some(mut core) = self
+            .core
+            .try_lock()
+            .or_else(|| self.missed.missed(|| self.core.try_lock()))
+        else {
+            return DriveStatus {
+                progress: false,
+                timeout: Some(BUSY_RECHECK),
+            };
         };
         let mut progress = self.apply_cancellations(&mut core);
         progress |= self.take_inbox(&mut core);
@@ -406,7 +424,7 @@ impl Shared {
         let timeout = next_deadline(&core.parked).map(|at| at.saturating_duration_since(Instant::now()));
         let window_open = core.parked.len() < self.config.window;
         drop(core);
-        if window_open && !self.queue.is_empty() {
+        if (window_open && !self.queue.is_empty()) | self.missed.take() {
             self.notifier.notify();
         }
         DriveStatus { progress, timeout }
