@@ -357,12 +357,14 @@ impl Wake for BlockOnWake {
 /// costs one `write` only while this thread sleeps. If the per-thread eventfd
 /// cannot be created (descriptor limit), it falls back to short timed sleeps.
 pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Output {
-    let handle = backend.polling_handle();
     // Declared before the waker and the future, so it is dropped after
     // them and finds the wake state unshared again.
     let wake = ReusedWake::take();
     let wake = &wake.0;
-    let _running = Running::enter(wake);
+    // Set once the backend is first driven (a future ready at its first
+    // poll, as a short collective often is, pays for neither this nor the
+    // polling handle).
+    let mut running: Option<Running> = None;
     let waker = Waker::from(wake.clone());
     let mut cx = Context::from_waker(&waker);
     let mut fut = pin!(fut);
@@ -371,6 +373,12 @@ pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Out
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
                 return out;
             }
+        }
+        // A step may spin for completions; the spin ends when this task
+        // is woken (`task_woken`), which looks at the thread's running
+        // `block_on`.
+        if running.is_none() {
+            running = Some(Running::enter(wake));
         }
         // A future that woke itself goes on at once: the step does not
         // spin for completions (it still runs, so a future that keeps
@@ -385,6 +393,7 @@ pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Out
         }
         // About to sleep: announce it, then look once more so nothing queued
         // between the last step and the announcement is missed.
+        let handle = backend.polling_handle();
         let _backend_sleeper = handle.notifier.sleeper();
         let _thread_sleeper = wake.thread.as_ref().map(|t| t.notifier.sleeper());
         let status = backend.drive();
