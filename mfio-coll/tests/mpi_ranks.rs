@@ -889,8 +889,9 @@ fn threads_on_their_own_communicators(cx: &Ctx) -> Outcome {
 /// A thread whose driving step finds another thread driving is not
 /// forgotten once that thread stops. Per round: on every rank but the
 /// root (each rank in turn), a second thread waits for a broadcast posted
-/// early, driving the backend; this thread runs an allreduce whose reduction (called by MPI
-/// from within a test, with the backend held) takes 100 ms, so the second
+/// early, driving the backend; this thread runs an allreduce whose
+/// reduction (called by MPI from within a test, with the backend held)
+/// takes 100 ms, so the second
 /// thread's steps find the backend busy; then this thread stops driving,
 /// and only after that does the root send the broadcast. Nothing but the
 /// second thread is left to test it. (A step that found the backend busy

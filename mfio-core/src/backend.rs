@@ -63,6 +63,14 @@ impl DriveStatus {
         progress: false,
         timeout: None,
     };
+
+    /// A step that did nothing but wants to be driven again after `after`.
+    pub const fn again_after(after: Duration) -> Self {
+        Self {
+            progress: false,
+            timeout: Some(after),
+        }
+    }
 }
 
 /// Lets a driving step that finds another thread driving return at once
@@ -74,7 +82,7 @@ impl DriveStatus {
 /// not signal the backend's descriptor by itself (MPI has none; a UCX
 /// worker signals only once armed), a caller that returned at once and
 /// went to sleep would sleep through its completion. So the caller leaves
-/// a mark ([`missed`](Self::missed)) and the driving thread, once it let
+/// a mark ([`try_lock`](Self::try_lock)) and the driving thread, once it let
 /// go for good, notifies if it finds one ([`take`](Self::take)): either
 /// the driving thread sees the mark, or the caller's second try finds the
 /// lock free. Other holders of the lock (a thread posting) do not look for
@@ -89,13 +97,14 @@ impl DriveStatus {
 /// let (state, missed) = (Mutex::new(0u32), MissedDrives::default());
 /// let held = state.lock().unwrap();
 /// // Another thread's step: the state is taken, and still is on its retry.
-/// assert!(state.try_lock().ok().or_else(|| missed.missed(|| state.try_lock().ok())).is_none());
+/// assert!(missed.try_lock(|| state.try_lock().ok()).is_none());
 /// drop(held);
 /// // The driving thread, having let go: someone returned meanwhile, once.
 /// assert!(missed.take());
 /// assert!(!missed.take());
-/// // A retry that finds the lock free drives after all.
-/// assert!(missed.missed(|| state.try_lock().ok()).is_some());
+/// // A step that finds the lock free drives, and leaves no mark.
+/// assert!(missed.try_lock(|| state.try_lock().ok()).is_some());
+/// assert!(!missed.take());
 /// ```
 #[derive(Debug, Default)]
 pub struct MissedDrives {
@@ -103,13 +112,20 @@ pub struct MissedDrives {
 }
 
 impl MissedDrives {
-    /// Called by a step that found the backend's lock taken: leaves the
-    /// mark, then tries once more with `try_lock` (the holder may have let
-    /// go before it could see the mark).
-    pub fn missed<G>(&self, try_lock: impl FnOnce() -> Option<G>) -> Option<G> {
-        self.missed.store(true, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        try_lock()
+    /// How soon a step that found the lock taken asks to be driven again
+    /// where nothing else bounds the wait.
+    pub const RECHECK: Duration = Duration::from_millis(1);
+
+    /// A driving step's `try_lock`: if the lock is taken, leaves the mark
+    /// and tries once more (the holder may have let go before it could see
+    /// the mark). `None`: the caller returns at once, asking to be driven
+    /// again soon.
+    pub fn try_lock<G>(&self, try_lock: impl Fn() -> Option<G>) -> Option<G> {
+        try_lock().or_else(|| {
+            self.missed.store(true, Ordering::SeqCst);
+            std::sync::atomic::fence(Ordering::SeqCst);
+            try_lock()
+        })
     }
 
     /// Called by the driving thread after it let go of the lock: whether a

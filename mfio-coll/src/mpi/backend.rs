@@ -805,11 +805,7 @@ impl Shared {
         if !self.may_call_here() {
             return DriveStatus::IDLE;
         }
-        let Some(mut st) = self
-            .state
-            .try_lock()
-            .or_else(|| self.missed.missed(|| self.state.try_lock()))
-        else {
+        let Some(mut st) = self.missed.try_lock(|| self.state.try_lock()) else {
             return self.busy_elsewhere();
         };
         if st.reqs.is_empty() && self.deferred_empty() && self.cancels.is_empty() {
@@ -867,10 +863,7 @@ impl Shared {
         if self.progress.thread {
             return DriveStatus::IDLE;
         }
-        DriveStatus {
-            progress: false,
-            timeout: Some(self.progress.max_pause),
-        }
+        DriveStatus::again_after(self.progress.max_pause)
     }
 }
 

@@ -299,10 +299,6 @@ impl Done {
     }
 }
 
-/// How soon a driving step that found another thread driving comes back
-/// (unless notified sooner).
-const BUSY_RECHECK: Duration = Duration::from_millis(1);
-
 /// Something parked in the backend: counted against the window.
 enum Parked {
     /// A file completion waiting for its deadline.
@@ -402,15 +398,8 @@ impl Shared {
         // caller's delayed completions are due, and nothing signals a
         // deadline. The caller comes back soon in any case (`stats` takes
         // the lock too, and does not look for marks).
-        let Some(mut core) = self
-            .core
-            .try_lock()
-            .or_else(|| self.missed.missed(|| self.core.try_lock()))
-        else {
-            return DriveStatus {
-                progress: false,
-                timeout: Some(BUSY_RECHECK),
-            };
+        let Some(mut core) = self.missed.try_lock(|| self.core.try_lock()) else {
+            return DriveStatus::again_after(MissedDrives::RECHECK);
         };
         let mut progress = self.apply_cancellations(&mut core);
         progress |= self.take_inbox(&mut core);

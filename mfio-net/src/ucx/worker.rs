@@ -44,9 +44,6 @@ pub(crate) const GOODBYE_AM_ID: u16 = MAX_AM_ID + 1;
 const STALE_WAKES: u32 = 3;
 /// The first pause of a stale descriptor; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_micros(500);
-/// How soon a driving step that found the worker locked by another thread
-/// comes back (unless notified sooner).
-const BUSY_RECHECK: Duration = Duration::from_millis(1);
 /// Progress calls of the spin between two reads of the clock.
 const SPINS_PER_CLOCK: u32 = 32;
 /// How often a worker with endpoints or operations is progressed while
@@ -482,15 +479,8 @@ impl Shared {
         // the driving thread answers with a notify (`MissedDrives`), and
         // comes back after a short while in any case (threads posting hold
         // the lock too, and they do not look for marks).
-        let Some(mut st) = self
-            .state
-            .try_lock()
-            .or_else(|| self.missed.missed(|| self.state.try_lock()))
-        else {
-            return DriveStatus {
-                progress: false,
-                timeout: Some(BUSY_RECHECK),
-            };
+        let Some(mut st) = self.missed.try_lock(|| self.state.try_lock()) else {
+            return DriveStatus::again_after(MissedDrives::RECHECK);
         };
         let (progress, done, timeout) = self.step(&mut st, spin);
         drop(st);
