@@ -262,3 +262,66 @@ fn a_lost_rank_is_named_by_ranks_that_never_talked_to_it() {
         }
     }
 }
+
+/// A send dropped once its frame is on the wire (a long message, the
+/// receiver not reading, so the socket takes only part of it) still sends
+/// the rest of the frame: the connection stays in step, and the message
+/// arrives whole. A send dropped before it was polled sends nothing. The
+/// receiver then takes both messages exactly and nothing else is kept.
+#[test]
+fn a_send_dropped_midway_keeps_the_connection_in_step() {
+    const LONG: usize = 32 << 20;
+    let key = |seq| Key {
+        comm: 8,
+        seq,
+        step: 0,
+        chunk: 0,
+    };
+    let long: Arc<Vec<u8>> = Arc::new((0..LONG).map(|i| (i % 251) as u8).collect());
+    for kind in KINDS {
+        let both_ready = Arc::new(std::sync::Barrier::new(2));
+        let long = long.clone();
+        let results = run_group(2, kind, move |rt, t| {
+            use mfio_core::IoBackend;
+            let short = b"after the dropped one".to_vec();
+            if t.rank() == 1 {
+                // Not driven until rank 0 dropped its send: the socket fills.
+                both_ready.wait();
+                let got = rt
+                    .block_on(t.recv(0, key(0), LONG))
+                    .map_err(|e| format!("the long message: {e}"))?;
+                if got != *long {
+                    return Err("the long message arrived changed".into());
+                }
+                let got = rt
+                    .block_on(t.recv(0, key(2), short.len()))
+                    .map_err(|e| format!("the short one: {e}"))?;
+                if got != short {
+                    return Err(format!("the short message arrived as {got:?}"));
+                }
+                return match t.unclaimed() {
+                    0 => Ok(()),
+                    n => Err(format!("{n} messages kept: the send dropped unpolled went out")),
+                };
+            }
+            {
+                let mut send = t.send(1, key(0), long.to_vec());
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                for _ in 0..20 {
+                    if send.as_mut().poll(&mut cx).is_ready() {
+                        return Err("a 32 MiB send to a rank that does not read finished".into());
+                    }
+                    rt.drive();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            drop(t.send(1, key(1), vec![7; 100]));
+            both_ready.wait();
+            let BufResult(res, _) = rt.block_on(t.send(1, key(2), short));
+            res.map_err(|e| format!("the short send: {e}"))
+        });
+        for (rank, r) in results.into_iter().enumerate() {
+            r.unwrap_or_else(|e| panic!("{kind:?}, rank {rank}: {e}"));
+        }
+    }
+}

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use mfio_core::queue::SubmitQueue;
-use mfio_core::{CancelHandler, DriveStatus, Error, Notifier, PollingHandle, Result};
+use mfio_core::{CancelHandler, DriveStatus, Error, MissedDrives, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use rustix::event::epoll;
 
@@ -55,6 +55,8 @@ pub(crate) struct PollEngine {
     epoll: Arc<OwnedFd>,
     cancels: Arc<Cancels>,
     core: Mutex<Core>,
+    /// Steps that found `core` taken and returned at once.
+    missed: MissedDrives,
     pool: Pool,
     next_token: AtomicU64,
     inline_cached_reads: bool,
@@ -81,6 +83,7 @@ impl PollEngine {
                 held_syncs: Vec::new(),
                 waiting: HashMap::new(),
             }),
+            missed: MissedDrives::default(),
             next_token: AtomicU64::new(NOTIFIER_TOKEN + 1),
             inline_cached_reads: b.inline_cached_reads,
         })
@@ -176,10 +179,13 @@ impl Engine for PollEngine {
     }
 
     fn drive(&self) -> DriveStatus {
-        let Some(mut core) = self.core.try_lock() else {
-            return DriveStatus::IDLE;
+        // A step that finds another driving returns at once: that thread
+        // notifies once it lets go, and `in_flight` (which does not) holds
+        // the lock only a moment, which the timeout bounds.
+        let Some(mut guard) = self.missed.try_lock(|| self.core.try_lock()) else {
+            return DriveStatus::again_after(MissedDrives::RECHECK);
         };
-        let core = &mut *core;
+        let core = &mut *guard;
         let retry = self.ready_ops(core);
         let mut progress = self.apply_cancels(core);
         for p in retry {
@@ -194,8 +200,12 @@ impl Engine for PollEngine {
         let started = self.pool.dispatch(&mut core.backlog, &mut core.held_syncs);
         core.waiting
             .retain(|_, w| !w.readers.is_empty() || !w.writers.is_empty());
+        drop(guard);
+        // Looked at after letting go: work queued by a caller whose step
+        // found the lock taken is seen here, or that caller's retry found
+        // it free.
         let pool_has_room = self.pool.room() > 0;
-        if pool_has_room && !self.queue.is_empty() {
+        if (pool_has_room && !self.queue.is_empty()) | self.missed.take() {
             self.notifier.notify();
         }
         DriveStatus {

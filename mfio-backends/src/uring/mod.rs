@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, IoUring};
 use mfio_core::queue::{Mailbox, SubmitQueue};
-use mfio_core::{DriveStatus, Error, Notifier, PollingHandle, Result};
+use mfio_core::{DriveStatus, Error, MissedDrives, Notifier, PollingHandle, Result};
 use parking_lot::Mutex;
 use slab::Slab;
 
@@ -74,6 +74,8 @@ pub(crate) struct UringEngine {
     notifier: Arc<Notifier>,
     cancels: Arc<Cancels>,
     core: Mutex<Core>,
+    /// Steps that found `core` taken and returned at once.
+    missed: MissedDrives,
     supported: Supported,
     fallback: Pool,
     window: usize,
@@ -95,8 +97,12 @@ impl UringEngine {
     /// One driving step; with `spin`, the busy-polling budget is spent
     /// waiting for a completion when the step found nothing.
     fn step(&self, spin: bool) -> DriveStatus {
-        let Some(mut core) = self.core.try_lock() else {
-            return DriveStatus::IDLE;
+        // A step that finds another driving returns at once: that thread
+        // notifies once it lets go, and the other holders (`in_flight`,
+        // buffer registration), which do not, hold the lock only a
+        // moment, which the timeout bounds.
+        let Some(mut core) = self.missed.try_lock(|| self.core.try_lock()) else {
+            return DriveStatus::again_after(MissedDrives::RECHECK);
         };
         let room = self
             .window
@@ -129,7 +135,7 @@ impl UringEngine {
         let open = core.inflight.len() < self.window;
         let leftover = !core.backlog.is_empty();
         drop(core);
-        if open && (leftover || !self.queue.is_empty()) {
+        if (open && (leftover || !self.queue.is_empty())) | self.missed.take() {
             self.notifier.notify();
         }
         DriveStatus {
@@ -176,6 +182,7 @@ impl UringEngine {
                 fixed: Vec::new(),
                 generation: 0,
             }),
+            missed: MissedDrives::default(),
             supported,
             window: b.window,
             free_slots: Mutex::new(free_slots),

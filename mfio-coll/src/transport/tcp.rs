@@ -5,7 +5,10 @@
 //! A message is a frame: its [`Key`] and length (24 bytes, little-endian),
 //! then its bytes. Each connection has one reader, which files every frame
 //! in the [`Inbox`](super::Inbox) under its sender and key, and one writer at a time
-//! (frames never interleave). The readers make progress whenever any send
+//! (frames never interleave). A send dropped before its frame is begun
+//! sends nothing; one dropped after leaves the rest of its frame to the
+//! background, since a frame cut short would put the connection out of
+//! step for good. The readers make progress whenever any send
 //! or receive of the transport is polled, so a rank reads while it waits
 //! for anything, and never stops reading while the other end sends.
 //!
@@ -23,11 +26,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::lock::Mutex as AsyncMutex;
+use futures_util::lock::{Mutex as AsyncMutex, OwnedMutexGuard};
 use mfio_backends::{Runtime, TcpStream};
 use mfio_core::{BufResult, Error, IoReadStream, IoWriteStream, Result, Slice};
 
-use super::driven::Task;
+use super::driven::{InPlace, Task};
 use super::linked::{self, Core, Linked};
 use super::{
     frame_header, no_such_rank, parse_frame_header, Key, Transport, TransportFuture, CONTROL_COMM, FRAME_HEADER,
@@ -78,7 +81,9 @@ impl Drop for Shared {
 /// One connection's sending side: one frame at a time.
 struct Writer {
     stream: Arc<TcpStream>,
-    lock: AsyncMutex<()>,
+    /// Held while a frame is written. Owned guards: the writing of a frame
+    /// may outlive the send that began it ([`write_frame`]).
+    turn: Arc<AsyncMutex<()>>,
 }
 
 impl Writer {
@@ -90,7 +95,7 @@ impl Writer {
         use rustix::event::{poll, PollFd, PollFlags, Timespec};
         use rustix::io::Errno;
         use rustix::net::SendFlags;
-        let Some(_turn) = self.lock.try_lock() else {
+        let Some(_turn) = self.turn.try_lock() else {
             return false;
         };
         let fd = std::os::fd::AsFd::as_fd(&*self.stream);
@@ -182,7 +187,7 @@ impl TcpTransport {
                     s.as_ref().map(|stream| {
                         Arc::new(Writer {
                             stream: stream.clone(),
-                            lock: AsyncMutex::new(()),
+                            turn: Arc::new(AsyncMutex::new(())),
                         })
                     })
                 })
@@ -349,7 +354,7 @@ impl Linked for Shared {
                 continue;
             }
             self.core.background.spawn(Box::pin(async move {
-                let _turn = w.lock.lock().await;
+                let _turn = w.turn.lock().await;
                 if let Err(e) = w.stream.write_all(frame).await.0 {
                     tracing::debug!(to, error = %e, "mfio-coll TCP: could not tell a rank of a loss");
                 }
@@ -362,6 +367,25 @@ fn header(key: Key, len: usize) -> Vec<u8> {
     frame_header(key, len, len.min(COALESCE))
 }
 
+/// Writes the frame of `data` under `key` on `w`'s connection, in the
+/// `turn` the send took. A short message goes out with its header in one
+/// write. It holds the connection's writer and not the transport, so a
+/// frame left to the background does not keep the transport alive.
+async fn write_frame(w: Arc<Writer>, turn: OwnedMutexGuard<()>, key: Key, data: Vec<u8>) -> BufResult<(), Vec<u8>> {
+    let mut frame = header(key, data.len());
+    let out = if data.len() <= COALESCE {
+        frame.extend_from_slice(&data);
+        BufResult(w.stream.write_all(frame).await.0, data)
+    } else {
+        match w.stream.write_all(frame).await.0 {
+            Ok(()) => w.stream.write_all(data).await,
+            Err(e) => BufResult(Err(e), data),
+        }
+    };
+    drop(turn);
+    out
+}
+
 impl Transport for TcpTransport {
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture {
         let data = match linked::check_send(&*self.shared, to, key, data) {
@@ -370,21 +394,15 @@ impl Transport for TcpTransport {
         };
         let shared = self.shared.clone();
         linked::driven(&*self.shared, async move {
-            let Some(w) = &shared.writers[to] else {
+            let Some(w) = shared.writers[to].clone() else {
                 return BufResult(Err(no_such_rank(to, shared.writers.len())), data);
             };
-            let turn = w.lock.lock().await;
-            let mut frame = header(key, data.len());
-            let (res, data) = if data.len() <= COALESCE {
-                frame.extend_from_slice(&data);
-                (w.stream.write_all(frame).await.0, data)
-            } else {
-                match w.stream.write_all(frame).await.0 {
-                    Ok(()) => w.stream.write_all(data).await.into_parts(),
-                    Err(e) => (Err(e), data),
-                }
-            };
-            drop(turn);
+            // A send dropped while it waits for its turn sends nothing; once
+            // its frame is begun, the rest is written even if the send is
+            // dropped, so the connection's frames stay whole.
+            let turn = w.turn.clone().lock_owned().await;
+            let frame = Box::pin(write_frame(w, turn, key, data));
+            let BufResult(res, data) = InPlace::new(shared.core.background.clone(), frame).await;
             let Err(e) = res else {
                 return BufResult(Ok(()), data);
             };
