@@ -261,7 +261,16 @@ fn idle_costs_no_cpu(rt: &Runtime, driver: Driver) -> Result<()> {
 fn host_shutdown_with_io_in_flight(rt: &Runtime, driver: Driver) -> Result<()> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
-    rt.block_on(async {});
+    // This thread's wake descriptor, made the first time a `block_on`
+    // waits, exists from here on.
+    let mut polled = false;
+    rt.block_on(std::future::poll_fn(move |cx| {
+        if std::mem::replace(&mut polled, true) {
+            return Poll::Ready(());
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }));
     let before = open_fds();
     match driver {
         Driver::TokioCurrent | Driver::TokioMulti => {

@@ -163,7 +163,7 @@ fn append_mode_appends(rt: &Runtime, dir: &Path) -> Result<()> {
 }
 
 fn five_thousand_open_files(rt: &Runtime, dir: &Path) -> Result<()> {
-    util::run(rt, async {}); // this thread's wake descriptor exists from here on
+    util::make_wake_descriptor(rt);
     let before = open_fds();
     let files: Vec<File> = util::run(
         rt,
@@ -541,7 +541,7 @@ fn every_operation_dropped_mid_flight(rt: &Runtime, dir: &Path) -> Result<()> {
     let udp_addr = udp.local_addr()?;
     let client = util::run(rt, mfio_backends::TcpStream::connect(rt, addr))?;
     let (server, _) = util::run(rt, listener.accept())?;
-    util::run(rt, async {}); // this thread's wake descriptor exists from here on
+    util::make_wake_descriptor(rt);
     let before = open_fds();
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     for round in 0..100u64 {

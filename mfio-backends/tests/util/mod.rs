@@ -80,6 +80,24 @@ pub fn run<F: Future>(rt: &Runtime, fut: F) -> F::Output {
     }
 }
 
+/// Makes this thread's `block_on` wake descriptor exist (made the first
+/// time a `block_on` waits, and kept as long as the thread), so that a
+/// descriptor count taken after this does not see it appear: runs a future
+/// that is not ready at its first poll.
+pub fn make_wake_descriptor(rt: &Runtime) {
+    let mut polled = false;
+    run(
+        rt,
+        std::future::poll_fn(move |cx| {
+            if std::mem::replace(&mut polled, true) {
+                return std::task::Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }),
+    );
+}
+
 /// Descriptor counts are per process: suites that compare them take this.
 pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -195,8 +213,9 @@ fn on_every_runtime(name: &str, driver: Driver, body: fn(&Runtime, &Path) -> Res
         let (tx, rx) = mpsc::channel();
         let worker = std::thread::spawn(move || {
             DRIVER.with(|d| d.set(driver));
-            // The host runtime's own descriptors exist before the body counts any.
-            run(&rt, async {});
+            // The host runtime's own descriptors, and this thread's wake
+            // descriptor, exist before the body counts any.
+            make_wake_descriptor(&rt);
             let _ = tx.send(body(&rt, &path));
         });
         match rx.recv_timeout(Duration::from_secs(120)) {

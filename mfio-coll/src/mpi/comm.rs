@@ -16,7 +16,7 @@ use mfio_core::completion::{completion, Completer};
 use mfio_core::{BufResult, Error, Result};
 
 use super::backend::{mpi_error, Done, Finish, Handle, Mpi, Owner, Shared, State, ThreadLevel};
-use super::datatype;
+use super::datatype::{self, with_layout};
 use super::self_test::SelfTested;
 use super::sys::{self, Call, Comm, Datatype, Op};
 use super::user_op;
@@ -830,12 +830,12 @@ fn runs_in_rust<T: Element>(op: &ReduceOp<T>) -> bool {
 /// Whether `T` is made of 8- or 16-bit integers.
 fn narrow_integer<T: Element>() -> bool {
     use crate::element::Primitive as P;
-    matches!(T::layout().homogeneous(), Some((P::I8 | P::U8 | P::I16 | P::U16, _)))
+    with_layout::<T, _>(|l| matches!(l.homogeneous(), Some((P::I8 | P::U8 | P::I16 | P::U16, _))))
 }
 
 /// The operation applies to `T` (checked before anything is sent).
 fn check_op<T: Element>(op: &ReduceOp<T>) -> Result<()> {
-    if op.applies_to(&T::layout()) {
+    if with_layout::<T, _>(|l| op.applies_to(l)) {
         Ok(())
     } else {
         Err(invalid(format!(
@@ -1108,9 +1108,10 @@ impl MpiComm {
     }
 
     fn prep_bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> Prepared<Vec<T>, impl PlanOnce<Vec<T>>> {
-        let root_c = root_arg(root, self.size);
-        let buf = checked!(buf, root_c.as_ref().map(|_| ()).map_err(Error::duplicate));
-        let root = root_c.unwrap_or(0);
+        let root = match root_arg(root, self.size) {
+            Ok(root) => root,
+            Err(e) => return Prepared::Refused(e, buf),
+        };
         let max = self.max_count();
         let mut buf = buf;
         let len = buf.len();

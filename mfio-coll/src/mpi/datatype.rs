@@ -17,11 +17,25 @@ pub(crate) fn primitive(p: Primitive) -> Datatype {
     sys::builtin(p)
 }
 
+/// Runs `f` on `T`'s layout. A primitive's (the common case) is then
+/// forgotten rather than dropped: it owns nothing, and the drop glue of
+/// `Layout` is an out-of-line call (the type is recursive), which a short
+/// collective would pay at every check.
+#[inline]
+pub(crate) fn with_layout<T: Element, R>(f: impl FnOnce(&Layout) -> R) -> R {
+    let layout = T::layout();
+    let out = f(&layout);
+    if matches!(layout, Layout::Primitive(_)) {
+        std::mem::forget(layout);
+    }
+    out
+}
+
 /// How MPI sees elements of `T`: a datatype and how many of it make one
 /// element. Homogeneous elements use their primitive (so the predefined
 /// reductions apply); others a derived type (one per element).
 pub(crate) fn flat<T: Element>(st: &mut State) -> Result<(Datatype, usize)> {
-    match T::layout().homogeneous() {
+    match with_layout::<T, _>(Layout::homogeneous) {
         Some((p, n)) if n > 0 => Ok((primitive(p), n)),
         _ => Ok((whole::<T>(st)?, 1)),
     }
@@ -32,7 +46,7 @@ pub(crate) fn flat<T: Element>(st: &mut State) -> Result<(Datatype, usize)> {
 /// one MPI call needs, found without the backend's state.
 #[inline]
 pub(crate) fn predefined<T: Element>(elems: usize, max: usize) -> Option<(Datatype, c_int)> {
-    let (p, per) = T::layout().homogeneous()?;
+    let (p, per) = with_layout::<T, _>(Layout::homogeneous)?;
     let items = elems.checked_mul(per).filter(|&n| per > 0 && n <= max)?;
     Some((primitive(p), c_int::try_from(items).ok()?))
 }

@@ -87,12 +87,11 @@ impl<B: Send + Default + 'static> SelfTested<B> {
         keep: Vec<Vec<c_int>>,
         name: &'static str,
     ) -> CollFuture<B> {
-        let mut status = sys::empty_status();
         for _ in 0..TESTS_AT_START {
             // SAFETY: the request was just started by this thread, which
             // may call MPI at any time (`MPI_THREAD_MULTIPLE`); the
             // buffers and count lists it points into are held here.
-            match unsafe { sys::test(&mut req, &mut status) } {
+            match unsafe { sys::test_collective(&mut req) } {
                 Tested::Running => {}
                 Tested::Finished(result) => {
                     drop(keep);
@@ -103,6 +102,21 @@ impl<B: Send + Default + 'static> SelfTested<B> {
                 Tested::CallFailed(_) => break,
             }
         }
+        Self::boxed(shared, handles, req, bufs, keep, name)
+    }
+
+    /// The future of a collective still running after the tests at its
+    /// start. Out of line: the start of one that finished there stays
+    /// short.
+    #[inline(never)]
+    fn boxed(
+        shared: &Arc<Owner>,
+        handles: &Arc<CommHandles>,
+        req: sys::Request,
+        bufs: B,
+        keep: Vec<Vec<c_int>>,
+        name: &'static str,
+    ) -> CollFuture<B> {
         shared.self_tested.fetch_add(1, Ordering::AcqRel);
         CollFuture::boxed(Self {
             shared: shared.clone(),
@@ -160,12 +174,11 @@ impl<B: Send + Default + 'static> Future for SelfTested<B> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CollResult<B>> {
         let this = self.get_mut();
         if let Some(req) = &mut this.req {
-            let mut status = sys::empty_status();
             let mut tests = 0;
             loop {
                 // SAFETY: the future's own active request; any thread may
                 // call MPI (see the `Send` impl).
-                match unsafe { sys::test(req, &mut status) } {
+                match unsafe { sys::test_collective(req) } {
                     Tested::Finished(result) => {
                         this.req = None;
                         this.shared.self_tested.fetch_sub(1, Ordering::AcqRel);

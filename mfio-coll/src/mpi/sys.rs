@@ -790,9 +790,27 @@ pub(crate) enum Tested {
 /// # Safety
 /// `req` is active or null, and this thread may call MPI.
 pub(crate) unsafe fn test(req: &mut Request, status: &mut Status) -> Tested {
+    // SAFETY: upheld by the caller; `status` is valid for writes.
+    unsafe { test_into(req, status) }
+}
+
+/// One `MPI_Test` of a collective's request, whose status says nothing
+/// (`MPI_STATUS_IGNORE`: MPI neither fills it nor do we make one).
+///
+/// # Safety
+/// As for [`test`].
+pub(crate) unsafe fn test_collective(req: &mut Request) -> Tested {
+    // SAFETY: upheld by the caller; MPI_STATUS_IGNORE is a constant
+    // mpi-sys exports, which MPI_Test accepts for the status.
+    unsafe { test_into(req, ffi::RSMPI_STATUS_IGNORE) }
+}
+
+/// # Safety
+/// As for [`test`]; `status` is valid for writes or `MPI_STATUS_IGNORE`.
+#[inline]
+unsafe fn test_into(req: &mut Request, status: *mut Status) -> Tested {
     let mut flag: c_int = 0;
-    // SAFETY: upheld by the caller; `flag` and `status` are valid for
-    // writes.
+    // SAFETY: upheld by the caller; `flag` is valid for writes.
     let rc = unsafe { ffi::MPI_Test(req, &mut flag, status) };
     match check(rc) {
         Ok(()) if flag == 0 => Tested::Running,
