@@ -287,10 +287,18 @@ impl Notifier {
     /// Drains the eventfd whether or not [`notify`](Self::notify) wrote it:
     /// for descriptors other writers signal too (an io_uring ring registers
     /// it for completions). Called by a driver after it woke up.
+    ///
+    /// The flag is reset only when a count was read: a `notify` that set it
+    /// and has not written yet (its write lands after this read) must find
+    /// it still set once it writes, so that the next [`clear`](Self::clear)
+    /// reads that write. Reset regardless, the descriptor would stay
+    /// readable with the flag down, which nothing clears: every sleep on it
+    /// would return at once, spinning until the next notification.
     pub fn drain(&self) {
         let mut buf = [0u8; 8];
-        let _ = rustix::io::read(&self.efd, &mut buf);
-        self.notified.store(false, Ordering::SeqCst);
+        if matches!(rustix::io::read(&self.efd, &mut buf), Ok(8)) {
+            self.notified.store(false, Ordering::SeqCst);
+        }
     }
 }
 
@@ -525,4 +533,31 @@ fn sleep_on(handle: PollingHandle<'_>, thread: Option<&ThreadWake>, timeout: Opt
     ];
     // EINTR or any other poll failure just ends this sleep; the loop re-checks.
     let _ = poll(&mut fds, ts.as_ref());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `notify` whose write lands after a drain read nothing (it had set
+    /// the flag already): the flag stays up, so the next clear reads the
+    /// write and the descriptor is quiet again.
+    #[test]
+    fn a_late_notification_is_cleared_by_the_next_clear() {
+        let n = Notifier::new().expect("eventfd");
+        let _sleeper = n.sleeper();
+        // The notify's swap, its write not made yet.
+        n.notified.store(true, Ordering::SeqCst);
+        n.drain();
+        rustix::io::write(&n.efd, &1u64.to_ne_bytes()).expect("the late write");
+        assert!(n.is_notified(), "the flag went down before the write it stands for");
+        n.clear();
+        let mut buf = [0u8; 8];
+        assert_eq!(
+            rustix::io::read(&n.efd, &mut buf),
+            Err(rustix::io::Errno::AGAIN),
+            "the descriptor stayed readable after a clear"
+        );
+        assert!(!n.is_notified());
+    }
 }
