@@ -102,6 +102,16 @@ impl<B> CollFuture<B> {
         }
     }
 
+    /// Its result if the collective already finished when it was made
+    /// (refused locally, or done in the call that started it), else the
+    /// future itself: a blocking wait then needs no driver at all.
+    fn into_ready(self) -> Result<CollResult<B>, Self> {
+        match self.inner {
+            Inner::Ready(Some(out)) => Ok(out),
+            inner => Err(Self { inner }),
+        }
+    }
+
     /// A collective run by a future (an algorithm over a transport).
     pub fn boxed(fut: impl Future<Output = CollResult<B>> + Send + 'static) -> Self {
         Self {
@@ -244,7 +254,10 @@ pub trait Communicator: Sized {
     /// Drives the backend until `fut` finishes: the blocking form of any
     /// collective.
     fn wait<B: Default>(&self, fut: CollFuture<B>) -> CollResult<B> {
-        block_on(self.backend(), fut)
+        match fut.into_ready() {
+            Ok(out) => out,
+            Err(fut) => block_on(self.backend(), fut),
+        }
     }
 
     /// Blocking [`barrier`](Self::barrier).

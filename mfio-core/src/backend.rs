@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -381,19 +381,45 @@ impl Wake for BlockOnWake {
 /// costs one `write` only while this thread sleeps. If the per-thread eventfd
 /// cannot be created (descriptor limit), it falls back to short timed sleeps.
 pub fn block_on<B: IoBackend + ?Sized, F: Future>(backend: &B, fut: F) -> F::Output {
-    // Declared before the waker and the future, so it is dropped after
-    // them and finds the wake state unshared again.
-    let wake = ReusedWake::take();
-    let wake = &wake.0;
+    let mut fut = pin!(fut);
+    // A future ready at its first poll (a short collective, a read served
+    // from memory) needs no wake state: polled with a waker that does
+    // nothing, it costs no thread-local lookup. One that is not is polled
+    // again at once with the real waker, the one it must then wake (a
+    // future wakes the waker of its latest poll).
+    if let Poll::Ready(out) = fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        return out;
+    }
+    let state = ReusedWake::take();
+    let out = run_to_completion(backend, fut.as_mut(), &state);
+    state.give_back();
+    out
+}
+
+/// The loop of [`block_on`] for a future already polled once, with its
+/// wake state.
+#[inline]
+fn run_to_completion<B: IoBackend + ?Sized, F: Future>(
+    backend: &B,
+    mut fut: Pin<&mut F>,
+    state: &ReusedWake,
+) -> F::Output {
+    let wake = &state.wake;
     // Set once the backend is first driven (a future ready at its first
     // poll, as a short collective often is, pays for neither this nor the
     // polling handle).
     let mut running: Option<Running> = None;
-    let waker = Waker::from(wake.clone());
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(&state.waker);
+    // Polled at once: its first poll had a waker that does nothing.
+    let mut first = true;
     loop {
-        if wake.woken.swap(false, Ordering::SeqCst) {
+        let poll_now = if first {
+            first = false;
+            true
+        } else {
+            wake.woken.swap(false, Ordering::SeqCst)
+        };
+        if poll_now {
             if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
                 return out;
             }
@@ -476,38 +502,48 @@ impl Drop for Running {
 thread_local! {
     /// The wake state of the `block_on` running on this thread.
     static RUNNING: std::cell::Cell<Option<Arc<BlockOnWake>>> = const { std::cell::Cell::new(None) };
-    /// The wake state of the thread's last `block_on`, reused by the next
-    /// one when nothing else holds it (a call that blocks once per
-    /// operation otherwise pays an allocation per operation).
-    static SPARE_WAKE: std::cell::Cell<Option<Arc<BlockOnWake>>> = const { std::cell::Cell::new(None) };
+    /// The wake state of the thread's last `block_on` and its waker,
+    /// reused by the next one when nothing else holds it (a call that
+    /// blocks once per operation otherwise pays an allocation, and the
+    /// waker's reference counting, per operation).
+    static SPARE_WAKE: std::cell::Cell<Option<ReusedWake>> = const { std::cell::Cell::new(None) };
 }
 
-/// A `block_on`'s wake state: the thread's spare if no stale waker holds
-/// it, else a new one; handed back as the spare when dropped.
-struct ReusedWake(Arc<BlockOnWake>);
+/// A `block_on`'s wake state and the waker made of it.
+struct ReusedWake {
+    wake: Arc<BlockOnWake>,
+    waker: Waker,
+}
 
 impl ReusedWake {
+    /// The thread's spare if no stale clone of its waker holds it (its own
+    /// waker is the second reference), else a new one.
     fn take() -> Self {
         let spare = SPARE_WAKE
             .with(std::cell::Cell::take)
-            .filter(|w| Arc::strong_count(w) == 1);
-        let wake = spare.unwrap_or_else(|| {
-            Arc::new(BlockOnWake {
-                woken: AtomicBool::new(true),
-                thread: thread_notifier().map(|notifier| ThreadWake { notifier }),
-            })
-        });
-        wake.woken.store(true, Ordering::SeqCst);
-        Self(wake)
+            .filter(|s| Arc::strong_count(&s.wake) == 2);
+        match spare {
+            Some(spare) => {
+                // Unshared: a wake left over from its last use is stale.
+                spare.wake.woken.store(false, Ordering::Relaxed);
+                spare
+            }
+            None => {
+                let wake = Arc::new(BlockOnWake {
+                    woken: AtomicBool::new(false),
+                    thread: thread_notifier().map(|notifier| ThreadWake { notifier }),
+                });
+                let waker = Waker::from(wake.clone());
+                Self { wake, waker }
+            }
+        }
     }
-}
 
-impl Drop for ReusedWake {
-    fn drop(&mut self) {
-        let wake = self.0.clone();
+    /// Keeps it as the thread's spare, for the next `block_on`.
+    fn give_back(self) {
         // `try_with`: the thread's locals may be gone already (a block_on
         // in another local's destructor).
-        let _ = SPARE_WAKE.try_with(|c| c.set(Some(wake)));
+        let _ = SPARE_WAKE.try_with(|c| c.set(Some(self)));
     }
 }
 

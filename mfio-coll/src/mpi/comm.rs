@@ -194,7 +194,7 @@ impl MpiComm {
         let comm = self.handles.comm;
         let shared = &self.mpi.shared;
         if shared.tests_own_requests() {
-            if let Some(call) = direct {
+            if let Some(call) = &direct {
                 // Any thread may call MPI at any time, and the call needs
                 // nothing from the state: the lock would only order it
                 // against other threads' collectives on this communicator,
@@ -1029,6 +1029,7 @@ fn direct_elementwise<T: Element>(
     Some(kind.call(sys::send_or_in_place(at.send), at.recv, count, ty, op))
 }
 
+#[inline]
 fn root_arg(root: Rank, size: usize) -> Result<c_int> {
     check::rank("root", root, size)?;
     c_int::try_from(root).map_err(|_| invalid("root too large for MPI"))

@@ -79,6 +79,7 @@ impl<B: Send + Default + 'static> SelfTested<B> {
     /// would right after the call: a short collective often finishes
     /// there, and its future is then a finished one, with no allocation
     /// and nothing left to test.
+    #[inline]
     pub(crate) fn start(
         shared: &Arc<Owner>,
         handles: &Arc<CommHandles>,

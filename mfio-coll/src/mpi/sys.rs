@@ -556,6 +556,7 @@ macro_rules! collectives {
             /// Every pointer stays valid, and the memory behind it unused by
             /// anything else, until the request completes; the communicator,
             /// the types and the op are live; the thread may call MPI.
+            #[inline]
             pub(crate) unsafe fn start(&self, $comm: Comm) -> Result<Request, Code> {
                 let mut req = MaybeUninit::uninit();
                 let request = req.as_mut_ptr();
@@ -799,6 +800,7 @@ pub(crate) unsafe fn test(req: &mut Request, status: &mut Status) -> Tested {
 ///
 /// # Safety
 /// As for [`test`].
+#[inline]
 pub(crate) unsafe fn test_collective(req: &mut Request) -> Tested {
     // SAFETY: upheld by the caller; MPI_STATUS_IGNORE is a constant
     // mpi-sys exports, which MPI_Test accepts for the status.
