@@ -60,7 +60,9 @@ impl Driver {
 
 fn run(rt: &Driver, t: &dyn Transport) -> Result<(), String> {
     let mut seq = Seq::new(1);
-    for len in [0, 1, 1000, 100_003] {
+    // 4 096 and 4 097 elements: messages of 16 KiB, the most a UCX frame
+    // carries, and 4 bytes more.
+    for len in [0, 1, 1000, 4_096, 4_097, 100_003] {
         rt.block_on(every_algorithm(t, &mut seq, len))
             .map_err(|e| format!("every algorithm, len {len}: {e}"))?;
     }

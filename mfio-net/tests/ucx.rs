@@ -14,7 +14,9 @@ use mfio_core::{
     BufResult, CloseWrite, Flush, IoBackend, IoBackendExt, IoRead, IoReadStream, IoWrite, IoWriteStream, NoPos,
     PacketIoExt,
 };
-use mfio_net::ucx::{AmId, AmProtocol, AmSend, MemoryRegion, Tag, TagMatch, WorkerAddress, MAX_AM_ID};
+use mfio_net::ucx::{
+    AmId, AmProtocol, AmSend, EagerTag, MemoryRegion, Tag, TagInfo, TagMatch, WorkerAddress, MAX_AM_ID,
+};
 use util::{fold, pair, pattern, within, Lcg, Transport};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -22,6 +24,7 @@ const LIMIT: Duration = Duration::from_secs(120);
 per_transport!(
     tag_ping_pong,
     tag_reports_sender_and_truncates,
+    eager_tag_send_completes_before_its_receive,
     ten_thousand_tagged_receives_in_random_order,
     one_gib_in_tagged_messages,
     stream_bytes_in_order,
@@ -106,6 +109,50 @@ fn tag_reports_sender_and_truncates(t: Transport) {
                     .await
                     .into_parts();
             assert_eq!((got.expect("recv"), &buf[..]), (5, &b"after"[..]));
+        });
+    });
+}
+
+fn eager_tag_send_completes_before_its_receive(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        let size = 64 << 10;
+        // Both workers driven once, so the endpoints are wired up.
+        p.both.block_on(async {
+            let sent = p.ab().write_at(Tag(1), vec![1u8; 8]);
+            let got = p.b.tag_recv(TagMatch::exact(1), Vec::with_capacity(8));
+            let (BufResult(sent, _), BufResult(got, _)) = futures::join!(sent, got);
+            sent.expect("wire-up send");
+            got.expect("wire-up receive");
+        });
+
+        // Only the sender driven: an eager send of 64 KiB completes ...
+        let eager = pattern(6, 0, size);
+        let (sent, _) = p.a.block_on(p.ab().write_at(EagerTag(3), eager.clone())).into_parts();
+        assert_eq!(sent.expect("eager send"), size);
+        // ... an ordinary one waits for the receiver (UCX's rendezvous).
+        let msg = pattern(5, 0, size);
+        let mut ordinary = pin!(p.ab().write_at(Tag(2), msg.clone()));
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let until = std::time::Instant::now() + Duration::from_millis(200);
+        while std::time::Instant::now() < until {
+            assert!(
+                ordinary.as_mut().poll(&mut cx).is_pending(),
+                "a rendezvous send finished alone"
+            );
+            p.a.drive_now();
+        }
+
+        p.both.block_on(async {
+            let got = p.b.tag_recv(TagMatch::exact(3), Vec::with_capacity(size));
+            let (got, buf) = got.await.into_parts();
+            assert_eq!(got.expect("eager receive"), TagInfo { tag: 3, len: size });
+            assert_eq!(buf, eager);
+            let got = p.b.tag_recv(TagMatch::exact(2), Vec::with_capacity(size));
+            let (BufResult(sent, _), BufResult(got, buf)) = futures::join!(ordinary, got);
+            assert_eq!(sent.expect("ordinary send"), size);
+            assert_eq!(got.expect("ordinary receive").len, size);
+            assert_eq!(buf, msg);
         });
     });
 }

@@ -185,6 +185,37 @@ impl Inbox {
         }
     }
 
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+    /// As [`deliver`](Self::deliver), for bytes the wire lends only for the
+    /// call: copied straight into the block of the receive that waits for
+    /// them, if one waits first in line with a block of their length (one
+    /// copy fewer), else into a buffer filed under `key`.
+    pub(crate) fn deliver_bytes(&self, from: Rank, key: Key, bytes: &[u8]) {
+        let waker = {
+            let mut st = self.state.lock();
+            if st.forgotten.contains(&(key.comm, key.seq)) {
+                return;
+            }
+            let slot = st.slots.entry((from, key)).or_default();
+            let first_in_line = slot.first.is_none() && slot.announced.is_empty();
+            match slot.claim.take_if(|b| first_in_line && b.len() == bytes.len()) {
+                Some(mut block) => {
+                    // SAFETY: a claimed block's receive is in flight until
+                    // it hears of the landing; the length is checked.
+                    unsafe { block.fill(bytes) };
+                    // The block goes back before the receive hears of it.
+                    drop(block);
+                    slot.landed += 1;
+                }
+                None => slot.push(bytes.to_vec()),
+            }
+            slot.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
     /// Takes the oldest message from `from` under `key`, or registers
     /// `cx`'s waker to hear when one arrives.
     ///
@@ -534,6 +565,47 @@ mod tests {
     fn announced(len: usize, log: &std::sync::Arc<Mutex<Vec<Option<usize>>>>) -> Announced {
         let log = log.clone();
         Announced::new(len, move |into| log.lock().push(into.map(|b| b.len())))
+    }
+
+    #[test]
+    fn lent_bytes_go_into_the_waiting_block_only_when_first_in_line() {
+        use crate::transport::Lent;
+        let inbox = Inbox::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        let lent = Lent::new(vec![0u8; 8]);
+        // The receive waits with a block of their length: copied into it.
+        let mut block = Some(lent.block_mut(0..4));
+        assert!(inbox.poll_claim(1, key(0), &mut block, &mut cx).is_pending());
+        inbox.deliver_bytes(1, key(0), &[1, 2, 3, 4]);
+        assert!(matches!(
+            inbox.poll_claim(1, key(0), &mut block, &mut cx),
+            Poll::Ready(Ok(Claimed::Landed))
+        ));
+        // A block of another length: the bytes come as bytes, with it;
+        // bytes of its length behind them do not jump the queue.
+        let mut block = Some(lent.block_mut(4..8));
+        assert!(inbox.poll_claim(1, key(1), &mut block, &mut cx).is_pending());
+        inbox.deliver_bytes(1, key(1), &[9; 3]);
+        inbox.deliver_bytes(1, key(1), &[8; 4]);
+        assert_eq!(inbox.waiting(), 2);
+        let mut block = match inbox.poll_claim(1, key(1), &mut block, &mut cx) {
+            Poll::Ready(Ok(Claimed::Bytes(data, b))) if data == [9; 3] => Some(b),
+            _ => panic!("expected the first bytes and the block"),
+        };
+        match inbox.poll_claim(1, key(1), &mut block, &mut cx) {
+            Poll::Ready(Ok(Claimed::Bytes(data, b))) => assert_eq!((data, b.len()), (vec![8; 4], 4)),
+            _ => panic!("expected the next bytes and the block"),
+        }
+        assert_eq!(inbox.waiting(), 0);
+        assert_eq!(
+            lent.finish(&Ok(())),
+            [1, 2, 3, 4, 0, 0, 0, 0],
+            "only the first block was filled"
+        );
+        // Bytes of a forgotten collective are dropped.
+        inbox.forget(1, 5);
+        inbox.deliver_bytes(1, Key { seq: 5, ..key(0) }, &[1]);
+        assert_eq!(inbox.waiting(), 0);
     }
 
     #[test]

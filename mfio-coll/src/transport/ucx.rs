@@ -6,7 +6,9 @@
 //!
 //! A message is a UCX tag message: a frame (its [`Key`] and length, 24
 //! bytes, then the message if it is at most 16 KiB) whose tag names the
-//! sender. A longer message's bytes follow as a second tag message whose
+//! sender. Frames go eagerly ([`EagerTag`]): UCX would send one of more
+//! than ~8 KiB by rendezvous, a round trip more for bytes that are copied
+//! anyway (a 16 KiB bcast on 2 ranks: 4.8 µs → 2.8 µs; BENCHMARKS.md). A longer message's bytes follow as a second tag message whose
 //! tag names the sender and the message's number, which its frame's tag
 //! carries too, so the receiver takes exactly that one. One receive of
 //! frames from every rank files them in the [`Inbox`](super::Inbox) by
@@ -50,7 +52,7 @@ use std::task::Context;
 use std::time::{Duration, Instant};
 
 use mfio_core::{BufResult, Error, IoBackend, IoBuf, IoReadStream, IoWrite, IoWriteStream, Result};
-use mfio_net::ucx::{Endpoint, Tag, TagMatch, Worker, WorkerAddress};
+use mfio_net::ucx::{EagerTag, Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use super::driven::{InPlace, Task};
 use super::inbox::Announced;
@@ -62,7 +64,11 @@ use super::{
 };
 use crate::comm::Rank;
 
-/// Bytes of a message that travel in its frame.
+/// Bytes of a message that travel in its frame (eagerly). Above this a
+/// message's bytes wait for its receiver (an offer, or UCX's rendezvous),
+/// so that a sender does not run far ahead into the receiver's memory:
+/// with 64 KiB frames, a loop of 64 KiB bcasts on 2 ranks fell into a mode
+/// 3–4× slower in 2 of 8 runs (BENCHMARKS.md).
 const INLINE: usize = 16 << 10;
 
 /// The top 16 bits of a frame's tag ("mf") and of a long message's rest
@@ -380,7 +386,7 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
             if frame.len() != FRAME_HEADER + len {
                 break malformed(from, "a frame of another length than it says");
             }
-            shared.core.inbox.deliver(from, key, frame[FRAME_HEADER..].to_vec());
+            shared.core.inbox.deliver_bytes(from, key, &frame[FRAME_HEADER..]);
         };
         tracing::debug!(error = %reason, "mfio-coll UCX: the receive of frames failed");
         if let Some(shared) = shared.upgrade() {
@@ -616,7 +622,8 @@ async fn send_on<B: IoBuf>(shared: &Shared, ep: &Endpoint, to: Rank, key: Key, d
         // SAFETY: `data`'s promise as an `IoBuf`: `len` initialised bytes,
         // which the caller does not change while the send is in flight.
         frame.extend_from_slice(unsafe { std::slice::from_raw_parts(data.as_buf_ptr(), len) });
-        (ep.write_at(Tag(tag(FRAME, me, 0)), frame).await.0.map(drop), data)
+        // Eagerly (see the module's docs).
+        (ep.write_at(EagerTag(tag(FRAME, me, 0)), frame).await.0.map(drop), data)
     } else {
         let number = shared.next_long[to].fetch_add(1, Ordering::Relaxed);
         let frame = frame_header(key, len, 0);

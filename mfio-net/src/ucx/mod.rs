@@ -5,7 +5,7 @@
 //!
 //! | operation | handle | address |
 //! |---|---|---|
-//! | tag send | `Endpoint` | `PacketIo<Write, Tag>` |
+//! | tag send | `Endpoint` | `PacketIo<Write, Tag>`, `PacketIo<Write, EagerTag>` (copied out eagerly) |
 //! | tag receive | `Worker` | `PacketIo<Read, TagMatch>`, [`Worker::tag_recv`] |
 //! | stream send / receive | `Endpoint` | `PacketIo<Write/Read, NoPos>` |
 //! | active message send | `Endpoint` | `PacketIo<Write, AmSend>` |
@@ -37,5 +37,5 @@ pub use memory::{MemoryRegion, RemoteKey};
 pub use op::am::{AmProtocol, AmRecv, AmRecvReport};
 pub use op::tag::{TagRecv, TagRecvReport};
 pub use op::ReportedRecv;
-pub use op::{AmId, AmInfo, AmSend, Tag, TagInfo, TagMatch};
+pub use op::{AmId, AmInfo, AmSend, EagerTag, Tag, TagInfo, TagMatch};
 pub use worker::{Worker, WorkerBuilder, DEFAULT_SPIN, MAX_AM_ID};

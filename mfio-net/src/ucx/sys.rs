@@ -211,7 +211,9 @@ unsafe extern "C" fn length_done(request: *mut c_void, status: Status, length: u
 }
 
 /// The parameters every `_nbx` call of ours shares: a callback and user
-/// data, plus `flags` when nonzero.
+/// data, plus the operation's own `flags` (`UCP_AM_SEND_FLAG_*`,
+/// `UCP_EP_CLOSE_FLAG_*`) when nonzero. The request's attributes
+/// (`UCP_OP_ATTR_FLAG_*`) go in `op_attr_mask` instead.
 fn request_param(user_data: *const Sink, flags: u32) -> ffi::ucp_request_param_t {
     let mut param = ffi::ucp_request_param_t {
         op_attr_mask: ffi::UCP_OP_ATTR_FIELD_CALLBACK | ffi::UCP_OP_ATTR_FIELD_USER_DATA,
@@ -650,8 +652,14 @@ pub(crate) unsafe fn rkey_destroy(rkey: RkeyH) {
 /// The handles are live on a worker the caller serialises; the buffer stays
 /// valid (and, for receives, unaliased) until the operation is reported
 /// done; `sink` outlives the request.
-pub(crate) unsafe fn tag_send(ep: EpH, buf: *const u8, len: usize, tag: u64, sink: *const Sink) -> Posted {
+pub(crate) unsafe fn tag_send(ep: EpH, buf: *const u8, len: usize, tag: u64, eager: bool, sink: *const Sink) -> Posted {
     let mut param = request_param(sink, 0);
+    if eager {
+        // Raises the protocol's threshold to the transport's limit for
+        // sends that ask to complete locally (`ucx_info -e`: the
+        // `tag_send_nbr` line), so the message is copied out eagerly.
+        param.op_attr_mask |= ffi::UCP_OP_ATTR_FLAG_FAST_CMPL;
+    }
     param.cb.send = Some(send_done);
     // SAFETY: the caller's contract.
     posted(unsafe { ffi::ucp_tag_send_nbx(ep, buf as *const c_void, len, tag, &param) })
@@ -683,7 +691,9 @@ pub(crate) unsafe fn tag_recv(
         let p = posted(unsafe { ffi::ucp_tag_msg_recv_nbx(worker, buf as *mut c_void, len, message, &param) });
         return (p, Some((info.sender_tag, info.length)));
     }
-    let mut param = request_param(sink, ffi::UCP_OP_ATTR_FLAG_NO_IMM_CMPL);
+    let mut param = request_param(sink, 0);
+    // An attribute of the request, not one of the operation's flags.
+    param.op_attr_mask |= ffi::UCP_OP_ATTR_FLAG_NO_IMM_CMPL;
     param.cb.recv = Some(tag_recv_done);
     // SAFETY: the caller's contract.
     (

@@ -15,7 +15,7 @@ use mfio_core::completion::Completer;
 use mfio_core::{Error, PacketView, Read, Write};
 
 pub use am::{AmId, AmInfo, AmSend};
-pub use tag::{Tag, TagInfo, TagMatch};
+pub use tag::{EagerTag, Tag, TagInfo, TagMatch};
 
 use super::sys;
 

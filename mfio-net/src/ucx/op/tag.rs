@@ -17,6 +17,20 @@ use crate::ucx::worker::{Shared, Start, Worker};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Tag(pub u64);
 
+/// The address of a tag send that asks UCX to complete it locally as soon
+/// as it can (`UCP_OP_ATTR_FLAG_FAST_CMPL`): the message is copied out
+/// eagerly up to the transport's limit for such sends (`ucx_info -e`, the
+/// `tag_send_nbr` line: 256 KiB on shared memory in UCX 1.13, where an
+/// ordinary send goes eagerly only up to about 8 KiB), so the send does
+/// not wait for the receiver to ask for the message (measured: except
+/// behind an earlier send on the endpoint that still waits for its
+/// receiver's rendezvous). The price: the bytes
+/// are copied on both sides, and a message that arrives before its receive
+/// is posted is held in UCX's memory at the receiver. Received as any tag
+/// message ([`TagMatch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EagerTag(pub u64);
+
 /// The address of a tag receive: takes the first message whose tag equals
 /// `tag` in the bits set in `mask`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -52,18 +66,39 @@ pub struct TagInfo {
 /// reused (the message may still be on its way).
 impl PacketIo<Write, Tag> for Endpoint {
     fn try_send_io(&self, tag: Tag, view: PacketView<Write>) -> std::result::Result<(), QueueFull<Write, Tag>> {
-        let ep = &self.inner;
-        post::send(ep, view, Keep::Nothing, |shared, _st, bytes, len| {
-            // SAFETY: the endpoint is live and the worker locked; the bytes
-            // stay valid until UCX reports the send (`post::send`).
-            unsafe { sys::tag_send(ep.handle, bytes, len, tag.0, shared.sink()) }
-        });
+        send(self, tag.0, false, view);
         Ok(())
     }
 
     fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
         Poll::Ready(())
     }
+}
+
+/// Sends the packet as one tagged message, eagerly where UCX can (see
+/// [`EagerTag`]); completes once the buffer may be reused.
+impl PacketIo<Write, EagerTag> for Endpoint {
+    fn try_send_io(
+        &self,
+        tag: EagerTag,
+        view: PacketView<Write>,
+    ) -> std::result::Result<(), QueueFull<Write, EagerTag>> {
+        send(self, tag.0, true, view);
+        Ok(())
+    }
+
+    fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
+        Poll::Ready(())
+    }
+}
+
+fn send(endpoint: &Endpoint, tag: u64, eager: bool, view: PacketView<Write>) {
+    let ep = &endpoint.inner;
+    post::send(ep, view, Keep::Nothing, |shared, _st, bytes, len| {
+        // SAFETY: the endpoint is live and the worker locked; the bytes
+        // stay valid until UCX reports the send (`post::send`).
+        unsafe { sys::tag_send(ep.handle, bytes, len, tag, eager, shared.sink()) }
+    });
 }
 
 fn post_recv(shared: &Shared, matching: TagMatch, mut view: PacketView<Read>, report: Option<Completer<TagInfo>>) {
@@ -236,6 +271,16 @@ impl Worker {
 /// A message address does not move: a short send or receive is a message,
 /// not a prefix of a longer one.
 impl mfio_core::Position for Tag {
+    fn advance(self, _n: usize) -> Self {
+        self
+    }
+    fn as_offset(self) -> Option<u64> {
+        None
+    }
+}
+
+/// See [`Tag`]'s `Position`.
+impl mfio_core::Position for EagerTag {
     fn advance(self, _n: usize) -> Self {
         self
     }
