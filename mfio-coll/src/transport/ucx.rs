@@ -8,7 +8,8 @@
 //! bytes, then the message if it is at most 16 KiB) whose tag names the
 //! sender. Frames go eagerly ([`EagerTag`]): UCX would send one of more
 //! than ~8 KiB by rendezvous, a round trip more for bytes that are copied
-//! anyway (a 16 KiB bcast on 2 ranks: 4.8 µs → 2.8 µs; BENCHMARKS.md). A longer message's bytes follow as a second tag message whose
+//! anyway (a 16 KiB bcast on 2 ranks: 4.8 µs → 2.8 µs; BENCHMARKS.md). A
+//! longer message's bytes follow as a second tag message whose
 //! tag names the sender and the message's number, which its frame's tag
 //! carries too, so the receiver takes exactly that one. One receive of
 //! frames from every rank files them in the [`Inbox`](super::Inbox) by

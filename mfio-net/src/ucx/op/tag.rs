@@ -24,10 +24,10 @@ pub struct Tag(pub u64);
 /// ordinary send goes eagerly only up to about 8 KiB), so the send does
 /// not wait for the receiver to ask for the message (measured: except
 /// behind an earlier send on the endpoint that still waits for its
-/// receiver's rendezvous). The price: the bytes
-/// are copied on both sides, and a message that arrives before its receive
-/// is posted is held in UCX's memory at the receiver. Received as any tag
-/// message ([`TagMatch`]).
+/// receiver's rendezvous). The price: the bytes are copied on both sides,
+/// and a message that arrives before its receive is posted is held in
+/// UCX's memory at the receiver, so a sender that runs far ahead costs the
+/// receiver memory and time. Received as any tag message ([`TagMatch`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EagerTag(pub u64);
 
