@@ -2,7 +2,9 @@
 //! notices to other ranks), which has no task of its own: whoever polls
 //! any of the transport's operations runs it ([`driven`]). A waker shared
 //! by that work wakes every task waiting on the transport when it can go
-//! on, so the work never stalls while anyone waits.
+//! on, so the work never stalls while anyone waits; the work is polled
+//! only after that waker fired, not at every poll of every operation (a
+//! rank with many peers has a task per peer, most of them idle).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +27,10 @@ struct WakeAll {
     /// The list the wakers are copied into to be woken outside the lock,
     /// kept so that firing does not allocate.
     firing: Mutex<Vec<Waker>>,
+    /// Set by every wake, taken by the drive that then polls the work:
+    /// work nobody woke is not polled (each poll of a waiting receive
+    /// costs hundreds of instructions, and most collectives wake none).
+    fired: AtomicBool,
 }
 
 impl WakeAll {
@@ -51,6 +57,7 @@ impl Wake for WakeAll {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::SeqCst);
         // Woken outside the slots' lock: a waker may register again.
         let mut firing = std::mem::take(&mut *self.firing.lock());
         firing.extend(self.wakers.lock().iter().map(|(_, w)| w.clone()));
@@ -109,10 +116,16 @@ impl Background {
         };
         let mut tcx = Context::from_waker(self.waker());
         loop {
+            // Taken before the polls: a wake during them is seen by the
+            // next drive, which the wake's operations come back for.
+            let mut due = self.waiting.fired.swap(false, Ordering::SeqCst);
             if self.spawned.swap(false, Ordering::SeqCst) {
                 tasks.append(&mut self.queued.lock());
+                due = true;
             }
-            tasks.retain_mut(|task| task.as_mut().poll(&mut tcx).is_pending());
+            if due {
+                tasks.retain_mut(|task| task.as_mut().poll(&mut tcx).is_pending());
+            }
             if !self.spawned.load(Ordering::SeqCst) {
                 break;
             }
@@ -123,6 +136,14 @@ impl Background {
         if self.spawned.load(Ordering::SeqCst) {
             self.waiting.wake_by_ref();
         }
+    }
+
+    /// As [`drive`](Self::drive), but polls all the work, woken or not:
+    /// for a loop that drives it with nobody to wake (a transport's drop).
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+    pub(crate) fn drive_all(&self, cx: &mut Context<'_>, slot: &mut Option<usize>) {
+        self.waiting.fired.store(true, Ordering::SeqCst);
+        self.drive(cx, slot);
     }
 
     /// The waker the work is polled with: it wakes every operation waiting
@@ -299,7 +320,12 @@ mod tests {
         let mut slot = None;
         background.drive(&mut cx, &mut slot);
         assert!(!done.load(Ordering::SeqCst));
+        // Not woken: not polled.
         go.store(true, Ordering::SeqCst);
+        background.drive(&mut cx, &mut slot);
+        assert!(!done.load(Ordering::SeqCst), "work nobody woke is left alone");
+        // Woken (as the work's own waker would be): the next drive polls it.
+        background.waker().wake_by_ref();
         background.drive(&mut cx, &mut slot);
         assert!(done.load(Ordering::SeqCst), "a drive finishes it");
         assert!(background.tasks.lock().is_empty());

@@ -264,7 +264,7 @@ impl Drop for UcxTransport {
         let peers_left = |inbox: &super::Inbox| (0..this.eps.len()).all(|r| r == this.core.rank || inbox.is_gone(r));
         while Instant::now() < deadline {
             pending.retain_mut(|f| f.as_mut().poll(&mut cx).is_pending());
-            this.core.background.drive(&mut cx, &mut slot);
+            this.core.background.drive_all(&mut cx, &mut slot);
             if pending.is_empty() && (peers_left(&this.core.inbox) || this.core.inbox.is_broken()) {
                 break;
             }
