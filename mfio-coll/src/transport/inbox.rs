@@ -127,6 +127,12 @@ impl Slot {
         usize::from(self.first.is_some()) + self.more.len() + self.landed + self.announced.len()
     }
 
+    /// Nothing arrived before the next message: it is the next one a
+    /// receive takes.
+    fn is_first_in_line(&self) -> bool {
+        self.first.is_none() && self.announced.is_empty()
+    }
+
     /// Holds nothing a receive needs: no message, no block.
     fn is_idle(&self) -> bool {
         self.first.is_none() && self.claim.is_none() && self.landed == 0 && self.announced.is_empty()
@@ -171,13 +177,19 @@ impl Inbox {
     /// Files a message from `from` under `key`, and wakes its receive if
     /// one waits.
     pub fn deliver(&self, from: Rank, key: Key, data: Vec<u8>) {
+        self.file(from, key, |slot| slot.push(data));
+    }
+
+    /// Runs `file` on the slot of `from` and `key`, then wakes the receive
+    /// waiting there; nothing happens for a forgotten collective.
+    fn file(&self, from: Rank, key: Key, file: impl FnOnce(&mut Slot)) {
         let waker = {
             let mut st = self.state.lock();
             if st.forgotten.contains(&(key.comm, key.seq)) {
                 return;
             }
             let slot = st.slots.entry((from, key)).or_default();
-            slot.push(data);
+            file(slot);
             slot.waker.take()
         };
         if let Some(w) = waker {
@@ -191,13 +203,8 @@ impl Inbox {
     /// them, if one waits first in line with a block of their length (one
     /// copy fewer), else into a buffer filed under `key`.
     pub(crate) fn deliver_bytes(&self, from: Rank, key: Key, bytes: &[u8]) {
-        let waker = {
-            let mut st = self.state.lock();
-            if st.forgotten.contains(&(key.comm, key.seq)) {
-                return;
-            }
-            let slot = st.slots.entry((from, key)).or_default();
-            let first_in_line = slot.first.is_none() && slot.announced.is_empty();
+        self.file(from, key, |slot| {
+            let first_in_line = slot.is_first_in_line();
             match slot.claim.take_if(|b| first_in_line && b.len() == bytes.len()) {
                 Some(mut block) => {
                     // SAFETY: a claimed block's receive is in flight until
@@ -209,11 +216,7 @@ impl Inbox {
                 }
                 None => slot.push(bytes.to_vec()),
             }
-            slot.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        });
     }
 
     /// Takes the oldest message from `from` under `key`, or registers
@@ -322,7 +325,7 @@ impl Inbox {
                 Some((announced, None))
             } else {
                 let slot = st.slots.entry((from, key)).or_default();
-                let first_in_line = slot.first.is_none() && slot.announced.is_empty();
+                let first_in_line = slot.is_first_in_line();
                 let waits = slot.waker.is_some() || slot.claim.is_some();
                 if first_in_line && waits {
                     // A block of another length stays: the bytes come to a
@@ -344,18 +347,7 @@ impl Inbox {
     /// A message from `from` under `key` landed in the block its receive
     /// left ([`announce`](Self::announce)): wakes the receive.
     pub(crate) fn land(&self, from: Rank, key: Key) {
-        let waker = {
-            let mut st = self.state.lock();
-            if st.forgotten.contains(&(key.comm, key.seq)) {
-                return;
-            }
-            let slot = st.slots.entry((from, key)).or_default();
-            slot.landed += 1;
-            slot.waker.take()
-        };
-        if let Some(w) = waker {
-            w.wake();
-        }
+        self.file(from, key, |slot| slot.landed += 1);
     }
 
     #[cfg_attr(not(any(feature = "tcp", feature = "mpi", feature = "ucx")), allow(dead_code))]
