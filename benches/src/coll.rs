@@ -427,6 +427,18 @@ struct Ctx {
     mpi: Mpi,
 }
 
+/// Whether this host runs more ranks of the job (`size` in all) than this
+/// process has cores: Open MPI says how many ranks share the host
+/// (`OMPI_COMM_WORLD_LOCAL_SIZE`); else all of them are taken to.
+fn ranks_share_cores(size: usize) -> bool {
+    let local = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(size);
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    local > cores
+}
+
 /// One rank of a `coll` job.
 pub fn rank(args: &RankArgs) -> Result<(), String> {
     let a = &args.coll;
@@ -458,11 +470,13 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
         None
     };
     let ucx = if a.transports.contains(&Kind::Ucx) {
-        // The same bounded spin before sleeping as the MPI backend's.
+        // The same bounded spin before sleeping as the MPI backend's; it
+        // gives the core away only where ranks share cores.
         let worker = mfio_net::ucx::Context::new()
             .and_then(|c| {
                 mfio_net::ucx::Worker::builder(&c)
                     .spin(Duration::from_micros(a.spin_us))
+                    .yield_when_idle(ranks_share_cores(size))
                     .build()
             })
             .map_err(|e| format!("UCX worker: {e}"))?;

@@ -162,6 +162,9 @@ pub(crate) struct Shared {
     /// UCX's event descriptor (owned by UCX).
     efd: std::os::fd::RawFd,
     spin: Duration,
+    /// Whether the spin gives the core away now and then
+    /// ([`WorkerBuilder::yield_when_idle`]).
+    yield_when_idle: bool,
     /// Driving steps that found the worker locked and returned at once.
     missed: MissedDrives,
     pub(crate) max_am_header: usize,
@@ -389,7 +392,9 @@ impl Shared {
                     // The peer this waits for may share the core (more
                     // ranks than cores): let it run rather than spin its
                     // time away. Costs a system call where nobody waits.
-                    std::thread::yield_now();
+                    if self.yield_when_idle {
+                        std::thread::yield_now();
+                    }
                 }
                 // Let a thread waiting to post go first.
                 parking_lot::MutexGuard::bump(st);
@@ -583,6 +588,7 @@ impl fmt::Debug for Worker {
 pub struct WorkerBuilder {
     context: Context,
     spin: Duration,
+    yield_when_idle: bool,
 }
 
 impl WorkerBuilder {
@@ -592,6 +598,22 @@ impl WorkerBuilder {
     #[must_use]
     pub fn spin(mut self, spin: Duration) -> Self {
         self.spin = spin;
+        self
+    }
+
+    /// Whether the spin gives the core away (`sched_yield`) every few
+    /// dozen progress calls (yes by default). Yielding is what lets a
+    /// peer that shares this core run while this one waits for it: with
+    /// 3 ranks on 2 cores, an 8 B bcast loop takes ~1.7 µs per call
+    /// yielding and ~90 µs not. Where every process that drives a worker
+    /// has a core of its own, turn it off (as MPI's `mpi_yield_when_idle`
+    /// is off unless the job is oversubscribed): each yield is a system
+    /// call, and a completion that comes meanwhile is noticed late (a
+    /// 64 KiB bcast loop of mfio-coll over UCX on 2 ranks and 2 cores:
+    /// ~8.7 → ~8.2 µs per call; BENCHMARKS.md).
+    #[must_use]
+    pub fn yield_when_idle(mut self, yield_when_idle: bool) -> Self {
+        self.yield_when_idle = yield_when_idle;
         self
     }
 
@@ -648,6 +670,7 @@ impl WorkerBuilder {
                 epoll,
                 efd: efd_raw,
                 spin: self.spin,
+                yield_when_idle: self.yield_when_idle,
                 missed: MissedDrives::default(),
                 max_am_header,
                 address: WorkerAddress::wrap(&address),
@@ -686,6 +709,7 @@ impl Worker {
         WorkerBuilder {
             context: context.clone(),
             spin: DEFAULT_SPIN,
+            yield_when_idle: true,
         }
     }
 
