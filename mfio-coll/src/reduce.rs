@@ -178,38 +178,65 @@ macro_rules! arith_float {
 }
 arith_float!(f32, f64);
 
-/// `acc[i] = other[i] ∘ acc[i]`, or `acc[i] ∘ other[i]` if `from_right`,
-/// for a predefined operation. Each operation is one expression of the
-/// lower-ranked and the higher-ranked operand, used by both directions, so
-/// a result does not depend on which operand was in the accumulator
-/// (floating point bit for bit, NaN payloads included); and each gets a
-/// loop of its own, which the compiler vectorizes.
-fn combine_all<P: Arith>(op: &ReduceOp<impl Sized>, other: &[P], acc: &mut [P], from_right: bool) {
+/// [`Operands`] before the element type is known: `own` as bytes.
+#[derive(Clone, Copy)]
+enum Place<'a> {
+    OtherFirst,
+    AccFirst,
+    OtherThen(&'a [u8]),
+}
+
+/// Where the operands of a predefined combination are.
+#[derive(Clone, Copy)]
+enum Operands<'a, P> {
+    /// `acc[i] = other[i] ∘ acc[i]`.
+    OtherFirst,
+    /// `acc[i] = acc[i] ∘ other[i]`.
+    AccFirst,
+    /// `acc[i] = other[i] ∘ own[i]` (`acc`'s old values unread).
+    OtherThen(&'a [P]),
+}
+
+/// `acc[i]` from `other[i]` and the operand `how` says, for a predefined
+/// operation. Each operation is one expression of the lower-ranked and the
+/// higher-ranked operand, used by every placement, so a result does not
+/// depend on where the operands were (floating point bit for bit, NaN
+/// payloads included); and each gets a loop of its own, which the compiler
+/// vectorizes.
+fn combine_all<P: Arith>(op: &ReduceOp<impl Sized>, other: &[P], acc: &mut [P], how: Operands<'_, P>) {
     #[inline(always)]
-    fn each<P: Copy>(other: &[P], acc: &mut [P], from_right: bool, lower_higher: impl Fn(P, P) -> P) {
-        if from_right {
-            for (a, &x) in acc.iter_mut().zip(other) {
-                *a = lower_higher(*a, x);
+    fn each<P: Copy>(other: &[P], acc: &mut [P], how: Operands<'_, P>, lower_higher: impl Fn(P, P) -> P) {
+        match how {
+            Operands::AccFirst => {
+                for (a, &x) in acc.iter_mut().zip(other) {
+                    *a = lower_higher(*a, x);
+                }
             }
-        } else {
-            for (a, &x) in acc.iter_mut().zip(other) {
-                *a = lower_higher(x, *a);
+            Operands::OtherFirst => {
+                for (a, &x) in acc.iter_mut().zip(other) {
+                    *a = lower_higher(x, *a);
+                }
+            }
+            Operands::OtherThen(own) => {
+                for ((a, &x), &o) in acc.iter_mut().zip(other).zip(own) {
+                    *a = lower_higher(x, o);
+                }
             }
         }
     }
     match op {
-        ReduceOp::Sum => each(other, acc, from_right, |l, h| l.add(h)),
-        ReduceOp::Prod => each(other, acc, from_right, |l, h| l.mul(h)),
+        ReduceOp::Sum => each(other, acc, how, |l, h| l.add(h)),
+        ReduceOp::Prod => each(other, acc, how, |l, h| l.mul(h)),
         // MPI's choice on ties and NaN: keep the lower-ranked value unless
         // the higher-ranked one is strictly smaller/larger.
-        ReduceOp::Min => each(other, acc, from_right, |l, h| if h < l { h } else { l }),
-        ReduceOp::Max => each(other, acc, from_right, |l, h| if h > l { h } else { l }),
-        ReduceOp::BitAnd => each(other, acc, from_right, |l, h| l.bits(h, |p, q| p & q)),
-        ReduceOp::BitOr => each(other, acc, from_right, |l, h| l.bits(h, |p, q| p | q)),
-        ReduceOp::BitXor => each(other, acc, from_right, |l, h| l.bits(h, |p, q| p ^ q)),
-        ReduceOp::LogicalAnd => each(other, acc, from_right, |l, h| P::from_truth(l.truth() && h.truth())),
-        ReduceOp::LogicalOr => each(other, acc, from_right, |l, h| P::from_truth(l.truth() || h.truth())),
-        ReduceOp::LogicalXor => each(other, acc, from_right, |l, h| P::from_truth(l.truth() != h.truth())),
+        ReduceOp::Min => each(other, acc, how, |l, h| if h < l { h } else { l }),
+        ReduceOp::Max => each(other, acc, how, |l, h| if h > l { h } else { l }),
+        ReduceOp::BitAnd => each(other, acc, how, |l, h| l.bits(h, |p, q| p & q)),
+        ReduceOp::BitOr => each(other, acc, how, |l, h| l.bits(h, |p, q| p | q)),
+        ReduceOp::BitXor => each(other, acc, how, |l, h| l.bits(h, |p, q| p ^ q)),
+        ReduceOp::LogicalAnd => each(other, acc, how, |l, h| P::from_truth(l.truth() && h.truth())),
+        ReduceOp::LogicalOr => each(other, acc, how, |l, h| P::from_truth(l.truth() || h.truth())),
+        ReduceOp::LogicalXor => each(other, acc, how, |l, h| P::from_truth(l.truth() != h.truth())),
         ReduceOp::Custom { .. } => {}
     }
 }
@@ -229,7 +256,28 @@ impl<T: Element> ReduceOp<T> {
             combine(incoming, acc);
             return;
         }
-        self.predefined(incoming, acc, false);
+        self.predefined(incoming, acc, Place::OtherFirst);
+    }
+
+    /// Combines `incoming` with `own` into `out` (`out[i] = incoming[i] ∘
+    /// own[i]`), each element computed exactly as [`apply`](Self::apply)
+    /// computes it with `own` in the accumulator: the step of an algorithm
+    /// whose own operand is still in the caller's send buffer, which saves
+    /// copying it into `out` first.
+    ///
+    /// # Panics
+    /// As [`apply`](Self::apply).
+    pub(crate) fn apply_into(&self, incoming: &[T], own: &[T], out: &mut [T]) {
+        assert!(
+            incoming.len() == out.len() && own.len() == out.len(),
+            "reduction operands differ in length"
+        );
+        if let Self::Custom { combine, .. } = self {
+            out.copy_from_slice(own);
+            combine(incoming, out);
+            return;
+        }
+        self.predefined(incoming, out, Place::OtherThen(bytemuck::cast_slice(own)));
     }
 
     /// Combines `higher` into `acc` from the right (`acc[i] = acc[i] ∘
@@ -246,13 +294,13 @@ impl<T: Element> ReduceOp<T> {
         if let Self::Custom { .. } = self {
             return false;
         }
-        self.predefined(higher, acc, true);
+        self.predefined(higher, acc, Place::AccFirst);
         true
     }
 
-    /// A predefined operation over `other` and `acc`: `other` on the left,
-    /// or on the right if `from_right`.
-    fn predefined(&self, other: &[T], acc: &mut [T], from_right: bool) {
+    /// A predefined operation over `other` and `acc` (and `own`), placed as
+    /// `how` says.
+    fn predefined(&self, other: &[T], acc: &mut [T], how: Place<'_>) {
         let layout = T::layout();
         let Some((prim, _)) = layout.homogeneous().filter(|_| self.applies_to(&layout)) else {
             panic!("{} does not apply to {}", self.name(), std::any::type_name::<T>());
@@ -265,7 +313,12 @@ impl<T: Element> ReduceOp<T> {
                 // least as strictly as the primitive, so these casts hold.
                 let inc: &[$t] = bytemuck::cast_slice(inc);
                 let acc: &mut [$t] = bytemuck::cast_slice_mut(acc);
-                combine_all(self, inc, acc, from_right)
+                let how = match how {
+                    Place::OtherFirst => Operands::OtherFirst,
+                    Place::AccFirst => Operands::AccFirst,
+                    Place::OtherThen(own) => Operands::OtherThen(bytemuck::cast_slice::<u8, $t>(own)),
+                };
+                combine_all(self, inc, acc, how)
             }};
         }
         use crate::element::Primitive as P;
@@ -302,6 +355,50 @@ mod tests {
         let mut acc = [[0i16, 3], [2, 0]];
         ReduceOp::LogicalOr.apply(&[[0, 0], [0, 9]], &mut acc);
         assert_eq!(acc, [[0, 1], [1, 1]]);
+    }
+
+    #[test]
+    fn combining_into_another_buffer_is_bit_for_bit_combining_in_place() {
+        let nan_a = f64::from_bits(0x7ff8_0000_0000_0001);
+        let nan_b = f64::from_bits(0xfff8_0000_0000_0002);
+        let incoming = [nan_b, -0.0, 0.0, nan_b, 2.0, 3.5, f64::NEG_INFINITY, 1e308];
+        let own = [nan_a, 0.0, -0.0, 1.0, nan_a, 3.5, f64::INFINITY, 1e308];
+        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for op in [ReduceOp::Sum, ReduceOp::Prod, ReduceOp::Min, ReduceOp::Max] {
+            let mut in_place = own;
+            op.apply(&incoming, &mut in_place);
+            let mut out = [7.0; 8];
+            op.apply_into(&incoming, &own, &mut out);
+            assert_eq!(bits(&out), bits(&in_place), "{}", op.name());
+        }
+        let (incoming, own) = ([3u16, 0, 0x0FF0, 0, 7], [0u16, 5, 0xF0F0, 0, 9]);
+        for op in [
+            ReduceOp::Sum,
+            ReduceOp::BitAnd,
+            ReduceOp::BitXor,
+            ReduceOp::LogicalAnd,
+            ReduceOp::LogicalXor,
+            ReduceOp::Min,
+        ] {
+            let mut in_place = own;
+            op.apply(&incoming, &mut in_place);
+            let mut out = [0xAAAA; 5];
+            op.apply_into(&incoming, &own, &mut out);
+            assert_eq!(out, in_place, "{}", op.name());
+        }
+        // A custom operation, not commutative: `incoming` goes first.
+        let compose = ReduceOp::custom(false, |incoming: &[[u64; 2]], acc: &mut [[u64; 2]]| {
+            for (a, x) in acc.iter_mut().zip(incoming) {
+                *a = [x[0].wrapping_mul(a[0]), a[0].wrapping_mul(x[1]).wrapping_add(a[1])];
+            }
+        });
+        let (incoming, own) = ([[2u64, 3], [5, 7]], [[11u64, 13], [17, 19]]);
+        let mut in_place = own;
+        compose.apply(&incoming, &mut in_place);
+        let mut out = [[0u64; 2]; 2];
+        compose.apply_into(&incoming, &own, &mut out);
+        assert_eq!(out, in_place);
+        assert_eq!(out, [[22, 46], [85, 138]]);
     }
 
     #[test]

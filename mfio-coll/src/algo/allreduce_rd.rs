@@ -32,7 +32,7 @@ pub async fn allreduce_recursive_doubling<T: Element>(
     super::check_op(op, None)?;
     if size_of_val(buf) >= super::POST_AHEAD_BYTES {
         return super::on_copy(buf, async |lent| {
-            allreduce_recursive_doubling_lent(t, id, lent, op).await
+            allreduce_recursive_doubling_lent(t, id, None, lent, op).await
         })
         .await;
     }
@@ -60,16 +60,26 @@ pub async fn allreduce_recursive_doubling<T: Element>(
     Ok(())
 }
 
-/// [`allreduce_recursive_doubling`] over a lent buffer.
+/// [`allreduce_recursive_doubling`] over a lent buffer: in place, or with
+/// this rank's operand in `own` (same length; read only) and the result in
+/// `buf`, whose old values are then not read. With a power-of-two rank
+/// count the first exchange sends from `own` and combines into `buf`;
+/// otherwise `own` is copied into `buf` first (the fold reads `buf`).
 pub(crate) async fn allreduce_recursive_doubling_lent<T: Element>(
     t: &dyn Transport,
     id: CollId,
+    mut own: Option<&Lent<T>>,
     buf: &Lent<T>,
     op: &ReduceOp<T>,
 ) -> Result<()> {
     super::check_op(op, None)?;
     let (n, r) = (t.size(), t.rank());
     let fold = Fold::of(n);
+    if let Some(from) = own.filter(|_| fold.pow != n || n == 1) {
+        // SAFETY: nothing of either buffer is lent yet.
+        unsafe { buf.slice_mut(0..buf.len()).copy_from_slice(from.slice(0..from.len())) };
+        own = None;
+    }
     fold.fold_in_lent(t, id.key(0, 0), buf, op).await?;
     if let Some(v) = fold.virt(r) {
         let all = 0..buf.len();
@@ -79,18 +89,29 @@ pub(crate) async fn allreduce_recursive_doubling_lent<T: Element>(
             let partner = v ^ mask;
             let (peer, key) = (fold.real(partner), id.key(step, 0));
             let (sent, got) = futures_util::future::join(
-                t.send_block(peer, key, buf.block(all.clone())),
+                t.send_block(peer, key, own.unwrap_or(buf).block(all.clone())),
                 super::recv::<T>(t, peer, key, buf.len()),
             )
             .await;
             sent?;
             let theirs = got?;
-            // SAFETY: the send is done: no block of `buf` is lent now.
+            // SAFETY: the send is done: no block of `buf` (or `own`) is
+            // lent now.
             let mine = unsafe { buf.slice_mut(all.clone()) };
-            if partner < v {
-                op.apply(&theirs, mine);
-            } else {
-                super::combine_from_higher(op, mine, theirs);
+            match own.take() {
+                // The first step from `own`: `buf` gets `theirs ∘ own` or
+                // `own ∘ theirs`, rank order kept.
+                Some(own) => {
+                    // SAFETY: as above; `own` is never written.
+                    let own = unsafe { own.slice(all.clone()) };
+                    if partner < v {
+                        op.apply_into(&theirs, own, mine);
+                    } else {
+                        op.apply_into(own, &theirs, mine);
+                    }
+                }
+                None if partner < v => op.apply(&theirs, mine),
+                None => super::combine_from_higher(op, mine, theirs),
             }
             mask <<= 1;
             step += 1;

@@ -22,18 +22,21 @@ use crate::transport::{CollId, Lent, Transport};
 /// in ring order) or one that does not apply to `T`; `InvalidData` on a
 /// length mismatch; what the transport reports.
 pub async fn allreduce_ring<T: Element>(t: &dyn Transport, id: CollId, buf: &mut [T], op: &ReduceOp<T>) -> Result<()> {
-    super::on_copy(buf, async |lent| allreduce_ring_lent(t, id, lent, op).await).await
+    super::on_copy(buf, async |lent| allreduce_ring_lent(t, id, None, lent, op).await).await
 }
 
-/// [`allreduce_ring`] over a lent buffer.
+/// [`allreduce_ring`] over a lent buffer: in place, or with this rank's
+/// operand in `own` (same length; read only) and the result in `buf`,
+/// whose old values are then not read.
 pub(crate) async fn allreduce_ring_lent<T: Element>(
     t: &dyn Transport,
     id: CollId,
+    own: Option<&Lent<T>>,
     buf: &Lent<T>,
     op: &ReduceOp<T>,
 ) -> Result<()> {
     super::check_op(op, Some("ring allreduce"))?;
-    ring(t, id, 0, buf, 0..buf.len(), op).await
+    ring(t, id, 0, own, buf, 0..buf.len(), op).await
 }
 
 /// The segmented (pipelined) ring: `buf` cut into segments of `segment`
@@ -52,15 +55,17 @@ pub async fn allreduce_segmented_ring<T: Element>(
     segment: usize,
 ) -> Result<()> {
     super::on_copy(buf, async |lent| {
-        allreduce_segmented_ring_lent(t, id, lent, op, segment).await
+        allreduce_segmented_ring_lent(t, id, None, lent, op, segment).await
     })
     .await
 }
 
-/// [`allreduce_segmented_ring`] over a lent buffer.
+/// [`allreduce_segmented_ring`] over a lent buffer, in place or from
+/// `own` (as [`allreduce_ring_lent`]).
 pub(crate) async fn allreduce_segmented_ring_lent<T: Element>(
     t: &dyn Transport,
     id: CollId,
+    own: Option<&Lent<T>>,
     buf: &Lent<T>,
     op: &ReduceOp<T>,
     segment: usize,
@@ -69,7 +74,7 @@ pub(crate) async fn allreduce_segmented_ring_lent<T: Element>(
     let (len, segment) = (buf.len(), segment.max(1));
     let rings = (0..len.div_ceil(segment)).map(|i| {
         let part = i * segment..((i + 1) * segment).min(len);
-        ring(t, id, i as u32, buf, part, op)
+        ring(t, id, i as u32, own, buf, part, op)
     });
     for res in futures_util::future::join_all(rings).await {
         res?;
@@ -78,17 +83,27 @@ pub(crate) async fn allreduce_segmented_ring_lent<T: Element>(
 }
 
 /// One ring over elements `part` of `buf`, its messages keyed with chunk
-/// `chunk` (the rings of other parts may run meanwhile).
+/// `chunk` (the rings of other parts may run meanwhile). With `own`, this
+/// rank's operand is there, not in `buf`: every element of `buf`'s part is
+/// written before it is read (a block this rank adds to is `incoming ∘
+/// own`; the allgather fills in the others), and only the first send (this
+/// rank's own block, not yet added to) leaves from `own`.
 async fn ring<T: Element>(
     t: &dyn Transport,
     id: CollId,
     chunk: u32,
+    own: Option<&Lent<T>>,
     buf: &Lent<T>,
     part: Range<usize>,
     op: &ReduceOp<T>,
 ) -> Result<()> {
     let (n, r) = (t.size(), t.rank());
     if n == 1 {
+        if let Some(own) = own {
+            // SAFETY: nothing is in flight on either buffer (no peer), and
+            // the rings of other parts touch other elements.
+            unsafe { buf.slice_mut(part.clone()).copy_from_slice(own.slice(part)) };
+        }
         return Ok(());
     }
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
@@ -109,7 +124,10 @@ async fn ring<T: Element>(
         receive: |s: usize| super::recv::<T>(t, left, key(s), into(s).len()),
         sends: n - 1,
         ahead: 1,
-        send: |s: usize| t.send_block(right, key(s), buf.block(out(s))),
+        send: |s: usize| match own {
+            Some(own) if s == 0 => t.send_block(right, key(s), own.block(out(s))),
+            _ => t.send_block(right, key(s), buf.block(out(s))),
+        },
         all_at_once: len / n * size_of::<T>() >= super::POST_AHEAD_BYTES,
     };
     pipeline
@@ -118,7 +136,13 @@ async fn ring<T: Element>(
             // starts after this; the sends in flight read other blocks
             // (r - s and before), and the rings of other parts lend none of
             // this part.
-            op.apply(&incoming, unsafe { buf.slice_mut(into(s)) });
+            let acc = unsafe { buf.slice_mut(into(s)) };
+            match own {
+                // SAFETY: `own` is never written; the only send from it is
+                // of block r, never r - s - 1.
+                Some(own) => op.apply_into(&incoming, unsafe { own.slice(into(s)) }, acc),
+                None => op.apply(&incoming, acc),
+            }
         })
         .await?;
     // Allgather: block r + 1 is complete here; pass the blocks around.

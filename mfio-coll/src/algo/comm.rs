@@ -191,14 +191,14 @@ async fn allreduce_with<T: Element>(
     match algorithm {
         Algorithm::Ring => {
             lending(buf, async |buf| {
-                super::allreduce_ring::allreduce_ring_lent(t, id, buf, op).await
+                super::allreduce_ring::allreduce_ring_lent(t, id, None, buf, op).await
             })
             .await
         }
         Algorithm::SegmentedRing => {
             let segment = elems_per::<T>(PIPELINE_BYTES);
             lending(buf, async |buf| {
-                super::allreduce_ring::allreduce_segmented_ring_lent(t, id, buf, op, segment).await
+                super::allreduce_ring::allreduce_segmented_ring_lent(t, id, None, buf, op, segment).await
             })
             .await
         }
@@ -213,12 +213,22 @@ async fn allreduce_with<T: Element>(
         // slice form lends long ones a copy).
         _ if size_of_val(buf.as_slice()) >= super::POST_AHEAD_BYTES => {
             lending(buf, async |buf| {
-                super::allreduce_rd::allreduce_recursive_doubling_lent(t, id, buf, op).await
+                super::allreduce_rd::allreduce_recursive_doubling_lent(t, id, None, buf, op).await
             })
             .await
         }
         _ => super::allreduce_recursive_doubling(t, id, buf, op).await,
     }
+}
+
+/// Runs `algo` over `buf` lent to the transport to send from only (never
+/// to receive into), then puts the buffer back; its elements come back
+/// after a failure too.
+async fn lending_to_send<T: Element>(buf: &mut Vec<T>, algo: impl AsyncFnOnce(&Lent<T>) -> Result<()>) -> Result<()> {
+    let lent = Lent::new(std::mem::take(buf));
+    let res = algo(&lent).await;
+    *buf = lent.finish_unwritten();
+    res
 }
 
 /// Runs `algo` over `buf` lent to the transport (its blocks leave from it
@@ -367,8 +377,52 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
         self.run((send, recv), move |t, id, (send, recv)| {
             Box::pin(async move {
                 check::len("recv", recv.len(), send.len())?;
-                recv.copy_from_slice(send);
-                allreduce_with(t, id, recv, &op, algorithm).await
+                // The rings, and recursive doubling of long messages, read
+                // this rank's operand from `send` and write every element
+                // of `recv`: no copy of the input first (a fifth of a
+                // 16 MiB ring allreduce's time on 2 ranks).
+                match algorithm {
+                    Algorithm::Ring => {
+                        lending_to_send(send, async |own| {
+                            lending(recv, async |buf| {
+                                super::allreduce_ring::allreduce_ring_lent(t, id, Some(own), buf, &op).await
+                            })
+                            .await
+                        })
+                        .await
+                    }
+                    Algorithm::SegmentedRing => {
+                        let segment = elems_per::<T>(PIPELINE_BYTES);
+                        lending_to_send(send, async |own| {
+                            lending(recv, async |buf| {
+                                super::allreduce_ring::allreduce_segmented_ring_lent(
+                                    t,
+                                    id,
+                                    Some(own),
+                                    buf,
+                                    &op,
+                                    segment,
+                                )
+                                .await
+                            })
+                            .await
+                        })
+                        .await
+                    }
+                    Algorithm::RecursiveDoubling if size_of_val(send.as_slice()) >= super::POST_AHEAD_BYTES => {
+                        lending_to_send(send, async |own| {
+                            lending(recv, async |buf| {
+                                super::allreduce_rd::allreduce_recursive_doubling_lent(t, id, Some(own), buf, &op).await
+                            })
+                            .await
+                        })
+                        .await
+                    }
+                    _ => {
+                        recv.copy_from_slice(send);
+                        allreduce_with(t, id, recv, &op, algorithm).await
+                    }
+                }
             })
         })
     }

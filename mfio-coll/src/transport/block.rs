@@ -117,6 +117,32 @@ impl<T: Element> Lent<T> {
         }
     }
 
+    /// The buffer back as the caller's vector, for a buffer this
+    /// collective lent only in [`Block`]s (to send from; never
+    /// [`block_mut`](Self::block_mut)): as [`finish`](Self::finish), but a
+    /// block still held after a failure gives a copy of the elements, not
+    /// zeroes: nothing writes them, so an operation still reading them
+    /// changes nothing, and the caller's operand is not lost.
+    pub fn finish_unwritten(self) -> Vec<T> {
+        match Arc::try_unwrap(self.region) {
+            Ok(region) => {
+                let region = std::mem::ManuallyDrop::new(region);
+                // SAFETY: as in `finish`.
+                unsafe { Vec::from_raw_parts(region.ptr.cast::<T>(), region.elems.0, region.elems.1) }
+            }
+            Err(region) => {
+                let lent = Lent {
+                    region,
+                    _elems: PhantomData,
+                };
+                // SAFETY: nothing writes the buffer (the caller's promise:
+                // it made no `BlockMut` of it); the operations still
+                // holding blocks only read.
+                unsafe { lent.slice(0..lent.len()) }.to_vec()
+            }
+        }
+    }
+
     /// The elements `r`, to read.
     ///
     /// # Safety
@@ -358,5 +384,27 @@ mod tests {
         let kept = lent.block(1..2);
         assert_eq!(lent.finish(&Ok(())), [7; 4], "kept after a success: a copy");
         drop(kept);
+
+        // A buffer only sent from: its elements, copied if a block is held.
+        let v = vec![1u32, 2, 3];
+        let ptr = v.as_ptr();
+        let lent = Lent::new(v);
+        drop(lent.block(0..3));
+        let back = lent.finish_unwritten();
+        assert_eq!(
+            (back.as_ptr(), back.as_slice()),
+            (ptr, &[1, 2, 3][..]),
+            "not held: the caller's own memory"
+        );
+        let lent = Lent::new(vec![4u32, 5]);
+        let held = lent.block(1..2);
+        assert_eq!(
+            lent.finish_unwritten(),
+            [4, 5],
+            "held (after a failure, too): a copy, not zeroes"
+        );
+        // SAFETY: nothing writes the buffer.
+        let bytes = unsafe { held.as_bytes() };
+        assert_eq!(bytes, 5u32.to_ne_bytes(), "the held block's memory lives on");
     }
 }
