@@ -169,10 +169,12 @@ fn every_collective_with_every_algorithm_in_process() {
 /// lengths from 0 to 2.5 pipeline segments, `send` comes back unchanged,
 /// integer sums are exact, floating-point sums (in the algorithm's order)
 /// are the same bits on every rank and the same bits as the same algorithm
-/// in place, and a non-commutative operation keeps rank order. `recv`
-/// starts as garbage, which must not show.
+/// in place, and a non-commutative operation keeps rank order. The ring
+/// allgather, which sends this rank's block from `send` too: `send`
+/// unchanged, every block in rank order. `recv` starts as garbage, which
+/// must not show.
 #[test]
-fn allreduce_without_a_copy_of_the_input_writes_every_element() {
+fn collectives_that_send_from_the_input_write_every_element() {
     // 2.5 segments of the segmented ring (256 KiB of f64 each).
     let long = 5 * (256 << 10) / 8 / 2;
     let groups = (1..=7)
@@ -180,13 +182,17 @@ fn allreduce_without_a_copy_of_the_input_writes_every_element() {
         .chain((2..=3).flat_map(|n| [(n, Wire::Tcp), (n, Wire::Ucx("sm,self"))]));
     for (n, wire) in groups {
         for algorithm in [Algorithm::Ring, Algorithm::SegmentedRing, Algorithm::RecursiveDoubling] {
-            let table = Tuning::new(vec![Rule {
-                collective: Collective::Allreduce,
+            let rule = |collective, algorithm| Rule {
+                collective,
                 max_ranks: None,
                 max_bytes: None,
                 algorithm,
-            }])
-            .expect("a rule for allreduce");
+            };
+            let table = Tuning::new(vec![
+                rule(Collective::Allreduce, algorithm),
+                rule(Collective::Allgather, Algorithm::Ring),
+            ])
+            .expect("rules for allreduce and allgather");
             let outcomes = run_group(n, wire, move |w| {
                 let w = w.with_tuning(table.clone());
                 let r = w.rank();
@@ -240,6 +246,14 @@ fn allreduce_without_a_copy_of_the_input_writes_every_element() {
                     let inputs: Vec<_> = (0..n).map(|q| every_algorithm::affine(q, len)).collect();
                     if send != maps || composed != every_algorithm::reference(&inputs, &every_algorithm::compose()) {
                         return Err(what("a non-commutative operation out of rank order, or send changed"));
+                    }
+                    let block = every_algorithm::input(r, len, 5);
+                    let (res, (send, gathered)) =
+                        w.wait(w.allgather(block.clone(), vec![u32::MAX; len * n])).into_parts();
+                    res.map_err(|e| what(&format!("allgather: {e}")))?;
+                    let whole: Vec<u32> = (0..n).flat_map(|q| every_algorithm::input(q, len, 5)).collect();
+                    if send != block || gathered != whole {
+                        return Err(what("ring allgather: wrong blocks, or send changed"));
                     }
                 }
                 Ok(())

@@ -147,7 +147,7 @@ async fn ring<T: Element>(
         .await?;
     // Allgather: block r + 1 is complete here; pass the blocks around.
     let around = (right, left);
-    super::ring_pass_blocks(t, buf, part.clone(), n, (r + 1) % n, around, |s| {
+    super::ring_pass_blocks(t, buf, part.clone(), n, ((r + 1) % n, None), around, |s| {
         id.key((n - 1 + s) as u32, chunk)
     })
     .await

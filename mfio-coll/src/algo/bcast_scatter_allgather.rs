@@ -61,5 +61,5 @@ pub(crate) async fn bcast_scatter_allgather_lent<T: Element>(
     }
     // Ring allgather of the blocks, in relative ranks.
     let around = (real((rel + 1) % n), real((rel + n - 1) % n));
-    super::ring_pass_blocks(t, buf, 0..len, n, rel, around, |s| id.key(1 + s as u32, 0)).await
+    super::ring_pass_blocks(t, buf, 0..len, n, (rel, None), around, |s| id.key(1 + s as u32, 0)).await
 }

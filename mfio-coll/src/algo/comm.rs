@@ -482,9 +482,16 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                 match algorithm {
                     Algorithm::Bruck => super::allgather_bruck(t, id, send, recv).await,
                     Algorithm::RecursiveDoubling => super::allgather_recursive_doubling(t, id, send, recv).await,
+                    // This rank's block leaves from `send`, which nothing
+                    // writes (BENCHMARKS.md: read-only memory crosses cores
+                    // several times faster here).
                     _ => {
-                        lending(recv, async |recv| {
-                            super::allgather_ring::allgather_ring_lent(t, id, send, recv).await
+                        lending_to_send(send, async |own| {
+                            lending(recv, async |recv| {
+                                use super::allgather_ring::{allgather_ring_lent, Send};
+                                allgather_ring_lent(t, id, Send::Lent(own), recv).await
+                            })
+                            .await
                         })
                         .await
                     }

@@ -206,13 +206,18 @@ async fn exchange<'t, T: Element>(
 /// Each step receives into its own block of `buf` (where the transport
 /// can, the block lands there without a copy). With long blocks every
 /// step's receive is posted at once, and a block goes on as soon as it is
-/// in: the ranks do not wait for each other step by step.
+/// in: the ranks do not wait for each other step by step. With
+/// `held_from`, the first step's block (`held`) leaves from all of that
+/// buffer instead, which holds the same elements (the caller's send
+/// buffer, which nothing writes: a peer that reads it in place reads
+/// memory nobody just wrote, several times cheaper between cores here;
+/// BENCHMARKS.md).
 async fn ring_pass_blocks<T: Element>(
     t: &dyn Transport,
     buf: &Lent<T>,
     part: std::ops::Range<usize>,
     n: usize,
-    held: usize,
+    (held, held_from): (usize, Option<&Lent<T>>),
     (right, left): (Rank, Rank),
     key: impl Fn(usize) -> Key,
 ) -> Result<()> {
@@ -230,7 +235,10 @@ async fn ring_pass_blocks<T: Element>(
         receive: |s: usize| t.recv_block(left, key(s), buf.block_mut(at((held + 2 * n - s - 1) % n))),
         sends: steps,
         ahead: 1,
-        send: |s: usize| t.send_block(right, key(s), buf.block(at((held + n - s) % n))),
+        send: |s: usize| match held_from {
+            Some(from) if s == 0 => t.send_block(right, key(s), from.block(0..from.len())),
+            _ => t.send_block(right, key(s), buf.block(at((held + n - s) % n))),
+        },
         all_at_once: len / n.max(1) * size_of::<T>() >= POST_AHEAD_BYTES,
     }
     .run(|_, ()| {})
