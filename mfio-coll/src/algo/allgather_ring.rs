@@ -17,13 +17,13 @@ use crate::transport::{CollId, Lent, Transport};
 pub async fn allgather_ring<T: Element>(t: &dyn Transport, id: CollId, send: &[T], recv: &mut [T]) -> Result<()> {
     super::check_gathered("allgather", recv.len(), t.size(), send.len())?;
     super::on_copy(recv, async |lent| {
-        allgather_ring_lent(t, id, Send::Slice(send), lent).await
+        allgather_ring_lent(t, id, Contribution::Slice(send), lent).await
     })
     .await
 }
 
 /// This rank's block of an allgather.
-pub(crate) enum Send<'a, T> {
+pub(crate) enum Contribution<'a, T> {
     /// Elements to copy into the gathered buffer, which they then leave from.
     Slice(&'a [T]),
     /// The caller's send buffer lent for sending only: this rank's block
@@ -35,14 +35,14 @@ pub(crate) enum Send<'a, T> {
 pub(crate) async fn allgather_ring_lent<T: Element>(
     t: &dyn Transport,
     id: CollId,
-    send: Send<'_, T>,
+    send: Contribution<'_, T>,
     recv: &Lent<T>,
 ) -> Result<()> {
     let (from, mine) = match send {
-        Send::Slice(s) => (None, s),
+        Contribution::Slice(s) => (None, s),
         // SAFETY: nothing writes the send buffer, and nothing of it is
         // lent yet.
-        Send::Lent(l) => (Some(l), unsafe { l.slice(0..l.len()) }),
+        Contribution::Lent(l) => (Some(l), unsafe { l.slice(0..l.len()) }),
     };
     let (n, r, b) = (t.size(), t.rank(), mine.len());
     super::check_gathered("allgather", recv.len(), n, b)?;

@@ -488,8 +488,8 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                     _ => {
                         lending_to_send(send, async |own| {
                             lending(recv, async |recv| {
-                                use super::allgather_ring::{allgather_ring_lent, Send};
-                                allgather_ring_lent(t, id, Send::Lent(own), recv).await
+                                use super::allgather_ring::{allgather_ring_lent, Contribution};
+                                allgather_ring_lent(t, id, Contribution::Lent(own), recv).await
                             })
                             .await
                         })
