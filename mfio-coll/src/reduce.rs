@@ -178,14 +178,6 @@ macro_rules! arith_float {
 }
 arith_float!(f32, f64);
 
-/// [`Operands`] before the element type is known: `own` as bytes.
-#[derive(Clone, Copy)]
-enum Place<'a> {
-    OtherFirst,
-    AccFirst,
-    OtherThen(&'a [u8]),
-}
-
 /// Where the operands of a predefined combination are.
 #[derive(Clone, Copy)]
 enum Operands<'a, P> {
@@ -195,6 +187,17 @@ enum Operands<'a, P> {
     AccFirst,
     /// `acc[i] = other[i] ∘ own[i]` (`acc`'s old values unread).
     OtherThen(&'a [P]),
+}
+
+impl<'a, T: bytemuck::NoUninit> Operands<'a, T> {
+    /// The same placement over the elements' primitive `Q` (`own` recast).
+    fn cast<Q: bytemuck::AnyBitPattern>(self) -> Operands<'a, Q> {
+        match self {
+            Self::OtherFirst => Operands::OtherFirst,
+            Self::AccFirst => Operands::AccFirst,
+            Self::OtherThen(own) => Operands::OtherThen(bytemuck::cast_slice(own)),
+        }
+    }
 }
 
 /// `acc[i]` from `other[i]` and the operand `how` says, for a predefined
@@ -256,7 +259,7 @@ impl<T: Element> ReduceOp<T> {
             combine(incoming, acc);
             return;
         }
-        self.predefined(incoming, acc, Place::OtherFirst);
+        self.predefined(incoming, acc, Operands::OtherFirst);
     }
 
     /// Combines `incoming` with `own` into `out` (`out[i] = incoming[i] ∘
@@ -277,7 +280,7 @@ impl<T: Element> ReduceOp<T> {
             combine(incoming, out);
             return;
         }
-        self.predefined(incoming, out, Place::OtherThen(bytemuck::cast_slice(own)));
+        self.predefined(incoming, out, Operands::OtherThen(own));
     }
 
     /// Combines `higher` into `acc` from the right (`acc[i] = acc[i] ∘
@@ -294,13 +297,13 @@ impl<T: Element> ReduceOp<T> {
         if let Self::Custom { .. } = self {
             return false;
         }
-        self.predefined(higher, acc, Place::AccFirst);
+        self.predefined(higher, acc, Operands::AccFirst);
         true
     }
 
     /// A predefined operation over `other` and `acc` (and `own`), placed as
     /// `how` says.
-    fn predefined(&self, other: &[T], acc: &mut [T], how: Place<'_>) {
+    fn predefined(&self, other: &[T], acc: &mut [T], how: Operands<'_, T>) {
         let layout = T::layout();
         let Some((prim, _)) = layout.homogeneous().filter(|_| self.applies_to(&layout)) else {
             panic!("{} does not apply to {}", self.name(), std::any::type_name::<T>());
@@ -313,12 +316,7 @@ impl<T: Element> ReduceOp<T> {
                 // least as strictly as the primitive, so these casts hold.
                 let inc: &[$t] = bytemuck::cast_slice(inc);
                 let acc: &mut [$t] = bytemuck::cast_slice_mut(acc);
-                let how = match how {
-                    Place::OtherFirst => Operands::OtherFirst,
-                    Place::AccFirst => Operands::AccFirst,
-                    Place::OtherThen(own) => Operands::OtherThen(bytemuck::cast_slice::<u8, $t>(own)),
-                };
-                combine_all(self, inc, acc, how)
+                combine_all(self, inc, acc, how.cast::<$t>())
             }};
         }
         use crate::element::Primitive as P;
