@@ -98,22 +98,28 @@ impl<T: Element> Lent<T> {
     /// the same length. The old memory then goes when the transport lets go
     /// of it.
     pub fn finish<R>(self, res: &mfio_core::Result<R>) -> Vec<T> {
+        match self.into_vec() {
+            Ok(vec) => vec,
+            // SAFETY: every operation of the collective finished.
+            Err(lent) if res.is_ok() => unsafe { lent.slice(0..lent.len()) }.to_vec(),
+            Err(lent) => vec![T::zeroed(); lent.len()],
+        }
+    }
+
+    /// The caller's vector, if no block of it is held any more; else the
+    /// buffer, still lent.
+    fn into_vec(self) -> Result<Vec<T>, Self> {
         match Arc::try_unwrap(self.region) {
             Ok(region) => {
                 let region = std::mem::ManuallyDrop::new(region);
                 // SAFETY: the parts `new` took apart; the region that owned
                 // them is forgotten, so they are rebuilt once.
-                unsafe { Vec::from_raw_parts(region.ptr.cast::<T>(), region.elems.0, region.elems.1) }
+                Ok(unsafe { Vec::from_raw_parts(region.ptr.cast::<T>(), region.elems.0, region.elems.1) })
             }
-            Err(region) if res.is_ok() => {
-                let lent = Lent {
-                    region,
-                    _elems: PhantomData,
-                };
-                // SAFETY: every operation of the collective finished.
-                unsafe { lent.slice(0..lent.len()) }.to_vec()
-            }
-            Err(region) => vec![T::zeroed(); region.elems.0],
+            Err(region) => Err(Lent {
+                region,
+                _elems: PhantomData,
+            }),
         }
     }
 
@@ -124,23 +130,11 @@ impl<T: Element> Lent<T> {
     /// zeroes: nothing writes them, so an operation still reading them
     /// changes nothing, and the caller's operand is not lost.
     pub fn finish_unwritten(self) -> Vec<T> {
-        match Arc::try_unwrap(self.region) {
-            Ok(region) => {
-                let region = std::mem::ManuallyDrop::new(region);
-                // SAFETY: as in `finish`.
-                unsafe { Vec::from_raw_parts(region.ptr.cast::<T>(), region.elems.0, region.elems.1) }
-            }
-            Err(region) => {
-                let lent = Lent {
-                    region,
-                    _elems: PhantomData,
-                };
-                // SAFETY: nothing writes the buffer (the caller's promise:
-                // it made no `BlockMut` of it); the operations still
-                // holding blocks only read.
-                unsafe { lent.slice(0..lent.len()) }.to_vec()
-            }
-        }
+        // SAFETY: nothing writes the buffer (the caller's promise: it made
+        // no `BlockMut` of it); the operations still holding blocks only
+        // read.
+        self.into_vec()
+            .unwrap_or_else(|lent| unsafe { lent.slice(0..lent.len()) }.to_vec())
     }
 
     /// The elements `r`, to read.
