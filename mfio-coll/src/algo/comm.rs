@@ -221,13 +221,17 @@ async fn allreduce_with<T: Element>(
     }
 }
 
-/// Runs `algo` over `buf` lent to the transport to send from only (never
-/// to receive into), then puts the buffer back; its elements come back
-/// after a failure too.
-async fn lending_to_send<T: Element>(buf: &mut Vec<T>, algo: impl AsyncFnOnce(&Lent<T>) -> Result<()>) -> Result<()> {
-    let lent = Lent::new(std::mem::take(buf));
-    let res = algo(&lent).await;
-    *buf = lent.finish_unwritten();
+/// Runs `algo` over `send`, lent to the transport to send from only (never
+/// to receive into), and `recv`, lent as [`lending`] lends it; then puts
+/// both back (`send`'s elements after a failure too).
+async fn lending_send_and_recv<T: Element>(
+    send: &mut Vec<T>,
+    recv: &mut Vec<T>,
+    algo: impl AsyncFnOnce(&Lent<T>, &Lent<T>) -> Result<()>,
+) -> Result<()> {
+    let own = Lent::new(std::mem::take(send));
+    let res = lending(recv, async |buf| algo(&own, buf).await).await;
+    *send = own.finish_unwritten();
     res
 }
 
@@ -381,40 +385,24 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                 // this rank's operand from `send` and write every element
                 // of `recv`: no copy of the input first (a fifth of a
                 // 16 MiB ring allreduce's time on 2 ranks).
+                use super::{allreduce_rd, allreduce_ring};
                 match algorithm {
                     Algorithm::Ring => {
-                        lending_to_send(send, async |own| {
-                            lending(recv, async |buf| {
-                                super::allreduce_ring::allreduce_ring_lent(t, id, Some(own), buf, &op).await
-                            })
-                            .await
+                        lending_send_and_recv(send, recv, async |own, buf| {
+                            allreduce_ring::allreduce_ring_lent(t, id, Some(own), buf, &op).await
                         })
                         .await
                     }
                     Algorithm::SegmentedRing => {
                         let segment = elems_per::<T>(PIPELINE_BYTES);
-                        lending_to_send(send, async |own| {
-                            lending(recv, async |buf| {
-                                super::allreduce_ring::allreduce_segmented_ring_lent(
-                                    t,
-                                    id,
-                                    Some(own),
-                                    buf,
-                                    &op,
-                                    segment,
-                                )
-                                .await
-                            })
-                            .await
+                        lending_send_and_recv(send, recv, async |own, buf| {
+                            allreduce_ring::allreduce_segmented_ring_lent(t, id, Some(own), buf, &op, segment).await
                         })
                         .await
                     }
                     Algorithm::RecursiveDoubling if size_of_val(send.as_slice()) >= super::POST_AHEAD_BYTES => {
-                        lending_to_send(send, async |own| {
-                            lending(recv, async |buf| {
-                                super::allreduce_rd::allreduce_recursive_doubling_lent(t, id, Some(own), buf, &op).await
-                            })
-                            .await
+                        lending_send_and_recv(send, recv, async |own, buf| {
+                            allreduce_rd::allreduce_recursive_doubling_lent(t, id, Some(own), buf, &op).await
                         })
                         .await
                     }
@@ -486,12 +474,9 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                     // writes (BENCHMARKS.md: read-only memory crosses cores
                     // several times faster here).
                     _ => {
-                        lending_to_send(send, async |own| {
-                            lending(recv, async |recv| {
-                                use super::allgather_ring::{allgather_ring_lent, Contribution};
-                                allgather_ring_lent(t, id, Contribution::Lent(own), recv).await
-                            })
-                            .await
+                        use super::allgather_ring::{allgather_ring_lent, Contribution};
+                        lending_send_and_recv(send, recv, async |own, recv| {
+                            allgather_ring_lent(t, id, Contribution::Lent(own), recv).await
                         })
                         .await
                     }
