@@ -289,6 +289,81 @@ fn every_collective_over_ucx_with_the_builtin_table() {
     }
 }
 
+/// Short messages that leave at once (`try_send_now`, no future) and
+/// those that cannot (the way is full, or too long) and go as futures
+/// arrive alike, exact, under their keys; nothing is sent at once to this
+/// rank, a rank outside the group or under the transport's own id.
+#[test]
+fn short_messages_sent_at_once_or_not_arrive_alike() {
+    const COUNT: u32 = 20_000;
+    let size_of = |i: u32| [0usize, 8, 1000, 3, 20_000][i as usize % 5];
+    let bytes = move |i: u32| -> Vec<u8> { (0..size_of(i)).map(|j| (i as usize * 31 + j) as u8).collect() };
+    for tls in ["sm,self", "tcp"] {
+        let outcomes = run_group(2, Wire::Ucx(tls), move |w| {
+            let t = w.transport().clone();
+            let key = |i: u32| mfio_coll::transport::Key {
+                comm: 77,
+                seq: i,
+                step: 0,
+                chunk: 0,
+            };
+            let me = t.rank();
+            // Wired up first (over TCP a new endpoint sends nothing at
+            // once until UCX has connected it).
+            w.wait(w.barrier()).0.map_err(|e| e.to_string())?;
+            if t.try_send_now(me, key(0), b"self")
+                || t.try_send_now(2, key(0), b"outside")
+                || t.try_send_now(
+                    1 - me,
+                    mfio_coll::transport::Key {
+                        comm: u32::MAX,
+                        ..key(0)
+                    },
+                    b"own id",
+                )
+            {
+                return Err("sent at once where it must not be".into());
+            }
+            if me == 0 {
+                let (mut now, mut later) = (0, 0);
+                let mut pending = Vec::new();
+                for i in 0..COUNT {
+                    let msg = bytes(i);
+                    if t.try_send_now(1, key(i), &msg) {
+                        now += 1;
+                    } else {
+                        later += 1;
+                        pending.push(t.send(1, key(i), msg));
+                    }
+                }
+                for p in pending {
+                    mfio_core::block_on(w.backend(), p).0.map_err(|e| e.to_string())?;
+                }
+                // Both ways taken (a message of 20 000 bytes never goes at
+                // once; the others do while there is room).
+                if now == 0 || later < COUNT / 5 {
+                    return Err(format!("{now} sent at once, {later} as futures"));
+                }
+            } else {
+                for i in 0..COUNT {
+                    let got =
+                        mfio_core::block_on(w.backend(), t.recv(0, key(i), size_of(i))).map_err(|e| e.to_string())?;
+                    if got != bytes(i) {
+                        return Err(format!("message {i} differs"));
+                    }
+                }
+            }
+            // Nothing left over for anyone.
+            w.wait(w.barrier()).0.map_err(|e| e.to_string())?;
+            match t.unclaimed() {
+                0 => Ok(()),
+                n => Err(format!("{n} messages nobody took")),
+            }
+        });
+        all_ok(&format!("UCX {tls}"), outcomes);
+    }
+}
+
 /// `split` by parity, ordered by descending key; collectives in each half
 /// and on a `dup` of the parent, interleaved, never mix.
 #[test]

@@ -38,7 +38,20 @@ per_transport!(
     dropped_completed_tag_receive_loses_no_message,
     dropped_completed_am_receive_loses_no_message,
     flush_and_close_write,
+    short_tag_messages_sent_and_taken_without_packets,
 );
+
+/// Over shared memory only. Over TCP this scenario (a long eager message,
+/// short ones behind it, the receive posted once part of it is in) leaves
+/// the receive unfinished in about half the runs when other tests run
+/// beside it, with the short messages already in at the receiver: with a
+/// packet receive alone too (so not `try_tag_recv`'s doing), at this
+/// repository's commit before `try_tag_recv` existed as well. Not yet
+/// understood; UCX 1.13's TCP transport is the suspect.
+#[test]
+fn sm_tag_messages_taken_while_arriving_keep_their_order() {
+    tag_messages_taken_while_arriving_keep_their_order(Transport::Sm);
+}
 
 fn tag_ping_pong(t: Transport) {
     within(LIMIT, move || {
@@ -117,14 +130,7 @@ fn eager_tag_send_completes_before_its_receive(t: Transport) {
     within(LIMIT, move || {
         let p = pair(t);
         let size = 64 << 10;
-        // Both workers driven once, so the endpoints are wired up.
-        p.both.block_on(async {
-            let sent = p.ab().write_at(Tag(1), vec![1u8; 8]);
-            let got = p.b.tag_recv(TagMatch::exact(1), Vec::with_capacity(8));
-            let (BufResult(sent, _), BufResult(got, _)) = futures::join!(sent, got);
-            sent.expect("wire-up send");
-            got.expect("wire-up receive");
-        });
+        wire_up(&p);
 
         // Only the sender driven: an eager send of 64 KiB completes ...
         let eager = pattern(6, 0, size);
@@ -748,5 +754,199 @@ fn a_step_without_a_spin_returns_with_a_receive_pending() {
                 a.drive_now();
             }
         });
+    });
+}
+
+/// The packetless pair: `try_tag_send` sends short messages at once (and
+/// says no, sending nothing, when it would have to wait), `try_tag_recv`
+/// takes what has arrived; both keep UCX's order and exact bytes, and a
+/// message they cannot handle is left for the packet path.
+fn short_tag_messages_sent_and_taken_without_packets(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        wire_up(&p);
+        let mut buf = Vec::with_capacity(4096);
+        assert_eq!(p.b.try_tag_recv(TagMatch::any(), &mut buf).expect("nothing"), None);
+
+        // Sent at once until the way to the peer is full (nobody drives
+        // the receiver meanwhile), then refused, with nothing sent.
+        let sizes = [0usize, 8, 1000, 3];
+        let mut sent = Vec::new();
+        let mut refused = false;
+        for i in 0..2_000_000u64 {
+            let msg = pattern(i, 0, sizes[i as usize % sizes.len()]);
+            if !p.ab().try_tag_send(Tag(0x5000 + i), &msg).expect("send now") {
+                refused = true;
+                break;
+            }
+            sent.push(msg);
+        }
+        assert!(refused, "{} messages sent at once and never a wait", sent.len());
+        // Too long for UCX's short protocol: never sent at once.
+        assert!(!p.ab().try_tag_send(Tag(7), &vec![7u8; 1 << 20]).expect("long"));
+
+        // Taken in order, exact, without packets; what has not arrived yet
+        // is `None` until the worker progresses.
+        let mut next = 0usize;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while next < sent.len() {
+            assert!(std::time::Instant::now() < deadline, "{next} of {} taken", sent.len());
+            match p
+                .b
+                .try_tag_recv(
+                    TagMatch {
+                        tag: 0x5000,
+                        mask: !0xFFFF_FFFF,
+                    },
+                    &mut buf,
+                )
+                .expect("take")
+            {
+                Some(info) => {
+                    assert_eq!(
+                        info,
+                        TagInfo {
+                            tag: 0x5000 + next as u64,
+                            len: sent[next].len()
+                        }
+                    );
+                    assert!(buf == sent[next], "message {next}");
+                    next += 1;
+                }
+                None => {
+                    p.b.drive_now();
+                    p.a.drive_now();
+                }
+            }
+        }
+        // Nothing more came (the refused and the long message were not sent).
+        for _ in 0..100 {
+            p.b.drive_now();
+            p.a.drive_now();
+        }
+        assert_eq!(p.b.try_tag_recv(TagMatch::any(), &mut buf).expect("nothing more"), None);
+
+        // Longer than the buffer: left for a receive, which says so.
+        let (sent, _) = p.both.block_on(p.ab().write_at(Tag(8), vec![2u8; 100])).into_parts();
+        sent.expect("send");
+        let mut small = Vec::with_capacity(10);
+        for _ in 0..100 {
+            p.b.drive_now();
+            assert_eq!(
+                p.b.try_tag_recv(TagMatch::exact(8), &mut small).expect("too long"),
+                None
+            );
+        }
+        let (got, _) =
+            p.b.block_on(p.b.tag_recv(TagMatch::exact(8), Vec::with_capacity(10)))
+                .into_parts();
+        assert!(got.expect_err("truncated").is_truncated());
+    });
+}
+
+/// A long message that `try_tag_recv` takes while its pieces still arrive
+/// goes with the buffer's memory and comes, whole, to the next receive;
+/// nothing sent after it is taken before it, by either kind of receive.
+fn tag_messages_taken_while_arriving_keep_their_order(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        wire_up(&p);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut taken_in_pieces = 0;
+        for round in 0..20u64 {
+            let base = (round + 1) << 16;
+            let matching = TagMatch { tag: base, mask: !0xFF };
+            let big = pattern(round, 0, (100 << 10) + round as usize * 7919);
+            let shorts: Vec<Vec<u8>> = (1..=4).map(|i| pattern(round, i, 16 * i as usize)).collect();
+            // The long one eagerly (in pieces), the short ones behind it.
+            let mut sends = vec![Box::pin(p.ab().write_at(EagerTag(base), big.clone()))];
+            for (i, m) in shorts.iter().enumerate() {
+                sends.push(Box::pin(p.ab().write_at(EagerTag(base + 1 + i as u64), m.clone())));
+            }
+            // Posted (a send may finish at once).
+            let mut sent = Vec::new();
+            sends.retain_mut(|s| match s.as_mut().poll(&mut cx) {
+                Poll::Ready(BufResult(res, _)) => {
+                    sent.push(res);
+                    false
+                }
+                Poll::Pending => true,
+            });
+            for _ in 0..4 {
+                p.a.drive_now();
+            }
+            // Part of it in.
+            p.b.drive_now();
+            let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
+            let mut buf = Vec::with_capacity(256 << 10);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while got.len() < 5 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "round {round}: {} of 5",
+                    got.len()
+                );
+                let tried = p.b.try_tag_recv(matching, &mut buf).expect("take");
+                match tried {
+                    Some(info) => {
+                        assert_eq!(info.len, buf.len());
+                        got.push((info.tag, buf.clone()));
+                    }
+                    None if buf.capacity() == 0 => {
+                        taken_in_pieces += 1;
+                        // Whatever arrives meanwhile waits behind it.
+                        for _ in 0..10 {
+                            p.a.drive_now();
+                            p.b.drive_now();
+                            let mut other = Vec::with_capacity(256 << 10);
+                            assert_eq!(p.b.try_tag_recv(matching, &mut other).expect("behind"), None);
+                        }
+                        let (info, whole) = p
+                            .both
+                            .block_on(p.b.tag_recv(matching, Vec::with_capacity(256 << 10)))
+                            .into_parts();
+                        got.push((info.expect("the message taken in pieces").tag, whole));
+                        buf = Vec::with_capacity(256 << 10);
+                    }
+                    None => {
+                        p.a.drive_now();
+                        p.b.drive_now();
+                    }
+                }
+            }
+            let tags: Vec<u64> = got.iter().map(|(tag, _)| *tag).collect();
+            assert_eq!(
+                tags,
+                (0..5).map(|i| base + i).collect::<Vec<_>>(),
+                "round {round}: in order"
+            );
+            assert!(got[0].1 == big, "round {round}: the long one whole");
+            for (i, m) in shorts.iter().enumerate() {
+                assert!(&got[i + 1].1 == m, "round {round}: short {i}");
+            }
+            p.both.block_on(async {
+                for s in sends {
+                    sent.push(s.await.0);
+                }
+            });
+            for res in sent {
+                res.expect("send");
+            }
+        }
+        assert!(taken_in_pieces > 0, "never took a message while it arrived");
+    });
+}
+
+/// A message from a to b, so that the endpoint is wired up
+/// (its first send may wait for that).
+fn wire_up(p: &util::Pair) {
+    p.both.block_on(async {
+        let (sent, _) = p.ab().write_at(Tag(1), vec![1u8; 8]).await.into_parts();
+        sent.expect("wire-up send");
+        let (got, _) =
+            p.b.tag_recv(TagMatch::exact(1), Vec::with_capacity(8))
+                .await
+                .into_parts();
+        got.expect("wire-up receive");
     });
 }

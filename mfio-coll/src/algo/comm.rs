@@ -316,30 +316,22 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
 
     fn bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> CollFuture<Vec<T>> {
         let algorithm = self.choose(Collective::Bcast, bytes_of::<T>(buf.len()));
-        self.run(buf, move |t, id, buf| {
-            Box::pin(async move {
-                match algorithm {
-                    Algorithm::ScatterAllgather => {
-                        lending(buf, async |buf| {
-                            super::bcast_scatter_allgather::bcast_scatter_allgather_lent(t, id, buf, root).await
-                        })
-                        .await
-                    }
-                    Algorithm::Chain => {
-                        let chunk = elems_per::<T>(PIPELINE_BYTES);
-                        lending(buf, async |buf| {
-                            super::bcast_chain::bcast_chain_lent(t, id, buf, root, chunk).await
-                        })
-                        .await
-                    }
-                    _ => {
-                        lending(buf, async |buf| {
-                            super::bcast_binomial::bcast_binomial_lent(t, id.key(0, 0), buf, root).await
-                        })
-                        .await
-                    }
-                }
-            })
+        // Each algorithm's future boxed alone, at its own size: one box
+        // for all would be the largest's (over 1 KiB, which glibc serves
+        // more slowly than smaller blocks).
+        self.run(buf, move |t, id, buf| match algorithm {
+            Algorithm::ScatterAllgather => Box::pin(lending(buf, async move |buf| {
+                super::bcast_scatter_allgather::bcast_scatter_allgather_lent(t, id, buf, root).await
+            })),
+            Algorithm::Chain => {
+                let chunk = elems_per::<T>(PIPELINE_BYTES);
+                Box::pin(lending(buf, async move |buf| {
+                    super::bcast_chain::bcast_chain_lent(t, id, buf, root, chunk).await
+                }))
+            }
+            _ => Box::pin(lending(buf, async move |buf| {
+                super::bcast_binomial::bcast_binomial_lent(t, id.key(0, 0), buf, root).await
+            })),
         })
     }
 

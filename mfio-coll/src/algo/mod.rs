@@ -93,10 +93,14 @@ use crate::element::Element;
 use crate::reduce::ReduceOp;
 use crate::transport::{Key, Lent, Transport};
 
-/// Sends `data` to `to` under `key`, from a buffer the transport may have
-/// kept (and gets back).
+/// Sends `data` to `to` under `key`: at once if the transport can (a short
+/// message), else from a buffer the transport may have kept (and gets
+/// back).
 async fn send<T: Element>(t: &dyn Transport, to: Rank, key: Key, data: &[T]) -> Result<()> {
     let bytes: &[u8] = bytemuck::cast_slice(data);
+    if t.try_send_now(to, key, bytes) {
+        return Ok(());
+    }
     let mut buf = t.buffer(bytes.len())?;
     buf.extend_from_slice(bytes);
     let (res, buf) = t.send(to, key, buf).await.into_parts();

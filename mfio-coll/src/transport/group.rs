@@ -46,6 +46,10 @@ impl Transport for SubGroup {
         }
     }
 
+    fn try_send_now(&self, to: Rank, key: Key, data: &[u8]) -> bool {
+        self.base_rank(to).is_some_and(|r| self.base.try_send_now(r, key, data))
+    }
+
     fn recv(&self, from: Rank, key: Key, len: usize) -> RecvFuture {
         match self.base_rank(from) {
             Some(r) => self.base.recv(r, key, len),

@@ -134,6 +134,18 @@ pub trait Transport: Send + Sync {
     /// if the peer is gone.
     fn send(&self, to: Rank, key: Key, data: Vec<u8>) -> TransportFuture;
 
+    /// Sends the short message `data` to rank `to` under `key` at once, if
+    /// the transport can without keeping it: `true` when it left (as
+    /// [`send`](Self::send) would have sent it); `false` when nothing was
+    /// sent (the transport cannot, would have to wait, or the send would
+    /// fail): then send it with [`send`](Self::send), which waits or says
+    /// why. No future and no buffer, for the short messages of a hot path
+    /// (an 8-byte collective). By default never.
+    fn try_send_now(&self, to: Rank, key: Key, data: &[u8]) -> bool {
+        let _ = (to, key, data);
+        false
+    }
+
     /// Receives the message rank `from` sent under `key`, which must be
     /// `len` bytes long: the buffer it arrived in, handed over (no copy).
     ///
@@ -199,6 +211,10 @@ pub trait Transport: Send + Sync {
 /// [`Transport::send_block`] by a copy of the block into a buffer, sent
 /// with [`Transport::send`].
 pub fn send_block_copied<T: Transport + ?Sized>(t: &T, to: Rank, key: Key, data: Block) -> BlockFuture<'_> {
+    // SAFETY: the send of `data` is in flight until this returns.
+    if t.try_send_now(to, key, unsafe { data.as_bytes() }) {
+        return sent();
+    }
     let buf = t.buffer(data.len()).map(|mut buf| {
         // SAFETY: the send of `data` is in flight until this returns.
         buf.extend_from_slice(unsafe { data.as_bytes() });
@@ -226,6 +242,19 @@ pub fn recv_block_copied<T: Transport + ?Sized>(t: &T, from: Rank, key: Key, mut
     })
 }
 
+/// A send that is done already (it left through
+/// [`Transport::try_send_now`]): a future of no size, so no allocation.
+pub(crate) fn sent() -> BlockFuture<'static> {
+    struct Sent;
+    impl Future for Sent {
+        type Output = mfio_core::Result<()>;
+        fn poll(self: Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+    Box::pin(Sent)
+}
+
 /// The error of a receive whose message has `got` bytes where `want` were
 /// expected.
 pub fn wrong_length(from: Rank, key: Key, got: usize, want: usize) -> Error {
@@ -245,10 +274,18 @@ pub(crate) const FRAME_HEADER: usize = 24;
 #[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
 pub(crate) fn frame_header(key: Key, len: usize, room: usize) -> Vec<u8> {
     let mut h = Vec::with_capacity(FRAME_HEADER + room);
-    for w in [key.comm, key.seq, key.step, key.chunk] {
-        h.extend_from_slice(&w.to_le_bytes());
+    h.extend_from_slice(&header_bytes(key, len));
+    h
+}
+
+/// A frame's header as bytes ([`frame_header`]).
+#[cfg(any(feature = "tcp", feature = "mpi", feature = "ucx"))]
+pub(crate) fn header_bytes(key: Key, len: usize) -> [u8; FRAME_HEADER] {
+    let mut h = [0; FRAME_HEADER];
+    for (i, w) in [key.comm, key.seq, key.step, key.chunk].into_iter().enumerate() {
+        h[4 * i..4 * i + 4].copy_from_slice(&w.to_le_bytes());
     }
-    h.extend_from_slice(&(len as u64).to_le_bytes());
+    h[16..].copy_from_slice(&(len as u64).to_le_bytes());
     h
 }
 

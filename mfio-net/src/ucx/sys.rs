@@ -665,6 +665,33 @@ pub(crate) unsafe fn tag_send(ep: EpH, buf: *const u8, len: usize, tag: u64, eag
     posted(unsafe { ffi::ucp_tag_send_nbx(ep, buf as *const c_void, len, tag, &param) })
 }
 
+/// Sends `len` bytes at `buf` at `tag` only if UCX can do it inside this
+/// call without keeping the buffer (`UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL`: a
+/// short message with room on the way): `Ok(true)`; `Ok(false)` if it
+/// would have had to wait (nothing was sent).
+///
+/// # Safety
+/// `ep` is live on a worker the caller serialises; `buf` is valid for
+/// `len` bytes for the call.
+pub(crate) unsafe fn tag_send_now(ep: EpH, buf: *const u8, len: usize, tag: u64) -> Result<bool> {
+    let param = ffi::ucp_request_param_t {
+        op_attr_mask: ffi::UCP_OP_ATTR_FLAG_FORCE_IMM_CMPL,
+        ..Default::default()
+    };
+    // SAFETY: the caller's contract; nothing of the call outlives it.
+    match posted(unsafe { ffi::ucp_tag_send_nbx(ep, buf as *const c_void, len, tag, &param) }) {
+        Posted::Done => Ok(true),
+        Posted::Failed(ffi::UCS_ERR_NO_RESOURCE) => Ok(false),
+        Posted::Failed(status) => Err(status_error(status, "tag send")),
+        // Not with this flag; were it ever, its completion would be
+        // unreported, so it must not happen silently.
+        Posted::InFlight(_) => Err(Error::new(
+            ErrorKind::Other,
+            "UCX kept a send it was told to finish at once",
+        )),
+    }
+}
+
 /// Posts a tag receive. A message already waiting is taken with its tag
 /// and length read by probing (UCX 1.13 does not report them for a
 /// message that was unexpected, not even through the callback); otherwise
@@ -700,6 +727,43 @@ pub(crate) unsafe fn tag_recv(
         posted(unsafe { ffi::ucp_tag_recv_nbx(worker, buf as *mut c_void, len, tag, mask, &param) }),
         None,
     )
+}
+
+/// Takes the first message matching `tag`/`mask` that has arrived (in
+/// part, at least), into `cap` bytes at `buf`: `None` if there is none, or
+/// if it is longer than `cap` (it stays with UCX). Else its tag and length
+/// and what the receive did: done at once for a message that came whole
+/// in one piece; in flight (reported to `sink`) for one still arriving.
+///
+/// # Safety
+/// As [`tag_send`].
+pub(crate) unsafe fn tag_take(
+    worker: WorkerH,
+    buf: *mut u8,
+    cap: usize,
+    tag: u64,
+    mask: u64,
+    sink: *const Sink,
+) -> Option<(Posted, u64, usize)> {
+    let mut info = ffi::ucp_tag_recv_info_t::default();
+    // SAFETY: the caller's contract; info is an out pointer. Only looked
+    // at: a message too long for `buf` is left for a receive that reports
+    // it.
+    let first = unsafe { ffi::ucp_tag_probe_nb(worker, tag, mask, 0, &mut info) };
+    if first.is_null() || info.length > cap {
+        return None;
+    }
+    // SAFETY: as above; the worker is serialised, so this finds the same
+    // message, now removed to be received once.
+    let message = unsafe { ffi::ucp_tag_probe_nb(worker, tag, mask, 1, &mut info) };
+    if message.is_null() {
+        return None;
+    }
+    let mut param = request_param(sink, 0);
+    param.cb.recv = Some(tag_recv_done);
+    // SAFETY: the caller's contract; the message was removed by the probe.
+    let posted = posted(unsafe { ffi::ucp_tag_msg_recv_nbx(worker, buf as *mut c_void, cap, message, &param) });
+    Some((posted, info.sender_tag, info.length))
 }
 
 /// # Safety

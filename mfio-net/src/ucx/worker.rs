@@ -108,6 +108,16 @@ pub(crate) struct State {
     backoff: Duration,
     /// The UCX descriptor is out of the polling set.
     muted: bool,
+    /// Tag messages still arriving into buffers [`Worker::try_tag_recv`]
+    /// let go ([`InFlight::TagLanding`](op::InFlight)): until they are in
+    /// (and in `returned`, first in line), nothing else takes a tag message.
+    pub(crate) tag_landing: usize,
+    /// Tag receives posted meanwhile, started when the last lands.
+    pub(crate) tag_waiting: Vec<op::tag::WaitingRecv>,
+    /// An empty list with room, swapped with the callbacks' sink.
+    spare_finished: Vec<sys::Finished>,
+    /// An empty list with room for a driving step's finished operations.
+    spare_done: Vec<(InFlight, sys::Finished)>,
 }
 
 impl State {
@@ -238,6 +248,22 @@ impl Shared {
         }
     }
 
+    /// Records what an operation's posting code did (as [`start`](Self::start)
+    /// does), leaving what finished in `out`: for posting with the worker
+    /// locked already.
+    pub(crate) fn apply(&self, st: &mut State, start: Start, out: &mut Vec<(InFlight, sys::Finished)>) {
+        match start {
+            Start::Posted(posted, op, len) => {
+                if let Settled::Now(op, f) = self.settle(st, posted, op, len) {
+                    out.push((op, f));
+                }
+            }
+            Start::Finished(op, f) => out.push((op, f)),
+            Start::Many(done) => out.extend(done),
+            Start::Nothing => {}
+        }
+    }
+
     /// Cancels the UCX request behind `token` if it is still in flight
     /// (its callback then reports it as cancelled).
     fn cancel(&self, st: &mut State, token: u64) {
@@ -276,22 +302,39 @@ impl Shared {
     /// receive of endpoints whose receive finished.
     fn collect(&self, st: &mut State, out: &mut Vec<(InFlight, sys::Finished)>) {
         loop {
-            let finished = std::mem::take(&mut *self.sink.lock());
+            // The sink keeps an empty list with room (the last one taken),
+            // so that the callbacks' pushes do not allocate.
+            let mut finished = std::mem::take(&mut st.spare_finished);
+            std::mem::swap(&mut *self.sink.lock(), &mut finished);
             let arrivals = std::mem::take(&mut *self.am_sink.lock());
             let failed = std::mem::take(&mut *self.failed_eps.lock());
             if finished.is_empty() && arrivals.is_empty() && failed.is_empty() {
+                st.spare_finished = finished;
                 return;
             }
             for ep_id in failed {
                 self.close_failed(st, ep_id, out);
             }
-            for f in finished {
+            for f in finished.drain(..) {
                 let Some(rec) = st.ops.try_remove(f.key) else {
                     tracing::warn!(key = f.key, "UCX reported an operation that is not in flight");
                     continue;
                 };
                 // SAFETY: the callback has run: UCX is done with the request.
                 unsafe { sys::request_free(rec.req) };
+                if let InFlight::TagLanding { .. } = &rec.op {
+                    // Filed before anything else can take a tag message.
+                    op::finish(rec.op, f);
+                    st.tag_landing -= 1;
+                    if st.tag_landing == 0 {
+                        for waiting in std::mem::take(&mut st.tag_waiting) {
+                            let token = st.next_token();
+                            let start = op::tag::start_recv(self, st, token, waiting);
+                            self.apply(st, start, out);
+                        }
+                    }
+                    continue;
+                }
                 if let InFlight::StreamRecv { ep_id, .. } = &rec.op {
                     let ep_id = *ep_id;
                     if let Some(turn) = st.streams.get_mut(&ep_id) {
@@ -309,6 +352,7 @@ impl Shared {
                 }
                 out.push((rec.op, f));
             }
+            st.spare_finished = finished;
             for arrival in arrivals {
                 op::am::arrived(self, st, arrival, out);
             }
@@ -358,7 +402,7 @@ impl Shared {
         for token in self.cancels.take() {
             self.cancel(st, token);
         }
-        let mut done = Vec::new();
+        let mut done = std::mem::take(&mut st.spare_done);
         loop {
             // SAFETY: the worker is live and we hold its state.
             if unsafe { sys::progress(self.handle) } == 0 {
@@ -487,10 +531,15 @@ impl Shared {
         let Some(mut st) = self.missed.try_lock(|| self.state.try_lock()) else {
             return DriveStatus::again_after(MissedDrives::RECHECK);
         };
-        let (progress, done, timeout) = self.step(&mut st, spin);
+        let (progress, mut done, timeout) = self.step(&mut st, spin);
         drop(st);
-        for (op, finished) in done {
+        for (op, finished) in done.drain(..) {
             op::finish(op, finished);
+        }
+        // The list goes back for the next step, unless someone holds the
+        // worker now (then it is freed).
+        if let Some(mut st) = self.state.try_lock() {
+            st.spare_done = done;
         }
         // Last, with the worker let go for good.
         if self.missed.take() {
@@ -659,6 +708,10 @@ impl WorkerBuilder {
                     stale_wakes: 0,
                     backoff: Duration::ZERO,
                     muted: false,
+                    tag_landing: 0,
+                    tag_waiting: Vec::new(),
+                    spare_finished: Vec::new(),
+                    spare_done: Vec::new(),
                 }),
                 sink: Mutex::new(Vec::new()),
                 am_sink: Arc::new(Mutex::new(Vec::new())),

@@ -80,6 +80,16 @@ pub(crate) enum InFlight {
         /// Where the message goes if the caller leaves without it.
         returned: Arc<ReturnedTags>,
     },
+    /// A tag message still arriving when [`Worker::try_tag_recv`](crate::ucx::Worker::try_tag_recv)
+    /// took it (into a buffer its caller let go): it goes to `returned`
+    /// once whole, ahead of every later message (tag receives wait till
+    /// then, [`State::tag_landing`](crate::ucx::worker::State)).
+    TagLanding {
+        view: PacketView<Read>,
+        tag: u64,
+        len: usize,
+        returned: Arc<ReturnedTags>,
+    },
     /// A stream receive on endpoint `ep_id`: ends its turn when done.
     StreamRecv { view: PacketView<Read>, ep_id: u64 },
     /// The data of an active message landing in a receive.
@@ -133,6 +143,12 @@ pub(crate) fn finish(op: InFlight, f: sys::Finished) {
             known,
             returned,
         } => tag::finish(view, report, known, &returned, f),
+        InFlight::TagLanding {
+            view,
+            tag,
+            len,
+            returned,
+        } => tag::landed(view, tag, len, &returned, f),
         InFlight::StreamRecv { view, .. } => stream::finish(view, f),
         InFlight::AmData {
             view,

@@ -11,7 +11,7 @@ use super::{InFlight, Keep};
 use super::{ReportedRecv, ReturnedTags};
 use crate::ucx::endpoint::Endpoint;
 use crate::ucx::sys;
-use crate::ucx::worker::{Shared, Start, Worker};
+use crate::ucx::worker::{Settled, Shared, Start, State, Worker};
 
 /// The address of a tag send: the message's tag.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -92,6 +92,29 @@ impl PacketIo<Write, EagerTag> for Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Sends `msg` at `tag` now, if UCX can without keeping `msg`: a short
+    /// message, with room on the way to the peer, is copied out before this
+    /// returns (`Ok(true)`). `Ok(false)`: it would have had to wait, or
+    /// the endpoint cannot send (closed, failed); nothing was sent: send
+    /// it as a packet ([`Tag`]), which waits or reports why. No packet, no
+    /// allocation: for short messages on a hot path. Ordered with the
+    /// endpoint's other sends, as any send (UCX keeps the order).
+    ///
+    /// # Errors
+    /// What UCX reports for the send, other than that it would wait.
+    pub fn try_tag_send(&self, tag: Tag, msg: &[u8]) -> std::result::Result<bool, Error> {
+        let ep = &self.inner;
+        let _worker = ep.worker.lock();
+        if ep.usable().is_err() {
+            return Ok(false);
+        }
+        // SAFETY: the endpoint is usable (live) and the worker is locked
+        // for the call; `msg` outlives the call, and UCX keeps nothing.
+        unsafe { sys::tag_send_now(ep.handle, msg.as_ptr(), msg.len(), tag.0) }
+    }
+}
+
 fn send(endpoint: &Endpoint, tag: u64, eager: bool, view: PacketView<Write>) {
     let ep = &endpoint.inner;
     post::send(ep, view, Keep::Nothing, |shared, _st, bytes, len| {
@@ -101,31 +124,57 @@ fn send(endpoint: &Endpoint, tag: u64, eager: bool, view: PacketView<Write>) {
     });
 }
 
-fn post_recv(shared: &Shared, matching: TagMatch, mut view: PacketView<Read>, report: Option<Completer<TagInfo>>) {
-    shared.start(|shared, _st, token| {
-        let returned = shared.returned.clone();
-        // A message a dropped receive took comes first: it arrived before
-        // anything UCX still holds.
-        if let Some((tag, data)) = returned.take(|(t, _)| (t ^ matching.tag) & matching.mask == 0) {
-            return serve_returned(view, report, tag, data, returned);
-        }
-        if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
-            return fail_read(view, Error::cancelled());
-        }
-        let (ptr, len) = (view.as_mut_ptr(), view.len());
-        // SAFETY: the worker is locked; the view stays in the record until
-        // UCX reports the receive, and nothing else writes it meanwhile.
-        let (posted, known) =
-            unsafe { sys::tag_recv(shared.handle, ptr, len, matching.tag, matching.mask, shared.sink()) };
-        let immediate = known.map_or(0, |(_, n)| n.min(len));
-        let op = InFlight::TagRecv {
-            view,
-            report,
-            known,
-            returned,
-        };
-        Start::Posted(posted, op, immediate)
-    });
+fn post_recv(shared: &Shared, matching: TagMatch, view: PacketView<Read>, report: Option<Completer<TagInfo>>) {
+    shared.start(|shared, st, token| start_recv(shared, st, token, (matching, view, report)));
+}
+
+/// A tag receive waiting for a message [`Worker::try_tag_recv`] left
+/// arriving to land first.
+pub(crate) type WaitingRecv = (TagMatch, PacketView<Read>, Option<Completer<TagInfo>>);
+
+/// Posts a tag receive (the worker locked, `token` its cancellation token).
+pub(crate) fn start_recv(shared: &Shared, st: &mut State, token: u64, recv: WaitingRecv) -> Start {
+    let (matching, mut view, report) = recv;
+    if st.tag_landing > 0 {
+        // An earlier message is still landing: it is taken first.
+        st.tag_waiting.push((matching, view, report));
+        return Start::Nothing;
+    }
+    let returned = shared.returned.clone();
+    // A message a dropped receive took comes first: it arrived before
+    // anything UCX still holds.
+    if let Some((tag, data)) = returned.take(|(t, _)| (t ^ matching.tag) & matching.mask == 0) {
+        return serve_returned(view, report, tag, data, returned);
+    }
+    if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
+        return fail_read(view, Error::cancelled());
+    }
+    let (ptr, len) = (view.as_mut_ptr(), view.len());
+    // SAFETY: the worker is locked; the view stays in the record until
+    // UCX reports the receive, and nothing else writes it meanwhile.
+    let (posted, known) = unsafe { sys::tag_recv(shared.handle, ptr, len, matching.tag, matching.mask, shared.sink()) };
+    let immediate = known.map_or(0, |(_, n)| n.min(len));
+    let op = InFlight::TagRecv {
+        view,
+        report,
+        known,
+        returned,
+    };
+    Start::Posted(posted, op, immediate)
+}
+
+/// Files a message that was still arriving when [`Worker::try_tag_recv`]
+/// took it: the next matching receive gets it (its view's packet is gone).
+pub(crate) fn landed(mut view: PacketView<Read>, tag: u64, len: usize, returned: &ReturnedTags, f: sys::Finished) {
+    if f.status == sys::OK && len <= view.len() {
+        // SAFETY: UCX wrote the message's `len` bytes at the view's start
+        // (it reported the receive done), and nothing writes them now.
+        let data = unsafe { std::slice::from_raw_parts(view.as_mut_ptr(), len) };
+        returned.push((tag, data.to_vec()));
+    } else {
+        tracing::debug!(tag, status = %sys::status_text(f.status), "UCX: a tag message taken while it arrived failed");
+    }
+    view.fail(Error::cancelled());
 }
 
 /// Receives a returned message: copied into the view, then finished as a
@@ -245,6 +294,82 @@ impl PacketIo<Read, TagRecvReport> for Worker {
 
     fn poll_send_ready(&self, _cx: &mut Context<'_>) -> Poll<()> {
         Poll::Ready(())
+    }
+}
+
+impl Worker {
+    /// Takes a message matching `matching` that has arrived, into `buf`
+    /// (its bytes replaced, up to its capacity), without a packet:
+    /// `Ok(Some(info))` with the sender's tag and the length. `Ok(None)`
+    /// when there is nothing to take now: no such message has arrived, it
+    /// is longer than `buf`'s capacity, or a message given back by a
+    /// dropped receive waits (receive those with [`tag_recv`](Self::tag_recv),
+    /// which takes them in order and reports a message too long).
+    ///
+    /// A message still arriving in pieces (a long eager message, or one
+    /// sent by rendezvous) is taken with `buf`'s memory, which goes with it
+    /// (`buf` is left empty, without capacity): the next matching receive
+    /// of either kind gets the message once it is in, and no later message
+    /// is taken before it. So the order of messages is UCX's, as with
+    /// [`tag_recv`](Self::tag_recv) alone.
+    ///
+    /// For a loop that takes many short messages: each costs a probe and a
+    /// copy, where a packet receive costs its future and its completion.
+    ///
+    /// # Errors
+    /// What UCX reports receiving the message.
+    pub fn try_tag_recv(&self, matching: TagMatch, buf: &mut Vec<u8>) -> std::result::Result<Option<TagInfo>, Error> {
+        let shared = &*self.shared;
+        let mut st = shared.lock();
+        if st.tag_landing > 0 || !shared.returned.is_empty() {
+            return Ok(None);
+        }
+        buf.clear();
+        let (ptr, cap) = (buf.as_mut_ptr(), buf.capacity());
+        // SAFETY: the worker is locked; `buf`'s capacity is `cap` bytes,
+        // which UCX writes only during the call unless the receive stays
+        // in flight: then the memory goes into the record below, alive
+        // and written by nothing else until UCX reports the receive.
+        let Some((posted, tag, len)) =
+            (unsafe { sys::tag_take(shared.handle, ptr, cap, matching.tag, matching.mask, shared.sink()) })
+        else {
+            return Ok(None);
+        };
+        match posted {
+            sys::Posted::Done => {
+                // SAFETY: UCX wrote the message's `len` bytes (at most `cap`).
+                unsafe { buf.set_len(len) };
+                Ok(Some(TagInfo { tag, len }))
+            }
+            sys::Posted::Failed(status) => Err(sys::status_error(status, "tag receive")),
+            sys::Posted::InFlight(_) => {
+                // The receive keeps the memory; its packet has no caller.
+                let mut packet = mfio_core::Packet::<Read, Vec<u8>>::new(std::mem::take(buf));
+                let Some(view) = packet.take_view() else {
+                    // (A new packet has its view.) Kept for good rather
+                    // than freed under UCX.
+                    std::mem::forget(packet);
+                    return Err(Error::new(std::io::ErrorKind::Other, "a packet without its view"));
+                };
+                drop(packet);
+                let op = InFlight::TagLanding {
+                    view,
+                    tag,
+                    len,
+                    returned: shared.returned.clone(),
+                };
+                st.tag_landing += 1;
+                let finished = match shared.settle(&mut st, posted, op, 0) {
+                    Settled::Now(op, f) => Some((op, f)),
+                    Settled::Later => None,
+                };
+                drop(st);
+                if let Some((op, f)) = finished {
+                    super::finish(op, f);
+                }
+                Ok(None)
+            }
+        }
     }
 }
 
