@@ -44,6 +44,26 @@ impl<M> Returned<M> {
         messages.remove(at)
     }
 
+    /// Takes the first message `wanted` accepts if `fits` accepts it too;
+    /// `None` if there is none, or the first does not fit (it stays first).
+    pub fn take_first_if(&self, wanted: impl Fn(&M) -> bool, fits: impl Fn(&M) -> bool) -> Option<M> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut messages = self.messages.lock();
+        let at = messages.iter().position(wanted)?;
+        if !fits(&messages[at]) {
+            return None;
+        }
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        messages.remove(at)
+    }
+
+    /// Whether a message `wanted` accepts waits.
+    pub fn contains(&self, wanted: impl Fn(&M) -> bool) -> bool {
+        self.count.load(Ordering::Acquire) != 0 && self.messages.lock().iter().any(wanted)
+    }
+
     /// Puts a message back in front: it was taken from here, and its
     /// receive's caller left before the receive completed.
     pub fn put_back(&self, message: M) {

@@ -826,6 +826,53 @@ fn short_tag_messages_sent_and_taken_without_packets(t: Transport) {
         }
         assert_eq!(p.b.try_tag_recv(TagMatch::any(), &mut buf).expect("nothing more"), None);
 
+        // Given back by a dropped receive: first, to this receive too; one
+        // given back under another tag holds nothing up.
+        for (tag, text) in [(21u64, &b"elsewhere"[..]), (20, b"first")] {
+            p.both.block_on(async {
+                let mut taken = Box::pin(p.b.tag_recv(TagMatch::exact(tag), Vec::with_capacity(64)));
+                assert!(futures::poll!(taken.as_mut()).is_pending(), "posted");
+                let (sent, _) = p.ab().write_at(Tag(tag), text.to_vec()).await.into_parts();
+                sent.expect("send");
+                while p.b.in_flight() > 0 {
+                    util::yield_now().await;
+                }
+                drop(taken);
+            });
+        }
+        let (sent, _) = p
+            .both
+            .block_on(p.ab().write_at(Tag(22), b"second".to_vec()))
+            .into_parts();
+        sent.expect("send");
+        let (mut first, mut second) = (None, None);
+        let mut tiny = Vec::with_capacity(2);
+        for _ in 0..1000 {
+            p.b.drive_now();
+            // Too long for `tiny`: left where it is.
+            assert_eq!(
+                p.b.try_tag_recv(TagMatch::exact(21), &mut tiny).expect("too long"),
+                None
+            );
+            let twenty_or_22 = TagMatch { tag: 20, mask: !2 };
+            match p.b.try_tag_recv(twenty_or_22, &mut buf).expect("take") {
+                Some(info) if first.is_none() => first = Some((info, buf.clone())),
+                Some(info) => second = Some((info, buf.clone())),
+                None if first.is_some() && second.is_some() => break,
+                None => {}
+            }
+        }
+        assert_eq!(
+            first,
+            Some((TagInfo { tag: 20, len: 5 }, b"first".to_vec())),
+            "the given-back one first"
+        );
+        assert_eq!(second, Some((TagInfo { tag: 22, len: 6 }, b"second".to_vec())));
+        let (got, _) =
+            p.b.block_on(p.b.tag_recv(TagMatch::exact(21), Vec::with_capacity(2)))
+                .into_parts();
+        assert!(got.expect_err("truncated").is_truncated());
+
         // Longer than the buffer: left for a receive, which says so.
         let (sent, _) = p.both.block_on(p.ab().write_at(Tag(8), vec![2u8; 100])).into_parts();
         sent.expect("send");
@@ -894,18 +941,28 @@ fn tag_messages_taken_while_arriving_keep_their_order(t: Transport) {
                     }
                     None if buf.capacity() == 0 => {
                         taken_in_pieces += 1;
-                        // Whatever arrives meanwhile waits behind it.
-                        for _ in 0..10 {
+                        // It comes next, whole, to whichever kind of
+                        // receive asks first; nothing overtakes it.
+                        // (Every other round a packet receive is posted
+                        // at once: it waits for the message to land.)
+                        let mut next = None;
+                        for _ in 0..if round % 2 == 0 { 10 } else { 0 } {
                             p.a.drive_now();
                             p.b.drive_now();
                             let mut other = Vec::with_capacity(256 << 10);
-                            assert_eq!(p.b.try_tag_recv(matching, &mut other).expect("behind"), None);
+                            if let Some(info) = p.b.try_tag_recv(matching, &mut other).expect("next") {
+                                next = Some((info.tag, other));
+                                break;
+                            }
                         }
-                        let (info, whole) = p
-                            .both
-                            .block_on(p.b.tag_recv(matching, Vec::with_capacity(256 << 10)))
-                            .into_parts();
-                        got.push((info.expect("the message taken in pieces").tag, whole));
+                        let next = next.unwrap_or_else(|| {
+                            let (info, whole) = p
+                                .both
+                                .block_on(p.b.tag_recv(matching, Vec::with_capacity(256 << 10)))
+                                .into_parts();
+                            (info.expect("the message taken in pieces").tag, whole)
+                        });
+                        got.push(next);
                         buf = Vec::with_capacity(256 << 10);
                     }
                     None => {

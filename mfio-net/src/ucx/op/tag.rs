@@ -300,11 +300,12 @@ impl PacketIo<Read, TagRecvReport> for Worker {
 impl Worker {
     /// Takes a message matching `matching` that has arrived, into `buf`
     /// (its bytes replaced, up to its capacity), without a packet:
-    /// `Ok(Some(info))` with the sender's tag and the length. `Ok(None)`
-    /// when there is nothing to take now: no such message has arrived, it
-    /// is longer than `buf`'s capacity, or a message given back by a
-    /// dropped receive waits (receive those with [`tag_recv`](Self::tag_recv),
-    /// which takes them in order and reports a message too long).
+    /// `Ok(Some(info))` with the sender's tag and the length. A message a
+    /// dropped receive took and gave back comes first, as it does to
+    /// [`tag_recv`](Self::tag_recv). `Ok(None)` when there is nothing to
+    /// take now: no such message has arrived, or the first is longer than
+    /// `buf`'s capacity (it is left for [`tag_recv`](Self::tag_recv), which
+    /// reports it).
     ///
     /// A message still arriving in pieces (a long eager message, or one
     /// sent by rendezvous) is taken with `buf`'s memory, which goes with it
@@ -321,10 +322,22 @@ impl Worker {
     pub fn try_tag_recv(&self, matching: TagMatch, buf: &mut Vec<u8>) -> std::result::Result<Option<TagInfo>, Error> {
         let shared = &*self.shared;
         let mut st = shared.lock();
-        if st.tag_landing > 0 || !shared.returned.is_empty() {
+        if st.tag_landing > 0 {
             return Ok(None);
         }
         buf.clear();
+        // A message a dropped receive took comes first: it arrived before
+        // anything UCX still holds.
+        let matches = |(tag, _): &(u64, Vec<u8>)| (tag ^ matching.tag) & matching.mask == 0;
+        let cap = buf.capacity();
+        if let Some((tag, data)) = shared.returned.take_first_if(matches, |(_, data)| data.len() <= cap) {
+            buf.extend_from_slice(&data);
+            return Ok(Some(TagInfo { tag, len: data.len() }));
+        }
+        if shared.returned.contains(matches) {
+            // Longer than `buf`: a packet receive reports it.
+            return Ok(None);
+        }
         let (ptr, cap) = (buf.as_mut_ptr(), buf.capacity());
         // SAFETY: the worker is locked; `buf`'s capacity is `cap` bytes,
         // which UCX writes only during the call unless the receive stays
