@@ -576,7 +576,12 @@ impl Shared {
             return;
         };
         let me = self.core.rank;
-        let mut sent = Box::pin(async move { ep.write_at(Tag(tag(REPLY, me, number)), vec![answer]).await.0 });
+        let reply_tag = Tag(tag(REPLY, me, number));
+        // At once if UCX can: no packet, no trip through the background.
+        if ep.try_tag_send(reply_tag, &[answer]).unwrap_or(false) {
+            return self.replied(to, Ok(1), then);
+        }
+        let mut sent = Box::pin(async move { ep.write_at(reply_tag, vec![answer]).await.0 });
         // Posted now; a message this short has usually left at once, and
         // then `then` is done without a trip through the background.
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -730,7 +735,13 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
             None => std::task::Poll::Ready(None),
         });
         let (reply, ended) = (std::pin::pin!(reply), std::pin::pin!(ended));
-        let framed = ep.write_at(Tag(tag(FRAME, me, number)), frame);
+        // The frame at once if UCX can (no packet), else as a packet.
+        let frame_tag = Tag(tag(FRAME, me, number));
+        let framed = if ep.try_tag_send(frame_tag, &frame).unwrap_or(false) {
+            futures_util::future::Either::Left(std::future::ready(BufResult(Ok(frame.len()), frame)))
+        } else {
+            futures_util::future::Either::Right(ep.write_at(frame_tag, frame))
+        };
         let (framed, answer) = futures_util::future::join(framed, futures_util::future::select(reply, ended)).await;
         match (framed.0, answer) {
             (Err(e), _) => {
