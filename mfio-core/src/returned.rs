@@ -35,33 +35,23 @@ impl<M> Default for Returned<M> {
 impl<M> Returned<M> {
     /// Takes the first message `wanted` accepts.
     pub fn take(&self, wanted: impl Fn(&M) -> bool) -> Option<M> {
-        if self.count.load(Ordering::Acquire) == 0 {
-            return None;
-        }
-        let mut messages = self.messages.lock();
-        let at = messages.iter().position(wanted)?;
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        messages.remove(at)
+        self.take_first_if(wanted, |_| true).flatten()
     }
 
-    /// Takes the first message `wanted` accepts if `fits` accepts it too;
-    /// `None` if there is none, or the first does not fit (it stays first).
-    pub fn take_first_if(&self, wanted: impl Fn(&M) -> bool, fits: impl Fn(&M) -> bool) -> Option<M> {
+    /// The first message `wanted` accepts, taken if `fits` accepts it too:
+    /// `Some(Some(message))`; `Some(None)` if it does not fit (it stays
+    /// first); `None` if no message is wanted.
+    pub fn take_first_if(&self, wanted: impl Fn(&M) -> bool, fits: impl Fn(&M) -> bool) -> Option<Option<M>> {
         if self.count.load(Ordering::Acquire) == 0 {
             return None;
         }
         let mut messages = self.messages.lock();
         let at = messages.iter().position(wanted)?;
         if !fits(&messages[at]) {
-            return None;
+            return Some(None);
         }
         self.count.fetch_sub(1, Ordering::AcqRel);
-        messages.remove(at)
-    }
-
-    /// Whether a message `wanted` accepts waits.
-    pub fn contains(&self, wanted: impl Fn(&M) -> bool) -> bool {
-        self.count.load(Ordering::Acquire) != 0 && self.messages.lock().iter().any(wanted)
+        Some(messages.remove(at))
     }
 
     /// Puts a message back in front: it was taken from here, and its

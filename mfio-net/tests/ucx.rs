@@ -868,10 +868,7 @@ fn short_tag_messages_sent_and_taken_without_packets(t: Transport) {
             "the given-back one first"
         );
         assert_eq!(second, Some((TagInfo { tag: 22, len: 6 }, b"second".to_vec())));
-        let (got, _) =
-            p.b.block_on(p.b.tag_recv(TagMatch::exact(21), Vec::with_capacity(2)))
-                .into_parts();
-        assert!(got.expect_err("truncated").is_truncated());
+        received_truncated(&p, 21, 2);
 
         // Longer than the buffer: left for a receive, which says so.
         let (sent, _) = p.both.block_on(p.ab().write_at(Tag(8), vec![2u8; 100])).into_parts();
@@ -884,10 +881,7 @@ fn short_tag_messages_sent_and_taken_without_packets(t: Transport) {
                 None
             );
         }
-        let (got, _) =
-            p.b.block_on(p.b.tag_recv(TagMatch::exact(8), Vec::with_capacity(10)))
-                .into_parts();
-        assert!(got.expect_err("truncated").is_truncated());
+        received_truncated(&p, 8, 10);
     });
 }
 
@@ -1006,4 +1000,13 @@ fn wire_up(p: &util::Pair) {
                 .into_parts();
         got.expect("wire-up receive");
     });
+}
+
+/// A packet receive at b of the message at `tag`, into `cap` bytes, fails
+/// as truncated (`try_tag_recv` left the message for it).
+fn received_truncated(p: &util::Pair, tag: u64, cap: usize) {
+    let (got, _) =
+        p.b.block_on(p.b.tag_recv(TagMatch::exact(tag), Vec::with_capacity(cap)))
+            .into_parts();
+    assert!(got.expect_err("truncated").is_truncated());
 }

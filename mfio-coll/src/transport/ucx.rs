@@ -10,7 +10,8 @@
 //! packet where UCX can send it at once ([`Transport::try_send_now`]), and
 //! frames that are in already are taken without a packet too
 //! (`Worker::try_tag_recv`): in a loop of 8-byte bcasts on 2 ranks the
-//! root's instructions per call halved and the receiver's fell by 30 %. Frames go eagerly ([`EagerTag`]): UCX would send one of more
+//! root's instructions per call halved and the receiver's fell by 30 %.
+//! Frames go eagerly ([`EagerTag`]): UCX would send one of more
 //! than ~8 KiB by rendezvous, a round trip more for bytes that are copied
 //! anyway (a 16 KiB bcast on 2 ranks: 4.8 µs → 2.8 µs; BENCHMARKS.md). A
 //! longer message's bytes follow as a second tag message whose

@@ -51,6 +51,11 @@ impl TagMatch {
     pub fn any() -> Self {
         Self { tag: 0, mask: 0 }
     }
+
+    /// Whether a message sent with `tag` is one to take.
+    pub fn matches(&self, tag: u64) -> bool {
+        (tag ^ self.tag) & self.mask == 0
+    }
 }
 
 /// What a tag receive took: the sender's tag and the message's length.
@@ -143,7 +148,7 @@ pub(crate) fn start_recv(shared: &Shared, st: &mut State, token: u64, recv: Wait
     let returned = shared.returned.clone();
     // A message a dropped receive took comes first: it arrived before
     // anything UCX still holds.
-    if let Some((tag, data)) = returned.take(|(t, _)| (t ^ matching.tag) & matching.mask == 0) {
+    if let Some((tag, data)) = returned.take(|(t, _)| matching.matches(*t)) {
         return serve_returned(view, report, tag, data, returned);
     }
     if view.set_cancel_handler(shared.cancels.clone(), token).is_err() {
@@ -328,15 +333,18 @@ impl Worker {
         buf.clear();
         // A message a dropped receive took comes first: it arrived before
         // anything UCX still holds.
-        let matches = |(tag, _): &(u64, Vec<u8>)| (tag ^ matching.tag) & matching.mask == 0;
         let cap = buf.capacity();
-        if let Some((tag, data)) = shared.returned.take_first_if(matches, |(_, data)| data.len() <= cap) {
-            buf.extend_from_slice(&data);
-            return Ok(Some(TagInfo { tag, len: data.len() }));
-        }
-        if shared.returned.contains(matches) {
+        let taken = shared
+            .returned
+            .take_first_if(|(tag, _)| matching.matches(*tag), |(_, data)| data.len() <= cap);
+        match taken {
+            Some(Some((tag, data))) => {
+                buf.extend_from_slice(&data);
+                return Ok(Some(TagInfo { tag, len: data.len() }));
+            }
             // Longer than `buf`: a packet receive reports it.
-            return Ok(None);
+            Some(None) => return Ok(None),
+            None => {}
         }
         let (ptr, cap) = (buf.as_mut_ptr(), buf.capacity());
         // SAFETY: the worker is locked; `buf`'s capacity is `cap` bytes,
