@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use mfio_core::completion::Completion;
-use mfio_core::{block_on, BufResult, IoBackend, Result};
+use mfio_core::{block_on, block_on_waiting, BufResult, IoBackend, Result};
 
 use crate::element::Element;
 use crate::reduce::ReduceOp;
@@ -110,6 +110,11 @@ impl<B> CollFuture<B> {
             Inner::Ready(Some(out)) => Ok(out),
             inner => Err(Self { inner }),
         }
+    }
+
+    /// Whether an algorithm's future runs it ([`boxed`](Self::boxed)).
+    fn is_boxed(&self) -> bool {
+        matches!(self.inner, Inner::Boxed(_))
     }
 
     /// A collective run by a future (an algorithm over a transport).
@@ -256,6 +261,9 @@ pub trait Communicator: Sized {
     fn wait<B: Default>(&self, fut: CollFuture<B>) -> CollResult<B> {
         match fut.into_ready() {
             Ok(out) => out,
+            // An algorithm's future waits for its peers: polled first with
+            // the waker it must wake (mfio_core::block_on_waiting).
+            Err(fut) if fut.is_boxed() => block_on_waiting(self.backend(), fut),
             Err(fut) => block_on(self.backend(), fut),
         }
     }

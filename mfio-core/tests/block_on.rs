@@ -326,3 +326,57 @@ fn a_wake_from_another_thread_ends_the_spin() {
     assert_eq!(got, 7);
     assert!(spins >= 1, "the backend never spun");
 }
+
+/// Records, per poll, whether its waker was one that does nothing; pending
+/// until a thread it hands its waker to has woken it.
+struct WakersSeen {
+    noop: Vec<bool>,
+    to_waker_thread: Option<mpsc::Sender<Waker>>,
+}
+
+impl Future for WakersSeen {
+    type Output = Vec<bool>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Vec<bool>> {
+        // (A waker that does nothing has no data; `will_wake` may not
+        // know it, its table being copied per crate.)
+        self.noop.push(cx.waker().data().is_null());
+        if !*self.noop.last().expect("just pushed") {
+            if let Some(tx) = self.to_waker_thread.take() {
+                tx.send(cx.waker().clone()).expect("waker thread alive");
+                return Poll::Pending;
+            }
+            return Poll::Ready(std::mem::take(&mut self.noop));
+        }
+        Poll::Pending
+    }
+}
+
+#[test]
+fn block_on_waiting_polls_first_with_the_waker_it_must_wake() {
+    let seen = |waiting: bool| {
+        util::within(LIMIT, move || {
+            let be = MemBackend::new().expect("backend");
+            let (tx, rx) = mpsc::channel::<Waker>();
+            let waker_thread = std::thread::spawn(move || {
+                for w in rx {
+                    w.wake();
+                }
+            });
+            let fut = WakersSeen {
+                noop: Vec::new(),
+                to_waker_thread: Some(tx),
+            };
+            let seen = if waiting {
+                mfio_core::block_on_waiting(&be, fut)
+            } else {
+                block_on(&be, fut)
+            };
+            waker_thread.join().expect("waker thread");
+            seen
+        })
+    };
+    // block_on probes with a waker that does nothing, then polls at once
+    // with its own; block_on_waiting skips the probe.
+    assert_eq!(seen(false), [true, false, false]);
+    assert_eq!(seen(true), [false, false]);
+}

@@ -40,8 +40,7 @@ pub async fn allgather_recursive_doubling<T: Element>(
         let mine = r & !(mask - 1);
         let theirs = partner & !(mask - 1);
         let key = id.key(step, 0);
-        let out = recv[mine * b..(mine + mask) * b].to_vec();
-        let incoming = super::exchange(t, partner, partner, key, &out, mask * b).await?;
+        let incoming = super::exchange(t, partner, partner, key, &recv[mine * b..(mine + mask) * b], mask * b).await?;
         recv[theirs * b..(theirs + mask) * b].copy_from_slice(&incoming);
         mask <<= 1;
         step += 1;

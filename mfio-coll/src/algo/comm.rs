@@ -120,14 +120,19 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
         algorithm
     }
 
-    /// Runs `body` over this communicator's transport with a fresh id;
-    /// the buffers come back with its outcome.
-    fn run<Bufs, F>(&self, bufs: Bufs, body: F) -> CollFuture<Bufs>
+    /// Runs the future `body` makes over this communicator's transport,
+    /// a fresh id and the buffers, which it gives back with its outcome.
+    /// One allocation per collective: the body's future lives inside the
+    /// collective's (a boxed body within a boxed collective cost an 8-byte
+    /// allgather two allocations and a copy of the body's state).
+    fn run<Bufs, Fut>(
+        &self,
+        bufs: Bufs,
+        body: impl FnOnce(Arc<dyn Transport>, CollId, Bufs) -> Fut + Send + 'static,
+    ) -> CollFuture<Bufs>
     where
         Bufs: Default + Send + 'static,
-        F: for<'a> FnOnce(&'a dyn Transport, CollId, &'a mut Bufs) -> futures_util::future::BoxFuture<'a, Result<()>>
-            + Send
-            + 'static,
+        Fut: std::future::Future<Output = BufResult<(), Bufs>> + Send + 'static,
     {
         let (t, id) = (self.transport.clone(), self.next());
         // Made here, so that a future dropped before its first poll forgets
@@ -137,11 +142,12 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
             id,
             finished: false,
         };
+        // The body's future is made at the first poll, in the box: made
+        // here, it would be copied into it (hundreds of bytes).
         CollFuture::boxed(async move {
-            let mut bufs = bufs;
-            let res = body(&*t, id, &mut bufs).await;
+            let out = body(t, id, bufs).await;
             abandon.finished();
-            BufResult(res, bufs)
+            out
         })
     }
 
@@ -311,35 +317,50 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
     }
 
     fn barrier(&self) -> CollFuture<()> {
-        self.run((), |t, id, _| Box::pin(super::barrier_dissemination(t, id)))
+        self.run((), |t, id, ()| async move {
+            BufResult(super::barrier_dissemination(&*t, id).await, ())
+        })
     }
 
     fn bcast<T: Element>(&self, buf: Vec<T>, root: Rank) -> CollFuture<Vec<T>> {
         let algorithm = self.choose(Collective::Bcast, bytes_of::<T>(buf.len()));
-        // Each algorithm's future boxed alone, at its own size: one box
-        // for all would be the largest's (over 1 KiB, which glibc serves
-        // more slowly than smaller blocks).
-        self.run(buf, move |t, id, buf| match algorithm {
-            Algorithm::ScatterAllgather => Box::pin(lending(buf, async move |buf| {
-                super::bcast_scatter_allgather::bcast_scatter_allgather_lent(t, id, buf, root).await
-            })),
+        // Each algorithm's collective boxed alone, at its own size: one
+        // box for all would be the largest's (over 1 KiB, which glibc
+        // serves more slowly than smaller blocks).
+        match algorithm {
+            Algorithm::ScatterAllgather => self.run(buf, move |t, id, mut buf| async move {
+                let res = lending(&mut buf, async |buf| {
+                    super::bcast_scatter_allgather::bcast_scatter_allgather_lent(&*t, id, buf, root).await
+                })
+                .await;
+                BufResult(res, buf)
+            }),
             Algorithm::Chain => {
                 let chunk = elems_per::<T>(PIPELINE_BYTES);
-                Box::pin(lending(buf, async move |buf| {
-                    super::bcast_chain::bcast_chain_lent(t, id, buf, root, chunk).await
-                }))
+                self.run(buf, move |t, id, mut buf| async move {
+                    let res = lending(&mut buf, async |buf| {
+                        super::bcast_chain::bcast_chain_lent(&*t, id, buf, root, chunk).await
+                    })
+                    .await;
+                    BufResult(res, buf)
+                })
             }
-            _ => Box::pin(lending(buf, async move |buf| {
-                super::bcast_binomial::bcast_binomial_lent(t, id.key(0, 0), buf, root).await
-            })),
-        })
+            _ => self.run(buf, move |t, id, mut buf| async move {
+                let res = lending(&mut buf, async |buf| {
+                    super::bcast_binomial::bcast_binomial_lent(&*t, id.key(0, 0), buf, root).await
+                })
+                .await;
+                BufResult(res, buf)
+            }),
+        }
     }
 
     fn reduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollFuture<Pair<T>> {
         let _ = self.choose(Collective::Reduce, bytes_of::<T>(send.len()));
         let is_root = root == self.rank();
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
+        self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+            let res = async {
+                let (t, send, recv) = (&*t, &mut send, &mut recv);
                 if is_root {
                     check::len("recv", recv.len(), send.len())?;
                 }
@@ -349,106 +370,148 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                     recv.copy_from_slice(&acc);
                 }
                 Ok(())
-            })
+            }
+            .await;
+            BufResult(res, (send, recv))
         })
     }
 
     fn reduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>, root: Rank) -> CollFuture<Vec<T>> {
         let _ = self.choose(Collective::Reduce, bytes_of::<T>(buf.len()));
         let is_root = root == self.rank();
-        self.run(buf, move |t, id, buf| {
-            Box::pin(async move {
+        self.run(buf, move |t, id, mut buf| async move {
+            let res = async {
+                let (t, buf) = (&*t, &mut buf);
                 let mut acc = buf.clone();
                 super::reduce_binomial(t, id, &mut acc, &op, root).await?;
                 if is_root {
                     buf.copy_from_slice(&acc);
                 }
                 Ok(())
-            })
+            }
+            .await;
+            BufResult(res, buf)
         })
     }
 
     fn allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
         let algorithm = self.allreduce_algorithm(send.len(), &op);
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
-                check::len("recv", recv.len(), send.len())?;
-                // The rings, and recursive doubling of long messages, read
-                // this rank's operand from `send` and write every element
-                // of `recv`: no copy of the input first (a fifth of a
-                // 16 MiB ring allreduce's time on 2 ranks).
-                use super::{allreduce_rd, allreduce_ring};
-                match algorithm {
-                    Algorithm::Ring => {
-                        lending_send_and_recv(send, recv, async |own, buf| {
-                            allreduce_ring::allreduce_ring_lent(t, id, Some(own), buf, &op).await
-                        })
-                        .await
-                    }
-                    Algorithm::SegmentedRing => {
-                        let segment = elems_per::<T>(PIPELINE_BYTES);
-                        lending_send_and_recv(send, recv, async |own, buf| {
-                            allreduce_ring::allreduce_segmented_ring_lent(t, id, Some(own), buf, &op, segment).await
-                        })
-                        .await
-                    }
-                    Algorithm::RecursiveDoubling if size_of_val(send.as_slice()) >= super::POST_AHEAD_BYTES => {
-                        lending_send_and_recv(send, recv, async |own, buf| {
-                            allreduce_rd::allreduce_recursive_doubling_lent(t, id, Some(own), buf, &op).await
-                        })
-                        .await
-                    }
-                    _ => {
-                        recv.copy_from_slice(send);
-                        allreduce_with(t, id, recv, &op, algorithm).await
-                    }
+        let long = size_of_val(send.as_slice()) >= super::POST_AHEAD_BYTES;
+        // The rings, and recursive doubling of long messages, read this
+        // rank's operand from `send` and write every element of `recv`: no
+        // copy of the input first (a fifth of a 16 MiB ring allreduce's
+        // time on 2 ranks). Each algorithm's collective is boxed at its own
+        // size (a short allgather paid for copying the largest's).
+        use super::{allreduce_rd, allreduce_ring};
+        match algorithm {
+            Algorithm::Ring => self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+                let res = async {
+                    check::len("recv", recv.len(), send.len())?;
+                    lending_send_and_recv(&mut send, &mut recv, async |own, buf| {
+                        allreduce_ring::allreduce_ring_lent(&*t, id, Some(own), buf, &op).await
+                    })
+                    .await
                 }
-            })
-        })
+                .await;
+                BufResult(res, (send, recv))
+            }),
+            Algorithm::SegmentedRing => self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+                let res = async {
+                    check::len("recv", recv.len(), send.len())?;
+                    let segment = elems_per::<T>(PIPELINE_BYTES);
+                    lending_send_and_recv(&mut send, &mut recv, async |own, buf| {
+                        allreduce_ring::allreduce_segmented_ring_lent(&*t, id, Some(own), buf, &op, segment).await
+                    })
+                    .await
+                }
+                .await;
+                BufResult(res, (send, recv))
+            }),
+            Algorithm::RecursiveDoubling if long => {
+                self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+                    let res = async {
+                        check::len("recv", recv.len(), send.len())?;
+                        lending_send_and_recv(&mut send, &mut recv, async |own, buf| {
+                            allreduce_rd::allreduce_recursive_doubling_lent(&*t, id, Some(own), buf, &op).await
+                        })
+                        .await
+                    }
+                    .await;
+                    BufResult(res, (send, recv))
+                })
+            }
+            Algorithm::RecursiveDoubling => self.run((send, recv), move |t, id, (send, mut recv)| async move {
+                let res = async {
+                    check::len("recv", recv.len(), send.len())?;
+                    recv.copy_from_slice(&send);
+                    super::allreduce_recursive_doubling(&*t, id, &mut recv, &op).await
+                }
+                .await;
+                BufResult(res, (send, recv))
+            }),
+            _ => self.run((send, recv), move |t, id, (send, mut recv)| async move {
+                let res = async {
+                    check::len("recv", recv.len(), send.len())?;
+                    recv.copy_from_slice(&send);
+                    allreduce_with(&*t, id, &mut recv, &op, algorithm).await
+                }
+                .await;
+                BufResult(res, (send, recv))
+            }),
+        }
     }
 
     fn allreduce_in_place<T: Element>(&self, buf: Vec<T>, op: ReduceOp<T>) -> CollFuture<Vec<T>> {
         let algorithm = self.allreduce_algorithm(buf.len(), &op);
-        self.run(buf, move |t, id, buf| {
-            Box::pin(async move { allreduce_with(t, id, buf, &op, algorithm).await })
+        self.run(buf, move |t, id, mut buf| async move {
+            let res = allreduce_with(&*t, id, &mut buf, &op, algorithm).await;
+            BufResult(res, buf)
         })
     }
 
     fn scatter<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
         let algorithm = self.choose(Collective::Scatter, bytes_of::<T>(recv.len()));
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
+        self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+            let res = async {
+                let (t, send, recv) = (&*t, &mut send, &mut recv);
                 match algorithm {
                     Algorithm::Linear => super::scatter_linear(t, id, send, recv, root).await,
                     _ => super::scatter_binomial(t, id, send, recv, root).await,
                 }
-            })
+            }
+            .await;
+            BufResult(res, (send, recv))
         })
     }
 
     fn scatterv<T: Element>(&self, send: Vec<T>, layout: &Counts, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
         let layout = layout.clone();
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move { super::scatterv_linear(t, id, send, &layout, recv, root).await })
+        self.run((send, recv), move |t, id, (send, mut recv)| async move {
+            let res = super::scatterv_linear(&*t, id, &send, &layout, &mut recv, root).await;
+            BufResult(res, (send, recv))
         })
     }
 
     fn gather<T: Element>(&self, send: Vec<T>, recv: Vec<T>, root: Rank) -> CollFuture<Pair<T>> {
         let algorithm = self.choose(Collective::Gather, bytes_of::<T>(send.len()));
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
+        self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+            let res = async {
+                let (t, send, recv) = (&*t, &mut send, &mut recv);
                 match algorithm {
                     Algorithm::Linear => super::gather_linear(t, id, send, recv, root).await,
                     _ => super::gather_binomial(t, id, send, recv, root).await,
                 }
-            })
+            }
+            .await;
+            BufResult(res, (send, recv))
         })
     }
 
     fn gatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts, root: Rank) -> CollFuture<Pair<T>> {
         let layout = layout.clone();
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move { super::gatherv_linear(t, id, send, recv, &layout, root).await })
+        self.run((send, recv), move |t, id, (send, mut recv)| async move {
+            let res = super::gatherv_linear(&*t, id, &send, &mut recv, &layout, root).await;
+            BufResult(res, (send, recv))
         })
     }
 
@@ -457,43 +520,53 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
         if algorithm == Algorithm::RecursiveDoubling && !self.size().is_power_of_two() {
             algorithm = Algorithm::Bruck;
         }
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
-                match algorithm {
-                    Algorithm::Bruck => super::allgather_bruck(t, id, send, recv).await,
-                    Algorithm::RecursiveDoubling => super::allgather_recursive_doubling(t, id, send, recv).await,
-                    // This rank's block leaves from `send`, which nothing
-                    // writes (BENCHMARKS.md: read-only memory crosses cores
-                    // several times faster here).
-                    _ => {
-                        use super::allgather_ring::{allgather_ring_lent, Contribution};
-                        lending_send_and_recv(send, recv, async |own, recv| {
-                            allgather_ring_lent(t, id, Contribution::Lent(own), recv).await
-                        })
-                        .await
-                    }
-                }
-            })
-        })
+        // Each algorithm's collective boxed at its own size (the ring's
+        // is the largest; copied into the box, a larger future costs a
+        // short allgather more).
+        match algorithm {
+            Algorithm::Bruck => self.run((send, recv), move |t, id, (send, mut recv)| async move {
+                let res = super::allgather_bruck(&*t, id, &send, &mut recv).await;
+                BufResult(res, (send, recv))
+            }),
+            Algorithm::RecursiveDoubling => self.run((send, recv), move |t, id, (send, mut recv)| async move {
+                let res = super::allgather_recursive_doubling(&*t, id, &send, &mut recv).await;
+                BufResult(res, (send, recv))
+            }),
+            // This rank's block leaves from `send`, which nothing writes
+            // (BENCHMARKS.md: read-only memory crosses cores several times
+            // faster here).
+            _ => self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+                use super::allgather_ring::{allgather_ring_lent, Contribution};
+                let res = lending_send_and_recv(&mut send, &mut recv, async |own, recv| {
+                    allgather_ring_lent(&*t, id, Contribution::Lent(own), recv).await
+                })
+                .await;
+                BufResult(res, (send, recv))
+            }),
+        }
     }
 
     fn allgatherv<T: Element>(&self, send: Vec<T>, recv: Vec<T>, layout: &Counts) -> CollFuture<Pair<T>> {
         let layout = layout.clone();
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move { super::allgatherv_linear(t, id, send, recv, &layout).await })
+        self.run((send, recv), move |t, id, (send, mut recv)| async move {
+            let res = super::allgatherv_linear(&*t, id, &send, &mut recv, &layout).await;
+            BufResult(res, (send, recv))
         })
     }
 
     fn alltoall<T: Element>(&self, send: Vec<T>, recv: Vec<T>) -> CollFuture<Pair<T>> {
         let block = send.len() / self.size().max(1);
         let algorithm = self.choose(Collective::Alltoall, bytes_of::<T>(block));
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
+        self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+            let res = async {
+                let (t, send, recv) = (&*t, &mut send, &mut recv);
                 match algorithm {
                     Algorithm::Bruck => super::alltoall_bruck(t, id, send, recv).await,
                     _ => super::alltoall_pairwise(t, id, send, recv).await,
                 }
-            })
+            }
+            .await;
+            BufResult(res, (send, recv))
         })
     }
 
@@ -505,16 +578,18 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
         recv_layout: &Counts,
     ) -> CollFuture<Pair<T>> {
         let (sl, rl) = (send_layout.clone(), recv_layout.clone());
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move { super::alltoallv_pairwise(t, id, send, &sl, recv, &rl).await })
+        self.run((send, recv), move |t, id, (send, mut recv)| async move {
+            let res = super::alltoallv_pairwise(&*t, id, &send, &sl, &mut recv, &rl).await;
+            BufResult(res, (send, recv))
         })
     }
 
     fn reduce_scatter_block<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
         let algorithm = self.choose(Collective::ReduceScatterBlock, bytes_of::<T>(recv.len()));
         let (rank, n) = (self.rank(), self.size());
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
+        self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+            let res = async {
+                let (t, send, recv) = (&*t, &mut send, &mut recv);
                 check::len("send", send.len(), recv.len().saturating_mul(n))?;
                 let mut scratch = send.clone();
                 if !op.is_commutative() {
@@ -529,25 +604,31 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                     Algorithm::Halving => super::reduce_scatter_block_halving(t, id, &mut scratch, recv, &op).await,
                     _ => super::reduce_scatter_block_ring(t, id, &mut scratch, recv, &op).await,
                 }
-            })
+            }
+            .await;
+            BufResult(res, (send, recv))
         })
     }
 
     fn scan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
+        self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+            let res = async {
+                let (t, send, recv) = (&*t, &mut send, &mut recv);
                 check::len("recv", recv.len(), send.len())?;
                 recv.copy_from_slice(send);
                 super::scan_recursive_doubling(t, id, recv, &op).await
-            })
+            }
+            .await;
+            BufResult(res, (send, recv))
         })
     }
 
     /// Rank 0's `recv` comes back unchanged (MPI leaves it undefined).
     fn exscan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
         let rank = self.rank();
-        self.run((send, recv), move |t, id, (send, recv)| {
-            Box::pin(async move {
+        self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
+            let res = async {
+                let (t, send, recv) = (&*t, &mut send, &mut recv);
                 check::len("recv", recv.len(), send.len())?;
                 let mut acc = send.clone();
                 super::exscan_recursive_doubling(t, id, &mut acc, &op).await?;
@@ -555,7 +636,9 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                     recv.copy_from_slice(&acc);
                 }
                 Ok(())
-            })
+            }
+            .await;
+            BufResult(res, (send, recv))
         })
     }
 }
