@@ -183,6 +183,12 @@ pub trait IoBackendExt: IoBackend {
     fn block_on<F: Future>(&self, fut: F) -> F::Output {
         block_on(self, fut)
     }
+
+    /// As [`block_on`](Self::block_on), for a future that waits for a
+    /// peer. See [`block_on_waiting`].
+    fn block_on_waiting<F: Future>(&self, fut: F) -> F::Output {
+        block_on_waiting(self, fut)
+    }
 }
 
 impl<T: IoBackend + ?Sized> IoBackendExt for T {}

@@ -367,7 +367,7 @@ fn block_on_waiting_polls_first_with_the_waker_it_must_wake() {
                 to_waker_thread: Some(tx),
             };
             let seen = if waiting {
-                mfio_core::block_on_waiting(&be, fut)
+                be.block_on_waiting(fut)
             } else {
                 block_on(&be, fut)
             };
