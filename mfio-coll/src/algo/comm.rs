@@ -241,6 +241,18 @@ async fn lending_send_and_recv<T: Element>(
     res
 }
 
+/// Runs an allreduce `algo` that reads this rank's operand from `send` and
+/// writes every element of `recv`, both lent as [`lending_send_and_recv`]
+/// lends them, once `recv` is known to be as long as `send`.
+async fn lending_operand_and_result<T: Element>(
+    send: &mut Vec<T>,
+    recv: &mut Vec<T>,
+    algo: impl AsyncFnOnce(&Lent<T>, &Lent<T>) -> Result<()>,
+) -> Result<()> {
+    check::len("recv", recv.len(), send.len())?;
+    lending_send_and_recv(send, recv, algo).await
+}
+
 /// Runs `algo` over `buf` lent to the transport (its blocks leave from it
 /// and land in it without a copy, where the transport can), then puts the
 /// buffer back.
@@ -400,42 +412,23 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
         // The rings, and recursive doubling of long messages, read this
         // rank's operand from `send` and write every element of `recv`: no
         // copy of the input first (a fifth of a 16 MiB ring allreduce's
-        // time on 2 ranks). Each algorithm's collective is boxed at its own
-        // size (a short allgather paid for copying the largest's).
+        // time on 2 ranks). They share one box, as copying it is nothing
+        // beside their messages; short recursive doubling is boxed at its
+        // own size (it paid for copying the largest's).
+        let lent = matches!(algorithm, Algorithm::Ring | Algorithm::SegmentedRing)
+            || (long && algorithm == Algorithm::RecursiveDoubling);
         use super::{allreduce_rd, allreduce_ring};
         match algorithm {
-            Algorithm::Ring => self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
-                let res = async {
-                    check::len("recv", recv.len(), send.len())?;
-                    lending_send_and_recv(&mut send, &mut recv, async |own, buf| {
-                        allreduce_ring::allreduce_ring_lent(&*t, id, Some(own), buf, &op).await
-                    })
-                    .await
-                }
-                .await;
-                BufResult(res, (send, recv))
-            }),
-            Algorithm::SegmentedRing => self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
-                let res = async {
-                    check::len("recv", recv.len(), send.len())?;
-                    let segment = elems_per::<T>(PIPELINE_BYTES);
-                    lending_send_and_recv(&mut send, &mut recv, async |own, buf| {
-                        allreduce_ring::allreduce_segmented_ring_lent(&*t, id, Some(own), buf, &op, segment).await
-                    })
-                    .await
-                }
-                .await;
-                BufResult(res, (send, recv))
-            }),
-            Algorithm::RecursiveDoubling if long => {
+            _ if lent => {
+                let segment = elems_per::<T>(PIPELINE_BYTES);
                 self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
-                    let res = async {
-                        check::len("recv", recv.len(), send.len())?;
-                        lending_send_and_recv(&mut send, &mut recv, async |own, buf| {
-                            allreduce_rd::allreduce_recursive_doubling_lent(&*t, id, Some(own), buf, &op).await
-                        })
-                        .await
-                    }
+                    let res = lending_operand_and_result(&mut send, &mut recv, async |own, buf| match algorithm {
+                        Algorithm::Ring => allreduce_ring::allreduce_ring_lent(&*t, id, Some(own), buf, &op).await,
+                        Algorithm::SegmentedRing => {
+                            allreduce_ring::allreduce_segmented_ring_lent(&*t, id, Some(own), buf, &op, segment).await
+                        }
+                        _ => allreduce_rd::allreduce_recursive_doubling_lent(&*t, id, Some(own), buf, &op).await,
+                    })
                     .await;
                     BufResult(res, (send, recv))
                 })
