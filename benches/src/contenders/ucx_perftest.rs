@@ -182,7 +182,8 @@ impl Contender<UcxJob> for UcxPerftest {
             }
             break (out, server);
         };
-        let server = wait_bounded(server, Duration::from_secs(10))?;
+        // The server ends once the client has; as late as the client may.
+        let server = wait_bounded(server, limit)?;
         if !client.status.success() || !server.status.success() {
             return Err(io::Error::other(format!(
                 "ucx_perftest failed (client {}, server {}): {}",
