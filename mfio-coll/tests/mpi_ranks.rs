@@ -91,24 +91,42 @@ where
 {
     let mut seq = Seq::new(1);
     for len in [0, 1, 1000, 100_003] {
+        step(format!("every algorithm over {name}, len {len}"));
         backend
             .block_on(every_algorithm(&t, &mut seq, len))
             .map_err(|e| format!("every algorithm over {name}, len {len}: {e}"))?;
     }
+    step(format!("under load over {name}"));
     every_algorithm::under_load(&backend, &t)?;
+    step(format!("dropped mid-flight over {name}"));
     every_algorithm::drop_mid_flight(&backend, &t, 9)?;
     let comm = TransportComm::new(backend, t);
     let mut salt = salt;
     for form in [Form::Async, Form::Blocking] {
         for len in [0, 1, 1031, 40_000] {
+            step(format!("collectives over {name}, len {len}, {form:?}"));
             salt += 1;
             collectives_of::<_, u32>(&comm, len, form, salt)?;
             collectives_of::<_, f64>(&comm, len, form, salt)?;
             collectives_of::<_, Sample>(&comm, len, form, salt)?;
         }
     }
+    step(format!("final barrier over {name}"));
     comm.blocking_barrier().map_err(|e| format!("final barrier: {e}"))?;
     every_algorithm::nothing_kept(&**comm.transport())
+}
+
+/// What this rank's case is doing: a hung case's report names it.
+static STEP: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Records the step this rank's case begins.
+fn step(what: String) {
+    *STEP.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = what;
+}
+
+/// The step this rank's case began last.
+fn last_step() -> String {
+    STEP.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
 }
 
 /// The TCP transport bootstrapped over MPI (listening addresses exchanged
@@ -1193,9 +1211,15 @@ fn main() {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
-            eprintln!("rank {rank}/{size}: case {case_name} hung for {CASE_TIMEOUT:?}");
+            eprintln!(
+                "rank {rank}/{size}: case {case_name} hung for {CASE_TIMEOUT:?} (last step: {:?}; \
+                 last algorithm begun: {:?})",
+                last_step(),
+                every_algorithm::last_began()
+            );
             std::process::exit(4);
         });
+        step(String::new());
         let start = Instant::now();
         let result = case(&cx);
         done.store(true, Ordering::Release);

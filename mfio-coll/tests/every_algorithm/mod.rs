@@ -93,6 +93,19 @@ impl Seq {
     }
 }
 
+/// The algorithm [`every_algorithm`] began last in this process (ranks
+/// that are threads of one process overwrite each other's).
+static BEGAN: std::sync::Mutex<&str> = std::sync::Mutex::new("");
+
+fn began(name: &'static str) {
+    *BEGAN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = name;
+}
+
+/// The algorithm [`every_algorithm`] began last: where a hung rank is.
+pub fn last_began() -> &'static str {
+    *BEGAN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn fail(what: &str) -> impl Fn(mfio_core::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
@@ -116,6 +129,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
             "allreduce Rabenseifner",
             "allreduce reduce then bcast",
         ][which];
+        began(name);
         match which {
             0 => algo::allreduce_ring(t, id, &mut buf, &sum).await,
             1 => algo::allreduce_segmented_ring(t, id, &mut buf, &sum, 777).await,
@@ -128,6 +142,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
     }
 
     // reduce to a root
+    began("reduce binomial");
     let mut buf = all[rank].clone();
     algo::reduce_binomial(t, seq.next(), &mut buf, &sum, root)
         .await
@@ -140,6 +155,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
         let mut buf = if rank == root { from_root.clone() } else { vec![0; len] };
         let id = seq.next();
         let name = ["bcast binomial", "bcast scatter-allgather", "bcast chain"][which];
+        began(name);
         match which {
             0 => algo::bcast_binomial(t, id, &mut buf, root).await,
             1 => algo::bcast_scatter_allgather(t, id, &mut buf, root).await,
@@ -157,6 +173,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
         let mut recv = vec![0; len];
         let id = seq.next();
         let name = ["reduce_scatter_block ring", "reduce_scatter_block halving"][which];
+        began(name);
         match which {
             0 => algo::reduce_scatter_block_ring(t, id, &mut send, &mut recv, &sum).await,
             _ => algo::reduce_scatter_block_halving(t, id, &mut send, &mut recv, &sum).await,
@@ -177,6 +194,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
         let mut recv = vec![0; len * n];
         let id = seq.next();
         let name = ["allgather ring", "allgather Bruck", "allgather recursive doubling"][which];
+        began(name);
         match which {
             0 => algo::allgather_ring(t, id, &all[rank], &mut recv).await,
             1 => algo::allgather_bruck(t, id, &all[rank], &mut recv).await,
@@ -193,6 +211,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
         let send = if rank == root { spread.clone() } else { Vec::new() };
         let id = seq.next();
         let name = ["scatter linear", "scatter binomial"][which];
+        began(name);
         match which {
             0 => algo::scatter_linear(t, id, &send, &mut recv, root).await,
             _ => algo::scatter_binomial(t, id, &send, &mut recv, root).await,
@@ -207,6 +226,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
         let mut recv = if rank == root { vec![0; len * n] } else { Vec::new() };
         let id = seq.next();
         let name = ["gather linear", "gather binomial"][which];
+        began(name);
         match which {
             0 => algo::gather_linear(t, id, &all[rank], &mut recv, root).await,
             _ => algo::gather_binomial(t, id, &all[rank], &mut recv, root).await,
@@ -224,6 +244,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
         let mut recv = vec![0; len * n];
         let id = seq.next();
         let name = ["alltoall pairwise", "alltoall Bruck"][which];
+        began(name);
         match which {
             0 => algo::alltoall_pairwise(t, id, &outgoing[rank], &mut recv).await,
             _ => algo::alltoall_bruck(t, id, &outgoing[rank], &mut recv).await,
@@ -234,6 +255,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
 
     // scan and exscan, with a non-commutative operation
     let maps: Vec<Vec<[u64; 2]>> = (0..n).map(|r| affine(r, len)).collect();
+    began("scan");
     let mut buf = maps[rank].clone();
     algo::scan_recursive_doubling(t, seq.next(), &mut buf, &compose())
         .await
@@ -242,6 +264,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
         buf == reference(&maps[..=rank], &compose()),
         "scan: wrong prefix on rank {rank}"
     );
+    began("exscan");
     let mut buf = maps[rank].clone();
     algo::exscan_recursive_doubling(t, seq.next(), &mut buf, &compose())
         .await
@@ -253,6 +276,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
     };
     ensure!(buf == want, "exscan: wrong prefix on rank {rank}");
 
+    began("barrier");
     algo::barrier_dissemination(t, seq.next())
         .await
         .map_err(fail("barrier"))?;
