@@ -90,7 +90,8 @@ pub(crate) enum Posted {
     Done,
     /// Failed inside the call; no callback will come.
     Failed(Status),
-    /// In flight: the callback will report it, then the request is freed.
+    /// In flight: the callback reports it (it may have, inside the call
+    /// already), then the request is freed.
     InFlight(Request),
 }
 
@@ -104,11 +105,19 @@ fn posted(ptr: ffi::ucs_status_ptr_t) -> Posted {
     }
 }
 
-/// One operation UCX reported finished from a callback: the key written into
-/// its request, its status, and what its kind reports.
+/// One operation UCX reported finished from a callback: the address of its
+/// request (0 for one that finished in the posting call, without a
+/// request), its status, and what its kind reports.
+///
+/// The callback does not read the operation's key out of the request: UCX
+/// may call it before the posting call returns the request (a receive of
+/// an eager message whose fragments were all in already completes inside
+/// `ucp_tag_recv_nbx`/`ucp_tag_msg_recv_nbx` and still returns the
+/// request), when the key is not written yet. It is read when the report
+/// is collected, by the thread that posted and keyed it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Finished {
-    pub key: usize,
+    pub request: usize,
     pub status: Status,
     /// Bytes received (receives), 0 otherwise.
     pub length: usize,
@@ -125,7 +134,7 @@ pub(crate) type Sink = Mutex<Vec<Finished>>;
 const REQUEST_SIZE: usize = std::mem::size_of::<usize>();
 
 /// Writes `key` into a request's reserved space, right after posting and
-/// before the next progress (no callback can run before that).
+/// before the worker's reports are next collected.
 ///
 /// # Safety
 /// `req` is a request just returned by an `_nbx` call of a context created
@@ -136,9 +145,14 @@ pub(crate) unsafe fn set_request_key(req: Request, key: usize) {
     unsafe { (req as *mut usize).write_unaligned(key) };
 }
 
+/// The key [`set_request_key`] wrote into the request at address
+/// `request` (a [`Finished::request`]).
+///
 /// # Safety
-/// `req` is a request of a context created by [`init`] whose key was set.
-unsafe fn request_key(req: *mut c_void) -> usize {
+/// `request` is a request of a context created by [`init`] whose key was
+/// set, and not yet freed.
+pub(crate) unsafe fn request_key(request: usize) -> usize {
+    let req = request as *mut c_void;
     // SAFETY: see set_request_key.
     unsafe { (req as *const usize).read_unaligned() }
 }
@@ -155,11 +169,10 @@ unsafe fn push(user_data: *mut c_void, finished: Finished) {
 unsafe extern "C" fn send_done(request: *mut c_void, status: Status, user_data: *mut c_void) {
     // SAFETY: UCX passes back the request and user data we posted with.
     unsafe {
-        let key = request_key(request);
         push(
             user_data,
             Finished {
-                key,
+                request: request as usize,
                 status,
                 length: 0,
                 tag: 0,
@@ -181,11 +194,10 @@ unsafe extern "C" fn tag_recv_done(
             Some(info) => (info.length, info.sender_tag),
             None => (0, 0),
         };
-        let key = request_key(request);
         push(
             user_data,
             Finished {
-                key,
+                request: request as usize,
                 status,
                 length,
                 tag,
@@ -197,11 +209,10 @@ unsafe extern "C" fn tag_recv_done(
 unsafe extern "C" fn length_done(request: *mut c_void, status: Status, length: usize, user_data: *mut c_void) {
     // SAFETY: UCX passes back the request and user data we posted with.
     unsafe {
-        let key = request_key(request);
         push(
             user_data,
             Finished {
-                key,
+                request: request as usize,
                 status,
                 length,
                 tag: 0,

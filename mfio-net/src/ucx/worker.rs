@@ -203,7 +203,7 @@ impl Shared {
     /// Records what an `_nbx` call did with `op`.
     pub(crate) fn settle(&self, st: &mut State, posted: sys::Posted, op: InFlight, immediate_len: usize) -> Settled {
         let finished = |status| sys::Finished {
-            key: usize::MAX,
+            request: 0,
             status,
             length: immediate_len,
             tag: 0,
@@ -216,7 +216,10 @@ impl Shared {
                 let seq = st.seq;
                 let key = st.ops.insert(Record { op, req, seq });
                 // SAFETY: req was just returned by an _nbx call of this
-                // worker's context; no progress ran since.
+                // worker's context and is not freed before its report is
+                // collected, under this lock, which reads the key. (Its
+                // callback may have run inside the call already: the report
+                // waits in the sink until then.)
                 unsafe { sys::set_request_key(req, key) };
                 // Wake a sleeping driver: the request needs progress.
                 self.notifier.notify();
@@ -316,8 +319,8 @@ impl Shared {
                 self.close_failed(st, ep_id, out);
             }
             for f in finished.drain(..) {
-                let Some(rec) = st.ops.try_remove(f.key) else {
-                    tracing::warn!(key = f.key, "UCX reported an operation that is not in flight");
+                let Some(rec) = take_record(&mut st.ops, f) else {
+                    tracing::warn!(request = f.request, "UCX reported an operation that is not in flight");
                     continue;
                 };
                 // SAFETY: the callback has run: UCX is done with the request.
@@ -369,7 +372,7 @@ impl Shared {
         };
         for view in turn.waiting {
             let f = sys::Finished {
-                key: usize::MAX,
+                request: 0,
                 status,
                 length: 0,
                 tag: 0,
@@ -549,6 +552,21 @@ impl Shared {
     }
 }
 
+/// The record of the operation a callback reported finished, taken out of
+/// the operations in flight.
+fn take_record(ops: &mut slab::Slab<Record>, f: sys::Finished) -> Option<Record> {
+    // SAFETY: every request a callback reports was returned by a posting
+    // call of this worker, which keyed it before it let go of the worker's
+    // lock (held by the caller), and is freed only after its report is
+    // taken here.
+    let key = unsafe { sys::request_key(f.request) };
+    // The request's address confirms the key.
+    match ops.get(key) {
+        Some(rec) if rec.req as usize == f.request => ops.try_remove(key),
+        _ => None,
+    }
+}
+
 impl Drop for Shared {
     fn drop(&mut self) {
         let st = self.state.get_mut();
@@ -565,7 +583,7 @@ impl Drop for Shared {
             // SAFETY: the worker is live; we own the state.
             unsafe { sys::progress(self.handle) };
             for f in std::mem::take(&mut *self.sink.lock()) {
-                if let Some(rec) = st.ops.try_remove(f.key) {
+                if let Some(rec) = take_record(&mut st.ops, f) {
                     // SAFETY: reported by its callback.
                     unsafe { sys::request_free(rec.req) };
                     done.push((rec.op, f));

@@ -179,7 +179,7 @@ fn finished(op: InFlight, status: sys::Status, length: usize) -> (InFlight, sys:
     (
         op,
         sys::Finished {
-            key: usize::MAX,
+            request: 0,
             status,
             length,
             tag: 0,

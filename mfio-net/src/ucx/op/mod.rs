@@ -169,7 +169,7 @@ pub(crate) fn abandon(op: InFlight) {
     finish(
         op,
         sys::Finished {
-            key: usize::MAX,
+            request: 0,
             status: sys::ERR_NOT_CONNECTED,
             length: 0,
             tag: 0,

@@ -83,7 +83,7 @@ fn done(view: PacketView<Read>, ep_id: u64, status: sys::Status, length: usize) 
     (
         InFlight::StreamRecv { view, ep_id },
         sys::Finished {
-            key: usize::MAX,
+            request: 0,
             status,
             length,
             tag: 0,

@@ -207,7 +207,7 @@ fn serve_returned(
         returned,
     };
     let finished = sys::Finished {
-        key: usize::MAX,
+        request: 0,
         status,
         length: len,
         tag,
