@@ -880,14 +880,19 @@ fn short_tag_messages_sent_and_taken_without_packets(t: Transport) {
 /// nothing sent after it is taken before it, by either kind of receive.
 fn tag_messages_taken_while_arriving_keep_their_order(t: Transport) {
     within(LIMIT, move || {
-        let p = pair(t);
+        // Little room on the way, so that the long message's pieces cannot
+        // all be in flight at once: some are in, the rest wait for the
+        // sender's next progress. (In code a transport setting is named as
+        // its table names it: `MM_FIFO_SIZE` is `UCX_POSIX_FIFO_SIZE` and
+        // `UCX_SYSV_FIFO_SIZE`, `SNDBUF` is `UCX_TCP_SNDBUF`.)
+        let p = util::pair_with(t, &[("MM_FIFO_SIZE", "4"), ("SNDBUF", "16k"), ("RCVBUF", "16k")]);
         wire_up(&p);
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut taken_in_pieces = 0;
         for round in 0..20u64 {
             let base = (round + 1) << 16;
             let matching = TagMatch { tag: base, mask: !0xFF };
-            let big = pattern(round, 0, (100 << 10) + round as usize * 7919);
+            let big = pattern(round, 0, (160 << 10) + round as usize * 4099);
             let shorts: Vec<Vec<u8>> = (1..=4).map(|i| pattern(round, i, 16 * i as usize)).collect();
             // The long one eagerly (in pieces), the short ones behind it.
             let mut sends = vec![Box::pin(p.ab().write_at(EagerTag(base), big.clone()))];
@@ -1004,7 +1009,8 @@ fn received_truncated(p: &util::Pair, tag: u64, cap: usize) {
 /// A receive posted once every piece of a long eager message is in (the
 /// pieces waiting unexpected) completes inside UCX's posting call, which
 /// calls back before it returns the request (UCX 1.13): the receive still
-/// ends, with the message whole, and nothing stays in flight. (Reading the
+/// ends, with the message whole (`try_tag_recv` takes it at once), and
+/// nothing stays in flight. (Reading the
 /// operation's key in that callback, before it was written, left the
 /// receive in flight for good, or ended another operation.) Receives that
 /// never match are posted around it so that the keys shift.
@@ -1046,11 +1052,18 @@ fn receive_of_a_long_message_already_in_completes(t: Transport) {
                 p.a.drive_now();
                 p.b.drive_now();
             }
-            let (info, got) = p
-                .both
-                .block_on(p.b.tag_recv(TagMatch::exact(long_tag), Vec::with_capacity(256 << 10)))
-                .into_parts();
-            let info = info.expect("the long message");
+            // Every other round taken without a packet: whole at once.
+            let (info, got) = if round % 2 == 0 {
+                let (info, got) = p
+                    .both
+                    .block_on(p.b.tag_recv(TagMatch::exact(long_tag), Vec::with_capacity(256 << 10)))
+                    .into_parts();
+                (info.expect("the long message"), got)
+            } else {
+                let mut got = Vec::with_capacity(256 << 10);
+                let info = p.b.try_tag_recv(TagMatch::exact(long_tag), &mut got).expect("take");
+                (info.expect("the long message, in whole already"), got)
+            };
             assert_eq!((info.tag, info.len), (long_tag, long.len()), "round {round}");
             assert!(got == long, "round {round}: the long message whole");
             drop(idle);

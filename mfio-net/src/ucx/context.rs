@@ -92,8 +92,14 @@ pub struct ContextBuilder {
 
 impl ContextBuilder {
     /// Sets UCX option `name` (without the `UCX_` prefix, e.g. `"TLS"`) to
-    /// `value`, over what the environment says. Transport options
-    /// (`"TCP_CM_REUSEADDR"`, …) are taken too.
+    /// `value`, over what the environment says. Transport options are
+    /// taken too, but named as their table names them, which is not always
+    /// their environment variable less `UCX_` (UCX 1.13, checked by
+    /// mfio-net's tests): `"MM_FIFO_SIZE"` sets shared memory's
+    /// `UCX_POSIX_FIFO_SIZE` and `UCX_SYSV_FIFO_SIZE`, `"SNDBUF"` sets
+    /// `UCX_TCP_SNDBUF` (`"TCP_SNDBUF"` and `"POSIX_FIFO_SIZE"` are
+    /// accepted and do nothing: UCX keeps a name it does not know for
+    /// transports that may ask for it later).
     #[must_use]
     pub fn set(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
         self.settings.push((name.into(), value.into()));

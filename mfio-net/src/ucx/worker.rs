@@ -200,6 +200,20 @@ impl Shared {
         self.state.lock()
     }
 
+    /// The report of `req`, taken out of the sink, if its callback ran
+    /// inside the posting call that returned it (UCX does for a receive of
+    /// a long eager message whose pieces were all in); the request is then
+    /// freed. `None` (and the request untouched) for one still in flight.
+    pub(crate) fn finished_in_call(&self, req: sys::Request) -> Option<sys::Finished> {
+        let mut sink = self.sink.lock();
+        let at = sink.iter().position(|f| f.request == req as usize)?;
+        let f = sink.swap_remove(at);
+        drop(sink);
+        // SAFETY: its callback has run; nothing refers to it any more.
+        unsafe { sys::request_free(req) };
+        Some(f)
+    }
+
     /// Records what an `_nbx` call did with `op`.
     pub(crate) fn settle(&self, st: &mut State, posted: sys::Posted, op: InFlight, immediate_len: usize) -> Settled {
         let finished = |status| sys::Finished {

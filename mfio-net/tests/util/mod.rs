@@ -22,11 +22,19 @@ pub enum Transport {
 /// A context on `transport`; `listener` adds what socket-address
 /// connections need.
 pub fn context(transport: Transport, listener: bool) -> Context {
-    let builder = match (transport, listener) {
+    context_with(transport, listener, &[])
+}
+
+/// As [`context`], with UCX settings (names without `UCX_`) on top.
+pub fn context_with(transport: Transport, listener: bool, settings: &[(&str, &str)]) -> Context {
+    let mut builder = match (transport, listener) {
         (Transport::Sm, false) => Context::builder().set("TLS", "sm,self"),
         (Transport::Sm, true) => Context::builder().set("TLS", "sm,self,tcp").set("NET_DEVICES", "lo"),
         (Transport::Tcp, _) => Context::builder().set("TLS", "tcp").set("NET_DEVICES", "lo"),
     };
+    for &(name, value) in settings {
+        builder = builder.set(name, value);
+    }
     builder.build().expect("UCX context")
 }
 
@@ -76,7 +84,12 @@ impl Drop for Pair {
 }
 
 pub fn pair(transport: Transport) -> Pair {
-    let ctx = context(transport, false);
+    pair_with(transport, &[])
+}
+
+/// As [`pair`], on a context with UCX settings on top.
+pub fn pair_with(transport: Transport, settings: &[(&str, &str)]) -> Pair {
+    let ctx = context_with(transport, false, settings);
     let a = ctx.worker().expect("worker a");
     let b = ctx.worker().expect("worker b");
     let ab = a.connect(&b.address()).expect("connect a->b");

@@ -363,7 +363,17 @@ impl Worker {
                 Ok(Some(TagInfo { tag, len }))
             }
             sys::Posted::Failed(status) => Err(sys::status_error(status, "tag receive")),
-            sys::Posted::InFlight(_) => {
+            sys::Posted::InFlight(req) => {
+                if let Some(f) = shared.finished_in_call(req) {
+                    // Every piece was in: whole already, as if done at once.
+                    if f.status != sys::OK {
+                        return Err(sys::status_error(f.status, "tag receive"));
+                    }
+                    // SAFETY: UCX wrote the message's `len` bytes (at most
+                    // `cap`).
+                    unsafe { buf.set_len(len) };
+                    return Ok(Some(TagInfo { tag, len }));
+                }
                 // The receive keeps the memory; its packet has no caller.
                 let mut packet = mfio_core::Packet::<Read, Vec<u8>>::new(std::mem::take(buf));
                 let Some(view) = packet.take_view() else {
