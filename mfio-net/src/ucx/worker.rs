@@ -207,7 +207,8 @@ impl Shared {
     pub(crate) fn finished_in_call(&self, req: sys::Request) -> Option<sys::Finished> {
         let mut sink = self.sink.lock();
         let at = sink.iter().position(|f| f.request == req as usize)?;
-        let f = sink.swap_remove(at);
+        // In order: the other reports' order is the order they finished.
+        let f = sink.remove(at);
         drop(sink);
         // SAFETY: its callback has run; nothing refers to it any more.
         unsafe { sys::request_free(req) };
