@@ -338,8 +338,6 @@ impl Shared {
                     tracing::warn!(request = f.request, "UCX reported an operation that is not in flight");
                     continue;
                 };
-                // SAFETY: the callback has run: UCX is done with the request.
-                unsafe { sys::request_free(rec.req) };
                 if let InFlight::TagLanding { .. } = &rec.op {
                     // Filed before anything else can take a tag message.
                     op::finish(rec.op, f);
@@ -568,7 +566,7 @@ impl Shared {
 }
 
 /// The record of the operation a callback reported finished, taken out of
-/// the operations in flight.
+/// the operations in flight; its request is freed (UCX is done with it).
 fn take_record(ops: &mut slab::Slab<Record>, f: sys::Finished) -> Option<Record> {
     // SAFETY: every request a callback reports was returned by a posting
     // call of this worker, which keyed it before it let go of the worker's
@@ -576,10 +574,14 @@ fn take_record(ops: &mut slab::Slab<Record>, f: sys::Finished) -> Option<Record>
     // taken here.
     let key = unsafe { sys::request_key(f.request) };
     // The request's address confirms the key.
-    match ops.get(key) {
-        Some(rec) if rec.req as usize == f.request => ops.try_remove(key),
-        _ => None,
-    }
+    let rec = match ops.get(key) {
+        Some(rec) if rec.req as usize == f.request => ops.try_remove(key)?,
+        _ => return None,
+    };
+    // SAFETY: the callback has run: UCX is done with the request, which
+    // nothing else frees.
+    unsafe { sys::request_free(rec.req) };
+    Some(rec)
 }
 
 impl Drop for Shared {
@@ -599,8 +601,6 @@ impl Drop for Shared {
             unsafe { sys::progress(self.handle) };
             for f in std::mem::take(&mut *self.sink.lock()) {
                 if let Some(rec) = take_record(&mut st.ops, f) {
-                    // SAFETY: reported by its callback.
-                    unsafe { sys::request_free(rec.req) };
                     done.push((rec.op, f));
                 }
             }
