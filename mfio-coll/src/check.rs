@@ -14,26 +14,41 @@ pub(crate) fn invalid(message: impl Into<String>) -> Error {
 ///
 /// # Errors
 /// `InvalidInput` naming the argument.
+#[inline]
 pub fn rank(what: &str, rank: usize, size: usize) -> Result<(), Error> {
     if rank < size {
         Ok(())
     } else {
-        Err(invalid(format!(
-            "{what} {rank} is outside the communicator of {size} ranks"
-        )))
+        Err(outside(what, rank, size))
     }
+}
+
+// The failures are out of line: every collective makes these checks, and
+// the message's formatting would otherwise weigh on each one's inlined
+// path.
+#[cold]
+#[inline(never)]
+fn outside(what: &str, rank: usize, size: usize) -> Error {
+    invalid(format!("{what} {rank} is outside the communicator of {size} ranks"))
 }
 
 /// `buf` (named `what`) holds exactly `want` elements.
 ///
 /// # Errors
 /// `InvalidInput` naming the argument and both lengths.
+#[inline]
 pub fn len(what: &str, have: usize, want: usize) -> Result<(), Error> {
     if have == want {
         Ok(())
     } else {
-        Err(invalid(format!("{what} holds {have} elements; this call needs {want}")))
+        Err(wrong_len(what, have, want))
     }
+}
+
+#[cold]
+#[inline(never)]
+fn wrong_len(what: &str, have: usize, want: usize) -> Error {
+    invalid(format!("{what} holds {have} elements; this call needs {want}"))
 }
 
 /// `have` (named `what`) is a multiple of the communicator size.

@@ -291,6 +291,7 @@ fn check_implementation() -> Result<()> {
 
 /// An MPI error as an mfio error: the kind from MPI's error class, MPI's
 /// own message, and the call that failed.
+#[cold]
 pub(crate) fn mpi_error(code: Code, call: &str) -> Error {
     let kind = match sys::class(code) {
         // The receive that sees it knows its buffer's length and says so.

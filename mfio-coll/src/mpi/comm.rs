@@ -186,15 +186,19 @@ impl MpiComm {
     /// collective of one MPI call gets a future that tests its own request
     /// ([`SelfTested`]); otherwise its future resolves once the backend
     /// sees every request finish.
+    ///
+    /// The one-call case is inlined into each collective's method, where
+    /// the call's variant is known: its arguments go straight to MPI
+    /// (nothing of the prepared collective is moved, no variant matched),
+    /// which is most of what a short collective costs on mfio's side.
+    #[inline(always)]
     fn start<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollFuture<B> {
-        let (bufs, direct, plan) = match prepared {
-            Prepared::Checked { bufs, direct, plan } => (bufs, direct, plan),
-            Prepared::Refused(err, bufs) => return CollFuture::ready(BufResult(Err(err), bufs)),
-        };
-        let comm = self.handles.comm;
-        let shared = &self.mpi.shared;
-        if shared.tests_own_requests() {
-            if let Some(call) = &direct {
+        match prepared {
+            Prepared::Checked {
+                bufs,
+                direct: Some(call),
+                plan: _,
+            } if self.mpi.shared.tests_own_requests() => {
                 // Any thread may call MPI at any time, and the call needs
                 // nothing from the state: the lock would only order it
                 // against other threads' collectives on this communicator,
@@ -203,11 +207,26 @@ impl MpiComm {
                 // future, which hands them to the records if it is dropped
                 // before the request finishes; the communicator lives in
                 // `handles`, which the future holds.
-                return match unsafe { call.start(comm.raw()) } {
-                    Ok(req) => SelfTested::start(shared, &self.handles, req, bufs, Vec::new(), call.name()),
+                match unsafe { call.start(self.handles.comm.raw()) } {
+                    Ok(req) => SelfTested::start(&self.mpi.shared, &self.handles, req, bufs, Vec::new(), call.name()),
                     Err(c) => CollFuture::ready(BufResult(Err(mpi_error(c, "MPI non-blocking collective")), bufs)),
-                };
+                }
             }
+            other => self.start_planned(other),
+        }
+    }
+
+    /// [`start`](Self::start) of a collective that needs its plan (or was
+    /// refused); out of line.
+    #[inline(never)]
+    fn start_planned<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollFuture<B> {
+        let (bufs, plan) = match prepared {
+            Prepared::Checked { bufs, plan, .. } => (bufs, plan),
+            Prepared::Refused(err, bufs) => return CollFuture::ready(BufResult(Err(err), bufs)),
+        };
+        let comm = self.handles.comm;
+        let shared = &self.mpi.shared;
+        if shared.tests_own_requests() {
             let mut finished = Vec::new();
             let mut bufs = Some(bufs);
             let started = shared.with_state(|st| {
@@ -267,7 +286,30 @@ impl MpiComm {
     /// Runs a prepared collective with MPI's blocking calls on this thread
     /// if it may call MPI; otherwise, or with a timeout (which a blocking
     /// MPI call cannot honour), waits for the async form.
+    ///
+    /// The one-call case under `Multiple` is inlined, as in
+    /// [`start`](Self::start).
+    #[inline(always)]
     fn run_now<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollResult<B> {
+        let shared = &self.mpi.shared;
+        match prepared {
+            Prepared::Checked {
+                bufs,
+                direct: Some(call),
+                plan: _,
+            } if shared.level == ThreadLevel::Multiple && shared.timeout.is_none() => {
+                // SAFETY: the buffers the call points into are held here
+                // until it returns; any thread may call MPI at any time.
+                let result = unsafe { call.run(self.handles.comm.raw()) };
+                BufResult(result.map_err(|c| mpi_error(c, "MPI collective")), bufs)
+            }
+            other => self.run_planned(other),
+        }
+    }
+
+    /// [`run_now`](Self::run_now) of the rest; out of line.
+    #[inline(never)]
+    fn run_planned<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollResult<B> {
         let shared = &self.mpi.shared;
         if !shared.may_call_here() || shared.timeout.is_some() {
             return self.wait(self.start(prepared));

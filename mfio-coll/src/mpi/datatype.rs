@@ -13,6 +13,7 @@ use crate::check::invalid;
 use crate::element::{Element, Layout, Primitive};
 
 /// The datatype of a primitive.
+#[inline]
 pub(crate) fn primitive(p: Primitive) -> Datatype {
     sys::builtin(p)
 }

@@ -18,7 +18,10 @@ const int mfio_mpi_header_version = MPI_VERSION;
 
 /* Error classes and keyvals, which are macros or enum values whose
  * spelling differs between implementations. */
-const int mfio_mpi_success = MPI_SUCCESS;
+/* The standard fixes MPI_SUCCESS at 0 (MPI-4.0, 9.4: "0 = MPI_SUCCESS <
+ * MPI_ERR_... <= MPI_ERR_LASTCODE"); the Rust side compares return codes
+ * with 0 rather than load a constant at every call. */
+_Static_assert(MPI_SUCCESS == 0, "MPI_SUCCESS must be 0");
 const int mfio_mpi_err_in_status = MPI_ERR_IN_STATUS;
 const int mfio_mpi_err_pending = MPI_ERR_PENDING;
 const int mfio_mpi_err_truncate = MPI_ERR_TRUNCATE;

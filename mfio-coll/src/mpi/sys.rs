@@ -23,7 +23,6 @@ pub(crate) struct Code(pub(crate) c_int);
 unsafe extern "C" {
     static mfio_mpi_in_place: *mut c_void;
     static mfio_mpi_header_impl: [c_char; 0];
-    static mfio_mpi_success: c_int;
     static mfio_mpi_err_in_status: c_int;
     static mfio_mpi_err_pending: c_int;
     static mfio_mpi_err_truncate: c_int;
@@ -65,9 +64,13 @@ pub(crate) fn header_implementation() -> &'static str {
     name.to_str().unwrap_or("")
 }
 
+/// `MPI_SUCCESS`, which the standard fixes at 0 (the shim asserts it at
+/// build time): a constant, not a load of the shim's, on every call's path.
+const SUCCESS: c_int = 0;
+
+#[inline]
 fn check(rc: c_int) -> Result<(), Code> {
-    // SAFETY: a constant defined by the shim.
-    if rc == unsafe { mfio_mpi_success } {
+    if rc == SUCCESS {
         Ok(())
     } else {
         Err(Code(rc))
@@ -308,6 +311,7 @@ pub(crate) unsafe fn tag_ub(comm: Comm) -> Result<c_int, Code> {
 }
 
 /// The predefined datatype of a primitive.
+#[inline]
 pub(crate) fn builtin(p: Primitive) -> Datatype {
     // SAFETY: constants of mpi-sys's shim.
     unsafe {
@@ -544,6 +548,7 @@ macro_rules! collectives {
 
         impl Call {
             /// The collective's name, for messages.
+            #[inline]
             pub(crate) fn name(&self) -> &'static str {
                 match self {
                     $( Call::$variant { .. } => $name, )*
@@ -556,7 +561,10 @@ macro_rules! collectives {
             /// Every pointer stays valid, and the memory behind it unused by
             /// anything else, until the request completes; the communicator,
             /// the types and the op are live; the thread may call MPI.
-            #[inline]
+            // Always inlined: where the variant is known (a collective's
+            // own method), the match folds away and the arguments go
+            // straight to MPI.
+            #[inline(always)]
             pub(crate) unsafe fn start(&self, $comm: Comm) -> Result<Request, Code> {
                 let mut req = MaybeUninit::uninit();
                 let request = req.as_mut_ptr();
@@ -575,6 +583,7 @@ macro_rules! collectives {
             ///
             /// # Safety
             /// As for [`start`](Self::start), for the duration of the call.
+            #[inline(always)]
             pub(crate) unsafe fn run(&self, $comm: Comm) -> Result<(), Code> {
                 // SAFETY: upheld by the caller.
                 check(unsafe {
@@ -678,15 +687,11 @@ pub(crate) unsafe fn wait_all(reqs: &mut [Request]) -> Result<(), Code> {
     // SAFETY: both arrays hold `count` entries; upheld by the caller.
     let rc = unsafe { ffi::MPI_Waitall(count, reqs.as_mut_ptr(), statuses.as_mut_ptr()) };
     match check(rc) {
-        Err(code) if class(code) == Class::InStatus => {
-            // SAFETY: a constant defined by the shim.
-            let success = unsafe { mfio_mpi_success };
-            statuses
-                .iter()
-                .map(|s| s.MPI_ERROR)
-                .find(|&e| e != success && class(Code(e)) != Class::Pending)
-                .map_or(Ok(()), |e| Err(Code(e)))
-        }
+        Err(code) if class(code) == Class::InStatus => statuses
+            .iter()
+            .map(|s| s.MPI_ERROR)
+            .find(|&e| e != SUCCESS && class(Code(e)) != Class::Pending)
+            .map_or(Ok(()), |e| Err(Code(e))),
         other => other,
     }
 }
