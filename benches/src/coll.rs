@@ -77,9 +77,17 @@ pub struct CollArgs {
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Bytes moved per rank per repetition and contender (bounds the
-    /// calls per repetition: at least 3, at most 2000).
+    /// calls per repetition: at least 3, at most 2000, and more where
+    /// `--rep-ms` asks for them).
     #[arg(long, default_value_t = 64 << 20)]
     pub rep_bytes: usize,
+    /// The least a repetition lasts, in ms: a contender whose calls of
+    /// `--rep-bytes` take less (as its first warm-up shows on the slowest
+    /// rank) makes more, at most 100 000. 2000 calls of an 8-byte
+    /// collective last ~1.5 ms, within which one time slice taken by
+    /// another process moves a repetition by 10 % or more.
+    #[arg(long, default_value_t = 20)]
+    pub rep_ms: u64,
     /// The thread level mfio asks MPI for.
     #[arg(long, value_enum, default_value = "multiple")]
     pub thread_level: Level,
@@ -139,6 +147,7 @@ impl Default for CollArgs {
             sizes: vec![8, 1024, 65536, 1 << 20, 16 << 20],
             reps: 5,
             rep_bytes: 64 << 20,
+            rep_ms: 20,
             thread_level: Level::Multiple,
             spin_us: 10_000,
             progress_thread: false,
@@ -294,6 +303,8 @@ fn rank_args(a: &CollArgs) -> Vec<String> {
         a.reps.to_string(),
         "--rep-bytes".into(),
         a.rep_bytes.to_string(),
+        "--rep-ms".into(),
+        a.rep_ms.to_string(),
         "--thread-level".into(),
         level.into(),
         "--spin-us".into(),
@@ -510,7 +521,7 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
                 cx.mpi.thread_level(),
                 if a.progress_thread { ", progress thread" } else { "" }
             );
-            let calls = (a.rep_bytes / bytes.max(1)).clamp(3, 2000);
+            let mut calls = vec![(a.rep_bytes / bytes.max(1)).clamp(3, 2000); who.len()];
             let mut rows: Vec<Series> = who.iter().map(|w| Series::new(&title, &w.name())).collect();
             let mut bufs = Bufs::new(op, bytes, size);
             // An unmeasured repetition just before each contender's
@@ -525,22 +536,30 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
             for rep in 0..a.reps {
                 for i in shuffled(who.len(), rep as u64) {
                     let w = who[i];
-                    for _ in 0..calls {
+                    let warm = Instant::now();
+                    for _ in 0..calls[i] {
                         bufs.call(w, &cx)?;
                     }
+                    if rep == 0 {
+                        // The slowest rank's first warm-up sets the calls
+                        // of every repetition, alike on every rank.
+                        let took = cx.direct.max(warm.elapsed().as_secs_f64());
+                        calls[i] = calls_filling(calls[i], took, a.rep_ms);
+                    }
+                    let n = calls[i];
                     cx.direct.barrier();
                     let start = Instant::now();
-                    for _ in 0..calls {
+                    for _ in 0..n {
                         bufs.call(w, &cx)?;
                     }
                     let mine = start.elapsed().as_secs_f64();
                     let slowest = cx.direct.max(mine);
                     rows[i].push(Sample {
                         elapsed: Duration::from_secs_f64(slowest),
-                        ops: calls as u64,
-                        bytes: (calls * bytes) as u64,
+                        ops: n as u64,
+                        bytes: (n * bytes) as u64,
                         lat_ns: Vec::new(),
-                        percentiles: Some(((slowest / calls as f64 * 1e9) as u64, None)),
+                        percentiles: Some(((slowest / n as f64 * 1e9) as u64, None)),
                     });
                 }
             }
@@ -553,6 +572,26 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
         std::fs::write(&args.results, text).map_err(|e| format!("{}: {e}", args.results.display()))?;
     }
     Ok(())
+}
+
+/// The calls a repetition makes so that it lasts at least `rep_ms`, where
+/// `calls` of them took `took` seconds: never fewer than `calls`, at most
+/// 100 000.
+fn calls_filling(calls: usize, took: f64, rep_ms: u64) -> usize {
+    const MOST: usize = 100_000;
+    let want = rep_ms as f64 / 1000.0;
+    if took >= want || calls >= MOST {
+        return calls;
+    }
+    if took <= 0.0 {
+        return MOST;
+    }
+    let scaled = (calls as f64 * want / took).ceil();
+    if scaled >= MOST as f64 {
+        MOST
+    } else {
+        (scaled as usize).max(calls)
+    }
 }
 
 /// `0..n` in an order given by `seed` (Fisher–Yates over splitmix64): the
@@ -679,5 +718,23 @@ impl Bufs {
         } else {
             Err(format!("rank {rank}: {} left wrong results", self.op.name()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::calls_filling;
+
+    #[test]
+    fn a_repetition_fills_its_time_with_calls() {
+        // 2000 calls in 1.5 ms: 20 ms needs 26 667 of them.
+        assert_eq!(calls_filling(2000, 0.0015, 20), 26_667);
+        // Long enough already: unchanged, never fewer.
+        assert_eq!(calls_filling(2000, 0.050, 20), 2000);
+        assert_eq!(calls_filling(3, 0.020, 20), 3);
+        // Bounded, also for a clock that saw no time pass.
+        assert_eq!(calls_filling(2000, 0.000_001, 20), 100_000);
+        assert_eq!(calls_filling(2000, 0.0, 20), 100_000);
+        assert_eq!(calls_filling(150_000, 0.001, 20), 150_000);
     }
 }
