@@ -117,16 +117,11 @@ where
 }
 
 /// What this rank's case is doing: a hung case's report names it.
-static STEP: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+static STEP: every_algorithm::Breadcrumb = every_algorithm::Breadcrumb::new();
 
 /// Records the step this rank's case begins.
 fn step(what: String) {
-    *STEP.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = what;
-}
-
-/// The step this rank's case began last.
-fn last_step() -> String {
-    STEP.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    STEP.set(what);
 }
 
 /// The TCP transport bootstrapped over MPI (listening addresses exchanged
@@ -1204,18 +1199,24 @@ fn main() {
         let watch = done.clone();
         let case_name = name.to_owned();
         std::thread::spawn(move || {
+            // Looks at the flag after the last sleep too: a case that
+            // finished within the last pause is not reported hung.
             let end = Instant::now() + CASE_TIMEOUT;
-            while Instant::now() < end {
+            loop {
                 if watch.load(Ordering::Acquire) {
                     return;
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                let now = Instant::now();
+                if now >= end {
+                    break;
+                }
+                std::thread::sleep((end - now).min(Duration::from_millis(50)));
             }
             eprintln!(
                 "rank {rank}/{size}: case {case_name} hung for {CASE_TIMEOUT:?} (last step: {:?}; \
                  last algorithm begun: {:?})",
-                last_step(),
-                every_algorithm::last_began()
+                STEP.get(),
+                every_algorithm::BEGAN.get()
             );
             std::process::exit(4);
         });

@@ -216,8 +216,9 @@ impl MpiComm {
         }
     }
 
-    /// [`start`](Self::start) of a collective that needs its plan (or was
-    /// refused); out of line.
+    /// [`start`](Self::start) of the rest, out of line: a collective that
+    /// needs its plan, one whose requests the backend tests (below
+    /// `Multiple`, or with a progress thread), or one refused.
     #[inline(never)]
     fn start_planned<B: Send + Default + 'static>(&self, prepared: Prepared<B, impl PlanOnce<B>>) -> CollFuture<B> {
         let (bufs, plan) = match prepared {

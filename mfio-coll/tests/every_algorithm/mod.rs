@@ -93,17 +93,32 @@ impl Seq {
     }
 }
 
-/// The algorithm [`every_algorithm`] began last in this process (ranks
+/// What a rank began last, for the report of a case that hangs (ranks
 /// that are threads of one process overwrite each other's).
-static BEGAN: std::sync::Mutex<&str> = std::sync::Mutex::new("");
+pub struct Breadcrumb(std::sync::Mutex<String>);
 
-fn began(name: &'static str) {
-    *BEGAN.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = name;
+impl Breadcrumb {
+    /// Nothing begun yet.
+    pub const fn new() -> Self {
+        Self(std::sync::Mutex::new(String::new()))
+    }
+
+    /// Records what begins now.
+    pub fn set(&self, what: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = what.into();
+    }
+
+    /// What began last.
+    pub fn get(&self) -> String {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
 }
 
 /// The algorithm [`every_algorithm`] began last: where a hung rank is.
-pub fn last_began() -> &'static str {
-    *BEGAN.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+pub static BEGAN: Breadcrumb = Breadcrumb::new();
+
+fn began(name: &'static str) {
+    BEGAN.set(name);
 }
 
 fn fail(what: &str) -> impl Fn(mfio_core::Error) -> String + '_ {
