@@ -322,16 +322,12 @@ impl MpiComm {
         let (comm, bulk) = (self.handles.comm, self.handles.bulk);
         let multiple = shared.level == ThreadLevel::Multiple;
         if let Some(call) = direct {
+            // Below Multiple (under it, `run_now` made the call itself),
+            // MPI calls must not overlap: the lock orders them.
             // SAFETY: the buffers the call points into are held here until
             // it returns; this thread may call MPI (checked above).
-            let run = || unsafe { call.run(comm.raw()) }.map_err(|c| mpi_error(c, "MPI collective"));
-            // Below Multiple, MPI calls must not overlap: the lock orders
-            // them.
-            let result = if multiple {
-                Some(run())
-            } else {
-                shared.with_state(|_| run())
-            };
+            let result = shared.with_state(|_| unsafe { call.run(comm.raw()) });
+            let result = result.map(|r| r.map_err(|c| mpi_error(c, "MPI collective")));
             return BufResult(result.unwrap_or_else(|| Err(not_here("collective"))), bufs);
         }
         let result = shared.with_state(|st| -> Result<()> {
