@@ -55,14 +55,21 @@ fn wrong_len(what: &str, have: usize, want: usize) -> Error {
 ///
 /// # Errors
 /// `InvalidInput` naming the argument.
+#[inline]
 pub fn divisible(what: &str, have: usize, size: usize) -> Result<(), Error> {
     if size > 0 && have % size == 0 {
         Ok(())
     } else {
-        Err(invalid(format!(
-            "{what} holds {have} elements, not a multiple of the {size} ranks"
-        )))
+        Err(not_divisible(what, have, size))
     }
+}
+
+#[cold]
+#[inline(never)]
+fn not_divisible(what: &str, have: usize, size: usize) -> Error {
+    invalid(format!(
+        "{what} holds {have} elements, not a multiple of the {size} ranks"
+    ))
 }
 
 /// Whether regions of a `v`-variant layout may share elements: a send
