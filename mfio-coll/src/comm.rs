@@ -70,7 +70,9 @@ pub struct CollFuture<B> {
 }
 
 enum Inner<B> {
-    Ready(Option<CollResult<B>>),
+    Ready(CollResult<B>),
+    /// Its result was handed out by a poll.
+    Taken,
     Waiting(Completion<CollResult<B>>),
     Boxed(Pin<Box<dyn Future<Output = CollResult<B>> + Send>>),
 }
@@ -78,8 +80,8 @@ enum Inner<B> {
 impl<B> fmt::Debug for CollFuture<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.inner {
-            Inner::Ready(Some(_)) => "ready",
-            Inner::Ready(None) => "taken",
+            Inner::Ready(_) => "ready",
+            Inner::Taken => "taken",
             Inner::Waiting(_) => "waiting",
             Inner::Boxed(_) => "running",
         };
@@ -91,7 +93,7 @@ impl<B> CollFuture<B> {
     /// A collective that already finished (an argument refused locally).
     pub fn ready(result: CollResult<B>) -> Self {
         Self {
-            inner: Inner::Ready(Some(result)),
+            inner: Inner::Ready(result),
         }
     }
 
@@ -105,9 +107,13 @@ impl<B> CollFuture<B> {
     /// Its result if the collective already finished when it was made
     /// (refused locally, or done in the call that started it), else the
     /// future itself: a blocking wait then needs no driver at all.
+    ///
+    /// Inlined: for a short collective this is most of the wait, and the
+    /// rest ([`wait_running`]) is out of line.
+    #[inline(always)]
     fn into_ready(self) -> Result<CollResult<B>, Self> {
         match self.inner {
-            Inner::Ready(Some(out)) => Ok(out),
+            Inner::Ready(out) => Ok(out),
             inner => Err(Self { inner }),
         }
     }
@@ -133,11 +139,12 @@ impl<B: Default> Future for CollFuture<B> {
     /// # Panics
     /// If polled again after it returned `Ready`.
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CollResult<B>> {
-        match &mut self.get_mut().inner {
-            Inner::Ready(out) => Poll::Ready(
-                out.take()
-                    .unwrap_or_else(|| panic!("CollFuture polled after it completed")),
-            ),
+        let inner = &mut self.get_mut().inner;
+        match inner {
+            Inner::Ready(_) | Inner::Taken => match std::mem::replace(inner, Inner::Taken) {
+                Inner::Ready(out) => Poll::Ready(out),
+                _ => panic!("CollFuture polled after it completed"),
+            },
             // A backend that went away with the buffers inside: they are
             // gone with it, and empty ones come back with the error.
             Inner::Waiting(c) => Pin::new(c)
@@ -145,6 +152,19 @@ impl<B: Default> Future for CollFuture<B> {
                 .map(|r| r.unwrap_or_else(|e| BufResult(Err(e), B::default()))),
             Inner::Boxed(f) => f.as_mut().poll(cx),
         }
+    }
+}
+
+/// Drives a collective that had not finished when it was made until it
+/// finishes. Out of line: [`Communicator::wait`] of one that had stays short.
+#[inline(never)]
+fn wait_running<Be: IoBackend + ?Sized, B: Default>(backend: &Be, fut: CollFuture<B>) -> CollResult<B> {
+    if fut.is_boxed() {
+        // An algorithm's future waits for its peers: polled first with the
+        // waker it must wake (mfio_core::block_on_waiting).
+        block_on_waiting(backend, fut)
+    } else {
+        block_on(backend, fut)
     }
 }
 
@@ -261,10 +281,7 @@ pub trait Communicator: Sized {
     fn wait<B: Default>(&self, fut: CollFuture<B>) -> CollResult<B> {
         match fut.into_ready() {
             Ok(out) => out,
-            // An algorithm's future waits for its peers: polled first with
-            // the waker it must wake (mfio_core::block_on_waiting).
-            Err(fut) if fut.is_boxed() => block_on_waiting(self.backend(), fut),
-            Err(fut) => block_on(self.backend(), fut),
+            Err(fut) => wait_running(self.backend(), fut),
         }
     }
 
@@ -383,5 +400,44 @@ pub trait Communicator: Sized {
     /// Blocking [`exscan`](Self::exscan).
     fn blocking_exscan<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollResult<Pair<T>> {
         self.wait(self.exscan(send, recv, op))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::task::Waker;
+
+    #[test]
+    fn a_ready_future_hands_its_result_out_once() {
+        let mut fut = CollFuture::ready(BufResult(Ok(()), vec![1u8, 2, 3]));
+        assert_eq!(format!("{fut:?}"), "CollFuture { state: \"ready\" }");
+        let mut cx = Context::from_waker(Waker::noop());
+        match Pin::new(&mut fut).poll(&mut cx) {
+            Poll::Ready(BufResult(Ok(()), buf)) => assert_eq!(buf, [1, 2, 3]),
+            other => panic!("expected the result, got {:?}", other.map(|r| r.0)),
+        }
+        assert_eq!(format!("{fut:?}"), "CollFuture { state: \"taken\" }");
+    }
+
+    #[test]
+    #[should_panic(expected = "CollFuture polled after it completed")]
+    fn a_ready_future_polled_again_panics() {
+        let mut fut = CollFuture::ready(BufResult(Ok(()), vec![0u8]));
+        let mut cx = Context::from_waker(Waker::noop());
+        let _ = Pin::new(&mut fut).poll(&mut cx);
+        let _ = Pin::new(&mut fut).poll(&mut cx);
+    }
+
+    #[test]
+    fn a_refused_future_keeps_its_error_and_buffers() {
+        let err = mfio_core::Error::new(std::io::ErrorKind::InvalidInput, "root");
+        let fut = CollFuture::ready(BufResult(Err(err), vec![9u8; 4]));
+        let BufResult(res, buf) = match fut.into_ready() {
+            Ok(out) => out,
+            Err(_) => panic!("a ready future is ready"),
+        };
+        assert_eq!(res.map_err(|e| e.kind()), Err(std::io::ErrorKind::InvalidInput));
+        assert_eq!(buf, [9; 4]);
     }
 }

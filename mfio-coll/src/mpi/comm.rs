@@ -208,7 +208,7 @@ impl MpiComm {
                 // before the request finishes; the communicator lives in
                 // `handles`, which the future holds.
                 match unsafe { call.start(self.handles.comm.raw()) } {
-                    Ok(req) => SelfTested::start(&self.mpi.shared, &self.handles, req, bufs, Vec::new(), call.name()),
+                    Ok(req) => SelfTested::start(&self.mpi.shared, &self.handles, req, bufs, Vec::new, call.name()),
                     Err(c) => CollFuture::ready(BufResult(Err(mpi_error(c, "MPI non-blocking collective")), bufs)),
                 }
             }
@@ -243,7 +243,7 @@ impl MpiComm {
                     // finishes; the state is held; any thread may call MPI.
                     let started = unsafe { p.first.start(comm.raw()) };
                     return Some(match started {
-                        Ok(req) => SelfTested::start(shared, &self.handles, req, bufs, p.keep, p.first.name()),
+                        Ok(req) => SelfTested::start(shared, &self.handles, req, bufs, move || p.keep, p.first.name()),
                         Err(c) => CollFuture::ready(BufResult(Err(mpi_error(c, "MPI non-blocking collective")), bufs)),
                     });
                 }

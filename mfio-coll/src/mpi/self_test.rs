@@ -73,7 +73,8 @@ impl<B: Send + Default + 'static> Unpin for SelfTested<B> {}
 
 impl<B: Send + Default + 'static> SelfTested<B> {
     /// The future of a collective started as `req`, whose call points into
-    /// `bufs` and `keep`.
+    /// `bufs` and the count lists `keep` holds (a closure that hands them
+    /// over, so that a one-call collective's lack of them costs nothing).
     ///
     /// The request is tested a few times first, as a C program's test loop
     /// would right after the call: a short collective often finishes
@@ -85,7 +86,7 @@ impl<B: Send + Default + 'static> SelfTested<B> {
         handles: &Arc<CommHandles>,
         mut req: sys::Request,
         bufs: B,
-        keep: Vec<Vec<c_int>>,
+        keep: impl FnOnce() -> Vec<Vec<c_int>>,
         name: &'static str,
     ) -> CollFuture<B> {
         for _ in 0..TESTS_AT_START {
@@ -95,6 +96,8 @@ impl<B: Send + Default + 'static> SelfTested<B> {
             match unsafe { sys::test_collective(&mut req) } {
                 Tested::Running => {}
                 Tested::Finished(result) => {
+                    // The count lists (if any) go with the closure; one
+                    // call's empty `Vec::new` is nothing to drop.
                     drop(keep);
                     let result = result.map_err(|c| mpi_error(c, name));
                     return CollFuture::ready(BufResult(result, bufs));
@@ -103,7 +106,7 @@ impl<B: Send + Default + 'static> SelfTested<B> {
                 Tested::CallFailed(_) => break,
             }
         }
-        Self::boxed(shared, handles, req, bufs, keep, name)
+        Self::boxed(shared, handles, req, bufs, keep(), name)
     }
 
     /// The future of a collective still running after the tests at its
