@@ -73,9 +73,20 @@ pub struct CollArgs {
     /// allgather: each rank's part).
     #[arg(long, value_delimiter = ',', default_value = "8,1024,65536,1048576,16777216")]
     pub sizes: Vec<usize>,
-    /// Repetitions per contender (interleaved).
+    /// Repetitions per contender (interleaved): the least; see `--row-ms`.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
+    /// The least a workload lasts, in ms: after `--reps` repetitions, more
+    /// run (at most `--max-reps`) until it has, on the slowest rank. A short
+    /// collective's repetitions scatter by ±40 % pair to pair (its calls
+    /// last under a microsecond, and which rank runs ahead of which is
+    /// chaotic), so 15 of them do not pin a 5 % difference; they are cheap,
+    /// and more of them do.
+    #[arg(long, default_value_t = 10_000)]
+    pub row_ms: u64,
+    /// The most repetitions `--row-ms` adds up to.
+    #[arg(long, default_value_t = 61)]
+    pub max_reps: usize,
     /// Bytes moved per rank per repetition and contender (bounds the
     /// calls per repetition: at least 3, at most 2000, and more where
     /// `--rep-ms` asks for them).
@@ -146,6 +157,8 @@ impl Default for CollArgs {
             ops: vec![Op::Allreduce, Op::Bcast, Op::Allgather],
             sizes: vec![8, 1024, 65536, 1 << 20, 16 << 20],
             reps: 5,
+            row_ms: 10_000,
+            max_reps: 61,
             rep_bytes: 64 << 20,
             rep_ms: 20,
             thread_level: Level::Multiple,
@@ -301,6 +314,10 @@ fn rank_args(a: &CollArgs) -> Vec<String> {
         list(&a.sizes),
         "--reps".into(),
         a.reps.to_string(),
+        "--row-ms".into(),
+        a.row_ms.to_string(),
+        "--max-reps".into(),
+        a.max_reps.to_string(),
         "--rep-bytes".into(),
         a.rep_bytes.to_string(),
         "--rep-ms".into(),
@@ -533,7 +550,9 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
             // And each repetition runs the contenders in an order of its
             // own (the same on every rank), so none always follows the same
             // one.
-            for rep in 0..a.reps {
+            let row = Instant::now();
+            let mut rep = 0;
+            while more_reps(a, rep, || cx.direct.max(row.elapsed().as_secs_f64())) {
                 for i in shuffled(who.len(), rep as u64) {
                     let w = who[i];
                     let warm = Instant::now();
@@ -562,6 +581,7 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
                         percentiles: Some(((slowest / n as f64 * 1e9) as u64, None)),
                     });
                 }
+                rep += 1;
             }
             bufs.check(rank, size)?;
             workloads.push(rows);
@@ -592,6 +612,17 @@ fn calls_filling(calls: usize, took: f64, rep_ms: u64) -> usize {
     } else {
         (scaled as usize).max(calls)
     }
+}
+
+/// Whether a workload that made `done` repetitions makes another: up to
+/// `--reps`, then while it has lasted less than `--row-ms` (`slowest` gives
+/// the seconds so far on the slowest rank; a collective, so it is asked
+/// alike on every rank), up to `--max-reps`.
+fn more_reps(a: &CollArgs, done: usize, slowest: impl FnOnce() -> f64) -> bool {
+    if done < a.reps {
+        return true;
+    }
+    done > 0 && done < a.max_reps && slowest() * 1000.0 < a.row_ms as f64
 }
 
 /// `0..n` in an order given by `seed` (Fisher–Yates over splitmix64): the
@@ -723,7 +754,49 @@ impl Bufs {
 
 #[cfg(test)]
 mod tests {
-    use super::calls_filling;
+    use super::{calls_filling, more_reps, rank_args, CollArgs};
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Rank {
+        #[command(flatten)]
+        coll: CollArgs,
+    }
+
+    #[test]
+    fn a_rank_gets_every_setting_of_the_run() {
+        let a = CollArgs {
+            reps: 7,
+            row_ms: 1234,
+            max_reps: 9,
+            rep_ms: 3,
+            rep_bytes: 4096,
+            spin_us: 11,
+            only_adaptive: true,
+            sizes: vec![8, 16],
+            ..CollArgs::default()
+        };
+        let mut argv = vec!["rank".to_string()];
+        argv.extend(rank_args(&a));
+        let got = match Rank::try_parse_from(argv) {
+            Ok(r) => r.coll,
+            Err(e) => panic!("rank arguments do not parse: {e}"),
+        };
+        assert_eq!(
+            (
+                got.reps,
+                got.row_ms,
+                got.max_reps,
+                got.rep_ms,
+                got.rep_bytes,
+                got.spin_us
+            ),
+            (7, 1234, 9, 3, 4096, 11)
+        );
+        assert!(got.only_adaptive);
+        assert_eq!(got.sizes, [8, 16]);
+        assert_eq!(got.transports, a.transports);
+    }
 
     #[test]
     fn a_repetition_fills_its_time_with_calls() {
@@ -736,5 +809,29 @@ mod tests {
         assert_eq!(calls_filling(2000, 0.000_001, 20), 100_000);
         assert_eq!(calls_filling(2000, 0.0, 20), 100_000);
         assert_eq!(calls_filling(150_000, 0.001, 20), 150_000);
+    }
+
+    #[test]
+    fn a_short_workload_repeats_until_it_has_lasted_its_time() {
+        let a = CollArgs {
+            reps: 15,
+            row_ms: 10_000,
+            max_reps: 61,
+            ..CollArgs::default()
+        };
+        let never = || -> f64 { panic!("the time is asked only past --reps") };
+        assert!(more_reps(&a, 0, never));
+        assert!(more_reps(&a, 14, never));
+        // Past --reps: more while under 10 s, none once there.
+        assert!(more_reps(&a, 15, || 2.4));
+        assert!(!more_reps(&a, 15, || 10.0));
+        assert!(more_reps(&a, 60, || 9.9));
+        // Never past --max-reps.
+        assert!(!more_reps(&a, 61, || 0.5));
+        // --row-ms 0 keeps exactly --reps; --reps 0 makes none.
+        let exact = CollArgs { row_ms: 0, ..a.clone() };
+        assert!(!more_reps(&exact, 15, || 0.0));
+        let none = CollArgs { reps: 0, ..a };
+        assert!(!more_reps(&none, 0, never));
     }
 }
