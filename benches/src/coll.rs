@@ -120,6 +120,11 @@ pub struct CollArgs {
     /// algorithm on its own.
     #[arg(long)]
     pub only_adaptive: bool,
+    /// A control: MPI's non-blocking call + test loop a second time, as a
+    /// contender of its own. Its ratio to the first is 1 but for the
+    /// machine, so it shows how far a run's ratios move by chance.
+    #[arg(long)]
+    pub control: bool,
     /// Writes the tuning table the medians make to this file.
     #[arg(long)]
     pub tune: Option<PathBuf>,
@@ -167,6 +172,7 @@ impl Default for CollArgs {
             mpiexec: "mpiexec".into(),
             transports: vec![Kind::Tcp, Kind::Ucx, Kind::Mpi],
             only_adaptive: false,
+            control: false,
             tune: None,
             tune_transport: Kind::Ucx,
         }
@@ -346,6 +352,9 @@ fn rank_args(a: &CollArgs) -> Vec<String> {
     if a.only_adaptive {
         out.push("--only-adaptive".into());
     }
+    if a.control {
+        out.push("--control".into());
+    }
     out
 }
 
@@ -360,6 +369,8 @@ enum Who {
     MpiBlocking,
     /// The non-blocking MPI call and an `MPI_Test` loop, made directly.
     MpiNonblocking,
+    /// The same again (`--control`).
+    MpiNonblockingAgain,
     /// mfio's adaptive communicator over a transport.
     Adaptive(Kind),
     /// One of mfio's algorithms over a transport.
@@ -373,6 +384,7 @@ impl Who {
             Who::MfioBlocking => "mfio MPI blocking".into(),
             Who::MpiBlocking => "MPI blocking call".into(),
             Who::MpiNonblocking => "MPI non-blocking + test loop".into(),
+            Who::MpiNonblockingAgain => "MPI non-blocking + test loop (again)".into(),
             Who::Adaptive(k) => format!("mfio adaptive over {}", k.label()),
             Who::Fixed(k, a) => format!("{}: {}", k.label(), a.name()),
         }
@@ -383,6 +395,9 @@ impl Who {
 /// a repetition (the same on every rank).
 fn contenders(a: &CollArgs, op: Op, size: usize) -> Vec<Who> {
     let mut out = vec![Who::MfioAsync, Who::MfioBlocking, Who::MpiBlocking, Who::MpiNonblocking];
+    if a.control {
+        out.push(Who::MpiNonblockingAgain);
+    }
     for &k in &a.transports {
         out.push(Who::Adaptive(k));
         if a.only_adaptive {
@@ -670,8 +685,8 @@ impl Bufs {
         let fail = |e: mfio_core::Error| format!("{}: {e}", who.name());
         match who {
             Who::MfioAsync | Who::MfioBlocking => self.on(&cx.world, who == Who::MfioBlocking).map_err(fail),
-            Who::MpiBlocking | Who::MpiNonblocking => {
-                let nonblocking = who == Who::MpiNonblocking;
+            Who::MpiBlocking | Who::MpiNonblocking | Who::MpiNonblockingAgain => {
+                let nonblocking = who != Who::MpiBlocking;
                 let done = match self.op {
                     Op::Allreduce => cx.direct.allreduce_f64(&self.f_send, &mut self.f_recv, nonblocking),
                     Op::Bcast => cx.direct.bcast(&mut self.b_send, nonblocking),
@@ -773,6 +788,7 @@ mod tests {
             rep_bytes: 4096,
             spin_us: 11,
             only_adaptive: true,
+            control: true,
             sizes: vec![8, 16],
             ..CollArgs::default()
         };
@@ -793,7 +809,7 @@ mod tests {
             ),
             (7, 1234, 9, 3, 4096, 11)
         );
-        assert!(got.only_adaptive);
+        assert!(got.only_adaptive && got.control);
         assert_eq!(got.sizes, [8, 16]);
         assert_eq!(got.transports, a.transports);
     }
