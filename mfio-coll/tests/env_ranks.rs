@@ -17,7 +17,9 @@
 //! goodbye) mid-collective, and every other rank must fail with an error
 //! naming it within the bound. `MFIO_RANKS_CASE=until-cut`: allreduces
 //! until the network fails (`scripts/netns-test` cuts rank
-//! `MFIO_RANKS_LOST`'s link); the others must name the lost rank.
+//! `MFIO_RANKS_LOST`'s link); the others must name the lost rank. With
+//! `MFIO_RANKS_LOOPING=P`, each rank creates `P.<rank>` once its first
+//! allreduce has finished, so the cutter knows the loop has begun.
 //! `MFIO_TCP_TIMEOUT_MS` sets the TCP transport's liveness timeout;
 //! `UCX_KEEPALIVE_INTERVAL` UCX's (1 s unless set). Over UCX, long
 //! messages must have been read in place where `UCX_TLS` allows `cma`,
@@ -141,6 +143,9 @@ fn until_cut(rt: &Driver, t: &dyn Transport, kill_after: Option<u32>) -> Result<
         if let Err(e) = res {
             break e;
         }
+        if seq == 0 {
+            announce_looping(rank)?;
+        }
         seq += 1;
     };
     eprintln!("rank {rank}: after {seq} allreduces and {:?}: {err}", start.elapsed());
@@ -150,6 +155,19 @@ fn until_cut(rt: &Driver, t: &dyn Transport, kill_after: Option<u32>) -> Result<
     } else {
         Err(format!("the error does not name the lost rank {lost}: {err}"))
     }
+}
+
+/// Says, by creating the file `$MFIO_RANKS_LOOPING.<rank>` (when that
+/// variable is set), that this rank has finished a collective with every
+/// other: whoever cuts the network waits for every rank's file, so the cut
+/// falls in the loop and never in the bootstrap, however slow that is.
+fn announce_looping(rank: usize) -> Result<(), String> {
+    let Some(prefix) = std::env::var_os("MFIO_RANKS_LOOPING") else {
+        return Ok(());
+    };
+    let mut path = prefix;
+    path.push(format!(".{rank}"));
+    std::fs::write(&path, b"").map_err(|e| format!("announcing the loop in {path:?}: {e}"))
 }
 
 /// The TCP transport on a runtime (`MFIO_BACKEND`); `MFIO_TCP_TIMEOUT_MS`
