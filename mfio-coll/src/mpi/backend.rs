@@ -73,15 +73,21 @@ pub struct Progress {
     /// The longest pause between two tests after that (1 ms). Pauses grow
     /// with the time spent waiting (an eighth of it), so a pause adds at
     /// most an eighth to a wait, and a rank that waits long for others
-    /// costs little CPU.
+    /// costs little CPU. Under a progress thread, also how long no caller
+    /// may have driven before the thread tests.
     pub max_pause: Duration,
-    /// Whether a thread of the backend's own does the testing, spinning
-    /// and pausing, and wakes the caller through the eventfd when
-    /// something finishes; the caller's driving steps then never spin and
-    /// it sleeps until woken. Needs [`ThreadLevel::Multiple`]. Off by
-    /// default: measured here (BENCHMARKS.md, "MPI collectives") the
-    /// caller's own spin answers sooner, and on a machine with fewer cores
-    /// than ranks the extra thread competes with the ranks.
+    /// Whether a thread of the backend's own tests pending requests while
+    /// no caller does, so that collectives move while the program computes
+    /// (MPI moves data only inside its calls). A caller waiting on the
+    /// backend still tests and spins itself, the thread standing aside:
+    /// the thread starts once no caller has driven for `max_pause`, or at
+    /// once when a caller's spin is spent (the caller then sleeps until a
+    /// completion wakes it), and spins and pauses as a caller would.
+    /// Collectives do not test their own requests then (the thread could
+    /// not see them). Needs [`ThreadLevel::Multiple`]. Off by default: a
+    /// thread that spins competes with the ranks on a machine with fewer
+    /// cores than threads, and a short collective costs more through the
+    /// backend's records (BENCHMARKS.md, "MPI collectives").
     pub thread: bool,
 }
 
@@ -216,6 +222,7 @@ impl MpiBuilder {
             stop: std::sync::atomic::AtomicBool::new(false),
             self_tested: AtomicUsize::new(0),
             missed: MissedDrives::default(),
+            callers: Callers::default(),
         });
         if self.progress.thread {
             if shared.level < ThreadLevel::Multiple {
@@ -228,8 +235,9 @@ impl MpiBuilder {
                 ));
             }
             let state = shared.clone();
+            // A name of at most 15 bytes: what `ps` and /proc show whole.
             let handle = std::thread::Builder::new()
-                .name("mfio-mpi-progress".into())
+                .name("mfio-mpi-progr".into())
                 .spawn(move || progress_thread(&state))?;
             *shared.progress_thread.lock() = Some(handle);
         }
@@ -511,6 +519,33 @@ pub(crate) struct Shared {
     /// Driving steps that found the state held by another thread and
     /// returned without testing.
     missed: MissedDrives,
+    /// What the progress thread knows of the callers' driving steps.
+    callers: Callers,
+}
+
+/// The callers' driving steps as the progress thread sees them. A caller
+/// waiting in its own step answers a completion sooner than a wake-up from
+/// another thread, so the thread stands aside while callers drive, and
+/// takes the testing over when one goes to sleep with requests pending, or
+/// none has driven for a grace period ([`Progress::max_pause`]). Left to
+/// the thread alone (callers only slept until woken), every short
+/// collective cost wake-ups across threads, and with two ranks' callers
+/// and threads on two cores each waited for a time slice: an 8-byte
+/// allreduce took 124 µs against 0.74 inline (BENCHMARKS.md, "MPI
+/// collectives").
+#[derive(Default)]
+struct Callers {
+    /// Callers inside a driving step; the thread's spin ends when one
+    /// comes.
+    driving: AtomicUsize,
+    /// Driving steps begun so far: the thread compares it across its grace
+    /// period.
+    steps: AtomicUsize,
+    /// A caller went to sleep with requests pending: the thread takes over
+    /// now, without a grace period.
+    handed_over: std::sync::atomic::AtomicBool,
+    /// The thread waits with nothing pending: a post must wake it.
+    thread_idle: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -548,7 +583,7 @@ impl Shared {
         }
         // Requests were posted: a sleeping driver must start testing.
         self.notifier.notify();
-        if self.progress.thread {
+        if self.progress.thread && self.callers.thread_idle.load(Ordering::SeqCst) {
             self.signal.raise();
         }
         for d in done {
@@ -713,7 +748,17 @@ impl Shared {
         }
     }
 
-    fn step(&self, st: &mut parking_lot::MutexGuard<'_, State>, done: &mut Vec<Done>, spin: bool) -> DriveStatus {
+    /// One test of every pending request, then, with `spin`, tests on
+    /// for the rest of the spin while nothing finishes. On the progress
+    /// thread (`thread`), the spin also ends when a caller starts driving:
+    /// it gets the state and the thread stands aside ([`Callers`]).
+    fn step(
+        &self,
+        st: &mut parking_lot::MutexGuard<'_, State>,
+        done: &mut Vec<Done>,
+        spin: bool,
+        thread: bool,
+    ) -> DriveStatus {
         let mut progress = self.run_deferred(st, done);
         self.apply_cancels(st);
         if st.timeout.is_some() && !st.records.is_empty() {
@@ -754,6 +799,12 @@ impl Shared {
                     if Instant::now() >= spin_until || mfio_core::task_woken() {
                         break;
                     }
+                    if thread && self.callers.driving.load(Ordering::SeqCst) > 0 {
+                        return DriveStatus {
+                            progress: !done.is_empty(),
+                            timeout: None,
+                        };
+                    }
                     // Let a thread waiting to post go first.
                     parking_lot::MutexGuard::bump(st);
                     if self.run_deferred(st, done) {
@@ -774,11 +825,12 @@ impl Shared {
     }
 
     /// How long a spinning step would spin now: the rest of the spin
-    /// since the backend went idle, while requests are pending (none under
-    /// a progress thread, on a thread that may not call MPI, or while
-    /// collectives test their own requests, as in [`step`](Self::step)).
+    /// since the backend went idle, while requests are pending (none on a
+    /// thread that may not call MPI, while another thread holds the state,
+    /// or while collectives test their own requests, as in
+    /// [`step`](Self::step)).
     fn spin_left(&self) -> Duration {
-        if self.progress.thread || !self.may_call_here() {
+        if !self.may_call_here() {
             return Duration::ZERO;
         }
         let Some(st) = self.state.try_lock() else {
@@ -806,34 +858,67 @@ impl Shared {
         if !self.may_call_here() {
             return DriveStatus::IDLE;
         }
-        let Some(mut st) = self.missed.try_lock(|| self.state.try_lock()) else {
-            return self.busy_elsewhere();
+        if self.progress.thread {
+            return self.drive_beside_thread(spin);
+        }
+        let Some(st) = self.missed.try_lock(|| self.state.try_lock()) else {
+            // Another thread holds the state (twice, see `MissedDrives`): it
+            // tests this caller's requests too and notifies on its way out
+            // if they are still pending; a pause bounds the wait all the
+            // same, as MPI has no descriptor to signal a completion.
+            // Reporting idle here, with no mark, let threads on one backend
+            // sleep forever with finished requests nobody tested (found
+            // under AddressSanitizer by `threads_on_their_own_communicators`).
+            return DriveStatus::again_after(self.progress.max_pause);
         };
+        self.drive_locked(st, spin).0
+    }
+
+    /// A caller's driving step under a progress thread: the caller tests
+    /// and spins as without one, the thread standing aside ([`Callers`]);
+    /// once the spin is spent the caller sleeps until a completion wakes
+    /// it, and the thread tests meanwhile.
+    fn drive_beside_thread(&self, spin: bool) -> DriveStatus {
+        let callers = &self.callers;
+        callers.driving.fetch_add(1, Ordering::SeqCst);
+        callers.steps.fetch_add(1, Ordering::SeqCst);
+        // The thread lets go within 16 tests of seeing a caller come; a
+        // caller spinning lets a waiting one in as often. Still taken after
+        // that, this caller sleeps until woken: whoever holds the state
+        // tests its requests, and the thread takes them over once callers
+        // stop driving (or one goes to sleep).
+        let (status, pending) = match self.state.try_lock_for(self.progress.max_pause) {
+            Some(st) => self.drive_locked(st, spin),
+            None => (DriveStatus::IDLE, false),
+        };
+        callers.driving.fetch_sub(1, Ordering::SeqCst);
+        let pausing = status.timeout.is_some_and(|t| !t.is_zero()) && !status.progress;
+        if !(spin && pending && pausing) {
+            // Done, or back at once (a step without spin is one of many in a
+            // row, or its task has work of its own first): the thread takes
+            // over only if no step comes within its grace period.
+            return status;
+        }
+        // The spin is spent: the thread tests from now on, and wakes this
+        // caller through the completions instead of the pauses.
+        callers.handed_over.store(true, Ordering::SeqCst);
+        self.signal.raise();
+        DriveStatus::IDLE
+    }
+
+    /// A driving step with the state held: the step, then the completions
+    /// with the state let go; also whether requests are still pending.
+    fn drive_locked(&self, mut st: parking_lot::MutexGuard<'_, State>, spin: bool) -> (DriveStatus, bool) {
         if st.reqs.is_empty() && self.deferred_empty() && self.cancels.is_empty() {
             // Nothing to test or run (collectives that test their own
             // requests keep their callers polling).
             st.idle_since = None;
-            return DriveStatus::IDLE;
+            return (DriveStatus::IDLE, false);
         }
         // The list of finished operations is reused from step to step: one
         // allocation fewer per collective.
         let mut done = std::mem::take(&mut st.spare_done);
-        let status = if self.progress.thread {
-            // The progress thread tests, spins and pauses; the caller only
-            // takes what is there and sleeps until woken.
-            let mut progress = self.run_deferred(&mut st, &mut done);
-            self.apply_cancels(&mut st);
-            progress |= self.test(&mut st, &mut done);
-            if !st.reqs.is_empty() {
-                self.signal.raise();
-            }
-            DriveStatus {
-                progress: progress || !done.is_empty(),
-                timeout: None,
-            }
-        } else {
-            self.step(&mut st, &mut done, spin)
-        };
+        let status = self.step(&mut st, &mut done, spin, false);
         let pending = !st.reqs.is_empty();
         drop(st);
         for d in done.drain(..) {
@@ -848,23 +933,7 @@ impl Shared {
         if pending && self.missed.take() {
             self.notifier.notify();
         }
-        status
-    }
-
-    /// The status of a driving step that found another thread holding the
-    /// state (twice, see [`MissedDrives`]). That thread tests this caller's
-    /// requests too and notifies on its way out if they are still pending;
-    /// a pause bounds the wait all the same, as MPI has no descriptor to
-    /// signal a completion. Reporting idle here, with no mark, let threads
-    /// on one backend sleep forever with finished requests nobody tested
-    /// (found under AddressSanitizer by `threads_on_their_own_communicators`).
-    /// Under a progress thread, that thread tests while requests are
-    /// pending: the caller sleeps until woken.
-    fn busy_elsewhere(&self) -> DriveStatus {
-        if self.progress.thread {
-            return DriveStatus::IDLE;
-        }
-        DriveStatus::again_after(self.progress.max_pause)
+        (status, pending)
     }
 }
 
@@ -891,33 +960,55 @@ impl Signal {
     }
 }
 
-/// The body of the progress thread: while requests are pending, the same
-/// test-spin-pause schedule a caller's driving step follows, completing
-/// what finishes (which wakes the callers through their wakers); with
-/// nothing pending it waits for a post. It holds the state, never an
+/// The body of the progress thread: while requests are pending and no
+/// caller drives ([`Callers`]), the same test-spin-pause schedule a
+/// caller's driving step follows, completing what finishes (which wakes
+/// the callers through their wakers); with nothing pending it waits for a
+/// post. It holds the state, never an
 /// [`Owner`]: the last owner is dropped on a user thread, which stops and
 /// joins this thread before it shuts MPI down there. (When this thread
 /// held the last handle for a round, it finalised MPI itself while the
 /// main thread returned from `main`: ranks exited without `MPI_Finalize`.)
 fn progress_thread(shared: &Shared) {
+    let callers = &shared.callers;
+    let grace = shared.progress.max_pause;
+    let mut seen = callers.steps.load(Ordering::SeqCst);
     loop {
-        if shared.stop.load(std::sync::atomic::Ordering::Acquire) {
+        if shared.stop.load(Ordering::Acquire) {
             return;
         }
-        let mut done = Vec::new();
+        let steps = callers.steps.load(Ordering::SeqCst);
+        let handed_over = callers.handed_over.swap(false, Ordering::SeqCst);
+        let caller_drove = steps != seen || callers.driving.load(Ordering::SeqCst) > 0;
+        seen = steps;
+        if caller_drove && !handed_over {
+            // A caller drives, or did within the grace period: it answers
+            // sooner. A caller going to sleep raises the signal.
+            shared.signal.wait(grace);
+            continue;
+        }
+        // Marked before the state is looked at: a post made after the look
+        // sees the mark and raises the signal.
+        callers.thread_idle.store(true, Ordering::SeqCst);
         let mut st = shared.state.lock();
-        let wait = if st.reqs.is_empty() && shared.deferred_empty() {
-            Some(Duration::from_millis(50))
-        } else {
-            let status = shared.step(&mut st, &mut done, true);
-            status.timeout.filter(|p| !p.is_zero() && !status.progress)
-        };
+        if st.reqs.is_empty() && shared.deferred_empty() {
+            drop(st);
+            // The limit bounds a missed raise.
+            shared.signal.wait(Duration::from_millis(50));
+            callers.thread_idle.store(false, Ordering::SeqCst);
+            // Whoever posted drives at once, mostly: a grace period first.
+            seen = callers.steps.load(Ordering::SeqCst).wrapping_sub(1);
+            continue;
+        }
+        callers.thread_idle.store(false, Ordering::SeqCst);
+        let mut done = Vec::new();
+        let status = shared.step(&mut st, &mut done, true, true);
         drop(st);
         for d in done {
             d.complete();
         }
-        if let Some(limit) = wait {
-            shared.signal.wait(limit);
+        if let Some(pause) = status.timeout.filter(|p| !p.is_zero() && !status.progress) {
+            shared.signal.wait(pause);
         }
     }
 }
