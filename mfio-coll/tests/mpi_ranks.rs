@@ -1058,9 +1058,13 @@ fn the_thread_progresses_unattended(cx: &Ctx) -> Outcome {
 
 /// Under a progress thread, a caller that waits drives the backend itself
 /// and the thread stands aside: while this thread runs short collectives
-/// back to back, the progress thread uses less than a quarter of the CPU
-/// this one does (measured: 2 %). Left to the thread, every collective
-/// cost wake-ups across threads, and the thread ran as long as the caller.
+/// back to back, the progress thread runs less than a tenth of the time
+/// they take (measured: 1-2 %, idle or under two busy loops). Left to the
+/// thread, every collective cost wake-ups across threads, and the thread
+/// ran half the time (as long as the caller). The yardstick is the time
+/// the loop takes, not the caller's CPU: under oversubscription Open MPI
+/// yields the CPU in every idle progress call, and a caller that spun for
+/// 300 ms ran 3 ms of them.
 fn the_thread_stands_aside(cx: &Ctx) -> Outcome {
     if !cx.progress.thread {
         println!("the_thread_stands_aside: skipped without a progress thread");
@@ -1092,14 +1096,18 @@ fn the_thread_stands_aside(cx: &Ctx) -> Outcome {
             break;
         }
     }
-    let (thread, mine) = (progress_cpu()? - thread_before, thread_cpu() - mine_before);
+    let (thread, mine, took) = (
+        progress_cpu()? - thread_before,
+        thread_cpu() - mine_before,
+        start.elapsed(),
+    );
     println!(
-        "rank {}: {rounds} allreduces: the progress thread ran {thread:?}, the caller {mine:?}",
+        "rank {}: {rounds} allreduces in {took:?}: the progress thread ran {thread:?}, the caller {mine:?}",
         cx.rank()
     );
     ensure!(
-        thread * 4 < mine,
-        "the progress thread ran {thread:?} while the caller, driving {rounds} allreduces, ran {mine:?}"
+        thread * 10 < took,
+        "the progress thread ran {thread:?} of the {took:?} the caller took for {rounds} allreduces"
     );
     Ok(())
 }

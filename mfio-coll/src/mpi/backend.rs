@@ -883,14 +883,13 @@ impl Shared {
         callers.driving.fetch_add(1, Ordering::SeqCst);
         callers.steps.fetch_add(1, Ordering::SeqCst);
         // The thread lets go within 16 tests of seeing a caller come; a
-        // caller spinning lets a waiting one in as often. Still taken after
-        // that, this caller sleeps until woken: whoever holds the state
-        // tests its requests, and the thread takes them over once callers
-        // stop driving (or one goes to sleep).
-        let (status, pending) = match self.state.try_lock_for(self.progress.max_pause) {
-            Some(st) => self.drive_locked(st, spin),
-            None => (DriveStatus::IDLE, false),
-        };
+        // caller spinning lets a waiting one in as often. The caller waits
+        // for the state however long the holder takes: giving up after a
+        // bound (1 ms) and sleeping until woken left the testing to the
+        // thread whenever it was preempted holding the state, which on a
+        // loaded machine was most of the time (`the_thread_stands_aside`
+        // under two busy loops: the thread ran as long as the caller).
+        let (status, pending) = self.drive_locked(self.state.lock(), spin);
         callers.driving.fetch_sub(1, Ordering::SeqCst);
         let pausing = status.timeout.is_some_and(|t| !t.is_zero()) && !status.progress;
         if !(spin && pending && pausing) {
