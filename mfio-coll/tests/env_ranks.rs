@@ -23,7 +23,10 @@
 //! `MFIO_TCP_TIMEOUT_MS` sets the TCP transport's liveness timeout;
 //! `UCX_KEEPALIVE_INTERVAL` UCX's (1 s unless set). Over UCX, long
 //! messages must have been read in place where `UCX_TLS` allows `cma`,
-//! unless `MFIO_RANKS_APART` says the ranks are on hosts of their own.
+//! unless `MFIO_RANKS_APART` says the ranks are on hosts of their own,
+//! and some copied in halves (every rank asks and helps always), but none
+//! on 2 ranks with `MFIO_RANKS_SPLIT=decline` (rank 0 neither asks nor
+//! helps, so rank 1 reads what it asked for itself).
 //!
 //! Run alone (no launcher variables) it is one rank.
 
@@ -40,7 +43,7 @@ use mfio_backends::Runtime;
 use mfio_coll::algo;
 use mfio_coll::transport::bootstrap::{Bootstrap, ROOT_VAR};
 use mfio_coll::transport::tcp::{Liveness, TcpTransport};
-use mfio_coll::transport::ucx::UcxTransport;
+use mfio_coll::transport::ucx::{SplitCopy, UcxTransport};
 use mfio_coll::transport::{CollId, Transport};
 use mfio_coll::ReduceOp;
 use mfio_core::IoBackendExt;
@@ -197,7 +200,25 @@ fn ucx(boot: &Bootstrap) -> Result<(Driver, UcxTransport), String> {
         .and_then(|c| c.worker())
         .map_err(|e| format!("UCX worker: {e}"))?;
     let t = UcxTransport::bootstrap(&worker, boot).map_err(|e| e.to_string())?;
+    t.set_split_copy(split_copy(boot.rank()));
     Ok((Driver::Ucx(worker), t))
+}
+
+/// Whether `MFIO_RANKS_SPLIT=decline` has rank 0 decline to copy half of
+/// the messages it sends (and not ask): then its peers read what they
+/// asked it for themselves.
+fn declining() -> bool {
+    std::env::var("MFIO_RANKS_SPLIT").as_deref() == Ok("decline")
+}
+
+/// Every rank copies long messages in halves where it can (so that the
+/// run is sure to), but rank 0 under [`declining`].
+fn split_copy(rank: usize) -> SplitCopy {
+    if declining() && rank == 0 {
+        SplitCopy::Never
+    } else {
+        SplitCopy::Always
+    }
 }
 
 /// The transport a run is over.
@@ -223,8 +244,10 @@ impl Made {
 
     /// Over UCX, with more than one rank: long messages were read in place
     /// exactly when the transport list lets UCX use `cma` and the ranks
-    /// share a host (not when `MFIO_RANKS_APART` says each has its own).
-    /// The run sends blocks of up to 400 kB.
+    /// share a host (not when `MFIO_RANKS_APART` says each has its own),
+    /// and then some were copied in halves (the sender writing one), but
+    /// none under [`declining`] by rank 0 (it does not ask), nor on 2 ranks
+    /// (rank 0 declines). The run sends blocks of up to 400 kB, many from each peer.
     fn check_single_copy(&self) -> Result<(), String> {
         let Made::Ucx(t) = self else { return Ok(()) };
         if t.size() < 2 {
@@ -234,6 +257,16 @@ impl Made {
         let allowed = t.worker().context().allows_transport("cma") && !apart;
         match (allowed, t.messages_read_in_place()) {
             (true, 0) => Err("no message was read in place, though UCX_TLS allows cma".into()),
+            (true, _) if declining() && (t.rank() == 0 || t.size() == 2) => match t.messages_copied_in_halves() {
+                0 => Ok(()),
+                n => Err(format!("{n} messages were copied in halves, though rank 0 declines")),
+            },
+            (true, _) if t.messages_copied_in_halves() == 0 => {
+                Err("no message was copied in halves, though messages were read in place".into())
+            }
+            (false, _) if t.messages_copied_in_halves() > 0 => {
+                Err("messages were copied in halves, though UCX_TLS leaves out cma or the ranks are apart".into())
+            }
             (false, n @ 1..) => Err(format!(
                 "{n} messages were read in place, though UCX_TLS leaves out cma or the ranks are apart"
             )),

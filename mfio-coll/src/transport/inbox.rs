@@ -468,6 +468,13 @@ impl Inbox {
     pub fn waiting(&self) -> usize {
         self.state.lock().slots.values().map(Slot::len).sum()
     }
+
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
+    /// Whether a receive waits for a message that has not come.
+    pub(crate) fn receiving(&self) -> bool {
+        (self.state.lock().slots.values())
+            .any(|s| (s.waker.is_some() || s.claim.is_some()) && s.first.is_none() && s.landed == 0)
+    }
 }
 
 #[cfg(test)]
