@@ -321,14 +321,30 @@ fn every_byte(
 
 /// The kernel calls, the only C symbols of this module.
 mod sys {
-    /// Reads up to `len` bytes at `address` in process `pid` into `into`;
-    /// how many it read.
+    /// `process_vm_readv` or `process_vm_writev`: their arguments are alike.
+    type CrossMemory = unsafe extern "C" fn(
+        libc::pid_t,
+        *const libc::iovec,
+        libc::c_ulong,
+        *const libc::iovec,
+        libc::c_ulong,
+        libc::c_ulong,
+    ) -> libc::ssize_t;
+
+    /// Moves up to `len` bytes between `local` and `address` in process
+    /// `pid`, the way `call` does; how many it moved.
     ///
     /// # Safety
-    /// `into` must be valid for writes of `len` bytes.
-    pub(super) unsafe fn read_remote(pid: u32, address: u64, into: *mut u8, len: usize) -> std::io::Result<usize> {
+    /// `local` must be valid for `len` bytes of what `call` does to it.
+    unsafe fn cross_memory(
+        call: CrossMemory,
+        pid: u32,
+        address: u64,
+        local: *mut u8,
+        len: usize,
+    ) -> std::io::Result<usize> {
         let local = libc::iovec {
-            iov_base: into.cast(),
+            iov_base: local.cast(),
             iov_len: len,
         };
         let remote = libc::iovec {
@@ -337,9 +353,20 @@ mod sys {
         };
         let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
         // SAFETY: one local and one remote iovec, each valid for the call;
-        // `into` is writable for `len` bytes (the caller's promise).
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        // `local` is valid for what the call does to its `len` bytes (the
+        // caller's promise); the kernel checks the remote range.
+        let n = unsafe { call(pid, &local, 1, &remote, 1, 0) };
         usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    /// Reads up to `len` bytes at `address` in process `pid` into `into`;
+    /// how many it read.
+    ///
+    /// # Safety
+    /// `into` must be valid for writes of `len` bytes.
+    pub(super) unsafe fn read_remote(pid: u32, address: u64, into: *mut u8, len: usize) -> std::io::Result<usize> {
+        // SAFETY: the caller's promise.
+        unsafe { cross_memory(libc::process_vm_readv, pid, address, into, len) }
     }
 
     /// Writes up to `len` bytes from `from` to `address` in process `pid`;
@@ -348,20 +375,8 @@ mod sys {
     /// # Safety
     /// `from` must be valid for reads of `len` bytes.
     pub(super) unsafe fn write_remote(pid: u32, address: u64, from: *const u8, len: usize) -> std::io::Result<usize> {
-        let local = libc::iovec {
-            iov_base: from.cast_mut().cast(),
-            iov_len: len,
-        };
-        let remote = libc::iovec {
-            iov_base: address as *mut libc::c_void,
-            iov_len: len,
-        };
-        let pid = libc::pid_t::try_from(pid).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-        // SAFETY: one local and one remote iovec, each valid for the call;
-        // `from` is readable for `len` bytes (the caller's promise) and only
-        // read by the kernel.
-        let n = unsafe { libc::process_vm_writev(pid, &local, 1, &remote, 1, 0) };
-        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+        // SAFETY: the caller's promise; the kernel only reads `from`.
+        unsafe { cross_memory(libc::process_vm_writev, pid, address, from.cast_mut(), len) }
     }
 }
 

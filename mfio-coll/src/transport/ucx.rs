@@ -633,7 +633,7 @@ fn rest_written(
                 shared.judge_halves(from, read.done.elapsed() <= read.took);
                 if let Some(landing) = landing.release() {
                     shared.copied_in_halves.fetch_add(1, Ordering::Relaxed);
-                    shared.replied(from, Ok(0), landing.landed(key, len));
+                    shared.message_in(from, landing.landed(key, len));
                 }
             }
             Ok(_) if word == [NOT_WRITTEN] => {
@@ -914,10 +914,16 @@ impl Shared {
         if let Err(e) = res {
             tracing::debug!(to, error = %e, "mfio-coll UCX: could not answer an offer");
         }
+        self.message_in(to, then);
+    }
+
+    /// A message from `from` is in (or nothing, `Then::Nothing`): its
+    /// receive hears of it.
+    fn message_in(&self, from: Rank, then: Then) {
         match then {
             Then::Nothing => {}
-            Then::Landed(key) => self.core.inbox.land(to, key),
-            Then::Bytes(key, buf) => self.core.inbox.deliver(to, key, buf),
+            Then::Landed(key) => self.core.inbox.land(from, key),
+            Then::Bytes(key, buf) => self.core.inbox.deliver(from, key, buf),
         }
     }
 }
