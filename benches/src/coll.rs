@@ -202,6 +202,9 @@ pub struct RankArgs {
 /// each workload, or why a job failed.
 pub fn run(args: &CollArgs) -> Result<Vec<Vec<Series>>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
+    if let Some(path) = &args.tune {
+        writable(path)?;
+    }
     let mut all = Vec::new();
     for &ranks in &args.ranks {
         let results = std::env::temp_dir().join(format!("mfio-bench-coll-{}-{ranks}.json", std::process::id()));
@@ -242,6 +245,20 @@ pub fn run(args: &CollArgs) -> Result<Vec<Vec<Series>>, String> {
         );
     }
     Ok(all)
+}
+
+/// Makes `path`'s directory and checks the file can be written, so that a
+/// bad `--tune` path fails before the measuring, not after minutes of it.
+fn writable(path: &std::path::Path) -> Result<(), String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The table the medians make: for each collective, rank count (ascending;
@@ -769,7 +786,7 @@ impl Bufs {
 
 #[cfg(test)]
 mod tests {
-    use super::{calls_filling, more_reps, rank_args, CollArgs};
+    use super::{calls_filling, more_reps, rank_args, writable, CollArgs};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -812,6 +829,17 @@ mod tests {
         assert!(got.only_adaptive && got.control);
         assert_eq!(got.sizes, [8, 16]);
         assert_eq!(got.transports, a.transports);
+    }
+
+    #[test]
+    fn a_tuning_file_s_directory_is_made_before_the_measuring() {
+        let root = std::env::temp_dir().join(format!("mfio-bench-tune-{}", std::process::id()));
+        let path = root.join("a/b/tuning.txt");
+        writable(&path).expect("a new directory");
+        assert!(path.is_file(), "the file is there, empty, until the table replaces it");
+        std::fs::remove_dir_all(&root).expect("clean up");
+        let err = writable(std::path::Path::new("/proc/no/tuning.txt")).expect_err("not writable");
+        assert!(err.starts_with("/proc/no"), "names the path: {err}");
     }
 
     #[test]

@@ -54,14 +54,16 @@ enum Allreduce {
     Rabenseifner,
     ReduceBcast,
     SegmentedRing(usize),
+    Direct,
 }
 
 fn allreduce_kind(pick: u8) -> Allreduce {
-    match pick % 5 {
+    match pick % 6 {
         0 => Allreduce::Ring,
         1 => Allreduce::RecursiveDoubling,
         2 => Allreduce::Rabenseifner,
         3 => Allreduce::ReduceBcast,
+        4 => Allreduce::Direct,
         _ => Allreduce::SegmentedRing(1 + usize::from(pick) * 37),
     }
 }
@@ -79,6 +81,7 @@ fn allreduce<T: mfio_coll::Element>(
             Allreduce::Rabenseifner => algo::allreduce_rabenseifner(t, ID, buf, op).await,
             Allreduce::ReduceBcast => algo::allreduce_reduce_bcast(t, ID, buf, op).await,
             Allreduce::SegmentedRing(segment) => algo::allreduce_segmented_ring(t, ID, buf, op, segment).await,
+            Allreduce::Direct => algo::allreduce_direct(t, ID, buf, op).await,
         }
     })
 }
@@ -111,10 +114,10 @@ proptest! {
     }
 
     #[test]
-    fn recursive_doubling_and_reduce_bcast_keep_rank_order_for_non_commutative_operations(
-        n in 1usize..=9, len in 0usize..=2_000, seed: u64, pick: bool,
+    fn recursive_doubling_reduce_bcast_and_direct_keep_rank_order_for_non_commutative_operations(
+        n in 1usize..=9, len in 0usize..=2_000, seed: u64, pick in 0u8..3,
     ) {
-        let which = if pick { Allreduce::RecursiveDoubling } else { Allreduce::ReduceBcast };
+        let which = [Allreduce::RecursiveDoubling, Allreduce::ReduceBcast, Allreduce::Direct][usize::from(pick)];
         let inputs: Vec<Vec<[u64; 2]>> = (0..n).map(|r| affine(r, len)).collect();
         let want = reference(&inputs, &compose());
         let got = run_group(n, seed, move |t| {

@@ -154,7 +154,7 @@ fn every_collective_with_every_algorithm_in_process() {
         .map(|c| Algorithm::for_collective(c).count())
         .max()
         .unwrap_or(1);
-    assert!(tables >= 5, "allreduce alone has 5 algorithms");
+    assert!(tables >= 6, "allreduce alone has 6 algorithms");
     for n in 1..=5 {
         for k in 0..tables {
             all_ok(
@@ -187,7 +187,12 @@ fn collectives_that_send_from_the_input_write_every_element() {
         .map(|n| (n, Wire::Local))
         .chain((2..=3).flat_map(|n| [(n, Wire::Tcp), (n, Wire::Ucx("sm,self"))]));
     for (n, wire) in groups {
-        for algorithm in [Algorithm::Ring, Algorithm::SegmentedRing, Algorithm::RecursiveDoubling] {
+        for algorithm in [
+            Algorithm::Ring,
+            Algorithm::SegmentedRing,
+            Algorithm::RecursiveDoubling,
+            Algorithm::Direct,
+        ] {
             let rule = |collective, algorithm| Rule {
                 collective,
                 max_ranks: None,

@@ -69,9 +69,14 @@ pub async fn allreduce_recursive_doubling<T: Element>(
 
 /// [`allreduce_recursive_doubling`] over a lent buffer: in place, or with
 /// this rank's operand in `own` (same length; read only) and the result in
-/// `buf`, whose old values are then not read. With a power-of-two rank
-/// count the first exchange sends from `own` and combines into `buf`;
-/// otherwise `own` is copied into `buf` first (the fold reads `buf`).
+/// `buf`, whose old values are then not read.
+///
+/// With `own`, this rank's values leave from `own` until it first combines
+/// (into `buf`): a peer never reads `buf` before this rank writes it. A
+/// write to memory another core has just read waits for that core to give
+/// its copy up: a 64 KiB combine took ~9 µs after a peer's read against
+/// ~2.3 µs without one (BENCHMARKS.md), and sending from `buf` put that
+/// wait, or the copy of `own` into `buf` before it, on most ranks' steps.
 pub(crate) async fn allreduce_recursive_doubling_lent<T: Element>(
     t: &dyn Transport,
     id: CollId,
@@ -82,12 +87,17 @@ pub(crate) async fn allreduce_recursive_doubling_lent<T: Element>(
     super::check_op(op, None)?;
     let (n, r) = (t.size(), t.rank());
     let fold = Fold::of(n);
-    if let Some(from) = own.filter(|_| fold.pow != n || n == 1) {
+    if let Some(from) = own.filter(|_| n == 1) {
         // SAFETY: nothing of either buffer is lent yet.
         unsafe { buf.slice_mut(0..buf.len()).copy_from_slice(from.slice(0..from.len())) };
         own = None;
     }
-    fold.fold_in_lent(t, id.key(0, 0), buf, op).await?;
+    fold.fold_in_lent(t, id.key(0, 0), own, buf, op).await?;
+    if fold.paired(r) {
+        // The odd rank of a pair combined its operand into `buf`; the even
+        // one gets the result there.
+        own = None;
+    }
     if let Some(v) = fold.virt(r) {
         let all = 0..buf.len();
         let mut mask = 1;

@@ -152,11 +152,11 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
     }
 
     /// The allreduce of `buf` in place, by the algorithm the table names
-    /// (recursive doubling for an operation that is not commutative: it
-    /// keeps rank order).
+    /// (for an operation that is not commutative, recursive doubling unless
+    /// the table names the direct one: both keep rank order).
     fn allreduce_algorithm<T: Element>(&self, len: usize, op: &ReduceOp<T>) -> Algorithm {
         let chosen = self.choose(Collective::Allreduce, bytes_of::<T>(len));
-        if op.is_commutative() {
+        if op.is_commutative() || chosen == Algorithm::Direct {
             chosen
         } else {
             Algorithm::RecursiveDoubling
@@ -212,6 +212,12 @@ async fn allreduce_with<T: Element>(
         Algorithm::ReduceBcast => {
             lending(buf, async |buf| {
                 super::allreduce_reduce_bcast::allreduce_reduce_bcast_lent(t, id, buf, op).await
+            })
+            .await
+        }
+        Algorithm::Direct => {
+            lending(buf, async |buf| {
+                super::allreduce_direct::allreduce_direct_lent(t, id, None, buf, op).await
             })
             .await
         }
@@ -409,15 +415,18 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
     fn allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
         let algorithm = self.allreduce_algorithm(send.len(), &op);
         let long = size_of_val(send.as_slice()) >= super::POST_AHEAD_BYTES;
-        // The rings, and recursive doubling of long messages, read this
-        // rank's operand from `send` and write every element of `recv`: no
+        // The rings, the direct allreduce, and recursive doubling of long
+        // messages, read this rank's operand from `send` and write every
+        // element of `recv`: no
         // copy of the input first (a fifth of a 16 MiB ring allreduce's
         // time on 2 ranks). They share one box, as copying it is nothing
         // beside their messages; short recursive doubling is boxed at its
         // own size (it paid for copying the largest's).
-        let lent = matches!(algorithm, Algorithm::Ring | Algorithm::SegmentedRing)
-            || (long && algorithm == Algorithm::RecursiveDoubling);
-        use super::{allreduce_rd, allreduce_ring};
+        let lent = matches!(
+            algorithm,
+            Algorithm::Ring | Algorithm::SegmentedRing | Algorithm::Direct
+        ) || (long && algorithm == Algorithm::RecursiveDoubling);
+        use super::{allreduce_direct, allreduce_rd, allreduce_ring};
         match algorithm {
             _ if lent => {
                 let segment = elems_per::<T>(PIPELINE_BYTES);
@@ -426,6 +435,9 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                         Algorithm::Ring => allreduce_ring::allreduce_ring_lent(&*t, id, Some(own), buf, &op).await,
                         Algorithm::SegmentedRing => {
                             allreduce_ring::allreduce_segmented_ring_lent(&*t, id, Some(own), buf, &op, segment).await
+                        }
+                        Algorithm::Direct => {
+                            allreduce_direct::allreduce_direct_lent(&*t, id, Some(own), buf, &op).await
                         }
                         _ => allreduce_rd::allreduce_recursive_doubling_lent(&*t, id, Some(own), buf, &op).await,
                     })

@@ -99,12 +99,15 @@ impl Fold {
         }
     }
 
-    /// [`fold_in`](Self::fold_in) over a lent buffer: the even rank's
-    /// values leave from it.
+    /// [`fold_in`](Self::fold_in) over a lent buffer, with this rank's
+    /// operand in `own` if given (else in `buf`): the even rank's values
+    /// leave from where the operand is; the odd rank combines its partner's
+    /// with its operand into `buf`.
     pub(super) async fn fold_in_lent<T: Element>(
         self,
         t: &dyn Transport,
         key: Key,
+        own: Option<&Lent<T>>,
         buf: &Lent<T>,
         op: &ReduceOp<T>,
     ) -> Result<()> {
@@ -114,11 +117,16 @@ impl Fold {
         }
         let all = 0..buf.len();
         if r % 2 == 0 {
-            t.send_block(r + 1, key, buf.block(all)).await
+            t.send_block(r + 1, key, own.unwrap_or(buf).block(all)).await
         } else {
             let lower = super::recv::<T>(t, r - 1, key, buf.len()).await?;
             // SAFETY: no block of `buf` is lent to an operation here.
-            op.apply(&lower, unsafe { buf.slice_mut(all) });
+            let mine = unsafe { buf.slice_mut(all.clone()) };
+            match own {
+                // SAFETY: as above; `own` is never written.
+                Some(own) => op.apply_into(&lower, unsafe { own.slice(all) }, mine),
+                None => op.apply(&lower, mine),
+            }
             Ok(())
         }
     }

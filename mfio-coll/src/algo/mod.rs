@@ -11,8 +11,10 @@
 //! - allreduce: [`allreduce_ring`] (bandwidth-optimal, any length),
 //!   [`allreduce_segmented_ring`] (pipelined segments, long messages),
 //!   [`allreduce_recursive_doubling`] (latency-optimal, any rank count),
-//!   [`allreduce_rabenseifner`] (recursive halving, then doubling) and
-//!   [`allreduce_reduce_bcast`] (binomial reduce, then bcast: few ranks);
+//!   [`allreduce_rabenseifner`] (recursive halving, then doubling),
+//!   [`allreduce_reduce_bcast`] (binomial reduce, then bcast: few ranks) and
+//!   [`allreduce_direct`] (every rank combines every operand: one step, few
+//!   ranks);
 //! - reduce_scatter_block: [`reduce_scatter_block_ring`],
 //!   [`reduce_scatter_block_halving`];
 //! - allgather: [`allgather_ring`], [`allgather_bruck`] (any rank count),
@@ -28,7 +30,8 @@
 //! every rank ends with (ring: each block is reduced along the ring once,
 //! then passed around; recursive doubling: both partners of a step combine
 //! the same two operands, lower ranks' first; reduce then bcast: rank 0's
-//! result is the one result).
+//! result is the one result; direct: every rank combines the same
+//! operands in the same order).
 //!
 //! - the `v` variants, linear: [`scatterv_linear`], [`gatherv_linear`],
 //!   [`allgatherv_linear`], [`alltoallv_pairwise`].
@@ -42,6 +45,7 @@
 mod allgather_bruck;
 mod allgather_rd;
 mod allgather_ring;
+mod allreduce_direct;
 mod allreduce_rabenseifner;
 mod allreduce_rd;
 mod allreduce_reduce_bcast;
@@ -66,6 +70,7 @@ mod v;
 pub use allgather_bruck::allgather_bruck;
 pub use allgather_rd::allgather_recursive_doubling;
 pub use allgather_ring::allgather_ring;
+pub use allreduce_direct::allreduce_direct;
 pub use allreduce_rabenseifner::allreduce_rabenseifner;
 pub use allreduce_rd::allreduce_recursive_doubling;
 pub use allreduce_reduce_bcast::allreduce_reduce_bcast;

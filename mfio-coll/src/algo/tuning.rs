@@ -56,6 +56,9 @@ pub enum Algorithm {
     Rabenseifner,
     /// Binomial reduce to rank 0, then binomial bcast (allreduce).
     ReduceBcast,
+    /// Every rank takes every operand and combines them itself (allreduce;
+    /// "one-shot").
+    Direct,
     /// Recursive halving (reduce_scatter_block).
     Halving,
     /// Binomial tree (bcast, reduce, scatter, gather).
@@ -83,12 +86,13 @@ const COLLECTIVES: [(Collective, &str); 8] = [
     (Collective::Alltoall, "alltoall"),
 ];
 
-const ALGORITHMS: [(Algorithm, &str); 12] = [
+const ALGORITHMS: [(Algorithm, &str); 13] = [
     (Algorithm::Ring, "ring"),
     (Algorithm::SegmentedRing, "segmented_ring"),
     (Algorithm::RecursiveDoubling, "recursive_doubling"),
     (Algorithm::Rabenseifner, "rabenseifner"),
     (Algorithm::ReduceBcast, "reduce_bcast"),
+    (Algorithm::Direct, "direct"),
     (Algorithm::Halving, "halving"),
     (Algorithm::Binomial, "binomial"),
     (Algorithm::ScatterAllgather, "scatter_allgather"),
@@ -123,7 +127,7 @@ impl Algorithm {
         match c {
             C::Allreduce => matches!(
                 self,
-                A::Ring | A::SegmentedRing | A::RecursiveDoubling | A::Rabenseifner | A::ReduceBcast
+                A::Ring | A::SegmentedRing | A::RecursiveDoubling | A::Rabenseifner | A::ReduceBcast | A::Direct
             ),
             C::Bcast => matches!(self, A::Binomial | A::ScatterAllgather | A::Chain),
             C::Reduce => matches!(self, A::Binomial),
@@ -217,7 +221,11 @@ impl Tuning {
     /// (BENCHMARKS.md), latency-bound algorithms for short messages and
     /// the ring for long ones (on 2 ranks recursive doubling up to 1 MiB:
     /// one exchange instead of the ring's two; at 1 MiB 8 and 11 % faster
-    /// in two of the last three full runs, 2 % slower in the other); the
+    /// in two of the last three full runs, 2 % slower in the other; on 3
+    /// ranks the direct allreduce from 32 KiB to 1 MiB, one step instead
+    /// of recursive doubling's three, 15–35 % faster in three runs of four,
+    /// slower up to 16 KiB, where recursive doubling's short messages
+    /// travel in their frames); the
     /// binomial bcast at every length on 2 and
     /// 3 ranks (with long messages landing in place it beats the chain
     /// there), the pipelined chain for long ones on more ranks, where a
@@ -226,6 +234,8 @@ impl Tuning {
     pub fn builtin() -> Self {
         const TABLE: &str = "
             allreduce            2  1048576  recursive_doubling
+            allreduce            3  16384    recursive_doubling
+            allreduce            3  1048576  direct
             allreduce            *  65536    recursive_doubling
             allreduce            *  *        ring
             bcast                2  *        binomial
@@ -370,6 +380,16 @@ mod tests {
             Algorithm::RecursiveDoubling
         );
         assert_eq!(t.choose(Collective::Allreduce, 2, 4 << 20), Algorithm::Ring);
+        assert_eq!(
+            t.choose(Collective::Allreduce, 3, 16 << 10),
+            Algorithm::RecursiveDoubling
+        );
+        assert_eq!(t.choose(Collective::Allreduce, 3, 64 << 10), Algorithm::Direct);
+        assert_eq!(t.choose(Collective::Allreduce, 3, 4 << 20), Algorithm::Ring);
+        assert_eq!(
+            t.choose(Collective::Allreduce, 4, 64 << 10),
+            Algorithm::RecursiveDoubling
+        );
         assert_eq!(t.choose(Collective::Allreduce, 4, 1 << 20), Algorithm::Ring);
         assert_eq!(t.choose(Collective::Bcast, 3, 8), Algorithm::Binomial);
         assert_eq!(t.choose(Collective::Bcast, 3, 16 << 20), Algorithm::Binomial);

@@ -134,7 +134,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
     let total = reference(&all, &sum);
     let root = n / 2;
 
-    for which in 0..5 {
+    for which in 0..6 {
         let mut buf = all[rank].clone();
         let id = seq.next();
         let name = [
@@ -143,6 +143,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
             "allreduce recursive doubling",
             "allreduce Rabenseifner",
             "allreduce reduce then bcast",
+            "allreduce direct",
         ][which];
         began(name);
         match which {
@@ -150,7 +151,8 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
             1 => algo::allreduce_segmented_ring(t, id, &mut buf, &sum, 777).await,
             2 => algo::allreduce_recursive_doubling(t, id, &mut buf, &sum).await,
             3 => algo::allreduce_rabenseifner(t, id, &mut buf, &sum).await,
-            _ => algo::allreduce_reduce_bcast(t, id, &mut buf, &sum).await,
+            4 => algo::allreduce_reduce_bcast(t, id, &mut buf, &sum).await,
+            _ => algo::allreduce_direct(t, id, &mut buf, &sum).await,
         }
         .map_err(fail(name))?;
         ensure!(buf == total, "{name}: wrong sum on rank {rank}");
