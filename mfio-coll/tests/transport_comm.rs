@@ -191,6 +191,7 @@ fn collectives_that_send_from_the_input_write_every_element() {
             Algorithm::Ring,
             Algorithm::SegmentedRing,
             Algorithm::RecursiveDoubling,
+            Algorithm::ReduceBcast,
             Algorithm::Direct,
         ] {
             let rule = |collective, algorithm| Rule {

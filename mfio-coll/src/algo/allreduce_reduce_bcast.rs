@@ -31,20 +31,37 @@ pub async fn allreduce_reduce_bcast<T: Element>(
     op: &ReduceOp<T>,
 ) -> Result<()> {
     super::check_op(op, None)?;
-    super::on_copy(buf, async |lent| allreduce_reduce_bcast_lent(t, id, lent, op).await).await
+    super::on_copy(buf, async |lent| {
+        allreduce_reduce_bcast_lent(t, id, None, lent, op).await
+    })
+    .await
 }
 
-/// [`allreduce_reduce_bcast`] over a lent buffer: the reduce's operands
-/// leave from it, and the result lands in it.
+/// [`allreduce_reduce_bcast`] over a lent buffer: in place, or with this
+/// rank's operand in `own` (same length; read only) and the result in
+/// `buf`, whose old values are then not read. The reduce's operands leave
+/// from where they are (`own` until this rank combines, then `buf`), and
+/// the result lands in `buf`.
+///
+/// With `own`, a rank that only sends (every rank but 0 on 2 and 3 ranks)
+/// never lets a peer read `buf`, so the broadcast's write into it does not
+/// wait for another core to give up its copy (see
+/// [`allreduce_direct`](super::allreduce_direct)).
 pub(crate) async fn allreduce_reduce_bcast_lent<T: Element>(
     t: &dyn Transport,
     id: CollId,
+    mut own: Option<&Lent<T>>,
     buf: &Lent<T>,
     op: &ReduceOp<T>,
 ) -> Result<()> {
     super::check_op(op, None)?;
     let (n, r) = (t.size(), t.rank());
     let all = 0..buf.len();
+    if let Some(from) = own.filter(|_| n == 1) {
+        // SAFETY: nothing of either buffer is lent yet.
+        unsafe { buf.slice_mut(all.clone()).copy_from_slice(from.slice(all.clone())) };
+        own = None;
+    }
     // In step k, the ranks that are odd multiples of 2^k send what they
     // hold (their own and higher ranks' values) 2^k down, and drop out.
     let mut mask = 1;
@@ -52,14 +69,20 @@ pub(crate) async fn allreduce_reduce_bcast_lent<T: Element>(
     while mask < n {
         let key = id.key(step, 0);
         if r & mask != 0 {
-            t.send_block(r - mask, key, buf.block(all.clone())).await?;
+            t.send_block(r - mask, key, own.unwrap_or(buf).block(all.clone()))
+                .await?;
             break;
         }
         if r + mask < n {
             let higher = super::recv::<T>(t, r + mask, key, buf.len()).await?;
             // SAFETY: no block of `buf` is lent now (this rank sends only
             // after its last receive, and waits for the send).
-            super::combine_from_higher(op, unsafe { buf.slice_mut(all.clone()) }, higher);
+            let mine = unsafe { buf.slice_mut(all.clone()) };
+            match own.take() {
+                // SAFETY: as above; `own` is never written.
+                Some(own) => op.apply_into(unsafe { own.slice(all.clone()) }, &higher, mine),
+                None => super::combine_from_higher(op, mine, higher),
+            }
         }
         mask <<= 1;
         step += 1;

@@ -211,7 +211,7 @@ async fn allreduce_with<T: Element>(
         Algorithm::Rabenseifner => super::allreduce_rabenseifner(t, id, buf, op).await,
         Algorithm::ReduceBcast => {
             lending(buf, async |buf| {
-                super::allreduce_reduce_bcast::allreduce_reduce_bcast_lent(t, id, buf, op).await
+                super::allreduce_reduce_bcast::allreduce_reduce_bcast_lent(t, id, None, buf, op).await
             })
             .await
         }
@@ -415,9 +415,9 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
     fn allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
         let algorithm = self.allreduce_algorithm(send.len(), &op);
         let long = size_of_val(send.as_slice()) >= super::POST_AHEAD_BYTES;
-        // The rings, the direct allreduce, and recursive doubling of long
-        // messages, read this rank's operand from `send` and write every
-        // element of `recv`: no
+        // The rings, the direct allreduce, and recursive doubling and
+        // reduce-then-bcast of long messages, read this rank's operand
+        // from `send` and write every element of `recv`: no
         // copy of the input first (a fifth of a 16 MiB ring allreduce's
         // time on 2 ranks). They share one box, as copying it is nothing
         // beside their messages; short recursive doubling is boxed at its
@@ -425,8 +425,8 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
         let lent = matches!(
             algorithm,
             Algorithm::Ring | Algorithm::SegmentedRing | Algorithm::Direct
-        ) || (long && algorithm == Algorithm::RecursiveDoubling);
-        use super::{allreduce_direct, allreduce_rd, allreduce_ring};
+        ) || (long && matches!(algorithm, Algorithm::RecursiveDoubling | Algorithm::ReduceBcast));
+        use super::{allreduce_direct, allreduce_rd, allreduce_reduce_bcast, allreduce_ring};
         match algorithm {
             _ if lent => {
                 let segment = elems_per::<T>(PIPELINE_BYTES);
@@ -438,6 +438,9 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                         }
                         Algorithm::Direct => {
                             allreduce_direct::allreduce_direct_lent(&*t, id, Some(own), buf, &op).await
+                        }
+                        Algorithm::ReduceBcast => {
+                            allreduce_reduce_bcast::allreduce_reduce_bcast_lent(&*t, id, Some(own), buf, &op).await
                         }
                         _ => allreduce_rd::allreduce_recursive_doubling_lent(&*t, id, Some(own), buf, &op).await,
                     })
