@@ -487,6 +487,10 @@ struct Ctx {
     mpi: Mpi,
 }
 
+/// How long a UCX worker's spin waits before it yields where each rank has
+/// a core (`WorkerBuilder::yield_after`).
+const YIELD_AFTER_WITH_A_CORE_EACH: Duration = Duration::from_micros(20);
+
 /// Whether this host runs more ranks of the job (`size` in all) than this
 /// process has cores: Open MPI says how many ranks share the host
 /// (`OMPI_COMM_WORLD_LOCAL_SIZE`); else all of them are taken to.
@@ -530,13 +534,20 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
         None
     };
     let ucx = if a.transports.contains(&Kind::Ucx) {
-        // The same bounded spin before sleeping as the MPI backend's; it
-        // gives the core away only where ranks share cores.
+        // The same bounded spin before sleeping as the MPI backend's. It
+        // gives the core away at once where ranks share cores, and only
+        // after a while where each has one: then only a peer kept off its
+        // core by other work makes a wait that long.
+        let yield_after = if ranks_share_cores(size) {
+            Duration::ZERO
+        } else {
+            YIELD_AFTER_WITH_A_CORE_EACH
+        };
         let worker = mfio_net::ucx::Context::new()
             .and_then(|c| {
                 mfio_net::ucx::Worker::builder(&c)
                     .spin(Duration::from_micros(a.spin_us))
-                    .yield_when_idle(ranks_share_cores(size))
+                    .yield_after(yield_after)
                     .build()
             })
             .map_err(|e| format!("UCX worker: {e}"))?;

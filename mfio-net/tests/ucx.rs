@@ -686,15 +686,19 @@ fn flush_and_close_write(t: Transport) {
     });
 }
 
-/// Worker `a`, with an hour's spin (giving the core away now and then if
-/// `yielding`) and a receive of tag 7 pending (polled once, so UCX holds
-/// it); `meanwhile` runs, then worker `b` sends `ping` and the receive must
-/// take it.
-fn with_a_receive_pending_under_an_hours_spin(yielding: bool, meanwhile: impl FnOnce(&mfio_net::ucx::Worker)) {
+/// Worker `a`, with an hour's spin (giving the core away now and then
+/// after `yield_after`, if given) and a receive of tag 7 pending (polled
+/// once, so UCX holds it); `meanwhile` runs, then worker `b` sends `ping`
+/// and the receive must take it.
+fn with_a_receive_pending_under_an_hours_spin(
+    yield_after: Option<Duration>,
+    meanwhile: impl FnOnce(&mfio_net::ucx::Worker),
+) {
     let ctx = util::context(Transport::Sm, false);
     let a = mfio_net::ucx::Worker::builder(&ctx)
         .spin(Duration::from_secs(3600))
-        .yield_when_idle(yielding)
+        .yield_when_idle(yield_after.is_some())
+        .yield_after(yield_after.unwrap_or_default())
         .build()
         .expect("worker a");
     let b = ctx.worker().expect("worker b");
@@ -719,16 +723,28 @@ fn with_a_receive_pending_under_an_hours_spin(yielding: bool, meanwhile: impl Fn
 #[test]
 fn a_wake_from_another_thread_ends_the_spin() {
     within(LIMIT, || {
-        with_a_receive_pending_under_an_hours_spin(true, util::wait_for_a_wake_from_another_thread);
+        with_a_receive_pending_under_an_hours_spin(Some(Duration::ZERO), util::wait_for_a_wake_from_another_thread);
     });
 }
 
-/// A spin that never gives the core away (`yield_when_idle(false)`, for
-/// ranks with a core each) still ends on a wake from another thread.
+/// A spin that never gives the core away (`yield_when_idle(false)`) still
+/// ends on a wake from another thread.
 #[test]
 fn a_spin_that_never_yields_still_ends_on_a_wake() {
     within(LIMIT, || {
-        with_a_receive_pending_under_an_hours_spin(false, util::wait_for_a_wake_from_another_thread);
+        with_a_receive_pending_under_an_hours_spin(None, util::wait_for_a_wake_from_another_thread);
+    });
+}
+
+/// Nor does one that would yield only after an hour (`yield_after`): the
+/// clock and the wake are checked from the start, not from the first yield.
+#[test]
+fn a_spin_that_yields_only_after_an_hour_still_ends_on_a_wake() {
+    within(LIMIT, || {
+        with_a_receive_pending_under_an_hours_spin(
+            Some(Duration::from_secs(3600)),
+            util::wait_for_a_wake_from_another_thread,
+        );
     });
 }
 
@@ -739,7 +755,7 @@ fn a_spin_that_never_yields_still_ends_on_a_wake() {
 #[test]
 fn a_step_without_a_spin_returns_with_a_receive_pending() {
     within(LIMIT, || {
-        with_a_receive_pending_under_an_hours_spin(true, |a| {
+        with_a_receive_pending_under_an_hours_spin(Some(Duration::ZERO), |a| {
             for _ in 0..3 {
                 a.drive_now();
             }

@@ -172,9 +172,10 @@ pub(crate) struct Shared {
     /// UCX's event descriptor (owned by UCX).
     efd: std::os::fd::RawFd,
     spin: Duration,
-    /// Whether the spin gives the core away now and then
-    /// ([`WorkerBuilder::yield_when_idle`]).
-    yield_when_idle: bool,
+    /// How long the spin goes on before it gives the core away now and
+    /// then (`None`: never; [`WorkerBuilder::yield_when_idle`],
+    /// [`WorkerBuilder::yield_after`]).
+    yield_after: Option<Duration>,
     /// Driving steps that found the worker locked and returned at once.
     missed: MissedDrives,
     pub(crate) max_am_header: usize,
@@ -428,7 +429,9 @@ impl Shared {
         }
         self.collect(st, &mut done);
         if spin && done.is_empty() && !st.ops.is_empty() && !self.spin.is_zero() {
-            let deadline = Instant::now() + self.spin;
+            let start = Instant::now();
+            let deadline = start + self.spin;
+            let yield_from = self.yield_after.map(|after| start + after);
             // An idle progress over shared memory costs tens of
             // nanoseconds, a clock read about as much: read it every
             // `SPINS_PER_CLOCK` rounds.
@@ -446,13 +449,15 @@ impl Shared {
                 if round % SPINS_PER_CLOCK == 0 {
                     // The caller's task was woken (from another thread):
                     // it goes first.
-                    if Instant::now() >= deadline || mfio_core::task_woken() {
+                    let now = Instant::now();
+                    if now >= deadline || mfio_core::task_woken() {
                         break;
                     }
                     // The peer this waits for may share the core (more
-                    // ranks than cores): let it run rather than spin its
-                    // time away. Costs a system call where nobody waits.
-                    if self.yield_when_idle {
+                    // ranks than cores, or other work on the machine): let
+                    // it run rather than spin its time away. Costs a system
+                    // call where nobody waits.
+                    if yield_from.is_some_and(|from| now >= from) {
                         std::thread::yield_now();
                     }
                 }
@@ -671,6 +676,7 @@ pub struct WorkerBuilder {
     context: Context,
     spin: Duration,
     yield_when_idle: bool,
+    yield_after: Duration,
 }
 
 impl WorkerBuilder {
@@ -684,18 +690,34 @@ impl WorkerBuilder {
     }
 
     /// Whether the spin gives the core away (`sched_yield`) every few
-    /// dozen progress calls (yes by default). Yielding is what lets a
-    /// peer that shares this core run while this one waits for it: with
-    /// 3 ranks on 2 cores, an 8 B bcast loop takes ~1.7 µs per call
-    /// yielding and ~90 µs not. Where every process that drives a worker
-    /// has a core of its own, turn it off (as MPI's `mpi_yield_when_idle`
-    /// is off unless the job is oversubscribed): each yield is a system
-    /// call, and a completion that comes meanwhile is noticed late (a
-    /// 64 KiB bcast loop of mfio-coll over UCX on 2 ranks and 2 cores:
-    /// ~8.7 → ~8.2 µs per call; BENCHMARKS.md).
+    /// dozen progress calls (yes by default), once it has lasted
+    /// [`yield_after`](Self::yield_after). Yielding is what lets a peer
+    /// that shares this core run while this one waits for it: with 3 ranks
+    /// on 2 cores, an 8 B bcast loop takes ~1.7 µs per call yielding and
+    /// ~90 µs not. Off, a spin keeps its core for as long as it lasts,
+    /// which only pays where nothing else ever wants the core: with other
+    /// work on the machine, a rank whose peer was descheduled spins out
+    /// its time slice on every call (BENCHMARKS.md).
     #[must_use]
     pub fn yield_when_idle(mut self, yield_when_idle: bool) -> Self {
         self.yield_when_idle = yield_when_idle;
+        self
+    }
+
+    /// How long a spin goes on before it starts to yield (with
+    /// [`yield_when_idle`](Self::yield_when_idle); zero by default).
+    ///
+    /// Where every process that drives a worker has a core of its own,
+    /// a few tens of microseconds keep the yields' system calls off the
+    /// common waits (a peer on its own core answers within microseconds)
+    /// and still give the core away when the peer does not run: an
+    /// allreduce loop of mfio-coll over UCX on 2 ranks and 2 cores with
+    /// two busy loops beside it took ~10 µs per 8 B call never yielding and
+    /// ~3–4.5 µs yielding after 20 µs (BENCHMARKS.md). Where ranks share
+    /// cores, keep it zero.
+    #[must_use]
+    pub fn yield_after(mut self, after: Duration) -> Self {
+        self.yield_after = after;
         self
     }
 
@@ -756,7 +778,7 @@ impl WorkerBuilder {
                 epoll,
                 efd: efd_raw,
                 spin: self.spin,
-                yield_when_idle: self.yield_when_idle,
+                yield_after: self.yield_when_idle.then_some(self.yield_after),
                 missed: MissedDrives::default(),
                 max_am_header,
                 address: WorkerAddress::wrap(&address),
@@ -796,6 +818,7 @@ impl Worker {
             context: context.clone(),
             spin: DEFAULT_SPIN,
             yield_when_idle: true,
+            yield_after: Duration::ZERO,
         }
     }
 
