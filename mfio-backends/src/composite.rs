@@ -139,7 +139,7 @@ impl IoBackend for Composite {
         if status.progress || budget.is_zero() {
             return status;
         }
-        let deadline = Instant::now() + budget;
+        let deadline = mfio_core::deadline_after(budget);
         let mut round = 0u32;
         loop {
             let status = self.step_members(|b| b.drive_now());

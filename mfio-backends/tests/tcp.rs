@@ -529,8 +529,14 @@ fn busy_polling_spins_only_for_its_budget() {
 /// once, so it is in flight); `meanwhile` runs, then the peer sends
 /// `ping` and the receive must get it.
 fn with_a_receive_pending_under_an_hours_busy_poll(meanwhile: impl FnOnce(&Runtime)) -> Result<()> {
+    with_a_receive_pending_under_a_busy_poll(Duration::from_secs(3600), meanwhile)
+}
+
+/// As [`with_a_receive_pending_under_an_hours_busy_poll`], with a budget of
+/// `budget`.
+fn with_a_receive_pending_under_a_busy_poll(budget: Duration, meanwhile: impl FnOnce(&Runtime)) -> Result<()> {
     use mfio_core::IoBackendExt;
-    let Some((rt, s, mut peer)) = busy_polled_connection(Duration::from_secs(3600))? else {
+    let Some((rt, s, mut peer)) = busy_polled_connection(budget)? else {
         return Ok(());
     };
     let mut read = std::pin::pin!(s.read_exact(Vec::with_capacity(4)));
@@ -545,6 +551,19 @@ fn with_a_receive_pending_under_an_hours_busy_poll(meanwhile: impl FnOnce(&Runti
     n?;
     assert_eq!(got, b"ping");
     Ok(())
+}
+
+/// A `block_on` on `rt` of a completion another thread completes after
+/// 50 ms returns its value.
+fn wait_for_a_wake_from_another_thread(rt: &Runtime) {
+    use mfio_core::IoBackendExt;
+    let (done, woken) = mfio_core::completion::completion::<u8>();
+    let waker = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        done.complete(Ok(7));
+    });
+    assert_eq!(rt.block_on(woken).expect("woken"), 7);
+    waker.join().expect("waking thread");
 }
 
 /// A driving step for a caller with work of its own ready to run
@@ -570,19 +589,19 @@ fn a_step_without_a_spin_returns_with_a_receive_pending() {
 /// the receive then gets its bytes.
 #[test]
 fn a_wake_from_another_thread_ends_the_busy_poll() {
-    let body = || {
-        with_a_receive_pending_under_an_hours_busy_poll(|rt| {
-            use mfio_core::IoBackendExt;
-            let (done, woken) = mfio_core::completion::completion::<u8>();
-            let waker = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                done.complete(Ok(7));
-            });
-            assert_eq!(rt.block_on(woken).expect("woken"), 7);
-            waker.join().expect("waking thread");
-        })
-    };
+    let body = || with_a_receive_pending_under_an_hours_busy_poll(wait_for_a_wake_from_another_thread);
     util::serial_within("a wake ends the busy poll", Duration::from_secs(60), body).expect("a wake ends the busy poll");
+}
+
+/// A busy-poll budget of `Duration::MAX` ("no limit") is a budget like
+/// any other: a wake from another thread ends the poll, and the receive
+/// gets its bytes (the poll's end was `Instant + Duration`, which panics
+/// past what an `Instant` holds).
+#[test]
+fn a_busy_poll_of_duration_max_ends_on_a_wake() {
+    let body = || with_a_receive_pending_under_a_busy_poll(Duration::MAX, wait_for_a_wake_from_another_thread);
+    util::serial_within("a busy poll of Duration::MAX", Duration::from_secs(60), body)
+        .expect("a busy poll of Duration::MAX");
 }
 
 backend_tests!(

@@ -35,7 +35,15 @@ fn main() {
         thread,
         ..Progress::default()
     };
-    let mpi = match Mpi::builder().thread_level(level).progress(progress).build() {
+    // A timeout of `Duration::MAX` is "no limit" like any other long one
+    // (each operation's deadline was `Instant + Duration`, which panicked
+    // past what an `Instant` holds: at the first collective below).
+    let mpi = match Mpi::builder()
+        .thread_level(level)
+        .progress(progress)
+        .timeout(Some(Duration::MAX))
+        .build()
+    {
         Ok(m) => m,
         Err(e) => {
             eprintln!("mpi_lifecycle: MPI init failed: {e}");

@@ -7,7 +7,7 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
 
@@ -479,6 +479,19 @@ fn run_to_completion<B: IoBackend + ?Sized, F: Future>(
     }
 }
 
+/// The instant `after` from now. Where that is past what [`Instant`] can
+/// hold (`Duration::MAX` given as "no limit", say), an instant a century
+/// away instead: a spin, a busy poll or a timeout of any length ends its
+/// wait there, where `Instant + Duration` would panic.
+#[must_use]
+pub fn deadline_after(after: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(after)
+        .or_else(|| now.checked_add(CENTURY))
+        .unwrap_or(now)
+}
+
 /// Whether the task of the [`block_on`] running on this thread (the
 /// innermost, if they nest) was woken since it was last polled.
 ///
@@ -595,6 +608,19 @@ fn sleep_on(handle: PollingHandle<'_>, thread: Option<&ThreadWake>, timeout: Opt
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A deadline is `after` from now; one too far for an `Instant`
+    /// (`Duration::MAX`) is a century away, not a panic.
+    #[test]
+    fn deadlines_near_and_beyond_what_an_instant_holds() {
+        let before = Instant::now();
+        let soon = deadline_after(Duration::from_secs(1));
+        assert!(soon >= before + Duration::from_secs(1));
+        assert!(soon < Instant::now() + Duration::from_secs(2));
+        let never = deadline_after(Duration::MAX);
+        assert!(never > before + Duration::from_secs(99 * 365 * 24 * 3600));
+        assert!(deadline_after(Duration::ZERO) <= Instant::now());
+    }
 
     /// A `notify` whose write lands after a drain read nothing (it had set
     /// the flag already): the flag stays up, so the next clear reads the

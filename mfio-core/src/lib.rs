@@ -79,8 +79,8 @@ pub mod queue;
 pub mod returned;
 
 pub use backend::{
-    block_on, block_on_waiting, task_woken, DriveStatus, Interest, IoBackend, IoBackendExt, MissedDrives, Notifier,
-    OwnedSleeperGuard, PollingHandle, SleeperGuard,
+    block_on, block_on_waiting, deadline_after, task_woken, DriveStatus, Interest, IoBackend, IoBackendExt,
+    MissedDrives, Notifier, OwnedSleeperGuard, PollingHandle, SleeperGuard,
 };
 pub use buf::{AlignedBuf, BufResult, IoBuf, IoBufMut, Slice};
 pub use error::{Error, Op, Result};

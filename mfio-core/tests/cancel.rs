@@ -42,6 +42,27 @@ fn dropped_read_keeps_buffer_until_backend_lets_go() {
     );
 }
 
+/// A delay of `Duration::MAX` parks the view like any other (its end was
+/// `Instant + Duration`, which panicked past what an `Instant` holds), and
+/// a drop releases it.
+#[test]
+fn a_read_delayed_by_duration_max_is_parked_and_cancelled() {
+    let be = MemBackend::builder().delay(Duration::MAX).build().expect("backend");
+    let f = be.file(vec![7; 64]);
+    let (buf, freed) = util::TrackedBuf::new(64);
+    let mut fut = f.read_at(0, buf);
+    assert!(util::poll_once(&mut fut).is_pending(), "sent, not complete");
+    be.drive();
+    assert_eq!(be.stats().in_flight, 1, "the backend holds the view, parked");
+    drop(fut);
+    be.drive();
+    assert_eq!(be.stats().in_flight, 0, "cancellation released the parked view");
+    assert!(
+        freed.load(Ordering::SeqCst),
+        "buffer not freed after the backend let go"
+    );
+}
+
 #[test]
 fn dropped_before_driving_is_released_on_next_step() {
     let be = MemBackend::builder().inline_completion(false).build().expect("backend");

@@ -694,9 +694,18 @@ fn with_a_receive_pending_under_an_hours_spin(
     yield_after: Option<Duration>,
     meanwhile: impl FnOnce(&mfio_net::ucx::Worker),
 ) {
+    with_a_receive_pending_under_a_spin(Duration::from_secs(3600), yield_after, meanwhile);
+}
+
+/// As [`with_a_receive_pending_under_an_hours_spin`], with a spin of `spin`.
+fn with_a_receive_pending_under_a_spin(
+    spin: Duration,
+    yield_after: Option<Duration>,
+    meanwhile: impl FnOnce(&mfio_net::ucx::Worker),
+) {
     let ctx = util::context(Transport::Sm, false);
     let a = mfio_net::ucx::Worker::builder(&ctx)
-        .spin(Duration::from_secs(3600))
+        .spin(spin)
         .yield_when_idle(yield_after.is_some())
         .yield_after(yield_after.unwrap_or_default())
         .build()
@@ -745,6 +754,22 @@ fn a_spin_that_yields_only_after_an_hour_still_ends_on_a_wake() {
             Some(Duration::from_secs(3600)),
             util::wait_for_a_wake_from_another_thread,
         );
+    });
+}
+
+/// A spin and a yield delay of `Duration::MAX` ("no limit") are spins
+/// like any other: a wake from another thread ends them, on the worker and
+/// on a composite of it (which spins for its members' longest budget). The
+/// end of the spin was `Instant + Duration`, which panics past what an
+/// `Instant` holds.
+#[test]
+fn a_spin_of_duration_max_ends_on_a_wake() {
+    within(LIMIT, || {
+        with_a_receive_pending_under_a_spin(Duration::MAX, Some(Duration::MAX), |a| {
+            util::wait_for_a_wake_from_another_thread(a);
+            let alone = mfio_backends::Composite::new(vec![Box::new(a.clone())]).expect("composite");
+            util::wait_for_a_wake_from_another_thread(&alone);
+        });
     });
 }
 

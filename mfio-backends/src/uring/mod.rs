@@ -335,7 +335,7 @@ impl UringEngine {
     /// something lands) for up to the busy-poll budget; reaps what lands.
     /// Stops early when new operations are queued.
     fn watch_completions(&self, core: &mut Core) -> usize {
-        let until = Instant::now() + self.busy_poll;
+        let until = mfio_core::deadline_after(self.busy_poll);
         let mut round = 0u32;
         loop {
             // Completions waiting as task work need an enter to be posted.

@@ -426,7 +426,7 @@ impl State {
         done: &mut Vec<Done>,
     ) -> u64 {
         self.seq = self.seq.wrapping_add(1);
-        let deadline = self.timeout.map(|t| Instant::now() + t);
+        let deadline = self.timeout.map(mfio_core::deadline_after);
         let key = self.records.insert(Record {
             seq: self.seq,
             pending: 0,

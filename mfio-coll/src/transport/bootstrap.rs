@@ -146,7 +146,7 @@ impl Bootstrap {
     ///   size, a duplicate rank, a foreign protocol).
     /// - The OS error of listening or connecting.
     pub fn connect(&self) -> Result<Vec<Option<TcpStream>>> {
-        let deadline = Instant::now() + self.timeout;
+        let deadline = mfio_core::deadline_after(self.timeout);
         let mut links: Vec<Option<TcpStream>> = (0..self.size).map(|_| None).collect();
         if self.size == 1 {
             return Ok(links);
@@ -202,7 +202,7 @@ pub fn connect_pairs(
         return Err(invalid(format!("rank {rank} is outside a table of {size} ranks")));
     }
     let mut links: Vec<Option<TcpStream>> = (0..size).map(|_| None).collect();
-    link_pairs(rank, listener, table, Instant::now() + timeout, &mut links)?;
+    link_pairs(rank, listener, table, mfio_core::deadline_after(timeout), &mut links)?;
     Ok(links)
 }
 
@@ -228,7 +228,7 @@ pub fn exchange(links: &mut [Option<TcpStream>], rank: Rank, mine: &[u8], timeou
             links.len()
         )));
     }
-    let deadline = Instant::now() + timeout;
+    let deadline = mfio_core::deadline_after(timeout);
     let mut out = MAGIC.to_vec();
     out.extend_from_slice(&(mine.len() as u64).to_le_bytes());
     out.extend_from_slice(mine);
@@ -522,6 +522,26 @@ mod tests {
                 links[b][a].as_mut().expect("link").read_exact(&mut got).expect("read");
                 assert_eq!(got, msg, "link {a}->{b}");
             }
+        }
+    }
+
+    /// A timeout of `Duration::MAX` ("no limit") is a timeout like any
+    /// other: the ranks connect and exchange (every wait's end was
+    /// `Instant + Duration`, which panicked past what an `Instant` holds).
+    #[test]
+    fn a_timeout_of_duration_max_connects_and_exchanges() {
+        let root = free_root();
+        let ranks: Vec<_> = (0..2)
+            .map(|rank| {
+                std::thread::spawn(move || {
+                    let mut links = Bootstrap::new(rank, 2, root)?.timeout(Duration::MAX).connect()?;
+                    exchange(&mut links, rank, &[rank as u8; 3], Duration::MAX)
+                })
+            })
+            .collect();
+        for h in ranks {
+            let got = h.join().expect("rank thread").expect("bootstrap and exchange");
+            assert_eq!(got, vec![vec![0u8; 3], vec![1u8; 3]]);
         }
     }
 

@@ -571,7 +571,9 @@ impl Shared {
             Done::Write(v, _, _) => v.set_cancel_handler(self.canceller.clone(), token),
         };
         match registered {
-            Ok(()) => core.parked.push(Parked::Delayed(Instant::now() + delay, token, done)),
+            Ok(()) => core
+                .parked
+                .push(Parked::Delayed(crate::backend::deadline_after(delay), token, done)),
             Err(_) => done.cancel(),
         }
     }

@@ -429,9 +429,8 @@ impl Shared {
         }
         self.collect(st, &mut done);
         if spin && done.is_empty() && !st.ops.is_empty() && !self.spin.is_zero() {
-            let start = Instant::now();
-            let deadline = start + self.spin;
-            let yield_from = self.yield_after.map(|after| start + after);
+            let deadline = mfio_core::deadline_after(self.spin);
+            let yield_from = self.yield_after.map(mfio_core::deadline_after);
             // An idle progress over shared memory costs tens of
             // nanoseconds, a clock read about as much: read it every
             // `SPINS_PER_CLOCK` rounds.
