@@ -41,6 +41,7 @@ per_transport!(
     short_tag_messages_sent_and_taken_without_packets,
     receive_of_a_long_message_already_in_completes,
     tag_messages_taken_while_arriving_keep_their_order,
+    tag_polls_take_messages_as_they_come,
 );
 
 fn tag_ping_pong(t: Transport) {
@@ -973,8 +974,9 @@ fn tag_messages_taken_while_arriving_keep_their_order(t: Transport) {
                         taken_in_pieces += 1;
                         // It comes next, whole, to whichever kind of
                         // receive asks first; nothing overtakes it.
-                        // (Every other round a packet receive is posted
-                        // at once: it waits for the message to land.)
+                        // (Every other round a packet receive, or a poll,
+                        // is posted at once: it waits for the message to
+                        // land.)
                         let mut next = None;
                         for _ in 0..if round % 2 == 0 { 10 } else { 0 } {
                             p.a.drive_now();
@@ -986,6 +988,15 @@ fn tag_messages_taken_while_arriving_keep_their_order(t: Transport) {
                             }
                         }
                         let next = next.unwrap_or_else(|| {
+                            if round % 4 == 1 {
+                                // A poll: it waits for the message to land.
+                                let mut whole = Vec::with_capacity(256 << 10);
+                                let info = p
+                                    .both
+                                    .block_on(std::future::poll_fn(|cx| p.b.poll_tag_recv(matching, &mut whole, cx)))
+                                    .expect("the message taken in pieces, polled");
+                                return (info.tag, whole);
+                            }
                             let (info, whole) = p
                                 .both
                                 .block_on(p.b.tag_recv(matching, Vec::with_capacity(256 << 10)))
@@ -1022,6 +1033,117 @@ fn tag_messages_taken_while_arriving_keep_their_order(t: Transport) {
         }
         assert!(taken_in_pieces > 0, "never took a message while it arrived");
     });
+}
+
+/// `poll_tag_recv`, the packetless receive as a poll: pending (its waker
+/// kept) until a message comes, woken by the driving step that brought
+/// it, exact bytes in UCX's order; a message longer than the buffer is a
+/// truncation error and stays to be taken whole; a receiver asleep on its
+/// worker (the spin over) wakes for a message sent later, from another
+/// thread; and a message taken while it arrived comes whole to the next
+/// poll, which waits for it.
+fn tag_polls_take_messages_as_they_come(t: Transport) {
+    within(LIMIT, move || {
+        let p = pair(t);
+        wire_up(&p);
+        let woken = std::sync::Arc::new(Woken::default());
+        let waker = std::task::Waker::from(woken.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut buf = Vec::with_capacity(4096);
+        let matching = TagMatch {
+            tag: 0x7000,
+            mask: !0xFFFF,
+        };
+        assert!(p.b.poll_tag_recv(matching, &mut buf, &mut cx).is_pending());
+        // The same waker again is kept once.
+        assert!(p.b.poll_tag_recv(matching, &mut buf, &mut cx).is_pending());
+
+        // Three messages; the waker hears of the first progress that
+        // brings any, and the polls then take them in order.
+        let msgs: Vec<Vec<u8>> = [8usize, 0, 3000].iter().map(|&n| pattern(n as u64, 1, n)).collect();
+        for (i, m) in msgs.iter().enumerate() {
+            let (sent, _) = p
+                .both
+                .block_on(p.ab().write_at(Tag(0x7000 + i as u64), m.clone()))
+                .into_parts();
+            sent.expect("send");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while woken.count() == 0 {
+            assert!(std::time::Instant::now() < deadline, "never woken");
+            p.b.drive_now();
+        }
+        let mut got = Vec::new();
+        while got.len() < msgs.len() {
+            assert!(std::time::Instant::now() < deadline, "{} of 3 taken", got.len());
+            match p.b.poll_tag_recv(matching, &mut buf, &mut cx) {
+                Poll::Ready(info) => {
+                    let info = info.expect("take");
+                    assert_eq!(info.len, buf.len());
+                    got.push((info.tag, buf.clone()));
+                }
+                Poll::Pending => {
+                    p.b.drive_now();
+                }
+            }
+        }
+        let want: Vec<(u64, Vec<u8>)> = msgs
+            .iter()
+            .enumerate()
+            .map(|(i, m)| (0x7000 + i as u64, m.clone()))
+            .collect();
+        assert!(got == want, "in order, exact");
+        assert_eq!(buf.capacity(), 4096, "the buffer keeps its memory");
+
+        // Too long: an error, and the message stays.
+        let (sent, _) = p
+            .both
+            .block_on(p.ab().write_at(Tag(0x7010), vec![5u8; 100]))
+            .into_parts();
+        sent.expect("send");
+        let mut small = Vec::with_capacity(10);
+        let err =
+            p.b.block_on(std::future::poll_fn(|cx| p.b.poll_tag_recv(matching, &mut small, cx)))
+                .expect_err("longer than the buffer");
+        assert!(err.is_truncated(), "{err}");
+        let info =
+            p.b.block_on(std::future::poll_fn(|cx| p.b.poll_tag_recv(matching, &mut buf, cx)))
+                .expect("taken whole by a longer buffer");
+        assert_eq!((info.tag, &buf[..]), (0x7010, &[5u8; 100][..]));
+
+        // Asleep on the worker (no spin), then a message from another
+        // thread, sent well after the sleep began.
+        let b = p.b.clone();
+        let waiting = std::thread::spawn(move || {
+            let mut buf = Vec::with_capacity(64);
+            let info = b.block_on(std::future::poll_fn(|cx| b.poll_tag_recv(matching, &mut buf, cx)));
+            (info.map(|i| i.tag), buf)
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!waiting.is_finished(), "took a message nobody sent");
+        let (sent, _) =
+            p.a.block_on(p.ab().write_at(Tag(0x7020), b"late".to_vec()))
+                .into_parts();
+        sent.expect("send");
+        let (tag, late) = waiting.join().expect("the waiting thread");
+        assert_eq!((tag.expect("the late message"), &late[..]), (0x7020, &b"late"[..]));
+    });
+}
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct Woken(std::sync::atomic::AtomicUsize);
+
+impl Woken {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl std::task::Wake for Woken {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// A message from a to b, so that the endpoint is wired up

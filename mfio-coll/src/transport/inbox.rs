@@ -217,8 +217,8 @@ impl Inbox {
     /// As [`deliver`](Self::deliver), for bytes the wire lends only for the
     /// call: copied straight into the block of the receive that waits for
     /// them, if one waits first in line with a block of their length (one
-    /// copy fewer), else into a buffer filed under `key`.
-    pub(crate) fn deliver_bytes(&self, from: Rank, key: Key, bytes: &[u8]) {
+    /// copy fewer), else into a buffer of `pool`'s filed under `key`.
+    pub(crate) fn deliver_bytes(&self, from: Rank, key: Key, bytes: &[u8], pool: &super::pool::BufPool) {
         self.file(from, key, |slot| {
             let first_in_line = slot.is_first_in_line();
             match slot.claim.take_if(|b| first_in_line && b.len() == bytes.len()) {
@@ -230,7 +230,7 @@ impl Inbox {
                     drop(block);
                     slot.landed += 1;
                 }
-                None => slot.push(bytes.to_vec()),
+                None => slot.push(pool.copy_of(bytes)),
             }
         });
     }
@@ -480,6 +480,7 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::pool::BufPool;
     use std::task::Waker;
 
     fn key(step: u32) -> Key {
@@ -591,7 +592,7 @@ mod tests {
         // The receive waits with a block of their length: copied into it.
         let mut block = Some(lent.block_mut(0..4));
         assert!(inbox.poll_claim(1, key(0), &mut block, &mut cx).is_pending());
-        inbox.deliver_bytes(1, key(0), &[1, 2, 3, 4]);
+        inbox.deliver_bytes(1, key(0), &[1, 2, 3, 4], &BufPool::default());
         assert!(matches!(
             inbox.poll_claim(1, key(0), &mut block, &mut cx),
             Poll::Ready(Ok(Claimed::Landed))
@@ -600,8 +601,8 @@ mod tests {
         // bytes of its length behind them do not jump the queue.
         let mut block = Some(lent.block_mut(4..8));
         assert!(inbox.poll_claim(1, key(1), &mut block, &mut cx).is_pending());
-        inbox.deliver_bytes(1, key(1), &[9; 3]);
-        inbox.deliver_bytes(1, key(1), &[8; 4]);
+        inbox.deliver_bytes(1, key(1), &[9; 3], &BufPool::default());
+        inbox.deliver_bytes(1, key(1), &[8; 4], &BufPool::default());
         assert_eq!(inbox.waiting(), 2);
         let mut block = match inbox.poll_claim(1, key(1), &mut block, &mut cx) {
             Poll::Ready(Ok(Claimed::Bytes(data, b))) if data == [9; 3] => Some(b),
@@ -619,7 +620,7 @@ mod tests {
         );
         // Bytes of a forgotten collective are dropped.
         inbox.forget(1, 5);
-        inbox.deliver_bytes(1, Key { seq: 5, ..key(0) }, &[1]);
+        inbox.deliver_bytes(1, Key { seq: 5, ..key(0) }, &[1], &BufPool::default());
         assert_eq!(inbox.waiting(), 0);
     }
 

@@ -740,11 +740,21 @@ pub(crate) unsafe fn tag_recv(
     )
 }
 
+/// What [`tag_take`] found.
+pub(crate) enum Take {
+    /// No matching message has arrived.
+    Nothing,
+    /// The first is this long, more than the buffer holds: it stays with
+    /// UCX.
+    TooLong(usize),
+    /// Taken: what the receive did (done at once for a message that came
+    /// whole in one piece; in flight, reported to the sink, for one still
+    /// arriving), its tag and its length.
+    Taken(Posted, u64, usize),
+}
+
 /// Takes the first message matching `tag`/`mask` that has arrived (in
-/// part, at least), into `cap` bytes at `buf`: `None` if there is none, or
-/// if it is longer than `cap` (it stays with UCX). Else its tag and length
-/// and what the receive did: done at once for a message that came whole
-/// in one piece; in flight (reported to `sink`) for one still arriving.
+/// part, at least), into `cap` bytes at `buf`.
 ///
 /// # Safety
 /// As [`tag_send`].
@@ -755,26 +765,29 @@ pub(crate) unsafe fn tag_take(
     tag: u64,
     mask: u64,
     sink: *const Sink,
-) -> Option<(Posted, u64, usize)> {
+) -> Take {
     let mut info = ffi::ucp_tag_recv_info_t::default();
     // SAFETY: the caller's contract; info is an out pointer. Only looked
     // at: a message too long for `buf` is left for a receive that reports
     // it.
     let first = unsafe { ffi::ucp_tag_probe_nb(worker, tag, mask, 0, &mut info) };
-    if first.is_null() || info.length > cap {
-        return None;
+    if first.is_null() {
+        return Take::Nothing;
+    }
+    if info.length > cap {
+        return Take::TooLong(info.length);
     }
     // SAFETY: as above; the worker is serialised, so this finds the same
     // message, now removed to be received once.
     let message = unsafe { ffi::ucp_tag_probe_nb(worker, tag, mask, 1, &mut info) };
     if message.is_null() {
-        return None;
+        return Take::Nothing;
     }
     let mut param = request_param(sink, 0);
     param.cb.recv = Some(tag_recv_done);
     // SAFETY: the caller's contract; the message was removed by the probe.
     let posted = posted(unsafe { ffi::ucp_tag_msg_recv_nbx(worker, buf as *mut c_void, cap, message, &param) });
-    Some((posted, info.sender_tag, info.length))
+    Take::Taken(posted, info.sender_tag, info.length)
 }
 
 /// # Safety

@@ -118,6 +118,13 @@ pub(crate) struct State {
     spare_finished: Vec<sys::Finished>,
     /// An empty list with room for a driving step's finished operations.
     spare_done: Vec<(InFlight, sys::Finished)>,
+    /// Wakers of packet-free tag receives waiting for a message
+    /// ([`Worker::poll_tag_recv`]): woken by the next driving step whose
+    /// progress did anything. The driving step spins for them as for
+    /// operations in flight.
+    pub(crate) tag_pollers: Vec<std::task::Waker>,
+    /// An empty list with room for the wakers a driving step wakes.
+    spare_woken: Vec<std::task::Waker>,
 }
 
 impl State {
@@ -407,11 +414,13 @@ impl Shared {
         }
     }
 
-    /// One driving step (the worker's lock is taken by the caller).
+    /// One driving step (the worker's lock is taken by the caller). The
+    /// wakers of tag polls to wake once the worker is let go go to `woken`.
     fn step(
         &self,
         st: &mut parking_lot::MutexGuard<'_, State>,
         spin: bool,
+        woken: &mut Vec<std::task::Waker>,
     ) -> (bool, Vec<(InFlight, sys::Finished)>, Option<Duration>) {
         let mut progress = false;
         let mut timeout = None;
@@ -428,7 +437,12 @@ impl Shared {
             progress = true;
         }
         self.collect(st, &mut done);
-        if spin && done.is_empty() && !st.ops.is_empty() && !self.spin.is_zero() {
+        if progress {
+            // A message may have come (or landed): the polls look again.
+            woken.append(&mut st.tag_pollers);
+        }
+        let waiting = !st.ops.is_empty() || !st.tag_pollers.is_empty();
+        if spin && done.is_empty() && woken.is_empty() && waiting && !self.spin.is_zero() {
             let deadline = mfio_core::deadline_after(self.spin);
             let yield_from = self.yield_after.map(mfio_core::deadline_after);
             // An idle progress over shared memory costs tens of
@@ -440,7 +454,8 @@ impl Shared {
                 if unsafe { sys::progress(self.handle) } != 0 {
                     progress = true;
                     self.collect(st, &mut done);
-                    if !done.is_empty() {
+                    woken.append(&mut st.tag_pollers);
+                    if !done.is_empty() || !woken.is_empty() {
                         break;
                     }
                 }
@@ -551,15 +566,20 @@ impl Shared {
         let Some(mut st) = self.missed.try_lock(|| self.state.try_lock()) else {
             return DriveStatus::again_after(MissedDrives::RECHECK);
         };
-        let (progress, mut done, timeout) = self.step(&mut st, spin);
+        let mut woken = std::mem::take(&mut st.spare_woken);
+        let (progress, mut done, timeout) = self.step(&mut st, spin, &mut woken);
         drop(st);
         for (op, finished) in done.drain(..) {
             op::finish(op, finished);
         }
-        // The list goes back for the next step, unless someone holds the
-        // worker now (then it is freed).
+        for waker in woken.drain(..) {
+            waker.wake();
+        }
+        // The lists go back for the next step, unless someone holds the
+        // worker now (then they are freed).
         if let Some(mut st) = self.state.try_lock() {
             st.spare_done = done;
+            st.spare_woken = woken;
         }
         // Last, with the worker let go for good.
         if self.missed.take() {
@@ -766,6 +786,8 @@ impl WorkerBuilder {
                     tag_waiting: Vec::new(),
                     spare_finished: Vec::new(),
                     spare_done: Vec::new(),
+                    tag_pollers: Vec::new(),
+                    spare_woken: Vec::new(),
                 }),
                 sink: Mutex::new(Vec::new()),
                 am_sink: Arc::new(Mutex::new(Vec::new())),
@@ -863,10 +885,10 @@ impl IoBackend for Shared {
         self.drive_step(false)
     }
 
-    /// The worker's spin, while operations are pending.
+    /// The worker's spin, while operations (or tag polls) are pending.
     fn spin_budget(&self) -> Duration {
         match self.state.try_lock() {
-            Some(st) if !st.ops.is_empty() => self.spin,
+            Some(st) if !st.ops.is_empty() || !st.tag_pollers.is_empty() => self.spin,
             _ => Duration::ZERO,
         }
     }

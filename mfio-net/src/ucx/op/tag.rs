@@ -327,79 +327,167 @@ impl Worker {
     pub fn try_tag_recv(&self, matching: TagMatch, buf: &mut Vec<u8>) -> std::result::Result<Option<TagInfo>, Error> {
         let shared = &*self.shared;
         let mut st = shared.lock();
-        if st.tag_landing > 0 {
-            return Ok(None);
+        let (found, finish) = take(shared, &mut st, matching, buf);
+        drop(st);
+        if let Some((op, f)) = finish {
+            super::finish(op, f);
         }
-        buf.clear();
-        // A message a dropped receive took comes first: it arrived before
-        // anything UCX still holds.
+        match found {
+            Found::Taken(info) => Ok(Some(info)),
+            Found::Nothing | Found::TooLong(_) | Found::Landing => Ok(None),
+            Found::Failed(err) => Err(err),
+        }
+    }
+
+    /// Receives a message matching `matching` into `buf` (its bytes
+    /// replaced, up to its capacity) without a packet, as a poll: ready
+    /// with the sender's tag and the length once one has arrived; pending
+    /// until then, and `cx` is woken by the next driving step of the
+    /// worker whose progress did anything (a message may have come). For a
+    /// loop that receives many short messages: no future, completion or
+    /// allocation per message, where a packet receive has all three.
+    ///
+    /// The order of messages is UCX's, with [`tag_recv`](Self::tag_recv)
+    /// and [`try_tag_recv`](Self::try_tag_recv) beside it: a message still
+    /// arriving in pieces when it is taken lands first (in memory of its
+    /// own; `buf` keeps its capacity). While a poll waits, the worker's
+    /// driving step spins for it as for an operation in flight
+    /// ([`WorkerBuilder::spin`](crate::ucx::WorkerBuilder::spin)).
+    ///
+    /// # Errors
+    /// [`Error::is_truncated`] if the first matching message is longer than
+    /// `buf`'s capacity: it is not lost, a longer buffer takes it. What UCX
+    /// reports receiving the message.
+    pub fn poll_tag_recv(
+        &self,
+        matching: TagMatch,
+        buf: &mut Vec<u8>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<TagInfo, Error>> {
+        let shared = &*self.shared;
         let cap = buf.capacity();
-        let taken = shared
-            .returned
-            .take_first_if(|(tag, _)| matching.matches(*tag), |(_, data)| data.len() <= cap);
-        match taken {
-            Some(Some((tag, data))) => {
-                buf.extend_from_slice(&data);
-                return Ok(Some(TagInfo { tag, len: data.len() }));
+        let mut st = shared.lock();
+        let (found, finish) = take(shared, &mut st, matching, buf);
+        if matches!(found, Found::Nothing | Found::Landing) {
+            // Registered before the worker is let go: a message that comes
+            // after the look above is seen by a progress after this.
+            if !st.tag_pollers.iter().any(|w| w.will_wake(cx.waker())) {
+                st.tag_pollers.push(cx.waker().clone());
             }
-            // Longer than `buf`: a packet receive reports it.
-            Some(None) => return Ok(None),
-            None => {}
         }
-        let (ptr, cap) = (buf.as_mut_ptr(), buf.capacity());
-        // SAFETY: the worker is locked; `buf`'s capacity is `cap` bytes,
-        // which UCX writes only during the call unless the receive stays
-        // in flight: then the memory goes into the record below, alive
-        // and written by nothing else until UCX reports the receive.
-        let Some((posted, tag, len)) =
-            (unsafe { sys::tag_take(shared.handle, ptr, cap, matching.tag, matching.mask, shared.sink()) })
-        else {
-            return Ok(None);
+        drop(st);
+        if let Some((op, f)) = finish {
+            super::finish(op, f);
+        }
+        match found {
+            Found::Taken(info) => Poll::Ready(Ok(info)),
+            Found::Nothing => Poll::Pending,
+            Found::Landing => {
+                // Its memory went with the message that is landing.
+                *buf = Vec::with_capacity(cap);
+                Poll::Pending
+            }
+            Found::TooLong(len) => Poll::Ready(Err(Error::truncated(len.map(|n| n as u64), cap as u64))),
+            Found::Failed(err) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+/// What [`take`] found.
+enum Found {
+    /// A message, whole in `buf`.
+    Taken(TagInfo),
+    /// No matching message.
+    Nothing,
+    /// The first matching message is longer than `buf`'s capacity (its
+    /// length, where known); it stays.
+    TooLong(Option<usize>),
+    /// One still arriving took `buf`'s memory; it lands first.
+    Landing,
+    /// What UCX reported.
+    Failed(Error),
+}
+
+/// Takes a message matching `matching` that has arrived into `buf` (the
+/// worker locked): see [`Worker::try_tag_recv`]. An operation to finish
+/// once the worker is let go comes with it.
+fn take(
+    shared: &Shared,
+    st: &mut State,
+    matching: TagMatch,
+    buf: &mut Vec<u8>,
+) -> (Found, Option<(InFlight, sys::Finished)>) {
+    if st.tag_landing > 0 {
+        return (Found::Landing, None);
+    }
+    buf.clear();
+    // A message a dropped receive took comes first: it arrived before
+    // anything UCX still holds.
+    let cap = buf.capacity();
+    let taken = shared
+        .returned
+        .take_first_if(|(tag, _)| matching.matches(*tag), |(_, data)| data.len() <= cap);
+    match taken {
+        Some(Some((tag, data))) => {
+            buf.extend_from_slice(&data);
+            return (Found::Taken(TagInfo { tag, len: data.len() }), None);
+        }
+        // Longer than `buf`: a packet receive reports it.
+        Some(None) => return (Found::TooLong(None), None),
+        None => {}
+    }
+    let (ptr, cap) = (buf.as_mut_ptr(), buf.capacity());
+    // SAFETY: the worker is locked; `buf`'s capacity is `cap` bytes, which
+    // UCX writes only during the call unless the receive stays in flight:
+    // then the memory goes into the record below, alive and written by
+    // nothing else until UCX reports the receive.
+    let (posted, tag, len) =
+        match unsafe { sys::tag_take(shared.handle, ptr, cap, matching.tag, matching.mask, shared.sink()) } {
+            sys::Take::Nothing => return (Found::Nothing, None),
+            sys::Take::TooLong(len) => return (Found::TooLong(Some(len)), None),
+            sys::Take::Taken(posted, tag, len) => (posted, tag, len),
         };
-        match posted {
-            sys::Posted::Done => {
+    match posted {
+        sys::Posted::Done => {
+            // SAFETY: UCX wrote the message's `len` bytes (at most `cap`).
+            unsafe { buf.set_len(len) };
+            (Found::Taken(TagInfo { tag, len }), None)
+        }
+        sys::Posted::Failed(status) => (Found::Failed(sys::status_error(status, "tag receive")), None),
+        sys::Posted::InFlight(req) => {
+            if let Some(f) = shared.finished_in_call(req) {
+                // Every piece was in: whole already, as if done at once.
+                if f.status != sys::OK {
+                    return (Found::Failed(sys::status_error(f.status, "tag receive")), None);
+                }
                 // SAFETY: UCX wrote the message's `len` bytes (at most `cap`).
                 unsafe { buf.set_len(len) };
-                Ok(Some(TagInfo { tag, len }))
+                return (Found::Taken(TagInfo { tag, len }), None);
             }
-            sys::Posted::Failed(status) => Err(sys::status_error(status, "tag receive")),
-            sys::Posted::InFlight(req) => {
-                if let Some(f) = shared.finished_in_call(req) {
-                    // Every piece was in: whole already, as if done at once.
-                    if f.status != sys::OK {
-                        return Err(sys::status_error(f.status, "tag receive"));
-                    }
-                    // SAFETY: UCX wrote the message's `len` bytes (at most
-                    // `cap`).
-                    unsafe { buf.set_len(len) };
-                    return Ok(Some(TagInfo { tag, len }));
-                }
-                // The receive keeps the memory; its packet has no caller.
-                let mut packet = mfio_core::Packet::<Read, Vec<u8>>::new(std::mem::take(buf));
-                let Some(view) = packet.take_view() else {
-                    // (A new packet has its view.) Kept for good rather
-                    // than freed under UCX.
-                    std::mem::forget(packet);
-                    return Err(Error::new(std::io::ErrorKind::Other, "a packet without its view"));
-                };
-                drop(packet);
-                let op = InFlight::TagLanding {
-                    view,
-                    tag,
-                    len,
-                    returned: shared.returned.clone(),
-                };
-                st.tag_landing += 1;
-                let finished = match shared.settle(&mut st, posted, op, 0) {
-                    Settled::Now(op, f) => Some((op, f)),
-                    Settled::Later => None,
-                };
-                drop(st);
-                if let Some((op, f)) = finished {
-                    super::finish(op, f);
-                }
-                Ok(None)
-            }
+            // The receive keeps the memory; its packet has no caller.
+            let mut packet = mfio_core::Packet::<Read, Vec<u8>>::new(std::mem::take(buf));
+            let Some(view) = packet.take_view() else {
+                // (A new packet has its view.) Kept for good rather than
+                // freed under UCX.
+                std::mem::forget(packet);
+                return (
+                    Found::Failed(Error::new(std::io::ErrorKind::Other, "a packet without its view")),
+                    None,
+                );
+            };
+            drop(packet);
+            let op = InFlight::TagLanding {
+                view,
+                tag,
+                len,
+                returned: shared.returned.clone(),
+            };
+            st.tag_landing += 1;
+            let finish = match shared.settle(st, posted, op, 0) {
+                Settled::Now(op, f) => Some((op, f)),
+                Settled::Later => None,
+            };
+            (Found::Landing, finish)
         }
     }
 }
