@@ -459,6 +459,11 @@ impl Inbox {
         self.state.lock().broken.is_some()
     }
 
+    /// Why the group broke, if it did ([`poison`](Self::poison)).
+    pub fn broken_because(&self) -> Option<String> {
+        self.state.lock().broken.clone()
+    }
+
     /// Whether `from` left ([`close`](Self::close)).
     pub fn is_gone(&self, from: Rank) -> bool {
         self.state.lock().gone.contains(&from)

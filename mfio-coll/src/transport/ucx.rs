@@ -620,8 +620,9 @@ fn rest_written(
         let Some(worker) = shared.upgrade().map(|s| s.worker.clone()) else {
             return;
         };
-        let word = TagMatch::exact(tag(WRITTEN, from, number));
-        let BufResult(res, word) = worker.tag_recv(word, Vec::with_capacity(1)).await;
+        let matching = TagMatch::exact(tag(WRITTEN, from, number));
+        let mut word = Vec::with_capacity(1);
+        let res = std::future::poll_fn(|cx| worker.poll_tag_recv(matching, &mut word, cx)).await;
         let Some(shared) = shared.upgrade() else { return };
         match res {
             Ok(_) if word == [WROTE] => {
@@ -985,14 +986,23 @@ async fn send_on<B: IoBuf>(shared: &Shared, ep: &Endpoint, to: Rank, key: Key, d
 
 /// The error of a send to `to` on `ep` that failed with `e`: if the
 /// endpoint failed, once its end is understood (a goodbye, or news of a
-/// lost rank), it says why.
+/// lost rank), it says why; else, if the group broke, it says why that
+/// (a rank that gave up on the group may have left: the loss is the
+/// cause, not the reset endpoint).
 async fn send_failure(shared: &Shared, ep: &Endpoint, to: Rank, key: Key, e: Error) -> Result<()> {
     let why = if ep.is_failed() {
         std::future::poll_fn(|cx| shared.core.inbox.poll_ended(to, cx)).await
     } else {
-        None
+        shared.core.inbox.broken_because()
     };
     Err(linked::send_failed(to, key, why, e))
+}
+
+/// The error of an offer's exchange with `to` that failed with `e`, with
+/// the group's reason if it broke.
+fn offer_failed(shared: &Weak<Shared>, to: Rank, key: Key, e: Error) -> Error {
+    let why = shared.upgrade().and_then(|s| s.core.inbox.broken_because());
+    linked::send_failed(to, key, why, e)
 }
 
 /// Memory another process may still be reading or writing (an offered
@@ -1057,7 +1067,7 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
             drop(kept.release());
             return match shared.upgrade() {
                 Some(shared) => send_failure(&shared, &ep, to, key, e).await,
-                None => Err(linked::send_failed(to, key, None, e)),
+                None => Err(offer_failed(&shared, to, key, e)),
             };
         }
         // Whether this wrote the half `to` asked for (`None`: not asked).
@@ -1065,7 +1075,7 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
         loop {
             let answer_now = match answer {
                 Reply::Answer(answer) => answer,
-                Reply::Failed(e) => return Err(linked::send_failed(to, key, None, e)),
+                Reply::Failed(e) => return Err(offer_failed(&shared, to, key, e)),
                 Reply::Left => {
                     // It left on purpose: it reads nothing more.
                     drop(kept.release());
@@ -1097,7 +1107,7 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
                     return match kept.release() {
                         Some(data) => {
                             let rest = ep.write_at(Tag(tag(BULK, me, number)), data.into_io()).await.0;
-                            rest.map(drop).map_err(|e| linked::send_failed(to, key, None, e))
+                            rest.map(drop).map_err(|e| offer_failed(&shared, to, key, e))
                         }
                         None => Ok(()),
                     };
@@ -1113,7 +1123,7 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
                     if !ep.try_tag_send(word_tag, &word).unwrap_or(false) {
                         let sent = ep.write_at(word_tag, word.to_vec()).await.0;
                         // The reader may still be reading: the bytes stay.
-                        sent.map_err(|e| linked::send_failed(to, key, None, e))?;
+                        sent.map_err(|e| offer_failed(&shared, to, key, e))?;
                     }
                 }
                 _ => return Err(malformed(to, "a reply to an offer out of turn, or of no known kind")),
@@ -1169,7 +1179,9 @@ async fn next_reply(
     to: Rank,
     number: u32,
 ) -> Reply {
-    let reply = worker.tag_recv(TagMatch::exact(tag(REPLY, to, number)), Vec::with_capacity(REPLY_MAX));
+    let matching = TagMatch::exact(tag(REPLY, to, number));
+    let mut answer = Vec::with_capacity(REPLY_MAX);
+    let reply = std::future::poll_fn(|cx| worker.poll_tag_recv(matching, &mut answer, cx));
     let ended = std::future::poll_fn(|_| match shared.upgrade() {
         Some(shared) => shared
             .core
@@ -1179,8 +1191,8 @@ async fn next_reply(
         None => std::task::Poll::Ready(None),
     });
     match futures_util::future::select(std::pin::pin!(reply), std::pin::pin!(ended)).await {
-        futures_util::future::Either::Left((BufResult(Ok(_), answer), _)) => Reply::Answer(answer),
-        futures_util::future::Either::Left((BufResult(Err(e), _), _)) => Reply::Failed(e),
+        futures_util::future::Either::Left((Ok(_), _)) => Reply::Answer(answer),
+        futures_util::future::Either::Left((Err(e), _)) => Reply::Failed(e),
         futures_util::future::Either::Right((Some(None), _)) => Reply::Left,
         futures_util::future::Either::Right((Some(Some(why)), _)) => Reply::Lost(why),
         futures_util::future::Either::Right((None, _)) => Reply::Gone,
@@ -1190,8 +1202,6 @@ async fn next_reply(
 /// The work of an offer ([`offered`]).
 type InPlaceWork = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
-/// The error of a send whose transport was dropped before it finished
-/// (only a send left to the background can see it).
 /// Sends `data` (at most `N - FRAME_HEADER` bytes) in its frame, built in
 /// `N` bytes on the stack, if UCX can at once ([`Endpoint::try_tag_send`]).
 fn send_framed<const N: usize>(ep: &Endpoint, tag: Tag, key: Key, data: &[u8]) -> Result<bool> {
@@ -1202,6 +1212,8 @@ fn send_framed<const N: usize>(ep: &Endpoint, tag: Tag, key: Key, data: &[u8]) -
     ep.try_tag_send(tag, &frame[..FRAME_HEADER + len])
 }
 
+/// The error of a send whose transport was dropped before it finished
+/// (only a send left to the background can see it).
 fn transport_gone(to: Rank, key: Key) -> Error {
     Error::new(
         std::io::ErrorKind::ConnectionAborted,
