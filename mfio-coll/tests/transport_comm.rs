@@ -3,7 +3,8 @@
 //! backend passes — with every algorithm the tuning tables can name, over
 //! the in-process transport (scrambled completion order), over TCP and
 //! over UCX;
-//! `dup` and `split`; a tuning file; a bad table.
+//! `dup` and `split`; a tuning file; a bad table; the error of a send
+//! after the group broke.
 
 #[macro_use]
 mod communicator;
@@ -501,4 +502,59 @@ fn a_collective_dropped_midway_leaves_later_ones_intact() {
             }),
         );
     }
+}
+
+/// A rank whose group broke (a peer left before sending what a receive
+/// waited for) and which then sends to a rank that has since given up and
+/// left too: the send fails, and its error names the rank the group lost,
+/// not only the connection the departed rank reset.
+#[test]
+fn sends_after_the_group_broke_name_the_lost_rank() {
+    for wire in [Wire::Tcp, Wire::Ucx("tcp")] {
+        sends_after_the_group_broke(wire);
+    }
+}
+
+fn sends_after_the_group_broke(wire: Wire) {
+    let outcomes = run_group(3, wire, |w| {
+        let t = w.transport().clone();
+        let rank = t.rank();
+        ok(w.wait(w.barrier()), "barrier")?;
+        if rank == 2 {
+            return Ok(());
+        }
+        let key = |seq: u32| mfio_coll::transport::Key {
+            comm: 31,
+            seq,
+            step: 0,
+            chunk: 0,
+        };
+        let lost = mfio_core::block_on(w.backend(), t.recv(2, key(0), 8));
+        match lost {
+            Err(e) if e.to_string().contains("rank 2") => {}
+            other => return Err(format!("a receive from the rank that left gave {other:?}")),
+        }
+        if rank == 1 {
+            return Ok(());
+        }
+        // Rank 1 leaves now; its connections end under these sends. The
+        // worker is driven between them: a send UCX completes inside its
+        // posting call needs no progress, and without progress nothing
+        // notices the peer is gone.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        for seq in 1.. {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "every send to the rank that left succeeded"
+            );
+            let sent = mfio_core::block_on(w.backend(), t.send(1, key(seq), vec![7u8; 1333])).0;
+            if let Err(e) = sent {
+                ensure!(e.to_string().contains("rank 2"), "the failed send says only: {e}");
+                return Ok(());
+            }
+            mfio_core::IoBackend::drive_now(w.backend());
+        }
+        Ok(())
+    });
+    all_ok(&format!("sends after the group broke ({wire:?})"), outcomes);
 }
