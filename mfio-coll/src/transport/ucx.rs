@@ -1067,7 +1067,7 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
             drop(kept.release());
             return match shared.upgrade() {
                 Some(shared) => send_failure(&shared, &ep, to, key, e).await,
-                None => Err(offer_failed(&shared, to, key, e)),
+                None => Err(linked::send_failed(to, key, None, e)),
             };
         }
         // Whether this wrote the half `to` asked for (`None`: not asked).

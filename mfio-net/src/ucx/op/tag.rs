@@ -432,7 +432,7 @@ fn take(
             buf.extend_from_slice(&data);
             return (Found::Taken(TagInfo { tag, len: data.len() }), None);
         }
-        // Longer than `buf`: a packet receive reports it.
+        // Longer than `buf`: it stays, for a longer one.
         Some(None) => return (Found::TooLong(None), None),
         None => {}
     }
