@@ -491,15 +491,22 @@ struct Ctx {
 /// a core (`WorkerBuilder::yield_after`).
 const YIELD_AFTER_WITH_A_CORE_EACH: Duration = Duration::from_micros(20);
 
-/// Whether this host runs more ranks of the job (`size` in all) than this
-/// process has cores: Open MPI says how many ranks share the host
-/// (`OMPI_COMM_WORLD_LOCAL_SIZE`); else all of them are taken to.
+/// Whether this host runs more ranks of the job (`size` in all) than it
+/// has cores: Open MPI says how many ranks share the host
+/// (`OMPI_COMM_WORLD_LOCAL_SIZE`); else all of them are taken to. The
+/// host's cores, not this process's: `mpiexec` binds each of 2 ranks to a
+/// core of its own, where this process may use only one.
 fn ranks_share_cores(size: usize) -> bool {
     let local = std::env::var("OMPI_COMM_WORLD_LOCAL_SIZE")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .unwrap_or(size);
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    // SAFETY: a query with no pointers.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cores = usize::try_from(online)
+        .ok()
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get));
     local > cores
 }
 
@@ -593,6 +600,7 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
             // And each repetition runs the contenders in an order of its
             // own (the same on every rank), so none always follows the same
             // one.
+            let placed = placement(&cx.direct, size);
             let row = Instant::now();
             let mut rep = 0;
             while more_reps(a, rep, || cx.direct.max(row.elapsed().as_secs_f64())) {
@@ -627,6 +635,16 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
                 rep += 1;
             }
             bufs.check(rank, size)?;
+            let placed = match (placed, placement(&cx.direct, size)) {
+                (Some(at_start), Some(at_end)) if at_start == at_end => Some(format!("ranks by core: {at_start}")),
+                (Some(at_start), Some(at_end)) => {
+                    Some(format!("ranks by core: {at_start} at the start, {at_end} at the end"))
+                }
+                _ => None,
+            };
+            for r in &mut rows {
+                r.placement.clone_from(&placed);
+            }
             workloads.push(rows);
         }
     }
@@ -635,6 +653,46 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
         std::fs::write(&args.results, text).map_err(|e| format!("{}: {e}", args.results.display()))?;
     }
     Ok(())
+}
+
+/// Which ranks run on one core now, where ranks share cores: then which
+/// ranks share one decides a row's figures (3 ranks on 2 cores: a bcast's
+/// root alone on its core, or beside one of its readers), and the kernel
+/// seldom moves a busy process. Groups of ranks by core, each group in rank
+/// order and the groups by their first rank ("0 | 1 2": rank 0 alone,
+/// ranks 1 and 2 on one core); which core is which does not matter. `None`
+/// where each rank has a core, or the kernel does not say.
+fn placement(direct: &Direct, size: usize) -> Option<String> {
+    if !ranks_share_cores(size) {
+        return None;
+    }
+    // SAFETY: no arguments; it reads the calling thread's current core.
+    let cpu = unsafe { libc::sched_getcpu() };
+    // 255 stands for a core it cannot name (none, or past 254).
+    let mine = u8::try_from(cpu).unwrap_or(u8::MAX);
+    let mut cores = vec![0u8; size];
+    direct.allgather(&[mine], &mut cores, false).ok()?;
+    if cores.contains(&u8::MAX) {
+        return None;
+    }
+    Some(ranks_by_core(&cores))
+}
+
+/// Ranks grouped by the core each is on (`cores[rank]`), as [`placement`]
+/// writes them.
+fn ranks_by_core(cores: &[u8]) -> String {
+    let mut groups: Vec<(u8, Vec<usize>)> = Vec::new();
+    for (rank, &core) in cores.iter().enumerate() {
+        match groups.iter_mut().find(|g| g.0 == core) {
+            Some(g) => g.1.push(rank),
+            None => groups.push((core, vec![rank])),
+        }
+    }
+    let words: Vec<String> = groups
+        .iter()
+        .map(|g| g.1.iter().map(usize::to_string).collect::<Vec<_>>().join(" "))
+        .collect();
+    words.join(" | ")
 }
 
 /// The calls a repetition makes so that it lasts at least `rep_ms`, where
@@ -797,7 +855,7 @@ impl Bufs {
 
 #[cfg(test)]
 mod tests {
-    use super::{calls_filling, more_reps, rank_args, writable, CollArgs};
+    use super::{calls_filling, more_reps, rank_args, ranks_by_core, writable, CollArgs};
     use clap::Parser;
 
     #[derive(Parser)]
@@ -851,6 +909,19 @@ mod tests {
         std::fs::remove_dir_all(&root).expect("clean up");
         let err = writable(std::path::Path::new("/proc/no/tuning.txt")).expect_err("not writable");
         assert!(err.starts_with("/proc/no"), "names the path: {err}");
+    }
+
+    #[test]
+    fn ranks_sharing_a_core_are_grouped_whichever_core_it_is() {
+        assert_eq!(ranks_by_core(&[0, 1, 1]), "0 | 1 2");
+        assert_eq!(
+            ranks_by_core(&[1, 0, 0]),
+            "0 | 1 2",
+            "the same sharing on the other core"
+        );
+        assert_eq!(ranks_by_core(&[1, 0, 1]), "0 2 | 1");
+        assert_eq!(ranks_by_core(&[3, 3, 3, 2]), "0 1 2 | 3");
+        assert_eq!(ranks_by_core(&[0]), "0");
     }
 
     #[test]

@@ -28,6 +28,10 @@ pub struct Series {
     pub reported: Vec<(u64, Option<u64>)>,
     /// Why the contender has no figures (skipped or failed).
     pub note: Option<String>,
+    /// Which ranks of the workload shared a core, where ranks share cores
+    /// (that decides the figures of a row).
+    #[serde(default)]
+    pub placement: Option<String>,
     /// Operations of every run, the warm-up included: what an instruction
     /// count of the whole process (callgrind) is divided by.
     #[serde(default)]
@@ -45,6 +49,7 @@ impl Series {
             lat_ns: Vec::new(),
             reported: Vec::new(),
             note: None,
+            placement: None,
             ops_with_warmup: 0,
         }
     }
@@ -139,6 +144,9 @@ struct Summary {
 #[derive(Debug, Serialize)]
 struct WorkloadFile<'a> {
     workload: &'a str,
+    /// [`Series::placement`] of the workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    placement: Option<&'a str>,
     baseline: Option<&'a str>,
     fastest: Option<&'a str>,
     contenders: Vec<Summary>,
@@ -195,6 +203,9 @@ pub fn print_workload(rows: &[Series], latency_label: &str) -> String {
     let best = fastest(rows);
     let peer = best_peer(rows);
     let _ = writeln!(t, "\n{}", first.workload);
+    if let Some(placement) = &first.placement {
+        let _ = writeln!(t, "  ({placement})");
+    }
     let _ = writeln!(
         t,
         "  {:<26} {:>10} {:>19} {:>9} {:>10} {:>10} {:>8} {:>8} {:>8}",
@@ -288,6 +299,7 @@ pub fn write_files(dir: &Path, rows: &[Series]) -> io::Result<()> {
         .collect();
     let file = WorkloadFile {
         workload: &first.workload,
+        placement: first.placement.as_deref(),
         baseline: measured.first().map(|s| s.contender.as_str()),
         fastest: fastest(rows).map(|s| s.contender.as_str()),
         contenders: rows.iter().map(Series::summary).collect(),

@@ -253,10 +253,17 @@ pub(crate) struct Offer {
 }
 
 impl Offer {
-    /// Appends the offer's [`OFFER_LEN`] bytes to `out`.
-    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
-        self.from.encode(out);
-        out.extend_from_slice(&self.address.to_le_bytes());
+    /// The offer's [`OFFER_LEN`] bytes (a fixed size: an offer's frame is
+    /// built on the stack).
+    pub(crate) fn to_bytes(self) -> [u8; OFFER_LEN] {
+        let mut out = [0; OFFER_LEN];
+        let host = &self.from.host;
+        out[..16].copy_from_slice(&host.boot_id);
+        out[16..24].copy_from_slice(&host.pid_namespace.to_le_bytes());
+        out[24..32].copy_from_slice(&host.net_namespace.to_le_bytes());
+        out[32..PROCESS_LEN].copy_from_slice(&u64::from(self.from.pid).to_le_bytes());
+        out[PROCESS_LEN..].copy_from_slice(&self.address.to_le_bytes());
+        out
     }
 
     /// The offer `bytes` encode, if they are [`OFFER_LEN`] long.
@@ -392,9 +399,14 @@ mod tests {
             return;
         };
         let offer = me.offer(bytes.as_ptr());
-        let mut encoded = Vec::new();
-        offer.encode(&mut encoded);
-        assert_eq!(encoded.len(), OFFER_LEN);
+        let encoded = offer.to_bytes();
+        let mut process = Vec::new();
+        me.encode(&mut process);
+        assert_eq!(
+            &encoded[..PROCESS_LEN],
+            &process[..],
+            "an offer starts with its process"
+        );
         let back = Offer::decode(&encoded).expect("decodes");
         assert_eq!((back.from, back.address), (offer.from, offer.address));
         assert!(Offer::decode(&encoded[1..]).is_none());

@@ -1043,9 +1043,10 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
         let (me, worker) = (strong.core.rank, strong.worker.clone());
         let number = strong.next_long[to].fetch_add(1, Ordering::Relaxed);
         let len = data.len();
-        let mut frame = frame_header(key, len, 0);
+        let mut frame = [0u8; FRAME_HEADER + OFFER_LEN];
+        frame[..FRAME_HEADER].copy_from_slice(&header_bytes(key, len));
+        frame[FRAME_HEADER..].copy_from_slice(&offer.to_bytes());
         let mut kept = KeptForPeer(Some(data));
-        offer.encode(&mut frame);
         let _out = OfferOut::new(&strong, to);
         // The end of the group is heard of through the background's waker,
         // which wakes this offer with every other operation: the inbox
@@ -1053,14 +1054,17 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
         // operation's own differs from call to call.
         let everyone = strong.core.background.waker().clone();
         drop(strong);
-        // The frame at once if UCX can (no packet), else as a packet.
+        // The frame at once if UCX can (no packet, no allocation), else as
+        // a packet.
         let frame_tag = Tag(tag(FRAME, me, number));
         let framed = if ep.try_tag_send(frame_tag, &frame).unwrap_or(false) {
-            futures_util::future::Either::Left(std::future::ready(BufResult(Ok(frame.len()), frame)))
+            futures_util::future::Either::Left(std::future::ready(BufResult(Ok(frame.len()), Vec::new())))
         } else {
-            futures_util::future::Either::Right(ep.write_at(frame_tag, frame))
+            futures_util::future::Either::Right(ep.write_at(frame_tag, frame.to_vec()))
         };
-        let reply = next_reply(&worker, &shared, &everyone, to, number);
+        // Every reply to this offer is taken into the same buffer.
+        let mut answer_buf = Vec::with_capacity(REPLY_MAX);
+        let reply = next_reply(&worker, &shared, &everyone, to, number, &mut answer_buf);
         let (framed, mut answer) = futures_util::future::join(framed, reply).await;
         if let Err(e) = framed.0 {
             // The offer never went: nobody reads the bytes.
@@ -1074,7 +1078,7 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
         let mut wrote = None;
         loop {
             let answer_now = match answer {
-                Reply::Answer(answer) => answer,
+                Reply::Answer => &answer_buf[..],
                 Reply::Failed(e) => return Err(offer_failed(&shared, to, key, e)),
                 Reply::Left => {
                     // It left on purpose: it reads nothing more.
@@ -1128,7 +1132,7 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
                 }
                 _ => return Err(malformed(to, "a reply to an offer out of turn, or of no known kind")),
             }
-            answer = next_reply(&worker, &shared, &everyone, to, number).await;
+            answer = next_reply(&worker, &shared, &everyone, to, number, &mut answer_buf).await;
         }
     })
 }
@@ -1159,8 +1163,8 @@ impl Drop for OfferOut {
 
 /// What came back to an offer.
 enum Reply {
-    /// The reader's reply.
-    Answer(Vec<u8>),
+    /// The reader's reply, in the buffer [`next_reply`] was given.
+    Answer,
     /// The receive of the reply failed.
     Failed(Error),
     /// The reader left on purpose.
@@ -1171,17 +1175,18 @@ enum Reply {
     Gone,
 }
 
-/// The next reply of `to` to offer `number`, or the end of the group.
+/// The next reply of `to` to offer `number` (into `answer`), or the end
+/// of the group.
 async fn next_reply(
     worker: &Worker,
     shared: &Weak<Shared>,
     everyone: &std::task::Waker,
     to: Rank,
     number: u32,
+    answer: &mut Vec<u8>,
 ) -> Reply {
     let matching = TagMatch::exact(tag(REPLY, to, number));
-    let mut answer = Vec::with_capacity(REPLY_MAX);
-    let reply = std::future::poll_fn(|cx| worker.poll_tag_recv(matching, &mut answer, cx));
+    let reply = std::future::poll_fn(|cx| worker.poll_tag_recv(matching, answer, cx));
     let ended = std::future::poll_fn(|_| match shared.upgrade() {
         Some(shared) => shared
             .core
@@ -1191,7 +1196,7 @@ async fn next_reply(
         None => std::task::Poll::Ready(None),
     });
     match futures_util::future::select(std::pin::pin!(reply), std::pin::pin!(ended)).await {
-        futures_util::future::Either::Left((Ok(_), _)) => Reply::Answer(answer),
+        futures_util::future::Either::Left((Ok(_), _)) => Reply::Answer,
         futures_util::future::Either::Left((Err(e), _)) => Reply::Failed(e),
         futures_util::future::Either::Right((Some(None), _)) => Reply::Left,
         futures_util::future::Either::Right((Some(Some(why)), _)) => Reply::Lost(why),
