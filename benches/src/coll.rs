@@ -657,8 +657,10 @@ pub fn rank(args: &RankArgs) -> Result<(), String> {
 
 /// Which ranks run on one core now, where ranks share cores: then which
 /// ranks share one decides a row's figures (3 ranks on 2 cores: a bcast's
-/// root alone on its core, or beside one of its readers), and the kernel
-/// seldom moves a busy process. Groups of ranks by core, each group in rank
+/// root alone on its core, or beside one of its readers; a loop of calls
+/// pinned either way, BENCHMARKS.md), so each row says it at its start and
+/// at its end (the kernel moves processes between and during rows).
+/// Groups of ranks by core, each group in rank
 /// order and the groups by their first rank ("0 | 1 2": rank 0 alone,
 /// ranks 1 and 2 on one core); which core is which does not matter. `None`
 /// where each rank has a core, or the kernel does not say.
