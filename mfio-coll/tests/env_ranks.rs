@@ -253,10 +253,20 @@ impl Made {
     /// and then some were copied in halves (the sender writing one), but
     /// none under [`declining`] by rank 0 (it does not ask), nor on 2 ranks
     /// (rank 0 declines). The run sends blocks of up to 400 kB, many from each peer.
+    /// No rank declined to write a half it was asked for: every rank
+    /// helps when asked, but rank 0 under [`declining`], which says so in
+    /// its offers and is not asked.
     fn check_single_copy(&self) -> Result<(), String> {
         let Made::Ucx(t) = self else { return Ok(()) };
         if t.size() < 2 {
             return Ok(());
+        }
+        if t.halves_declined() > 0 {
+            return Err(format!(
+                "rank {} declined to write {} halves it was asked for",
+                t.rank(),
+                t.halves_declined()
+            ));
         }
         let apart = std::env::var_os("MFIO_RANKS_APART").is_some();
         let allowed = t.worker().context().allows_transport("cma") && !apart;

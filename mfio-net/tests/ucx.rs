@@ -774,6 +774,69 @@ fn a_spin_of_duration_max_ends_on_a_wake() {
     });
 }
 
+/// Runs `f` on this thread pinned to the core it is on, while a thread
+/// pinned to the same core spins without yielding; restores this
+/// thread's cores after.
+fn beside_a_busy_thread_on_this_core<T>(f: impl FnOnce() -> T) -> T {
+    use rustix::thread::{sched_getaffinity, sched_getcpu, sched_setaffinity, CpuSet};
+    let before = sched_getaffinity(None).expect("this thread's cores");
+    let mut one = CpuSet::new();
+    one.set(sched_getcpu());
+    sched_setaffinity(None, &one).expect("pin this thread");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            sched_setaffinity(None, &one).expect("pin the busy thread");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    };
+    let out = f();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    busy.join().expect("the busy thread");
+    sched_setaffinity(None, &before).expect("unpin this thread");
+    out
+}
+
+/// A worker whose spin yields, on a core where another thread spins,
+/// says its core is shared (`core_shared_lately`): its yields give the
+/// core to that thread. A fresh worker says no.
+#[test]
+fn a_spin_that_yields_to_another_thread_says_its_core_is_shared() {
+    within(LIMIT, || {
+        with_a_receive_pending_under_a_spin(Duration::from_millis(20), Some(Duration::ZERO), |a| {
+            assert!(!a.core_shared_lately(), "a fresh worker");
+            let shared = beside_a_busy_thread_on_this_core(|| {
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while !a.core_shared_lately() && std::time::Instant::now() < deadline {
+                    a.drive();
+                }
+                a.core_shared_lately()
+            });
+            assert!(shared, "30 s of yields to a busy thread on the core");
+        });
+    });
+}
+
+/// A spin that does not yield has nothing to judge by: its worker never
+/// says its core is shared, busy as the core is.
+#[test]
+fn a_spin_that_never_yields_does_not_say_its_core_is_shared() {
+    within(LIMIT, || {
+        with_a_receive_pending_under_a_spin(Duration::from_millis(20), None, |a| {
+            beside_a_busy_thread_on_this_core(|| {
+                let until = std::time::Instant::now() + Duration::from_millis(300);
+                while std::time::Instant::now() < until {
+                    a.drive();
+                    assert!(!a.core_shared_lately());
+                }
+            });
+        });
+    });
+}
+
 /// A driving step for a caller with work of its own ready to run
 /// (`drive_now`) does not spend the worker's spin, however long: with a
 /// receive pending and an hour's spin, it returns, and the receive then

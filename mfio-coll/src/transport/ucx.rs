@@ -44,8 +44,10 @@
 //! the second there (`process_vm_writev`, into a process that proved it is
 //! the receiver's), then says so with a tag message of its own (top 16
 //! bits `0x6D77`). A sender that cannot or will not write says that, and
-//! the receiver reads the rest too. A 1 MiB bcast on 2 ranks takes about
-//! 60 % of the time it took (BENCHMARKS.md).
+//! the receiver reads the rest too; one that would not (it only sends,
+//! and its core ran other work lately: [`Worker::core_shared_lately`])
+//! says so in its offer, and is not asked. A 1 MiB bcast on 2 ranks takes
+//! about 60 % of the time it took (BENCHMARKS.md).
 //!
 //! Each pair of ranks also shares a stream on its endpoint, which carries
 //! nothing but a rank's goodbye. A rank that drops its transport sends a
@@ -119,6 +121,39 @@ const HELP: u8 = b'H';
 const PART_TAKEN: u8 = b'P';
 /// The longest reply.
 const REPLY_MAX: usize = 1 + TARGET_LEN + 8;
+/// An offer's bytes in its frame: the [`Offer`], then one byte saying
+/// whether the sender will write half the message if asked ([`HELP`]):
+/// [`WILL_HELP`] or not (it only sends while its core ran other work
+/// lately, or it was told never to), so a receiver asks only where asking
+/// can pay.
+const OFFERED_LEN: usize = OFFER_LEN + 1;
+const WILL_HELP: u8 = 1;
+
+/// An offer as its frame carries it ([`OFFERED_LEN`] bytes).
+#[derive(Clone, Copy)]
+struct Offered {
+    offer: Offer,
+    /// The sender will write half the message if asked.
+    helps: bool,
+}
+
+impl Offered {
+    fn to_bytes(self) -> [u8; OFFERED_LEN] {
+        let mut out = [0; OFFERED_LEN];
+        out[..OFFER_LEN].copy_from_slice(&self.offer.to_bytes());
+        out[OFFER_LEN] = if self.helps { WILL_HELP } else { 0 };
+        out
+    }
+
+    /// The offer `bytes` encode, if they are [`OFFERED_LEN`] long.
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&flag, offer) = bytes.split_last().filter(|_| bytes.len() == OFFERED_LEN)?;
+        Some(Self {
+            offer: Offer::decode(offer)?,
+            helps: flag == WILL_HELP,
+        })
+    }
+}
 
 /// An offered message at least this long is copied by both sides at once
 /// (after the receiver has read one of the sender's offers whole, so it
@@ -160,10 +195,12 @@ fn tag(kind: u64, sender: Rank, number: u32) -> u64 {
 pub enum SplitCopy {
     /// Where it pays: a receiver asks a sender it is not itself sending
     /// to, whose help paid lately (its half was in before the receiver
-    /// read its own); a sender helps unless a receive of its own waits.
-    /// Pays for a rank that only sends (a bcast's root: 64 KiB bcasts on 2
-    /// ranks 10 → 8.5 µs, 1 MiB 92 → 57 µs); not where every rank sends
-    /// and receives, nor where ranks share cores.
+    /// read its own) and whose offer said it would; a sender helps unless a
+    /// receive of its own waits. A sender that only sends while its core
+    /// ran other work lately ([`Worker::core_shared_lately`]) offers no
+    /// help. Pays for a rank that only sends (a bcast's root: 64 KiB bcasts
+    /// on 2 ranks 10 → 8.5 µs, 1 MiB 92 → 57 µs); not where every rank
+    /// sends and receives, nor for a root beside its readers on a core.
     #[default]
     Adaptive,
     /// Every message of at least 32 KiB from a sender whose offer was read
@@ -217,6 +254,8 @@ struct Shared {
     /// Messages whose second half a sender wrote into this rank
     /// ([`UcxTransport::messages_copied_in_halves`]).
     copied_in_halves: AtomicU64,
+    /// ([`UcxTransport::halves_declined`]).
+    halves_declined: AtomicU64,
     /// Per rank: offers to it not yet answered. A rank that waits on this
     /// one's offer is busy reading it, so this one does not ask it to
     /// write half of its own.
@@ -282,6 +321,7 @@ impl UcxTransport {
             reads_from: (0..size).map(|_| AtomicBool::new(false)).collect(),
             proven: (0..size).map(|_| AtomicU32::new(0)).collect(),
             copied_in_halves: AtomicU64::new(0),
+            halves_declined: AtomicU64::new(0),
             offers_out: (0..size).map(|_| AtomicU32::new(0)).collect(),
             halves_score: (0..size).map(|_| AtomicI32::new(0)).collect(),
             halves_skipped: (0..size).map(|_| AtomicU32::new(0)).collect(),
@@ -343,6 +383,15 @@ impl UcxTransport {
     /// whole before).
     pub fn messages_copied_in_halves(&self) -> u64 {
         self.shared.copied_in_halves.load(Ordering::Relaxed)
+    }
+
+    /// How many times a receiver asked this rank to write half of a
+    /// message it sent, and it did not (a receive of its own waited, or
+    /// the receiver's memory was not its own): each cost that receiver a
+    /// round trip. A rank that would not help says so in its offers, and
+    /// is not asked: a rank told [`SplitCopy::Never`] declines none.
+    pub fn halves_declined(&self) -> u64 {
+        self.shared.halves_declined.load(Ordering::Relaxed)
     }
 }
 
@@ -471,8 +520,8 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
             if len > INLINE {
                 let offer = match frame.len() - FRAME_HEADER {
                     0 => None,
-                    OFFER_LEN => match Offer::decode(&frame[FRAME_HEADER..]) {
-                        Some(offer) => Some(offer),
+                    OFFERED_LEN => match Offered::decode(&frame[FRAME_HEADER..]) {
+                        Some(offered) => Some(offered),
                         None => break malformed(from, "an offer that does not decode"),
                     },
                     _ => break malformed(from, "a long message's frame carrying bytes"),
@@ -485,7 +534,7 @@ fn receive_frames(worker: Worker, shared: Weak<Shared>) -> Task {
                 let fetch = move |into| {
                     let Some(shared) = weak.upgrade() else { return };
                     let into = match offer {
-                        Some(offer) => match shared.take_offered(from, key, len, number, offer, into) {
+                        Some(offered) => match shared.take_offered(from, key, len, number, offered, into) {
                             Ok(()) => return,
                             Err(into) => into,
                         },
@@ -713,19 +762,20 @@ impl Shared {
     /// `len` bytes) where its sender offered them: into `into` if given
     /// (then wakes its receive), else into a buffer filed under `key`; and
     /// tells the sender. A long message from a sender read before is
-    /// copied in halves: the sender writes the second while this reads the
-    /// first ([`HALVES`]). If the bytes cannot be read here, asks the sender
-    /// for them as a message of their own and gives the block back, for the
-    /// receive of that message.
+    /// copied in halves if the sender said it helps: it writes the second
+    /// while this reads the first ([`HALVES`]). If the bytes cannot be
+    /// read here, asks the sender for them as a message of their own and
+    /// gives the block back, for the receive of that message.
     fn take_offered(
         self: &Arc<Self>,
         from: Rank,
         key: Key,
         len: usize,
         number: u32,
-        offer: Offer,
+        offered: Offered,
         into: Option<BlockMut>,
     ) -> std::result::Result<(), Option<BlockMut>> {
+        let Offered { offer, helps } = offered;
         let Some(me) = self.process.as_ref() else {
             tracing::debug!(
                 from,
@@ -750,6 +800,7 @@ impl Shared {
         let at = landing.ptr();
         let half = (len / 2) & !63;
         let halves = len >= HALVES
+            && helps
             && self.reads_from[from].load(Ordering::Relaxed)
             && match self.split_copy() {
                 SplitCopy::Always => true,
@@ -801,6 +852,22 @@ impl Shared {
                 self.reply(from, number, &[SEND_IT], Then::Nothing);
                 Err(landing.into_block())
             }
+        }
+    }
+
+    /// Whether this rank would write half a message it offers now, if
+    /// asked: not if told never to; nor while other work shares its core
+    /// and it waits for no message of its own (a bcast's root beside one
+    /// of its readers): the work beside it is likely a reader, whose turn
+    /// the copy would take, and a receiver that asked would wait for this
+    /// rank's turn. A rank that also receives is asked as before, and
+    /// helps if its receives are in by then (the direct allreduce on 3
+    /// ranks sharing 2 cores lost 4–12 % without that help).
+    fn will_help(&self) -> bool {
+        match self.split_copy() {
+            SplitCopy::Always => true,
+            SplitCopy::Never => false,
+            SplitCopy::Adaptive => !self.worker.core_shared_lately() || self.core.inbox.receiving(),
         }
     }
 
@@ -1043,9 +1110,10 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
         let (me, worker) = (strong.core.rank, strong.worker.clone());
         let number = strong.next_long[to].fetch_add(1, Ordering::Relaxed);
         let len = data.len();
-        let mut frame = [0u8; FRAME_HEADER + OFFER_LEN];
+        let mut frame = [0u8; FRAME_HEADER + OFFERED_LEN];
         frame[..FRAME_HEADER].copy_from_slice(&header_bytes(key, len));
-        frame[FRAME_HEADER..].copy_from_slice(&offer.to_bytes());
+        let helps = strong.will_help();
+        frame[FRAME_HEADER..].copy_from_slice(&Offered { offer, helps }.to_bytes());
         let mut kept = KeptForPeer(Some(data));
         let _out = OfferOut::new(&strong, to);
         // The end of the group is heard of through the background's waker,
@@ -1122,6 +1190,11 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
                         _ => false,
                     };
                     wrote = Some(written);
+                    if !written {
+                        if let Some(shared) = shared.upgrade() {
+                            shared.halves_declined.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                     let word_tag = Tag(tag(WRITTEN, me, number));
                     let word = [if written { WROTE } else { NOT_WRITTEN }];
                     if !ep.try_tag_send(word_tag, &word).unwrap_or(false) {
@@ -1289,4 +1362,42 @@ impl Transport for UcxTransport {
     }
 
     crate::transport::linked::core_methods!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An offer's frame says whether its sender will write half the
+    /// message: the flag survives encoding, anything but [`WILL_HELP`] in
+    /// its byte reads as no, and bytes of another length do not decode.
+    #[test]
+    fn an_offers_frame_says_whether_its_sender_helps() {
+        let Some(me) = Process::this() else {
+            eprintln!("skip: no host identity in /proc here");
+            return;
+        };
+        let bytes = [7u8; 64];
+        for helps in [true, false] {
+            let offered = Offered {
+                offer: me.offer(bytes.as_ptr()),
+                helps,
+            };
+            let encoded = offered.to_bytes();
+            let back = Offered::decode(&encoded).expect("decodes");
+            assert_eq!(back.helps, helps);
+            assert_eq!(back.offer.to_bytes(), offered.offer.to_bytes());
+            assert!(Offered::decode(&encoded[..OFFER_LEN]).is_none());
+            let mut longer = encoded.to_vec();
+            longer.push(WILL_HELP);
+            assert!(Offered::decode(&longer).is_none());
+        }
+        let mut odd = Offered {
+            offer: me.offer(bytes.as_ptr()),
+            helps: true,
+        }
+        .to_bytes();
+        odd[OFFER_LEN] = 2;
+        assert!(!Offered::decode(&odd).expect("decodes").helps);
+    }
 }

@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,12 @@ const STALE_WAKES: u32 = 3;
 const MIN_BACKOFF: Duration = Duration::from_micros(500);
 /// Progress calls of the spin between two reads of the clock.
 const SPINS_PER_CLOCK: u32 = 32;
+/// A yield of the spin that takes this long ran other work meanwhile: a
+/// yield with nothing else to run takes about a microsecond, and now and
+/// then (3 in 10 000 here) longer, when the machine took the core.
+const YIELD_GAVE_CORE_AWAY: Duration = Duration::from_micros(5);
+/// Yields of the spin between two judgements of whether the core is shared.
+const YIELDS_PER_JUDGEMENT: u32 = 256;
 /// How often a worker with endpoints or operations is progressed while
 /// nothing wakes it, so UCX's keepalive can notice a dead peer.
 const KEEPALIVE_TICK: Duration = Duration::from_millis(250);
@@ -125,6 +132,10 @@ pub(crate) struct State {
     pub(crate) tag_pollers: Vec<std::task::Waker>,
     /// An empty list with room for the wakers a driving step wakes.
     spare_woken: Vec<std::task::Waker>,
+    /// The spin's yields since the core was last judged, and how many of
+    /// them gave the core away ([`Shared::judge_yield`]).
+    yields: u32,
+    long_yields: u32,
 }
 
 impl State {
@@ -185,6 +196,9 @@ pub(crate) struct Shared {
     yield_after: Option<Duration>,
     /// Driving steps that found the worker locked and returned at once.
     missed: MissedDrives,
+    /// Whether the spin's yields lately gave the core to other work
+    /// ([`Worker::core_shared_lately`]).
+    core_shared: AtomicBool,
     pub(crate) max_am_header: usize,
     address: WorkerAddress,
     // Last: the context outlives the worker.
@@ -473,6 +487,7 @@ impl Shared {
                     // call where nobody waits.
                     if yield_from.is_some_and(|from| now >= from) {
                         std::thread::yield_now();
+                        self.judge_yield(st, now.elapsed());
                     }
                 }
                 // Let a thread waiting to post go first.
@@ -504,6 +519,21 @@ impl Shared {
             timeout = Some(timeout.map_or(KEEPALIVE_TICK, |t: Duration| t.min(KEEPALIVE_TICK)));
         }
         (progress || !done.is_empty(), done, timeout)
+    }
+
+    /// Counts a yield of the spin that took `took`. Every
+    /// [`YIELDS_PER_JUDGEMENT`] yields, the core is judged shared if one
+    /// in eight of them gave it away: a lone long yield is the machine's,
+    /// one in eight is another process spinning or working on this core.
+    fn judge_yield(&self, st: &mut State, took: Duration) {
+        st.yields += 1;
+        st.long_yields += u32::from(took >= YIELD_GAVE_CORE_AWAY);
+        if st.yields >= YIELDS_PER_JUDGEMENT {
+            self.core_shared
+                .store(st.long_yields * 8 >= st.yields, std::sync::atomic::Ordering::Relaxed);
+            st.yields = 0;
+            st.long_yields = 0;
+        }
     }
 
     /// Called with the worker armed and nothing to do. Over TCP, UCX 1.13
@@ -788,6 +818,8 @@ impl WorkerBuilder {
                     spare_done: Vec::new(),
                     tag_pollers: Vec::new(),
                     spare_woken: Vec::new(),
+                    yields: 0,
+                    long_yields: 0,
                 }),
                 sink: Mutex::new(Vec::new()),
                 am_sink: Arc::new(Mutex::new(Vec::new())),
@@ -801,6 +833,7 @@ impl WorkerBuilder {
                 spin: self.spin,
                 yield_after: self.yield_when_idle.then_some(self.yield_after),
                 missed: MissedDrives::default(),
+                core_shared: AtomicBool::new(false),
                 max_am_header,
                 address: WorkerAddress::wrap(&address),
                 context: self.context,
@@ -869,6 +902,16 @@ impl Worker {
     /// The context this worker belongs to.
     pub fn context(&self) -> &Context {
         &self.shared.context
+    }
+
+    /// Whether this worker's core ran other work lately: of the last few
+    /// hundred yields of its spin (it yields only where
+    /// [`WorkerBuilder::yield_when_idle`] lets it), at least one in eight
+    /// came back after other work ran. Work done on this thread then
+    /// delays that other work (another rank, say, sharing the core);
+    /// `false` where the spin does not yield.
+    pub fn core_shared_lately(&self) -> bool {
+        self.shared.core_shared.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
