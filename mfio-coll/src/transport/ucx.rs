@@ -147,7 +147,10 @@ impl Offered {
 
     /// The offer `bytes` encode, if they are [`OFFERED_LEN`] long.
     fn decode(bytes: &[u8]) -> Option<Self> {
-        let (&flag, offer) = bytes.split_last().filter(|_| bytes.len() == OFFERED_LEN)?;
+        if bytes.len() != OFFERED_LEN {
+            return None;
+        }
+        let (&flag, offer) = bytes.split_last()?;
         Some(Self {
             offer: Offer::decode(offer)?,
             helps: flag == WILL_HELP,
@@ -1186,15 +1189,16 @@ fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Bl
                 }
                 (Some(HELP), _, None) => {
                     let written = match (shared.upgrade(), kept.0.as_ref()) {
-                        (Some(shared), Some(data)) => shared.write_part(to, &answer_now[1..], data),
+                        (Some(shared), Some(data)) => {
+                            let written = shared.write_part(to, &answer_now[1..], data);
+                            if !written {
+                                shared.halves_declined.fetch_add(1, Ordering::Relaxed);
+                            }
+                            written
+                        }
                         _ => false,
                     };
                     wrote = Some(written);
-                    if !written {
-                        if let Some(shared) = shared.upgrade() {
-                            shared.halves_declined.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
                     let word_tag = Tag(tag(WRITTEN, me, number));
                     let word = [if written { WROTE } else { NOT_WRITTEN }];
                     if !ep.try_tag_send(word_tag, &word).unwrap_or(false) {
