@@ -208,6 +208,7 @@ enum Allgather {
     Ring,
     Bruck,
     RecursiveDoubling,
+    Direct,
 }
 
 proptest! {
@@ -238,9 +239,14 @@ proptest! {
 
     #[test]
     fn every_allgather_collects_the_blocks_in_rank_order(
-        n in 1usize..=9, len in 0usize..=1_200, seed: u64, which in 0u8..3,
+        n in 1usize..=9, len in 0usize..=1_200, seed: u64, which in 0u8..4,
     ) {
-        let which = match which { 0 => Allgather::Ring, 1 => Allgather::Bruck, _ => Allgather::RecursiveDoubling };
+        let which = match which {
+            0 => Allgather::Ring,
+            1 => Allgather::Bruck,
+            2 => Allgather::Direct,
+            _ => Allgather::RecursiveDoubling,
+        };
         // Recursive doubling takes powers of two only (others: below).
         let n = if matches!(which, Allgather::RecursiveDoubling) { 1 << (n % 4) } else { n };
         let want: Vec<u32> = (0..n).flat_map(|r| input(r, len)).collect();
@@ -252,6 +258,7 @@ proptest! {
                     Allgather::Ring => algo::allgather_ring(&t, ID, &send, &mut recv).await,
                     Allgather::Bruck => algo::allgather_bruck(&t, ID, &send, &mut recv).await,
                     Allgather::RecursiveDoubling => algo::allgather_recursive_doubling(&t, ID, &send, &mut recv).await,
+                    Allgather::Direct => algo::allgather_direct(&t, ID, &send, &mut recv).await,
                 }
             });
             res.map(|()| recv)

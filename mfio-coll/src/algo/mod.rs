@@ -18,7 +18,8 @@
 //! - reduce_scatter_block: [`reduce_scatter_block_ring`],
 //!   [`reduce_scatter_block_halving`];
 //! - allgather: [`allgather_ring`], [`allgather_bruck`] (any rank count),
-//!   [`allgather_recursive_doubling`] (powers of two);
+//!   [`allgather_recursive_doubling`] (powers of two), [`allgather_direct`]
+//!   (every rank sends its block to every other: one step, few ranks);
 //! - scatter and gather: [`scatter_linear`], [`scatter_binomial`],
 //!   [`gather_linear`], [`gather_binomial`];
 //! - alltoall: [`alltoall_pairwise`], [`alltoall_bruck`];
@@ -43,6 +44,7 @@
 //! [`CollId`]: crate::transport::CollId
 
 mod allgather_bruck;
+mod allgather_direct;
 mod allgather_rd;
 mod allgather_ring;
 mod allreduce_direct;
@@ -68,6 +70,7 @@ pub mod tuning;
 mod v;
 
 pub use allgather_bruck::allgather_bruck;
+pub use allgather_direct::allgather_direct;
 pub use allgather_rd::allgather_recursive_doubling;
 pub use allgather_ring::allgather_ring;
 pub use allreduce_direct::allreduce_direct;
@@ -354,6 +357,34 @@ async fn try_all<V, F: std::future::Future<Output = Result<V>>>(mut futs: impl I
         Some(second) => futures_util::future::try_join_all([first, second].into_iter().chain(futs))
             .await
             .map(drop),
+    }
+}
+
+/// This rank's block of an allgather.
+pub(crate) enum Contribution<'a, T> {
+    /// Elements to copy into the gathered buffer, which they then leave from.
+    Slice(&'a [T]),
+    /// The caller's send buffer lent for sending only: this rank's block
+    /// leaves from it (it is also copied into the gathered buffer).
+    Lent(&'a Lent<T>),
+}
+
+impl<'a, T: Element> Contribution<'a, T> {
+    /// Checks that `recv` holds one block per rank and copies this rank's
+    /// block into its place there (`recv` not yet lent). Returns the lent
+    /// send buffer, if that is what it is, and the block's length.
+    fn place(self, t: &dyn Transport, recv: &Lent<T>) -> Result<(Option<&'a Lent<T>>, usize)> {
+        let (from, mine) = match self {
+            Contribution::Slice(s) => (None, s),
+            // SAFETY: nothing writes the send buffer, and nothing of it is
+            // lent yet.
+            Contribution::Lent(l) => (Some(l), unsafe { l.slice(0..l.len()) }),
+        };
+        let (r, b) = (t.rank(), mine.len());
+        check_gathered("allgather", recv.len(), t.size(), b)?;
+        // SAFETY: nothing of `recv` is lent yet.
+        unsafe { recv.slice_mut(r * b..(r + 1) * b) }.copy_from_slice(mine);
+        Ok((from, b))
     }
 }
 

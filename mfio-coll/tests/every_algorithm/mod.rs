@@ -204,18 +204,24 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
 
     // allgather
     let gathered: Vec<u32> = all.concat();
-    for which in 0..3 {
+    for which in 0..4 {
         if which == 2 && !n.is_power_of_two() {
             continue;
         }
         let mut recv = vec![0; len * n];
         let id = seq.next();
-        let name = ["allgather ring", "allgather Bruck", "allgather recursive doubling"][which];
+        let name = [
+            "allgather ring",
+            "allgather Bruck",
+            "allgather recursive doubling",
+            "allgather direct",
+        ][which];
         began(name);
         match which {
             0 => algo::allgather_ring(t, id, &all[rank], &mut recv).await,
             1 => algo::allgather_bruck(t, id, &all[rank], &mut recv).await,
-            _ => algo::allgather_recursive_doubling(t, id, &all[rank], &mut recv).await,
+            2 => algo::allgather_recursive_doubling(t, id, &all[rank], &mut recv).await,
+            _ => algo::allgather_direct(t, id, &all[rank], &mut recv).await,
         }
         .map_err(fail(name))?;
         ensure!(recv == gathered, "{name}: wrong result on rank {rank}");
