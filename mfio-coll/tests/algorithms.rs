@@ -434,6 +434,40 @@ fn back_to_back_broadcasts_keep_their_messages_apart() {
 /// naming the sender; a rank that leaves makes the others' receives from
 /// it fail, not hang; an operation that needs commutativity refuses one
 /// that lacks it.
+/// Every allgather, one rank's block one element short (its own buffers
+/// consistent with it): a rank that receives a block of the wrong length
+/// says so with `InvalidData`, and no rank hangs or panics.
+#[test]
+fn every_allgather_names_a_block_of_the_wrong_length() {
+    for which in [
+        Allgather::Ring,
+        Allgather::Bruck,
+        Allgather::RecursiveDoubling,
+        Allgather::Direct,
+    ] {
+        let n = 4;
+        let got = run_group(n, 11, move |t| {
+            let b = if t.rank() == 1 { 9 } else { 10 };
+            let send = vec![7u32; b];
+            let mut recv = vec![0u32; b * n];
+            block_on(async {
+                match which {
+                    Allgather::Ring => algo::allgather_ring(&t, ID, &send, &mut recv).await,
+                    Allgather::Bruck => algo::allgather_bruck(&t, ID, &send, &mut recv).await,
+                    Allgather::RecursiveDoubling => algo::allgather_recursive_doubling(&t, ID, &send, &mut recv).await,
+                    Allgather::Direct => algo::allgather_direct(&t, ID, &send, &mut recv).await,
+                }
+            })
+        });
+        let mismatch = got
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .find(|e| e.kind() == std::io::ErrorKind::InvalidData)
+            .unwrap_or_else(|| panic!("{which:?}: no rank saw the length mismatch: {got:?}"));
+        assert!(mismatch.to_string().contains("expected"), "{which:?}: {mismatch}");
+    }
+}
+
 #[test]
 fn mismatches_and_departures_are_errors() {
     let got = run_group(3, 5, |t| {
