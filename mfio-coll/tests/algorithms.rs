@@ -211,6 +211,17 @@ enum Allgather {
     Direct,
 }
 
+fn allgather(which: Allgather, t: &LocalTransport, send: &[u32], recv: &mut [u32]) -> mfio_core::Result<()> {
+    block_on(async {
+        match which {
+            Allgather::Ring => algo::allgather_ring(t, ID, send, recv).await,
+            Allgather::Bruck => algo::allgather_bruck(t, ID, send, recv).await,
+            Allgather::RecursiveDoubling => algo::allgather_recursive_doubling(t, ID, send, recv).await,
+            Allgather::Direct => algo::allgather_direct(t, ID, send, recv).await,
+        }
+    })
+}
+
 proptest! {
     #![proptest_config(cases())]
 
@@ -253,15 +264,7 @@ proptest! {
         let got = run_group(n, seed, move |t| {
             let mut recv = vec![0u32; len * n];
             let send = input(t.rank(), len);
-            let res = block_on(async {
-                match which {
-                    Allgather::Ring => algo::allgather_ring(&t, ID, &send, &mut recv).await,
-                    Allgather::Bruck => algo::allgather_bruck(&t, ID, &send, &mut recv).await,
-                    Allgather::RecursiveDoubling => algo::allgather_recursive_doubling(&t, ID, &send, &mut recv).await,
-                    Allgather::Direct => algo::allgather_direct(&t, ID, &send, &mut recv).await,
-                }
-            });
-            res.map(|()| recv)
+            allgather(which, &t, &send, &mut recv).map(|()| recv)
         });
         for (r, res) in got.into_iter().enumerate() {
             prop_assert!(res.expect("allgather") == want, "{:?}: rank {} of {}", which, r, n);
@@ -430,10 +433,6 @@ fn back_to_back_broadcasts_keep_their_messages_apart() {
     }
 }
 
-/// A receive whose message has another length fails with `InvalidData`
-/// naming the sender; a rank that leaves makes the others' receives from
-/// it fail, not hang; an operation that needs commutativity refuses one
-/// that lacks it.
 /// Every allgather, one rank's block one element short (its own buffers
 /// consistent with it): a rank that receives a block of the wrong length
 /// says so with `InvalidData`, and no rank hangs or panics.
@@ -450,14 +449,7 @@ fn every_allgather_names_a_block_of_the_wrong_length() {
             let b = if t.rank() == 1 { 9 } else { 10 };
             let send = vec![7u32; b];
             let mut recv = vec![0u32; b * n];
-            block_on(async {
-                match which {
-                    Allgather::Ring => algo::allgather_ring(&t, ID, &send, &mut recv).await,
-                    Allgather::Bruck => algo::allgather_bruck(&t, ID, &send, &mut recv).await,
-                    Allgather::RecursiveDoubling => algo::allgather_recursive_doubling(&t, ID, &send, &mut recv).await,
-                    Allgather::Direct => algo::allgather_direct(&t, ID, &send, &mut recv).await,
-                }
-            })
+            allgather(which, &t, &send, &mut recv)
         });
         let mismatch = got
             .iter()
@@ -468,6 +460,10 @@ fn every_allgather_names_a_block_of_the_wrong_length() {
     }
 }
 
+/// A receive whose message has another length fails with `InvalidData`
+/// naming the sender; a rank that leaves makes the others' receives from
+/// it fail, not hang; an operation that needs commutativity refuses one
+/// that lacks it.
 #[test]
 fn mismatches_and_departures_are_errors() {
     let got = run_group(3, 5, |t| {

@@ -169,17 +169,6 @@ fn every_collective_with_every_algorithm_in_process() {
     }
 }
 
-/// Allreduce with separate buffers through the rings and (long messages)
-/// recursive doubling, which read this rank's operand from `send` instead
-/// of copying it into `recv` first: for 1–7 ranks in process and 2–3 over
-/// TCP and UCX (where long blocks leave from `send` by a single copy),
-/// lengths from 0 to 2.5 pipeline segments, `send` comes back unchanged,
-/// integer sums are exact, floating-point sums (in the algorithm's order)
-/// are the same bits on every rank and the same bits as the same algorithm
-/// in place, and a non-commutative operation keeps rank order. The
-/// allgather of the same name (the ring where there is none), which sends
-/// this rank's block from `send` too: `send` unchanged, every block in
-/// rank order. `recv` starts as garbage, which must not show.
 /// The allgather a row of [`collectives_that_send_from_the_input_write_every_element`]
 /// runs beside its allreduce `algorithm`: the one of the same name, or the
 /// ring.
@@ -191,6 +180,17 @@ fn gathering(algorithm: Algorithm) -> Algorithm {
     }
 }
 
+/// Allreduce with separate buffers through the rings and (long messages)
+/// recursive doubling, which read this rank's operand from `send` instead
+/// of copying it into `recv` first: for 1–7 ranks in process and 2–3 over
+/// TCP and UCX (where long blocks leave from `send` by a single copy),
+/// lengths from 0 to 2.5 pipeline segments, `send` comes back unchanged,
+/// integer sums are exact, floating-point sums (in the algorithm's order)
+/// are the same bits on every rank and the same bits as the same algorithm
+/// in place, and a non-commutative operation keeps rank order. The
+/// allgather of the same name (the ring where there is none), which sends
+/// this rank's block from `send` too: `send` unchanged, every block in
+/// rank order. `recv` starts as garbage, which must not show.
 #[test]
 fn collectives_that_send_from_the_input_write_every_element() {
     // 2.5 segments of the segmented ring (256 KiB of f64 each).
