@@ -540,22 +540,20 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                 let res = super::allgather_recursive_doubling(&*t, id, &send, &mut recv).await;
                 BufResult(res, (send, recv))
             }),
-            // This rank's block leaves from `send`, which nothing writes
-            // (BENCHMARKS.md: read-only memory crosses cores several times
-            // faster here).
-            Algorithm::Direct => self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
-                use super::allgather_direct::allgather_direct_lent;
-                use super::Contribution;
-                let res = lending_send_and_recv(&mut send, &mut recv, async |own, recv| {
-                    allgather_direct_lent(&*t, id, Contribution::Lent(own), recv).await
-                })
-                .await;
-                BufResult(res, (send, recv))
-            }),
+            // The direct allgather and the ring: this rank's block leaves
+            // from `send`, which nothing writes (BENCHMARKS.md: read-only
+            // memory crosses cores several times faster here).
             _ => self.run((send, recv), move |t, id, (mut send, mut recv)| async move {
-                use super::{allgather_ring::allgather_ring_lent, Contribution};
+                use super::{
+                    allgather_direct::allgather_direct_lent, allgather_ring::allgather_ring_lent, Contribution,
+                };
                 let res = lending_send_and_recv(&mut send, &mut recv, async |own, recv| {
-                    allgather_ring_lent(&*t, id, Contribution::Lent(own), recv).await
+                    let own = Contribution::Lent(own);
+                    if algorithm == Algorithm::Direct {
+                        allgather_direct_lent(&*t, id, own, recv).await
+                    } else {
+                        allgather_ring_lent(&*t, id, own, recv).await
+                    }
                 })
                 .await;
                 BufResult(res, (send, recv))
