@@ -50,6 +50,10 @@ struct Peer {
     drain: Option<std::thread::JoinHandle<()>>,
     worker: Worker,
     ep: Option<Endpoint>,
+    /// The peer's first message: its region's packed remote key, taken at
+    /// the start whether a test uses it or not (a message left unreceived
+    /// would be dropped with the worker, a warning on stderr).
+    packed_key: Vec<u8>,
 }
 
 impl Peer {
@@ -77,23 +81,17 @@ impl Peer {
         let mut stdin = child.stdin.take().expect("peer stdin");
         writeln!(stdin, "{}", worker.address().to_hex()).expect("send address");
         let ep = worker.connect(&address).expect("connect");
+        let (got, packed_key) = worker
+            .block_on(worker.tag_recv(TagMatch::exact(RKEY), Vec::with_capacity(4096)))
+            .into_parts();
+        got.expect("rkey");
         Self {
             child: Some(child),
             drain: Some(drain),
             worker,
             ep: Some(ep),
+            packed_key,
         }
-    }
-
-    /// The peer's first message: its region's packed remote key.
-    async fn packed_key(&self) -> Vec<u8> {
-        let (got, packed) = self
-            .worker
-            .tag_recv(TagMatch::exact(RKEY), Vec::with_capacity(4096))
-            .await
-            .into_parts();
-        got.expect("rkey");
-        packed
     }
 
     fn ep(&self) -> &Endpoint {
@@ -280,7 +278,6 @@ fn ping_pong_and_truncation(t: Transport) {
     within(LIMIT, move || {
         let p = Peer::start(t);
         p.worker.block_on(async {
-            p.packed_key().await;
             for size in [0usize, 8, 4096, 1 << 20] {
                 for round in 0..10u64 {
                     let msg = pattern(round, 0, size);
@@ -412,8 +409,7 @@ fn rma_against_the_peer_region(t: Transport) {
     let _s = serial();
     within(LIMIT, move || {
         let p = Peer::start(t);
-        let packed = p.worker.block_on(p.packed_key());
-        let key = p.ep().remote_key(&packed).expect("unpack");
+        let key = p.ep().remote_key(&p.packed_key).expect("unpack");
         assert_eq!(key.len(), REGION as u64);
         let mut expect = vec![0u8; REGION];
         let mut rng = Lcg(5);
@@ -500,7 +496,6 @@ fn peer_killed_mid_transfer(t: Transport) {
         let mut child = p.child.take().expect("the peer process");
         let started = Instant::now();
         let outcome: Result<(), Error> = p.worker.block_on(async {
-            p.packed_key().await;
             // Stream echoes in flight while the peer dies.
             let mut killed = false;
             loop {

@@ -8,7 +8,9 @@ mod util;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mfio_core::{IoBackendExt, IoRead, IoWrite};
+use std::future::Future;
+
+use mfio_core::{IoBackend, IoBackendExt, IoRead, IoWrite};
 use mfio_net::ucx::{Tag, TagMatch};
 use util::{fd_table, fds_settled, open_fds, pair, thread_cpu, within, Transport};
 
@@ -94,5 +96,97 @@ fn descriptors_are_released_in_any_drop_order() {
             "descriptors before and after: before {table:#?}, after {:#?}",
             fd_table()
         );
+    });
+}
+
+/// Environment variable that turns this binary into the child of
+/// `tag_messages_nobody_received_leave_no_warning` (its transport).
+const UNRECEIVED_ROLE: &str = "MFIO_UCX_UNRECEIVED";
+
+/// A worker dropped with tag messages that came and that nobody received
+/// (an eager one, one in fragments and a rendezvous) takes them into
+/// nothing as it goes: UCX prints no warning naming them on stderr, and
+/// the rendezvous's sender hears that it was taken. UCX's warning comes
+/// from its own logger, so the case runs in a child process whose stderr
+/// is read here.
+#[test]
+fn tag_messages_nobody_received_leave_no_warning() {
+    let _serial = serial();
+    for t in ["sm", "tcp"] {
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "--exact",
+                "unreceived_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(UNRECEIVED_ROLE, t)
+            .output()
+            .expect("start the child");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{t}: child failed: {stdout}\n{stderr}");
+        assert!(
+            stdout.contains("rendezvous sender done"),
+            "{t}: the child did not get through: {stdout}\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("was not matched"),
+            "{t}: UCX warned of messages left at the worker's end:\n{stderr}"
+        );
+    }
+}
+
+/// The child of `tag_messages_nobody_received_leave_no_warning`.
+#[test]
+#[ignore = "started by tag_messages_nobody_received_leave_no_warning"]
+fn unreceived_child() {
+    let Ok(role) = std::env::var(UNRECEIVED_ROLE) else {
+        return;
+    };
+    let t = if role == "sm" { Transport::Sm } else { Transport::Tcp };
+    within(Duration::from_secs(60), move || {
+        let ctx = util::context(t, false);
+        let a = ctx.worker().expect("a");
+        let b = ctx.worker().expect("b");
+        let ab = a.connect(&b.address()).expect("ab");
+        let both = mfio_backends::Composite::new(vec![Box::new(a.clone()), Box::new(b.clone())]).expect("both");
+        // Eager sends are done once their bytes left.
+        for (tag, len) in [(1u64, 8usize), (2, 40 << 10)] {
+            let (sent, _) = both
+                .block_on(ab.write_at(mfio_net::ucx::EagerTag(tag), vec![7u8; len]))
+                .into_parts();
+            assert_eq!(sent.expect("eager send"), len);
+        }
+        // A rendezvous send is done once its receiver takes the message:
+        // let its announcement reach b, then drop b with it unreceived.
+        let mut rendezvous = Box::pin(ab.write_at(Tag(3), vec![9u8; 4 << 20]));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        let announced = Instant::now() + Duration::from_millis(200);
+        while Instant::now() < announced {
+            assert!(
+                rendezvous.as_mut().poll(&mut cx).is_pending(),
+                "taken with nobody receiving"
+            );
+            both.drive();
+        }
+        drop(both);
+        drop(b);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let std::task::Poll::Ready(out) = rendezvous.as_mut().poll(&mut cx) {
+                println!("rendezvous sender done: {:?}", out.0.map_err(|e| e.kind()));
+                break;
+            }
+            assert!(Instant::now() < deadline, "the rendezvous sender was never told");
+            a.drive();
+        }
+        drop((ab, a, ctx));
     });
 }

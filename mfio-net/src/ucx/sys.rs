@@ -790,6 +790,33 @@ pub(crate) unsafe fn tag_take(
     Take::Taken(posted, info.sender_tag, info.length)
 }
 
+/// Takes the first tag message that has arrived (in part, at least) and
+/// that no receive asked for, into no bytes at all: UCX copies nothing,
+/// reports the receive truncated, and tells a rendezvous sender its message
+/// was taken. `None`: no such message is waiting.
+///
+/// # Safety
+/// As [`tag_send`].
+pub(crate) unsafe fn tag_discard(worker: WorkerH, sink: *const Sink) -> Option<Posted> {
+    let mut info = ffi::ucp_tag_recv_info_t::default();
+    // SAFETY: the caller's contract; info is an out pointer. Any tag
+    // matches a zero mask.
+    let message = unsafe { ffi::ucp_tag_probe_nb(worker, 0, 0, 1, &mut info) };
+    if message.is_null() {
+        return None;
+    }
+    let mut param = request_param(sink, 0);
+    param.cb.recv = Some(tag_recv_done);
+    // A buffer of no bytes: UCX writes nothing through the pointer, which
+    // only has to be non-null.
+    let nowhere = std::ptr::NonNull::<u8>::dangling().as_ptr();
+    // SAFETY: the caller's contract; the message was removed by the probe
+    // and is received once, into zero bytes.
+    Some(posted(unsafe {
+        ffi::ucp_tag_msg_recv_nbx(worker, nowhere as *mut c_void, 0, message, &param)
+    }))
+}
+
 /// # Safety
 /// As [`tag_send`].
 pub(crate) unsafe fn stream_send(ep: EpH, buf: *const u8, len: usize, sink: *const Sink) -> Posted {

@@ -659,6 +659,42 @@ impl Drop for Shared {
                 }
             }
         }
+        // Tag messages that came and that nobody received (a peer's last
+        // word to a rank that had stopped listening, say): UCX would name
+        // each in a warning on stderr as the worker goes. Their bytes can
+        // go nowhere now; take them into nothing.
+        let mut discarded = 0usize;
+        let mut discarding: Vec<usize> = Vec::new();
+        loop {
+            // SAFETY: the worker is live; we own the state.
+            while let Some(posted) = unsafe { sys::tag_discard(self.handle, &self.sink) } {
+                discarded += 1;
+                if let sys::Posted::InFlight(req) = posted {
+                    discarding.push(req as usize);
+                }
+            }
+            if discarding.is_empty() || Instant::now() >= deadline {
+                break;
+            }
+            // SAFETY: as above.
+            unsafe { sys::progress(self.handle) };
+            for f in std::mem::take(&mut *self.sink.lock()) {
+                if let Some(at) = discarding.iter().position(|&req| req == f.request) {
+                    // SAFETY: reported finished, and freed once here.
+                    unsafe { sys::request_free(discarding.swap_remove(at) as sys::Request) };
+                } else if let Some(rec) = take_record(&mut st.ops, f) {
+                    done.push((rec.op, f));
+                }
+            }
+        }
+        for req in discarding {
+            // SAFETY: UCX finishes or drops it with the worker; it writes
+            // into no bytes of ours.
+            unsafe { sys::request_free(req as sys::Request) };
+        }
+        if discarded > 0 {
+            tracing::debug!(discarded, "UCX worker dropped tag messages nobody received");
+        }
         // Rendezvous and held AM data nobody took: let UCX free them.
         for arrival in std::mem::take(&mut *self.am_sink.lock())
             .into_iter()
@@ -692,6 +728,11 @@ impl Drop for Shared {
 /// `mfio-integration`, or inside a `Composite` beside an io_uring runtime.
 /// Packets may be sent from any thread; UCX is only ever called by the
 /// thread holding the worker.
+///
+/// Dropping the last handle cancels the receives still waiting, and takes
+/// every tag message that came and that nobody received into nothing (its
+/// sender, if it waits for a rendezvous, is told the message was taken)
+/// rather than leave UCX to warn of each on stderr.
 ///
 /// ```
 /// use mfio_core::{IoBackendExt, IoRead, IoWrite};
