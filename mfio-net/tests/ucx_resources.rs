@@ -5,10 +5,9 @@
 
 mod util;
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-use std::future::Future;
 
 use mfio_core::{IoBackend, IoBackendExt, IoRead, IoWrite};
 use mfio_net::ucx::{Tag, TagMatch};
@@ -106,7 +105,8 @@ const UNRECEIVED_ROLE: &str = "MFIO_UCX_UNRECEIVED";
 /// A worker dropped with tag messages that came and that nobody received
 /// (an eager one, one in fragments and a rendezvous) takes them into
 /// nothing as it goes: UCX prints no warning naming them on stderr, and
-/// the rendezvous's sender hears that it was taken. UCX's warning comes
+/// the rendezvous's sender finishes (UCX tells it the message was taken;
+/// before, over shared memory, it waited forever). UCX's warning comes
 /// from its own logger, so the case runs in a child process whose stderr
 /// is read here.
 #[test]
