@@ -164,18 +164,34 @@ fn unreceived_child() {
             assert_eq!(sent.expect("eager send"), len);
         }
         // A rendezvous send is done once its receiver takes the message:
-        // let its announcement reach b, then drop b with it unreceived.
+        // b drops it unreceived once its announcement is in. A marker sent
+        // after it on the same endpoint is matched after it, so b holds
+        // the announcement once it has taken the marker.
         let mut rendezvous = Box::pin(ab.write_at(Tag(3), vec![9u8; 4 << 20]));
         let waker = futures::task::noop_waker();
         let mut cx = std::task::Context::from_waker(&waker);
-        let announced = Instant::now() + Duration::from_millis(200);
-        while Instant::now() < announced {
-            assert!(
-                rendezvous.as_mut().poll(&mut cx).is_pending(),
-                "taken with nobody receiving"
-            );
+        assert!(
+            rendezvous.as_mut().poll(&mut cx).is_pending(),
+            "taken with nobody receiving"
+        );
+        let (sent, _) = both
+            .block_on(ab.write_at(mfio_net::ucx::EagerTag(4), vec![1u8]))
+            .into_parts();
+        sent.expect("marker");
+        let mut marker = Vec::with_capacity(1);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while b
+            .try_tag_recv(TagMatch::exact(4), &mut marker)
+            .expect("marker")
+            .is_none()
+        {
+            assert!(Instant::now() < deadline, "the marker never came");
             both.drive();
         }
+        assert!(
+            rendezvous.as_mut().poll(&mut cx).is_pending(),
+            "taken with nobody receiving"
+        );
         drop(both);
         drop(b);
         let deadline = Instant::now() + Duration::from_secs(20);
