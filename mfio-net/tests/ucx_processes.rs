@@ -51,8 +51,8 @@ struct Peer {
     worker: Worker,
     ep: Option<Endpoint>,
     /// The peer's first message: its region's packed remote key, taken at
-    /// the start whether a test uses it or not (a message left unreceived
-    /// would be dropped with the worker, a warning on stderr).
+    /// the start whether a test uses it or not, so that no test leaves a
+    /// message of the peer unreceived.
     packed_key: Vec<u8>,
 }
 

@@ -650,19 +650,11 @@ impl Drop for Shared {
         let deadline = Instant::now() + Duration::from_millis(500);
         let mut done = Vec::new();
         let st = self.state.get_mut();
-        while !st.ops.is_empty() && Instant::now() < deadline {
-            // SAFETY: the worker is live; we own the state.
-            unsafe { sys::progress(self.handle) };
-            for f in std::mem::take(&mut *self.sink.lock()) {
-                if let Some(rec) = take_record(&mut st.ops, f) {
-                    done.push((rec.op, f));
-                }
-            }
-        }
         // Tag messages that came and that nobody received (a peer's last
         // word to a rank that had stopped listening, say): UCX would name
         // each in a warning on stderr as the worker goes. Their bytes can
-        // go nowhere now; take them into nothing.
+        // go nowhere now; take them into nothing, while the cancelled
+        // receives are reported.
         let mut discarded = 0usize;
         let mut discarding: Vec<usize> = Vec::new();
         loop {
@@ -673,7 +665,7 @@ impl Drop for Shared {
                     discarding.push(req as usize);
                 }
             }
-            if discarding.is_empty() || Instant::now() >= deadline {
+            if (st.ops.is_empty() && discarding.is_empty()) || Instant::now() >= deadline {
                 break;
             }
             // SAFETY: as above.
