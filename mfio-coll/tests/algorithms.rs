@@ -55,15 +55,17 @@ enum Allreduce {
     ReduceBcast,
     SegmentedRing(usize),
     Direct,
+    TwoShot,
 }
 
 fn allreduce_kind(pick: u8) -> Allreduce {
-    match pick % 6 {
+    match pick % 7 {
         0 => Allreduce::Ring,
         1 => Allreduce::RecursiveDoubling,
         2 => Allreduce::Rabenseifner,
         3 => Allreduce::ReduceBcast,
         4 => Allreduce::Direct,
+        5 => Allreduce::TwoShot,
         _ => Allreduce::SegmentedRing(1 + usize::from(pick) * 37),
     }
 }
@@ -82,6 +84,7 @@ fn allreduce<T: mfio_coll::Element>(
             Allreduce::ReduceBcast => algo::allreduce_reduce_bcast(t, ID, buf, op).await,
             Allreduce::SegmentedRing(segment) => algo::allreduce_segmented_ring(t, ID, buf, op, segment).await,
             Allreduce::Direct => algo::allreduce_direct(t, ID, buf, op).await,
+            Allreduce::TwoShot => algo::allreduce_two_shot(t, ID, buf, op).await,
         }
     })
 }
@@ -114,10 +117,11 @@ proptest! {
     }
 
     #[test]
-    fn recursive_doubling_reduce_bcast_and_direct_keep_rank_order_for_non_commutative_operations(
-        n in 1usize..=9, len in 0usize..=2_000, seed: u64, pick in 0u8..3,
+    fn recursive_doubling_reduce_bcast_direct_and_two_shot_keep_rank_order_for_non_commutative_operations(
+        n in 1usize..=9, len in 0usize..=2_000, seed: u64, pick in 0u8..4,
     ) {
-        let which = [Allreduce::RecursiveDoubling, Allreduce::ReduceBcast, Allreduce::Direct][usize::from(pick)];
+        let which = [Allreduce::RecursiveDoubling, Allreduce::ReduceBcast, Allreduce::Direct, Allreduce::TwoShot]
+            [usize::from(pick)];
         let inputs: Vec<Vec<[u64; 2]>> = (0..n).map(|r| affine(r, len)).collect();
         let want = reference(&inputs, &compose());
         let got = run_group(n, seed, move |t| {

@@ -205,6 +205,7 @@ fn collectives_that_send_from_the_input_write_every_element() {
             Algorithm::RecursiveDoubling,
             Algorithm::ReduceBcast,
             Algorithm::Direct,
+            Algorithm::TwoShot,
         ] {
             let rule = |collective, algorithm| Rule {
                 collective,

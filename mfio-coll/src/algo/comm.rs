@@ -153,10 +153,11 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
 
     /// The allreduce of `buf` in place, by the algorithm the table names
     /// (for an operation that is not commutative, recursive doubling unless
-    /// the table names the direct one: both keep rank order).
+    /// the table names the direct or two-shot one: all three keep rank
+    /// order).
     fn allreduce_algorithm<T: Element>(&self, len: usize, op: &ReduceOp<T>) -> Algorithm {
         let chosen = self.choose(Collective::Allreduce, bytes_of::<T>(len));
-        if op.is_commutative() || chosen == Algorithm::Direct {
+        if op.is_commutative() || matches!(chosen, Algorithm::Direct | Algorithm::TwoShot) {
             chosen
         } else {
             Algorithm::RecursiveDoubling
@@ -218,6 +219,12 @@ async fn allreduce_with<T: Element>(
         Algorithm::Direct => {
             lending(buf, async |buf| {
                 super::allreduce_direct::allreduce_direct_lent(t, id, None, buf, op).await
+            })
+            .await
+        }
+        Algorithm::TwoShot => {
+            lending(buf, async |buf| {
+                super::allreduce_two_shot::allreduce_two_shot_lent(t, id, None, buf, op).await
             })
             .await
         }
@@ -415,7 +422,7 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
     fn allreduce<T: Element>(&self, send: Vec<T>, recv: Vec<T>, op: ReduceOp<T>) -> CollFuture<Pair<T>> {
         let algorithm = self.allreduce_algorithm(send.len(), &op);
         let long = size_of_val(send.as_slice()) >= super::POST_AHEAD_BYTES;
-        // The rings, the direct allreduce, and recursive doubling and
+        // The rings, the direct and two-shot allreduces, and recursive doubling and
         // reduce-then-bcast of long messages, read this rank's operand
         // from `send` and write every element of `recv`: no
         // copy of the input first (a fifth of a 16 MiB ring allreduce's
@@ -424,9 +431,9 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
         // own size (it paid for copying the largest's).
         let lent = matches!(
             algorithm,
-            Algorithm::Ring | Algorithm::SegmentedRing | Algorithm::Direct
+            Algorithm::Ring | Algorithm::SegmentedRing | Algorithm::Direct | Algorithm::TwoShot
         ) || (long && matches!(algorithm, Algorithm::RecursiveDoubling | Algorithm::ReduceBcast));
-        use super::{allreduce_direct, allreduce_rd, allreduce_reduce_bcast, allreduce_ring};
+        use super::{allreduce_direct, allreduce_rd, allreduce_reduce_bcast, allreduce_ring, allreduce_two_shot};
         match algorithm {
             _ if lent => {
                 let segment = elems_per::<T>(PIPELINE_BYTES);
@@ -438,6 +445,9 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> Communicator for TransportCom
                         }
                         Algorithm::Direct => {
                             allreduce_direct::allreduce_direct_lent(&*t, id, Some(own), buf, &op).await
+                        }
+                        Algorithm::TwoShot => {
+                            allreduce_two_shot::allreduce_two_shot_lent(&*t, id, Some(own), buf, &op).await
                         }
                         Algorithm::ReduceBcast => {
                             allreduce_reduce_bcast::allreduce_reduce_bcast_lent(&*t, id, Some(own), buf, &op).await

@@ -12,9 +12,10 @@
 //!   [`allreduce_segmented_ring`] (pipelined segments, long messages),
 //!   [`allreduce_recursive_doubling`] (latency-optimal, any rank count),
 //!   [`allreduce_rabenseifner`] (recursive halving, then doubling),
-//!   [`allreduce_reduce_bcast`] (binomial reduce, then bcast: few ranks) and
+//!   [`allreduce_reduce_bcast`] (binomial reduce, then bcast: few ranks),
 //!   [`allreduce_direct`] (every rank combines every operand: one step, few
-//!   ranks);
+//!   ranks) and [`allreduce_two_shot`] (each rank combines its block of
+//!   every operand and sends it to every other: two steps, few ranks);
 //! - reduce_scatter_block: [`reduce_scatter_block_ring`],
 //!   [`reduce_scatter_block_halving`];
 //! - allgather: [`allgather_ring`], [`allgather_bruck`] (any rank count),
@@ -32,7 +33,8 @@
 //! then passed around; recursive doubling: both partners of a step combine
 //! the same two operands, lower ranks' first; reduce then bcast: rank 0's
 //! result is the one result; direct: every rank combines the same
-//! operands in the same order).
+//! operands in the same order; two-shot: each block is combined by one
+//! rank, whose result every other rank takes).
 //!
 //! - the `v` variants, linear: [`scatterv_linear`], [`gatherv_linear`],
 //!   [`allgatherv_linear`], [`alltoallv_pairwise`].
@@ -52,6 +54,7 @@ mod allreduce_rabenseifner;
 mod allreduce_rd;
 mod allreduce_reduce_bcast;
 mod allreduce_ring;
+mod allreduce_two_shot;
 mod alltoall_bruck;
 mod alltoall_pairwise;
 mod barrier;
@@ -78,6 +81,7 @@ pub use allreduce_rabenseifner::allreduce_rabenseifner;
 pub use allreduce_rd::allreduce_recursive_doubling;
 pub use allreduce_reduce_bcast::allreduce_reduce_bcast;
 pub use allreduce_ring::{allreduce_ring, allreduce_segmented_ring};
+pub use allreduce_two_shot::allreduce_two_shot;
 pub use alltoall_bruck::alltoall_bruck;
 pub use alltoall_pairwise::alltoall_pairwise;
 pub use barrier::barrier_dissemination;

@@ -134,7 +134,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
     let total = reference(&all, &sum);
     let root = n / 2;
 
-    for which in 0..6 {
+    for which in 0..7 {
         let mut buf = all[rank].clone();
         let id = seq.next();
         let name = [
@@ -144,6 +144,7 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
             "allreduce Rabenseifner",
             "allreduce reduce then bcast",
             "allreduce direct",
+            "allreduce two-shot",
         ][which];
         began(name);
         match which {
@@ -152,7 +153,8 @@ pub async fn every_algorithm(t: &dyn Transport, seq: &mut Seq, len: usize) -> Re
             2 => algo::allreduce_recursive_doubling(t, id, &mut buf, &sum).await,
             3 => algo::allreduce_rabenseifner(t, id, &mut buf, &sum).await,
             4 => algo::allreduce_reduce_bcast(t, id, &mut buf, &sum).await,
-            _ => algo::allreduce_direct(t, id, &mut buf, &sum).await,
+            5 => algo::allreduce_direct(t, id, &mut buf, &sum).await,
+            _ => algo::allreduce_two_shot(t, id, &mut buf, &sum).await,
         }
         .map_err(fail(name))?;
         ensure!(buf == total, "{name}: wrong sum on rank {rank}");
