@@ -230,19 +230,20 @@ impl Tuning {
     /// The built-in table, for when no measured table is at hand: what
     /// `mfio-bench coll --tune` chose over UCX with 2 and 3 ranks
     /// (BENCHMARKS.md), latency-bound algorithms for short messages and
-    /// the ring for long ones (on 2 ranks recursive doubling up to 1 MiB:
-    /// one exchange instead of the ring's two; at 1 MiB 8 and 11 % faster
-    /// in two of the last three full runs, 2 % slower in the other; on 3
-    /// ranks the direct allreduce above 16 KiB up to 512 KiB, one step
-    /// instead of recursive doubling's three, at 64 KiB 15–35 % faster in
+    /// the two-shot allreduce for long ones on up to 4 ranks (a one-step
+    /// reduce-scatter, then a one-step allgather: the ring's bytes in two
+    /// steps), the ring beyond. On 2 ranks recursive doubling up to 1 MiB
+    /// (one exchange instead of two; at 1 MiB 8 and 11 % faster than the
+    /// ring in two of three full runs, 2 % slower in the other). On 3
+    /// ranks the direct allreduce above 16 KiB up to 256 KiB (one step
+    /// instead of recursive doubling's three; at 64 KiB 15–35 % faster in
     /// three runs of four, slower up to 16 KiB, where recursive doubling's
-    /// short messages travel in their frames; at 1 MiB the ring, which
-    /// moves and combines a third as much: 409 against 523 µs a call in
-    /// five paired jobs, and the direct one was slower than the ring in the
-    /// last tuning run too); on 4 ranks the two-shot allreduce above 64 KiB
-    /// up to 4 MiB, a quarter of the direct one's copying in two steps
-    /// (the fastest over UCX at 128 KiB to 4 MiB in two runs of every
-    /// algorithm: 1 MiB 1.2–1.6× the ring's calls a second); the
+    /// short messages travel in their frames). The two-shot allreduce on 2
+    /// ranks above 1 MiB, on 3 above 256 KiB, and on 4 from 64 KiB up to 4
+    /// MiB: the fastest over UCX in every one of two or three runs of
+    /// every algorithm there (3 ranks, 1 MiB: 1.13–1.14× the ring's calls
+    /// a second, 512 KiB 1.3–1.4× the direct one's; 2 ranks, 4 MiB 1.25×
+    /// the ring's; 4 ranks, 1 MiB 1.2–1.6×). The
     /// binomial bcast at every length on 2 and
     /// 3 ranks (with long messages landing in place it beats the chain
     /// there), the pipelined chain for long ones on more ranks, where a
@@ -259,8 +260,8 @@ impl Tuning {
         const TABLE: &str = "
             allreduce            2  1048576  recursive_doubling
             allreduce            3  16384    recursive_doubling
-            allreduce            3  524288   direct
-            allreduce            3  *        ring
+            allreduce            3  262144   direct
+            allreduce            3  *        two_shot
             allreduce            *  65536    recursive_doubling
             allreduce            4  4194304  two_shot
             allreduce            *  *        ring
@@ -407,15 +408,15 @@ mod tests {
             t.choose(Collective::Allreduce, 2, 1 << 20),
             Algorithm::RecursiveDoubling
         );
-        assert_eq!(t.choose(Collective::Allreduce, 2, 4 << 20), Algorithm::Ring);
+        assert_eq!(t.choose(Collective::Allreduce, 2, 4 << 20), Algorithm::TwoShot);
         assert_eq!(
             t.choose(Collective::Allreduce, 3, 16 << 10),
             Algorithm::RecursiveDoubling
         );
         assert_eq!(t.choose(Collective::Allreduce, 3, 64 << 10), Algorithm::Direct);
-        assert_eq!(t.choose(Collective::Allreduce, 3, 512 << 10), Algorithm::Direct);
-        assert_eq!(t.choose(Collective::Allreduce, 3, 1 << 20), Algorithm::Ring);
-        assert_eq!(t.choose(Collective::Allreduce, 3, 4 << 20), Algorithm::Ring);
+        assert_eq!(t.choose(Collective::Allreduce, 3, 256 << 10), Algorithm::Direct);
+        assert_eq!(t.choose(Collective::Allreduce, 3, 512 << 10), Algorithm::TwoShot);
+        assert_eq!(t.choose(Collective::Allreduce, 3, 16 << 20), Algorithm::TwoShot);
         assert_eq!(
             t.choose(Collective::Allreduce, 4, 64 << 10),
             Algorithm::RecursiveDoubling
