@@ -2,13 +2,14 @@
 //! allgather. The vector is cut into one block per rank; every rank sends
 //! each peer that peer's block of its operand, combines the n operands of
 //! its own block, and sends the combined block to every peer. Two steps
-//! whatever the rank count, and each rank moves 2 (n − 1) / n of the
-//! vector each way and combines 1 / n of it: against the direct
-//! ("one-shot") allreduce, which moves and combines (n − 1) times the
-//! vector at each rank, a third of the copying and combining on 3 ranks
-//! for one step more. Where ranks share cores, the work done in all is
-//! what a call costs. Every peer's block is in flight at once, so for
-//! many ranks the messages queue at each receiver: for a few ranks.
+//! whatever the rank count; each rank takes in 2 (n − 1) / n of the
+//! vector and combines n operands of 1 / n of it. The direct ("one-shot")
+//! allreduce takes in n − 1 whole vectors and combines n operands of all
+//! of it: on 3 ranks the two-shot one copies two thirds as much and
+//! combines a third as much, for one step more; on 4 ranks half and a
+//! quarter. The ring moves the same bytes as this in 2 (n − 1) steps.
+//! Every peer's block is in flight at once, so for many ranks the
+//! messages queue at each receiver: for a few ranks.
 //!
 //! Each block is combined once, by its rank, in rank order (so any
 //! operation applies), and that result is what every rank gets: every

@@ -240,10 +240,12 @@ impl Tuning {
     /// three runs of four, slower up to 16 KiB, where recursive doubling's
     /// short messages travel in their frames). The two-shot allreduce on 2
     /// ranks above 1 MiB, on 3 above 256 KiB, and on 4 from 64 KiB up to 4
-    /// MiB: the fastest over UCX in every one of two or three runs of
-    /// every algorithm there (3 ranks, 1 MiB: 1.13–1.14× the ring's calls
-    /// a second, 512 KiB 1.3–1.4× the direct one's; 2 ranks, 4 MiB 1.25×
-    /// the ring's; 4 ranks, 1 MiB 1.2–1.6×). The
+    /// MiB. In runs of every algorithm over UCX it was the fastest there
+    /// but in two rows of one run each (3 ranks, 512 KiB: recursive
+    /// doubling 7 % ahead; 16 MiB: reduce then bcast 1 % ahead): 3 ranks,
+    /// 1 MiB 1.13–1.14× the ring's calls a second, 512 KiB 1.3–1.4× the direct
+    /// one's; 2 ranks, 4 and 16 MiB 1.19–1.35× the ring's; 4 ranks, 128
+    /// KiB to 4 MiB 1.06–1.29× the next best. The
     /// binomial bcast at every length on 2 and
     /// 3 ranks (with long messages landing in place it beats the chain
     /// there), the pipelined chain for long ones on more ranks, where a
