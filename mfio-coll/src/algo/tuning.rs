@@ -239,7 +239,7 @@ impl Tuning {
     /// instead of recursive doubling's three; at 64 KiB 15–35 % faster in
     /// three runs of four, slower up to 16 KiB, where recursive doubling's
     /// short messages travel in their frames). The two-shot allreduce on 2
-    /// ranks above 1 MiB, on 3 above 256 KiB, and on 4 from 64 KiB up to 4
+    /// ranks above 1 MiB, on 3 above 256 KiB, and on 4 above 64 KiB up to 4
     /// MiB. In runs of every algorithm over UCX it was the fastest there
     /// but in two rows of one run each (3 ranks, 512 KiB: recursive
     /// doubling 7 % ahead; 16 MiB: reduce then bcast 1 % ahead): 3 ranks,
