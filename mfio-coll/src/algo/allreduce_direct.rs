@@ -94,22 +94,6 @@ async fn combine_everyone<T: Element>(
     let theirs = got.into_iter().collect::<Result<Vec<_>>>()?;
     // SAFETY: every send is done, and no block of `own` is lent to write.
     let mine = unsafe { own.slice(0..len) };
-    let operand = |q: usize| -> &[T] {
-        match q.cmp(&r) {
-            std::cmp::Ordering::Less => &theirs[q],
-            std::cmp::Ordering::Equal => mine,
-            std::cmp::Ordering::Greater => &theirs[q - 1],
-        }
-    };
-    // x0 ∘ (x1 ∘ (… ∘ (x(n-2) ∘ x(n-1)))): from the highest rank down, so
-    // every step combines from the left, as every operation can.
-    if n == 1 {
-        out.copy_from_slice(mine);
-        return Ok(());
-    }
-    op.apply_into(operand(n - 2), operand(n - 1), out);
-    for q in (0..n - 2).rev() {
-        op.apply(operand(q), out);
-    }
+    super::combine_in_rank_order(op, &theirs, mine, r, out);
     Ok(())
 }

@@ -84,23 +84,7 @@ pub(crate) async fn allreduce_two_shot_lent<T: Element>(
             // SAFETY: nothing of `buf` is lent yet (the first step sends
             // from `own`); `own` is only read.
             let (out, mine) = unsafe { (buf.slice_mut(mine.clone()), own.slice(mine.clone())) };
-            let operand = |q: usize| -> &[T] {
-                match q.cmp(&r) {
-                    std::cmp::Ordering::Less => &theirs[q],
-                    std::cmp::Ordering::Equal => mine,
-                    std::cmp::Ordering::Greater => &theirs[q - 1],
-                }
-            };
-            // x0 ∘ (x1 ∘ (… ∘ x(n-1))), combined from the left, as every
-            // operation can (the order of the direct allreduce).
-            if n == 1 {
-                out.copy_from_slice(mine);
-            } else {
-                op.apply_into(operand(n - 2), operand(n - 1), out);
-                for q in (0..n - 2).rev() {
-                    op.apply(operand(q), out);
-                }
-            }
+            super::combine_in_rank_order(op, &theirs, mine, r, out);
         }
         drop(theirs);
         // Each block lent here is a different part of `buf`: this rank's

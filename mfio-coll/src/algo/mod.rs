@@ -405,6 +405,36 @@ async fn on_copy<T: Element>(buf: &mut [T], algo: impl AsyncFnOnce(&Lent<T>) -> 
     res
 }
 
+/// Combines the operands of every rank into `out`, in rank order: this
+/// rank's (rank `r`) is `mine`, every other rank's is in `theirs` (in rank
+/// order). x0 ∘ (x1 ∘ (… ∘ (x(n-2) ∘ x(n-1)))): from the highest rank down,
+/// so every step combines from the left, as every operation can; every
+/// rank that combines the same operands gets the same bits.
+fn combine_in_rank_order<T: Element>(
+    op: &ReduceOp<T>,
+    theirs: &[Received<'_, T>],
+    mine: &[T],
+    r: usize,
+    out: &mut [T],
+) {
+    let n = theirs.len() + 1;
+    let operand = |q: usize| -> &[T] {
+        match q.cmp(&r) {
+            std::cmp::Ordering::Less => &theirs[q],
+            std::cmp::Ordering::Equal => mine,
+            std::cmp::Ordering::Greater => &theirs[q - 1],
+        }
+    };
+    if n == 1 {
+        out.copy_from_slice(mine);
+        return;
+    }
+    op.apply_into(operand(n - 2), operand(n - 1), out);
+    for q in (0..n - 2).rev() {
+        op.apply(operand(q), out);
+    }
+}
+
 /// `acc = acc ∘ higher`, where `higher` holds the values of higher ranks
 /// (the order a non-commutative operation needs).
 fn combine_from_higher<T: Element>(op: &ReduceOp<T>, acc: &mut [T], mut higher: Received<'_, T>) {
