@@ -1,10 +1,11 @@
 //! [`Background`]: a transport's own work (readers of incoming messages,
 //! notices to other ranks), which has no task of its own: whoever polls
-//! any of the transport's operations runs it ([`driven`]). A waker shared
-//! by that work wakes every task waiting on the transport when it can go
-//! on, so the work never stalls while anyone waits; the work is polled
-//! only after that waker fired, not at every poll of every operation (a
-//! rank with many peers has a task per peer, most of them idle).
+//! any of the transport's operations runs it ([`driven`]). When a piece of
+//! the work can go on, its waker wakes every task waiting on the
+//! transport, so the work never stalls while anyone waits; and only the
+//! pieces whose wakers fired are polled, not at every poll of every
+//! operation, nor all of them when one was woken (a rank with many peers
+//! has a task per peer, most of them idle).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -27,10 +28,14 @@ struct WakeAll {
     /// The list the wakers are copied into to be woken outside the lock,
     /// kept so that firing does not allocate.
     firing: Mutex<Vec<Waker>>,
-    /// Set by every wake, taken by the drive that then polls the work:
-    /// work nobody woke is not polled (each poll of a waiting receive
-    /// costs hundreds of instructions, and most collectives wake none).
+    /// Set by a wake of this waker itself (not a piece's), taken by the
+    /// drive that then polls all the work: work nobody woke is not polled
+    /// (each poll of a waiting receive costs hundreds of instructions, and
+    /// most collectives wake none).
     fired: AtomicBool,
+    /// Set by the wake of a piece of work ([`PieceWake`]), taken by the
+    /// drive that then polls the pieces that are due.
+    piece_fired: AtomicBool,
 }
 
 impl WakeAll {
@@ -49,15 +54,9 @@ impl WakeAll {
             self.wakers.lock().try_remove(k);
         }
     }
-}
 
-impl Wake for WakeAll {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::SeqCst);
+    /// Wakes every operation registered.
+    fn wake_waiters(&self) {
         // Woken outside the slots' lock: a waker may register again.
         let mut firing = std::mem::take(&mut *self.firing.lock());
         firing.extend(self.wakers.lock().iter().map(|(_, w)| w.clone()));
@@ -68,10 +67,64 @@ impl Wake for WakeAll {
     }
 }
 
+/// Fired, it makes every piece of work due (whoever holds it cannot say
+/// which piece it is for) and wakes the operations.
+impl Wake for WakeAll {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::SeqCst);
+        self.wake_waiters();
+    }
+}
+
+/// The waker of one piece of work: fired, it makes that piece due and
+/// wakes the operations, one of which polls it.
+struct PieceWake {
+    due: AtomicBool,
+    all: Arc<WakeAll>,
+}
+
+impl Wake for PieceWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        // Due before the drive is told: a drive that sees `piece_fired`
+        // sees this piece due.
+        self.due.store(true, Ordering::SeqCst);
+        self.all.piece_fired.store(true, Ordering::SeqCst);
+        self.all.wake_waiters();
+    }
+}
+
+/// A piece of background work with its own waker.
+struct Piece {
+    task: Task,
+    wake: Arc<PieceWake>,
+    /// `wake` as a waker (made once).
+    waker: Waker,
+}
+
+impl Piece {
+    /// Work new to the drive: due at once.
+    fn new(task: Task, all: &Arc<WakeAll>) -> Self {
+        let wake = Arc::new(PieceWake {
+            due: AtomicBool::new(true),
+            all: all.clone(),
+        });
+        let waker = Waker::from(wake.clone());
+        Self { task, wake, waker }
+    }
+}
+
 /// The background work of one transport.
 #[derive(Default)]
 pub(crate) struct Background {
-    tasks: Mutex<Vec<Task>>,
+    tasks: Mutex<Vec<Piece>>,
     /// Work added while `tasks` is being polled (by a task itself).
     queued: Mutex<Vec<Task>>,
     waiting: Arc<WakeAll>,
@@ -114,17 +167,28 @@ impl Background {
         let Some(mut tasks) = self.tasks.try_lock() else {
             return;
         };
-        let mut tcx = Context::from_waker(self.waker());
         loop {
             // Taken before the polls: a wake during them is seen by the
             // next drive, which the wake's operations come back for.
-            let mut due = self.waiting.fired.swap(false, Ordering::SeqCst);
+            let all = self.waiting.fired.swap(false, Ordering::SeqCst);
+            let mut some = self.waiting.piece_fired.swap(false, Ordering::SeqCst);
             if self.spawned.swap(false, Ordering::SeqCst) {
-                tasks.append(&mut self.queued.lock());
-                due = true;
+                let mut queued = self.queued.lock();
+                tasks.extend(queued.drain(..).map(|task| Piece::new(task, &self.waiting)));
+                some = true;
             }
-            if due {
-                tasks.retain_mut(|task| task.as_mut().poll(&mut tcx).is_pending());
+            if all || some {
+                tasks.retain_mut(|piece| {
+                    // Not due (and not everyone's turn): left alone.
+                    if !piece.wake.due.swap(false, Ordering::SeqCst) && !all {
+                        return true;
+                    }
+                    piece
+                        .task
+                        .as_mut()
+                        .poll(&mut Context::from_waker(&piece.waker))
+                        .is_pending()
+                });
             }
             if !self.spawned.load(Ordering::SeqCst) {
                 break;
@@ -146,10 +210,11 @@ impl Background {
         self.drive(cx, slot);
     }
 
-    /// The waker the work is polled with: it wakes every operation waiting
-    /// on the transport. An operation that registers it where a waker is
-    /// kept until something happens (rather than its own, which differs
-    /// from call to call) keeps one entry there however often it polls.
+    /// A waker that wakes every operation waiting on the transport (and
+    /// makes all the work due). An operation that registers it where a
+    /// waker is kept until something happens (rather than its own, which
+    /// differs from call to call) keeps one entry there however often it
+    /// polls.
     pub(crate) fn waker(&self) -> &Waker {
         self.waker.get_or_init(|| Waker::from(self.waiting.clone()))
     }
@@ -329,6 +394,40 @@ mod tests {
         background.drive(&mut cx, &mut slot);
         assert!(done.load(Ordering::SeqCst), "a drive finishes it");
         assert!(background.tasks.lock().is_empty());
+        background.release(slot);
+    }
+
+    #[test]
+    fn only_the_work_whose_waker_fired_is_polled() {
+        let background = Arc::new(Background::default());
+        // Work that counts its polls and keeps the waker it was polled with.
+        type Kept = Arc<Mutex<Option<Waker>>>;
+        let pieces: Vec<(Arc<AtomicUsize>, Kept)> = (0..3).map(|_| (Arc::default(), Arc::default())).collect();
+        for (polls, kept) in &pieces {
+            let (polls, kept) = (polls.clone(), kept.clone());
+            background.spawn(Box::pin(std::future::poll_fn(move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                *kept.lock() = Some(cx.waker().clone());
+                Poll::<()>::Pending
+            })));
+        }
+        let polls = || pieces.iter().map(|(p, _)| p.load(Ordering::SeqCst)).collect::<Vec<_>>();
+        let operation = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(operation.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut slot = None;
+        background.drive(&mut cx, &mut slot);
+        assert_eq!(polls(), [1, 1, 1], "new work is polled at once");
+        background.drive(&mut cx, &mut slot);
+        assert_eq!(polls(), [1, 1, 1], "work nobody woke is left alone");
+        let woken = pieces[1].1.lock().clone().expect("polled with a waker");
+        woken.wake_by_ref();
+        assert_eq!(operation.0.load(Ordering::SeqCst), 1, "the operations hear of it");
+        background.drive(&mut cx, &mut slot);
+        assert_eq!(polls(), [1, 2, 1], "only the piece woken is polled");
+        background.waker().wake_by_ref();
+        background.drive(&mut cx, &mut slot);
+        assert_eq!(polls(), [2, 3, 2], "the transport's own waker makes all of it due");
         background.release(slot);
     }
 
