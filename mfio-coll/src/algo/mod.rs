@@ -351,14 +351,19 @@ where
 
 /// Awaits every future of `futs` together, until the first error. One
 /// future (a tree's parent of one child, the last send of a pipeline) is
-/// awaited as it is, without the list `try_join_all` allocates.
+/// awaited as it is, and two (a rank's peers among three, a root of three)
+/// are joined as a pair, without the two allocations of `try_join_all`'s
+/// list.
 async fn try_all<V, F: std::future::Future<Output = Result<V>>>(mut futs: impl Iterator<Item = F>) -> Result<()> {
     let Some(first) = futs.next() else {
         return Ok(());
     };
+    let Some(second) = futs.next() else {
+        return first.await.map(drop);
+    };
     match futs.next() {
-        None => first.await.map(drop),
-        Some(second) => futures_util::future::try_join_all([first, second].into_iter().chain(futs))
+        None => futures_util::future::try_join(first, second).await.map(drop),
+        Some(third) => futures_util::future::try_join_all([first, second, third].into_iter().chain(futs))
             .await
             .map(drop),
     }

@@ -128,7 +128,8 @@ pub(crate) struct Background {
     /// Work added while `tasks` is being polled (by a task itself).
     queued: Mutex<Vec<Task>>,
     waiting: Arc<WakeAll>,
-    /// `waiting` as the waker the work is polled with (made once).
+    /// `waiting` as a waker (made once).
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
     waker: std::sync::OnceLock<Waker>,
     /// Operations being polled: each drives the work queued meanwhile
     /// before its poll ends ([`driven`]).
@@ -215,6 +216,7 @@ impl Background {
     /// waker is kept until something happens (rather than its own, which
     /// differs from call to call) keeps one entry there however often it
     /// polls.
+    #[cfg_attr(not(feature = "ucx"), allow(dead_code))]
     pub(crate) fn waker(&self) -> &Waker {
         self.waker.get_or_init(|| Waker::from(self.waiting.clone()))
     }
