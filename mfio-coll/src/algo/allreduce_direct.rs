@@ -55,20 +55,12 @@ pub(crate) async fn allreduce_direct_lent<T: Element>(
     op: &ReduceOp<T>,
 ) -> Result<()> {
     super::check_op(op, None)?;
-    let all = 0..buf.len();
-    let copied;
-    let own = match own {
-        Some(own) => own,
-        None => {
-            // SAFETY: nothing of `buf` is lent yet.
-            copied = Lent::new(unsafe { buf.slice(all.clone()) }.to_vec());
-            &copied
-        }
-    };
+    // SAFETY: nothing of `buf` is lent yet.
+    let own = unsafe { super::Operand::of(own, buf)? };
     // SAFETY: `buf` is never lent to an operation here (every block sent
     // leaves from `own`), so this is the only view of it.
-    let out = unsafe { buf.slice_mut(all) };
-    combine_everyone(t, id, own, out, op).await
+    let out = unsafe { buf.slice_mut(0..buf.len()) };
+    combine_everyone(t, id, &own, out, op).await
 }
 
 /// Sends `own` to every other rank, takes every other rank's operand, and

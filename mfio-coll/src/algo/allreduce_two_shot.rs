@@ -57,18 +57,8 @@ pub(crate) async fn allreduce_two_shot_lent<T: Element>(
     super::check_op(op, None)?;
     let (n, r) = (t.size(), t.rank());
     let len = buf.len();
-    let copied;
-    let own = match own {
-        Some(own) => {
-            crate::check::len("buf", len, own.len())?;
-            own
-        }
-        None => {
-            // SAFETY: nothing of `buf` is lent yet.
-            copied = Lent::new(unsafe { buf.slice(0..len) }.to_vec());
-            &copied
-        }
-    };
+    // SAFETY: nothing of `buf` is lent yet.
+    let own = unsafe { super::Operand::of(own, buf)? };
     let at = |b: usize| block(len, n, b);
     let peers = || (0..n).filter(move |&q| q != r);
     let scatter = id.key(0, 0);

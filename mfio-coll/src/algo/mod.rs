@@ -410,6 +410,44 @@ async fn on_copy<T: Element>(buf: &mut [T], algo: impl AsyncFnOnce(&Lent<T>) -> 
     res
 }
 
+/// This rank's operand of an allreduce over lent buffers whose blocks
+/// leave from the operand while results land in `buf`: the caller's `own`,
+/// or, in place, a copy of `buf`.
+enum Operand<'a, T: Element> {
+    Own(&'a Lent<T>),
+    Copied(Lent<T>),
+}
+
+impl<'a, T: Element> Operand<'a, T> {
+    /// `own`, which must be as long as `buf` (`InvalidData` if not), or a
+    /// copy of `buf`.
+    ///
+    /// # Safety
+    /// Nothing of `buf` is lent to an operation yet, and no slice of it
+    /// from [`Lent::slice_mut`] lives.
+    unsafe fn of(own: Option<&'a Lent<T>>, buf: &Lent<T>) -> Result<Self> {
+        match own {
+            Some(own) => {
+                crate::check::len("buf", buf.len(), own.len())?;
+                Ok(Self::Own(own))
+            }
+            // SAFETY: the caller's promise.
+            None => Ok(Self::Copied(Lent::new(unsafe { buf.slice(0..buf.len()) }.to_vec()))),
+        }
+    }
+}
+
+impl<T: Element> std::ops::Deref for Operand<'_, T> {
+    type Target = Lent<T>;
+
+    fn deref(&self) -> &Lent<T> {
+        match self {
+            Self::Own(own) => own,
+            Self::Copied(copied) => copied,
+        }
+    }
+}
+
 /// Combines the operands of every rank into `out`, in rank order: this
 /// rank's (rank `r`) is `mine`, every other rank's is in `theirs` (in rank
 /// order). x0 ∘ (x1 ∘ (… ∘ (x(n-2) ∘ x(n-1)))): from the highest rank down,
