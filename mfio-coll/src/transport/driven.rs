@@ -253,15 +253,15 @@ pub(crate) async fn driven<F: Future>(background: Arc<Background>, inner: F) -> 
 /// Work an operation does as part of its own poll, woken straight by
 /// what it waits for. If the operation is dropped before the work is
 /// done, the rest of it goes on in the background: the work holds what
-/// must outlive the operation (an offered block its reader may still be
-/// reading).
-#[cfg_attr(not(any(feature = "ucx", feature = "tcp")), allow(dead_code))]
+/// must outlive the operation (the rest of a TCP frame begun, which the
+/// connection needs whole).
+#[cfg_attr(not(feature = "tcp"), allow(dead_code))]
 pub(crate) struct InPlace<T: Send + 'static> {
     work: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
     background: Arc<Background>,
 }
 
-#[cfg_attr(not(any(feature = "ucx", feature = "tcp")), allow(dead_code))]
+#[cfg_attr(not(feature = "tcp"), allow(dead_code))]
 impl<T: Send + 'static> InPlace<T> {
     /// `work`, done by whoever polls the result, or by `background` once
     /// the result is dropped unfinished.

@@ -72,7 +72,7 @@ use mfio_core::{BufResult, Error, IoBackend, IoBuf, IoReadStream, IoWrite, IoWri
 use mfio_net::ucx::{EagerTag, Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use super::block::InFlight;
-use super::driven::{InPlace, Task};
+use super::driven::Task;
 use super::inbox::Announced;
 use super::linked::{self, Core, Linked};
 use super::single_copy::{Offer, Process, Target, OFFER_LEN, TARGET_LEN};
@@ -1096,122 +1096,284 @@ impl<T> Drop for KeptForPeer<T> {
     }
 }
 
-/// Sends the long block `data` to `to` under `key` as `offer` (where the
-/// block is): its frame says where the bytes are, for `to` to read them in
-/// place. Done when `to` says it read them (or its half of them, after
+/// The send of the long block `data` to `to` under `key` as an offer (where
+/// the block is): its frame says where the bytes are, for `to` to read them
+/// in place. Done when `to` says it read them (or its half of them, after
 /// this wrote the other half into its memory as it asked), or it sent for
 /// them and they went; if the reply asks for them, they go as a message of
 /// their own.
 ///
-/// Run in place by the send ([`InPlace`]): a send dropped before the reply
-/// leaves the rest to the background, which keeps the bytes for the reader.
-fn offered(shared: Weak<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block, offer: Offer) -> InPlaceWork {
-    Box::pin(async move {
-        let Some(strong) = shared.upgrade() else {
-            return Err(transport_gone(to, key));
-        };
-        let (me, worker) = (strong.core.rank, strong.worker.clone());
-        let number = strong.next_long[to].fetch_add(1, Ordering::Relaxed);
-        let len = data.len();
+/// One hand-written future over the exchange's state rather than nested
+/// async blocks and combinators: the usual exchange (the frame taken by UCX
+/// at once, one reply) runs little code and allocates nothing beside the
+/// send's own box, which matters where ranks share cores and each call's
+/// code is fetched again (BENCHMARKS.md). A send dropped before the reply
+/// moves the exchange to the background, which keeps the bytes for the
+/// reader.
+struct OfferSend {
+    /// The exchange; `None` once it is over, or moved to the background.
+    exchange: Option<Exchange>,
+    background: Arc<super::driven::Background>,
+}
+
+impl OfferSend {
+    /// Sends the offer's frame (at once if UCX can, else as a packet
+    /// awaited by the first poll) and waits for the reply.
+    fn start(shared: &Arc<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block, offer: Offer) -> Self {
+        let me = shared.core.rank;
+        let number = shared.next_long[to].fetch_add(1, Ordering::Relaxed);
         let mut frame = [0u8; FRAME_HEADER + OFFERED_LEN];
-        frame[..FRAME_HEADER].copy_from_slice(&header_bytes(key, len));
-        let helps = strong.will_help();
+        frame[..FRAME_HEADER].copy_from_slice(&header_bytes(key, data.len()));
+        let helps = shared.will_help();
         frame[FRAME_HEADER..].copy_from_slice(&Offered { offer, helps }.to_bytes());
-        let mut kept = KeptForPeer(Some(data));
-        let _out = OfferOut::new(&strong, to);
-        // The end of the group is heard of through the background's waker,
-        // which wakes this offer with every other operation: the inbox
-        // keeps each waker it is polled with until the end, and the
-        // operation's own differs from call to call.
-        let everyone = strong.core.background.waker().clone();
-        drop(strong);
-        // The frame at once if UCX can (no packet, no allocation), else as
-        // a packet.
-        let frame_tag = Tag(tag(FRAME, me, number));
-        let framed = if ep.try_tag_send(frame_tag, &frame).unwrap_or(false) {
-            futures_util::future::Either::Left(std::future::ready(BufResult(Ok(frame.len()), Vec::new())))
-        } else {
-            futures_util::future::Either::Right(ep.write_at(frame_tag, frame.to_vec()))
-        };
         // Every reply to this offer is taken into the same buffer.
-        let mut answer_buf = Vec::with_capacity(REPLY_MAX);
-        let reply = next_reply(&worker, &shared, &everyone, to, number, &mut answer_buf);
-        let (framed, mut answer) = futures_util::future::join(framed, reply).await;
-        if let Err(e) = framed.0 {
-            // The offer never went: nobody reads the bytes.
-            drop(kept.release());
-            return match shared.upgrade() {
-                Some(shared) => send_failure(&shared, &ep, to, key, e).await,
-                None => Err(linked::send_failed(to, key, None, e)),
-            };
+        let mut answer = shared.core.pool.take(REPLY_MAX).unwrap_or_default();
+        if answer.capacity() < REPLY_MAX {
+            answer = Vec::with_capacity(REPLY_MAX);
         }
-        // Whether this wrote the half `to` asked for (`None`: not asked).
-        let mut wrote = None;
+        let mut exchange = Exchange {
+            shared: Arc::downgrade(shared),
+            ep,
+            to,
+            key,
+            number,
+            me,
+            kept: KeptForPeer(Some(data)),
+            _out: OfferOut::new(shared, to),
+            // The end of the group is heard of through the background's
+            // waker, which wakes this offer with every other operation: the
+            // inbox keeps each waker it is polled with until the end, and
+            // the operation's own differs from call to call.
+            everyone: shared.core.background.waker().clone(),
+            answer,
+            wrote: None,
+            step: None,
+        };
+        let frame_tag = Tag(tag(FRAME, me, number));
+        if !exchange.ep.try_tag_send(frame_tag, &frame).unwrap_or(false) {
+            let (ep, weak) = (exchange.ep.clone(), exchange.shared.clone());
+            exchange.step = Some(Box::pin(async move {
+                match ep.write_at(frame_tag, frame.to_vec()).await.0 {
+                    Ok(_) => Step::Wait,
+                    // The offer never went: nobody reads the bytes.
+                    Err(e) => Step::Unread(match weak.upgrade() {
+                        Some(shared) => send_failure(&shared, &ep, to, key, e).await,
+                        None => Err(linked::send_failed(to, key, None, e)),
+                    }),
+                }
+            }));
+        }
+        Self {
+            exchange: Some(exchange),
+            background: shared.core.background.clone(),
+        }
+    }
+}
+
+impl std::future::Future for OfferSend {
+    type Output = Result<()>;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<Result<()>> {
+        // Done: not polled again ([`driven`](super::driven::driven) stops at its result).
+        let Some(exchange) = self.exchange.as_mut() else {
+            return std::task::Poll::Pending;
+        };
+        let out = std::task::ready!(exchange.poll_end(cx));
+        if let Some(exchange) = self.exchange.take() {
+            exchange.recycle();
+        }
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl Drop for OfferSend {
+    fn drop(&mut self) {
+        if let Some(exchange) = self.exchange.take() {
+            // The reader may be reading still: the exchange goes on.
+            self.background.spawn(Box::pin(async move {
+                let mut exchange = exchange;
+                let _ = std::future::poll_fn(|cx| exchange.poll_end(cx)).await;
+            }));
+        }
+    }
+}
+
+/// Where an offer's exchange with its reader stands.
+struct Exchange {
+    shared: Weak<Shared>,
+    ep: Arc<Endpoint>,
+    to: Rank,
+    key: Key,
+    number: u32,
+    me: Rank,
+    /// The block, while the reader may read it.
+    kept: KeptForPeer<Block>,
+    _out: OfferOut,
+    /// The background's waker ([`Background::waker`](super::driven::Background::waker)).
+    everyone: std::task::Waker,
+    /// The reader's replies land here.
+    answer: Vec<u8>,
+    /// Whether this wrote the half the reader asked for (`None`: not asked).
+    wrote: Option<bool>,
+    /// A step that needs a packet (the frame, when UCX could not take it at
+    /// once; the word on a written half, likewise; the bytes the reader
+    /// sent for), awaited before the next reply.
+    step: Option<std::pin::Pin<Box<dyn std::future::Future<Output = Step> + Send>>>,
+}
+
+/// What a step of an offer's exchange leads to.
+enum Step {
+    /// The next reply.
+    Wait,
+    /// The end of the exchange.
+    Done(Result<()>),
+    /// The end of the exchange, and nobody reads the bytes.
+    Unread(Result<()>),
+}
+
+/// What came back to an offer.
+enum Reply {
+    /// The reader's reply, in the exchange's buffer.
+    Answer,
+    /// The receive of the reply failed.
+    Failed(Error),
+    /// The reader left on purpose.
+    Left,
+    /// The group broke (why).
+    Lost(String),
+    /// The transport was dropped.
+    Gone,
+}
+
+impl Exchange {
+    /// Polls the exchange to its end: the send's result.
+    fn poll_end(&mut self, cx: &mut Context<'_>) -> std::task::Poll<Result<()>> {
         loop {
-            let answer_now = match answer {
-                Reply::Answer => &answer_buf[..],
-                Reply::Failed(e) => return Err(offer_failed(&shared, to, key, e)),
-                Reply::Left => {
-                    // It left on purpose: it reads nothing more.
-                    drop(kept.release());
-                    return Err(Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        format!("rank {to} left before it took the message ({key})"),
-                    ));
-                }
-                Reply::Lost(why) => {
-                    // The bytes stay offered: the reader may be alive still.
-                    return Err(Error::new(
-                        std::io::ErrorKind::ConnectionAborted,
-                        format!("{why}; sending to rank {to} ({key}) failed"),
-                    ));
-                }
-                Reply::Gone => return Err(transport_gone(to, key)),
-            };
-            match (answer_now.first().copied(), answer_now.len(), wrote) {
-                (Some(TAKEN), 1, _) | (Some(PART_TAKEN), 1, Some(true)) => {
-                    drop(kept.release());
-                    return Ok(());
-                }
-                // It reads the rest itself, then says it took the message.
-                (Some(PART_TAKEN), 1, Some(false)) => {}
-                (Some(SEND_IT), 1, None) => {
-                    if let Some(shared) = shared.upgrade() {
-                        shared.refuses_offers[to].store(true, Ordering::Relaxed);
-                    }
-                    return match kept.release() {
-                        Some(data) => {
-                            let rest = ep.write_at(Tag(tag(BULK, me, number)), data.into_io()).await.0;
-                            rest.map(drop).map_err(|e| offer_failed(&shared, to, key, e))
-                        }
-                        None => Ok(()),
-                    };
-                }
-                (Some(HELP), _, None) => {
-                    let written = match (shared.upgrade(), kept.0.as_ref()) {
-                        (Some(shared), Some(data)) => {
-                            let written = shared.write_part(to, &answer_now[1..], data);
-                            if !written {
-                                shared.halves_declined.fetch_add(1, Ordering::Relaxed);
-                            }
-                            written
-                        }
-                        _ => false,
-                    };
-                    wrote = Some(written);
-                    let word_tag = Tag(tag(WRITTEN, me, number));
-                    let word = [if written { WROTE } else { NOT_WRITTEN }];
-                    if !ep.try_tag_send(word_tag, &word).unwrap_or(false) {
-                        let sent = ep.write_at(word_tag, word.to_vec()).await.0;
-                        // The reader may still be reading: the bytes stay.
-                        sent.map_err(|e| offer_failed(&shared, to, key, e))?;
+            if let Some(step) = self.step.as_mut() {
+                let step = std::task::ready!(step.as_mut().poll(cx));
+                self.step = None;
+                match step {
+                    Step::Wait => {}
+                    Step::Done(res) => return std::task::Poll::Ready(res),
+                    Step::Unread(res) => {
+                        drop(self.kept.release());
+                        return std::task::Poll::Ready(res);
                     }
                 }
-                _ => return Err(malformed(to, "a reply to an offer out of turn, or of no known kind")),
             }
-            answer = next_reply(&worker, &shared, &everyone, to, number, &mut answer_buf).await;
+            let reply = std::task::ready!(self.poll_reply(cx));
+            if let Some(res) = self.on_reply(reply) {
+                return std::task::Poll::Ready(res);
+            }
         }
-    })
+    }
+
+    /// The reader's next reply, or the end of the group.
+    fn poll_reply(&mut self, cx: &mut Context<'_>) -> std::task::Poll<Reply> {
+        let Some(shared) = self.shared.upgrade() else {
+            return std::task::Poll::Ready(Reply::Gone);
+        };
+        let matching = TagMatch::exact(tag(REPLY, self.to, self.number));
+        match shared.worker.poll_tag_recv(matching, &mut self.answer, cx) {
+            std::task::Poll::Ready(Ok(_)) => return std::task::Poll::Ready(Reply::Answer),
+            std::task::Poll::Ready(Err(e)) => return std::task::Poll::Ready(Reply::Failed(e)),
+            std::task::Poll::Pending => {}
+        }
+        let ended = shared
+            .core
+            .inbox
+            .poll_ended(self.to, &mut Context::from_waker(&self.everyone));
+        ended.map(|why| match why {
+            None => Reply::Left,
+            Some(why) => Reply::Lost(why),
+        })
+    }
+
+    /// Acts on `reply`: the send's result if the exchange is over.
+    fn on_reply(&mut self, reply: Reply) -> Option<Result<()>> {
+        let (to, key) = (self.to, self.key);
+        match reply {
+            Reply::Answer => {}
+            Reply::Failed(e) => return Some(Err(offer_failed(&self.shared, to, key, e))),
+            Reply::Left => {
+                // It left on purpose: it reads nothing more.
+                drop(self.kept.release());
+                return Some(Err(Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("rank {to} left before it took the message ({key})"),
+                )));
+            }
+            Reply::Lost(why) => {
+                // The bytes stay offered: the reader may be alive still.
+                return Some(Err(Error::new(
+                    std::io::ErrorKind::ConnectionAborted,
+                    format!("{why}; sending to rank {to} ({key}) failed"),
+                )));
+            }
+            Reply::Gone => return Some(Err(transport_gone(to, key))),
+        }
+        match (self.answer.first().copied(), self.answer.len(), self.wrote) {
+            (Some(TAKEN), 1, _) | (Some(PART_TAKEN), 1, Some(true)) => {
+                drop(self.kept.release());
+                Some(Ok(()))
+            }
+            // It reads the rest itself, then says it took the message.
+            (Some(PART_TAKEN), 1, Some(false)) => None,
+            (Some(SEND_IT), 1, None) => {
+                if let Some(shared) = self.shared.upgrade() {
+                    shared.refuses_offers[to].store(true, Ordering::Relaxed);
+                }
+                let data = self.kept.release()?;
+                let (ep, weak, rest_tag) = (
+                    self.ep.clone(),
+                    self.shared.clone(),
+                    Tag(tag(BULK, self.me, self.number)),
+                );
+                self.step = Some(Box::pin(async move {
+                    let rest = ep.write_at(rest_tag, data.into_io()).await.0;
+                    Step::Done(rest.map(drop).map_err(|e| offer_failed(&weak, to, key, e)))
+                }));
+                None
+            }
+            (Some(HELP), _, None) => {
+                let written = match (self.shared.upgrade(), self.kept.0.as_ref()) {
+                    (Some(shared), Some(data)) => {
+                        let written = shared.write_part(to, &self.answer[1..], data);
+                        if !written {
+                            shared.halves_declined.fetch_add(1, Ordering::Relaxed);
+                        }
+                        written
+                    }
+                    _ => false,
+                };
+                self.wrote = Some(written);
+                let word_tag = Tag(tag(WRITTEN, self.me, self.number));
+                let word = [if written { WROTE } else { NOT_WRITTEN }];
+                if !self.ep.try_tag_send(word_tag, &word).unwrap_or(false) {
+                    let (ep, weak) = (self.ep.clone(), self.shared.clone());
+                    self.step = Some(Box::pin(async move {
+                        match ep.write_at(word_tag, word.to_vec()).await.0 {
+                            Ok(_) => Step::Wait,
+                            // The reader may still be reading: the bytes stay.
+                            Err(e) => Step::Done(Err(offer_failed(&weak, to, key, e))),
+                        }
+                    }));
+                }
+                None
+            }
+            _ => Some(Err(malformed(
+                to,
+                "a reply to an offer out of turn, or of no known kind",
+            ))),
+        }
+    }
+
+    /// The exchange is over: its reply buffer goes back for the next.
+    fn recycle(mut self) {
+        if let Some(shared) = self.shared.upgrade() {
+            shared.core.pool.put(std::mem::take(&mut self.answer));
+        }
+    }
 }
 
 /// Counts an offer to a rank as unanswered while it lives.
@@ -1237,52 +1399,6 @@ impl Drop for OfferOut {
         }
     }
 }
-
-/// What came back to an offer.
-enum Reply {
-    /// The reader's reply, in the buffer [`next_reply`] was given.
-    Answer,
-    /// The receive of the reply failed.
-    Failed(Error),
-    /// The reader left on purpose.
-    Left,
-    /// The group broke (why).
-    Lost(String),
-    /// The transport was dropped.
-    Gone,
-}
-
-/// The next reply of `to` to offer `number` (into `answer`), or the end
-/// of the group.
-async fn next_reply(
-    worker: &Worker,
-    shared: &Weak<Shared>,
-    everyone: &std::task::Waker,
-    to: Rank,
-    number: u32,
-    answer: &mut Vec<u8>,
-) -> Reply {
-    let matching = TagMatch::exact(tag(REPLY, to, number));
-    let reply = std::future::poll_fn(|cx| worker.poll_tag_recv(matching, answer, cx));
-    let ended = std::future::poll_fn(|_| match shared.upgrade() {
-        Some(shared) => shared
-            .core
-            .inbox
-            .poll_ended(to, &mut Context::from_waker(everyone))
-            .map(Some),
-        None => std::task::Poll::Ready(None),
-    });
-    match futures_util::future::select(std::pin::pin!(reply), std::pin::pin!(ended)).await {
-        futures_util::future::Either::Left((Ok(_), _)) => Reply::Answer,
-        futures_util::future::Either::Left((Err(e), _)) => Reply::Failed(e),
-        futures_util::future::Either::Right((Some(None), _)) => Reply::Left,
-        futures_util::future::Either::Right((Some(Some(why)), _)) => Reply::Lost(why),
-        futures_util::future::Either::Right((None, _)) => Reply::Gone,
-    }
-}
-
-/// The work of an offer ([`offered`]).
-type InPlaceWork = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send>>;
 
 /// Sends `data` (at most `N - FRAME_HEADER` bytes) in its frame, built in
 /// `N` bytes on the stack, if UCX can at once ([`Endpoint::try_tag_send`]).
@@ -1355,9 +1471,8 @@ impl Transport for UcxTransport {
         let background = self.shared.core.background.clone();
         let offerer = self.shared.offers_to(to).filter(|_| data.len() > INLINE);
         if let Some(offer) = offerer.map(|me| me.offer(data.ptr())) {
-            let work = offered(Arc::downgrade(&self.shared), ep, to, key, data, offer);
-            let in_place = InPlace::new(background.clone(), work);
-            return Box::pin(super::driven::driven(background, in_place));
+            let send = OfferSend::start(&self.shared, ep, to, key, data, offer);
+            return Box::pin(super::driven::driven(background, send));
         }
         let shared = self.shared.clone();
         Box::pin(super::driven::driven(background, async move {
