@@ -1323,7 +1323,9 @@ impl Exchange {
                 if let Some(shared) = self.shared.upgrade() {
                     shared.refuses_offers[to].store(true, Ordering::Relaxed);
                 }
-                let data = self.kept.release()?;
+                let Some(data) = self.kept.release() else {
+                    return Some(Ok(()));
+                };
                 let (ep, weak, rest_tag) = (
                     self.ep.clone(),
                     self.shared.clone(),
