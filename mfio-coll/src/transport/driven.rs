@@ -253,19 +253,21 @@ pub(crate) async fn driven<F: Future>(background: Arc<Background>, inner: F) -> 
 /// Work an operation does as part of its own poll, woken straight by
 /// what it waits for. If the operation is dropped before the work is
 /// done, the rest of it goes on in the background: the work holds what
-/// must outlive the operation (the rest of a TCP frame begun, which the
-/// connection needs whole).
-#[cfg_attr(not(feature = "tcp"), allow(dead_code))]
-pub(crate) struct InPlace<T: Send + 'static> {
-    work: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+/// must outlive the operation (an offered block its reader may still be
+/// reading, the rest of a TCP frame begun). The work is a future that can
+/// move once polled (a box, or a hand-written state machine such as an
+/// offer's exchange), so the background takes it as it stands.
+#[cfg_attr(not(any(feature = "ucx", feature = "tcp")), allow(dead_code))]
+pub(crate) struct InPlace<F: Future + Unpin + Send + 'static> {
+    work: Option<F>,
     background: Arc<Background>,
 }
 
-#[cfg_attr(not(feature = "tcp"), allow(dead_code))]
-impl<T: Send + 'static> InPlace<T> {
+#[cfg_attr(not(any(feature = "ucx", feature = "tcp")), allow(dead_code))]
+impl<F: Future + Unpin + Send + 'static> InPlace<F> {
     /// `work`, done by whoever polls the result, or by `background` once
     /// the result is dropped unfinished.
-    pub(crate) fn new(background: Arc<Background>, work: Pin<Box<dyn Future<Output = T> + Send>>) -> Self {
+    pub(crate) fn new(background: Arc<Background>, work: F) -> Self {
         Self {
             work: Some(work),
             background,
@@ -273,21 +275,21 @@ impl<T: Send + 'static> InPlace<T> {
     }
 }
 
-impl<T: Send + 'static> Future for InPlace<T> {
-    type Output = T;
+impl<F: Future + Unpin + Send + 'static> Future for InPlace<F> {
+    type Output = F::Output;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<T> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<F::Output> {
         // Done work is not polled again ([`driven`] stops at its result).
         let Some(work) = self.work.as_mut() else {
             return std::task::Poll::Pending;
         };
-        let out = std::task::ready!(work.as_mut().poll(cx));
+        let out = std::task::ready!(Pin::new(work).poll(cx));
         self.work = None;
         std::task::Poll::Ready(out)
     }
 }
 
-impl<T: Send + 'static> Drop for InPlace<T> {
+impl<F: Future + Unpin + Send + 'static> Drop for InPlace<F> {
     fn drop(&mut self) {
         if let Some(work) = self.work.take() {
             self.background.spawn(Box::pin(async move {

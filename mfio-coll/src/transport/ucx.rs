@@ -72,7 +72,7 @@ use mfio_core::{BufResult, Error, IoBackend, IoBuf, IoReadStream, IoWrite, IoWri
 use mfio_net::ucx::{EagerTag, Endpoint, Tag, TagMatch, Worker, WorkerAddress};
 
 use super::block::InFlight;
-use super::driven::Task;
+use super::driven::{InPlace, Task};
 use super::inbox::Announced;
 use super::linked::{self, Core, Linked};
 use super::single_copy::{Offer, Process, Target, OFFER_LEN, TARGET_LEN};
@@ -1103,98 +1103,73 @@ impl<T> Drop for KeptForPeer<T> {
 /// them and they went; if the reply asks for them, they go as a message of
 /// their own.
 ///
-/// One hand-written future over the exchange's state rather than nested
-/// async blocks and combinators: the usual exchange (the frame taken by UCX
-/// at once, one reply) runs little code and allocates nothing beside the
-/// send's own box, which matters where ranks share cores and each call's
-/// code is fetched again (BENCHMARKS.md). A send dropped before the reply
-/// moves the exchange to the background, which keeps the bytes for the
-/// reader.
-struct OfferSend {
-    /// The exchange; `None` once it is over, or moved to the background.
-    exchange: Option<Exchange>,
-    background: Arc<super::driven::Background>,
-}
-
-impl OfferSend {
-    /// Sends the offer's frame (at once if UCX can, else as a packet
-    /// awaited by the first poll) and waits for the reply.
-    fn start(shared: &Arc<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block, offer: Offer) -> Self {
-        let me = shared.core.rank;
-        let number = shared.next_long[to].fetch_add(1, Ordering::Relaxed);
-        let mut frame = [0u8; FRAME_HEADER + OFFERED_LEN];
-        frame[..FRAME_HEADER].copy_from_slice(&header_bytes(key, data.len()));
-        let helps = shared.will_help();
-        frame[FRAME_HEADER..].copy_from_slice(&Offered { offer, helps }.to_bytes());
-        // Every reply to this offer is taken into the same buffer.
-        let mut answer = shared.core.pool.take(REPLY_MAX).unwrap_or_default();
-        if answer.capacity() < REPLY_MAX {
-            answer = Vec::with_capacity(REPLY_MAX);
-        }
-        let mut exchange = Exchange {
-            shared: Arc::downgrade(shared),
-            ep,
-            to,
-            key,
-            number,
-            me,
-            kept: KeptForPeer(Some(data)),
-            _out: OfferOut::new(shared, to),
-            // The end of the group is heard of through the background's
-            // waker, which wakes this offer with every other operation: the
-            // inbox keeps each waker it is polled with until the end, and
-            // the operation's own differs from call to call.
-            everyone: shared.core.background.waker().clone(),
-            answer,
-            wrote: None,
-            step: None,
-        };
-        let frame_tag = Tag(tag(FRAME, me, number));
-        if !exchange.ep.try_tag_send(frame_tag, &frame).unwrap_or(false) {
-            let (ep, weak) = (exchange.ep.clone(), exchange.shared.clone());
-            exchange.step = Some(Box::pin(async move {
-                match ep.write_at(frame_tag, frame.to_vec()).await.0 {
-                    Ok(_) => Step::Wait,
-                    // The offer never went: nobody reads the bytes.
-                    Err(e) => Step::Unread(match weak.upgrade() {
-                        Some(shared) => send_failure(&shared, &ep, to, key, e).await,
-                        None => Err(linked::send_failed(to, key, None, e)),
-                    }),
-                }
-            }));
-        }
-        Self {
-            exchange: Some(exchange),
-            background: shared.core.background.clone(),
-        }
+/// One hand-written future over the exchange's state ([`Exchange`]) rather
+/// than nested async blocks and combinators: the usual exchange (the frame
+/// taken by UCX at once, one reply) runs little code and allocates nothing
+/// beside the send's own box, which matters where ranks share cores and
+/// each call's code is fetched again (BENCHMARKS.md). Run in place by the
+/// send ([`InPlace`]): a send dropped before the reply moves the exchange
+/// to the background, which keeps the bytes for the reader.
+fn offered(shared: &Arc<Shared>, ep: Arc<Endpoint>, to: Rank, key: Key, data: Block, offer: Offer) -> Exchange {
+    let me = shared.core.rank;
+    let number = shared.next_long[to].fetch_add(1, Ordering::Relaxed);
+    let mut frame = [0u8; FRAME_HEADER + OFFERED_LEN];
+    frame[..FRAME_HEADER].copy_from_slice(&header_bytes(key, data.len()));
+    let helps = shared.will_help();
+    frame[FRAME_HEADER..].copy_from_slice(&Offered { offer, helps }.to_bytes());
+    // Every reply to this offer is taken into the same buffer.
+    let mut answer = shared.core.pool.take(REPLY_MAX).unwrap_or_default();
+    if answer.capacity() < REPLY_MAX {
+        answer = Vec::with_capacity(REPLY_MAX);
     }
+    let mut exchange = Exchange {
+        shared: Arc::downgrade(shared),
+        ep,
+        to,
+        key,
+        number,
+        me,
+        kept: KeptForPeer(Some(data)),
+        _out: OfferOut::new(shared, to),
+        // The end of the group is heard of through the background's
+        // waker, which wakes this offer with every other operation: the
+        // inbox keeps each waker it is polled with until the end, and
+        // the operation's own differs from call to call.
+        everyone: shared.core.background.waker().clone(),
+        answer,
+        wrote: None,
+        step: None,
+    };
+    // The frame at once if UCX can (no packet, no allocation), else as a
+    // packet awaited by the first poll.
+    let frame_tag = Tag(tag(FRAME, me, number));
+    if !exchange.ep.try_tag_send(frame_tag, &frame).unwrap_or(false) {
+        let (ep, weak) = (exchange.ep.clone(), exchange.shared.clone());
+        exchange.step = Some(Box::pin(async move {
+            match ep.write_at(frame_tag, frame.to_vec()).await.0 {
+                Ok(_) => Step::Wait,
+                // The offer never went: nobody reads the bytes.
+                Err(e) => Step::Unread(match weak.upgrade() {
+                    Some(shared) => send_failure(&shared, &ep, to, key, e).await,
+                    None => Err(linked::send_failed(to, key, None, e)),
+                }),
+            }
+        }));
+    }
+    exchange
 }
 
-impl std::future::Future for OfferSend {
+/// The exchange is polled to its end; its reply buffer then goes back to
+/// the pool for the next offer.
+impl std::future::Future for Exchange {
     type Output = Result<()>;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> std::task::Poll<Result<()>> {
-        // Done: not polled again ([`driven`](super::driven::driven) stops at its result).
-        let Some(exchange) = self.exchange.as_mut() else {
-            return std::task::Poll::Pending;
-        };
-        let out = std::task::ready!(exchange.poll_end(cx));
-        if let Some(exchange) = self.exchange.take() {
-            exchange.recycle();
+        let out = std::task::ready!(self.poll_end(cx));
+        if let Some(shared) = self.shared.upgrade() {
+            shared.core.pool.put(std::mem::take(&mut self.answer));
         }
         std::task::Poll::Ready(out)
-    }
-}
-
-impl Drop for OfferSend {
-    fn drop(&mut self) {
-        if let Some(exchange) = self.exchange.take() {
-            // The reader may be reading still: the exchange goes on.
-            self.background.spawn(Box::pin(async move {
-                let mut exchange = exchange;
-                let _ = std::future::poll_fn(|cx| exchange.poll_end(cx)).await;
-            }));
-        }
     }
 }
 
@@ -1369,13 +1344,6 @@ impl Exchange {
             ))),
         }
     }
-
-    /// The exchange is over: its reply buffer goes back for the next.
-    fn recycle(mut self) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.core.pool.put(std::mem::take(&mut self.answer));
-        }
-    }
 }
 
 /// Counts an offer to a rank as unanswered while it lives.
@@ -1473,8 +1441,9 @@ impl Transport for UcxTransport {
         let background = self.shared.core.background.clone();
         let offerer = self.shared.offers_to(to).filter(|_| data.len() > INLINE);
         if let Some(offer) = offerer.map(|me| me.offer(data.ptr())) {
-            let send = OfferSend::start(&self.shared, ep, to, key, data, offer);
-            return Box::pin(super::driven::driven(background, send));
+            let exchange = offered(&self.shared, ep, to, key, data, offer);
+            let in_place = InPlace::new(background.clone(), exchange);
+            return Box::pin(super::driven::driven(background, in_place));
         }
         let shared = self.shared.clone();
         Box::pin(super::driven::driven(background, async move {
