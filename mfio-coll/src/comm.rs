@@ -1,6 +1,7 @@
 //! [`Communicator`]: a group of ranks and the collectives among them, each
-//! with an async and a blocking form. The MPI backend implements it; the
-//! algorithm library will implement it over any point-to-point transport.
+//! with an async and a blocking form. The MPI backend (`mpi::MpiComm`) and
+//! the algorithms over any point-to-point transport
+//! ([`TransportComm`](crate::algo::TransportComm)) implement it.
 //!
 //! Buffers are owned `Vec`s: they go in by value and come back in the
 //! [`CollResult`], on success and on failure alike. A backend may keep a

@@ -12,9 +12,14 @@
 //! the system MPI, and [`mpi::MpiComm`] the communicator; it also sends and
 //! receives tagged messages as packets.
 //!
-//! [`algo`] holds collective algorithms written over any point-to-point
-//! [`transport::Transport`] (so far an in-process one): the start of the
-//! library that will implement [`Communicator`] without MPI.
+//! [`algo`] holds mfio's own collective algorithms, written over any
+//! point-to-point [`transport::Transport`]: threads of one process
+//! ([`transport::local`]), TCP ([`transport::tcp`], feature `tcp`), UCX
+//! ([`transport::ucx`], feature `ucx`) or MPI's point-to-point messages.
+//! [`algo::TransportComm`] is the same [`Communicator`] over them, picking an
+//! algorithm per call from a tuning table ([`algo::Tuning`]).
+//!
+//! Over the system MPI:
 //!
 //! ```
 //! # #[cfg(feature = "mpi")]
@@ -39,9 +44,42 @@
 //! # fn main() {}
 //! ```
 //!
+//! Over a transport: here three ranks as threads of this process; over
+//! TCP or UCX only the transport differs (`transport::bootstrap` connects
+//! ranks started by a launcher):
+//!
+//! ```
+//! # fn main() -> mfio_core::Result<()> {
+//! use mfio_coll::algo::TransportComm;
+//! use mfio_coll::transport::local::LocalTransport;
+//! use mfio_coll::{Communicator, ReduceOp};
+//! use mfio_core::mem::MemBackend;
+//!
+//! let ranks: Vec<_> = LocalTransport::group(3)
+//!     .into_iter()
+//!     .map(|t| {
+//!         std::thread::spawn(move || -> mfio_core::Result<Vec<u64>> {
+//!             let world = TransportComm::new(MemBackend::new()?, t);
+//!             let mine = vec![world.rank() as u64 + 1; 4];
+//!             let (result, sum) = world.blocking_allreduce_in_place(mine, ReduceOp::Sum).into_parts();
+//!             result?;
+//!             Ok(sum)
+//!         })
+//!     })
+//!     .collect();
+//! for rank in ranks {
+//!     assert_eq!(rank.join().expect("a rank's thread")?, [6, 6, 6, 6]);
+//! }
+//! # Ok(()) }
+//! ```
+//!
 //! # Features
 //! - `mpi`: the MPI backend, bound to the system MPI through `mpi-sys`
-//!   (Debian: `libopenmpi-dev openmpi-bin`).
+//!   (Debian: `libopenmpi-dev openmpi-bin`), and MPI's point-to-point
+//!   messages as a transport.
+//! - `tcp`: the TCP transport on mfio-backends, and the bootstrap from the
+//!   launcher's environment.
+//! - `ucx`: the UCX transport on mfio-net (Debian: `libucx-dev`).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -4,7 +4,8 @@
 //! the in-process transport (scrambled completion order), over TCP and
 //! over UCX;
 //! `dup` and `split`; a tuning file; a bad table; the error of a send
-//! after the group broke.
+//! after the group broke; the async forms run by tokio, smol and a
+//! `Composite` beside file reads.
 
 #[macro_use]
 mod communicator;
@@ -569,4 +570,92 @@ fn sends_after_the_group_broke(wire: Wire) {
         Ok(())
     });
     all_ok(&format!("sends after the group broke ({wire:?})"), outcomes);
+}
+
+/// The async collectives run by a host runtime or beside other I/O, not
+/// by the communicator's own `wait`: tokio and smol (through
+/// mfio-integration) driving the rank's backend, and one `Composite` of
+/// an io_uring-or-poll runtime and the backend whose single `block_on`
+/// runs file reads and a collective at once.
+#[test]
+fn collectives_run_by_host_runtimes_and_beside_file_reads() {
+    for wire in [Wire::Tcp, Wire::Ucx("sm,self"), Wire::Ucx("tcp")] {
+        let outcomes = run_group(3, wire, |w| {
+            let size = w.size() as u64;
+            let rank = w.rank() as u64;
+            let tokio_rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let got = tokio_rt.block_on(async {
+                let run = mfio_integration::Tokio::run(w.backend(), async {
+                    let sum = ok(
+                        w.allreduce_in_place(vec![rank + 1; 5000], ReduceOp::Sum).await,
+                        "tokio allreduce",
+                    )?;
+                    let root = ok(w.bcast(vec![rank; 70_000], 1).await, "tokio bcast")?;
+                    Ok::<_, String>((sum, root))
+                });
+                tokio::time::timeout(Duration::from_secs(30), run).await
+            });
+            let (sum, root) = got.map_err(|_| "tokio: no result within 30 s".to_string())??;
+            ensure!(
+                sum == vec![size * (size + 1) / 2; 5000],
+                "tokio allreduce gave {:?}",
+                &sum[..3]
+            );
+            ensure!(root == vec![1; 70_000], "tokio bcast gave another rank's bytes");
+
+            let got = smol::block_on(mfio_integration::Smol::run(
+                w.backend(),
+                w.allgather(vec![rank as u32; 3], vec![0; 3 * size as usize]),
+            ));
+            let (_, all) = ok(got, "smol allgather")?;
+            let want: Vec<u32> = (0..size as u32).flat_map(|r| [r; 3]).collect();
+            ensure!(all == want, "smol allgather gave {all:?}");
+
+            // One loop: file reads on a runtime of its own and the collective,
+            // both behind one descriptor.
+            let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let path = dir.path().join("data");
+            let bytes: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + rank as u32) as u8).collect();
+            std::fs::write(&path, &bytes).map_err(|e| e.to_string())?;
+            let files = Runtime::new().map_err(|e| e.to_string())?;
+            let all = mfio_backends::Composite::new(vec![Box::new(files.clone()), Box::new(w.backend().clone())])
+                .map_err(|e| e.to_string())?;
+            let (read, reduced) = mfio_core::IoBackendExt::block_on(&all, async {
+                let file = files
+                    .open(&path, mfio_backends::OpenOptions::new().read(true))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let reads = async {
+                    let mut got = Vec::new();
+                    for at in (0..bytes.len() as u64).step_by(256 << 10) {
+                        let (r, buf) = mfio_core::IoRead::read_exact_at(&file, at, Vec::with_capacity(256 << 10))
+                            .await
+                            .into_parts();
+                        r.map_err(|e| format!("read at {at}: {e}"))?;
+                        got.extend_from_slice(&buf);
+                    }
+                    Ok::<_, String>(got)
+                };
+                let reduced = async {
+                    ok(
+                        w.allreduce_in_place(vec![rank; 100_000], ReduceOp::Max).await,
+                        "composite allreduce",
+                    )
+                };
+                let (read, reduced) = futures::join!(reads, reduced);
+                Ok::<_, String>((read?, reduced?))
+            })?;
+            ensure!(read == bytes, "the file read beside the collective differs");
+            ensure!(
+                reduced == vec![size - 1; 100_000],
+                "the allreduce beside the reads gave {:?}",
+                &reduced[..3]
+            );
+            Ok(())
+        });
+        all_ok(&format!("host runtimes and a composite ({wire:?})"), outcomes);
+    }
 }
