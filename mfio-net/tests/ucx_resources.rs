@@ -98,6 +98,69 @@ fn descriptors_are_released_in_any_drop_order() {
     });
 }
 
+/// A worker dropped while its send waits for a peer that lives on but
+/// never receives it (a rendezvous), its endpoint dropped or closed first,
+/// goes within its grace period: the endpoint's close waited for the send,
+/// and the worker's end closes it by force, which ends the send. Before,
+/// the close was under way in UCX with the send still on the endpoint,
+/// and UCX aborted the process as the worker went. The peer goes after
+/// it, and no descriptor is left.
+#[test]
+fn a_worker_goes_with_a_send_its_peer_never_takes() {
+    let _serial = serial();
+    within(Duration::from_secs(120), || {
+        drop(pair(Transport::Sm));
+        drop(pair(Transport::Tcp));
+        let (before, table) = (open_fds(), fd_table());
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for t in [Transport::Sm, Transport::Tcp] {
+            for close_first in [false, true] {
+                let ctx = util::context(t, false);
+                let a = ctx.worker().expect("a");
+                let b = ctx.worker().expect("b");
+                let ab = a.connect(&b.address()).expect("ab");
+                let ba = b.connect(&a.address()).expect("ba");
+                // Long enough for a rendezvous: it waits for b to take it.
+                let mut send = Box::pin(ab.write_at(Tag(9), vec![7u8; 4 << 20]));
+                for _ in 0..200 {
+                    assert!(
+                        send.as_mut().poll(&mut cx).is_pending(),
+                        "{t:?}: a send nobody received finished"
+                    );
+                    a.drive_now();
+                    b.drive_now();
+                }
+                // It goes on without its caller; then the endpoint goes.
+                drop(send);
+                if close_first {
+                    let mut closing = ab.close();
+                    for _ in 0..50 {
+                        a.drive_now();
+                    }
+                    assert!(
+                        std::pin::Pin::new(&mut closing).poll(&mut cx).is_pending(),
+                        "{t:?}: the close did not wait for the send"
+                    );
+                } else {
+                    drop(ab);
+                }
+                let started = Instant::now();
+                drop(a);
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(5), "{t:?}: the worker took {took:?} to go");
+                drop((ba, b, ctx));
+            }
+        }
+        assert_eq!(
+            fds_settled(before, Duration::from_secs(5)),
+            before,
+            "descriptors before and after: before {table:#?}, after {:#?}",
+            fd_table()
+        );
+    });
+}
+
 /// Environment variable that turns this binary into the child of
 /// `tag_messages_nobody_received_leave_no_warning` (its transport).
 const UNRECEIVED_ROLE: &str = "MFIO_UCX_UNRECEIVED";

@@ -37,6 +37,9 @@ pub(crate) struct EpStatus {
     /// The worker's list of endpoints that failed, for its driving step
     /// to close.
     failed: Arc<Mutex<Vec<u64>>>,
+    /// UCX reported the endpoint failed after its owner closed it, while
+    /// its close waited for its operations: it is then closed by force.
+    failed_closing: std::sync::atomic::AtomicBool,
 }
 
 impl EpStatus {
@@ -70,9 +73,15 @@ unsafe extern "C" fn ep_failed(arg: *mut c_void, _ep: sys::EpH, status: sys::Sta
     // until its close completed (after which UCX calls nothing).
     let status_slot = unsafe { &*(arg as *const EpStatus) };
     let mut phase = status_slot.phase.lock();
-    if *phase == Phase::Open {
-        *phase = Phase::Failed(status);
-        status_slot.failed.lock().push(status_slot.id);
+    match *phase {
+        Phase::Open => {
+            *phase = Phase::Failed(status);
+            status_slot.failed.lock().push(status_slot.id);
+        }
+        Phase::Closed(_) => status_slot
+            .failed_closing
+            .store(true, std::sync::atomic::Ordering::Relaxed),
+        Phase::Failed(_) => {}
     }
 }
 
@@ -157,20 +166,52 @@ impl EpShared {
                     view.complete(0);
                 }
                 if !force {
-                    goodbye(shared, st, self.handle, turn.sent);
+                    goodbye(shared, st, self.id, self.handle, turn.sent);
                 }
             }
-            // SAFETY: the endpoint is live and closed once (phase), with
-            // the worker locked; the status (the error callback's argument)
-            // stays in the record until the close completes.
-            let posted = unsafe { sys::ep_close(self.handle, force, shared.sink()) };
-            let op = InFlight::Control {
-                done,
-                keep: Keep::Held(status.clone()),
-                what: "close",
+            let handle = ClosingEp(self.handle);
+            let status = status.clone();
+            let close = move |shared: &Shared, force: bool| {
+                // UCX wants a failed endpoint closed by force.
+                let force = force || status.failed_closing.load(std::sync::atomic::Ordering::Relaxed);
+                // SAFETY: the endpoint is live and closed once (its phase
+                // says closed, and this runs once), with the worker locked
+                // (by every caller of a `Closer`); the status (the error
+                // callback's argument) stays in the record until the close
+                // completes.
+                let posted = unsafe { sys::ep_close(handle.get(), force, shared.sink()) };
+                let op = InFlight::Control {
+                    done,
+                    keep: Keep::Held(status),
+                    what: "close",
+                };
+                Start::Posted(posted, op, 0)
             };
-            Start::Posted(posted, op, 0)
+            if !force && st.ep_ops.contains_key(&self.id) {
+                // Its sends (or gets, flushes) are still under way: closed
+                // once the last ends, or by force if the worker goes first
+                // (`State::closing`).
+                st.closing.insert(self.id, Box::new(close));
+                return Start::Nothing;
+            }
+            close(shared, force)
         });
+    }
+}
+
+/// An endpoint handle a close waiting for its operations holds
+/// ([`Closer`](super::worker::Closer)).
+struct ClosingEp(sys::EpH);
+
+// SAFETY: the handle is used only by the thread holding the worker's state
+// (the close runs with the worker locked).
+unsafe impl Send for ClosingEp {}
+
+impl ClosingEp {
+    /// The handle (a method, so that a closure captures the whole `Send`
+    /// wrapper, not the raw pointer inside).
+    fn get(&self) -> sys::EpH {
+        self.0
     }
 }
 
@@ -191,8 +232,9 @@ impl Drop for EpShared {
 /// has no half-close). It drives its worker as an [`IoBackend`], so the
 /// blocking and `std::io` layers work on it directly.
 ///
-/// Dropping it closes it after flushing what was sent (the peer sees end of
-/// stream); [`close`](Self::close) does the same and reports when it is
+/// Dropping it closes it once what was sent has gone (the peer sees end
+/// of stream; the sends, gets and flushes under way end first, or, if the
+/// worker goes before they do, end as it closes the endpoint by force); [`close`](Self::close) does the same and reports when it is
 /// done; [`close_force`](Self::close_force) discards what is in flight.
 /// Endpoints use UCX's peer error handling: a peer that dies fails the
 /// operations waiting on it, and both ends of a connection must use it
@@ -220,6 +262,7 @@ impl Endpoint {
             phase: Mutex::new(Phase::Open),
             id,
             failed: worker.failed_eps.clone(),
+            failed_closing: std::sync::atomic::AtomicBool::new(false),
         });
         // SAFETY: the worker is live and locked; the status outlives the
         // endpoint (held by it, then by its close record).
@@ -261,8 +304,11 @@ impl Endpoint {
         matches!(*self.inner.status.phase.lock(), Phase::Failed(_))
     }
 
-    /// Closes after flushing what was sent; resolves when UCX is done
-    /// (which needs the peer to keep progressing its worker).
+    /// Closes once what was sent has gone (the sends, gets and flushes
+    /// still under way end first, then UCX flushes and closes); resolves
+    /// when UCX is done, which needs the peer to keep progressing its
+    /// worker and to take what was sent. If the worker goes first, they
+    /// end as the endpoint is closed by force.
     ///
     /// # Errors
     /// (in the output) What UCX reports; a failed endpoint is closed by force.
@@ -330,7 +376,7 @@ impl Worker {
 
 /// Tells the peer how many stream bytes this endpoint sent, before a
 /// graceful close (which flushes it out first).
-fn goodbye(shared: &Shared, st: &mut super::worker::State, ep: sys::EpH, sent: u64) {
+fn goodbye(shared: &Shared, st: &mut super::worker::State, ep_id: u64, ep: sys::EpH, sent: u64) {
     let header = sent.to_le_bytes().to_vec();
     // SAFETY: the endpoint is live and the worker locked; the header stays
     // in the record until UCX reports the send.
@@ -352,8 +398,9 @@ fn goodbye(shared: &Shared, st: &mut super::worker::State, ep: sys::EpH, sent: u
         keep: Keep::Header(header),
         what: "end-of-stream notice",
     };
-    // A notice that fails (the peer is gone) needs no report.
-    let _ = shared.settle(st, posted, op, 0);
+    // A notice that fails (the peer is gone) needs no report. The close
+    // waits for it.
+    let _ = shared.settle_on(st, ep_id, posted, op, 0);
 }
 
 /// Future of an endpoint whose connection is being established
@@ -388,7 +435,7 @@ impl Connecting {
                         keep: Keep::Nothing,
                         what: "connect",
                     };
-                    Start::Posted(posted, op, 0)
+                    Start::OnEndpoint(inner.id, posted, op, 0)
                 });
                 Self {
                     ep: Some(ep),

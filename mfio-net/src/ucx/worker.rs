@@ -45,6 +45,10 @@ pub(crate) const GOODBYE_AM_ID: u16 = MAX_AM_ID + 1;
 const STALE_WAKES: u32 = 3;
 /// The first pause of a stale descriptor; it doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_micros(500);
+/// How long a dropped worker waits for its operations to end (and again
+/// for those it ended by closing their endpoints by force) before it goes.
+const DROP_GRACE: Duration = Duration::from_millis(500);
+
 /// Progress calls of the spin between two reads of the clock.
 const SPINS_PER_CLOCK: u32 = 32;
 /// A yield of the spin that takes this long ran other work meanwhile: a
@@ -69,7 +73,15 @@ pub(crate) struct Record {
     pub(crate) op: InFlight,
     req: sys::Request,
     seq: u32,
+    /// The endpoint it runs on, if it is one whose close waits for it
+    /// ([`State::ep_ops`]); 0 if none.
+    ep: u64,
 }
+
+/// Closes an endpoint whose close waited for its operations
+/// ([`State::closing`]): posts the close, by force if told (`true`), with
+/// the worker locked.
+pub(crate) type Closer = Box<dyn FnOnce(&Shared, bool) -> Start + Send>;
 
 // SAFETY: the request pointer is only used by the thread holding the worker
 // state; the rest of the record is Send.
@@ -108,6 +120,16 @@ pub(crate) struct State {
     pub(crate) am_listening: std::collections::HashSet<u16>,
     am_handlers: HashMap<u16, Box<sys::AmHandlerArg>>,
     pub(crate) streams: HashMap<u64, StreamTurn>,
+    /// Operations in flight per endpoint id that end on their own (sends,
+    /// gets, flushes; not stream receives, which its close ends).
+    pub(crate) ep_ops: HashMap<u64, u32>,
+    /// Endpoints closed by their owner while such operations were in
+    /// flight, still open in UCX: each is closed once its last operation
+    /// ends, or by force when the worker goes first. (UCX cannot stop a
+    /// send under way, a rendezvous its peer never takes, say, and aborts
+    /// the process when a worker goes with one; it can end it by closing
+    /// its endpoint by force, but not once a close is under way.)
+    pub(crate) closing: HashMap<u64, Closer>,
     next_ep: u64,
     /// Sleeps in a row that ended at once with nothing to do.
     stale_wakes: u32,
@@ -157,6 +179,9 @@ impl State {
 pub(crate) enum Start {
     /// Called UCX: what it did, the record, and the count of an immediate completion.
     Posted(sys::Posted, InFlight, usize),
+    /// As `Posted`, for an operation on the endpoint of this id that its
+    /// close waits for ([`State::ep_ops`]).
+    OnEndpoint(u64, sys::Posted, InFlight, usize),
     /// Finished without UCX (bad input, a closed endpoint, kept bytes).
     Finished(InFlight, sys::Finished),
     /// Finished several without UCX.
@@ -239,6 +264,19 @@ impl Shared {
 
     /// Records what an `_nbx` call did with `op`.
     pub(crate) fn settle(&self, st: &mut State, posted: sys::Posted, op: InFlight, immediate_len: usize) -> Settled {
+        self.settle_on(st, 0, posted, op, immediate_len)
+    }
+
+    /// [`settle`](Self::settle) for an operation on endpoint `ep` (0: none)
+    /// that the endpoint's close waits for.
+    pub(crate) fn settle_on(
+        &self,
+        st: &mut State,
+        ep: u64,
+        posted: sys::Posted,
+        op: InFlight,
+        immediate_len: usize,
+    ) -> Settled {
         let finished = |status| sys::Finished {
             request: 0,
             status,
@@ -251,7 +289,10 @@ impl Shared {
             sys::Posted::InFlight(req) => {
                 st.seq = st.seq.wrapping_add(1);
                 let seq = st.seq;
-                let key = st.ops.insert(Record { op, req, seq });
+                let key = st.ops.insert(Record { op, req, seq, ep });
+                if ep != 0 {
+                    *st.ep_ops.entry(ep).or_insert(0) += 1;
+                }
                 // SAFETY: req was just returned by an _nbx call of this
                 // worker's context and is not freed before its report is
                 // collected, under this lock, which reads the key. (Its
@@ -278,6 +319,10 @@ impl Shared {
                 Settled::Now(op, f) => (Some((op, f)), Vec::new()),
                 Settled::Later => (None, Vec::new()),
             },
+            Start::OnEndpoint(ep, posted, op, len) => match self.settle_on(&mut st, ep, posted, op, len) {
+                Settled::Now(op, f) => (Some((op, f)), Vec::new()),
+                Settled::Later => (None, Vec::new()),
+            },
             Start::Finished(op, f) => (Some((op, f)), Vec::new()),
             Start::Many(done) => (None, done),
             Start::Nothing => (None, Vec::new()),
@@ -295,6 +340,11 @@ impl Shared {
         match start {
             Start::Posted(posted, op, len) => {
                 if let Settled::Now(op, f) = self.settle(st, posted, op, len) {
+                    out.push((op, f));
+                }
+            }
+            Start::OnEndpoint(ep, posted, op, len) => {
+                if let Settled::Now(op, f) = self.settle_on(st, ep, posted, op, len) {
                     out.push((op, f));
                 }
             }
@@ -360,6 +410,9 @@ impl Shared {
                     tracing::warn!(request = f.request, "UCX reported an operation that is not in flight");
                     continue;
                 };
+                if rec.ep != 0 {
+                    self.ep_op_ended(st, rec.ep, out);
+                }
                 if let InFlight::TagLanding { .. } = &rec.op {
                     // Filed before anything else can take a tag message.
                     op::finish(rec.op, f);
@@ -394,6 +447,21 @@ impl Shared {
             for arrival in arrivals {
                 op::am::arrived(self, st, arrival, out);
             }
+        }
+    }
+
+    /// One of endpoint `ep`'s operations its close waits for ended: if it
+    /// was the last and the endpoint's owner closed it, the close is posted.
+    fn ep_op_ended(&self, st: &mut State, ep: u64, out: &mut Vec<(InFlight, sys::Finished)>) {
+        let Some(count) = st.ep_ops.get_mut(&ep) else { return };
+        *count -= 1;
+        if *count > 0 {
+            return;
+        }
+        st.ep_ops.remove(&ep);
+        if let Some(close) = st.closing.remove(&ep) {
+            let start = close(self, false);
+            self.apply(st, start, out);
         }
     }
 
@@ -640,16 +708,17 @@ fn take_record(ops: &mut slab::Slab<Record>, f: sys::Finished) -> Option<Record>
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        let st = self.state.get_mut();
+        // Ours alone now: the lock is taken for the calls that want it held.
+        let mut st = self.state.lock();
         // Receives the caller can no longer see: cancel them and let UCX
         // report them, so their buffers are released by the callbacks.
         for (_, rec) in st.ops.iter() {
             // SAFETY: in flight on this live worker; we own the state.
             unsafe { sys::request_cancel(self.handle, rec.req) };
         }
-        let deadline = Instant::now() + Duration::from_millis(500);
+        let mut deadline = Instant::now() + DROP_GRACE;
+        let mut forced = false;
         let mut done = Vec::new();
-        let st = self.state.get_mut();
         // Tag messages that came and that nobody received (a peer's last
         // word to a rank that had stopped listening, say): UCX would name
         // each in a warning on stderr as the worker goes. Their bytes can
@@ -665,16 +734,40 @@ impl Drop for Shared {
                     discarding.push(req as usize);
                 }
             }
-            if (st.ops.is_empty() && discarding.is_empty()) || Instant::now() >= deadline {
+            if st.ops.is_empty() && discarding.is_empty() {
                 break;
+            }
+            if Instant::now() >= deadline {
+                if forced || st.closing.is_empty() {
+                    break;
+                }
+                // Operations that did not end within the grace period, on
+                // endpoints their owners closed: a peer that lives on but
+                // takes nothing (a rendezvous it never receives, a worker
+                // it dropped in this process). Closing those endpoints by
+                // force ends them (cancelled), so that none is left on them
+                // when the worker goes: UCX aborts the process if one is.
+                forced = true;
+                let closing: Vec<Closer> = st.closing.drain().map(|(_, close)| close).collect();
+                for close in closing {
+                    let start = close(self, true);
+                    self.apply(&mut st, start, &mut done);
+                }
+                deadline = Instant::now() + DROP_GRACE;
             }
             // SAFETY: as above.
             unsafe { sys::progress(self.handle) };
-            for f in std::mem::take(&mut *self.sink.lock()) {
+            // Taken first: a close posted below may report at once, into
+            // the sink.
+            let finished = std::mem::take(&mut *self.sink.lock());
+            for f in finished {
                 if let Some(at) = discarding.iter().position(|&req| req == f.request) {
                     // SAFETY: reported finished, and freed once here.
                     unsafe { sys::request_free(discarding.swap_remove(at) as sys::Request) };
                 } else if let Some(rec) = take_record(&mut st.ops, f) {
+                    if rec.ep != 0 {
+                        self.ep_op_ended(&mut st, rec.ep, &mut done);
+                    }
                     done.push((rec.op, f));
                 }
             }
@@ -724,7 +817,11 @@ impl Drop for Shared {
 /// Dropping the last handle cancels the receives still waiting, and takes
 /// every tag message that came and that nobody received into nothing (its
 /// sender, if it waits for a rendezvous, is told the message was taken)
-/// rather than leave UCX to warn of each on stderr.
+/// rather than leave UCX to warn of each on stderr. Sends still under way
+/// on closed endpoints get half a second to end; those that do not (a
+/// peer that lives on but never takes its rendezvous) end as their
+/// endpoints are closed by force, and the worker goes half a second later
+/// at most.
 ///
 /// ```
 /// use mfio_core::{IoBackendExt, IoRead, IoWrite};
@@ -841,6 +938,8 @@ impl WorkerBuilder {
                     am_listening: std::collections::HashSet::new(),
                     am_handlers: HashMap::new(),
                     streams: HashMap::new(),
+                    ep_ops: HashMap::new(),
+                    closing: HashMap::new(),
                     next_ep: 0,
                     stale_wakes: 0,
                     backoff: Duration::ZERO,

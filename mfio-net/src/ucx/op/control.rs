@@ -30,7 +30,8 @@ pub(crate) fn flush(ep: &crate::ucx::endpoint::EpShared, view: PacketView<Write>
         }
         // SAFETY: the endpoint is live and the worker locked.
         let posted = unsafe { sys::ep_flush(ep.handle, shared.sink()) };
-        Start::Posted(
+        Start::OnEndpoint(
+            ep.id,
             posted,
             InFlight::Send {
                 view,

@@ -44,6 +44,6 @@ pub(crate) fn send(
         }
         let (bytes, len) = (view.as_slice().as_ptr(), view.len());
         let posted = post(shared, st, bytes, len);
-        Start::Posted(posted, InFlight::Send { view, keep }, len)
+        Start::OnEndpoint(ep.id, posted, InFlight::Send { view, keep }, len)
     });
 }

@@ -60,7 +60,8 @@ impl PacketIo<Read, u64> for RemoteKey {
             // SAFETY: as for put; UCX writes the view's bytes until it
             // reports the get.
             let posted = unsafe { sys::get(rkey.ep.handle, ptr, len, remote, rkey.handle, shared.sink()) };
-            Start::Posted(
+            Start::OnEndpoint(
+                rkey.ep.id,
                 posted,
                 InFlight::Get {
                     view,
