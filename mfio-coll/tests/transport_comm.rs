@@ -11,6 +11,7 @@
 mod communicator;
 mod driver;
 mod every_algorithm;
+mod group;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -25,10 +26,8 @@ use mfio_coll::algo::tuning::{Algorithm, Collective, Rule};
 use mfio_coll::algo::{TransportComm, Tuning};
 use mfio_coll::transport::bootstrap::Bootstrap;
 use mfio_coll::transport::local::LocalTransport;
-use mfio_coll::transport::tcp::{Liveness, TcpTransport};
-use mfio_coll::transport::ucx::UcxTransport;
+use mfio_coll::transport::tcp::Liveness;
 use mfio_coll::{Communicator, ReduceOp};
-use mfio_net::ucx::Context;
 
 /// What joins the ranks of a test group.
 #[derive(Debug, Clone, Copy)]
@@ -74,22 +73,8 @@ where
                 };
                 let comm = match (wire, local) {
                     (Wire::Local, Some(t)) => TransportComm::new(Driver::Rt(runtime()?), t),
-                    (Wire::Tcp, _) => {
-                        let rt = runtime()?;
-                        let links = boot()?.connect().map_err(|e| e.to_string())?;
-                        let t = TcpTransport::new(&rt, rank, links, Liveness::default()).map_err(|e| e.to_string())?;
-                        TransportComm::new(Driver::Rt(rt), t)
-                    }
-                    (Wire::Ucx(tls), _) => {
-                        let worker = Context::builder()
-                            .set("TLS", tls)
-                            .set("KEEPALIVE_INTERVAL", "1s")
-                            .build()
-                            .and_then(|c| c.worker())
-                            .map_err(|e| e.to_string())?;
-                        let t = UcxTransport::bootstrap(&worker, &boot()?).map_err(|e| e.to_string())?;
-                        TransportComm::new(Driver::Ucx(worker), t)
-                    }
+                    (Wire::Tcp, _) => group::over_tcp(&boot()?, BackendKind::Poll, Liveness::default())?,
+                    (Wire::Ucx(tls), _) => group::over_ucx(&boot()?, tls)?,
                     (Wire::Local, None) => return Err("no in-process transport".into()),
                 };
                 body(comm)
