@@ -162,6 +162,102 @@ fn a_worker_goes_with_a_send_its_peer_never_takes() {
 }
 
 /// Environment variable that turns this binary into the child of
+/// `a_worker_goes_while_a_stalled_peer_sends_to_it`.
+const STALLED_ROLE: &str = "MFIO_UCX_STALLED";
+
+/// A worker dropped while a rendezvous comes to it from a peer that lives
+/// on but stopped sending midway (the message received, or being taken
+/// into nothing as the worker goes) goes within its grace period instead
+/// of aborting the process: UCX can end such a receive neither by
+/// cancelling it nor by closing an endpoint already closed, so the worker
+/// is kept, never destroyed, with the receive's buffer. In a child
+/// process (without leak detection): what is kept stays for its life.
+#[test]
+fn a_worker_goes_while_a_stalled_peer_sends_to_it() {
+    let _serial = serial();
+    let exe = std::env::current_exe().expect("test binary");
+    let started = Instant::now();
+    let out = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "stalled_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(STALLED_ROLE, "1")
+        .env("ASAN_OPTIONS", "detect_leaks=0")
+        .output()
+        .expect("start the child");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        out.status.success(),
+        "child failed ({:?}): {stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("stalled child done"),
+        "the child did not get through: {stdout}\n{stderr}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+/// The child of `a_worker_goes_while_a_stalled_peer_sends_to_it`.
+#[test]
+#[ignore = "started by a_worker_goes_while_a_stalled_peer_sends_to_it"]
+fn stalled_child() {
+    if std::env::var_os(STALLED_ROLE).is_none() {
+        return;
+    }
+    within(Duration::from_secs(60), || {
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        for t in [Transport::Sm, Transport::Tcp] {
+            for received in [true, false] {
+                let ctx = util::context(t, false);
+                let a = ctx.worker().expect("a");
+                let b = ctx.worker().expect("b");
+                let ab = a.connect(&b.address()).expect("ab");
+                let ba = b.connect(&a.address()).expect("ba");
+                let mut send = Box::pin(ab.write_at(Tag(9), vec![7u8; 8 << 20]));
+                for _ in 0..50 {
+                    assert!(
+                        send.as_mut().poll(&mut cx).is_pending(),
+                        "{t:?}: the send finished alone"
+                    );
+                    a.drive_now();
+                    b.drive_now();
+                }
+                // From here on a is never driven again until b is gone.
+                let mut recv = Box::pin(b.tag_recv(TagMatch::exact(9), Vec::with_capacity(8 << 20)));
+                if received {
+                    for _ in 0..20 {
+                        let _ = recv.as_mut().poll(&mut cx);
+                        b.drive_now();
+                    }
+                }
+                drop((recv, ba));
+                let started = Instant::now();
+                drop(b);
+                let took = started.elapsed();
+                assert!(took < Duration::from_secs(5), "{t:?}: the worker took {took:?} to go");
+                drop(send);
+                drop((ab, a, ctx));
+            }
+        }
+    });
+    println!("stalled child done");
+}
+
+/// Environment variable that turns this binary into the child of
 /// `tag_messages_nobody_received_leave_no_warning` (its transport).
 const UNRECEIVED_ROLE: &str = "MFIO_UCX_UNRECEIVED";
 

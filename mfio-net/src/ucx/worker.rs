@@ -201,7 +201,9 @@ pub(crate) enum Settled {
 pub(crate) struct Shared {
     pub(crate) handle: sys::WorkerH,
     state: Mutex<State>,
-    sink: sys::Sink,
+    /// Where request callbacks report (shared, so that a worker kept for
+    /// good can keep it too).
+    sink: Arc<sys::Sink>,
     am_sink: Arc<sys::AmSink>,
     pub(crate) cancels: Arc<Cancels>,
     /// Tag messages whose receive's caller left without them.
@@ -239,7 +241,7 @@ unsafe impl Sync for Shared {}
 
 impl Shared {
     pub(crate) fn sink(&self) -> *const sys::Sink {
-        &self.sink
+        Arc::as_ptr(&self.sink)
     }
 
     /// Locks the worker for calls into UCX.
@@ -706,6 +708,21 @@ fn take_record(ops: &mut slab::Slab<Record>, f: sys::Finished) -> Option<Record>
     Some(rec)
 }
 
+/// What a worker kept for good holds that UCX may still use (see `Drop
+/// for Shared`): kept reachable, so that nothing reads it as leaked.
+#[allow(dead_code)] // held, never read
+struct KeptForGood {
+    worker: usize,
+    ops: Vec<Record>,
+    am_handlers: HashMap<u16, Box<sys::AmHandlerArg>>,
+    sink: Arc<sys::Sink>,
+    am_sink: Arc<sys::AmSink>,
+    context: Context,
+}
+
+/// Workers kept for good, for the life of the process.
+static KEPT_FOR_GOOD: std::sync::Mutex<Vec<KeptForGood>> = std::sync::Mutex::new(Vec::new());
+
 impl Drop for Shared {
     fn drop(&mut self) {
         // Ours alone now: the lock is taken for the calls that want it held.
@@ -728,7 +745,7 @@ impl Drop for Shared {
         let mut discarding: Vec<usize> = Vec::new();
         loop {
             // SAFETY: the worker is live; we own the state.
-            while let Some(posted) = unsafe { sys::tag_discard(self.handle, &self.sink) } {
+            while let Some(posted) = unsafe { sys::tag_discard(self.handle, self.sink()) } {
                 discarded += 1;
                 if let sys::Posted::InFlight(req) = posted {
                     discarding.push(req as usize);
@@ -771,6 +788,45 @@ impl Drop for Shared {
                     done.push((rec.op, f));
                 }
             }
+        }
+        // A close still under way (its peer gone without a word) ends with
+        // the worker, as does a stream receive, which it ends.
+        let stuck = !discarding.is_empty()
+            || st
+                .ops
+                .iter()
+                .any(|(_, rec)| !matches!(rec.op, InFlight::Control { .. } | InFlight::StreamRecv { .. }));
+        if stuck {
+            // Still under way after the grace periods, on endpoints closed
+            // already: a receive whose sender stopped in the middle of its
+            // rendezvous but lives on, say. UCX aborts the process if the
+            // worker goes with such a request, and could still write into
+            // its buffer: the worker, its context and those buffers are
+            // left alive for good instead.
+            tracing::warn!(
+                in_flight = st.ops.len() + discarding.len(),
+                "UCX worker dropped with operations UCX cannot end; it is kept, never destroyed"
+            );
+            // What UCX may still call or write: the requests' buffers and
+            // reports' sink, the active-message handlers' arguments, and
+            // the context under the worker.
+            let kept = KeptForGood {
+                worker: self.handle as usize,
+                ops: st.ops.drain().collect(),
+                am_handlers: std::mem::take(&mut st.am_handlers),
+                sink: self.sink.clone(),
+                am_sink: self.am_sink.clone(),
+                context: self.context.clone(),
+            };
+            KEPT_FOR_GOOD
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(kept);
+            drop(st);
+            for (op, finished) in done {
+                op::finish(op, finished);
+            }
+            return;
         }
         for req in discarding {
             // SAFETY: UCX finishes or drops it with the worker; it writes
@@ -821,7 +877,10 @@ impl Drop for Shared {
 /// on closed endpoints get half a second to end; those that do not (a
 /// peer that lives on but never takes its rendezvous) end as their
 /// endpoints are closed by force, and the worker goes half a second later
-/// at most.
+/// at most. A receive UCX cannot end (a live sender stopped in the middle
+/// of its rendezvous) leaves the worker, its context and the receive's
+/// buffer alive for good, with a warning through `tracing`: UCX would
+/// abort the process if the worker went with it.
 ///
 /// ```
 /// use mfio_core::{IoBackendExt, IoRead, IoWrite};
@@ -953,7 +1012,7 @@ impl WorkerBuilder {
                     yields: 0,
                     long_yields: 0,
                 }),
-                sink: Mutex::new(Vec::new()),
+                sink: Arc::new(Mutex::new(Vec::new())),
                 am_sink: Arc::new(Mutex::new(Vec::new())),
                 cancels: Cancels::new(notifier.clone()),
                 returned: Arc::default(),
