@@ -234,8 +234,9 @@ impl Drop for EpShared {
 ///
 /// Dropping it closes it once what was sent has gone (the peer sees end
 /// of stream; the sends, gets and flushes under way end first, or, if the
-/// worker goes before they do, end as it closes the endpoint by force); [`close`](Self::close) does the same and reports when it is
-/// done; [`close_force`](Self::close_force) discards what is in flight.
+/// worker goes before they do, end as it closes the endpoint by force);
+/// [`close`](Self::close) does the same and reports when it is done;
+/// [`close_force`](Self::close_force) discards what is in flight.
 /// Endpoints use UCX's peer error handling: a peer that dies fails the
 /// operations waiting on it, and both ends of a connection must use it
 /// (every endpoint mfio creates does).
