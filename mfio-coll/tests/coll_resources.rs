@@ -1,7 +1,8 @@
 //! What a group of ranks leaves behind once dropped: every descriptor its
 //! transports, runtimes and workers opened is closed again — after
-//! collectives that finished, after one dropped mid-flight, and after a
-//! rank left and the others' collective failed. Its own test binary, every
+//! collectives that finished, after one dropped mid-flight, after a rank
+//! left and the others' collective failed, and after the others went while
+//! one stalled (in bounded time). Its own test binary, every
 //! test serialised: the counts are of the whole process.
 
 mod driver;
@@ -199,5 +200,44 @@ fn groups_over_ucx_release_every_descriptor() {
     for tls in ["sm,self", "tcp"] {
         releases_everything(Wire::Ucx(tls), collectives, "collectives");
         releases_everything(Wire::Ucx(tls), one_rank_leaves, "a rank that left");
+    }
+}
+
+/// Rank 2 stalls (its thread sleeps, driving nothing) while the others
+/// start a 1 MiB bcast, drop it unfinished and go: their going is bounded
+/// (the transports' goodbyes wait for a second at most, a UCX worker half a
+/// second more for what a stalled peer never takes), and once rank 2 goes
+/// too nothing is left.
+fn one_rank_stalls(w: TransportComm<Driver>) -> Outcome {
+    if w.rank() == 2 {
+        std::thread::sleep(Duration::from_secs(2));
+        return Ok(());
+    }
+    let mut bcast = Box::pin(w.bcast(vec![w.rank() as u8; 1 << 20], 0));
+    let waker = futures::task::noop_waker();
+    for _ in 0..100 {
+        if bcast
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(&waker))
+            .is_ready()
+        {
+            break;
+        }
+        mfio_core::IoBackend::drive_now(w.backend());
+    }
+    drop(bcast);
+    let started = Instant::now();
+    drop(w);
+    let took = started.elapsed();
+    check(
+        &format!("the group went in {took:?} beside a stalled rank"),
+        took < Duration::from_secs(5),
+    )
+}
+
+#[test]
+fn groups_beside_a_stalled_rank_go_in_bounded_time() {
+    for wire in [Wire::Tcp(BackendKind::Poll), Wire::Ucx("sm,self")] {
+        releases_everything(wire, one_rank_stalls, "a stalled rank");
     }
 }
