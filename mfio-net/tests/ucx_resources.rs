@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mfio_core::{IoBackend, IoBackendExt, IoRead, IoWrite};
-use mfio_net::ucx::{Tag, TagMatch};
+use mfio_net::ucx::{Context, Endpoint, Tag, TagMatch, Worker};
 use util::{fd_table, fds_settled, open_fds, pair, thread_cpu, within, Transport};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -98,6 +98,36 @@ fn descriptors_are_released_in_any_drop_order() {
     });
 }
 
+/// Two workers of one context over `t`, each connected to the other.
+fn connected_workers(t: Transport) -> (Context, Worker, Worker, Endpoint, Endpoint) {
+    let ctx = util::context(t, false);
+    let a = ctx.worker().expect("a");
+    let b = ctx.worker().expect("b");
+    let ab = a.connect(&b.address()).expect("ab");
+    let ba = b.connect(&a.address()).expect("ba");
+    (ctx, a, b, ab, ba)
+}
+
+/// A send of `len` bytes (long enough for a rendezvous) over `ab` at tag 9,
+/// started and kept waiting: polled and both workers driven `rounds` times
+/// while nobody receives it, and still pending.
+fn pending_rendezvous<'a>(
+    ab: &'a Endpoint,
+    a: &Worker,
+    b: &Worker,
+    len: usize,
+    rounds: usize,
+    cx: &mut std::task::Context<'_>,
+) -> std::pin::Pin<Box<impl Future + 'a>> {
+    let mut send = Box::pin(ab.write_at(Tag(9), vec![7u8; len]));
+    for _ in 0..rounds {
+        assert!(send.as_mut().poll(cx).is_pending(), "a send nobody received finished");
+        a.drive_now();
+        b.drive_now();
+    }
+    send
+}
+
 /// A worker dropped while its send waits for a peer that lives on but
 /// never receives it (a rendezvous), its endpoint dropped or closed first,
 /// goes within its grace period: the endpoint's close waited for the send,
@@ -116,21 +146,8 @@ fn a_worker_goes_with_a_send_its_peer_never_takes() {
         let mut cx = std::task::Context::from_waker(&waker);
         for t in [Transport::Sm, Transport::Tcp] {
             for close_first in [false, true] {
-                let ctx = util::context(t, false);
-                let a = ctx.worker().expect("a");
-                let b = ctx.worker().expect("b");
-                let ab = a.connect(&b.address()).expect("ab");
-                let ba = b.connect(&a.address()).expect("ba");
-                // Long enough for a rendezvous: it waits for b to take it.
-                let mut send = Box::pin(ab.write_at(Tag(9), vec![7u8; 4 << 20]));
-                for _ in 0..200 {
-                    assert!(
-                        send.as_mut().poll(&mut cx).is_pending(),
-                        "{t:?}: a send nobody received finished"
-                    );
-                    a.drive_now();
-                    b.drive_now();
-                }
+                let (ctx, a, b, ab, ba) = connected_workers(t);
+                let send = pending_rendezvous(&ab, &a, &b, 4 << 20, 200, &mut cx);
                 // It goes on without its caller; then the endpoint goes.
                 drop(send);
                 if close_first {
@@ -222,20 +239,8 @@ fn stalled_child() {
         let mut cx = std::task::Context::from_waker(&waker);
         for t in [Transport::Sm, Transport::Tcp] {
             for received in [true, false] {
-                let ctx = util::context(t, false);
-                let a = ctx.worker().expect("a");
-                let b = ctx.worker().expect("b");
-                let ab = a.connect(&b.address()).expect("ab");
-                let ba = b.connect(&a.address()).expect("ba");
-                let mut send = Box::pin(ab.write_at(Tag(9), vec![7u8; 8 << 20]));
-                for _ in 0..50 {
-                    assert!(
-                        send.as_mut().poll(&mut cx).is_pending(),
-                        "{t:?}: the send finished alone"
-                    );
-                    a.drive_now();
-                    b.drive_now();
-                }
+                let (ctx, a, b, ab, ba) = connected_workers(t);
+                let send = pending_rendezvous(&ab, &a, &b, 8 << 20, 50, &mut cx);
                 // From here on a is never driven again until b is gone.
                 let mut recv = Box::pin(b.tag_recv(TagMatch::exact(9), Vec::with_capacity(8 << 20)));
                 if received {
