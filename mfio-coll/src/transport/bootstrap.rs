@@ -12,7 +12,9 @@
 //! listens on the address of its own side of its connection to the root, so
 //! in a network of several hosts (or namespaces) each rank is reached on
 //! the interface that routes to the root. Every wait has a deadline: a rank
-//! that does not join is named in the error.
+//! that does not join is named in the error. A connection that is not a
+//! rank (a port probe, another protocol) is turned away, and one that says
+//! nothing holds up no other: every hello is read as it comes.
 //!
 //! The connections are made with blocking calls, once, before any
 //! collective; [`TcpTransport`](super::tcp::TcpTransport) then hands them
@@ -26,8 +28,9 @@ use mfio_core::{Error, Result};
 
 use crate::comm::Rank;
 
-/// The first bytes of every bootstrap message: a stray connection (another
-/// job on the same port) is refused instead of misread.
+/// The first bytes of every bootstrap message: a connection whose first
+/// bytes differ (another protocol on the same port, a probe) is turned
+/// away instead of misread.
 const MAGIC: [u8; 8] = *b"mfiocol1";
 
 /// The environment variables a launcher sets, in the order they are tried:
@@ -141,9 +144,12 @@ impl Bootstrap {
     /// rank; `None` at this rank's own index).
     ///
     /// # Errors
-    /// - `TimedOut` naming the ranks that did not join in time.
-    /// - `InvalidData` for a peer that is not part of this job (another
-    ///   size, a duplicate rank, a foreign protocol).
+    /// - `TimedOut` naming the ranks that did not join in time, and listing
+    ///   the connections turned away meanwhile: ones that were not
+    ///   mfio-coll peers (another protocol, or closed before saying who
+    ///   they are), which do not stop the wait for the ranks.
+    /// - `InvalidData` for an mfio-coll peer that is not part of this job
+    ///   (another size, a rank that came twice).
     /// - The OS error of listening or connecting.
     pub fn connect(&self) -> Result<Vec<Option<TcpStream>>> {
         let deadline = mfio_core::deadline_after(self.timeout);
@@ -331,9 +337,124 @@ fn connect_until(addr: SocketAddr, deadline: Instant, peer: Rank) -> Result<TcpS
     }
 }
 
+/// A connection accepted on a listener whose hello is still coming.
+struct Caller {
+    stream: TcpStream,
+    from: SocketAddr,
+    /// The hello's bytes so far (never more: what the peer sends after it
+    /// is for later steps).
+    got: Vec<u8>,
+}
+
+/// What a [`Caller`] has said so far.
+enum Heard {
+    /// Not all of its hello yet; `true` if some came now.
+    Waiting(bool),
+    /// Its whole hello.
+    Hello,
+    /// It is not a rank of an mfio-coll job: why.
+    Stranger(String),
+}
+
+/// Bytes of a hello before its address: magic, rank, size, the address's
+/// family.
+const HELLO_FIXED: usize = MAGIC.len() + 8 + 8 + 1;
+/// The longest hello (an IPv6 address and its port).
+const HELLO_MAX: usize = HELLO_FIXED + 16 + 2;
+
+/// The length of the hello that `got` begins, as far as `got` tells (the
+/// hello is whole once `got` has that many bytes); `Err` if `got` cannot
+/// begin a hello.
+fn hello_len(got: &[u8]) -> std::result::Result<usize, &'static str> {
+    let n = got.len().min(MAGIC.len());
+    if got[..n] != MAGIC[..n] {
+        return Err("not an mfio-coll peer");
+    }
+    match got.get(HELLO_FIXED - 1) {
+        None | Some(0) => Ok(HELLO_FIXED),
+        Some(4) => Ok(HELLO_FIXED + 4 + 2),
+        Some(6) => Ok(HELLO_FIXED + 16 + 2),
+        Some(_) => Err("an unknown address family in its hello"),
+    }
+}
+
+impl Caller {
+    /// Reads what has come of the hello, without waiting and never past
+    /// its end.
+    fn hear(&mut self) -> Heard {
+        let mut more = false;
+        loop {
+            let want = match hello_len(&self.got) {
+                Ok(want) => want,
+                Err(why) => return Heard::Stranger(why.into()),
+            };
+            if self.got.len() == want {
+                return Heard::Hello;
+            }
+            let mut buf = [0u8; HELLO_MAX];
+            match self.stream.read(&mut buf[..want - self.got.len()]) {
+                Ok(0) => return Heard::Stranger("closed before its hello".into()),
+                Ok(n) => {
+                    self.got.extend_from_slice(&buf[..n]);
+                    more = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Heard::Waiting(more),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Heard::Stranger(e.to_string()),
+            }
+        }
+    }
+}
+
+/// The rank and listening address of a whole hello (as [`hello_len`] has
+/// checked it) from a job of `size` ranks.
+fn parse_hello(hello: &[u8], size: usize) -> Result<(Rank, Option<SocketAddr>)> {
+    let number = |at: usize| {
+        let bytes: [u8; 8] = hello
+            .get(at..at + 8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| malformed("hello"))?;
+        usize::try_from(u64::from_le_bytes(bytes)).map_err(|_| malformed("hello"))
+    };
+    let (rank, theirs) = (number(MAGIC.len())?, number(MAGIC.len() + 8)?);
+    if theirs != size || rank >= size {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("a peer says it is rank {rank} of {theirs}; this job has {size} ranks"),
+        ));
+    }
+    let addr = hello.get(HELLO_FIXED..).unwrap_or_default();
+    let (ip, ip_len): (IpAddr, usize) = match hello.get(HELLO_FIXED - 1) {
+        Some(0) => return Ok((rank, None)),
+        Some(4) => (
+            <[u8; 4]>::try_from(addr.get(..4).unwrap_or_default())
+                .map_err(|_| malformed("address"))?
+                .into(),
+            4,
+        ),
+        Some(6) => (
+            <[u8; 16]>::try_from(addr.get(..16).unwrap_or_default())
+                .map_err(|_| malformed("address"))?
+                .into(),
+            16,
+        ),
+        _ => return Err(malformed("address family")),
+    };
+    let port = <[u8; 2]>::try_from(addr.get(ip_len..ip_len + 2).unwrap_or_default()).map_err(|_| malformed("port"))?;
+    Ok((rank, Some(SocketAddr::new(ip, u16::from_le_bytes(port)))))
+}
+
 /// Accepts `count` ranks that `wanted` admits, each introduced by its
 /// hello, filing each stream under its rank. Returns the ranks with the
 /// address each said it listens on.
+///
+/// Hellos are read as they come, from every connection at once, so one
+/// that says nothing holds up nobody. A connection that is not an
+/// mfio-coll peer (another protocol, or closed before its hello: a port
+/// probe) is turned away and the wait goes on; the timeout's error lists
+/// them. A peer that is one but not of this job (another size, a rank
+/// that came twice or was not expected here) is an error at once: the job
+/// was launched wrong.
 fn accept_ranks(
     listener: &TcpListener,
     size: usize,
@@ -344,39 +465,124 @@ fn accept_ranks(
 ) -> Result<Vec<(Rank, Option<SocketAddr>)>> {
     listener.set_nonblocking(true)?;
     let mut found = Vec::with_capacity(count);
+    let mut callers: Vec<Caller> = Vec::new();
+    let mut turned_away = TurnedAway::default();
     while found.len() < count {
-        let (mut s, from) = match listener.accept() {
-            Ok(a) => a,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if Instant::now() >= deadline {
-                    let missing: Vec<String> = (0..size)
-                        .filter(|&r| wanted(r) && links[r].is_none())
-                        .map(|r| r.to_string())
-                        .collect();
-                    return Err(Error::new(
-                        ErrorKind::TimedOut,
-                        format!("rank(s) {} did not connect in time", missing.join(", ")),
-                    ));
+        let mut busy = false;
+        loop {
+            match listener.accept() {
+                Ok((stream, from)) => {
+                    stream.set_nonblocking(true)?;
+                    callers.push(Caller {
+                        stream,
+                        from,
+                        got: Vec::with_capacity(HELLO_MAX),
+                    });
+                    busy = true;
                 }
-                std::thread::sleep(Duration::from_millis(5));
-                continue;
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                // A caller that left before it was accepted.
+                Err(e) if matches!(e.kind(), ErrorKind::ConnectionAborted | ErrorKind::Interrupted) => {}
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        };
-        s.set_nonblocking(false)?;
-        s.set_nodelay(true)?;
-        let (rank, listen) = read_hello(&mut s, size, deadline)
-            .map_err(|e| Error::new(e.kind(), format!("a connection from {from}: {e}")))?;
-        if !wanted(rank) || links[rank].is_some() {
-            return Err(Error::new(
-                ErrorKind::InvalidData,
-                format!("rank {rank} (from {from}) connected where it was not expected, or twice"),
-            ));
         }
-        links[rank] = Some(s);
-        found.push((rank, listen));
+        let mut i = 0;
+        while i < callers.len() {
+            match callers[i].hear() {
+                Heard::Waiting(more) => {
+                    busy |= more;
+                    i += 1;
+                }
+                Heard::Stranger(why) => {
+                    let caller = callers.swap_remove(i);
+                    turned_away.add(caller.from, &why);
+                    busy = true;
+                }
+                Heard::Hello => {
+                    let caller = callers.swap_remove(i);
+                    let from = caller.from;
+                    let (rank, listen) = parse_hello(&caller.got, size)
+                        .map_err(|e| Error::new(e.kind(), format!("a connection from {from}: {e}")))?;
+                    if !wanted(rank) || links[rank].is_some() {
+                        return Err(Error::new(
+                            ErrorKind::InvalidData,
+                            format!("rank {rank} (from {from}) connected where it was not expected, or twice"),
+                        ));
+                    }
+                    caller.stream.set_nonblocking(false)?;
+                    caller.stream.set_nodelay(true)?;
+                    links[rank] = Some(caller.stream);
+                    found.push((rank, listen));
+                    busy = true;
+                }
+            }
+        }
+        if found.len() == count {
+            break;
+        }
+        // Checked busy or not: a flood of strangers must not outlast it.
+        if Instant::now() >= deadline {
+            return Err(missing_ranks(size, links, &wanted, &turned_away, callers.len()));
+        }
+        if !busy {
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
     Ok(found)
+}
+
+/// The connections a wait for ranks turned away: how many, and the first
+/// few of them (a scan may make thousands).
+#[derive(Default)]
+struct TurnedAway {
+    count: usize,
+    first: Vec<String>,
+}
+
+impl TurnedAway {
+    /// How many are listed (and logged as warnings).
+    const LISTED: usize = 5;
+
+    fn add(&mut self, from: SocketAddr, why: &str) {
+        self.count += 1;
+        if self.first.len() < Self::LISTED {
+            tracing::warn!(%from, %why, "bootstrap: turned away a connection that is not a rank");
+            self.first.push(format!("{from} ({why})"));
+        }
+    }
+}
+
+/// The error of a wait for ranks that ended before all came: the ranks
+/// `wanted` that have no link, the connections turned away, and how many
+/// said nothing at all.
+fn missing_ranks(
+    size: usize,
+    links: &[Option<TcpStream>],
+    wanted: impl Fn(Rank) -> bool,
+    turned_away: &TurnedAway,
+    silent: usize,
+) -> Error {
+    let missing: Vec<String> = (0..size)
+        .filter(|&r| wanted(r) && links[r].is_none())
+        .map(|r| r.to_string())
+        .collect();
+    let mut text = format!("rank(s) {} did not connect in time", missing.join(", "));
+    if turned_away.count > 0 {
+        text += &format!(
+            "; turned away {} connection(s) that were not ranks: {}{}",
+            turned_away.count,
+            turned_away.first.join(", "),
+            if turned_away.count > turned_away.first.len() {
+                ", …"
+            } else {
+                ""
+            }
+        );
+    }
+    if silent > 0 {
+        text += &format!("; {silent} connection(s) said nothing");
+    }
+    Error::new(ErrorKind::TimedOut, text)
 }
 
 fn put_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
@@ -442,21 +648,6 @@ fn read_u64(s: &mut TcpStream, deadline: Instant) -> Result<u64> {
     Ok(u64::from_le_bytes(
         <[u8; 8]>::try_from(b).map_err(|_| malformed("number"))?,
     ))
-}
-
-fn read_hello(s: &mut TcpStream, size: usize, deadline: Instant) -> Result<(Rank, Option<SocketAddr>)> {
-    if read_n(s, MAGIC.len(), deadline)? != MAGIC {
-        return Err(malformed("not an mfio-coll peer"));
-    }
-    let rank = usize::try_from(read_u64(s, deadline)?).map_err(|_| malformed("rank"))?;
-    let theirs = usize::try_from(read_u64(s, deadline)?).map_err(|_| malformed("size"))?;
-    if theirs != size || rank >= size {
-        return Err(Error::new(
-            ErrorKind::InvalidData,
-            format!("a peer says it is rank {rank} of {theirs}; this job has {size} ranks"),
-        ));
-    }
-    Ok((rank, get_addr(s, deadline)?))
 }
 
 fn write_table(s: &mut TcpStream, addrs: &[SocketAddr]) -> Result<()> {
@@ -570,6 +761,175 @@ mod tests {
             "rank 1 bootstrapped without rank 2"
         );
         assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+    }
+
+    /// Connects to `root` as a stranger would, once rank 0 listens.
+    fn stranger(root: SocketAddr) -> TcpStream {
+        connect_until(root, mfio_core::deadline_after(Duration::from_secs(10)), 0).expect("rank 0 listens")
+    }
+
+    /// Connections that are not ranks of the job are turned away and the
+    /// job goes on: a port probe that closes at once, another protocol,
+    /// and one that never says anything (which must not hold up the ranks
+    /// that come after it). Before, the first made rank 0 fail and the
+    /// last made it wait out its whole timeout.
+    #[test]
+    fn strangers_at_the_root_are_turned_away() {
+        let root = free_root();
+        let start = Instant::now();
+        let r0 = std::thread::spawn(move || {
+            let mut links = Bootstrap::new(0, 2, root)?.timeout(Duration::from_secs(20)).connect()?;
+            exchange(&mut links, 0, b"zero", Duration::from_secs(20))
+        });
+        drop(stranger(root));
+        let mut http = stranger(root);
+        http.write_all(b"GET / HTTP/1.0\r\n\r\n").expect("write");
+        let silent = stranger(root);
+        let mut short = stranger(root);
+        short.write_all(&MAGIC[..5]).expect("write");
+        let r1 = Bootstrap::new(1, 2, root)
+            .and_then(|b| b.timeout(Duration::from_secs(20)).connect())
+            .and_then(|mut links| exchange(&mut links, 1, b"one", Duration::from_secs(20)))
+            .expect("rank 1 bootstraps beside the strangers");
+        let r0 = r0
+            .join()
+            .expect("rank 0")
+            .expect("rank 0 bootstraps beside the strangers");
+        let want = vec![b"zero".to_vec(), b"one".to_vec()];
+        assert_eq!((r0, r1), (want.clone(), want));
+        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+        // Rank 0 hung up on the one that spoke another protocol (a reset
+        // if some of its bytes were still unread).
+        http.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+        let mut rest = Vec::new();
+        match http.read_to_end(&mut rest) {
+            Ok(_) => assert!(rest.is_empty(), "rank 0 answered a stranger: {rest:?}"),
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+        drop((silent, short));
+    }
+
+    /// A rank that never comes is named even where strangers came instead,
+    /// and the error says who was turned away and why.
+    #[test]
+    fn a_missing_rank_is_named_beside_the_strangers_turned_away() {
+        let root = free_root();
+        let r0 = std::thread::spawn(move || {
+            Bootstrap::new(0, 2, root)
+                .map(|b| b.timeout(Duration::from_secs(2)))
+                .and_then(|b| b.connect())
+        });
+        let mut other = stranger(root);
+        other.write_all(b"SSH-2.0-OpenSSH\r\n").expect("write");
+        let from = other.local_addr().expect("address");
+        let silent = stranger(root);
+        let err = r0
+            .join()
+            .expect("rank 0")
+            .expect_err("rank 0 bootstrapped without rank 1");
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        let text = err.to_string();
+        assert!(text.contains("rank(s) 1 did not connect in time"), "{text}");
+        assert!(text.contains(&format!("{from} (not an mfio-coll peer)")), "{text}");
+        assert!(text.contains("1 connection(s) said nothing"), "{text}");
+        drop(silent);
+    }
+
+    /// Strangers that never stop coming (a scan) do not keep rank 0 past
+    /// its timeout, and its error lists only the first few.
+    #[test]
+    fn a_flood_of_strangers_does_not_outlast_the_timeout() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let root = free_root();
+        let start = Instant::now();
+        let r0 = std::thread::spawn(move || {
+            Bootstrap::new(0, 2, root)
+                .map(|b| b.timeout(Duration::from_secs(1)))
+                .and_then(|b| b.connect())
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                drop(stranger(root));
+                while !stop.load(Ordering::Relaxed) {
+                    // Refused once rank 0 has given up: that is the end.
+                    let Ok(mut s) = TcpStream::connect(root) else { break };
+                    let _ = s.write_all(b"x");
+                }
+            })
+        };
+        let err = r0
+            .join()
+            .expect("rank 0")
+            .expect_err("rank 0 bootstrapped without rank 1");
+        stop.store(true, Ordering::Relaxed);
+        flood.join().expect("flood");
+        assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        let text = err.to_string();
+        let count: usize = text
+            .split("turned away ")
+            .nth(1)
+            .and_then(|t| t.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count in {text}"));
+        assert!(count > TurnedAway::LISTED, "{count} strangers in a second: {text}");
+        assert_eq!(text.matches("127.0.0.1:").count(), TurnedAway::LISTED, "{text}");
+        assert!(text.contains(", …"), "{text}");
+    }
+
+    /// A peer that speaks the protocol but is not of this job (another
+    /// size, or a rank that is there already) is the job launched wrong:
+    /// an error at once, naming what it said, not a wait for the timeout.
+    #[test]
+    fn a_peer_of_another_job_is_an_error_at_once() {
+        for (rank, size, says) in [(1, 3, "rank 1 of 3; this job has 2 ranks"), (0, 2, "rank 0 (from")] {
+            let root = free_root();
+            let start = Instant::now();
+            let r0 = std::thread::spawn(move || {
+                Bootstrap::new(0, 2, root)
+                    .map(|b| b.timeout(Duration::from_secs(20)))
+                    .and_then(|b| b.connect())
+            });
+            let mut peer = stranger(root);
+            write_hello(&mut peer, rank, size, None).expect("hello");
+            let err = r0
+                .join()
+                .expect("rank 0")
+                .expect_err("rank 0 took a peer of another job");
+            assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+            assert!(err.to_string().contains(says), "{err}");
+            assert!(start.elapsed() < Duration::from_secs(10), "took {:?}", start.elapsed());
+        }
+    }
+
+    /// Every address family of a hello reads back as written, each from
+    /// exactly the bytes [`hello_len`] asks for.
+    #[test]
+    fn a_hello_reads_back_as_written() {
+        let v6: SocketAddr = "[fe80::1:2]:4321".parse().expect("v6");
+        let v4: SocketAddr = "10.1.2.3:65000".parse().expect("v4");
+        for listen in [None, Some(v4), Some(v6)] {
+            let mut hello = MAGIC.to_vec();
+            hello.extend_from_slice(&3u64.to_le_bytes());
+            hello.extend_from_slice(&5u64.to_le_bytes());
+            put_addr(&mut hello, listen);
+            for cut in 0..hello.len() {
+                assert!(
+                    hello_len(&hello[..cut]).is_ok_and(|n| n > cut),
+                    "{listen:?} cut at {cut}"
+                );
+            }
+            assert_eq!(hello_len(&hello), Ok(hello.len()), "{listen:?}");
+            assert_eq!(parse_hello(&hello, 5).expect("hello"), (3, listen));
+        }
+        assert!(hello_len(b"mfioXXX").is_err());
+        let mut bad_family = MAGIC.to_vec();
+        bad_family.extend_from_slice(&[0; 16]);
+        bad_family.push(9);
+        assert!(hello_len(&bad_family).is_err());
     }
 
     #[test]
