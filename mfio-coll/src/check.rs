@@ -57,7 +57,7 @@ fn wrong_len(what: &str, have: usize, want: usize) -> Error {
 /// `InvalidInput` naming the argument.
 #[inline]
 pub fn divisible(what: &str, have: usize, size: usize) -> Result<(), Error> {
-    if size > 0 && have % size == 0 {
+    if size > 0 && have.is_multiple_of(size) {
         Ok(())
     } else {
         Err(not_divisible(what, have, size))

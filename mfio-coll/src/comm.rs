@@ -130,6 +130,17 @@ impl<B> CollFuture<B> {
             inner: Inner::Boxed(Box::pin(fut)),
         }
     }
+
+    /// A collective run by the future `make` makes, made in its box
+    /// ([`in_box`](crate::in_box::in_box): no copy of the future).
+    pub(crate) fn boxed_with<F>(make: impl FnOnce() -> F) -> Self
+    where
+        F: Future<Output = CollResult<B>> + Send + 'static,
+    {
+        Self {
+            inner: Inner::Boxed(Box::into_pin(crate::in_box::in_box(make))),
+        }
+    }
 }
 
 impl<B> Unpin for CollFuture<B> {}

@@ -87,6 +87,7 @@ pub mod algo;
 pub mod check;
 pub mod comm;
 pub mod element;
+mod in_box;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub mod mpi;

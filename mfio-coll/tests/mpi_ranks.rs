@@ -545,7 +545,7 @@ fn large_counts(cx: &Ctx) -> Outcome {
         );
         rooted_v::<_, u32>(&cx.world, form, &mixed, 40, root, &what("mixed"))?;
         // alltoallv: long between ranks of equal parity, short otherwise.
-        let n = |p: usize, q: usize| if (p + q) % 2 == 0 { MAX_COUNT + 17 } else { 2 };
+        let n = |p: usize, q: usize| if (p + q).is_multiple_of(2) { MAX_COUNT + 17 } else { 2 };
         alltoallv_of::<_, u16>(&cx.world, form, n, 41, &what("mixed alltoallv"))?;
         // Short blocks far apart: displacements beyond MAX_COUNT, so the
         // blocks that stay in the call are packed into a copy.

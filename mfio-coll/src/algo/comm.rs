@@ -144,7 +144,7 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
         };
         // The body's future is made at the first poll, in the box: made
         // here, it would be copied into it (hundreds of bytes).
-        CollFuture::boxed(async move {
+        CollFuture::boxed_with(move || async move {
             let out = body(t, id, bufs).await;
             abandon.finished();
             out

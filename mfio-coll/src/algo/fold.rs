@@ -76,7 +76,7 @@ impl Fold {
         if !self.paired(r) {
             return Ok(());
         }
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             super::send(t, r + 1, key, buf).await
         } else {
             let lower = super::recv::<T>(t, r - 1, key, buf.len()).await?;
@@ -92,7 +92,7 @@ impl Fold {
         if !self.paired(r) {
             return Ok(());
         }
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             super::recv_into(t, r + 1, key, buf).await
         } else {
             super::send(t, r - 1, key, buf).await
@@ -116,7 +116,7 @@ impl Fold {
             return Ok(());
         }
         let all = 0..buf.len();
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             t.send_block(r + 1, key, own.unwrap_or(buf).block(all)).await
         } else {
             let lower = super::recv::<T>(t, r - 1, key, buf.len()).await?;
@@ -139,7 +139,7 @@ impl Fold {
             return Ok(());
         }
         let all = 0..buf.len();
-        if r % 2 == 0 {
+        if r.is_multiple_of(2) {
             t.recv_block(r + 1, key, buf.block_mut(all)).await
         } else {
             t.send_block(r - 1, key, buf.block(all)).await

@@ -534,7 +534,7 @@ fn check_gathered(what: &str, len: usize, n: usize, b: usize) -> Result<()> {
 /// # Errors
 /// `InvalidInput` unless both hold the same number, a multiple of `n`.
 fn alltoall_block(send_len: usize, recv_len: usize, n: usize) -> Result<usize> {
-    if send_len != recv_len || send_len % n != 0 {
+    if send_len != recv_len || !send_len.is_multiple_of(n) {
         return Err(crate::check::invalid(format!(
             "alltoall: send ({send_len}) and recv ({recv_len}) must hold the same number of elements, a multiple of {n} ranks"
         )));

@@ -793,7 +793,7 @@ impl Shared {
                     };
                 }
                 round = round.wrapping_add(1);
-                if round % 16 == 0 {
+                if round.is_multiple_of(16) {
                     // The caller's task was woken (from another thread):
                     // it goes first.
                     if Instant::now() >= spin_until || mfio_core::task_woken() {

@@ -191,7 +191,7 @@ impl<B: Send + Default + 'static> Future for SelfTested<B> {
                     }
                     Tested::Running => {
                         this.polls = this.polls.wrapping_add(1);
-                        let spinning = this.polls % POLLS_PER_CLOCK != 0
+                        let spinning = !this.polls.is_multiple_of(POLLS_PER_CLOCK)
                             || this.since.get_or_insert_with(Instant::now).elapsed() < this.shared.spin();
                         if !spinning {
                             // Waited as long as the backend spins: it takes

@@ -13,6 +13,7 @@ use super::inbox::Claimed;
 use super::pool::BufPool;
 use super::{exact, no_such_rank, BlockFuture, BlockMut, Inbox, Key, RecvFuture, TransportFuture, CONTROL_COMM};
 use crate::comm::Rank;
+use crate::in_box::in_box;
 
 /// What every wire transport keeps: where this rank is, what it received,
 /// and the work that receives it.
@@ -106,17 +107,19 @@ pub(crate) fn recv<L: Linked>(link: Arc<L>, from: Rank, key: Key, len: usize) ->
         return Box::pin(std::future::ready(Err(no_such_rank(from, core.size))));
     }
     let background = core.background.clone();
-    let inner = async move {
-        let inbox = &link.core().inbox;
-        let taken = std::future::poll_fn(|cx| inbox.poll_take(from, key, cx)).await;
-        if let Err(e) = &taken {
-            if inbox.is_gone(from) {
-                link.lost(from, &e.to_string());
+    // Made in its box (in_box): the async block is made there too.
+    Box::into_pin(in_box(move || {
+        driven::driven(background, async move {
+            let inbox = &link.core().inbox;
+            let taken = std::future::poll_fn(|cx| inbox.poll_take(from, key, cx)).await;
+            if let Err(e) = &taken {
+                if inbox.is_gone(from) {
+                    link.lost(from, &e.to_string());
+                }
             }
-        }
-        exact(from, key, taken, len)
-    };
-    Box::pin(driven::driven(background, inner))
+            exact(from, key, taken, len)
+        })
+    }))
 }
 
 /// The receive into a block of every wire transport: the block waits with
@@ -145,34 +148,36 @@ pub(crate) fn recv_block<L: Linked>(link: Arc<L>, from: Rank, key: Key, into: Bl
         block,
         finished: false,
     };
-    let inner = async move {
-        let inbox = &link.core().inbox;
-        let mut early = Some(early).filter(Poll::is_ready);
-        let taken = std::future::poll_fn(|cx| match early.take() {
-            Some(found) => found,
-            None => inbox.poll_claim(from, key, &mut claim.block, cx),
-        })
-        .await;
-        claim.finish();
-        match taken {
-            Ok(Claimed::Landed) => Ok(()),
-            Ok(Claimed::Bytes(data, mut block)) => {
-                let data = exact(from, key, Ok(data), len)?;
-                // SAFETY: this receive of `block` is in flight until it
-                // returns; the length is checked.
-                unsafe { block.fill(&data) };
-                link.core().pool.put(data);
-                Ok(())
-            }
-            Err(e) => {
-                if inbox.is_gone(from) {
-                    link.lost(from, &e.to_string());
+    // Made in its box (in_box): the async block is made there too.
+    Box::into_pin(in_box(move || {
+        driven::driven(background, async move {
+            let inbox = &link.core().inbox;
+            let mut early = Some(early).filter(Poll::is_ready);
+            let taken = std::future::poll_fn(|cx| match early.take() {
+                Some(found) => found,
+                None => inbox.poll_claim(from, key, &mut claim.block, cx),
+            })
+            .await;
+            claim.finish();
+            match taken {
+                Ok(Claimed::Landed) => Ok(()),
+                Ok(Claimed::Bytes(data, mut block)) => {
+                    let data = exact(from, key, Ok(data), len)?;
+                    // SAFETY: this receive of `block` is in flight until it
+                    // returns; the length is checked.
+                    unsafe { block.fill(&data) };
+                    link.core().pool.put(data);
+                    Ok(())
                 }
-                Err(e)
+                Err(e) => {
+                    if inbox.is_gone(from) {
+                        link.lost(from, &e.to_string());
+                    }
+                    Err(e)
+                }
             }
-        }
-    };
-    Box::pin(driven::driven(background, inner))
+        })
+    }))
 }
 
 /// Takes a waiting receive's block back from the inbox if the receive goes
@@ -207,7 +212,8 @@ pub(crate) fn driven<L: Linked + ?Sized>(
     link: &L,
     inner: impl std::future::Future<Output = BufResult<(), Vec<u8>>> + Send + 'static,
 ) -> TransportFuture {
-    Box::pin(driven::driven(link.core().background.clone(), inner))
+    let background = link.core().background.clone();
+    Box::into_pin(in_box(|| driven::driven(background, inner)))
 }
 
 /// The [`Transport`](super::Transport) methods every wire transport takes

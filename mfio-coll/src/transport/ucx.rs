@@ -81,6 +81,7 @@ use super::{
     CONTROL_COMM, FRAME_HEADER,
 };
 use crate::comm::Rank;
+use crate::in_box::in_box;
 
 /// Bytes of a message that travel in its frame (eagerly). Above this a
 /// message's bytes wait for its receiver (an offer, or UCX's rendezvous),
@@ -1443,11 +1444,13 @@ impl Transport for UcxTransport {
         if let Some(offer) = offerer.map(|me| me.offer(data.ptr())) {
             let exchange = offered(&self.shared, ep, to, key, data, offer);
             let in_place = InPlace::new(background.clone(), exchange);
-            return Box::pin(super::driven::driven(background, in_place));
+            return Box::into_pin(in_box(|| super::driven::driven(background, in_place)));
         }
         let shared = self.shared.clone();
-        Box::pin(super::driven::driven(background, async move {
-            send_on(&shared, &ep, to, key, data.into_io()).await.0
+        Box::into_pin(in_box(|| {
+            super::driven::driven(background, async move {
+                send_on(&shared, &ep, to, key, data.into_io()).await.0
+            })
         }))
     }
 
