@@ -142,8 +142,9 @@ impl<B: IoBackend + Clone + Send + Sync + 'static> TransportComm<B> {
             id,
             finished: false,
         };
-        // The body's future is made at the first poll, in the box: made
-        // here, it would be copied into it (hundreds of bytes).
+        // The body's future is made at the first poll, inside the
+        // collective's, and that is made in its box (`in_box`): made here,
+        // either would be copied whole into the box (hundreds of bytes).
         CollFuture::boxed_with(move || async move {
             let out = body(t, id, bufs).await;
             abandon.finished();
