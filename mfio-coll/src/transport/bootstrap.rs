@@ -371,10 +371,10 @@ fn hello_len(got: &[u8]) -> std::result::Result<usize, &'static str> {
         return Err("not an mfio-coll peer");
     }
     match got.get(HELLO_FIXED - 1) {
-        None | Some(0) => Ok(HELLO_FIXED),
-        Some(4) => Ok(HELLO_FIXED + 4 + 2),
-        Some(6) => Ok(HELLO_FIXED + 16 + 2),
-        Some(_) => Err("an unknown address family in its hello"),
+        None => Ok(HELLO_FIXED),
+        Some(&family) => addr_len(family)
+            .map(|n| HELLO_FIXED + n)
+            .ok_or("an unknown address family in its hello"),
     }
 }
 
@@ -423,25 +423,9 @@ fn parse_hello(hello: &[u8], size: usize) -> Result<(Rank, Option<SocketAddr>)> 
             format!("a peer says it is rank {rank} of {theirs}; this job has {size} ranks"),
         ));
     }
-    let addr = hello.get(HELLO_FIXED..).unwrap_or_default();
-    let (ip, ip_len): (IpAddr, usize) = match hello.get(HELLO_FIXED - 1) {
-        Some(0) => return Ok((rank, None)),
-        Some(4) => (
-            <[u8; 4]>::try_from(addr.get(..4).unwrap_or_default())
-                .map_err(|_| malformed("address"))?
-                .into(),
-            4,
-        ),
-        Some(6) => (
-            <[u8; 16]>::try_from(addr.get(..16).unwrap_or_default())
-                .map_err(|_| malformed("address"))?
-                .into(),
-            16,
-        ),
-        _ => return Err(malformed("address family")),
-    };
-    let port = <[u8; 2]>::try_from(addr.get(ip_len..ip_len + 2).unwrap_or_default()).map_err(|_| malformed("port"))?;
-    Ok((rank, Some(SocketAddr::new(ip, u16::from_le_bytes(port)))))
+    let family = hello.get(HELLO_FIXED - 1).copied().unwrap_or(u8::MAX);
+    let listen = addr_from(family, hello.get(HELLO_FIXED..).unwrap_or_default())?;
+    Ok((rank, listen))
 }
 
 /// Accepts `count` ranks that `wanted` admits, each introduced by its
@@ -585,6 +569,8 @@ fn missing_ranks(
     Error::new(ErrorKind::TimedOut, text)
 }
 
+/// Writes `addr` as the bootstrap's messages carry it: a family byte (0:
+/// none, 4 or 6), then the IP address and the port (little-endian).
 fn put_addr(out: &mut Vec<u8>, addr: Option<SocketAddr>) {
     match addr {
         None => out.push(0),
@@ -618,20 +604,37 @@ fn read_n(s: &mut TcpStream, n: usize, deadline: Instant) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn get_addr(s: &mut TcpStream, deadline: Instant) -> Result<Option<SocketAddr>> {
-    let family = read_n(s, 1, deadline)?[0];
+/// The bytes that follow an address's family byte ([`put_addr`]); `None`
+/// for an unknown family.
+fn addr_len(family: u8) -> Option<usize> {
+    match family {
+        0 => Some(0),
+        4 => Some(4 + 2),
+        6 => Some(16 + 2),
+        _ => None,
+    }
+}
+
+/// The address of family `family` whose [`addr_len`] bytes begin `rest`
+/// ([`put_addr`]).
+fn addr_from(family: u8, rest: &[u8]) -> Result<Option<SocketAddr>> {
+    let n = addr_len(family).ok_or_else(|| malformed("address family"))?;
+    let rest = rest.get(..n).ok_or_else(|| malformed("address"))?;
+    let (ip, port) = rest.split_at(n.saturating_sub(2));
     let ip: IpAddr = match family {
         0 => return Ok(None),
-        4 => <[u8; 4]>::try_from(read_n(s, 4, deadline)?)
-            .map_err(|_| malformed("address"))?
-            .into(),
-        6 => <[u8; 16]>::try_from(read_n(s, 16, deadline)?)
-            .map_err(|_| malformed("address"))?
-            .into(),
+        4 => <[u8; 4]>::try_from(ip).map_err(|_| malformed("address"))?.into(),
+        6 => <[u8; 16]>::try_from(ip).map_err(|_| malformed("address"))?.into(),
         _ => return Err(malformed("address family")),
     };
-    let port = u16::from_le_bytes(<[u8; 2]>::try_from(read_n(s, 2, deadline)?).map_err(|_| malformed("port"))?);
-    Ok(Some(SocketAddr::new(ip, port)))
+    let port = <[u8; 2]>::try_from(port).map_err(|_| malformed("port"))?;
+    Ok(Some(SocketAddr::new(ip, u16::from_le_bytes(port))))
+}
+
+fn get_addr(s: &mut TcpStream, deadline: Instant) -> Result<Option<SocketAddr>> {
+    let family = read_n(s, 1, deadline)?[0];
+    let n = addr_len(family).ok_or_else(|| malformed("address family"))?;
+    addr_from(family, &read_n(s, n, deadline)?)
 }
 
 fn write_hello(s: &mut TcpStream, rank: Rank, size: usize, listen: Option<SocketAddr>) -> Result<()> {
@@ -684,18 +687,23 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], base + NEXT.fetch_add(1, Ordering::Relaxed) % 20))
     }
 
+    /// Rank `rank` of `size` bootstrapping at `root` on a thread of its
+    /// own, waiting at most `timeout`.
+    fn joining(
+        rank: Rank,
+        size: usize,
+        root: SocketAddr,
+        timeout: Duration,
+    ) -> std::thread::JoinHandle<Result<Vec<Option<TcpStream>>>> {
+        std::thread::spawn(move || Bootstrap::new(rank, size, root)?.timeout(timeout).connect())
+    }
+
     #[test]
     fn every_pair_of_ranks_shares_one_connection() {
         let root = free_root();
         let size = 4;
         let ranks: Vec<_> = (0..size)
-            .map(|rank| {
-                std::thread::spawn(move || {
-                    Bootstrap::new(rank, size, root)
-                        .map(|b| b.timeout(Duration::from_secs(20)))
-                        .and_then(|b| b.connect())
-                })
-            })
+            .map(|rank| joining(rank, size, root, Duration::from_secs(20)))
             .collect();
         let mut links: Vec<Vec<Option<TcpStream>>> = ranks
             .into_iter()
@@ -741,11 +749,7 @@ mod tests {
         let root = free_root();
         let start = Instant::now();
         // Rank 2 of 3 never starts.
-        let r1 = std::thread::spawn(move || {
-            Bootstrap::new(1, 3, root)
-                .map(|b| b.timeout(Duration::from_millis(600)))
-                .and_then(|b| b.connect())
-        });
+        let r1 = joining(1, 3, root, Duration::from_millis(600));
         let r0 = Bootstrap::new(0, 3, root)
             .map(|b| b.timeout(Duration::from_millis(600)))
             .and_then(|b| b.connect());
@@ -814,11 +818,7 @@ mod tests {
     #[test]
     fn a_missing_rank_is_named_beside_the_strangers_turned_away() {
         let root = free_root();
-        let r0 = std::thread::spawn(move || {
-            Bootstrap::new(0, 2, root)
-                .map(|b| b.timeout(Duration::from_secs(2)))
-                .and_then(|b| b.connect())
-        });
+        let r0 = joining(0, 2, root, Duration::from_secs(2));
         let mut other = stranger(root);
         other.write_all(b"SSH-2.0-OpenSSH\r\n").expect("write");
         let from = other.local_addr().expect("address");
@@ -843,11 +843,7 @@ mod tests {
         use std::sync::Arc;
         let root = free_root();
         let start = Instant::now();
-        let r0 = std::thread::spawn(move || {
-            Bootstrap::new(0, 2, root)
-                .map(|b| b.timeout(Duration::from_secs(1)))
-                .and_then(|b| b.connect())
-        });
+        let r0 = joining(0, 2, root, Duration::from_secs(1));
         let stop = Arc::new(AtomicBool::new(false));
         let flood = {
             let stop = Arc::clone(&stop);
@@ -888,11 +884,7 @@ mod tests {
         for (rank, size, says) in [(1, 3, "rank 1 of 3; this job has 2 ranks"), (0, 2, "rank 0 (from")] {
             let root = free_root();
             let start = Instant::now();
-            let r0 = std::thread::spawn(move || {
-                Bootstrap::new(0, 2, root)
-                    .map(|b| b.timeout(Duration::from_secs(20)))
-                    .and_then(|b| b.connect())
-            });
+            let r0 = joining(0, 2, root, Duration::from_secs(20));
             let mut peer = stranger(root);
             write_hello(&mut peer, rank, size, None).expect("hello");
             let err = r0
